@@ -1,0 +1,274 @@
+"""Throughput of LayerActivationExtractor against a plain forward pass.
+
+For a LeNet-5-size network (1x28x28 inputs) and a ResNet-18 (CIFAR-style,
+3x32x32 inputs), written here (torchvision is not needed), this times:
+
+- torch: ``extractor.transform(X)`` reading 3 layers (+ the input block)
+  against a plain ``model(x)`` loop over the same batches under
+  ``torch.inference_mode()``;
+- ONNX (the same network exported with ``torch.onnx.export``): the extractor
+  against a plain onnxruntime session returning only the final output, once
+  with graph optimizations off (the setting the extractor uses, so the ratio
+  isolates the extractor's own cost; like the extractor, no thread
+  spinning) and once with onnxruntime's defaults (all graph optimizations,
+  spinning threads: what a user's plain session would run).
+
+Overhead = extractor time / baseline time - 1 (target: <= 15%). Each number is
+the best of ``--repeat`` runs, baseline and extractor alternating, all in
+this process. Prints a markdown table.
+
+Usage::
+
+    python benchmarks/bench_extract.py               # a few minutes on 2 cores
+    python benchmarks/bench_extract.py --quick       # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import time
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from sklearn_peek import LayerActivationExtractor
+
+
+class LeNet5(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(16 * 4 * 4, 120)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(120, 84)
+        self.relu4 = nn.ReLU()
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        x = self.relu3(self.fc1(torch.flatten(x, 1)))
+        return self.fc3(self.relu4(self.fc2(x)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 with the CIFAR stem (3x3 conv, no max-pool) for 32x32 inputs."""
+
+    def __init__(self, n_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        widths = [64, 128, 256, 512]
+        c_in = 64
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layer = nn.Sequential(BasicBlock(c_in, w, stride), BasicBlock(w, w, 1))
+            setattr(self, f"layer{i + 1}", layer)
+            c_in = w
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, n_classes)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _best_pair(base, ext, repeat):
+    """Best-of-``repeat`` times of two callables, run alternately.
+
+    Alternating keeps slow phases of a shared machine from favouring one side.
+    """
+    base()  # warm-up (allocations, onnxruntime kernels)
+    ext()
+    tb, te = [], []
+    for _ in range(repeat):
+        for fn, times in ((base, tb), (ext, te)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return min(tb), min(te)
+
+
+def _export(model, shape):
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            torch.zeros(1, *shape),
+            buf,
+            dynamo=False,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
+        )
+    return buf.getvalue()
+
+
+def _ort_session(model_bytes, optimize):
+    """A plain session: onnxruntime's defaults, or the extractor's settings."""
+    opts = ort.SessionOptions()
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(
+        model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+
+
+def _best(fn, repeat):
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def bench(name, model, shape, torch_layers, onnx_layers, n, batch_size, repeat):
+    rng = np.random.default_rng(0)
+    X = rng.random((n, int(np.prod(shape))), dtype=np.float32)
+    X4 = X.reshape(n, *shape)
+    rows = []
+
+    def plain_torch():
+        with torch.inference_mode():
+            for i in range(0, n, batch_size):
+                model(torch.from_numpy(X4[i : i + batch_size]))
+
+    ext = LayerActivationExtractor(
+        model, torch_layers, input_shape=shape, batch_size=batch_size, progress=False
+    ).fit(X)
+    n_feat = ext.n_features_out_
+    t_base, t_ext = _best_pair(plain_torch, lambda: ext.transform(X), repeat)
+    rows.append((name, "torch", "model(x)", n, n_feat, t_base, t_ext))
+
+    model_bytes = _export(model, shape)
+    oext = LayerActivationExtractor(
+        model_bytes, onnx_layers, batch_size=batch_size, progress=False
+    ).fit(X)
+    sess = _ort_session(model_bytes, optimize=False)
+
+    def plain_ort(sess=sess):
+        for i in range(0, n, batch_size):
+            sess.run(["logits"], {"x": X4[i : i + batch_size]})
+
+    t_base, t_ext = _best_pair(plain_ort, lambda: oext.transform(X), repeat)
+    rows.append((name, "onnx", "ORT, opt. off", n, n_feat, t_base, t_ext))
+    del sess, plain_ort
+    # onnxruntime's defaults spin idle worker threads, which slows any other
+    # session in the process: time this baseline on its own, after the rest.
+    sess = _ort_session(model_bytes, optimize=True)
+    t_base = _best(
+        lambda: [
+            sess.run(["logits"], {"x": X4[i : i + batch_size]})
+            for i in range(0, n, batch_size)
+        ],
+        repeat,
+    )
+    rows.append((name, "onnx", "ORT defaults", n, n_feat, t_base, t_ext))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-lenet", type=int, default=4096)
+    parser.add_argument("--n-resnet", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: stable on a shared box)",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n_lenet, args.n_resnet, args.repeat = 512, 32, 1
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    lenet = LeNet5().eval()
+    resnet = ResNet18().eval()
+    rows = bench(
+        "LeNet-5 (1x28x28)",
+        lenet,
+        (1, 28, 28),
+        ["pool1", "pool2", "relu3"],
+        [
+            "/pool1/MaxPool_output_0",
+            "/pool2/MaxPool_output_0",
+            "/relu3/Relu_output_0",
+        ],
+        args.n_lenet,
+        args.batch_size,
+        args.repeat,
+    )
+    rows += bench(
+        "ResNet-18 (3x32x32)",
+        resnet,
+        (3, 32, 32),
+        ["layer2", "layer3", "layer4"],
+        [
+            "/layer2/layer2.1/relu_1/Relu_output_0",
+            "/layer3/layer3.1/relu_1/Relu_output_0",
+            "/layer4/layer4.1/relu_1/Relu_output_0",
+        ],
+        args.n_resnet,
+        args.batch_size,
+        args.repeat,
+    )
+    print(
+        f"\ntorch {torch.__version__}, onnxruntime {ort.__version__}, "
+        f"{platform.processor() or platform.machine()}, {args.threads} threads, "
+        f"batch_size={args.batch_size}, best of {args.repeat}; the extractor reads 3 "
+        "layers plus the input block (float32 output, nonneg='error' checks on).\n"
+    )
+    print(
+        "| network | runtime | baseline | n | features out | baseline s "
+        "| extractor s | baseline img/s | extractor img/s | overhead |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rt, base, n, nf, tb, te in rows:
+        print(
+            f"| {name} | {rt} | {base} | {n} | {nf} | {tb:.3f} | {te:.3f} | "
+            f"{n / tb:,.0f} | {n / te:,.0f} | {100 * (te / tb - 1):+.1f}% |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,938 @@
+"""LayerActivationExtractor: images -> [input | layer_1 | layer_2 ...] matrix.
+
+The estimator validates, plans the blocks and runs the batches; everything
+that depends on the runtime (torch or onnxruntime) lives in one adapter per
+runtime (``_torch.py``, ``_onnx.py``) with the same small interface:
+``list_layers``, ``auto_layers``, ``resolve``, ``all_names``, ``run``,
+``model_input_shape``, ``expected_channels``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import math
+import numbers
+import os
+import sys
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.utils.validation import check_is_fitted
+
+from .._backend import is_torch_tensor, to_numpy
+
+#: At most this many layers are picked by ``layers="auto"``.
+MAX_AUTO_LAYERS = 8
+#: transform refuses to allocate more than this fraction of available memory.
+MEMORY_FRACTION = 0.5
+
+_POOLING = (None, "avg", "max")
+_NONNEG = ("error", "relu", "split", "shift")
+
+
+# -- helpers shared by the estimator and available_layers ----------------------
+def _make_adapter(model, device=None, input_name=None, extra_inputs=None):
+    from ._onnx import OnnxAdapter, is_onnx_model
+    from ._torch import TorchAdapter, is_torch_module
+
+    if is_torch_module(model):
+        if input_name is not None or extra_inputs:
+            raise ValueError(
+                "input_name and extra_inputs apply to ONNX models only; a torch "
+                "module is called with the image batch as its one argument (wrap "
+                "it in a module that supplies the other arguments)."
+            )
+        return TorchAdapter(model, device)
+    if is_onnx_model(model):
+        return OnnxAdapter(
+            model, device, input_name=input_name, extra_inputs=extra_inputs
+        )
+    raise TypeError(
+        f"model={type(model).__name__} object is not supported; expected a "
+        "torch.nn.Module, or an ONNX model as a file path, bytes or onnx.ModelProto."
+    )
+
+
+def _check_input_shape(input_shape):
+    if input_shape is None:
+        return None
+    if isinstance(input_shape, numbers.Integral):
+        input_shape = (input_shape,)
+    try:
+        shape = tuple(int(d) for d in input_shape)
+        ok = all(d > 0 for d in shape) and len(shape) >= 1
+        ok = ok and all(int(d) == d for d in input_shape)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"input_shape={input_shape!r} is not understood; expected a tuple of "
+            "positive ints giving one sample's shape, e.g. (1, 28, 28)."
+        )
+    return shape
+
+
+def _block_name(name):
+    while "__" in name:
+        name = name.replace("__", "_")
+    return name
+
+
+def _close_matches(name, names):
+    matches = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    if not matches:
+        lowered = name.lower()
+        matches = [n for n in names if lowered in n.lower()][:5]
+    return matches
+
+
+def _resolve_layers(adapter, layers, rows):
+    """Turn ``layers`` into a list of (requested name, canonical name) pairs."""
+    if isinstance(layers, str) and layers == "auto":
+        pairs = adapter.auto_layers(rows)
+        if not pairs:
+            raise ValueError(
+                "layers='auto' found no non-negative activation (ReLU-like) or "
+                "pooling layer in the model; pass layers=[...] explicitly (see "
+                "available_layers(model)) together with nonneg='relu', 'split' or "
+                "'shift'."
+            )
+        if len(pairs) > MAX_AUTO_LAYERS:
+            # Keep the last candidate of each top-level part of the model.
+            last = {}
+            for name, group in pairs:
+                last[group] = name
+            pairs = [(n, g) for n, g in pairs if last[g] == n]
+        names = [n for n, _ in pairs]
+        if len(names) > MAX_AUTO_LAYERS:
+            idx = np.linspace(0, len(names) - 1, MAX_AUTO_LAYERS).round().astype(int)
+            names = [names[i] for i in sorted(set(idx))]
+        return [(n, n) for n in names]
+    if isinstance(layers, str):
+        layers = [layers]
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise ValueError(
+            f"layers={layers!r} is not understood; expected 'auto', a layer name or a "
+            "list of layer names."
+        ) from None
+    out = []
+    known = adapter.all_names()
+    for name in layers:
+        if not isinstance(name, str):
+            raise ValueError(
+                f"layers contains {name!r} ({type(name).__name__}); layer names are "
+                "strings."
+            )
+        canon = adapter.resolve(name)
+        if canon is None:
+            close = _close_matches(name, known)
+            hint = f" Close matches: {close}." if close else ""
+            raise ValueError(
+                f"layers: {name!r} is not a layer of this {adapter.kind} model.{hint} "
+                "Call sklearn_peek.available_layers(model, input_shape) for the full "
+                "list."
+            )
+        out.append((name, canon))
+    canons = [c for _, c in out]
+    dup = sorted({n for n, c in out if canons.count(c) > 1})
+    if dup:
+        raise ValueError(f"layers names the same layer more than once: {dup}.")
+    return out
+
+
+def _as_array(X, param="X"):
+    """X as a float32 ndarray with at least 2 axes; clear errors otherwise.
+
+    The messages follow scikit-learn's wording where it has one, so its
+    estimator checks recognise them.
+    """
+    if sp.issparse(X) or type(X).__module__.startswith("sparse"):
+        raise TypeError(
+            f"{param} is a sparse matrix ({type(X).__name__}); sparse input is not "
+            "supported: pass a dense array of images (X.toarray())."
+        )
+    if is_torch_tensor(X):
+        X = to_numpy(X)
+    elif hasattr(X, "to_numpy") and hasattr(X, "columns"):
+        X = X.to_numpy()
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:
+        raise ValueError(f"{param} could not be read as an array: {exc}") from exc
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(
+            f"Complex data not supported: {param} has dtype {arr.dtype}; expected "
+            "real floats."
+        )
+    if arr.dtype == object:
+        arr = arr.astype(np.float64)  # raises TypeError on non-numbers
+    elif not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(
+            f"{param} has dtype {arr.dtype}; expected numbers (images as floats)."
+        )
+    if arr.ndim < 2:
+        raise ValueError(
+            f"{param} has shape {arr.shape}; expected (n_samples, n_features) with "
+            "input_shape, or (n_samples, C, H, W). Reshape your data with "
+            "X.reshape(1, -1) for a single sample."
+        )
+    if arr.shape[0] == 0:
+        raise ValueError(f"{param} has 0 samples (shape {arr.shape}).")
+    if arr.size == 0:
+        raise ValueError(
+            f"0 feature(s) (shape={arr.shape}) while a minimum of 1 is required: "
+            f"{param} has no values per sample."
+        )
+    return arr.astype(np.float32, copy=False)
+
+
+def _check_finite(a, what, start):
+    """Raise on NaN/inf in ``a`` (rows = samples from ``start``); return its min.
+
+    Two reductions (min and max) instead of an isfinite mask keep the common,
+    clean case cheap.
+    """
+    lo, hi = a.min(), a.max()
+    if np.isfinite(lo) and np.isfinite(hi):
+        return float(lo)
+    bad = start + int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)))[0][0])
+    raise ValueError(
+        f"{what} has NaN or infinite values (first at sample {bad}); the extractor "
+        "does not drop or replace them."
+    )
+
+
+def _available_memory():
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return None
+
+
+def _fmt_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _feature_suffixes(shape, pooled):
+    """Feature names inside one block, from the block's per-sample shape."""
+    size = math.prod(shape)
+    if len(shape) == 3 and not pooled:
+        c, h, w = shape
+        return [f"c{i}_y{y}_x{x}" for i in range(c) for y in range(h) for x in range(w)]
+    if len(shape) == 2 and not pooled:
+        c, w = shape
+        return [f"c{i}_x{x}" for i in range(c) for x in range(w)]
+    if pooled and len(shape) == 1:
+        return [f"c{i}" for i in range(size)]
+    return [f"u{i}" for i in range(size)]
+
+
+def available_layers(model, input_shape=None, *, input_name=None, extra_inputs=None):
+    """List the layers of a model that the extractor can read.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, str, path, bytes or onnx.ModelProto
+        The network.
+    input_shape : tuple of int, default=None
+        Shape of one sample, e.g. ``(1, 28, 28)``. Needed for torch models
+        (the model is run once on zeros to learn the output shapes); for ONNX
+        models taken from the model's input when it is static, else the
+        shapes come from ONNX shape inference and may hold ``None``.
+    input_name, extra_inputs : optional
+        As in :class:`LayerActivationExtractor`, for ONNX models with several
+        inputs.
+
+    Returns
+    -------
+    list of dict
+        One row per layer, in execution order: ``name`` (what ``layers=``
+        accepts), ``op_type`` (module class or ONNX op), ``shape`` (per-sample
+        output shape), ``auto`` (whether ``layers="auto"`` picks it), and
+        ``calls`` (torch: how often the module runs per forward pass) or
+        ``node`` (ONNX: the producing node's name, accepted as an alias).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_peek import available_layers
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(),
+    ...                           torch.nn.MaxPool2d(2))
+    >>> for row in available_layers(net, input_shape=(1, 8, 8)):
+    ...     print(row["name"], row["op_type"], row["shape"], row["auto"])
+    0 Conv2d (2, 6, 6) False
+    1 ReLU (2, 6, 6) False
+    2 MaxPool2d (2, 3, 3) True
+    """
+    adapter = _make_adapter(model, None, input_name, extra_inputs)
+    shape = _check_input_shape(input_shape)
+    if shape is None:
+        shape = adapter.model_input_shape()
+    if shape is None and adapter.kind == "torch":
+        raise ValueError(
+            "input_shape=None: a torch model must be run once to learn its layer "
+            "shapes; pass input_shape=(C, H, W) (one sample's shape)."
+        )
+    rows = adapter.list_layers(shape)
+    try:
+        auto = {c for _, c in _resolve_layers(adapter, "auto", rows)}
+    except ValueError:
+        auto = set()
+    for row in rows:
+        row["auto"] = row["name"] in auto
+        row.pop("reads", None)
+    return rows
+
+
+class LayerActivationExtractor(TransformerMixin, BaseEstimator):
+    """Hidden-layer activations of a CNN as one non-negative feature matrix.
+
+    ``transform(X)`` runs the model on the images in ``X`` in batches and
+    returns the float32 matrix ``[input | layer_1 | layer_2 ...]`` with one
+    row per image; :meth:`get_feature_names_out` names the columns
+    ``<block>__<feature>`` so that ``CoupledNMF(blocks="auto")`` can split it.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, str, os.PathLike, bytes or onnx.ModelProto
+        The trained network: a PyTorch module, or an ONNX model (file path,
+        serialized bytes or ``ModelProto``) exported from any framework. The
+        object is used as given, never modified, and shared (not copied) by
+        :func:`sklearn.base.clone`.
+    layers : "auto", str or list of str, default="auto"
+        Layers to read. Torch: qualified module names (``"features.3"``,
+        ``"layer1.0.relu"``; ``"name:k"`` selects call ``k`` of a module that
+        runs several times). ONNX: tensor names, or node names as aliases.
+        ``"auto"`` takes the output of every non-negative activation (torch
+        ``ReLU``, ``ReLU6``, ``Sigmoid``, ``Softplus``, ``Hardsigmoid``; ONNX
+        ``Relu``, ``Sigmoid``, ``Softplus``, ``HardSigmoid``, ``Clip`` with a
+        lower bound >= 0), replaced by the output of a pooling step that reads
+        it directly; when that gives more than 8 layers it keeps the last one
+        of each top-level part of the model (torch: first component of the
+        module name; ONNX: first component of the node name; a pooled output
+        counts in the part of the activation it replaced), then at most 8
+        evenly spaced ones.
+    include_input : bool, default=True
+        Put the raw input pixels first, as the block ``"input"``.
+    input_shape : tuple of int, default=None
+        Shape of one sample, e.g. ``(1, 28, 28)``, used to reshape a 2-D
+        ``X``. When None: a 3-D or 4-D ``X`` gives it; a 2-D ``X`` is
+        reshaped to the ONNX model's static input shape when there is one and
+        taken as flat vectors otherwise.
+    pooling : {None, "avg", "max"}, default=None
+        None keeps every unit (C x H x W features per conv layer). "avg" or
+        "max" reduce each channel over its spatial positions (one feature per
+        channel). Layers with a flat output and the input block are never
+        pooled. Channels are assumed to be on axis 1 (NCHW).
+    nonneg : {"error", "relu", "split", "shift"}, default="error"
+        What to do with negative values (CoupledNMF needs non-negative data);
+        applies to every block, the input included. "error": raise, naming
+        the layer and its minimum. "relu": clip at 0. "split": replace ``x``
+        by ``[relu(x), relu(-x)]`` (the block doubles; feature names end in
+        ``_pos`` / ``_neg``). "shift": subtract from each feature the
+        minimum seen during ``fit`` when that is negative (stored in
+        ``shifts_``); ``transform`` raises when a value falls below that
+        minimum by more than float32 rounding.
+    batch_size : int, default=256
+        Samples per forward pass.
+    device : None, str or torch.device, default=None
+        Where the model runs. None: torch models run where their parameters
+        are, ONNX models on the CPU. "cpu", "cuda", "cuda:N", "auto" as in
+        the rest of the library (CUDA asked for without a GPU raises). A
+        torch model on another device is moved there for each call and moved
+        back afterwards. ONNX models use onnxruntime's CUDAExecutionProvider
+        when it is installed (onnxruntime-gpu), else the CPU with a warning.
+    progress : bool or None, default=None
+        Show a tqdm bar over the batches. None: only when stderr is a terminal
+        and the environment variable ``CI`` is not set.
+    input_name : str, default=None
+        ONNX models with several inputs: the one that takes the images.
+    extra_inputs : dict, default=None
+        ONNX models with several inputs: ``{name: value}`` for the other
+        inputs. A value with one axis less than the input is one sample's
+        value and is repeated along the batch axis; otherwise it is fed as is.
+    channel_repeat : bool, default=False
+        Feed single-channel images to a model whose first layer expects 3 (or
+        C) channels by repeating the channel. The input block keeps the
+        original single channel. Without it, that mismatch raises.
+
+    Attributes
+    ----------
+    layer_names_ : list of str
+        Block names in column order, ``"input"`` first when included. Layer
+        names are the requested names with ``"__"`` replaced by ``"_"``.
+    layer_sources_ : dict
+        Block name -> the layer it reads (module name or ONNX tensor name).
+    block_sizes_ : list of (str, int)
+        Block name and number of columns, in column order.
+    layer_shapes_ : dict
+        Block name -> per-sample shape of its features; ``prod(shape)`` is the
+        block size (pooled conv layer: ``(C,)``; ``nonneg="split"`` adds a
+        leading axis of 2: positive part, negative part).
+    input_shape_ : tuple of int
+        Shape of one sample as fed to the model.
+    n_features_in_ : int
+        Number of values per input sample.
+    n_features_out_ : int
+        Number of output columns.
+    shifts_ : dict
+        Only with ``nonneg="shift"``: block name -> float32 array subtracted
+        from each feature (0 where the minimum seen in fit was >= 0).
+    feature_names_in_ : ndarray of str
+        Only when ``X`` in fit was a DataFrame.
+
+    Notes
+    -----
+    The model is a trained network, not a hyper-parameter: ``clone`` (and so
+    ``GridSearchCV`` and ``cross_validate``) hands the same object to the
+    copy instead of deep-copying it. A fitted extractor pickles; onnxruntime
+    sessions are rebuilt after unpickling. scikit-learn's estimator checks
+    pass for a network that accepts any input width (they feed arbitrary
+    2-D data).
+
+    See Also
+    --------
+    available_layers : list what ``layers`` accepts.
+    sklearn_peek.CoupledNMF : factorizes the matrix this produces.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sklearn_peek import LayerActivationExtractor
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> net = torch.nn.Sequential(
+    ...     torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+    ...     torch.nn.Flatten(), torch.nn.Linear(4 * 3 * 3, 5), torch.nn.ReLU())
+    >>> X = np.random.default_rng(0).random((10, 64), dtype=np.float32)
+    >>> ext = LayerActivationExtractor(net, input_shape=(1, 8, 8))
+    >>> A = ext.fit_transform(X)
+    >>> A.shape, A.dtype
+    ((10, 105), dtype('float32'))
+    >>> ext.block_sizes_
+    [('input', 64), ('2', 36), ('5', 5)]
+    >>> ext.get_feature_names_out()[[0, 64, 100]].tolist()
+    ['input__p0', '2__c0_y0_x0', '5__u0']
+    """
+
+    def __init__(
+        self,
+        model,
+        layers="auto",
+        *,
+        include_input=True,
+        input_shape=None,
+        pooling=None,
+        nonneg="error",
+        batch_size=256,
+        device=None,
+        progress=None,
+        input_name=None,
+        extra_inputs=None,
+        channel_repeat=False,
+    ):
+        self.model = model
+        self.layers = layers
+        self.include_input = include_input
+        self.input_shape = input_shape
+        self.pooling = pooling
+        self.nonneg = nonneg
+        self.batch_size = batch_size
+        self.device = device
+        self.progress = progress
+        self.input_name = input_name
+        self.extra_inputs = extra_inputs
+        self.channel_repeat = channel_repeat
+
+    # -- scikit-learn plumbing -------------------------------------------------
+    def __sklearn_clone__(self):
+        # The model is a trained network, not a hyper-parameter: share it.
+        params = self.get_params(deep=False)
+        new = type(self)(
+            **{
+                k: (v if k == "model" else clone(v, safe=False))
+                for k, v in params.items()
+            }
+        )
+        if hasattr(self, "_sklearn_output_config"):
+            new._sklearn_output_config = copy.deepcopy(self._sklearn_output_config)
+        return new
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_adapter", None)  # onnxruntime sessions do not pickle
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.input_tags.three_d_array = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        tags.requires_fit = True
+        return tags
+
+    # -- validation --------------------------------------------------------------
+    def _validate_params(self):
+        if self.pooling not in _POOLING:
+            raise ValueError(
+                f"pooling={self.pooling!r} is not understood; expected None, 'avg' "
+                "or 'max'."
+            )
+        if not isinstance(self.nonneg, str) or self.nonneg not in _NONNEG:
+            raise ValueError(
+                f"nonneg={self.nonneg!r} is not understood; expected one of {_NONNEG}."
+            )
+        bs = self.batch_size
+        if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
+            raise ValueError(
+                f"batch_size={bs!r} is not understood; expected an int >= 1."
+            )
+        for name in ("include_input", "channel_repeat"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not understood; expected "
+                    "True or False."
+                )
+        if self.progress is not None and not isinstance(
+            self.progress, (bool, np.bool_)
+        ):
+            raise ValueError(
+                f"progress={self.progress!r} is not understood; expected None, True "
+                "or False."
+            )
+        if self.extra_inputs is not None and not isinstance(self.extra_inputs, dict):
+            raise ValueError(
+                f"extra_inputs={type(self.extra_inputs).__name__} is not understood; "
+                "expected a dict {input name: array}."
+            )
+        if not self.include_input and isinstance(self.layers, (list, tuple)):
+            if len(self.layers) == 0:
+                raise ValueError(
+                    "layers=[] with include_input=False leaves no features to extract."
+                )
+
+    def _get_adapter(self):
+        adapter = getattr(self, "_adapter", None)
+        if adapter is None:
+            adapter = _make_adapter(
+                self.model, self.device, self.input_name, self.extra_inputs
+            )
+            self._adapter = adapter
+        return adapter
+
+    def _sample_shape(self, X, adapter):
+        """Reshape X to (n, *sample) and return it with the sample shape."""
+        shape = _check_input_shape(self.input_shape)
+        n = X.shape[0]
+        if shape is not None:
+            if X.ndim == 2 and X.shape[1] == math.prod(shape):
+                return X.reshape(n, *shape), shape
+            if X.shape[1:] == shape:
+                return X, shape
+            raise ValueError(
+                f"X has shape {X.shape}, which does not fit input_shape={shape}: "
+                f"expected (n_samples, {math.prod(shape)}) or (n_samples, "
+                f"{', '.join(map(str, shape))})."
+            )
+        if X.ndim > 2:
+            return X, tuple(X.shape[1:])
+        model_shape = adapter.model_input_shape()
+        if model_shape is not None:
+            if math.prod(model_shape) != X.shape[1]:
+                raise ValueError(
+                    f"X has {X.shape[1]} features per sample, but the model input "
+                    f"has shape {model_shape} ({math.prod(model_shape)} values); "
+                    "pass X with matching size or input_shape=..."
+                )
+            return X.reshape(n, *model_shape), model_shape
+        return X, (X.shape[1],)
+
+    def _feed_shape(self, sample_shape, adapter):
+        """Shape given to the model (channel_repeat may widen the channels)."""
+        want = adapter.expected_channels()
+        if want is None or len(sample_shape) < 2 or sample_shape[0] == want:
+            return sample_shape, 1
+        if sample_shape[0] == 1 and self.channel_repeat:
+            return (want, *sample_shape[1:]), want
+        if adapter.kind == "torch":
+            # The first convolution module by definition order may not be the
+            # first one to run: let the forward pass decide (its error names
+            # the channel count too).
+            return sample_shape, 1
+        raise ValueError(
+            f"the model's first layer expects {want} channels, but the samples have "
+            f"shape {tuple(sample_shape)} ({sample_shape[0]} channel(s)). Convert X "
+            f"(e.g. np.repeat(X, {want}, axis=1) for grayscale -> RGB) or pass "
+            "channel_repeat=True to repeat a single channel."
+        )
+
+    # -- fit / transform -----------------------------------------------------------
+    def fit(self, X, y=None):
+        """Check the model and the data, and record the layer shapes.
+
+        Runs the model on the first batch (all of ``X`` with
+        ``nonneg="shift"``, to record the per-feature minima).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W)
+            Images. A DataFrame or a torch tensor is accepted too.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : LayerActivationExtractor
+            The fitted extractor.
+        """
+        self._validate_params()
+        self.__dict__.pop("_adapter", None)
+        self.__dict__.pop("feature_names_in_", None)
+        self.__dict__.pop("shifts_", None)
+        if hasattr(X, "columns"):
+            self.feature_names_in_ = np.asarray(
+                [str(c) for c in X.columns], dtype=object
+            )
+        arr = _as_array(X)
+        adapter = self._get_adapter()
+        X4, sample_shape = self._sample_shape(arr, adapter)
+        if adapter.kind == "onnx":
+            adapter.check_sample_shape(self._feed_shape(sample_shape, adapter)[0])
+        feed_shape, repeat = self._feed_shape(sample_shape, adapter)
+        self._repeat = repeat
+        if not (isinstance(self.layers, (list, tuple)) and len(self.layers) == 0):
+            rows = adapter.list_layers(feed_shape)
+            pairs = _resolve_layers(adapter, self.layers, rows)
+        else:
+            pairs = []
+        sources = [c for _, c in pairs]
+        self.input_shape_ = tuple(int(d) for d in sample_shape)
+        self.n_features_in_ = int(math.prod(sample_shape))
+        self._sources = sources
+
+        # Block names: unique, without "__", "input" kept for the pixels.
+        names, taken = [], {"input"} if self.include_input else set()
+        for requested, _ in pairs:
+            base = _block_name(requested) or "layer"
+            name, k = base, 1
+            while name in taken:
+                name, k = f"{base}_{k}", k + 1
+            taken.add(name)
+            names.append(name)
+        self._layer_block_names = names
+
+        probe = np.ascontiguousarray(X4[: min(len(X4), self.batch_size)], np.float32)
+        _check_finite(probe, "X", 0)
+        with self._runner() as run:
+            raw = run(self._feed(probe))
+        shapes = {}
+        if self.include_input:
+            shapes["input"] = self.input_shape_
+        for name, src in zip(names, sources):
+            arr_l = raw[src]
+            shapes[name] = tuple(int(d) for d in arr_l.shape[1:])
+        self._raw_shapes = shapes
+        self.layer_names_ = (["input"] if self.include_input else []) + names
+        self.layer_sources_ = dict(
+            ([("input", "input")] if self.include_input else [])
+            + list(zip(names, sources))
+        )
+        self.layer_shapes_ = {}
+        for name in self.layer_names_:
+            shape = shapes[name]
+            pooled = self.pooling is not None and name != "input" and len(shape) >= 2
+            if pooled:
+                shape = (shape[0],)
+            if self.nonneg == "split":
+                shape = (2, *shape)
+            self.layer_shapes_[name] = shape
+        self.block_sizes_ = [
+            (n, int(math.prod(self.layer_shapes_[n]))) for n in self.layer_names_
+        ]
+        self.n_features_out_ = int(sum(s for _, s in self.block_sizes_))
+
+        if self.nonneg == "shift":
+            self.shifts_ = self._fit_shifts(X4)
+        elif self.nonneg == "error":
+            self._postprocess(self._pooled(probe, raw), check_rows=0)
+        return self
+
+    def _runner(self):
+        """Context yielding run(batch) -> {source: raw activations}.
+
+        The torch adapter sets eval mode and hooks up once for all batches run
+        inside, and undoes both on exit, also after an exception.
+        """
+        if not self._sources:
+            return contextlib.nullcontext(lambda batch: {})
+        return self._get_adapter().runner(self._sources)
+
+    def _feed(self, batch):
+        if getattr(self, "_repeat", 1) > 1:
+            return np.repeat(batch, self._repeat, axis=1)
+        return batch
+
+    def _process(self, run, X4, start):
+        """Run one batch starting at row ``start``; blocks after the policy."""
+        batch = np.ascontiguousarray(X4[start : start + self.batch_size], np.float32)
+        _check_finite(batch, "X", start)
+        raw = run(self._feed(batch))
+        return self._postprocess(self._pooled(batch, raw), check_rows=start)
+
+    def _pooled(self, batch, raw):
+        """{block: (B, n_raw_features)} before the nonneg policy."""
+        out = {}
+        n = batch.shape[0]
+        if self.include_input:
+            out["input"] = batch.reshape(n, -1)
+        for name, src in zip(self._layer_block_names, self._sources):
+            a = raw[src]
+            if self.pooling is not None and a.ndim >= 3:
+                axes = tuple(range(2, a.ndim))
+                a = a.mean(axis=axes) if self.pooling == "avg" else a.max(axis=axes)
+            out[name] = a.reshape(n, -1)
+        return out
+
+    def _postprocess(self, blocks, check_rows):
+        """Apply the nonneg policy; return {block: (B, block_size)}."""
+        out = {}
+        for name, a in blocks.items():
+            if name == "input":  # checked before the forward pass
+                amin = float(a.min()) if self.nonneg == "error" else 0.0
+            else:
+                amin = _check_finite(
+                    a, f"layer {self.layer_sources_[name]!r}", check_rows
+                )
+            if self.nonneg == "error":
+                if amin < 0:
+                    what = (
+                        "the input X"
+                        if name == "input"
+                        else f"layer {self.layer_sources_[name]!r} (block {name!r})"
+                    )
+                    raise ValueError(
+                        f"nonneg='error': {what} has negative values (min {amin:.4g}), "
+                        "but the coupled factorization needs non-negative data. Pass "
+                        "nonneg='relu' (clip at 0), 'split' ([relu(x), relu(-x)]) or "
+                        "'shift' (subtract the per-feature minimum seen in fit), or "
+                        "pick a layer after a ReLU (see available_layers(model))."
+                    )
+                out[name] = a
+            elif self.nonneg == "relu":
+                out[name] = np.maximum(a, 0)
+            elif self.nonneg == "split":
+                out[name] = np.concatenate(
+                    [np.maximum(a, 0), np.maximum(-a, 0)], axis=1
+                )
+            else:
+                shift = getattr(self, "shifts_", None)
+                if shift is None:  # during fit, before the shifts exist
+                    out[name] = a
+                    continue
+                s = shift[name]
+                b = a - s
+                tol = 1e-5 * (1.0 + np.abs(s))
+                below = b < -tol
+                if below.any():
+                    r, c = np.argwhere(below)[0]
+                    what = (
+                        "X"
+                        if name == "input"
+                        else f"layer {self.layer_sources_[name]!r}"
+                    )
+                    raise ValueError(
+                        f"nonneg='shift': {what} (block {name!r}) has value "
+                        f"{a[r, c]:.4g} at sample {r + check_rows}, feature {c}, below "
+                        f"the minimum {s[c]:.4g} seen in fit. Refit on data that "
+                        "covers this range, or use nonneg='relu' or 'split'."
+                    )
+                out[name] = np.maximum(b, 0)  # only float32 rounding is cut here
+        return out
+
+    def _fit_shifts(self, X4):
+        mins = None
+        with self._runner() as run:
+            for i in range(0, len(X4), self.batch_size):
+                blocks = self._process(run, X4, i)
+                bmin = {k: v.min(axis=0) for k, v in blocks.items()}
+                mins = (
+                    bmin
+                    if mins is None
+                    else {k: np.minimum(mins[k], v) for k, v in bmin.items()}
+                )
+        return {k: np.minimum(v, 0).astype(np.float32) for k, v in mins.items()}
+
+    def _check_X(self, X):
+        arr = _as_array(X)
+        if hasattr(self, "feature_names_in_") and hasattr(X, "columns"):
+            cols = np.asarray([str(c) for c in X.columns], dtype=object)
+            if len(cols) != len(self.feature_names_in_) or not np.all(
+                cols == self.feature_names_in_
+            ):
+                raise ValueError(
+                    "X has different column names from the DataFrame seen in fit; "
+                    f"expected {list(self.feature_names_in_[:3])}..."
+                )
+        shape = self.input_shape_
+        n = arr.shape[0]
+        if arr.ndim == 2 and arr.shape[1] == self.n_features_in_:
+            return arr.reshape(n, *shape)
+        if arr.shape[1:] == shape:
+            return arr
+        if arr.ndim == 2:
+            raise ValueError(
+                f"X has {arr.shape[1]} features, but LayerActivationExtractor is "
+                f"expecting {self.n_features_in_} features as input (samples of "
+                f"shape {shape}, seen in fit)."
+            )
+        raise ValueError(
+            f"X has shape {arr.shape}; this extractor was fitted on samples of shape "
+            f"{shape}: expected (n_samples, {self.n_features_in_}) or (n_samples, "
+            f"{', '.join(map(str, shape))})."
+        )
+
+    def _show_progress(self):
+        if self.progress is not None:
+            return bool(self.progress)
+        try:
+            tty = sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        return tty and not os.environ.get("CI")
+
+    def transform(self, X, out=None):
+        """Run the model and return ``[input | layer_1 | ...]`` as float32.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W)
+            Images with the per-sample shape seen in fit.
+        out : ndarray or numpy.memmap of shape (n_samples, n_features_out_), \
+                default=None
+            float32 array to write into (e.g. a ``np.memmap`` for data larger
+            than memory). When None, a new array is allocated after checking
+            that it fits in memory.
+
+        Returns
+        -------
+        A : ndarray of shape (n_samples, n_features_out_), float32
+            The activations (``out`` itself when given).
+        """
+        check_is_fitted(self, "block_sizes_")
+        X4 = self._check_X(X)
+        n = X4.shape[0]
+        n_out = self.n_features_out_
+        if out is None:
+            need = n * n_out * 4
+            avail = _available_memory()
+            if avail is not None and need > MEMORY_FRACTION * avail:
+                raise MemoryError(
+                    f"the activation matrix needs {_fmt_bytes(need)} ({n} samples x "
+                    f"{n_out} features x 4 bytes), more than {MEMORY_FRACTION:.0%} of "
+                    f"the available memory ({_fmt_bytes(avail)}). Ways out: "
+                    "pooling='avg' or 'max' (one feature per channel), fewer or "
+                    "smaller layers, fewer samples, or transform(X, out=np.memmap("
+                    f"path, dtype='float32', mode='w+', shape=({n}, {n_out})))."
+                )
+            out = np.empty((n, n_out), dtype=np.float32)
+        else:
+            if (
+                not isinstance(out, np.ndarray)
+                or out.dtype != np.float32
+                or out.shape
+                != (
+                    n,
+                    n_out,
+                )
+            ):
+                got = (
+                    f"{type(out).__name__} {getattr(out, 'dtype', '?')} "
+                    f"{getattr(out, 'shape', '?')}"
+                )
+                raise ValueError(
+                    f"out={got} does not fit; expected a float32 ndarray or np.memmap "
+                    f"of shape ({n}, {n_out})."
+                )
+        offsets = {}
+        start = 0
+        for name, size in self.block_sizes_:
+            offsets[name] = (start, start + size)
+            start += size
+        starts = range(0, n, self.batch_size)
+        bar = None
+        if self._show_progress():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(starts), desc="extract", unit="batch")
+        try:
+            with self._runner() as run:
+                for i in starts:
+                    blocks = self._process(run, X4, i)
+                    j = i + next(iter(blocks.values())).shape[0]
+                    for name, a in blocks.items():
+                        lo, hi = offsets[name]
+                        out[i:j, lo:hi] = a
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+    def get_feature_names_out(self, input_features=None):
+        """Column names ``<block>__<feature>``.
+
+        ``input__p<i>`` for pixel ``i`` (flat C*H*W index),
+        ``<layer>__c<c>_y<y>_x<x>`` for conv maps, ``<layer>__c<c>`` after
+        pooling, ``<layer>__u<i>`` for flat layers; ``_pos`` / ``_neg`` are
+        appended with ``nonneg="split"``.
+
+        Parameters
+        ----------
+        input_features : array-like of str, default=None
+            Ignored apart from a length check (the names come from the layers).
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        check_is_fitted(self, "block_sizes_")
+        if input_features is not None and len(input_features) != self.n_features_in_:
+            raise ValueError(
+                f"input_features has {len(input_features)} names; expected "
+                f"{self.n_features_in_}."
+            )
+        names = []
+        for name in self.layer_names_:
+            raw = self._raw_shapes[name]
+            if name == "input":
+                sub = [f"p{i}" for i in range(math.prod(raw))]
+            else:
+                pooled = self.pooling is not None and len(raw) >= 2
+                sub = _feature_suffixes((raw[0],) if pooled else raw, pooled)
+            if self.nonneg == "split":
+                sub = [f"{s}_pos" for s in sub] + [f"{s}_neg" for s in sub]
+            names.extend(f"{name}__{s}" for s in sub)
+        return np.asarray(names, dtype=object)

@@ -1,0 +1,485 @@
+"""ONNX adapter: expose intermediate tensors as graph outputs, run onnxruntime.
+
+Layers are named by tensor name (``/features/features.1/Relu_output_0``,
+``relu1``); a node name is accepted as an alias for the node's first output.
+Graph optimizations are switched off so that no requested tensor is fused
+away. The model the caller passed is never modified: the adapter works on a
+copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+import numpy as np
+
+from .._backend import resolve_device
+
+NONNEG_OPS = frozenset({"Relu", "Sigmoid", "Softplus", "HardSigmoid"})
+POOL_OPS = frozenset(
+    {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"}
+)
+_FLOAT_TYPES = None
+
+
+def _float_types():
+    global _FLOAT_TYPES
+    if _FLOAT_TYPES is None:
+        from onnx import TensorProto
+
+        _FLOAT_TYPES = {
+            TensorProto.FLOAT,
+            TensorProto.DOUBLE,
+            TensorProto.FLOAT16,
+            TensorProto.BFLOAT16,
+        }
+    return _FLOAT_TYPES
+
+
+def is_onnx_model(model):
+    if isinstance(model, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return True
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - onnx is a hard dependency
+        return False
+    return isinstance(model, onnx.ModelProto)
+
+
+def load_model(model):
+    """Return ``(ModelProto copy, description)``; clear errors for bad files."""
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+        source = "<ModelProto>"
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        source = f"<{len(model)} bytes>"
+        try:
+            proto = onnx.load_from_string(bytes(model))
+        except Exception as exc:
+            raise ValueError(
+                f"model={source} could not be parsed as an ONNX model "
+                f"(truncated or not ONNX): {type(exc).__name__}: {exc}"
+            ) from exc
+    else:
+        path = os.fspath(model)
+        source = repr(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"model={path!r}: no such file. Expected a torch.nn.Module, or an "
+                "ONNX model as a file path, bytes or onnx.ModelProto."
+            )
+        if os.path.isdir(path):
+            raise ValueError(f"model={path!r} is a directory, not an ONNX file.")
+        try:
+            # Loads weights stored as external data from the model's folder.
+            proto = onnx.load(path)
+        except Exception as exc:
+            raise ValueError(
+                f"model={path!r} could not be read as an ONNX model (truncated, "
+                "corrupt, not ONNX, or its external data files are missing): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    if source.startswith("<"):
+        external = [
+            t.name
+            for t in proto.graph.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL
+        ]
+        if external:
+            raise ValueError(
+                f"model={source} refers to weights in external data files "
+                f"(initializers {external[:3]}...) that an in-memory model cannot "
+                "locate; pass the .onnx file path instead, or load the data first "
+                "with onnx.load_external_data_for_model(model, base_dir)."
+            )
+    if proto.ir_version <= 0 or len(proto.graph.node) == 0:
+        raise ValueError(
+            f"model={source} is not an ONNX model: it parsed without an IR version "
+            f"or without any graph nodes (ir_version={proto.ir_version}, "
+            f"{len(proto.graph.node)} nodes)."
+        )
+    return proto, source
+
+
+def _dims(type_proto):
+    """Shape of a tensor type as a list of int / str / None, or None if unknown."""
+    t = type_proto.tensor_type
+    if not t.HasField("shape"):
+        return None
+    dims = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
+class OnnxAdapter:
+    """Run an ONNX model with onnxruntime and return named tensors."""
+
+    kind = "onnx"
+
+    def __init__(
+        self, model, device=None, *, input_name=None, extra_inputs=None, param="device"
+    ):
+        import onnx
+        import onnxruntime as ort
+
+        self.onnx = onnx
+        self.ort = ort
+        self.proto, self.source = load_model(model)
+        dev = resolve_device(device, param=param)
+        self.providers = ["CPUExecutionProvider"]
+        if dev is not None and dev.type == "cuda":
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                self.providers = [
+                    ("CUDAExecutionProvider", {"device_id": dev.index or 0}),
+                    "CPUExecutionProvider",
+                ]
+            else:
+                warnings.warn(
+                    f"{param}={device!r}: onnxruntime has no CUDAExecutionProvider "
+                    "(install onnxruntime-gpu); the ONNX model runs on the CPU.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        try:
+            self.inferred = onnx.shape_inference.infer_shapes(self.proto)
+        except Exception:
+            # Custom ops can defeat shape inference; tensors then lack types.
+            self.inferred = self.proto
+        g = self.inferred.graph
+        init_names = {t.name for t in g.initializer}
+        # Old exporters list initializers as graph inputs too: not real inputs.
+        self.inputs = [vi for vi in g.input if vi.name not in init_names]
+        self._types = {}
+        for vi in [*g.input, *g.value_info, *g.output]:
+            if vi.type.HasField("tensor_type"):
+                self._types[vi.name] = (vi.type.tensor_type.elem_type, _dims(vi.type))
+        self.nodes = list(g.node)
+        self.alias = {}
+        self.producer = {}
+        for node in self.nodes:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            if node.name and node.output and node.output[0]:
+                self.alias.setdefault(node.name, node.output[0])
+        self._choose_inputs(input_name, extra_inputs)
+        self._sessions = {}
+        self._batch_mode = {}
+
+    # -- inputs ---------------------------------------------------------------
+    def _choose_inputs(self, input_name, extra_inputs):
+        names = [vi.name for vi in self.inputs]
+        if not names:
+            raise ValueError(f"the ONNX model {self.source} has no graph inputs.")
+        if input_name is None:
+            if len(names) > 1:
+                raise ValueError(
+                    f"the ONNX model {self.source} has several inputs {names}; pass "
+                    "input_name=<the image input> and extra_inputs={name: value} "
+                    "for the others."
+                )
+            input_name = names[0]
+        elif input_name not in names:
+            raise ValueError(
+                f"input_name={input_name!r} is not an input of the ONNX model "
+                f"{self.source}; its inputs are {names}."
+            )
+        self.input_name = input_name
+        vi = next(v for v in self.inputs if v.name == input_name)
+        elem = vi.type.tensor_type.elem_type
+        self.input_dtype = self.onnx.helper.tensor_dtype_to_np_dtype(elem)
+        self.input_dims = _dims(vi.type)
+        extra = dict(extra_inputs or {})
+        unknown = sorted(set(extra) - set(names) - {input_name})
+        if unknown:
+            raise ValueError(
+                f"extra_inputs names {unknown} are not inputs of the ONNX model "
+                f"{self.source}; its inputs are {names}."
+            )
+        if input_name in extra:
+            raise ValueError(
+                f"extra_inputs gives a value for {input_name!r}, which is the image "
+                "input (input_name); X feeds it."
+            )
+        missing = [n for n in names if n != input_name and n not in extra]
+        if missing:
+            raise ValueError(
+                f"the ONNX model {self.source} has inputs {missing} besides the image "
+                f"input {input_name!r}; give their values with "
+                "extra_inputs={name: array} (one sample's value; it is repeated "
+                "along the batch axis)."
+            )
+        self.extra = {}
+        for vi in self.inputs:
+            if vi.name == input_name:
+                continue
+            dt = self.onnx.helper.tensor_dtype_to_np_dtype(
+                vi.type.tensor_type.elem_type
+            )
+            value = np.asarray(extra[vi.name], dtype=dt)
+            dims = _dims(vi.type)
+            batched = dims is not None and len(dims) == value.ndim + 1
+            self.extra[vi.name] = (value, batched)
+
+    def model_input_shape(self):
+        """Per-sample input shape when the model fixes every non-batch dim."""
+        dims = self.input_dims
+        if dims is None or len(dims) < 2:
+            return None
+        rest = dims[1:]
+        if all(isinstance(d, int) and d > 0 for d in rest):
+            return tuple(rest)
+        return None
+
+    def expected_channels(self):
+        dims = self.input_dims
+        if dims is not None and len(dims) == 4 and isinstance(dims[1], int):
+            return dims[1] if dims[1] > 0 else None
+        return None
+
+    def check_sample_shape(self, sample_shape):
+        dims = self.input_dims
+        if dims is None:
+            return
+        if len(dims) != len(sample_shape) + 1:
+            raise ValueError(
+                f"the ONNX model {self.source} input {self.input_name!r} has shape "
+                f"{_show(dims)} (rank {len(dims)}), but the samples have shape "
+                f"{tuple(sample_shape)} (rank {len(sample_shape) + 1} with the batch "
+                "axis). Pass input_shape=... or reshape X."
+            )
+        for want, got in zip(dims[1:], sample_shape):
+            if isinstance(want, int) and want > 0 and want != got:
+                raise ValueError(
+                    f"the ONNX model {self.source} input {self.input_name!r} expects "
+                    f"per-sample shape {_show(dims[1:])}, got {tuple(sample_shape)}."
+                )
+
+    @property
+    def fixed_batch(self):
+        d0 = self.input_dims[0] if self.input_dims else None
+        return d0 if isinstance(d0, int) and d0 > 0 else None
+
+    # -- layers ---------------------------------------------------------------
+    def _float_outputs(self):
+        """Node outputs of a floating type, in graph order."""
+        out = []
+        input_names = {vi.name for vi in self.inputs}
+        for node in self.nodes:
+            for t in node.output:
+                if not t or t in input_names:
+                    continue
+                info = self._types.get(t)
+                if info is not None and info[0] in _float_types():
+                    out.append(t)
+        return out
+
+    def all_names(self):
+        return [*self._float_outputs(), *self.alias]
+
+    def resolve(self, name):
+        floats = set(self._float_outputs())
+        if name in floats:
+            return name
+        alias = self.alias.get(name)
+        if alias is not None and alias in floats:
+            return alias
+        return None
+
+    def list_layers(self, sample_shape):
+        tensors = self._float_outputs()
+        shapes = {}
+        if sample_shape is not None and tensors:
+            batch = np.zeros((1, *sample_shape), dtype=np.float32)
+            shapes = {
+                k: tuple(v.shape[1:]) for k, v in self.run(batch, tensors).items()
+            }
+            # keep only the sessions used for extraction alive
+            self._sessions.pop(tuple(tensors), None)
+        rows = []
+        for t in tensors:
+            node = self.producer[t]
+            if t in shapes:
+                shape = shapes[t]
+            else:
+                dims = self._types[t][1]
+                shape = None if dims is None else tuple(dims[1:])
+            rows.append(
+                {
+                    "name": t,
+                    "op_type": node.op_type,
+                    "shape": shape,
+                    "node": node.name,
+                    "reads": node.input[0] if node.input else None,
+                }
+            )
+        return rows
+
+    def _clip_nonneg(self, node):
+        """Clip whose lower bound is a constant >= 0 (ReLU6 exports as Clip)."""
+        for a in node.attribute:
+            if a.name == "min":
+                return a.f >= 0
+        if len(node.input) > 1 and node.input[1]:
+            for init in self.proto.graph.initializer:
+                if init.name == node.input[1]:
+                    val = self.onnx.numpy_helper.to_array(init)
+                    return bool(np.all(val >= 0))
+        return False
+
+    def auto_layers(self, rows):
+        out = []
+        for row in rows:
+            op, t = row["op_type"], row["name"]
+            node = self.producer[t]
+            if op in NONNEG_OPS or (op == "Clip" and self._clip_nonneg(node)):
+                name = node.name or t
+                parts = name.strip("/").split("/")
+                out.append((t, parts[0] if len(parts) > 1 else name))
+            elif op in POOL_OPS and out and row["reads"] == out[-1][0]:
+                # the pooled map summarises it; it stays in the same group
+                out[-1] = (t, out[-1][1])
+        return out
+
+    # -- running ----------------------------------------------------------------
+    def _build(self, outputs, dynamic_batch):
+        onnx = self.onnx
+        m = onnx.ModelProto()
+        m.CopyFrom(self.inferred)
+        g = m.graph
+        if dynamic_batch:
+            # Intermediate shapes carry the old batch size: drop them.
+            del g.value_info[:]
+            for vi in g.input:
+                if vi.name == self.input_name or self.extra.get(vi.name, (0, 0))[1]:
+                    dims = vi.type.tensor_type.shape.dim
+                    if len(dims):
+                        dims[0].Clear()
+                        dims[0].dim_param = "batch"
+        del g.output[:]
+        for t in outputs:
+            elem = self._types[t][0]
+            g.output.append(onnx.helper.make_tensor_value_info(t, elem, None))
+        opts = self.ort.SessionOptions()
+        opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        # Failures come back as exceptions with ORT's message; the rewrite probe
+        # of a fixed batch dim may fail on purpose, so keep the log quiet.
+        opts.log_severity_level = 4
+        # Spinning worker threads compete with torch/BLAS threads (and with
+        # other sessions) in the same process; on a few cores that costs more
+        # than the wake-up latency it saves for batch inference.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            return self.ort.InferenceSession(
+                m.SerializeToString(), sess_options=opts, providers=self.providers
+            )
+        except Exception as exc:
+            raise ValueError(
+                f"onnxruntime could not load the ONNX model {self.source} "
+                f"(with outputs {list(outputs)[:5]}...): {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _feed(self, batch):
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
+        n = batch.shape[0]
+        for name, (value, batched) in self.extra.items():
+            feed[name] = (
+                np.ascontiguousarray(np.broadcast_to(value, (n, *value.shape)))
+                if batched
+                else value
+            )
+        return feed
+
+    def _run_session(self, sess, batch, outputs):
+        try:
+            res = sess.run(list(outputs), self._feed(batch))
+        except Exception as exc:
+            raise ValueError(
+                f"onnxruntime failed to run the ONNX model {self.source} on input "
+                f"{self.input_name!r} of shape {tuple(batch.shape)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return dict(zip(outputs, res))
+
+    def _session_for(self, outputs, sample_shape):
+        """Session and chunk size; rewrites a fixed batch dim when that is safe."""
+        key = tuple(outputs)
+        if key in self._sessions:
+            return self._sessions[key]
+        fixed = self.fixed_batch
+        plain = self._build(outputs, dynamic_batch=False)
+        entry = (plain, fixed)
+        if fixed is not None:
+            try:
+                dyn = self._build(outputs, dynamic_batch=True)
+                # Verify on two different samples: a Reshape with a hard-coded
+                # batch size either fails here or mixes the samples up.
+                rng = np.random.default_rng(0)
+                probe = rng.random((fixed + 1, *sample_shape), dtype=np.float32)
+                together = self._run_session(dyn, probe, outputs)
+                ok = True
+                for i in range(0, fixed + 1, fixed):
+                    chunk = _pad(probe[i : i + fixed], fixed)
+                    alone = self._run_session(plain, chunk, outputs)
+                    k = min(fixed, fixed + 1 - i)
+                    for t in outputs:
+                        a = together[t][i : i + k]
+                        b = alone[t][:k]
+                        if a.shape != b.shape or not np.allclose(
+                            a, b, rtol=1e-4, atol=1e-5
+                        ):
+                            ok = False
+                if ok:
+                    entry = (dyn, None)
+            except ValueError:
+                pass
+        self._sessions[key] = entry
+        return entry
+
+    def run(self, batch, names):
+        """Return {name: float32 ndarray (B, ...)} for the requested tensors."""
+        names = list(names)
+        sess, chunk = self._session_for(names, batch.shape[1:])
+        if chunk is None:
+            res = self._run_session(sess, batch, names)
+        else:
+            parts = []
+            n = batch.shape[0]
+            for i in range(0, n, chunk):
+                part = self._run_session(sess, _pad(batch[i : i + chunk], chunk), names)
+                parts.append({k: v[: min(chunk, n - i)] for k, v in part.items()})
+            res = {k: np.concatenate([p[k] for p in parts]) for k in names}
+        return {k: np.asarray(v, dtype=np.float32) for k, v in res.items()}
+
+    @contextlib.contextmanager
+    def runner(self, names):
+        """Context yielding ``run(batch) -> {name: float32 ndarray}``."""
+        names = list(names)
+        yield lambda batch: self.run(batch, names)
+
+    @property
+    def chunked(self):
+        """True when the last built session runs in fixed-size chunks."""
+        return any(c is not None for _, c in self._sessions.values())
+
+
+def _pad(a, size):
+    if a.shape[0] == size:
+        return a
+    pad = np.zeros((size - a.shape[0], *a.shape[1:]), dtype=a.dtype)
+    return np.concatenate([a, pad])
+
+
+def _show(dims):
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"

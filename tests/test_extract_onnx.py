@@ -1,0 +1,507 @@
+"""LayerActivationExtractor on ONNX models built in the tests.
+
+Every extracted tensor is checked against an independent onnxruntime run of
+the graph cut at that tensor (onnx.utils.Extractor, default optimizations).
+"""
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from sklearn_peek import LayerActivationExtractor, available_layers
+
+F32 = TensorProto.FLOAT
+
+
+def _current_opset():
+    """Newest opset that both onnx and the installed onnxruntime handle."""
+    for op in range(onnx.defs.onnx_opset_version(), 17, -1):
+        g = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "probe",
+            [helper.make_tensor_value_info("x", F32, [1])],
+            [helper.make_tensor_value_info("y", F32, [1])],
+        )
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", op)])
+        try:
+            ort.InferenceSession(
+                m.SerializeToString(), providers=["CPUExecutionProvider"]
+            )
+            return op
+        except Exception:
+            continue
+    raise RuntimeError("no usable opset")  # pragma: no cover
+
+
+CURRENT = _current_opset()
+
+
+def make_lenet(
+    opset,
+    *,
+    batch="N",
+    channels=1,
+    init_as_inputs=False,
+    reshape_batch=None,
+    offset_input=False,
+    ir_version=None,
+    seed=0,
+):
+    """A LeNet-shaped ONNX graph (28x28 input) written with onnx.helper.
+
+    Tensors: c1 (conv1), r1, p1 (MaxPool), c2, r2, p2 (AveragePool), f, g1,
+    [o1 = g1 + offset], r3, y. Node names: conv1, relu1, pool1, ..., fc2.
+    ``reshape_batch``: flatten with Reshape to a hard-coded (batch, -1), as old
+    exporters did (then the batch dim cannot simply be made dynamic).
+    """
+    rng = np.random.default_rng(seed)
+    w = {
+        "W1": rng.normal(0, 0.3, (4, channels, 5, 5)),
+        "b1": rng.normal(0, 0.1, 4),
+        "W2": rng.normal(0, 0.2, (6, 4, 5, 5)),
+        "b2": rng.normal(0, 0.1, 6),
+        "Wf": rng.normal(0, 0.2, (12, 96)),
+        "bf": rng.normal(0, 0.1, 12),
+        "Wo": rng.normal(0, 0.3, (10, 12)),
+        "bo": rng.normal(0, 0.1, 10),
+    }
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node(
+            "MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]
+        ),
+        helper.make_node("Conv", ["p1", "W2", "b2"], ["c2"], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node(
+            "AveragePool",
+            ["r2"],
+            ["p2"],
+            name="pool2",
+            kernel_shape=[2, 2],
+            strides=[2, 2],
+        ),
+    ]
+    if reshape_batch:
+        inits.append(numpy_helper.from_array(np.array([reshape_batch, -1]), "shape"))
+        nodes.append(helper.make_node("Reshape", ["p2", "shape"], ["f"], name="flat"))
+    else:
+        nodes.append(helper.make_node("Flatten", ["p2"], ["f"], name="flat", axis=1))
+    nodes.append(
+        helper.make_node("Gemm", ["f", "Wf", "bf"], ["g1"], name="fc1", transB=1)
+    )
+    pre = "g1"
+    inputs = [helper.make_tensor_value_info("x", F32, [batch, channels, 28, 28])]
+    if offset_input:
+        inputs.append(helper.make_tensor_value_info("offset", F32, [batch, 12]))
+        nodes.append(helper.make_node("Add", ["g1", "offset"], ["o1"], name="shift"))
+        pre = "o1"
+    nodes += [
+        helper.make_node("Relu", [pre], ["r3"], name="relu3"),
+        helper.make_node("Gemm", ["r3", "Wo", "bo"], ["y"], name="fc2", transB=1),
+    ]
+    if init_as_inputs:
+        inputs += [
+            helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+            for t in inits
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "lenet",
+        inputs,
+        [helper.make_tensor_value_info("y", F32, [batch, 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    if ir_version is not None:
+        model.ir_version = ir_version
+    onnx.checker.check_model(model)
+    return model
+
+
+def _cut(model, inputs, outputs):
+    # the Extractor finds intermediate tensors through their inferred types
+    inferred = onnx.shape_inference.infer_shapes(model)
+    return onnx.utils.Extractor(inferred).extract_model(inputs, outputs)
+
+
+def reference(model, tensor, X, feeds=None, batch=None):
+    """Run a copy of ``model`` cut at ``tensor`` in its own onnxruntime session."""
+    inputs = [i.name for i in model.graph.input if i.name in ("x", "offset")]
+    cut = _cut(model, inputs, [tensor])
+    sess = ort.InferenceSession(
+        cut.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    names = {i.name for i in sess.get_inputs()}
+    step = batch or len(X)
+    outs = []
+    for i in range(0, len(X), step):
+        xb = X[i : i + step]
+        n = len(xb)
+        if n < step:  # a fixed batch size: pad the last chunk
+            xb = np.concatenate([xb, np.zeros((step - n, *xb.shape[1:]), xb.dtype)])
+        feed = {"x": xb}
+        for k, v in (feeds or {}).items():
+            feed[k] = np.broadcast_to(v, (len(xb), *v.shape)).astype(np.float32)
+        res = sess.run(None, {k: v for k, v in feed.items() if k in names})[0]
+        outs.append(res[:n])
+    return np.concatenate(outs).reshape(len(X), -1)
+
+
+def split_ref(a):
+    return np.hstack([np.maximum(a, 0), np.maximum(-a, 0)])
+
+
+@pytest.fixture
+def X():
+    return np.random.default_rng(0).random((7, 1, 28, 28), dtype=np.float32)
+
+
+CASES = {
+    # opset 8, IR 3 (initializers must be listed as inputs), fixed batch of 1
+    "opset8-ir3-init-inputs-batch1": dict(
+        opset=8, batch=1, init_as_inputs=True, ir_version=3
+    ),
+    # fixed batch 1 with a hard-coded Reshape: runs in chunks of one
+    "opset9-reshape-batch1": dict(opset=9, batch=1, reshape_batch=1, ir_version=4),
+    # fixed batch 4 with a hard-coded Reshape: chunks of 4, last one padded
+    "current-reshape-batch4": dict(opset=CURRENT, batch=4, reshape_batch=4),
+    "current-dynamic": dict(opset=CURRENT),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_builtin_models_match_cut_graph(case, X):
+    kw = CASES[case]
+    model = make_lenet(**kw)
+    before = model.SerializeToString()
+    fixed = kw.get("batch") if isinstance(kw.get("batch"), int) else None
+    layers = ["c1", "p1", "p2", "r3", "y"]
+    ext = LayerActivationExtractor(model, layers, nonneg="split", batch_size=3)
+    A = ext.fit_transform(X.reshape(len(X), -1))  # 2-D: shape from the model
+    assert ext.input_shape_ == (1, 28, 28)
+    assert model.SerializeToString() == before  # the caller's proto is untouched
+    start = 784 * 2
+    for name, size in ext.block_sizes_[1:]:
+        ref = split_ref(reference(model, name, X, batch=fixed))
+        np.testing.assert_allclose(
+            A[:, start : start + size], ref, rtol=1e-5, atol=1e-5
+        )
+        start += size
+    assert start == A.shape[1]
+    auto = LayerActivationExtractor(model, batch_size=3).fit(X)
+    assert auto.layer_names_ == ["input", "p1", "p2", "r3"]
+
+
+def test_fixed_batch_is_rewritten_when_safe(X):
+    # Flatten keeps the batch axis free: one session with a dynamic batch
+    model = make_lenet(CURRENT, batch=1)
+    ext = LayerActivationExtractor(model, ["p2", "r3"], batch_size=7).fit(X)
+    ext.transform(X)
+    assert not ext._adapter.chunked
+    # a hard-coded Reshape(1, -1) mixes samples once the batch grows: chunks
+    model = make_lenet(CURRENT, batch=1, reshape_batch=1)
+    ext = LayerActivationExtractor(model, ["p2", "r3"], batch_size=7).fit(X)
+    A = ext.transform(X)
+    assert ext._adapter.chunked
+    np.testing.assert_allclose(
+        A[:, -12:], reference(model, "r3", X, batch=1), atol=1e-5
+    )
+
+
+def test_node_name_alias_and_available_layers(X):
+    model = make_lenet(CURRENT)
+    by_node = LayerActivationExtractor(model, ["pool1", "relu3"]).fit(X)
+    by_tensor = LayerActivationExtractor(model, ["p1", "r3"]).fit(X)
+    assert by_node.layer_names_ == ["input", "pool1", "relu3"]
+    assert by_node.layer_sources_["pool1"] == "p1"
+    np.testing.assert_array_equal(by_node.transform(X), by_tensor.transform(X))
+    rows = {r["name"]: r for r in available_layers(model)}
+    assert rows["p1"]["op_type"] == "MaxPool" and rows["p1"]["node"] == "pool1"
+    assert rows["p1"]["shape"] == (4, 12, 12)
+    assert rows["r3"]["shape"] == (12,) and rows["r3"]["auto"]
+    assert not rows["c1"]["auto"]
+    with pytest.raises(ValueError, match=r"'pol1' is not a layer.*'pool1'"):
+        LayerActivationExtractor(model, ["pol1"]).fit(X)
+
+
+def test_available_layers_without_static_shape():
+    model = make_lenet(CURRENT)
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    rows = {r["name"]: r for r in available_layers(model)}
+    assert rows["c1"]["shape"][0] == 4  # from shape inference, H unknown
+    rows = {r["name"]: r for r in available_layers(model, input_shape=(1, 28, 28))}
+    assert rows["c1"]["shape"] == (4, 24, 24)
+
+
+def test_external_data_beside_model(tmp_path, X):
+    model = make_lenet(CURRENT)
+    ref = LayerActivationExtractor(model, ["p2", "r3"]).fit_transform(X)
+    path = tmp_path / "net.onnx"
+    onnx.save_model(
+        model,  # onnx turns the in-memory weights into external references
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="net.weights",
+        size_threshold=0,
+    )
+    assert (tmp_path / "net.weights").stat().st_size > 7_000  # 1.9k floats
+    assert path.stat().st_size < 3_000
+    with pytest.raises(ValueError, match=r"external data files.*file path"):
+        LayerActivationExtractor(model, ["p2"]).fit(X)
+    for source in (path, str(path)):
+        A = LayerActivationExtractor(source, ["p2", "r3"]).fit_transform(X)
+        np.testing.assert_array_equal(A, ref)
+    (tmp_path / "net.weights").unlink()
+    with pytest.raises(ValueError, match=r"net\.onnx.*external data"):
+        LayerActivationExtractor(str(path), ["p2"]).fit(X)
+
+
+def test_several_inputs(X):
+    model = make_lenet(CURRENT, offset_input=True)
+    with pytest.raises(
+        ValueError, match=r"several inputs \['x', 'offset'\].*input_name"
+    ):
+        LayerActivationExtractor(model, ["r3"]).fit(X)
+    with pytest.raises(ValueError, match=r"\['offset'\].*extra_inputs"):
+        LayerActivationExtractor(model, ["r3"], input_name="x").fit(X)
+    with pytest.raises(ValueError, match=r"input_name='img'.*\['x', 'offset'\]"):
+        LayerActivationExtractor(model, ["r3"], input_name="img").fit(X)
+    with pytest.raises(ValueError, match=r"\['bias'\] are not inputs"):
+        LayerActivationExtractor(
+            model, ["r3"], input_name="x", extra_inputs={"offset": 0, "bias": 1}
+        ).fit(X)
+    offset = np.linspace(-1, 1, 12).astype(np.float32)
+    ext = LayerActivationExtractor(
+        model, ["r3"], input_name="x", extra_inputs={"offset": offset}, batch_size=4
+    )
+    A = ext.fit_transform(X)
+    ref = reference(model, "r3", X, feeds={"offset": offset})
+    np.testing.assert_allclose(A[:, 784:], ref, atol=1e-5)
+    # the offset matters: a different one changes the layer
+    other = reference(model, "r3", X, feeds={"offset": offset * 0})
+    assert not np.allclose(ref, other)
+
+
+def test_three_channel_model_fed_grayscale(X):
+    model = make_lenet(CURRENT, channels=3)
+    with pytest.raises(ValueError, match=r"expects 3 channels.*\(1, 28, 28\)"):
+        LayerActivationExtractor(model, ["p1"]).fit(X)
+    A = LayerActivationExtractor(model, ["p1"], channel_repeat=True).fit_transform(X)
+    rgb = np.repeat(X, 3, axis=1)
+    np.testing.assert_allclose(A[:, :784], X.reshape(len(X), -1))
+    np.testing.assert_allclose(A[:, 784:], reference(model, "p1", rgb), atol=1e-5)
+
+
+def test_wrong_input_shape(X):
+    model = make_lenet(CURRENT)
+    with pytest.raises(
+        ValueError, match=r"expects per-sample shape \(1, 28, 28\), got"
+    ):
+        LayerActivationExtractor(model, ["p1"]).fit(
+            np.zeros((2, 1, 20, 20), np.float32)
+        )
+    with pytest.raises(ValueError, match=r"700 features.*\(1, 28, 28\)"):
+        LayerActivationExtractor(model, ["p1"]).fit(np.zeros((2, 700), np.float32))
+    ext = LayerActivationExtractor(model, ["p1"]).fit(X)
+    with pytest.raises(ValueError, match=r"fitted on samples of shape \(1, 28, 28\)"):
+        ext.transform(np.zeros((2, 1, 20, 20), np.float32))
+
+
+def test_bad_files(tmp_path, X):
+    missing = tmp_path / "nope.onnx"
+    with pytest.raises(FileNotFoundError, match=r"nope\.onnx"):
+        LayerActivationExtractor(str(missing)).fit(X)
+    good = make_lenet(CURRENT).SerializeToString()
+    truncated = tmp_path / "trunc.onnx"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"trunc\.onnx"):
+        LayerActivationExtractor(str(truncated)).fit(X)
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n" * 10)
+    with pytest.raises(ValueError, match=r"notes\.onnx"):
+        LayerActivationExtractor(str(text)).fit(X)
+    with pytest.raises(ValueError, match=r"bytes"):
+        LayerActivationExtractor(b"\x00\x01garbage" * 5).fit(X)
+    with pytest.raises(ValueError, match="directory"):
+        LayerActivationExtractor(str(tmp_path)).fit(X)
+
+
+def test_cuda_requested_without_gpu_onnx(X):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match=r"device='cuda'"):
+        LayerActivationExtractor(make_lenet(CURRENT), device="cuda").fit(X)
+
+
+class TorchLeNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(1, 4, 5)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 6, 5)
+        self.bn = nn.BatchNorm2d(6)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.AvgPool2d(2)
+        self.fc1 = nn.Linear(96, 12)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.bn(self.conv2(x))))
+        return self.fc2(self.relu3(self.fc1(torch.flatten(x, 1))))
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_torch_and_its_onnx_export_agree(dynamic, X):
+    torch.manual_seed(0)
+    net = TorchLeNet()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.2, 0.2)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            torch.zeros(1, 1, 28, 28),
+            buf,
+            dynamo=False,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "n"}} if dynamic else None,
+        )
+    t = LayerActivationExtractor(net, batch_size=3).fit(X)
+    o = LayerActivationExtractor(buf.getvalue(), batch_size=3).fit(X)
+    # "auto" picks the same layers in both runtimes
+    assert t.layer_names_ == ["input", "pool1", "pool2", "relu3"]
+    assert o.layer_sources_ == {
+        "input": "input",
+        "/pool1/MaxPool_output_0": "/pool1/MaxPool_output_0",
+        "/pool2/AveragePool_output_0": "/pool2/AveragePool_output_0",
+        "/relu3/Relu_output_0": "/relu3/Relu_output_0",
+    }
+    np.testing.assert_allclose(t.transform(X), o.transform(X), rtol=1e-4, atol=1e-5)
+    # conv1 (negative, before the in-place ReLU) by node name, and the logits
+    t2 = LayerActivationExtractor(net, ["conv1", "fc2"], nonneg="split").fit(X)
+    o2 = LayerActivationExtractor(
+        buf.getvalue(), ["/conv1/Conv", "logits"], nonneg="split"
+    ).fit(X)
+    np.testing.assert_allclose(t2.transform(X), o2.transform(X), rtol=1e-4, atol=1e-5)
+    assert [s for _, s in t2.block_sizes_] == [s for _, s in o2.block_sizes_]
+
+
+def test_skl2onnx_mlp():
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.neural_network import MLPClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 8), dtype=np.float32)
+    y = (X[:, 0] > 0.5).astype(int) + (X[:, 1] > 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = MLPClassifier((6, 5), max_iter=200, random_state=0).fit(X, y)
+    model = skl2onnx.to_onnx(clf, X[:1])
+    ext = LayerActivationExtractor(model, batch_size=16)
+    A = ext.fit_transform(X)
+    # auto: the two hidden ReLUs (the Softmax output layer is left out)
+    assert ext.layer_names_ == ["input", "next_activations", "next_activations1"]
+    assert ext.input_shape_ == (8,)
+    h1 = np.maximum(X @ clf.coefs_[0] + clf.intercepts_[0], 0)
+    h2 = np.maximum(h1 @ clf.coefs_[1] + clf.intercepts_[1], 0)
+    np.testing.assert_allclose(A, np.hstack([X, h1, h2]), rtol=1e-5, atol=1e-5)
+    assert ext.get_feature_names_out()[8] == "next_activations__u0"
+    cut = _cut(model, ["X"], ["next_activations1"])
+    sess = ort.InferenceSession(
+        cut.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    np.testing.assert_allclose(A[:, -5:], sess.run(None, {"X": X})[0], atol=1e-6)
+
+
+class _Block(torch.nn.Module):
+    """Residual block whose one ReLU module runs twice (as in torchvision)."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.down = nn.Conv2d(c_in, c_out, 1, stride) if stride > 1 else None
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(out + (x if self.down is None else self.down(x)))
+
+
+class _ResNet(torch.nn.Module):
+    """ResNet-18 layout (4 stages x 2 blocks), 4 to 16 channels."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, 4, 3, 1, 1)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(2)
+        c = 4
+        for i, w in enumerate([4, 8, 8, 16]):
+            stride = 1 if i == 0 else 2
+            setattr(
+                self,
+                f"layer{i + 1}",
+                nn.Sequential(_Block(c, w, stride), _Block(w, w, 1)),
+            )
+            c = w
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def test_resnet_auto_layers_agree_across_runtimes():
+    torch.manual_seed(0)
+    net = _ResNet().eval()
+    X = np.random.default_rng(0).random((5, 3, 32, 32), dtype=np.float32)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, torch.zeros(1, 3, 32, 32), buf, dynamo=False, input_names=["x"]
+        )
+    t = LayerActivationExtractor(net, pooling="max").fit(X)
+    o = LayerActivationExtractor(buf.getvalue(), pooling="max").fit(X)
+    # 10 candidates (> 8): the last of each top-level part is kept; avgpool
+    # replaces the last ReLU of layer4 and stands for that part
+    assert t.layer_names_ == [
+        "input",
+        "maxpool",
+        "layer1.1.relu",
+        "layer2.1.relu",
+        "layer3.1.relu",
+        "avgpool",
+    ]
+    assert [s.split("/")[1] for s in o.layer_names_[1:]] == [
+        "maxpool",
+        "layer1",
+        "layer2",
+        "layer3",
+        "avgpool",
+    ]
+    np.testing.assert_allclose(t.transform(X), o.transform(X), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,130 @@
+"""LayerActivationExtractor feeding CoupledNMF in a scikit-learn Pipeline."""
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline, make_pipeline
+
+from sklearn_peek import CoupledNMF, LayerActivationExtractor
+
+nn = torch.nn
+
+# a few iterations are enough to check the plumbing
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+def _lenet():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(96, 12),
+        nn.ReLU(),
+        nn.Linear(12, 10),
+    ).eval()
+
+
+@pytest.fixture
+def X():
+    return np.random.default_rng(0).random((40, 784), dtype=np.float32)
+
+
+def _nmf(**kw):
+    return CoupledNMF(n_components=3, max_iter=30, random_state=0, **kw)
+
+
+def test_pandas_pipeline_blocks_auto(X):
+    pd = pytest.importorskip("pandas")
+    net = _lenet()
+    pipe = Pipeline(
+        [
+            ("extract", LayerActivationExtractor(net, input_shape=(1, 28, 28))),
+            ("nmf", _nmf(blocks="auto")),
+        ]
+    ).set_output(transform="pandas")
+    W = pipe.fit_transform(X)
+    ext, nmf = pipe.named_steps["extract"], pipe.named_steps["nmf"]
+    assert isinstance(W, pd.DataFrame) and W.shape == (40, 3)
+    assert np.all(W.to_numpy() >= 0)
+    # the blocks CoupledNMF found are exactly the extractor's blocks
+    assert nmf.block_names_ == ext.layer_names_ == ["input", "2", "5", "8"]
+    sizes = [
+        nmf.block_slices_[b].stop - nmf.block_slices_[b].start for b in nmf.block_names_
+    ]
+    assert sizes == [s for _, s in ext.block_sizes_]
+    assert list(nmf.feature_names_in_) == list(ext.get_feature_names_out())
+    # the same as running the two steps by hand
+    A = ext.transform(X)
+    assert isinstance(A, pd.DataFrame) and A.dtypes.unique().tolist() == [np.float32]
+    W_ref = _nmf(blocks="auto").fit_transform(A)
+    np.testing.assert_allclose(W.to_numpy(), np.asarray(W_ref), rtol=1e-4, atol=1e-5)
+    # new images land in the same latent space
+    assert pipe.transform(X[:5]).shape == (5, 3)
+
+
+def test_numpy_pipeline_explicit_blocks(X):
+    net = _lenet()
+    sizes = LayerActivationExtractor(net, input_shape=(1, 28, 28)).fit(X).block_sizes_
+    for blocks in (sizes, [s for _, s in sizes]):
+        pipe = make_pipeline(
+            LayerActivationExtractor(net, input_shape=(1, 28, 28)), _nmf(blocks=blocks)
+        )
+        W = pipe.fit_transform(X)
+        assert isinstance(W, np.ndarray) and W.shape == (40, 3)
+        nmf = pipe[-1]
+        assert len(nmf.block_names_) == 4
+        assert nmf.components_.shape == (3, sum(s for _, s in sizes))
+    assert pipe[-1].block_names_ != ["input", "2", "5", "8"]  # sizes only: no names
+    named = make_pipeline(
+        LayerActivationExtractor(net, input_shape=(1, 28, 28)), _nmf(blocks=sizes)
+    ).fit(X)
+    assert named[-1].block_names_ == ["input", "2", "5", "8"]
+
+
+def test_pandas_pipeline_onnx_with_split(X):
+    pytest.importorskip("pandas")
+    net = _lenet()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            torch.zeros(1, 1, 28, 28),
+            buf,
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n"}},
+        )
+    layers = ["/2/MaxPool", "/9/Gemm"]  # node names; the logits are signed
+    pipe = make_pipeline(
+        LayerActivationExtractor(buf.getvalue(), layers, nonneg="split"),
+        _nmf(blocks="auto"),
+    ).set_output(transform="pandas")
+    pipe.fit(X)
+    nmf = pipe[-1]
+    assert nmf.block_names_ == ["input", "/2/MaxPool", "/9/Gemm"]
+    assert nmf.block_components("/9/Gemm").shape == (3, 20)  # 10 units x 2 signs
+    assert nmf.feature_names_in_[-1] == "/9/Gemm__u9_neg"
+
+
+def test_grid_search_clones_share_the_model(X):
+    net = _lenet()
+    pipe = Pipeline(
+        [
+            ("extract", LayerActivationExtractor(net, input_shape=(1, 28, 28))),
+            ("nmf", _nmf(blocks=[784, 576, 96, 12])),
+        ]
+    )
+    search = GridSearchCV(pipe, {"nmf__n_components": [2, 4]}, cv=2).fit(X)
+    assert search.best_params_["nmf__n_components"] in (2, 4)
+    assert search.best_estimator_.named_steps["extract"].model is net
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))

@@ -1,0 +1,539 @@
+"""LayerActivationExtractor on PyTorch modules: hooks, shapes, nonneg, memory."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_peek import LayerActivationExtractor, available_layers
+
+nn = torch.nn
+
+
+class LeNet(nn.Module):
+    """LeNet-5 shaped, small; relu1 is in place so conv1's output changes."""
+
+    def __init__(self, in_ch=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, 4, 5)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 6, 5)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(6 * 4 * 4, 12)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(12, 10)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        x = self.drop(self.relu3(self.fc1(x.flatten(1))))
+        return self.fc2(x)
+
+
+class Block(nn.Module):
+    """ResNet basic block; like torchvision's, one ReLU module runs twice."""
+
+    def __init__(self, c_in, c_out, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.down = None
+        if stride != 1 or c_in != c_out:
+            self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (x if self.down is None else self.down(x)))
+
+
+class TinyResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(2)
+        self.layer1 = nn.Sequential(Block(4, 4), Block(4, 4))
+        self.layer2 = nn.Sequential(Block(4, 8, 2), Block(8, 8))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@pytest.fixture
+def lenet():
+    torch.manual_seed(0)
+    return LeNet().eval()
+
+
+@pytest.fixture
+def X():
+    return np.random.default_rng(0).random((23, 784), dtype=np.float32)
+
+
+def _manual(net, X):
+    """Reference forward pass calling the submodules by hand (copies kept)."""
+    with torch.no_grad():
+        x = torch.from_numpy(X.reshape(-1, 1, 28, 28))
+        c1 = net.conv1(x).clone()
+        p1 = net.pool1(torch.relu(c1))
+        p2 = net.pool2(torch.relu(net.conv2(p1)))
+        f1 = net.fc1(p2.flatten(1))
+        r3 = torch.relu(f1)
+        return {
+            "conv1": c1.numpy(),
+            "pool1": p1.numpy(),
+            "pool2": p2.numpy(),
+            "fc1": f1.numpy(),
+            "relu3": r3.numpy(),
+            "fc2": net.fc2(r3).numpy(),
+        }
+
+
+def _block(ext, A, name):
+    start = 0
+    for b, size in ext.block_sizes_:
+        if b == name:
+            return A[:, start : start + size]
+        start += size
+    raise KeyError(name)
+
+
+def test_auto_layers_match_manual_forward(lenet, X):
+    ext = LayerActivationExtractor(lenet, input_shape=(1, 28, 28), batch_size=5)
+    A = ext.fit_transform(X)
+    ref = _manual(lenet, X)
+    assert A.dtype == np.float32
+    # The auto rule: each ReLU, replaced by the pooling step reading it.
+    assert ext.layer_names_ == ["input", "pool1", "pool2", "relu3"]
+    assert ext.block_sizes_ == [
+        ("input", 784),
+        ("pool1", 4 * 12 * 12),
+        ("pool2", 6 * 4 * 4),
+        ("relu3", 12),
+    ]
+    assert ext.layer_shapes_["pool1"] == (4, 12, 12)
+    assert ext.input_shape_ == (1, 28, 28)
+    assert ext.n_features_in_ == 784
+    np.testing.assert_array_equal(_block(ext, A, "input"), X)
+    for name in ("pool1", "pool2", "relu3"):
+        np.testing.assert_allclose(
+            _block(ext, A, name), ref[name].reshape(len(X), -1), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_inplace_relu_does_not_change_captured_output(lenet, X):
+    # conv1 feeds an in-place ReLU: without a copy the hook's tensor would be
+    # clipped afterwards. split keeps the sign: pos - neg must be conv1.
+    ext = LayerActivationExtractor(
+        lenet, ["conv1", "relu1"], input_shape=(1, 28, 28), nonneg="split"
+    )
+    A = ext.fit_transform(X)
+    ref = _manual(lenet, X)["conv1"].reshape(len(X), -1)
+    conv = _block(ext, A, "conv1")
+    half = conv.shape[1] // 2
+    assert ref.min() < 0
+    np.testing.assert_allclose(conv[:, :half] - conv[:, half:], ref, atol=1e-6)
+    relu = _block(ext, A, "relu1")
+    np.testing.assert_allclose(
+        relu[:, : relu.shape[1] // 2], np.maximum(ref, 0), atol=1e-6
+    )
+    assert np.all(relu[:, relu.shape[1] // 2 :] == 0)
+
+
+def test_batch_size_does_not_change_result(lenet, X):
+    a = LayerActivationExtractor(lenet, input_shape=(1, 28, 28), batch_size=1)
+    b = LayerActivationExtractor(lenet, input_shape=(1, 28, 28), batch_size=256)
+    np.testing.assert_allclose(a.fit_transform(X), b.fit_transform(X), atol=1e-6)
+
+
+def test_4d_input_and_torch_tensor_input(lenet, X):
+    ref = LayerActivationExtractor(lenet, input_shape=(1, 28, 28)).fit_transform(X)
+    X4 = X.reshape(-1, 1, 28, 28)
+    ext = LayerActivationExtractor(lenet).fit(X4)
+    assert ext.input_shape_ == (1, 28, 28)
+    np.testing.assert_allclose(ext.transform(X4), ref, atol=1e-6)
+    # a fitted extractor accepts the flat form too, and torch tensors
+    np.testing.assert_allclose(ext.transform(torch.from_numpy(X)), ref, atol=1e-6)
+
+
+def test_model_state_restored_and_hooks_removed(lenet, X):
+    lenet.train()
+    lenet.fc1.eval()  # a mixed state must come back as it was
+    before = {k: v.clone() for k, v in lenet.state_dict().items()}
+    ext = LayerActivationExtractor(lenet, input_shape=(1, 28, 28))
+    A1 = ext.fit_transform(X)
+    # dropout active in train mode would make two runs differ
+    np.testing.assert_array_equal(A1, ext.transform(X))
+    assert lenet.training and lenet.conv1.training and not lenet.fc1.training
+    for k, v in lenet.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(not m._forward_hooks for m in lenet.modules())
+    with pytest.raises(ValueError, match="shape"):
+        ext.transform(np.zeros((2, 1, 20, 20), np.float32))
+    bad = LayerActivationExtractor(lenet, ["pool1"], input_shape=(1, 20, 20))
+    with pytest.raises(ValueError, match=r"input of shape \(1, 1, 20, 20\)"):
+        bad.fit(np.zeros((3, 400), np.float32))
+    assert all(not m._forward_hooks for m in lenet.modules())
+    assert lenet.training and not lenet.fc1.training
+    # an error in a later batch, inside the forward-pass context
+    nan_late = X.copy()
+    nan_late[20, 0] = np.nan
+    ext.set_params(batch_size=4)
+    with pytest.raises(ValueError, match="sample 20"):
+        ext.transform(nan_late)
+    assert all(not m._forward_hooks for m in lenet.modules())
+    assert lenet.training and not lenet.fc1.training
+
+
+class _TupleOut(nn.Module):
+    def forward(self, x):
+        return x, x
+
+
+def test_layer_returning_tuple_is_refused(X):
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    net.add_module("pair", _TupleOut())
+    ext = LayerActivationExtractor(net, ["1", "pair"], input_shape=(1, 28, 28))
+    with pytest.raises(TypeError, match=r"layer 'pair' \(_TupleOut\) returns tuple"):
+        ext.fit(X)
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_pooling_avg_and_max(lenet, X):
+    ref = _manual(lenet, X)
+    for pooling, fn in (("avg", np.mean), ("max", np.max)):
+        ext = LayerActivationExtractor(
+            lenet, ["pool1", "relu3"], input_shape=(1, 28, 28), pooling=pooling
+        )
+        A = ext.fit_transform(X)
+        assert ext.block_sizes_ == [("input", 784), ("pool1", 4), ("relu3", 12)]
+        assert ext.layer_shapes_["pool1"] == (4,)
+        np.testing.assert_allclose(
+            _block(ext, A, "pool1"), fn(ref["pool1"], axis=(2, 3)), atol=1e-6
+        )
+        np.testing.assert_allclose(_block(ext, A, "relu3"), ref["relu3"], atol=1e-6)
+    names = ext.get_feature_names_out()
+    assert list(names[783:786]) == ["input__p783", "pool1__c0", "pool1__c1"]
+    assert names[-1] == "relu3__u11"
+
+
+def test_feature_names_follow_contract(lenet, X):
+    ext = LayerActivationExtractor(lenet, input_shape=(1, 28, 28)).fit(X[:4])
+    names = ext.get_feature_names_out()
+    assert len(names) == ext.n_features_out_ == sum(s for _, s in ext.block_sizes_)
+    assert names[0] == "input__p0"
+    assert names[784] == "pool1__c0_y0_x0"
+    # channel-major, then row, then column
+    assert names[784 + 12 * 12 + 12 + 3] == "pool1__c1_y1_x3"
+    blocks = [n.split("__", 1)[0] for n in names]
+    assert list(dict.fromkeys(blocks)) == ext.layer_names_
+    for b, size in ext.block_sizes_:
+        assert blocks.count(b) == size
+
+
+def test_nonneg_error_names_layer_and_fix(lenet, X):
+    ext = LayerActivationExtractor(lenet, ["pool1", "fc2"], input_shape=(1, 28, 28))
+    with pytest.raises(ValueError, match=r"'fc2'.*negative values \(min -") as err:
+        ext.fit(X)
+    for fix in ("nonneg='relu'", "'split'", "'shift'", "after a ReLU"):
+        assert fix in str(err.value)
+    with pytest.raises(ValueError, match="the input X has negative values"):
+        LayerActivationExtractor(lenet, ["pool1"], input_shape=(1, 28, 28)).fit(X - 0.5)
+
+
+def test_nonneg_relu_split(lenet, X):
+    ref = _manual(lenet, X)["fc2"]
+    relu = LayerActivationExtractor(
+        lenet, ["fc2"], input_shape=(1, 28, 28), nonneg="relu", include_input=False
+    ).fit(X)
+    np.testing.assert_allclose(relu.transform(X), np.maximum(ref, 0), atol=1e-6)
+    split = LayerActivationExtractor(
+        lenet, ["fc2"], input_shape=(1, 28, 28), nonneg="split", include_input=False
+    ).fit(X)
+    S = split.transform(X)
+    assert split.block_sizes_ == [("fc2", 20)]
+    assert split.layer_shapes_["fc2"] == (2, 10)
+    np.testing.assert_allclose(
+        S, np.hstack([np.maximum(ref, 0), np.maximum(-ref, 0)]), atol=1e-6
+    )
+    names = split.get_feature_names_out()
+    assert names[0] == "fc2__u0_pos" and names[10] == "fc2__u0_neg"
+
+
+def test_nonneg_shift(lenet, X):
+    ref = _manual(lenet, X)["fc2"]
+    ext = LayerActivationExtractor(
+        lenet, ["fc2"], input_shape=(1, 28, 28), nonneg="shift", batch_size=4
+    ).fit(X)
+    shift = ext.shifts_["fc2"]
+    np.testing.assert_allclose(shift, np.minimum(ref.min(axis=0), 0), atol=1e-6)
+    np.testing.assert_array_equal(ext.shifts_["input"], 0)
+    A = ext.transform(X)
+    assert A.min() >= 0
+    np.testing.assert_allclose(_block(ext, A, "fc2"), ref - shift, atol=1e-5)
+    # data reaching below the minimum seen in fit is refused, not clipped
+    small = LayerActivationExtractor(
+        lenet, ["fc2"], input_shape=(1, 28, 28), nonneg="shift"
+    ).fit(X[:3])
+    with pytest.raises(ValueError, match=r"nonneg='shift'.*'fc2'.*below the minimum"):
+        small.transform(X)
+
+
+def test_unknown_layer_lists_close_matches(lenet, X):
+    ext = LayerActivationExtractor(lenet, ["pool1", "poool2"], input_shape=(1, 28, 28))
+    with pytest.raises(ValueError, match=r"'poool2' is not a layer.*'pool2'"):
+        ext.fit(X)
+    with pytest.raises(ValueError, match="more than once"):
+        LayerActivationExtractor(
+            lenet, ["pool1", "pool1"], input_shape=(1, 28, 28)
+        ).fit(X)
+
+
+@pytest.mark.parametrize(
+    "X_shape, input_shape, match",
+    [
+        (
+            (4, 700),
+            (1, 28, 28),
+            r"does not fit input_shape=\(1, 28, 28\).*\(n_samples, 784\)",
+        ),
+        ((4,), None, r"expected \(n_samples, n_features\)"),
+        ((0, 784), (1, 28, 28), "0 samples"),
+    ],
+)
+def test_bad_X_shape(lenet, X_shape, input_shape, match):
+    ext = LayerActivationExtractor(lenet, ["pool1"], input_shape=input_shape)
+    with pytest.raises(ValueError, match=match):
+        ext.fit(np.ones(X_shape, np.float32))
+
+
+def test_transform_checks_shape_and_finite(lenet, X):
+    ext = LayerActivationExtractor(lenet, ["pool1"], input_shape=(1, 28, 28)).fit(X)
+    with pytest.raises(ValueError, match=r"X has 100 features.*expecting 784 features"):
+        ext.transform(X[:, :100])
+    with pytest.raises(ValueError, match=r"fitted on samples of shape \(1, 28, 28\)"):
+        ext.transform(X.reshape(-1, 1, 14, 56))
+    bad = X.copy()
+    bad[7, 3] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite values.*sample 7"):
+        ext.transform(bad)
+
+
+@pytest.mark.parametrize(
+    "param, value, match",
+    [
+        ("pooling", "mean", r"pooling='mean'.*'avg' or 'max'"),
+        ("nonneg", "clip", r"nonneg='clip'"),
+        ("batch_size", 0, r"batch_size=0"),
+        ("layers", 3, r"layers=3"),
+        ("progress", "yes", r"progress='yes'"),
+        ("input_shape", (1, -28, 28), r"input_shape=\(1, -28, 28\)"),
+        ("device", "tpu", r"device='tpu'"),
+        ("input_name", "x", "ONNX models only"),
+    ],
+)
+def test_bad_parameters(lenet, X, param, value, match):
+    ext = LayerActivationExtractor(lenet, input_shape=(1, 28, 28))
+    ext.set_params(**{param: value})
+    with pytest.raises(ValueError, match=match):
+        ext.fit(X)
+
+
+def test_not_a_model():
+    with pytest.raises(TypeError, match=r"model=dict.*torch.nn.Module"):
+        LayerActivationExtractor({}).fit(np.ones((2, 4), np.float32))
+
+
+def test_channel_mismatch_and_channel_repeat(X):
+    torch.manual_seed(1)
+    net = LeNet(in_ch=3).eval()
+    with pytest.raises(ValueError, match=r"expects 3 channels.*channel_repeat=True"):
+        LayerActivationExtractor(net, input_shape=(1, 28, 28)).fit(X)
+    ext = LayerActivationExtractor(net, input_shape=(1, 28, 28), channel_repeat=True)
+    A = ext.fit_transform(X)
+    rgb = np.repeat(X.reshape(-1, 1, 28, 28), 3, axis=1)
+    B = LayerActivationExtractor(net, include_input=False).fit_transform(rgb)
+    assert ext.block_sizes_[0] == ("input", 784)  # the caller's single channel
+    np.testing.assert_allclose(A[:, 784:], B, atol=1e-6)
+
+
+def test_resnet_auto_rule_and_call_index():
+    torch.manual_seed(0)
+    net = TinyResNet().eval()
+    rows = available_layers(net, input_shape=(3, 16, 16))
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["layer1.0.relu"]["calls"] == 2
+    assert by_name["layer2.0.conv1"]["shape"] == (8, 4, 4)
+    X = np.random.default_rng(1).random((6, 3, 16, 16), dtype=np.float32)
+    ext = LayerActivationExtractor(net, pooling="avg").fit(X)
+    # 1 + 4 block ReLUs + avgpool = 6 <= 8 candidates: all kept; the stem ReLU
+    # is replaced by maxpool, the last block's ReLU by avgpool.
+    assert ext.layer_names_ == [
+        "input",
+        "maxpool",
+        "layer1.0.relu",
+        "layer1.1.relu",
+        "layer2.0.relu",
+        "avgpool",
+    ]
+    assert [r["name"] for r in rows if r["auto"]] == ext.layer_names_[1:]
+    # "name" is the last call (block output), "name:0" the first call
+    e2 = LayerActivationExtractor(
+        net, ["layer1.0.relu:0", "layer1.0.relu", "layer1.0"], include_input=False
+    ).fit(X)
+    A = e2.transform(X)
+    with torch.no_grad():
+        x = net.maxpool(net.relu(net.bn1(net.conv1(torch.from_numpy(X)))))
+        blk = net.layer1[0]
+        first = torch.relu(blk.bn1(blk.conv1(x)))
+        out = blk(x)
+    n = first[0].numel()
+    np.testing.assert_allclose(A[:, :n], first.reshape(6, -1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(A[:, n : 2 * n], out.reshape(6, -1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(A[:, 2 * n :], out.reshape(6, -1).numpy(), atol=1e-5)
+    assert e2.layer_names_ == ["layer1.0.relu:0", "layer1.0.relu", "layer1.0"]
+
+
+def test_auto_caps_number_of_layers():
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(12):
+        layers += [nn.Linear(5, 5), nn.ReLU()]
+    net = nn.Sequential(*layers)
+    ext = LayerActivationExtractor(net, include_input=False).fit(
+        np.random.default_rng(0).random((3, 5), dtype=np.float32)
+    )
+    assert len(ext.layer_names_) == 8
+    assert ext.layer_names_[0] == "1" and ext.layer_names_[-1] == "23"
+
+
+def test_double_underscore_names_are_sanitized(X):
+    net = nn.Sequential()
+    net.add_module("conv__a", nn.Conv2d(1, 2, 3))
+    net.add_module("act", nn.ReLU())
+    net.add_module("input", nn.ReLU())
+    ext = LayerActivationExtractor(net, ["conv__a", "act", "input"], nonneg="relu")
+    ext.fit(X.reshape(-1, 1, 28, 28)[:3])
+    assert ext.layer_names_ == ["input", "conv_a", "act", "input_1"]
+    assert ext.layer_sources_["conv_a"] == "conv__a"
+    assert all(n.count("__") == 1 for n in ext.get_feature_names_out())
+
+
+def test_memory_estimate_refuses_before_allocating(lenet):
+    # 100 million samples that take no memory (a broadcast view): ~550 GiB
+    X = np.broadcast_to(np.float32(0.5), (100_000_000, 1, 28, 28))
+    ext = LayerActivationExtractor(lenet, batch_size=8).fit(X)
+    expected = rf"100000000 samples x {ext.n_features_out_} features x 4 bytes"
+    with pytest.raises(MemoryError, match=expected) as err:
+        ext.transform(X)
+    for way in ("pooling=", "fewer", "out=np.memmap"):
+        assert way in str(err.value)
+
+
+def test_out_memmap(lenet, X, tmp_path):
+    ext = LayerActivationExtractor(lenet, input_shape=(1, 28, 28), batch_size=6).fit(X)
+    ref = ext.transform(X)
+    mm = np.memmap(tmp_path / "a.dat", dtype=np.float32, mode="w+", shape=ref.shape)
+    res = ext.transform(X, out=mm)
+    assert res is mm
+    mm.flush()
+    back = np.memmap(tmp_path / "a.dat", dtype=np.float32, mode="r", shape=ref.shape)
+    np.testing.assert_array_equal(back, ref)
+    with pytest.raises(ValueError, match=r"out=ndarray float64.*float32.*\(23, 1468\)"):
+        ext.transform(X, out=np.zeros(ref.shape))
+
+
+def test_progress_bar(lenet, X, capsys, monkeypatch):
+    LayerActivationExtractor(
+        lenet, input_shape=(1, 28, 28), batch_size=5, progress=True
+    ).fit_transform(X)
+    assert "5/5" in capsys.readouterr().err
+    monkeypatch.setenv("CI", "1")
+    LayerActivationExtractor(
+        lenet, input_shape=(1, 28, 28), batch_size=5
+    ).fit_transform(X)
+    assert capsys.readouterr().err == ""
+
+
+def test_clone_shares_model_pickle_and_pandas(lenet, X):
+    pd = pytest.importorskip("pandas")
+    ext = LayerActivationExtractor(lenet, input_shape=(1, 28, 28)).set_output(
+        transform="pandas"
+    )
+    twin = clone(ext)
+    assert twin.model is lenet
+    assert twin.get_params()["input_shape"] == (1, 28, 28)
+    df = twin.fit_transform(X)
+    assert isinstance(df, pd.DataFrame)
+    assert list(df.columns) == list(twin.get_feature_names_out())
+    assert df.dtypes.unique().tolist() == [np.float32]
+    again = pickle.loads(pickle.dumps(twin))
+    np.testing.assert_allclose(again.transform(X).to_numpy(), df.to_numpy(), atol=1e-6)
+    # a DataFrame as input: its column names are checked in transform
+    Xdf = pd.DataFrame(X, columns=[f"px{i}" for i in range(784)])
+    e2 = LayerActivationExtractor(lenet, ["relu3"], input_shape=(1, 28, 28)).fit(Xdf)
+    assert e2.feature_names_in_[0] == "px0"
+    with pytest.raises(ValueError, match="column names"):
+        e2.transform(Xdf.rename(columns={"px0": "other"}))
+
+
+def test_double_precision_model_gives_float32(X):
+    torch.manual_seed(0)
+    net = LeNet().double().eval()
+    A = LayerActivationExtractor(net, input_shape=(1, 28, 28)).fit_transform(X[:4])
+    assert A.dtype == np.float32
+    ref = _manual(net.float(), X[:4])["relu3"]
+    np.testing.assert_allclose(A[:, -12:], ref, atol=1e-5)
+
+
+def test_cuda_requested_without_gpu(lenet, X):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    ext = LayerActivationExtractor(lenet, input_shape=(1, 28, 28), device="cuda")
+    with pytest.raises(ValueError, match=r"device='cuda'.*no"):
+        ext.fit(X)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_and_model_stays(lenet, X):
+    cpu = LayerActivationExtractor(lenet, input_shape=(1, 28, 28)).fit_transform(X)
+    gpu = LayerActivationExtractor(lenet, input_shape=(1, 28, 28), device="cuda")
+    np.testing.assert_allclose(gpu.fit_transform(X), cpu, rtol=1e-4, atol=1e-4)
+    assert next(lenet.parameters()).device.type == "cpu"
+    net = LeNet().eval().cuda()
+    A = LayerActivationExtractor(net, input_shape=(1, 28, 28)).fit_transform(X)
+    assert A.dtype == np.float32 and next(net.parameters()).is_cuda
+
+
+def test_available_layers_needs_shape_for_torch(lenet):
+    with pytest.raises(ValueError, match="input_shape"):
+        available_layers(lenet)
+    rows = available_layers(lenet, (1, 28, 28))
+    assert [r["name"] for r in rows if r["auto"]] == ["pool1", "pool2", "relu3"]
+    assert {"name", "op_type", "shape", "auto", "calls"} <= set(rows[0])
+
+
+# scikit-learn's estimator checks feed arbitrary 2-D data: a network that
+# accepts any width (one ReLU) and nonneg="split" (negative test data) let
+# them run; the checks then cover cloning, pickling, set_output, dtypes,
+# n_features_in_ and the error messages for bad input.
+@parametrize_with_checks(
+    [LayerActivationExtractor(nn.Sequential(nn.ReLU()), ["0"], nonneg="split")]
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
