@@ -1,0 +1,1371 @@
+"""The ``sklearn-peek`` command: a label-free report on a trained CNN.
+
+Sub-commands:
+
+``sklearn-peek demo --out DIR``
+    Trains the quick case study on the embedded digits (small LeNet-style
+    networks trained well and badly on purpose), selects the rank per layer
+    for each network, and writes ``DIR/report.html`` and ``DIR/results.json``.
+
+``sklearn-peek analyze MODEL --data FILE --out DIR``
+    Does the same analysis for one network of yours: an ONNX file, a
+    TorchScript file, or (with ``--trust-pickle``) a whole pickled torch
+    module; inputs from ``.npy``, ``.npz`` or IDX files.
+
+``sklearn-peek layers MODEL``
+    Lists the layers of a model that ``analyze --layers`` accepts.
+
+``python -m sklearn_peek`` runs the same command. :func:`main` returns the exit
+code instead of exiting, so it can be called from Python and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import re
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["build_parser", "main"]
+
+PROG = "sklearn-peek"
+
+_CRITERIA = ("bcv", "elbow", "energy", "stability")
+
+
+class CLIError(Exception):
+    """A user error the command reports in one line (never a traceback)."""
+
+
+# --------------------------------------------------------------------------
+# argument types
+# --------------------------------------------------------------------------
+def parse_ranks(text):
+    """Parse ``"1:20"`` (inclusive), ``"2:30:2"``, ``"1,2,4,8"`` or mixtures.
+
+    Examples
+    --------
+    >>> parse_ranks("1:4,8")
+    [1, 2, 3, 4, 8]
+    """
+    out = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if ":" in part:
+                bits = [int(b) for b in part.split(":")]
+                if len(bits) not in (2, 3):
+                    raise ValueError
+                step = bits[2] if len(bits) == 3 else 1
+                if step < 1 or bits[1] < bits[0]:
+                    raise ValueError
+                out.extend(range(bits[0], bits[1] + 1, step))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a rank list; expected e.g. '1:20' (1 to 20), "
+            "'2:30:2' (a step) or '1,2,4,8'."
+        ) from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected at least one rank, all >= 1."
+        )
+    return sorted(set(out))
+
+
+def parse_shape(text):
+    """Parse ``"1,28,28"``, ``"1x28x28"`` or ``"28,28"`` into a tuple of ints."""
+    try:
+        shape = tuple(int(b) for b in str(text).replace("x", ",").split(",") if b)
+    except ValueError:
+        shape = ()
+    if len(shape) not in (1, 2, 3) or min(shape, default=0) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a shape; expected C,H,W such as 1,28,28 (or H,W)."
+        )
+    return shape
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer.")
+    return v
+
+
+# --------------------------------------------------------------------------
+# the parser
+# --------------------------------------------------------------------------
+class _Formatter(argparse.HelpFormatter):
+    """Wraps each paragraph of descriptions and epilogs on its own.
+
+    Paragraphs (separated by blank lines) with indented lines, such as
+    examples, are printed as written.
+    """
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        out = []
+        for para in text.strip("\n").split("\n\n"):
+            if any(line.startswith("  ") for line in para.splitlines()):
+                out.append(para)
+            else:
+                out.append(
+                    textwrap.fill(
+                        " ".join(para.split()),
+                        width,
+                        initial_indent=indent,
+                        subsequent_indent=indent,
+                    )
+                )
+        return "\n\n".join(out)
+
+
+_DESCRIPTION = """\
+Look inside a trained CNN without labels. The inputs and the activations of
+chosen hidden layers are factorized jointly (coupled non-negative matrix
+factorization with a shared sample factor, Saini & Papalexakis 2018); the rank
+each (input, layer) pair supports is selected by cross-validation, and a
+report with figures is written. Per the paper, better-trained networks support
+higher ranks.
+"""
+
+_EPILOG = """\
+examples:
+  sklearn-peek demo --out peek-demo
+  sklearn-peek layers lenet.onnx --input-shape 1,28,28
+  sklearn-peek analyze lenet.onnx --data t10k-images-idx3-ubyte.gz --out peek-lenet \\
+      --layers pool1 relu3 --ranks 1:20 --max-samples 1000
+
+exit codes: 0 success, 1 bad input or failure (one line on stderr, starting
+'sklearn-peek: error:'; add --debug for the full traceback), 2 bad command line.
+"""
+
+
+def _add_common(p):
+    g = p.add_argument_group("output and diagnostics")
+    g.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print no progress lines (errors are still printed)",
+    )
+    g.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on error, show the full Python traceback instead of one line",
+    )
+
+
+def _add_analysis_options(p, *, ranks_default):
+    g = p.add_argument_group("rank selection")
+    g.add_argument(
+        "--ranks",
+        type=parse_ranks,
+        default=ranks_default,
+        metavar="SPEC",
+        help="ranks to try: 'A:B' (A to B inclusive), 'A:B:STEP' or a comma list "
+        f"'1,2,4,8' (default: {ranks_default[0]}:{ranks_default[-1]}). Ranks larger "
+        "than the samples or the features of a layer are an error.",
+    )
+    g.add_argument(
+        "--criterion",
+        choices=_CRITERIA,
+        default="bcv",
+        help="how the rank is selected: 'bcv' bi-cross-validation (held-out rows "
+        "and columns; default), 'elbow' knee of the error curve, 'energy' smallest "
+        "rank explaining a fraction --energy of the data, 'stability' consensus over "
+        "random "
+        "restarts (slow)",
+    )
+    g.add_argument(
+        "--energy",
+        type=float,
+        default=0.9,
+        metavar="FRACTION",
+        help="target explained energy of --criterion energy, in (0, 1] (default: 0.9)",
+    )
+    g.add_argument(
+        "--cv",
+        type=_positive_int,
+        default=3,
+        metavar="K",
+        help="folds for --criterion bcv (default: 3)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of the folds and fits; the same seed gives the same "
+        "report (default: 0)",
+    )
+    g.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=1,
+        metavar="N",
+        help="parallel workers for the rank sweep (joblib; -1 = all cores; default: 1)",
+    )
+    g.add_argument(
+        "--device",
+        default=None,
+        help="where factorizations (and torch models) run: 'cpu' (NumPy, "
+        "default), 'auto' (a CUDA GPU if torch sees one), 'cuda' or 'cuda:N' "
+        "(an error if absent)",
+    )
+
+
+def build_parser():
+    """The :class:`argparse.ArgumentParser` of the ``sklearn-peek`` command."""
+    from sklearn_peek import __version__
+
+    fmt = _Formatter
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=fmt
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    # -- demo -------------------------------------------------------------
+    demo = sub.add_parser(
+        "demo",
+        formatter_class=fmt,
+        help="train the quick case study on the embedded digits and write a report",
+        description="Train small LeNet-style CNNs on scikit-learn's 8x8 digits, "
+        "some well and some badly on purpose (less data, class-sorted order, few "
+        "epochs), select the rank every probed layer supports for each network "
+        "(no labels), and write DIR/report.html (figures, the results table, the "
+        "Spearman correlation between rank and test accuracy) and "
+        "DIR/results.json. Takes about a minute on 2 CPU cores; no download.",
+    )
+    demo.add_argument(
+        "--out",
+        "-o",
+        required=True,
+        metavar="DIR",
+        help="folder for report.html and results.json (created if needed)",
+    )
+    demo.add_argument(
+        "--preset",
+        default="quick",
+        choices=("quick", "full"),
+        help="size of the case study: 'quick' (default: 7 networks, the "
+        "'epochs' and 'fraction' studies, one seed) or 'full' (60 networks: four "
+        "studies, five levels, three seeds; several minutes)",
+    )
+    g = demo.add_argument_group("rank selection")
+    g.add_argument(
+        "--ranks",
+        type=parse_ranks,
+        default=None,
+        metavar="SPEC",
+        help="rank grid of the sweeps: 'A:B', 'A:B:STEP' or '1,2,4,8' (default: "
+        "the preset's, 1,2,3,4,6,8,10,12,15,20 for 'quick')",
+    )
+    g.add_argument(
+        "--criterion",
+        choices=("bcv", "elbow", "energy"),
+        default="bcv",
+        help="criterion shown in the figures and the summary: 'bcv' "
+        "bi-cross-validation (default), 'elbow' knee of the error curve, 'energy' "
+        "smallest rank explaining 90%% of the data; the table and results.json "
+        "hold all three",
+    )
+    g.add_argument(
+        "--cv",
+        type=_positive_int,
+        default=3,
+        metavar="K",
+        help="folds of the bcv criterion (default: 3)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the networks, the folds, the fits and the bootstrap; the "
+        "same seed gives the same report (default: 0)",
+    )
+    g.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="networks trained and analysed in parallel, one thread each "
+        "(joblib; default: -1, all cores)",
+    )
+    demo.add_argument(
+        "--figures-beside",
+        action="store_true",
+        help="write the figures as PNG files in DIR/figures/ instead of embedding "
+        "them in report.html",
+    )
+    # A tiny study (3 networks, 2 layers, ranks 1..4) for the test suite.
+    demo.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    _add_common(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    # -- analyze ----------------------------------------------------------
+    an = sub.add_parser(
+        "analyze",
+        formatter_class=fmt,
+        help="analyse one trained network (ONNX, TorchScript or pickled torch module)",
+        description="Run the label-free analysis on one trained network and "
+        "write DIR/report.html and DIR/results.json: the rank each probed layer "
+        "supports, the rank-sweep curves, the input pattern of every latent "
+        "factor, which units of each layer respond to it, and the per-sample "
+        "loadings.",
+        epilog="MODEL formats: an ONNX file (.onnx); a TorchScript file saved with "
+        "torch.jit.save (converted to ONNX internally so its intermediate tensors "
+        "can be read; name layers as 'sklearn-peek layers' lists them); or a whole "
+        "torch module saved with torch.save(model) - only with --trust-pickle, "
+        "because loading a pickle runs arbitrary code from the file: use it only "
+        "for files you trust. A state_dict alone is not enough (the class is "
+        "needed).\n\nDATA formats: .npy; .npz (--data-key picks the array); IDX "
+        "files as MNIST ships them (gzipped or not). Shape (n, C, H, W), (n, H, W) "
+        "(one channel is added) or flat (n, C*H*W) with --input-shape. uint8 "
+        "data is divided by 255 unless --scale none. Inputs must be "
+        "non-negative (pixels).",
+    )
+    an.add_argument("model", metavar="MODEL", help="the trained network file")
+    an.add_argument(
+        "--data",
+        "-d",
+        required=True,
+        metavar="FILE",
+        help="unlabeled inputs: .npy, .npz or IDX (.gz or not)",
+    )
+    an.add_argument(
+        "--out",
+        "-o",
+        required=True,
+        metavar="DIR",
+        help="folder for report.html and results.json (created if needed)",
+    )
+    g = an.add_argument_group("model and data")
+    g.add_argument(
+        "--data-key",
+        metavar="KEY",
+        help="array to use inside an .npz file (default: its only array, or "
+        "'x'/'X'/'images'/'data' if present)",
+    )
+    g.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="optional labels (.npy or IDX) used only to group the sample-loadings "
+        "figure by class; nothing is fitted with them",
+    )
+    g.add_argument(
+        "--layers",
+        nargs="+",
+        metavar="LAYER",
+        help="layers to probe (module names for torch, tensor or node names for "
+        "ONNX; see 'sklearn-peek layers MODEL'); space or comma separated. "
+        "Default: the extractor's 'auto' choice (activation and pooling outputs)",
+    )
+    g.add_argument(
+        "--input-shape",
+        type=parse_shape,
+        metavar="C,H,W",
+        help="shape of one input, e.g. 1,28,28; needed when the data is flat",
+    )
+    g.add_argument(
+        "--max-samples",
+        type=_positive_int,
+        default=2000,
+        metavar="N",
+        help="analyse a random subset of N inputs (seeded by --seed) when the data "
+        "holds more, to keep the sweep fast (default: 2000; the report states the "
+        "number used)",
+    )
+    g.add_argument(
+        "--scale",
+        choices=("auto", "none"),
+        default="auto",
+        help="'auto' (default): divide uint8 data by 255; 'none': use values as stored",
+    )
+    g.add_argument(
+        "--pooling",
+        choices=("none", "avg", "max"),
+        default="none",
+        help="pool conv feature maps over space before factorizing, one value "
+        "per channel (default: none, every unit)",
+    )
+    g.add_argument(
+        "--nonneg",
+        choices=("error", "relu", "split", "shift"),
+        default="error",
+        help="what to do with a layer that has negative values: 'error' "
+        "(default), 'relu' clip at 0, 'split' positive and negative parts as two "
+        "blocks, 'shift' subtract the minimum",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=256,
+        metavar="N",
+        help="inputs per forward pass (default: 256)",
+    )
+    g.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow MODEL to be a pickled torch module (torch.load with "
+        "weights_only=False). WARNING: this runs code stored in the file",
+    )
+    _add_analysis_options(an, ranks_default=list(range(1, 21)))
+    g = an.add_argument_group("figures")
+    g.add_argument(
+        "--figure-rank",
+        type=_positive_int,
+        metavar="R",
+        help="rank of the coupled model drawn in the factor figures (default: the "
+        "largest rank selected over the layers)",
+    )
+    g.add_argument(
+        "--figures-beside",
+        action="store_true",
+        help="write the figures as PNG files in DIR/figures/ instead of embedding "
+        "them in report.html",
+    )
+    _add_common(an)
+    an.set_defaults(func=_cmd_analyze)
+
+    # -- layers -----------------------------------------------------------
+    ly = sub.add_parser(
+        "layers",
+        formatter_class=fmt,
+        help="list the layers of a model that 'analyze --layers' accepts",
+        description="Print the probe-able layers of MODEL (name, operation, "
+        "output shape per input).",
+    )
+    ly.add_argument(
+        "model", metavar="MODEL", help="ONNX, TorchScript or pickled module"
+    )
+    ly.add_argument(
+        "--input-shape",
+        type=parse_shape,
+        metavar="C,H,W",
+        help="shape of one input, when the model does not state it",
+    )
+    ly.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a pickled torch module (runs code stored in the file)",
+    )
+    _add_common(ly)
+    ly.set_defaults(func=_cmd_layers)
+    return parser
+
+
+# --------------------------------------------------------------------------
+# progress and warnings
+# --------------------------------------------------------------------------
+class _Progress:
+    """Plain progress lines on stderr with the elapsed time."""
+
+    def __init__(self, quiet=False, stream=None):
+        self.quiet = quiet
+        self.stream = stream if stream is not None else sys.stderr
+        self.t0 = time.perf_counter()
+        self.marks = {}
+
+    def __call__(self, msg):
+        if not self.quiet:
+            t = time.perf_counter() - self.t0
+            print(f"[{t:6.1f}s] {msg}", file=self.stream, flush=True)
+
+    @contextlib.contextmanager
+    def step(self, key, msg):
+        self(msg)
+        t = time.perf_counter()
+        yield
+        self.marks[key] = round(time.perf_counter() - t, 3)
+
+    def elapsed(self):
+        return time.perf_counter() - self.t0
+
+
+@contextlib.contextmanager
+def _one_line_warnings(quiet):
+    """Show library warnings as single 'sklearn-peek: warning:' lines, once each."""
+    seen = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text in seen or quiet:
+            return
+        seen.add(text)
+        print(f"{PROG}: warning: {text}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.showwarning = show
+        yield
+
+
+# --------------------------------------------------------------------------
+# loading data and models
+# --------------------------------------------------------------------------
+def _require_file(path, what):
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {str(p)!r} does not exist.")
+    if p.is_dir():
+        raise CLIError(f"{what} {str(p)!r} is a folder; expected a file.")
+    return p
+
+
+def _is_idx(path):
+    """True when the file (or its gzip content) starts with an IDX header."""
+    import gzip
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(4)
+    except (OSError, EOFError):
+        return False
+    return (
+        len(head) == 4 and head[:2] == b"\x00\x00" and head[2] in (8, 9, 11, 12, 13, 14)
+    )
+
+
+def load_array(path, *, key=None, what="--data"):
+    """Read an array from .npy, .npz (``key``) or an IDX file (gzipped or not)."""
+    p = _require_file(path, what)
+    name = p.name.lower()
+    if name.endswith(".npy"):
+        try:
+            return np.load(p, allow_pickle=False)
+        except ValueError as exc:
+            raise CLIError(
+                f"{what} {str(p)!r} could not be read as .npy: {exc}"
+            ) from exc
+    if name.endswith(".npz"):
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if key is None:
+                    if len(keys) == 1:
+                        key = keys[0]
+                    else:
+                        common = [k for k in ("x", "X", "images", "data") if k in keys]
+                        if not common:
+                            raise CLIError(
+                                f"{what} {str(p)!r} holds several arrays {keys}; "
+                                "choose one with --data-key."
+                            )
+                        key = common[0]
+                if key not in keys:
+                    raise CLIError(
+                        f"--data-key {key!r} is not in {str(p)!r}; "
+                        f"its arrays are {keys}."
+                    )
+                return z[key]
+        except (ValueError, zipfile.BadZipFile, OSError) as exc:
+            raise CLIError(
+                f"{what} {str(p)!r} could not be read as .npz: {exc}"
+            ) from exc
+    if _is_idx(p):
+        from sklearn_peek.datasets import read_idx
+
+        return read_idx(p)
+    raise CLIError(
+        f"{what} {str(p)!r} is not a .npy, .npz or IDX file (IDX files start with "
+        "two zero bytes and a type code; gzipped IDX files are read too)."
+    )
+
+
+def prepare_inputs(X, *, input_shape=None, scale="auto"):
+    """Float32 images of shape (n, C, H, W) (or as ``input_shape`` says)."""
+    X = np.asarray(X)
+    if not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating)):
+        raise CLIError(f"--data holds {X.dtype} values; expected numbers.")
+    if X.ndim < 2 or X.shape[0] == 0:
+        raise CLIError(
+            f"--data has shape {X.shape}; expected (n_samples, ...) with "
+            "n_samples >= 1."
+        )
+    was_uint8 = X.dtype == np.uint8
+    X = X.astype(np.float32, copy=False)
+    if scale == "auto" and was_uint8:
+        X = X / np.float32(255.0)
+    if input_shape is not None:
+        size = math.prod(input_shape)
+        if math.prod(X.shape[1:]) != size:
+            raise CLIError(
+                f"--input-shape {','.join(map(str, input_shape))} holds {size} values "
+                f"per input, but the data has shape {X.shape} "
+                f"({math.prod(X.shape[1:])} values per input)."
+            )
+        X = X.reshape((X.shape[0], *input_shape))
+    elif X.ndim == 3:
+        X = X[:, None]
+    elif X.ndim == 2:
+        side = math.isqrt(X.shape[1])
+        if side * side != X.shape[1]:
+            raise CLIError(
+                f"--data is flat with shape {X.shape}; give --input-shape C,H,W."
+            )
+        X = X.reshape(X.shape[0], 1, side, side)
+    if not np.all(np.isfinite(X)):
+        raise CLIError("--data contains NaN or infinite values.")
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def load_model(path, *, trust_pickle=False, sample=None, workdir=None):
+    """Return ``(model, format)`` where model is what the extractor accepts.
+
+    ONNX files are returned as their path. TorchScript modules cannot carry
+    forward hooks, so they are exported to ONNX in ``workdir`` (with the
+    batch dimension dynamic, using ``sample`` to trace shapes). Pickled
+    modules need ``trust_pickle``.
+    """
+    p = _require_file(path, "MODEL")
+    if p.suffix.lower() == ".onnx":
+        return str(p), "onnx"
+    import torch
+
+    if zipfile.is_zipfile(p):
+        try:
+            scripted = torch.jit.load(str(p), map_location="cpu")
+        except Exception:
+            scripted = None
+        if scripted is not None:
+            return _script_to_onnx(scripted, p, sample, workdir), "torchscript"
+    elif _looks_like_onnx(p):
+        return str(p), "onnx"
+    if not trust_pickle:
+        raise CLIError(
+            f"MODEL {str(p)!r} is neither ONNX nor TorchScript. If it is a torch "
+            "module saved with torch.save(model) and you trust its source, add "
+            "--trust-pickle (loading a pickle runs code from the file)."
+        )
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        hint = ""
+        if isinstance(exc, AttributeError) and "Can't get attribute" in str(exc):
+            hint = (
+                " The module's class must be importable where you run the command "
+                "(not defined in a script's __main__); or export the network as "
+                "TorchScript or ONNX."
+            )
+        raise CLIError(
+            f"MODEL {str(p)!r} could not be read as ONNX, TorchScript or a pickled "
+            f"torch module: {type(exc).__name__}: {exc}.{hint}"
+        ) from exc
+    if isinstance(obj, dict):
+        raise CLIError(
+            f"MODEL {str(p)!r} holds a dict (a state_dict?), not a module; save the "
+            "whole module (torch.save(model)), TorchScript or ONNX."
+        )
+    if not isinstance(obj, torch.nn.Module):
+        raise CLIError(
+            f"MODEL {str(p)!r} holds a {type(obj).__name__}, not a torch.nn.Module."
+        )
+    return obj.eval(), "pickle"
+
+
+def _looks_like_onnx(p):
+    try:
+        import onnx
+
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception:
+        return False
+    return len(proto.graph.node) > 0
+
+
+def _script_to_onnx(scripted, path, sample, workdir):
+    import torch
+
+    if sample is None:
+        raise CLIError(
+            f"MODEL {str(path)!r} is TorchScript; an input sample is needed to "
+            "convert it (give --input-shape)."
+        )
+    out = Path(workdir) / (path.stem + ".onnx")
+    x = torch.as_tensor(np.asarray(sample[:2], dtype=np.float32))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                scripted.eval(),
+                (x,),
+                str(out),
+                dynamo=False,
+                input_names=["input"],
+                dynamic_axes={"input": {0: "batch"}},
+            )
+    except Exception as exc:
+        # TorchScript errors carry a long serialized traceback; its last line
+        # is the actual reason.
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise CLIError(
+            f"MODEL {str(path)!r} is TorchScript but could not run on inputs of "
+            f"shape {tuple(x.shape[1:])} (or be converted to ONNX): "
+            f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+        ) from exc
+    return str(out)
+
+
+def _split_layers(layers):
+    if not layers:
+        return None
+    out = [s.strip() for item in layers for s in item.split(",") if s.strip()]
+    return out or None
+
+
+# --------------------------------------------------------------------------
+# the analysis of one network (shared by demo and analyze)
+# --------------------------------------------------------------------------
+def analyze_activations(A, blocks, *, ranks, criterion, cv, seed, jobs, device):
+    """Rank sweep of every layer in the coupled activation matrix ``A``."""
+    from sklearn_peek import RankQualityScorer
+
+    ranks = list(ranks)
+    scorer = RankQualityScorer(
+        blocks=list(blocks),
+        ranks=list(ranks),
+        criterion=criterion,
+        cv=cv,
+        n_jobs=jobs,
+        device=device,
+        random_state=seed,
+    )
+    try:
+        scorer.fit(A)
+    except ValueError as exc:
+        # The scorer names its argument; the user typed --ranks.
+        msg = re.sub(r"^ranks=(\[[^\]]*\]|range\([^)]*\))", "", str(exc))
+        if msg == str(exc):
+            raise
+        raise CLIError(f"--ranks {ranks[0]}..{ranks[-1]}{msg}") from exc
+    return scorer
+
+
+@contextlib.contextmanager
+def _torch_threads(n):
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def fit_figure_model(A, blocks, rank, *, seed, device):
+    from sklearn_peek import CoupledNMF
+
+    model = CoupledNMF(
+        n_components=int(rank),
+        blocks=list(blocks),
+        random_state=seed,
+        device=device,
+        # The figures need the patterns, not the last digits of the error.
+        max_iter=300,
+        tol=1e-3,
+    )
+    W = model.fit_transform(A)
+    return model, W
+
+
+def network_figures(
+    report, curves, selected, criterion, model, W, *, y, input_shape, layer_shapes
+):
+    """Add the four per-network figures to ``report``, each with its meaning."""
+    from sklearn_peek import plotting
+
+    ranks = ", ".join(f"{k}: {v}" for k, v in selected.items())
+    report.add_figure(
+        plotting.plot_rank_sweep(curves, criterion=criterion),
+        f"Rank sweep ({criterion}): for every probed layer, the criterion of the "
+        "coupled [input | layer] factorization at each rank, with the spread over "
+        f"folds where there are folds. The starred rank is the one selected ({ranks})"
+        "; a layer that supports a higher rank carries more distinct input "
+        "patterns. A curve still rising at the last rank means the grid stopped "
+        "too early.",
+        name="rank-sweep",
+    )
+    report.add_figure(
+        plotting.plot_input_factors(model, image_shape=input_shape),
+        f"Input factors: each tile is one of the {model.n_components_} latent "
+        "factors of the coupled model, shown as the input pattern (pixel weights, "
+        "dark = strong) that it stands for. Every layer is explained by the same "
+        "factors, so these are the input patterns the network carries forward.",
+        name="input-factors",
+    )
+    report.add_figure(
+        plotting.plot_layer_factors(model, layer_shapes=layer_shapes),
+        "Layer factors: for each probed layer, how strongly each unit (conv "
+        "layers: each channel, summed over positions) takes part in each latent "
+        "factor, scaled per factor. A column with a few bright rows means the "
+        "input pattern of that factor is carried by a few dedicated units.",
+        name="layer-factors",
+    )
+    group = (
+        "grouped by class (labels used only for this picture)"
+        if y is not None
+        else "sorted by their dominant factor"
+    )
+    report.add_figure(
+        plotting.plot_sample_loadings(W, y=y),
+        f"Sample loadings: the shared factor W, one row per input, {group}, each "
+        "row scaled to its maximum. Inputs that use the same factors are "
+        "processed alike by the network.",
+        name="sample-loadings",
+    )
+
+
+def _curves_json(scorer):
+    out = {}
+    for layer, c in scorer.curves_.items():
+        out[layer] = {
+            "ranks": np.asarray(c["ranks"]).tolist(),
+            "mean": np.asarray(c["mean"], dtype=float).tolist(),
+            "std": np.asarray(c.get("std", np.zeros(len(c["ranks"]))), float).tolist(),
+            "selected": None if c.get("selected") is None else int(c["selected"]),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------
+# sub-commands
+# --------------------------------------------------------------------------
+def _cmd_analyze(args, say):
+    from sklearn_peek import LayerActivationExtractor, __version__
+    from sklearn_peek._report import Report, write_json
+
+    out = Path(args.out)
+    _require_file(args.model, "MODEL")
+    with say.step("load", f"reading {args.data}"):
+        X = prepare_inputs(
+            load_array(args.data, key=args.data_key),
+            input_shape=args.input_shape,
+            scale=args.scale,
+        )
+    y = None
+    if args.labels:
+        y = np.asarray(load_array(args.labels, what="--labels")).ravel()
+        if y.shape[0] != X.shape[0]:
+            raise CLIError(
+                f"--labels has {y.shape[0]} entries but --data has {X.shape[0]} inputs."
+            )
+    if args.max_samples and X.shape[0] > args.max_samples:
+        say(
+            f"using a random subset of {args.max_samples} of the {X.shape[0]} inputs "
+            "(--max-samples)"
+        )
+        rng = np.random.default_rng(args.seed)
+        keep = np.sort(rng.choice(X.shape[0], args.max_samples, replace=False))
+        X = X[keep]
+        y = None if y is None else y[keep]
+    say(f"{X.shape[0]} inputs of shape {X.shape[1:]}")
+
+    with tempfile.TemporaryDirectory(prefix="sklearn-peek-") as tmp:
+        with say.step("model", f"loading {args.model}"):
+            model, fmt = load_model(
+                args.model, trust_pickle=args.trust_pickle, sample=X, workdir=tmp
+            )
+        layers = _split_layers(args.layers)
+        ext = LayerActivationExtractor(
+            model,
+            layers=layers if layers else "auto",
+            include_input=True,
+            input_shape=X.shape[1:],
+            pooling=None if args.pooling == "none" else args.pooling,
+            nonneg=args.nonneg,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+        with say.step("extract", f"running the {fmt} model and recording layers"):
+            A = ext.fit(X).transform(X)
+    blocks = [(str(n), int(s)) for n, s in ext.block_sizes_]
+    say("blocks: " + ", ".join(f"{n} ({s})" for n, s in blocks))
+    with say.step(
+        "sweep",
+        f"sweeping ranks {args.ranks[0]}..{args.ranks[-1]} "
+        f"({args.criterion}, {len(blocks) - 1} layers)",
+    ):
+        scorer = analyze_activations(
+            A,
+            blocks,
+            ranks=args.ranks,
+            criterion=args.criterion,
+            cv=args.cv,
+            seed=args.seed,
+            jobs=args.jobs,
+            device=args.device,
+        )
+    say("selected ranks: " + ", ".join(f"{k}={v}" for k, v in scorer.rank_.items()))
+    r_fig = args.figure_rank or max(int(v) for v in scorer.rank_.values())
+    with say.step("figure_model", f"fitting the coupled model at rank {r_fig}"):
+        cmodel, W = fit_figure_model(
+            A, blocks, r_fig, seed=args.seed, device=args.device
+        )
+
+    report = Report(
+        f"sklearn-peek: {Path(args.model).name}",
+        subtitle=f"{X.shape[0]} inputs from {Path(args.data).name}, shape "
+        f"{tuple(X.shape[1:])}; model format {fmt}; criterion {args.criterion}; "
+        f"ranks {args.ranks[0]}..{args.ranks[-1]}",
+    )
+    _method_text(report)
+    report.add_heading("Selected rank per layer")
+    rows = [
+        {"layer": n, "features": s, "selected rank": scorer.rank_.get(n)}
+        for n, s in blocks
+        if n != "input"
+    ]
+    report.add_table(rows, text_columns=["layer"])
+    report.add_text(
+        "The selected rank is the number of latent factors the coupled "
+        "[input | layer] data supports. Compare it across networks trained on the "
+        "same task: per the paper, a lower rank points to poorer training (little "
+        "or unshuffled data, too few epochs).",
+    )
+    report.add_heading("Figures")
+    with say.step("figures", "drawing figures"):
+        network_figures(
+            report,
+            scorer.curves_,
+            scorer.rank_,
+            args.criterion,
+            cmodel,
+            W,
+            y=y,
+            input_shape=ext.input_shape_,
+            layer_shapes=ext.layer_shapes_,
+        )
+    results = {
+        "command": "analyze",
+        "version": __version__,
+        "model": str(args.model),
+        "model_format": fmt,
+        "data": str(args.data),
+        "n_samples": int(X.shape[0]),
+        "input_shape": list(ext.input_shape_),
+        "blocks": [[n, s] for n, s in blocks],
+        "layer_shapes": {k: list(v) for k, v in ext.layer_shapes_.items()},
+        "criterion": args.criterion,
+        "ranks_tried": list(args.ranks),
+        "ranks": {k: int(v) for k, v in scorer.rank_.items()},
+        "curves": _curves_json(scorer),
+        "figure_model": _model_json(cmodel),
+        "seed": args.seed,
+        "timings_s": say.marks,
+    }
+    return _finish(report, results, out, args, say, write_json)
+
+
+def _model_json(cmodel):
+    return {
+        "n_components": int(cmodel.n_components_),
+        "reconstruction_err": float(cmodel.reconstruction_err_),
+        "block_reconstruction_err": {
+            k: float(v)
+            for k, v in getattr(cmodel, "block_reconstruction_err_", {}).items()
+        },
+        "n_iter": int(getattr(cmodel, "n_iter_", 0)),
+    }
+
+
+def _finish(report, results, out, args, say, write_json):
+    import platform
+
+    from sklearn_peek import __version__
+
+    command = " ".join([PROG, *(shlex.quote(a) for a in args.argv_)])
+    report.add_heading("How this report was made")
+    report.add_key_values(
+        {
+            "command": command,
+            "sklearn_peek": __version__,
+            "Python": platform.python_version(),
+            "seconds": f"{say.elapsed():.1f}",
+        }
+    )
+    results["command_line"] = command
+    path = report.write(out, embed=not args.figures_beside)
+    results["timings_s"]["total"] = round(say.elapsed(), 3)
+    write_json(out / "results.json", results)
+    say(f"wrote {path} and {out / 'results.json'}")
+    return 0
+
+
+def _method_text(report):
+    report.add_heading("What this report shows")
+    report.add_html(
+        "<p>The inputs <i>X</i><sub>0</sub> (one row per input, one column per "
+        "pixel) and the activations <i>X</i><sub><i>l</i></sub> of every probed "
+        "layer are factorized jointly, with one sample factor <i>W</i> shared by "
+        "all blocks:</p>"
+        '<p style="text-align:center">minimize &nbsp;&sum;<sub><i>b</i></sub> '
+        "<i>w</i><sub><i>b</i></sub> &#8214;<i>X</i><sub><i>b</i></sub> &minus; "
+        "<i>W H</i><sub><i>b</i></sub>&#8214;<sup>2</sup><sub>F</sub> &nbsp; "
+        "subject to <i>W</i> &ge; 0, <i>H</i><sub><i>b</i></sub> &ge; 0.</p>"
+        "<p>Every latent factor thus has an input pattern (its row of "
+        "<i>H</i><sub>0</sub>) and a set of units in each layer (its row of "
+        "<i>H</i><sub><i>l</i></sub>). The rank each coupled [input | layer] pair "
+        "supports is selected without labels (Saini &amp; Papalexakis, 2018); "
+        "per the paper, better-trained networks support higher ranks.</p>"
+    )
+
+
+def _cmd_layers(args, say):
+    from sklearn_peek import available_layers
+
+    _require_file(args.model, "MODEL")
+    sample = None
+    if args.input_shape is not None:
+        sample = np.zeros((2, *args.input_shape), np.float32)
+    with tempfile.TemporaryDirectory(prefix="sklearn-peek-") as tmp:
+        model, _ = load_model(
+            args.model, trust_pickle=args.trust_pickle, sample=sample, workdir=tmp
+        )
+        rows = available_layers(model, input_shape=args.input_shape)
+    rows = [r if isinstance(r, dict) else dict(r._asdict()) for r in rows]
+    if not rows:
+        print("(no layers found)")
+        return 0
+    cols = list(rows[0])
+    width = {c: max(len(str(c)), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    print("  ".join(str(c).ljust(width[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(width[c]) for c in cols))
+    return 0
+
+
+_TINY = {
+    "studies": {"epochs": (0, 1, 4)},
+    "ranks": (1, 2, 3, 4),
+    "criteria": ("bcv", "elbow", "energy"),
+    "layers": ("pool1", "relu3"),
+}
+
+
+def _pm(rho, lo, hi):
+    if rho is None or not np.isfinite(rho):
+        return "undefined"
+    if lo is None or not np.isfinite(lo):
+        return f"{rho:+.2f}"
+    return f"{rho:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def _records(table):
+    """List of row dicts from a DataFrame or a dict of lists."""
+    if hasattr(table, "to_dict") and hasattr(table, "columns"):
+        return table.to_dict(orient="records")
+    keys = list(table)
+    n = len(table[keys[0]]) if keys else 0
+    return [{k: table[k][i] for k in keys} for i in range(n)]
+
+
+def _cmd_demo(args, say):
+    from sklearn_peek import (
+        LayerActivationExtractor,
+        __version__,
+        plotting,
+        studies,
+    )
+    from sklearn_peek._report import Report, write_json
+
+    out = Path(args.out)
+    crit = args.criterion
+    settings = dict(_TINY if args.tiny else studies.PRESETS[args.preset])
+    settings["seeds"] = (
+        (args.seed,)
+        if args.preset == "quick" or args.tiny
+        else tuple(args.seed + s for s in settings["seeds"])
+    )
+    settings["cv"] = args.cv
+    if args.ranks is not None:
+        settings["ranks"] = tuple(args.ranks)
+    if crit not in settings["criteria"]:
+        settings["criteria"] = (*settings["criteria"], crit)
+    layers = list(settings.get("layers", studies.DEFAULT_LAYERS))
+    n_nets = sum(len(v) for v in settings["studies"].values()) * len(settings["seeds"])
+    plan = "; ".join(
+        f"{deg}: levels {', '.join(str(v) for v in levels)}"
+        for deg, levels in settings["studies"].items()
+    )
+    say(
+        f"case study on the digits: {n_nets} networks ({plan}), layers "
+        f"{', '.join(layers)}, ranks {', '.join(map(str, settings['ranks']))}"
+    )
+    with say.step("case_study", "training the networks and sweeping their ranks"):
+        res = studies.run_paper_studies(
+            settings, n_jobs=args.jobs, progress=not say.quiet, random_state=args.seed
+        )
+    rows = _records(res.table)
+    corr = _records(res.correlations)
+
+    # -- the report ---------------------------------------------------------
+    n_train = next(iter(res.studies.values())).settings["n_train"]
+    n_test = next(iter(res.studies.values())).settings["n_test"]
+    report = Report(
+        "sklearn-peek demo: does the rank track training quality?",
+        subtitle=f"{n_nets} LeNet-style networks trained on {n_train} digits "
+        f"(8x8), some badly on purpose; analysed on {n_test} test digits without "
+        f"labels; criterion {crit}; seed {args.seed}",
+    )
+    _method_text(report)
+    report.add_text(
+        "Each network was trained with a degradation: 'epochs' trains for fewer "
+        "epochs (level = number of epochs), 'fraction' keeps a fraction of the "
+        "training images of every class (level = fraction), 'unshuffled' presents "
+        "the images sorted by class, 'classes' keeps only some classes. Test "
+        "accuracy (which uses labels) is measured only to check the claim; the "
+        "ranks are selected from the test images alone."
+    )
+
+    report.add_heading("Spearman summary: rank vs accuracy")
+    pooled = {
+        (r["layer"], r["measure"]): r for r in corr if str(r["degradation"]) == "all"
+    }
+    summary = []
+    for layer in layers:
+        row = {"layer": layer}
+        for m, label in (
+            (crit, f"coupled rank ({crit})"),
+            (f"{crit}_alone", f"layer alone ({crit})"),
+            ("rankme", "effective rank (RankMe)"),
+        ):
+            r = pooled.get((layer, m))
+            row[label] = _pm(r["rho"], r["ci_low"], r["ci_high"]) if r else "n/a"
+        summary.append(row)
+    report.add_table(summary, text_columns=list(summary[0]))
+    report.add_text(
+        f"Spearman's rho between each network's measure and its test accuracy, "
+        f"pooled over all {n_nets} networks, with a 95% bootstrap interval. The "
+        "first column is the paper's claim: positive means networks trained worse "
+        "support a lower coupled rank. The other two are label-free baselines "
+        "computed from the layer alone; the coupled rank adds something when it "
+        "tracks accuracy better than they do. With few networks the intervals "
+        "are wide: read them before the point values."
+    )
+    per = [
+        {
+            "degradation": r["degradation"],
+            "layer": r["layer"],
+            "rho [95% CI]": _pm(r["rho"], r["ci_low"], r["ci_high"]),
+            "networks": r["n"],
+            "note": r.get("note", ""),
+        }
+        for r in corr
+        if r["measure"] == crit and str(r["degradation"]) != "all"
+    ]
+    report.add_table(per, caption=f"Per degradation (coupled rank, {crit})")
+
+    report.add_heading("Figures")
+    with say.step("figures_study", "drawing the case-study figures"):
+        import matplotlib.pyplot as plt
+
+        n_rows, n_cols = plotting._grid_shape(len(layers), max_cols=2)
+        fig = plt.figure(figsize=(6.0 * n_cols, 4.6 * n_rows), layout="constrained")
+        axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+        for ax in axes[len(layers) :]:
+            ax.remove()
+        for ax, layer in zip(axes, layers):
+            r = pooled.get((layer, crit))
+            sp = None if r is None else (r["rho"], r["ci_low"], r["ci_high"])
+            plotting.plot_rank_vs_quality(
+                res.table, layer=layer, criterion=crit, spearman=sp, ax=ax
+            )
+        fig.suptitle(f"Selected rank ({crit}) vs test accuracy, one point per network")
+        report.add_figure(
+            fig,
+            "Rank vs training quality: every point is one network, placed by its "
+            f"test accuracy and the rank selected ({crit}, coupled with the input) "
+            "for that layer; colours are the degradations. The title of each panel "
+            "gives Spearman's rho pooled over all networks with its 95% interval. "
+            "Points rising to the right support the paper's claim for that layer.",
+            name="rank-vs-accuracy",
+        )
+
+    # -- the best-trained network, in detail ----------------------------------
+    best = max(range(len(rows)), key=lambda i: rows[i]["accuracy"])
+    b = rows[best]
+    deg, level, seed = b["degradation"], b["level"], b["seed"]
+    study = res.studies[deg]
+    lvl = next(v for v in study.settings["levels"] if np.isclose(float(v), level))
+    curves_all = study.curves[(lvl, seed)]
+    curves = {layer: curves_all[(layer, crit)] for layer in layers}
+    selected = {layer: int(b[f"{layer}_{crit}"]) for layer in layers}
+    with say.step(
+        "reference", f"re-training the best network ({deg}={lvl}) for its figures"
+    ):
+        data = studies.digits_split()
+        with _torch_threads(1):
+            # Small batches of 8x8 images: one thread is faster than several,
+            # and it is how the study trained the same network.
+            clf = studies.LeNetClassifier(
+                epochs=study.settings["epochs"],
+                degradation=deg,
+                level=lvl,
+                random_state=seed,
+            ).fit(data.X_train, data.y_train)
+        acc = float(clf.score(data.X_test, data.y_test))
+        ext = LayerActivationExtractor(clf.module_, layers=layers)
+        A = ext.fit(data.X_test).transform(data.X_test)
+        rank = max(selected.values())
+        cmodel, W = fit_figure_model(
+            A, ext.block_sizes_, rank, seed=args.seed, device=None
+        )
+    report.add_heading(
+        f"The best-trained network in detail ({deg} = {lvl}, accuracy {acc:.3f})"
+    )
+    report.add_text(
+        f"The figures below are for the network with the highest test accuracy. "
+        f"The factor figures use one coupled model of all probed layers at rank "
+        f"{rank}, the largest rank selected for its layers."
+        + (
+            ""
+            if abs(acc - b["accuracy"]) < 1e-9
+            else f" Note: re-training gave accuracy {acc:.3f}, not {b['accuracy']:.3f} "
+            "as in the study; torch was not bit-reproducible here."
+        )
+    )
+    with say.step("figures_network", "drawing the network's figures"):
+        network_figures(
+            report,
+            curves,
+            selected,
+            crit,
+            cmodel,
+            W,
+            y=data.y_test,
+            input_shape=ext.input_shape_,
+            layer_shapes=ext.layer_shapes_,
+        )
+
+    report.add_heading("All networks")
+    cols = [
+        "degradation",
+        "level",
+        "seed",
+        "accuracy",
+        "n_train_seen",
+        "epochs",
+        *(f"{layer}_{crit}" for layer in layers),
+    ]
+    report.add_table(
+        [{c: r[c] for c in cols} for r in rows],
+        text_columns=["degradation"],
+        caption=f"Selected rank ({crit}, coupled with the input) per layer; "
+        "results.json has every criterion and the baselines.",
+    )
+    results = {
+        "command": "demo",
+        "version": __version__,
+        "preset": "tiny" if args.tiny else args.preset,
+        "settings": settings,
+        "criterion": crit,
+        "layers": layers,
+        "table": rows,
+        "correlations": corr,
+        "best_network": {
+            "degradation": deg,
+            "level": lvl,
+            "seed": seed,
+            "accuracy": acc,
+            "ranks": selected,
+            "figure_model": _model_json(cmodel),
+        },
+        "study_timings_s": {k: v for k, v in res.timings.items() if k != "per_study"},
+        "timings_s": say.marks,
+    }
+    return _finish(report, results, out, args, say, write_json)
+
+
+# --------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------
+def main(argv=None):
+    """Run the ``sklearn-peek`` command; return the exit code.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name; ``sys.argv[1:]`` by default.
+
+    Returns
+    -------
+    int
+        0 on success, 1 on bad input or failure (a one-line message on
+        stderr), 2 on a bad command line.
+
+    Examples
+    --------
+    >>> from sklearn_peek.cli import main
+    >>> main(["--version"])  # doctest: +SKIP
+    sklearn-peek 0.1.0
+    0
+    """
+    parser = build_parser()
+    try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args.argv_ = [str(a) for a in argv]
+    debug = getattr(args, "debug", False)
+    quiet = getattr(args, "quiet", False)
+    say = _Progress(quiet=quiet)
+    try:
+        with _one_line_warnings(quiet):
+            return int(args.func(args, say) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    if "nonneg='error'" in text:
+        text += " (command line: --nonneg relu|split|shift)"
+    if len(text) > 1000:
+        text = text[:1000] + " ..."
+    if isinstance(exc, (CLIError, ValueError, FileNotFoundError, TypeError)):
+        return text or type(exc).__name__
+    # Unexpected failures keep their type, and point at --debug.
+    return f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,982 @@
+"""Figures for coupled factorizations of a CNN's inputs and hidden layers.
+
+Every function here imports matplotlib only when it is called, works with a
+headless backend (``Agg``), and returns the :class:`matplotlib.figure.Figure`
+it drew on, so a caller can save it (``fig.savefig("x.png")``) or keep
+drawing on it. The inputs are duck-typed: a fitted
+:class:`~sklearn_peek.CoupledNMF` (or any estimator with ``components_``),
+a fitted :class:`~sklearn_peek.RankQualityScorer` (or its ``curves_``
+dictionary), plain arrays and tables (pandas DataFrame or a dict of lists).
+
+=============================  ==============================================
+Function                       What it shows
+=============================  ==============================================
+:func:`plot_input_factors`     the input block of each latent factor, as an
+                               image: which pixel pattern the factor is
+:func:`plot_layer_factors`     units (or channels) x latent factors, one
+                               heatmap per layer: which units fire for it
+:func:`plot_sample_loadings`   the shared sample factor ``W``: which factors
+                               each input uses, grouped by class if given
+:func:`plot_rank_sweep`        rank-selection criterion vs rank per layer,
+                               with the fold spread and the selected rank
+:func:`plot_rank_vs_quality`   selected rank vs test accuracy over many
+                               networks, with Spearman's rho and its interval
+=============================  ==============================================
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from numbers import Integral
+
+import numpy as np
+
+from sklearn_peek._backend import to_numpy
+
+__all__ = [
+    "plot_input_factors",
+    "plot_layer_factors",
+    "plot_rank_sweep",
+    "plot_rank_vs_quality",
+    "plot_sample_loadings",
+]
+
+# Y-axis labels of the rank-sweep curves, per RankQualityScorer criterion.
+_CRITERION_LABELS = {
+    "bcv": "BCV score (held-out explained energy)",
+    "elbow": "minus relative error",
+    "energy": "explained energy",
+    "stability": "cophenetic correlation",
+}
+
+# Pattern of the extractor's conv feature names: "c<c>_y<y>_x<x>" or "c<c>".
+_CHANNEL_RE = re.compile(r"^c(\d+)(?:_y\d+_x\d+)?$")
+
+
+# --------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _new_figure(fig, figsize):
+    """A fresh constrained-layout figure, or ``fig`` cleared of nothing."""
+    if fig is not None:
+        return fig
+    plt = _plt()
+    return plt.figure(figsize=figsize, layout="constrained")
+
+
+def _grid_shape(n, max_cols=6):
+    """Rows and columns for ``n`` panels, rows as even as possible."""
+    n_rows = max(1, math.ceil(n / max_cols))
+    n_cols = math.ceil(n / n_rows)
+    return n_rows, n_cols
+
+
+def _check_fitted(model, what="model"):
+    if not hasattr(model, "components_"):
+        from sklearn.exceptions import NotFittedError
+
+        raise NotFittedError(
+            f"{what}={type(model).__name__} has no components_: fit it first "
+            "(a CoupledNMF, or any estimator with components_, is expected)."
+        )
+
+
+def _block_names(model):
+    names = getattr(model, "block_names_", None)
+    if names is not None:
+        return list(names)
+    slices = getattr(model, "block_slices_", None)
+    if slices is not None:
+        return list(slices)
+    return None
+
+
+def _block_components(model, block, *, what="model"):
+    """The rows of ``components_`` restricted to one block's columns."""
+    if not hasattr(model, "components_") and hasattr(model, "shape"):
+        return np.asarray(to_numpy(model), dtype=float)
+    _check_fitted(model, what)
+    names = _block_names(model)
+    if names is None:
+        # Plain NMF or PCA: the whole of components_ is the only block.
+        return np.asarray(to_numpy(model.components_), dtype=float)
+    if block not in names:
+        raise ValueError(
+            f"block={block!r} is not a block of this {type(model).__name__}; "
+            f"its blocks are {names}."
+        )
+    if hasattr(model, "block_components"):
+        return np.asarray(to_numpy(model.block_components(block)), dtype=float)
+    sl = model.block_slices_[block]
+    return np.asarray(to_numpy(model.components_), dtype=float)[:, sl]
+
+
+def _block_feature_names(model, block):
+    """Feature names of ``block`` without the ``"<block>__"`` prefix, or None."""
+    names = getattr(model, "feature_names_in_", None)
+    if names is None:
+        return None
+    prefix = f"{block}__"
+    out = [str(n)[len(prefix) :] for n in names if str(n).startswith(prefix)]
+    return out or None
+
+
+def _infer_image_shape(n_features):
+    side = math.isqrt(n_features)
+    if side * side == n_features:
+        return (side, side)
+    if n_features % 3 == 0:
+        side = math.isqrt(n_features // 3)
+        if 3 * side * side == n_features:
+            return (3, side, side)
+    raise ValueError(
+        f"image_shape=None: cannot guess the image shape of an input block with "
+        f"{n_features} features (not a square image, nor 3 square channels); pass "
+        "image_shape=(C, H, W) or (H, W)."
+    )
+
+
+def _as_image_shape(image_shape, n_features):
+    if image_shape is None:
+        return _infer_image_shape(n_features)
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) not in (2, 3) or any(s < 1 for s in shape):
+        raise ValueError(
+            f"image_shape={image_shape!r} is not understood; expected (H, W) or "
+            "(C, H, W) with positive sizes."
+        )
+    if math.prod(shape) != n_features:
+        raise ValueError(
+            f"image_shape={image_shape!r} holds {math.prod(shape)} values, but the "
+            f"input block has {n_features} features."
+        )
+    return shape
+
+
+def _tile_image(row, shape):
+    """One factor's input row as something imshow can draw, scaled to [0, 1].
+
+    Each tile is scaled by its own maximum: factors have arbitrary scales
+    (``W H`` is unchanged when a column of ``W`` is multiplied and the row of
+    ``H`` divided by the same number), so only the pattern is meaningful.
+    """
+    img = row.reshape(shape)
+    if img.ndim == 3:
+        if img.shape[0] == 3:
+            img = np.moveaxis(img, 0, -1)
+        else:
+            img = img.mean(axis=0)
+    top = float(np.max(img))
+    lo = float(np.min(img))
+    if top > lo:
+        img = (img - min(lo, 0.0)) / (top - min(lo, 0.0))
+    else:
+        img = np.zeros_like(img)
+    return np.clip(img, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------
+# input factors
+# --------------------------------------------------------------------------
+def plot_input_factors(
+    model,
+    *,
+    block="input",
+    image_shape=None,
+    ncols=None,
+    cmap="gray_r",
+    components=None,
+    fig=None,
+    title=None,
+):
+    """Draw each latent factor's input pattern as an image, one tile per factor.
+
+    The input block of ``components_`` (``H_0`` in the coupled model) has one
+    row per latent factor; reshaped to the image shape, a row shows which
+    pixels the factor stands for. Tiles are titled ``"factor k"`` where ``k``
+    is the row of ``components_``.
+
+    Parameters
+    ----------
+    model : fitted CoupledNMF, estimator with ``components_``, or ndarray
+        The coupled model. Its ``block`` columns are taken with
+        ``model.block_components(block)`` (or ``block_slices_``). An estimator
+        without blocks (e.g. scikit-learn's ``NMF`` fitted on images) is drawn
+        whole; an array of shape (n_factors, n_pixels) is drawn as given.
+    block : str, default="input"
+        Which block holds the image pixels.
+    image_shape : tuple of int, optional
+        ``(H, W)`` or ``(C, H, W)``. By default a square grey image, or 3
+        square channels, is inferred from the number of pixels.
+        Multi-channel tiles: with 3 channels the tile is drawn in RGB (scaled
+        by the tile's maximum); with any other number of channels the mean
+        over channels is drawn with ``cmap``.
+    ncols : int, optional
+        Tiles per row; by default at most 6, rows as even as possible.
+    cmap : str, default="gray_r"
+        Colormap for single-channel tiles (dark = strong weight).
+    components : sequence of int, optional
+        Which factors to draw; all by default.
+    fig : matplotlib Figure, optional
+        Figure to draw on (it should be empty); a new one by default.
+    title : str, optional
+        Figure title; a description of what is drawn by default.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes per tile, each holding one image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.decomposition import NMF
+    >>> from sklearn_peek.plotting import plot_input_factors
+    >>> X = load_digits().data / 16.0
+    >>> nmf = NMF(n_components=6, init="nndsvda", max_iter=300, random_state=0).fit(X)
+    >>> fig = plot_input_factors(nmf, image_shape=(8, 8))
+    >>> sum(len(ax.images) for ax in fig.axes)
+    6
+    """
+    H = _block_components(model, block)
+    if H.ndim != 2:
+        raise ValueError(
+            f"model: expected components of shape (n_factors, n_pixels), got {H.shape}."
+        )
+    shape = _as_image_shape(image_shape, H.shape[1])
+    idx = (
+        list(range(H.shape[0])) if components is None else [int(k) for k in components]
+    )
+    bad = [k for k in idx if not 0 <= k < H.shape[0]]
+    if bad:
+        raise ValueError(
+            f"components={components!r}: {bad} out of range; the model has "
+            f"{H.shape[0]} factors (0..{H.shape[0] - 1})."
+        )
+    n = len(idx)
+    if n == 0:
+        raise ValueError("components=[]: nothing to draw.")
+    if ncols is None:
+        n_rows, n_cols = _grid_shape(n)
+    else:
+        if not isinstance(ncols, Integral) or ncols < 1:
+            raise ValueError(f"ncols={ncols!r}: expected a positive integer.")
+        n_cols = min(int(ncols), n)
+        n_rows = math.ceil(n / n_cols)
+    aspect = shape[-1] / shape[-2]
+    tile = 1.7
+    fig = _new_figure(fig, (max(3.5, n_cols * tile * aspect), n_rows * tile + 0.6))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for pos, ax in enumerate(axes.ravel()):
+        if pos >= n:
+            ax.remove()
+            continue
+        k = idx[pos]
+        img = _tile_image(H[k], shape)
+        kwargs = {} if img.ndim == 3 else {"cmap": cmap, "vmin": 0.0, "vmax": 1.0}
+        ax.imshow(img, interpolation="nearest", **kwargs)
+        ax.set_title(f"factor {k}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title is None:
+        title = f"Input patterns of the latent factors (block {block!r})"
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# layer factors
+# --------------------------------------------------------------------------
+def _layer_shape_for(layer_shapes, layer):
+    if layer_shapes is None:
+        return None
+    if hasattr(layer_shapes, "layer_shapes_"):
+        layer_shapes = layer_shapes.layer_shapes_
+    shape = dict(layer_shapes).get(layer)
+    return None if shape is None else tuple(int(s) for s in shape)
+
+
+def _reduce_to_channels(H, layer, shape, feature_names):
+    """Sum a conv layer's factor loadings over spatial positions.
+
+    Returns ``(H_channels, "channel")`` or ``(H, "unit")`` when the layer has
+    no channel structure (a flat layer, or one already pooled).
+    """
+    if shape is not None and len(shape) == 3:
+        c = shape[0]
+        if math.prod(shape) != H.shape[1]:
+            raise ValueError(
+                f"layer_shapes[{layer!r}]={shape} holds {math.prod(shape)} values, but "
+                f"the layer block has {H.shape[1]} features."
+            )
+        return H.reshape(H.shape[0], c, -1).sum(axis=2), "channel"
+    if shape is None and feature_names is not None:
+        matches = [_CHANNEL_RE.match(n) for n in feature_names]
+        if all(matches) and any("_y" in n for n in feature_names):
+            ch = np.array([int(m.group(1)) for m in matches])
+            n_ch = int(ch.max()) + 1
+            out = np.zeros((H.shape[0], n_ch))
+            np.add.at(out.T, ch, H.T)
+            return out, "channel"
+    return H, "unit"
+
+
+def plot_layer_factors(
+    model,
+    layers=None,
+    *,
+    layer_shapes=None,
+    reduce="channel",
+    normalize="factor",
+    cmap="viridis",
+    fig=None,
+    title=None,
+):
+    """Heatmaps of which units (or channels) of each layer every factor uses.
+
+    For each layer block ``l`` the matrix ``H_l`` (factors x units) is drawn
+    transposed: one row per unit (or channel), one column per latent factor,
+    one panel per layer with its own colorbar. A bright cell means that unit
+    responds to the input pattern of that factor (see
+    :func:`plot_input_factors`).
+
+    Parameters
+    ----------
+    model : fitted CoupledNMF
+        Any estimator with ``components_`` and ``block_names_`` /
+        ``block_slices_`` (and optionally ``block_components``).
+    layers : list of str, optional
+        Layer blocks to draw; by default every block except ``"input"``.
+    layer_shapes : dict or fitted LayerActivationExtractor, optional
+        Per-sample shape of each layer, e.g. ``extractor.layer_shapes_`` or
+        the extractor itself. With ``reduce="channel"``, a layer of shape
+        ``(C, H, W)`` is summed over its ``H * W`` positions so one row is one
+        channel. Without it, channels are read from feature names such as
+        ``"conv1__c2_y5_x7"`` when the model saw them.
+    reduce : {"channel", None}, default="channel"
+        ``"channel"`` sums conv maps over space; ``None`` draws every unit.
+    normalize : {"factor", "unit", None}, default="factor"
+        ``"factor"`` divides each factor's column by its maximum, because a
+        factor's scale is arbitrary (it can move between ``W`` and ``H``): a
+        column then shows which units carry that factor most. ``"unit"``
+        divides each row by its maximum: a row then shows which factors a unit
+        (channel) prefers, whatever its overall activity. ``None`` draws raw
+        values.
+    cmap : str, default="viridis"
+        Colormap of the heatmaps.
+    fig : matplotlib Figure, optional
+        Figure to draw on; a new one by default.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One heatmap axes per layer plus one colorbar axes per layer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> from sklearn_peek.plotting import plot_layer_factors
+    >>> rng = np.random.default_rng(0)
+    >>> model = SimpleNamespace(
+    ...     components_=rng.random((4, 64 + 30)),
+    ...     block_names_=["input", "fc1"],
+    ...     block_slices_={"input": slice(0, 64), "fc1": slice(64, 94)},
+    ... )
+    >>> fig = plot_layer_factors(model)
+    >>> fig.axes[0].get_ylabel()
+    'fc1 unit'
+    """
+    _check_fitted(model)
+    names = _block_names(model)
+    if names is None:
+        raise ValueError(
+            f"model={type(model).__name__} has no blocks (block_names_ or "
+            "block_slices_); plot_layer_factors needs a coupled model."
+        )
+    if layers is None:
+        layers = [b for b in names if b != "input"] or list(names)
+    elif isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    unknown = [lay for lay in layers if lay not in names]
+    if unknown:
+        raise ValueError(f"layers={unknown!r} not in the model's blocks {names}.")
+    if not layers:
+        raise ValueError("layers=[]: nothing to draw.")
+    if reduce not in ("channel", None):
+        raise ValueError(f"reduce={reduce!r}: expected 'channel' or None.")
+    if normalize not in ("factor", "unit", None):
+        raise ValueError(f"normalize={normalize!r}: expected 'factor', 'unit' or None.")
+
+    panels = []
+    for layer in layers:
+        H = _block_components(model, layer)
+        kind = "unit"
+        if reduce == "channel":
+            H, kind = _reduce_to_channels(
+                H,
+                layer,
+                _layer_shape_for(layer_shapes, layer),
+                _block_feature_names(model, layer),
+            )
+        M = H.T  # units x factors
+        if normalize is not None:
+            top = M.max(axis=0 if normalize == "factor" else 1, keepdims=True)
+            M = np.divide(M, top, out=np.zeros_like(M), where=top > 0)
+        panels.append((layer, kind, M))
+
+    n = len(panels)
+    n_rows, n_cols = _grid_shape(n, max_cols=3)
+    n_factors = panels[0][2].shape[1]
+    width = min(4.8, 1.9 + 0.25 * n_factors)
+    fig = _new_figure(fig, (max(5.0, width * n_cols), 4.3 * n_rows + 0.4))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.remove()
+    label = {"factor": "weight / factor max", "unit": "weight / unit max"}.get(
+        normalize, "weight"
+    )
+    for ax, (layer, kind, M) in zip(axes, panels):
+        vmax = 1.0 if normalize is not None else None
+        im = ax.imshow(
+            M, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0.0, vmax=vmax
+        )
+        ax.set_title(f"{layer} ({M.shape[0]} {kind}s)", fontsize=11)
+        ax.set_xlabel("latent factor")
+        ax.set_ylabel(f"{layer} {kind}")
+        step = max(1, math.ceil(M.shape[1] / 12))
+        ax.set_xticks(np.arange(0, M.shape[1], step))
+        if M.shape[0] <= 24:
+            ax.set_yticks(np.arange(M.shape[0]))
+        cb = fig.colorbar(im, ax=ax, shrink=0.9)
+        cb.set_label(label)
+    if title is None:
+        title = "Which units of each layer every latent factor uses"
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# sample loadings
+# --------------------------------------------------------------------------
+def plot_sample_loadings(
+    W,
+    y=None,
+    *,
+    normalize="row",
+    cmap="magma_r",
+    max_samples=2000,
+    ax=None,
+    title=None,
+):
+    """Heatmap of the shared sample factor ``W`` (samples x latent factors).
+
+    With labels ``y`` the rows are grouped by class, the class boundaries
+    marked with lines and the classes named on the y axis (labels serve only
+    the picture; nothing is fitted with them). Without labels the rows are
+    sorted by their dominant factor, then by its weight, and the groups are
+    marked the same way.
+
+    Parameters
+    ----------
+    W : array-like of shape (n_samples, n_factors)
+        Non-negative loadings, e.g. ``CoupledNMF.fit_transform(X)``.
+    y : array-like of shape (n_samples,), optional
+        Class of each sample, used for grouping only.
+    normalize : {"row", None}, default="row"
+        ``"row"`` divides each row by its maximum so every sample shows which
+        factors it uses regardless of its overall intensity.
+    cmap : str, default="magma_r"
+        Colormap (dark = strong loading).
+    max_samples : int, default=2000
+        Rows beyond this are thinned evenly (every k-th row after sorting) so
+        the image stays readable; the title says so.
+    ax : matplotlib Axes, optional
+        Axes to draw on; a new figure by default.
+    title : str, optional
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure holding the heatmap and its colorbar.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_peek.plotting import plot_sample_loadings
+    >>> rng = np.random.default_rng(0)
+    >>> fig = plot_sample_loadings(rng.random((60, 5)), y=np.repeat([0, 1, 2], 20))
+    >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    ['0', '1', '2']
+    """
+    W = np.asarray(to_numpy(W), dtype=float)
+    if W.ndim != 2 or W.shape[0] == 0 or W.shape[1] == 0:
+        raise ValueError(
+            f"W: expected a non-empty 2-D array (n_samples, n_factors), got shape "
+            f"{W.shape}."
+        )
+    if not np.all(np.isfinite(W)):
+        raise ValueError("W contains NaN or infinite values.")
+    if normalize not in ("row", None):
+        raise ValueError(f"normalize={normalize!r}: expected 'row' or None.")
+    n, r = W.shape
+    if y is not None:
+        y = np.asarray(to_numpy(y))
+        if y.shape != (n,):
+            raise ValueError(
+                f"y: expected shape ({n},) to match W's {n} rows, got {y.shape}."
+            )
+        order = np.argsort(y, kind="stable")
+        groups = y[order]
+        group_label = "class"
+    else:
+        dom = W.argmax(axis=1)
+        order = np.lexsort((-W[np.arange(n), dom], dom))
+        groups = dom[order]
+        group_label = "dominant factor"
+    M = W[order]
+    if normalize == "row":
+        top = M.max(axis=1, keepdims=True)
+        M = np.divide(M, top, out=np.zeros_like(M), where=top > 0)
+    thinned = ""
+    if max_samples is not None and n > max_samples:
+        keep = np.linspace(0, n - 1, int(max_samples)).round().astype(int)
+        M, groups = M[keep], groups[keep]
+        thinned = f", every {n / len(keep):.1f}th of {n} shown"
+
+    if ax is None:
+        fig = _new_figure(None, (min(9.0, 3.2 + 0.35 * r), 5.5))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    im = ax.imshow(M, aspect="auto", cmap=cmap, interpolation="nearest")
+    ax.set_xlabel("latent factor")
+    ax.set_ylabel(f"samples grouped by {group_label}")
+    step = max(1, math.ceil(r / 15))
+    ax.set_xticks(np.arange(0, r, step))
+    # Group boundaries and centres, in display rows.
+    change = np.flatnonzero(groups[1:] != groups[:-1]) + 1
+    starts = np.r_[0, change]
+    ends = np.r_[change, len(groups)]
+    for b in change:
+        ax.axhline(b - 0.5, color="tab:cyan", lw=1.0)
+    if len(starts) <= 40:
+        ax.set_yticks((starts + ends - 1) / 2.0)
+        ax.set_yticklabels([str(groups[s]) for s in starts])
+    else:
+        ax.set_yticks([])
+    cb = fig.colorbar(im, ax=ax, shrink=0.9)
+    cb.set_label("loading / row max" if normalize == "row" else "loading")
+    if title is None:
+        title = f"Sample loadings W ({n} samples x {r} factors{thinned})"
+    ax.set_title(title, fontsize=11)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# rank sweep
+# --------------------------------------------------------------------------
+def _curves_from(obj):
+    """``{layer: {"ranks", "mean", "std", "selected"}}`` from a scorer or dict."""
+    if hasattr(obj, "curves_"):
+        return dict(obj.curves_), getattr(obj, "criterion", None)
+    if hasattr(obj, "cv_results_") or (
+        isinstance(obj, dict) and {"layer", "rank", "mean_score"} <= set(obj)
+    ):
+        res = obj.cv_results_ if hasattr(obj, "cv_results_") else obj
+        sel = getattr(obj, "rank_", {}) or {}
+        layers = np.asarray(res["layer"])
+        curves = {}
+        for layer in dict.fromkeys(layers.tolist()):
+            m = layers == layer
+            curves[layer] = {
+                "ranks": np.asarray(res["rank"])[m],
+                "mean": np.asarray(res["mean_score"], dtype=float)[m],
+                "std": np.asarray(res.get("std_score", np.zeros(m.sum())), dtype=float)[
+                    m
+                ],
+                "selected": sel.get(layer),
+            }
+        return curves, getattr(obj, "criterion", None)
+    if isinstance(obj, dict):
+        return dict(obj), None
+    raise TypeError(
+        f"scorer_or_curves={type(obj).__name__}: expected a fitted RankQualityScorer "
+        "(with curves_) or a dict layer -> {'ranks', 'mean', 'std', 'selected'}."
+    )
+
+
+def plot_rank_sweep(
+    scorer_or_curves,
+    layers=None,
+    *,
+    criterion=None,
+    ncols=None,
+    fig=None,
+    title=None,
+):
+    """Criterion vs rank for each layer, with the spread over folds and the pick.
+
+    Each panel shows the mean criterion over cross-validation folds as a line,
+    a band of plus/minus one standard deviation, and the selected rank as a
+    dashed vertical line with a marker on the curve; the panel title states
+    the selected rank.
+
+    Parameters
+    ----------
+    scorer_or_curves : fitted RankQualityScorer or dict
+        The scorer (its ``curves_`` are used, or ``cv_results_`` and
+        ``rank_``), or a dict ``layer -> {"ranks": ..., "mean": ..., "std":
+        ..., "selected": ...}``; ``"std"`` and ``"selected"`` may be missing.
+    layers : list of str, optional
+        Layers to draw, in order; all by default.
+    criterion : str, optional
+        Y-axis label; by default the scorer's ``criterion`` or the curve's
+        ``"criterion"`` entry, spelled out for the scorer's criteria (``"bcv"``
+        becomes "BCV score (held-out explained energy)").
+    ncols : int, optional
+        Panels per row (at most 4 by default).
+    fig : matplotlib Figure, optional
+        Figure to draw on; a new one by default.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes per layer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_peek.plotting import plot_rank_sweep
+    >>> ranks = np.arange(1, 9)
+    >>> curves = {"fc1": {"ranks": ranks, "mean": -(ranks - 4.0) ** 2,
+    ...                   "std": np.full(8, 0.5), "selected": 4}}
+    >>> fig = plot_rank_sweep(curves)
+    >>> fig.axes[0].get_title()
+    'fc1: selected rank 4'
+    """
+    curves, crit = _curves_from(scorer_or_curves)
+    if not curves:
+        raise ValueError("scorer_or_curves holds no curves.")
+    if layers is None:
+        layers = list(curves)
+    elif isinstance(layers, str):
+        layers = [layers]
+    unknown = [lay for lay in layers if lay not in curves]
+    if unknown:
+        raise ValueError(
+            f"layers={unknown!r} not among the curves' layers {list(curves)}."
+        )
+    n = len(layers)
+    if n == 0:
+        raise ValueError("layers=[]: nothing to draw.")
+    if ncols is None:
+        n_rows, n_cols = _grid_shape(n, max_cols=3)
+    else:
+        n_cols = min(int(ncols), n)
+        n_rows = math.ceil(n / n_cols)
+    fig = _new_figure(fig, (max(4.5, 3.9 * n_cols), 3.2 * n_rows + 0.5))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    flat = axes.ravel()
+    for ax in flat[n:]:
+        ax.remove()
+    for ax, layer in zip(flat, layers):
+        c = curves[layer]
+        ranks = np.asarray(c["ranks"], dtype=float)
+        mean = np.asarray(c["mean"], dtype=float)
+        std = c.get("std")
+        label = criterion or c.get("criterion") or crit or "criterion"
+        label = _CRITERION_LABELS.get(label, label)
+        ax.plot(
+            ranks, mean, "-o", color="tab:blue", ms=3.5, lw=1.6, label="mean over folds"
+        )
+        if std is not None:
+            std = np.asarray(std, dtype=float)
+            ax.fill_between(
+                ranks,
+                mean - std,
+                mean + std,
+                color="tab:blue",
+                alpha=0.2,
+                lw=0,
+                label="± 1 std over folds",
+            )
+        sel = c.get("selected")
+        if sel is not None and not (isinstance(sel, float) and np.isnan(sel)):
+            sel = int(sel)
+            ax.axvline(sel, color="tab:red", ls="--", lw=1.2)
+            hit = np.flatnonzero(ranks == sel)
+            if hit.size:
+                ax.plot(
+                    [sel],
+                    [mean[hit[0]]],
+                    marker="*",
+                    ms=14,
+                    color="tab:red",
+                    ls="none",
+                    label=f"selected rank {sel}",
+                    zorder=5,
+                )
+            ax.set_title(f"{layer}: selected rank {sel}", fontsize=11)
+        else:
+            ax.set_title(f"{layer}: no rank selected", fontsize=11)
+        ax.set_xlabel("rank")
+        ax.set_ylabel(str(label))
+        if len(ranks) <= 15:
+            ax.set_xticks(ranks)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    if title is None:
+        title = "Rank sweep per layer"
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# rank vs training quality
+# --------------------------------------------------------------------------
+def _as_columns(table):
+    """A dict of 1-D arrays from a DataFrame or a dict of lists."""
+    if hasattr(table, "to_dict") and hasattr(table, "columns"):
+        return {str(c): np.asarray(table[c]) for c in table.columns}
+    if isinstance(table, dict):
+        cols = {str(k): np.asarray(v) for k, v in table.items()}
+        lengths = {len(v) for v in cols.values() if v.ndim == 1}
+        if len(lengths) > 1:
+            raise ValueError(
+                f"table: the columns have different lengths {sorted(lengths)}."
+            )
+        return cols
+    raise TypeError(
+        f"table={type(table).__name__}: expected a pandas DataFrame or a dict of lists."
+    )
+
+
+def _rank_column(cols, layer, criterion, rank_col):
+    """Find the selected-rank values for ``layer`` (and ``criterion``)."""
+    if rank_col is not None:
+        if rank_col not in cols:
+            raise ValueError(
+                f"rank_col={rank_col!r} is not a column of table: {list(cols)}."
+            )
+        return np.ones(len(cols[rank_col]), bool), rank_col
+    # Long format: one row per (network, layer[, criterion]) with a "rank" column.
+    if "layer" in cols and ("rank" in cols or "selected_rank" in cols):
+        col = "rank" if "rank" in cols else "selected_rank"
+        mask = cols["layer"].astype(str) == str(layer)
+        if criterion is not None and "criterion" in cols:
+            mask &= cols["criterion"].astype(str) == str(criterion)
+        if not mask.any():
+            raise ValueError(
+                f"layer={layer!r}, criterion={criterion!r}: no rows in table "
+                f"(layers {sorted(set(cols['layer'].astype(str)))})."
+            )
+        return mask, col
+    # Wide format: a column per layer (and criterion).
+    cands = []
+    if criterion is not None:
+        for a, b in ((layer, criterion), (criterion, layer)):
+            cands += [
+                f"rank_{a}_{b}",
+                f"rank_{a}__{b}",
+                f"{a}_{b}",
+                f"{a}__{b}",
+                f"rank[{a}][{b}]",
+                f"rank_{a}[{b}]",
+                f"rank[{a}, {b}]",
+            ]
+    cands += [f"rank_{layer}", f"rank[{layer}]", f"{layer}_rank", str(layer)]
+    for c in cands:
+        if c in cols:
+            return np.ones(len(cols[c]), bool), c
+    if criterion is None:
+        # One rank column for this layer (under any criterion) is unambiguous.
+        hits = [c for c in cols if c.startswith(f"rank_{layer}")]
+        if len(hits) == 1:
+            return np.ones(len(cols[hits[0]]), bool), hits[0]
+    raise ValueError(
+        f"layer={layer!r}, criterion={criterion!r}: cannot find the selected-rank "
+        f"column in table (columns {list(cols)}); pass rank_col=..."
+    )
+
+
+def _spearman(x, y, *, n_boot, random_state):
+    """Spearman's rho and its 95% bootstrap interval; NaNs when undefined."""
+    from sklearn_peek._stats import spearman_ci
+
+    if len(x) < 3:
+        return float("nan"), float("nan"), float("nan")
+    res = spearman_ci(x, y, n_boot=n_boot, random_state=random_state)
+    return res.rho, res.ci_low, res.ci_high
+
+
+def plot_rank_vs_quality(
+    table,
+    *,
+    layer,
+    criterion=None,
+    quality="accuracy",
+    hue=None,
+    rank_col=None,
+    spearman=None,
+    n_boot=2000,
+    random_state=0,
+    ax=None,
+    title=None,
+):
+    """Scatter of each network's selected rank against its test accuracy.
+
+    One point per trained network. The title gives Spearman's rho between
+    rank and ``quality`` with its 95% bootstrap interval: the paper's claim is
+    that it is positive (networks trained worse support a lower rank).
+
+    Parameters
+    ----------
+    table : pandas DataFrame or dict of lists
+        One row per network (wide: a rank column per layer/criterion such as
+        ``"rank_fc1_bcv"``), or one row per (network, layer, criterion) with
+        ``"layer"``, ``"criterion"`` and ``"rank"`` columns (long).
+    layer : str
+        Layer whose selected rank is drawn.
+    criterion : str, optional
+        Rank criterion, when the table has several.
+    quality : str, default="accuracy"
+        Column with the training-quality measure (x axis).
+    hue : str, optional
+        Column that colours the points. Default: ``"degradation"`` when it
+        takes several values (categorical colours), else ``"level"`` (a
+        colormap with a colorbar) when present.
+    rank_col : str, optional
+        Name of the rank column, when it cannot be guessed.
+    spearman : tuple (rho, low, high), optional
+        Precomputed correlation (e.g. from the case-study runner); computed
+        here otherwise (seeded percentile bootstrap of the pairs).
+    n_boot, random_state : int
+        Bootstrap settings when rho is computed here.
+    ax : matplotlib Axes, optional
+        Axes to draw on; a new figure by default.
+    title : str, optional
+        Axes title; by default names the layer, criterion and rho.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from sklearn_peek.plotting import plot_rank_vs_quality
+    >>> table = {"accuracy": [0.2, 0.5, 0.7, 0.9, 0.95],
+    ...          "rank_fc1": [2, 3, 3, 6, 7],
+    ...          "level": [0.05, 0.1, 0.2, 0.5, 1.0]}
+    >>> fig = plot_rank_vs_quality(table, layer="fc1")
+    >>> "rho = +0.97" in fig.axes[0].get_title()
+    True
+    """
+    cols = _as_columns(table)
+    if quality not in cols:
+        raise ValueError(f"quality={quality!r} is not a column of table: {list(cols)}.")
+    mask, rcol = _rank_column(cols, layer, criterion, rank_col)
+    x = cols[quality][mask].astype(float)
+    yv = cols[rcol][mask].astype(float)
+    ok = np.isfinite(x) & np.isfinite(yv)
+    if not ok.any():
+        raise ValueError(f"layer={layer!r}: no finite (quality, rank) pairs in table.")
+    sub = {
+        k: v[mask][ok] for k, v in cols.items() if v.ndim == 1 and len(v) == len(mask)
+    }
+    x, yv = x[ok], yv[ok]
+    if spearman is None:
+        rho, lo, hi = _spearman(x, yv, n_boot=n_boot, random_state=random_state)
+    else:
+        rho, lo, hi = (float(v) for v in spearman)
+
+    if ax is None:
+        fig = _new_figure(None, (6.2, 4.6))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    if hue is None:
+        if "degradation" in sub and len(set(sub["degradation"].tolist())) > 1:
+            hue = "degradation"
+        elif "level" in sub:
+            hue = "level"
+    if hue is not None and hue not in sub:
+        raise ValueError(f"hue={hue!r} is not a column of table: {list(cols)}.")
+    if hue is None:
+        ax.scatter(x, yv, s=45, color="tab:blue", edgecolor="k", lw=0.5, alpha=0.85)
+    else:
+        h = sub[hue]
+        numeric = np.issubdtype(h.dtype, np.number) and len(set(h.tolist())) > 4
+        if hue == "level" and np.issubdtype(h.dtype, np.number):
+            numeric = True
+        if numeric:
+            sc = ax.scatter(
+                x,
+                yv,
+                c=h.astype(float),
+                cmap="viridis",
+                s=45,
+                edgecolor="k",
+                lw=0.5,
+                alpha=0.9,
+            )
+            fig.colorbar(sc, ax=ax, shrink=0.9).set_label(hue)
+        else:
+            import matplotlib as mpl
+
+            colors = mpl.colormaps["tab10"]
+            for i, val in enumerate(dict.fromkeys(h.tolist())):
+                m = h == val
+                ax.scatter(
+                    x[m],
+                    yv[m],
+                    s=45,
+                    color=colors(i % 10),
+                    edgecolor="k",
+                    lw=0.5,
+                    alpha=0.9,
+                    label=str(val),
+                )
+            ax.legend(title=hue, fontsize=8, title_fontsize=8, loc="best")
+    ax.set_xlabel(f"test {quality}" if quality == "accuracy" else quality)
+    ax.set_ylabel(f"selected rank ({layer})")
+    ax.grid(alpha=0.3)
+    if np.all(yv == np.round(yv)):
+        from matplotlib.ticker import MaxNLocator
+
+        # Ranks are integers: integer ticks, and room for a constant rank.
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        lo_y, hi_y = ax.get_ylim()
+        pad = 1.0 if np.ptp(yv) < 2 else 0.6
+        ax.set_ylim(min(lo_y, yv.min() - pad), max(hi_y, yv.max() + pad))
+    if np.isnan(rho):
+        if len(x) < 3:
+            why = "fewer than 3 networks"
+        elif np.ptp(yv) == 0:
+            why = "the same rank for every network"
+        else:
+            why = f"the same {quality} for every network"
+        stat = f"Spearman rho undefined ({why})"
+    elif np.isnan(lo):
+        stat = f"Spearman rho = {rho:+.2f}"
+    else:
+        stat = f"Spearman rho = {rho:+.2f} [95% CI {lo:+.2f}, {hi:+.2f}]"
+    if title is None:
+        crit = f", {criterion}" if criterion else ""
+        title = f"{layer}{crit}: rank vs {quality}, n = {len(x)}\n{stat}"
+    ax.set_title(title, fontsize=11)
+    return fig

@@ -1,0 +1,352 @@
+"""Tests of the ``sklearn-peek`` command (sklearn_peek.cli), run in-process."""
+
+import base64
+import collections
+import gzip
+import json
+import re
+import struct
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from sklearn_peek import cli
+
+torch = pytest.importorskip("torch")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _small_cnn():
+    # A Sequential of torch classes only, so that torch.load can unpickle it
+    # in any process.
+    return torch.nn.Sequential(
+        collections.OrderedDict(
+            [
+                ("conv1", torch.nn.Conv2d(1, 4, 3, padding=1)),
+                ("relu1", torch.nn.ReLU()),
+                ("pool1", torch.nn.MaxPool2d(2)),
+                ("flat", torch.nn.Flatten()),
+                ("fc1", torch.nn.Linear(64, 24)),
+                ("relu2", torch.nn.ReLU()),
+                ("fc2", torch.nn.Linear(24, 10)),
+            ]
+        )
+    )
+
+
+def _write_idx(path, array):
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    head = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    head += struct.pack(f">{array.ndim}i", *array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(head + array.tobytes())
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A CNN trained a few steps on digits, saved as ONNX, TorchScript, pickle."""
+    from sklearn.datasets import load_digits
+
+    d = tmp_path_factory.mktemp("cli")
+    digits = load_digits()
+    X = (digits.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    y = digits.target
+    torch.manual_seed(0)
+    net = _small_cnn()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(X[:1200]), torch.from_numpy(y[:1200])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        idx = torch.randint(0, len(xt), (64,), generator=gen)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+        opt.step()
+    net.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (xt[:2],),
+            str(d / "net.onnx"),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n"}},
+        )
+        torch.jit.save(torch.jit.trace(net, xt[:2]), str(d / "net_ts.pt"))
+    torch.save(net, str(d / "net_pickle.pt"))
+    Xtest, ytest = X[1200:1400], y[1200:1400]
+    np.save(d / "x.npy", Xtest)
+    np.save(d / "y.npy", ytest)
+    _write_idx(d / "images-idx3-ubyte.gz", np.round(Xtest[:, 0] * 255))
+    np.save(d / "x10.npy", np.random.default_rng(0).random((20, 1, 10, 10), np.float32))
+    (d / "bad.onnx").write_bytes(b"\x08\x07 this is not a protobuf" * 10)
+    return d, Xtest, ytest
+
+
+def _run(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _images(html_text):
+    return re.findall(r'<img src="([^"]+)"', html_text)
+
+
+# --------------------------------------------------------------------- analyze
+def test_analyze_onnx_writes_report_and_ranks(files, tmp_path, capsys):
+    d, X, _ = files
+    out = tmp_path / "report"
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", out,
+         "--ranks", "1:5", "--cv", "3", "--labels", d / "y.npy", "--seed", "0"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "wrote" in err and "selected ranks" in err  # progress lines
+    html = (out / "report.html").read_text()
+    srcs = _images(html)
+    assert len(srcs) == 4  # rank sweep, input factors, layer factors, loadings
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1])
+        assert png.startswith(PNG_MAGIC)
+        width, height = struct.unpack(">II", png[16:24])
+        assert width > 300 and height > 200
+    assert html.count("<figcaption>") == 4
+    assert "Selected rank per layer" in html
+
+    res = json.loads((out / "results.json").read_text())
+    layers = [n for n, _ in res["blocks"] if n != "input"]
+    assert len(layers) >= 1 and set(res["ranks"]) == set(layers)
+    assert res["n_samples"] == len(X) and res["input_shape"] == [1, 8, 8]
+    assert res["command_line"].startswith("sklearn-peek analyze ")
+    assert "--ranks 1:5" in res["command_line"]
+    for layer in layers:
+        assert 1 <= res["ranks"][layer] <= 5
+        assert res["curves"][layer]["ranks"] == [1, 2, 3, 4, 5]
+        assert res["curves"][layer]["selected"] == res["ranks"][layer]
+        assert f'<td class="txt">{layer}</td>' in html
+
+    # The command gives the same ranks as the library called directly.
+    from sklearn_peek import LayerActivationExtractor, RankQualityScorer
+
+    ext = LayerActivationExtractor(str(d / "net.onnx")).fit(X)
+    A = ext.transform(X)
+    direct = RankQualityScorer(
+        blocks=ext.block_sizes_, ranks=range(1, 6), cv=3, random_state=0
+    ).fit(A)
+    assert res["ranks"] == {k: int(v) for k, v in direct.rank_.items()}
+    np.testing.assert_allclose(
+        res["curves"][layers[0]]["mean"], direct.curves_[layers[0]]["mean"]
+    )
+
+
+def test_analyze_torchscript_idx_data_figures_beside(files, tmp_path, capsys):
+    d, *_ = files
+    out = tmp_path / "ts"
+    code, _, err = _run(
+        ["analyze", d / "net_ts.pt", "--data", d / "images-idx3-ubyte.gz",
+         "--out", out, "--ranks", "1,2,3", "--max-samples", "120", "-q",
+         "--figures-beside"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert err == ""  # --quiet
+    res = json.loads((out / "results.json").read_text())
+    assert res["model_format"] == "torchscript"
+    assert res["n_samples"] == 120
+    assert res["ranks_tried"] == [1, 2, 3]
+    srcs = _images((out / "report.html").read_text())
+    assert len(srcs) == 4
+    for src in srcs:
+        assert src.startswith("figures/")
+        assert (out / src).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_analyze_pickled_module_needs_trust(files, tmp_path, capsys):
+    d, *_ = files
+    argv = ["analyze", d / "net_pickle.pt", "--data", d / "x.npy", "--out",
+            tmp_path / "p", "--ranks", "1:3", "-q",
+            "--layers", "pool1,relu2"]  # fmt: skip
+    code, _, err = _run(argv, capsys)
+    assert code == 1
+    assert err.startswith("sklearn-peek: error: ") and "--trust-pickle" in err
+    assert not (tmp_path / "p" / "report.html").exists()
+    code, _, err = _run([*argv, "--trust-pickle"], capsys)
+    assert code == 0, err
+    res = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert res["model_format"] == "pickle"
+    assert list(res["ranks"]) == ["pool1", "relu2"]
+    assert res["layer_shapes"]["pool1"] == [4, 4, 4]
+
+
+@pytest.mark.parametrize(
+    "case, extra, message",
+    [
+        ("missing model", ["nothere.onnx", "--data", "x.npy"], "does not exist"),
+        ("missing data", ["net.onnx", "--data", "nothere.npy"], "does not exist"),
+        ("not onnx", ["bad.onnx", "--data", "x.npy"], "could not be read as an ONNX"),
+        ("shape", ["net.onnx", "--data", "x10.npy"], r"\(1, 8, 8\).*\(1, 10, 10\)"),
+        ("layer", ["net.onnx", "--data", "x.npy", "--layers", "relu9"], "relu9"),
+        ("flat", ["net.onnx", "--data", "y.npy"], r"--data has shape \(200,\)"),
+        ("input shape", ["net.onnx", "--data", "x.npy", "--input-shape", "1,9,9"],
+         "--input-shape 1,9,9 holds 81 values"),
+        ("rank", ["net.onnx", "--data", "x.npy", "--ranks", "1:500"],
+         r"--ranks 1..500 goes up to 500.*expected ranks <="),
+    ],
+)  # fmt: skip
+def test_bad_input_one_line_error(files, tmp_path, capsys, case, extra, message):
+    d, *_ = files
+    argv = ["analyze", d / extra[0], *[d / a if a.endswith(".npy") else a
+                                       for a in extra[1:]],
+            "--out", tmp_path / "o", "-q"]  # fmt: skip
+    code, _, err = _run(argv, capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sklearn-peek: error: ")
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in err
+
+
+def test_debug_reraises(files, tmp_path):
+    d, *_ = files
+    with pytest.raises(FileNotFoundError, match=r"nothere\.npy"):
+        cli.main(["analyze", str(d / "net.onnx"), "--data", str(d / "nothere.npy"),
+                  "--out", str(tmp_path), "--debug"])  # fmt: skip
+
+
+def test_subprocess_error_has_no_traceback(files, tmp_path):
+    d, *_ = files
+    proc = subprocess.run(
+        [sys.executable, "-m", "sklearn_peek", "analyze", str(d / "net.onnx"),
+         "--data", str(d / "x.npy"), "--out", str(tmp_path), "--layers", "relu9"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1 and errors[0].startswith("sklearn-peek: error: ")
+    assert "relu9" in errors[0]
+
+
+# ------------------------------------------------------------ the command line
+def test_help_explains_every_option(capsys):
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in ("demo", "analyze", "layers"):
+        code, out, _ = _run([name, "--help"], capsys)
+        assert code == 0
+        for action in sub.choices[name]._actions:
+            if action.help == "==SUPPRESS==":
+                continue
+            assert action.help, action
+            for flag in action.option_strings:
+                assert flag in out, (name, flag)
+    code, out, _ = _run(["--help"], capsys)
+    assert code == 0 and "demo" in out and "analyze" in out
+    code, out, _ = _run(["analyze", "--help"], capsys)
+    assert "--trust-pickle" in out and "arbitrary code" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "required: COMMAND"),
+        (["analyze", "m.onnx"], "required: --data/-d, --out/-o"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--ranks", "3:1"],
+         "'3:1' is not a rank list"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--input-shape", "a,b"],
+         "'a,b' is not a shape"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--criterion", "aic"],
+         "invalid choice: 'aic'"),
+    ],
+)  # fmt: skip
+def test_bad_command_line_exit_code_2(capsys, argv, message):
+    code, _, err = _run(argv, capsys)
+    assert code == 2
+    assert message in err
+
+
+def test_parse_ranks_and_shapes():
+    assert cli.parse_ranks("1:4") == [1, 2, 3, 4]
+    assert cli.parse_ranks("2:10:4,3") == [2, 3, 6, 10]
+    assert cli.parse_shape("1,28,28") == (1, 28, 28)
+    assert cli.parse_shape("3x32x32") == (3, 32, 32)
+    for bad in ["0:3", "", "x", "1:2:0"]:
+        with pytest.raises(Exception, match="rank"):
+            cli.parse_ranks(bad)
+
+
+def test_layers_command_lists_layers(files, capsys):
+    d, *_ = files
+    code, out, _ = _run(["layers", d / "net_pickle.pt", "--trust-pickle",
+                         "--input-shape", "1,8,8"], capsys)  # fmt: skip
+    assert code == 0
+    names = [line.split()[0] for line in out.strip().splitlines()[1:]]
+    assert {"conv1", "relu1", "pool1", "fc1", "relu2"} <= set(names)
+
+
+def test_report_writer_escapes_text_and_writes_json(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from sklearn_peek._report import Report, write_json
+
+    rep = Report("net <1>", subtitle="a & b")
+    rep.add_table(
+        [{"layer": "<relu>", "rank": 3, "acc": 0.91234}, {"layer": "fc", "rank": 5}]
+    )
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    rep.add_figure(fig, "what <this> shows", name="line")
+    path = rep.write(tmp_path / "r", embed=False)
+    text = path.read_text()
+    assert "&lt;relu&gt;" in text and "<relu>" not in text
+    assert "net &lt;1&gt;" in text and "a &amp; b" in text
+    assert "<td>0.912</td>" in text and "<td></td>" in text  # missing cell
+    (src,) = _images(text)
+    assert (path.parent / src).read_bytes().startswith(PNG_MAGIC)
+    assert "<figcaption>what &lt;this&gt; shows</figcaption>" in text
+    out = write_json(
+        tmp_path / "r.json", {"x": np.float32(0.5), "n": np.nan, "a": np.arange(2)}
+    )
+    assert json.loads(out.read_text()) == {"x": 0.5, "n": None, "a": [0, 1]}
+
+
+# ------------------------------------------------------------------------ demo
+def test_demo_tiny_study_writes_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", out, "--tiny", "--seed", "0", "--jobs", "1", "-q"]
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    html = (out / "report.html").read_text()
+    srcs = _images(html)
+    # rank vs accuracy, rank sweep, input factors, layer factors, loadings
+    assert len(srcs) == 5
+    for src in srcs:
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
+    assert html.count("<figcaption>") == 5
+    assert "Spearman summary" in html and "effective rank (RankMe)" in html
+
+    res = json.loads((out / "results.json").read_text())
+    table = res["table"]
+    assert [r["level"] for r in table] == [0, 1, 4]
+    assert res["layers"] == ["pool1", "relu3"]
+    # an untrained network (0 epochs) is worse than one trained for 4
+    assert table[0]["accuracy"] < table[2]["accuracy"] - 0.3
+    for r in table:
+        for layer in res["layers"]:
+            assert 1 <= r[f"{layer}_bcv"] <= 4
+            assert f"{layer}_rankme" in r
+    pooled = [c for c in res["correlations"] if c["degradation"] == "all"]
+    assert {c["layer"] for c in pooled} == {"pool1", "relu3"}
+    best = res["best_network"]
+    assert best["level"] == 4
+    assert abs(best["accuracy"] - table[2]["accuracy"]) < 0.02
+    assert best["figure_model"]["n_components"] == max(best["ranks"].values())
+    assert f"accuracy {best['accuracy']:.3f}" in html

@@ -1,0 +1,389 @@
+"""Tests of sklearn_peek.plotting: what is drawn, not only that it runs."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+from sklearn.datasets import load_digits
+from sklearn.decomposition import NMF
+
+from sklearn_peek import plotting
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    return (d.data[:400] / 16.0).astype(np.float32), d.target[:400]
+
+
+@pytest.fixture(scope="module")
+def coupled(digits):
+    """A CoupledNMF fitted on [digits | a ReLU conv-like layer | a ReLU fc layer]."""
+    from sklearn_peek import CoupledNMF
+
+    X, y = digits
+    rng = np.random.default_rng(0)
+    imgs = X.reshape(-1, 8, 8)
+    # A "conv" layer with 3 channels on a 4x4 grid: 2x2 sums with random
+    # signed weights, then ReLU; and a flat layer of 20 ReLU units.
+    patches = imgs.reshape(-1, 4, 2, 4, 2).sum(axis=(2, 4))  # (n, 4, 4)
+    conv = np.maximum(
+        0, patches[:, None] * rng.normal(1.0, 0.5, (1, 3, 1, 1)) - 0.5
+    ).reshape(len(X), -1)
+    fc = np.maximum(0, X @ rng.normal(0, 1, (64, 20)))
+    A = np.hstack([X, conv, fc]).astype(np.float32)
+    blocks = [("input", 64), ("conv", 48), ("fc", 20)]
+    model = CoupledNMF(n_components=6, blocks=blocks, random_state=0, max_iter=100)
+    W = model.fit_transform(A)
+    return model, W, y, {"conv": (3, 4, 4), "fc": (20,)}
+
+
+# ---------------------------------------------------------------- input factors
+def test_input_factors_from_sklearn_nmf_draws_one_tile_per_factor(digits, tmp_path):
+    X, _ = digits
+    nmf = NMF(
+        n_components=7, init="nndsvda", max_iter=500, tol=1e-3, random_state=0
+    ).fit(X)
+    fig = plotting.plot_input_factors(nmf)
+    tiles = [ax for ax in fig.axes if ax.images]
+    assert len(tiles) == 7
+    assert len(fig.axes) == 7  # the unused grid cells are removed
+    assert [ax.get_title() for ax in tiles] == [f"factor {k}" for k in range(7)]
+    for k, ax in enumerate(tiles):
+        img = ax.images[0].get_array()
+        assert img.shape == (8, 8)
+        expected = nmf.components_[k].reshape(8, 8)
+        np.testing.assert_allclose(img, expected / expected.max(), rtol=1e-6)
+    fig.savefig(tmp_path / "input_factors.png")
+    assert (tmp_path / "input_factors.png").stat().st_size > 1000
+
+
+def test_input_factors_of_coupled_model_use_the_input_block(coupled):
+    model, *_ = coupled
+    fig = plotting.plot_input_factors(model, image_shape=(8, 8), ncols=3)
+    tiles = [ax for ax in fig.axes if ax.images]
+    assert len(tiles) == model.n_components_ == 6
+    # 3 columns -> 2 rows of 3 tiles.
+    assert len({round(ax.get_position().y0, 3) for ax in tiles}) == 2
+    H0 = model.block_components("input")
+    k = 4
+    np.testing.assert_allclose(
+        tiles[k].images[0].get_array(),
+        H0[k].reshape(8, 8) / H0[k].max(),
+        rtol=1e-5,
+    )
+    fig = plotting.plot_input_factors(model, components=[5, 1])
+    assert [ax.get_title() for ax in fig.axes] == ["factor 5", "factor 1"]
+
+
+def test_input_factors_multichannel_rgb_and_mean():
+    rng = np.random.default_rng(1)
+    H = rng.random((4, 3 * 6 * 5))
+    fig = plotting.plot_input_factors(H, image_shape=(3, 6, 5))
+    img = fig.axes[0].images[0].get_array()
+    assert img.shape == (6, 5, 3)
+    top = H[0].reshape(3, 6, 5).max()
+    np.testing.assert_allclose(img, np.moveaxis(H[0].reshape(3, 6, 5), 0, -1) / top)
+    # three square channels are recognised without image_shape
+    H = rng.random((2, 3 * 4 * 4))
+    assert plotting.plot_input_factors(H).axes[0].images[0].get_array().shape == (
+        4,
+        4,
+        3,
+    )
+    # 2 channels: the mean over channels is drawn
+    H = rng.random((2, 2 * 5 * 5))
+    img = plotting.plot_input_factors(H, image_shape=(2, 5, 5)).axes[1].images[0]
+    mean = H[1].reshape(2, 5, 5).mean(axis=0)
+    np.testing.assert_allclose(img.get_array(), mean / mean.max())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"image_shape": (7, 7)}, r"image_shape=\(7, 7\) holds 49 values.*64"),
+        ({"image_shape": (8, 8), "components": [9]}, r"components=\[9\].*3 factors"),
+        ({"image_shape": (8, 8), "ncols": 0}, "ncols=0"),
+    ],
+)
+def test_input_factors_bad_arguments(kwargs, match):
+    H = np.ones((3, 64))
+    with pytest.raises(ValueError, match=match):
+        plotting.plot_input_factors(H, **kwargs)
+
+
+def test_input_factors_need_a_shape_or_a_fitted_model(coupled):
+    with pytest.raises(ValueError, match=r"cannot guess the image shape.*50 features"):
+        plotting.plot_input_factors(np.ones((2, 50)))
+    with pytest.raises(ValueError, match=r"block='hidden'.*'input', 'conv', 'fc'"):
+        plotting.plot_input_factors(coupled[0], block="hidden")
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="fit it first"):
+        plotting.plot_input_factors(NMF(n_components=2))
+
+
+# ---------------------------------------------------------------- layer factors
+def test_layer_factors_one_heatmap_per_layer_channels_summed(coupled, tmp_path):
+    model, _, _, shapes = coupled
+    fig = plotting.plot_layer_factors(model, layer_shapes=shapes)
+    heat = [ax for ax in fig.axes if ax.images]
+    assert len(heat) == 2  # conv and fc; the other axes are colorbars
+    assert len(fig.axes) == 4
+    conv_ax, fc_ax = heat
+    assert conv_ax.get_title() == "conv (3 channels)"
+    assert fc_ax.get_title() == "fc (20 units)"
+    assert conv_ax.get_xlabel() == "latent factor"
+    assert conv_ax.get_ylabel() == "conv channel"
+    M = conv_ax.images[0].get_array()
+    assert M.shape == (3, 6)
+    Hc = model.block_components("conv").reshape(6, 3, 16).sum(axis=2).T
+    np.testing.assert_allclose(M, Hc / Hc.max(axis=0), rtol=1e-5)
+    assert fc_ax.images[0].get_array().shape == (20, 6)
+    fig.savefig(tmp_path / "layer_factors.png")
+    # a fitted extractor (anything with layer_shapes_) works as layer_shapes
+    from types import SimpleNamespace
+
+    fig = plotting.plot_layer_factors(
+        model, layers=["conv"], layer_shapes=SimpleNamespace(layer_shapes_=shapes)
+    )
+    assert fig.axes[0].images[0].get_array().shape == (3, 6)
+
+
+def test_layer_factors_raw_units_and_channel_names_from_feature_names():
+    rng = np.random.default_rng(0)
+    from types import SimpleNamespace
+
+    names = ["input__p0", "input__p1", "input__p2", "input__p3"] + [
+        f"conv1__c{c}_y{y}_x{x}" for c in range(2) for y in range(2) for x in range(2)
+    ]
+    model = SimpleNamespace(
+        components_=rng.random((3, 12)),
+        block_names_=["input", "conv1"],
+        block_slices_={"input": slice(0, 4), "conv1": slice(4, 12)},
+        feature_names_in_=np.array(names, dtype=object),
+    )
+    fig = plotting.plot_layer_factors(model, normalize=None)
+    M = fig.axes[0].images[0].get_array()
+    np.testing.assert_allclose(M, model.components_[:, 4:].reshape(3, 2, 4).sum(2).T)
+    fig = plotting.plot_layer_factors(model, normalize="unit")
+    M = fig.axes[0].images[0].get_array()
+    np.testing.assert_allclose(M.max(axis=1), 1.0)
+    assert fig.axes[1].get_ylabel() == "weight / unit max"  # the colorbar
+    fig = plotting.plot_layer_factors(model, reduce=None, layers="conv1")
+    assert fig.axes[0].images[0].get_array().shape == (8, 3)
+    assert fig.axes[0].get_ylabel() == "conv1 unit"
+    with pytest.raises(ValueError, match=r"layers=\['conv9'\] not in.*'conv1'"):
+        plotting.plot_layer_factors(model, layers=["conv9"])
+    with pytest.raises(ValueError, match="reduce='space'"):
+        plotting.plot_layer_factors(model, reduce="space")
+
+
+# --------------------------------------------------------------- sample loadings
+def test_sample_loadings_grouped_by_class(coupled, tmp_path):
+    _, W, y, _ = coupled
+    fig = plotting.plot_sample_loadings(W, y=y)
+    ax = fig.axes[0]
+    M = ax.images[0].get_array()
+    assert M.shape == W.shape
+    order = np.argsort(y, kind="stable")
+    Wn = W[order] / W[order].max(axis=1, keepdims=True)
+    np.testing.assert_allclose(M, Wn, rtol=1e-5)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == [str(c) for c in np.unique(y)]
+    # one boundary line between consecutive classes
+    assert len(ax.lines) == len(np.unique(y)) - 1
+    boundaries = sorted(line.get_ydata()[0] + 0.5 for line in ax.lines)
+    assert boundaries == np.cumsum(np.bincount(y))[:-1].tolist()
+    assert ax.get_ylabel() == "samples grouped by class"
+    fig.savefig(tmp_path / "loadings.png")
+
+
+def test_sample_loadings_unlabelled_sorted_by_dominant_factor():
+    rng = np.random.default_rng(3)
+    W = rng.random((50, 4)) ** 3
+    fig = plotting.plot_sample_loadings(W, normalize=None)
+    M = fig.axes[0].images[0].get_array()
+    dom = M.argmax(axis=1)
+    assert np.all(np.diff(dom) >= 0)
+    assert sorted(map(tuple, np.asarray(M))) == sorted(map(tuple, W))
+    assert fig.axes[0].get_ylabel() == "samples grouped by dominant factor"
+
+
+def test_sample_loadings_thins_and_validates():
+    W = np.random.default_rng(0).random((300, 3))
+    fig = plotting.plot_sample_loadings(W, max_samples=100)
+    assert fig.axes[0].images[0].get_array().shape == (100, 3)
+    assert "of 300 shown" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match=r"y: expected shape \(300,\)"):
+        plotting.plot_sample_loadings(W, y=np.zeros(10))
+    with pytest.raises(ValueError, match="NaN"):
+        plotting.plot_sample_loadings(np.full((3, 2), np.nan))
+
+
+# -------------------------------------------------------------------- rank sweep
+def _curves():
+    ranks = np.arange(1, 11)
+    return {
+        "pool1": {
+            "ranks": ranks,
+            "mean": 1 - np.exp(-ranks / 3.0),
+            "std": np.full(10, 0.05),
+            "selected": 6,
+        },
+        "fc1": {
+            "ranks": ranks,
+            "mean": -((ranks - 3.0) ** 2),
+            "std": np.full(10, 0.5),
+            "selected": 3,
+            "criterion": "bcv score",
+        },
+    }
+
+
+def test_rank_sweep_marks_the_selected_rank(tmp_path):
+    fig = plotting.plot_rank_sweep(_curves())
+    assert len(fig.axes) == 2
+    for ax, layer, sel in zip(fig.axes, ["pool1", "fc1"], [6, 3]):
+        assert ax.get_title() == f"{layer}: selected rank {sel}"
+        vlines = [ln for ln in ax.lines if len(set(np.atleast_1d(ln.get_xdata()))) == 1]
+        xs = {float(np.atleast_1d(ln.get_xdata())[0]) for ln in vlines}
+        assert xs == {float(sel)}
+        star = [ln for ln in ax.lines if ln.get_marker() == "*"]
+        assert len(star) == 1
+        assert star[0].get_xdata()[0] == sel
+        assert len(ax.collections) == 1  # the fold spread band
+        assert ax.get_xlabel() == "rank"
+        assert f"selected rank {sel}" in [t.get_text() for t in ax.get_legend().texts]
+    assert fig.axes[1].get_ylabel() == "bcv score"
+    fig.savefig(tmp_path / "sweep.png")
+    fig = plotting.plot_rank_sweep(_curves(), layers=["fc1"], criterion="my score")
+    assert len(fig.axes) == 1 and fig.axes[0].get_ylabel() == "my score"
+    fig = plotting.plot_rank_sweep(_curves(), layers=["fc1"], criterion="energy")
+    assert fig.axes[0].get_ylabel() == "explained energy"
+    with pytest.raises(ValueError, match=r"layers=\['relu9'\]"):
+        plotting.plot_rank_sweep(_curves(), layers=["relu9"])
+    with pytest.raises(TypeError, match="RankQualityScorer"):
+        plotting.plot_rank_sweep([1, 2, 3])
+
+
+def test_rank_sweep_from_a_fitted_scorer():
+    from sklearn_peek import RankQualityScorer
+
+    rng = np.random.default_rng(0)
+    W = rng.random((90, 3))
+    X = np.hstack([W @ rng.random((3, 16)), W @ rng.random((3, 12))])
+    X += 0.01 * rng.random(X.shape)
+    scorer = RankQualityScorer(
+        blocks=[("input", 16), ("fc", 12)],
+        ranks=range(1, 6),
+        cv=3,
+        tol=1e-3,
+        max_iter=500,
+        random_state=0,
+    ).fit(X)
+    fig = plotting.plot_rank_sweep(scorer)
+    (ax,) = fig.axes
+    sel = scorer.rank_["fc"]
+    assert ax.get_title() == f"fc: selected rank {sel}"
+    star = next(ln for ln in ax.lines if ln.get_marker() == "*")
+    assert star.get_xdata()[0] == sel
+    curve = ax.lines[0]
+    np.testing.assert_allclose(curve.get_ydata(), scorer.curves_["fc"]["mean"])
+
+
+# ------------------------------------------------------------- rank vs quality
+def _study_table():
+    rng = np.random.default_rng(0)
+    acc = np.linspace(0.2, 0.95, 12)
+    return {
+        "degradation": ["fraction"] * 6 + ["epochs"] * 6,
+        "level": list(np.linspace(0.1, 1, 6)) * 2,
+        "seed": [0, 1] * 6,
+        "accuracy": acc,
+        "rank_fc1_bcv": np.round(2 + 6 * acc + rng.normal(0, 1, 12)),
+    }
+
+
+def test_rank_vs_quality_title_states_spearman_with_interval(tmp_path):
+    t = _study_table()
+    fig = plotting.plot_rank_vs_quality(t, layer="fc1", criterion="bcv")
+    ax = fig.axes[0]
+    rho = spearmanr(t["accuracy"], t["rank_fc1_bcv"]).statistic
+    title = ax.get_title()
+    assert f"Spearman rho = {rho:+.2f}" in title
+    assert "95% CI" in title and "n = 12" in title
+    # categorical hue: one scatter per degradation and a legend naming them
+    assert len(ax.collections) == 2
+    assert [t.get_text() for t in ax.get_legend().texts] == ["fraction", "epochs"]
+    offsets = np.vstack([c.get_offsets() for c in ax.collections])
+    assert sorted(offsets[:, 0]) == sorted(t["accuracy"])
+    assert ax.get_xlabel() == "test accuracy"
+    assert ax.get_ylabel() == "selected rank (fc1)"
+    fig.savefig(tmp_path / "rank_quality.png")
+
+
+def test_rank_vs_quality_long_dataframe_with_numeric_hue():
+    pd = pytest.importorskip("pandas")
+    t = _study_table()
+    rows = []
+    for i in range(12):
+        for layer, crit, r in [
+            ("fc1", "bcv", t["rank_fc1_bcv"][i]),
+            ("pool1", "bcv", 12 - i),
+        ]:
+            rows.append(
+                {
+                    "degradation": "fraction",
+                    "level": t["level"][i],
+                    "accuracy": t["accuracy"][i],
+                    "layer": layer,
+                    "criterion": crit,
+                    "rank": r,
+                }
+            )
+    df = pd.DataFrame(rows)
+    fig = plotting.plot_rank_vs_quality(df, layer="pool1", criterion="bcv")
+    assert "Spearman rho = -1.00" in fig.axes[0].get_title()
+    assert len(fig.axes) == 2  # scatter + the colorbar of "level"
+    assert fig.axes[1].get_ylabel() == "level"
+    fig = plotting.plot_rank_vs_quality(
+        df, layer="fc1", criterion="bcv", spearman=(0.5, 0.1, 0.8)
+    )
+    assert "rho = +0.50 [95% CI +0.10, +0.80]" in fig.axes[0].get_title()
+
+
+def test_rank_vs_quality_errors():
+    t = _study_table()
+    with pytest.raises(ValueError, match="cannot find the selected-rank column"):
+        plotting.plot_rank_vs_quality(t, layer="pool2", criterion="bcv")
+    with pytest.raises(ValueError, match="quality='loss'"):
+        plotting.plot_rank_vs_quality(t, layer="fc1", quality="loss")
+    with pytest.raises(TypeError, match="DataFrame or a dict"):
+        plotting.plot_rank_vs_quality([1, 2], layer="fc1")
+    fig = plotting.plot_rank_vs_quality(
+        {"accuracy": [0.5, 0.6], "rank_fc1": [2, 3]}, layer="fc1"
+    )
+    assert "undefined (fewer than 3 networks)" in fig.axes[0].get_title()
+    fig = plotting.plot_rank_vs_quality(
+        {"accuracy": [0.1, 0.5, 0.9], "rank_fc1": [4, 4, 4]}, layer="fc1"
+    )
+    ax = fig.axes[0]
+    assert "undefined (the same rank for every network)" in ax.get_title()
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["3", "4", "5"]
+
+
+def test_functions_draw_on_given_axes_and_figures():
+    fig, (a1, a2) = plt.subplots(1, 2)
+    out = plotting.plot_sample_loadings(np.eye(3), ax=a1)
+    assert out is fig and a1.images
+    out = plotting.plot_rank_vs_quality(_study_table(), layer="fc1", ax=a2)
+    assert out is fig and len(a2.collections) == 2
+    fig2 = plt.figure()
+    assert plotting.plot_input_factors(np.ones((2, 4)), fig=fig2) is fig2
