@@ -1,0 +1,817 @@
+"""CoupledNMF: non-negative factorization of several column blocks with one
+shared sample factor.
+
+The estimator validates its input, resolves blocks, weights and the
+initialization, then dispatches to the solver functions of
+:mod:`sklearn_peek._solvers`; it stores the results as ``*_`` attributes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import warnings
+from numbers import Integral, Real
+from typing import ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+)
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_array, check_random_state
+
+from . import _solvers
+from ._backend import resolve_device
+from ._validation import (
+    Interval,
+    StrOptions,
+    _fit_context,
+    check_finite_nonneg,
+    check_is_fitted,
+    check_weights,
+    column_block_sq_norms,
+    is_integral,
+    validate_data,
+)
+
+# Fraction of each block's columns held out by ``score`` (bi-cross-validation).
+_SCORE_HOLDOUT = 0.5
+# Seed of the held-in / held-out column split when random_state is not an int.
+_SCORE_SEED = 0
+
+
+def _select_backend(device):
+    """The single dispatch point between the NumPy and the torch solvers.
+
+    Returns ``"numpy"``, or raises while the torch path is not written yet.
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() == "cpu"):
+        return "numpy"
+    dev = resolve_device(device, param="device")
+    if dev is None:  # "auto" on a machine without GPU
+        return "numpy"
+    raise ValueError(
+        f"device={device!r} selects the torch path (torch device {dev}), which "
+        "CoupledNMF does not have yet (a later release adds it); use device=None "
+        "or 'cpu' for the NumPy solvers."
+    )
+
+
+class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    r"""Coupled non-negative matrix factorization with a shared sample factor.
+
+    The columns of ``X`` (n_samples x n_features) split into blocks
+    ``X = [X_1 | X_2 | ...]`` (for example raw pixels and the activations of
+    one hidden layer). CoupledNMF finds ``W >= 0`` (n_samples x r), shared by
+    all blocks, and ``H = [H_1 | H_2 | ...] >= 0`` (r x n_features) that
+    minimize, for ``beta_loss="frobenius"``,
+
+    .. math::
+
+        \frac12 \sum_b w_b \lVert X_b - W H_b \rVert_F^2
+        + \alpha_W \rho\, p \lVert W\rVert_1
+        + \tfrac12 \alpha_W (1-\rho)\, p \lVert W\rVert_F^2
+        + \alpha_H \rho\, n \lVert H\rVert_1
+        + \tfrac12 \alpha_H (1-\rho)\, n \lVert H\rVert_F^2
+
+    with ``rho = l1_ratio``, ``p = n_features``, ``n = n_samples`` (the
+    penalty scaling of :class:`sklearn.decomposition.NMF`). With one block of
+    weight 1 this is exactly scikit-learn's NMF objective. Without penalties it
+    equals NMF of the weighted concatenation ``[sqrt(w_1) X_1 | sqrt(w_2) X_2
+    ...]``. For ``beta_loss="kullback-leibler"`` the data term is
+    ``sum_b w_b KL(X_b | W H_b)``, which equals KL-NMF of ``[w_1 X_1 | ...]``
+    (the divergence of order 1 is homogeneous of degree 1).
+
+    Read more in the :ref:`User Guide <coupled_nmf>`.
+
+    Parameters
+    ----------
+    n_components : int or None, default=None
+        Rank r. None uses ``n_features`` (as scikit-learn's NMF).
+    blocks : None, list of int, list of (str, int) or "auto", default=None
+        How the columns split into blocks, left to right. None: one block
+        (plain NMF) named ``"block0"``. A list of sizes: blocks named
+        ``"block0"``, ``"block1"``... A list of ``(name, size)`` pairs.
+        ``"auto"``: from feature names ``"<block>__<feature>"`` (split at the
+        first ``"__"``), as a pandas DataFrame carries them.
+    block_weights : "norm", "none" or array-like of shape (n_blocks,), default="norm"
+        The weights ``w_b``. ``"norm"``: ``w_b = 1 / ||X_b||_F^2`` for
+        Frobenius (``1 / sum(X_b)`` for KL), computed on the training data, so
+        every block contributes its relative error and a 20,000-unit layer
+        does not drown 784 pixels. ``"none"``: all 1. Numbers: used as given
+        (non-negative, finite, not all zero). A block of weight 0 is passive:
+        it does not influence ``W``, its components are the unpenalized
+        non-negative least-squares fit given ``W``.
+    solver : {"hals", "mu"}, default="hals"
+        ``"hals"``: accelerated hierarchical alternating least squares (exact
+        coordinate descent, as scikit-learn's ``"cd"``). ``"mu"``:
+        multiplicative updates (the only solver for Kullback-Leibler).
+    beta_loss : {"frobenius", "kullback-leibler"}, default="frobenius"
+    init : {"nndsvd", "nndsvda", "nndsvdar", "random", "custom"} or None, default=None
+        None: ``"nndsvda"`` if ``n_components <= min(n_samples, n_features)``,
+        else ``"random"``. NNDSVD variants factor the weighted matrix.
+        ``"custom"``: the ``W`` and ``H`` passed to :meth:`fit_transform`
+        (warm start).
+    max_iter : int, default=200
+    tol : float, default=1e-4
+        Stop when the objective decreases by less than ``tol`` times its
+        value over one iteration (``"hals"``) or ten iterations (``"mu"``).
+    alpha_W : float, default=0.0
+    alpha_H : float or "same", default="same"
+    l1_ratio : float, default=0.0
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialization. ``score`` uses a fixed column split seeded
+        by ``random_state`` when it is an int, else by 0.
+    device : None, "cpu", "auto", "cuda", "cuda:N" or torch.device, default=None
+        None and ``"cpu"``: NumPy. The torch (GPU) path comes in a later
+        release; until then other values raise a ValueError.
+    verbose : int, default=0
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features_in_)
+        ``H`` of all blocks side by side.
+    n_components_ : int
+    block_names_ : list of str
+    block_slices_ : dict of str to slice
+        Columns of every block in ``X`` and ``components_``.
+    block_weights_ : ndarray of shape (n_blocks,)
+        The weights ``w_b`` actually used.
+    reconstruction_err_ : float
+        ``sqrt(sum_b w_b ||X_b - W H_b||_F^2)`` on the training data (for KL:
+        ``sqrt(2 sum_b w_b KL(X_b | W H_b))``); with one block of weight 1 it
+        is scikit-learn's ``reconstruction_err_``.
+    block_reconstruction_err_ : dict of str to float
+        Unweighted ``||X_b - W H_b||_F`` per block (KL: ``sqrt(2 KL)``).
+    n_iter_ : int
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Defined only when X has feature names that are all strings.
+
+    See Also
+    --------
+    sklearn.decomposition.NMF : The one-block special case.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_peek import CoupledNMF
+    >>> rng = np.random.RandomState(0)
+    >>> W = rng.rand(100, 3)
+    >>> X = np.hstack([W @ rng.rand(3, 20), 100 * W @ rng.rand(3, 200)])
+    >>> X *= rng.uniform(0.9, 1.1, size=X.shape)  # 10% multiplicative noise
+    >>> model = CoupledNMF(3, blocks=[("pixels", 20), ("layer", 200)],
+    ...                    random_state=0)
+    >>> W_hat = model.fit_transform(X)
+    >>> W_hat.shape, model.block_components("layer").shape
+    ((100, 3), (3, 200))
+    >>> [round(float(w * np.linalg.norm(X[:, s]) ** 2), 6)  # w_b = 1/||X_b||^2
+    ...  for w, s in zip(model.block_weights_, model.block_slices_.values())]
+    [1.0, 1.0]
+    >>> model.transform(X[:, :20], blocks=["pixels"]).shape  # pixels alone
+    (100, 3)
+    >>> bool(model.score(X) > -0.01)  # held-out relative error below 1%
+    True
+    """
+
+    _parameter_constraints: ClassVar[dict] = {
+        "n_components": [Interval(Integral, 1, None, closed="left"), None],
+        "blocks": [None, StrOptions({"auto"}), list, tuple],
+        "block_weights": [StrOptions({"norm", "none"}), "array-like"],
+        "solver": [StrOptions({"hals", "mu"})],
+        "beta_loss": [StrOptions({"frobenius", "kullback-leibler"})],
+        "init": [
+            StrOptions({"nndsvd", "nndsvda", "nndsvdar", "random", "custom"}),
+            None,
+        ],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "alpha_W": [Interval(Real, 0, None, closed="left")],
+        "alpha_H": [Interval(Real, 0, None, closed="left"), StrOptions({"same"})],
+        "l1_ratio": [Interval(Real, 0, 1, closed="both")],
+        "random_state": ["random_state"],
+        "device": "no_validation",
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        n_components=None,
+        *,
+        blocks=None,
+        block_weights="norm",
+        solver="hals",
+        beta_loss="frobenius",
+        init=None,
+        max_iter=200,
+        tol=1e-4,
+        alpha_W=0.0,
+        alpha_H="same",
+        l1_ratio=0.0,
+        random_state=None,
+        device=None,
+        verbose=0,
+    ):
+        self.n_components = n_components
+        self.blocks = blocks
+        self.block_weights = block_weights
+        self.solver = solver
+        self.beta_loss = beta_loss
+        self.init = init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.alpha_W = alpha_W
+        self.alpha_H = alpha_H
+        self.l1_ratio = l1_ratio
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    # ------------------------------------------------------------ sklearn API
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        tags.input_tags.sparse = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    @property
+    def _n_features_out(self):
+        return self.components_.shape[0]
+
+    def fit(self, X, y=None, **params):
+        """Learn the coupled factorization of X.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Non-negative data; the columns split into blocks as ``blocks`` says.
+        y : Ignored
+        **params : dict
+            ``W`` and ``H`` for ``init="custom"`` (see :meth:`fit_transform`).
+
+        Returns
+        -------
+        self : CoupledNMF
+        """
+        self.fit_transform(X, y, **params)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_transform(self, X, y=None, W=None, H=None):
+        """Learn the factorization and return the sample factor W.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : Ignored
+        W : array-like of shape (n_samples, n_components), default=None
+            Initial W for ``init="custom"``.
+        H : array-like of shape (n_components, n_features), default=None
+            Initial H (all blocks, unweighted) for ``init="custom"``.
+
+        Returns
+        -------
+        W : ndarray of shape (n_samples, n_components)
+        """
+        backend = _select_backend(self.device)
+        X = self._validate_fit_input(X)
+        n, p = X.shape
+        names, slices = self._resolve_blocks(p)
+        self.block_names_ = names
+        self.block_slices_ = dict(zip(names, slices))
+        kl = self.beta_loss == "kullback-leibler"
+        self._check_solver_loss(X)
+        weights = self._resolve_weights(X, names, slices, kl)
+        self.block_weights_ = weights
+        d = self._column_weights(weights, slices, p, X.dtype)
+
+        W0, H0, k = self._initialize(X, W, H, d, kl)
+        l1_W, l1_H, l2_W, l2_H = self._regularization(n, p)
+
+        if backend == "numpy":
+            if kl:
+                xconst = _solvers.kl_xconst(X, d)
+                Wf, Hf, n_iter, info = _solvers.fit_mu(
+                    X, W0, H0, d, xnorm=xconst, beta_loss=self.beta_loss,
+                    l1_W=l1_W, l2_W=l2_W, l1_H=l1_H, l2_H=l2_H,
+                    max_iter=self.max_iter, tol=self.tol, verbose=self.verbose,
+                )  # fmt: skip
+            else:
+                sq = column_block_sq_norms(X, slices)
+                xnorm = float(sq @ weights)
+                solve = _solvers.fit_hals if self.solver == "hals" else _solvers.fit_mu
+                Wf, Hf, n_iter, info = solve(
+                    X, W0, H0, d, xnorm=xnorm,
+                    l1_W=l1_W, l2_W=l2_W, l1_H=l1_H, l2_H=l2_H,
+                    max_iter=self.max_iter, tol=self.tol, verbose=self.verbose,
+                )  # fmt: skip
+        if not info["converged"]:
+            warnings.warn(
+                f"CoupledNMF: maximum number of iterations max_iter={self.max_iter} "
+                f"reached before convergence (tol={self.tol}); increase max_iter "
+                "or tol.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        self.components_ = Hf
+        self.n_components_ = k
+        self.n_iter_ = n_iter
+        self._objective = info["objective"][-1]
+        self._set_errors(X, Wf, Hf, slices, weights, kl)
+        return Wf
+
+    def transform(self, X, blocks=None):
+        """Place new samples in the latent space: W for X with H fixed.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_columns)
+            All blocks (as in fit); or a DataFrame whose columns are whole
+            blocks of ``feature_names_in_``; or the columns of the blocks
+            listed in ``blocks``, in that order.
+        blocks : list of str, default=None
+            Names of the blocks present in X (a subset of ``block_names_``).
+            The others are ignored: W is the weighted non-negative least
+            squares fit to the given blocks only.
+
+        Returns
+        -------
+        W : ndarray of shape (n_samples, n_components)
+        """
+        check_is_fitted(self)
+        X, cols, d = self._validate_transform_input(X, blocks)
+        return self._solve_w(X, self.components_[:, cols], d)
+
+    def inverse_transform(self, X):
+        """Reconstruct all blocks from W: ``W @ components_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_components)
+            The sample factor W.
+
+        Returns
+        -------
+        X_rec : ndarray of shape (n_samples, n_features_in_)
+        """
+        check_is_fitted(self)
+        W = check_array(X, dtype=[np.float64, np.float32])
+        if W.shape[1] != self.n_components_:
+            raise ValueError(
+                f"inverse_transform: argument X (the sample factor W) has "
+                f"{W.shape[1]} columns; expected n_components_={self.n_components_}."
+            )
+        return W.astype(self.components_.dtype, copy=False) @ self.components_
+
+    def score(self, X, y=None):
+        """Held-out fit quality (bi-cross-validation); higher is better.
+
+        The columns of every block are split once, at random (seeded by
+        ``random_state`` when it is an int, else by 0), into a held-in and a
+        held-out half. W for the rows of X is solved on the held-in columns
+        only, with H fixed; the held-out columns are then predicted as
+        ``W @ H_out``. The score is minus the weighted relative error on the
+        held-out columns::
+
+            - sum_b w_b ||X_b,out - W H_b,out||^2 / sum_b w_b ||X_b,out||^2
+
+        (KL: weighted divergence over weighted sum). A rank that is too high
+        fits noise in the held-in columns and predicts the held-out ones
+        worse, so the score does not simply grow with rank.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : Ignored
+
+        Returns
+        -------
+        score : float
+        """
+        check_is_fitted(self)
+        X, cols, d = self._validate_transform_input(X, None)
+        if cols.size != self.n_features_in_:
+            raise ValueError(
+                f"score: X holds a subset of the blocks ({cols.size} of "
+                f"{self.n_features_in_} columns); expected all blocks "
+                f"{self.block_names_} (score holds out part of every block)."
+            )
+        kl = self.beta_loss == "kullback-leibler"
+        held_in, held_out = self._score_split()
+        if held_out.size == 0:
+            held_in = held_out = np.arange(X.shape[1])
+        H = self.components_
+        X_in = X[:, held_in]
+        X_out = X[:, held_out]
+        if sp.issparse(X_out):
+            X_out = X_out.toarray()
+        W = self._solve_w(X_in, H[:, held_in], d[held_in])
+        pred = W @ H[:, held_out]
+        d_out = d[held_out].astype(np.float64)
+        if kl:
+            num = float(_solvers.kl_column_divergence(X_out, W, H[:, held_out]) @ d_out)
+            den = float(X_out.sum(axis=0, dtype=np.float64) @ d_out)
+        else:
+            resid = (X_out - pred).astype(np.float64)
+            num = float((resid * resid).sum(axis=0) @ d_out)
+            Xo = X_out.astype(np.float64)
+            den = float((Xo * Xo).sum(axis=0) @ d_out)
+        return -num / den if den > 0 else -num
+
+    def block_components(self, name):
+        """Components (rows of H) of one block.
+
+        Parameters
+        ----------
+        name : str
+            A name from ``block_names_``.
+
+        Returns
+        -------
+        H_b : ndarray of shape (n_components, block size)
+            A view of ``components_``.
+        """
+        check_is_fitted(self)
+        return self.components_[:, self._block_slice(name, "name")]
+
+    # ---------------------------------------------------------------- helpers
+    def _validate_fit_input(self, X):
+        X = validate_data(
+            self,
+            X,
+            accept_sparse=("csr", "csc"),
+            dtype=[np.float64, np.float32],
+            ensure_all_finite=False,
+            ensure_min_features=1,
+            reset=True,
+        )
+        check_finite_nonneg(X, name="X", where=f"{type(self).__name__}.fit")
+        return X
+
+    def _check_solver_loss(self, X):
+        if self.beta_loss == "kullback-leibler":
+            if self.solver != "mu":
+                raise ValueError(
+                    f"solver={self.solver!r} does not support "
+                    "beta_loss='kullback-leibler'; expected solver='mu'."
+                )
+            if sp.issparse(X):
+                raise ValueError(
+                    "beta_loss='kullback-leibler' needs dense X; got a scipy sparse "
+                    f"matrix of shape {X.shape}. Pass X.toarray() or use "
+                    "beta_loss='frobenius'."
+                )
+
+    def _resolve_blocks(self, n_features):
+        blocks = self.blocks
+        if blocks is None:
+            return ["block0"], [slice(0, n_features)]
+        if isinstance(blocks, str):  # "auto" (validated by the constraints)
+            return self._blocks_from_names(n_features)
+        blocks = list(blocks)
+        if not blocks:
+            raise ValueError(
+                "blocks=[] is empty; expected None, 'auto', block sizes or "
+                "(name, size) pairs."
+            )
+        names, sizes = [], []
+        for i, item in enumerate(blocks):
+            if is_integral(item):
+                names.append(f"block{i}")
+                sizes.append(int(item))
+            elif (
+                isinstance(item, (tuple, list))
+                and len(item) == 2
+                and isinstance(item[0], str)
+                and is_integral(item[1])
+            ):
+                names.append(item[0])
+                sizes.append(int(item[1]))
+            else:
+                raise ValueError(
+                    f"blocks[{i}]={item!r} is not understood; expected a block "
+                    "size (int) or a (name, size) pair."
+                )
+        for name, size in zip(names, sizes):
+            if size < 1:
+                raise ValueError(
+                    f"blocks: block {name!r} has size {size}; expected sizes >= 1."
+                )
+            if not name or "__" in name:
+                raise ValueError(
+                    f"blocks: block name {name!r} is not allowed; expected a "
+                    "non-empty name without '__'."
+                )
+        dup = sorted({nm for nm in names if names.count(nm) > 1})
+        if dup:
+            raise ValueError(
+                f"blocks: block names {dup} are repeated; expected unique names."
+            )
+        total = sum(sizes)
+        if total != n_features:
+            raise ValueError(
+                f"blocks={self.blocks!r} add up to {total} columns, but X has "
+                f"n_features={n_features}; expected block sizes that sum to "
+                f"{n_features}."
+            )
+        bounds = np.cumsum([0, *sizes])
+        return names, [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+    def _blocks_from_names(self, n_features):
+        feature_names = getattr(self, "feature_names_in_", None)
+        if feature_names is None:
+            raise ValueError(
+                "blocks='auto' needs feature names of the form '<block>__<feature>' "
+                "(pass a pandas DataFrame), but X has no column names; pass "
+                "blocks as a list of sizes or (name, size) pairs instead."
+            )
+        names, starts = [], []
+        for j, fname in enumerate(feature_names):
+            if "__" not in fname:
+                raise ValueError(
+                    f"blocks='auto': feature name {fname!r} (column {j}) has no "
+                    "'__'; expected names of the form '<block>__<feature>'."
+                )
+            block = fname.split("__", 1)[0]
+            if not names or names[-1] != block:
+                if block in names:
+                    raise ValueError(
+                        f"blocks='auto': the columns of block {block!r} are not "
+                        f"contiguous (it starts again at column {j}, "
+                        f"{fname!r}); expected each block's columns side by side."
+                    )
+                names.append(block)
+                starts.append(j)
+        bounds = [*starts, n_features]
+        return names, [slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+    def _resolve_weights(self, X, names, slices, kl):
+        bw = self.block_weights
+        if isinstance(bw, str) and bw == "none":
+            return np.ones(len(names))
+        if isinstance(bw, str) and bw == "norm":
+            size = column_block_sq_norms(X, slices, ord="sum" if kl else "fro")
+            zero = [nm for nm, s in zip(names, size) if not s > 0]
+            if zero:
+                raise ValueError(
+                    f"block_weights='norm' divides every block by its "
+                    f"{'sum' if kl else 'squared Frobenius norm'}, but block "
+                    f"{zero[0]!r} of X is all zeros; expected every block to have a "
+                    "non-zero entry (drop the block, or pass explicit "
+                    "block_weights)."
+                )
+            return 1.0 / size
+        return check_weights(bw, len(names), name="block_weights", block_names=names)
+
+    @staticmethod
+    def _column_weights(weights, slices, p, dtype):
+        d = np.empty(p, dtype=dtype)
+        for w, sl in zip(weights, slices):
+            d[sl] = w
+        return d
+
+    def _regularization(self, n, p):
+        alpha_H = self.alpha_W if self.alpha_H == "same" else self.alpha_H
+        l1_W = p * self.alpha_W * self.l1_ratio
+        l1_H = n * alpha_H * self.l1_ratio
+        l2_W = p * self.alpha_W * (1.0 - self.l1_ratio)
+        l2_H = n * alpha_H * (1.0 - self.l1_ratio)
+        return l1_W, l1_H, l2_W, l2_H
+
+    def _initialize(self, X, W, H, d, kl):
+        n, p = X.shape
+        k = self.n_components
+        init = self.init
+        if init == "custom":
+            if W is None or H is None:
+                raise ValueError(
+                    "init='custom' needs both W and H passed to fit_transform; got "
+                    f"W={'None' if W is None else 'an array'}, "
+                    f"H={'None' if H is None else 'an array'}."
+                )
+            H = np.array(check_array(H, dtype=[np.float64, np.float32]), dtype=X.dtype)
+            W = np.array(check_array(W, dtype=[np.float64, np.float32]), dtype=X.dtype)
+            if k is None:
+                k = H.shape[0]
+            for nm, arr, shape in (("H", H, (k, p)), ("W", W, (n, k))):
+                if arr.shape != shape:
+                    raise ValueError(
+                        f"init='custom': argument {nm} has shape {arr.shape}; "
+                        f"expected {shape} (n_components={k}, X of shape {X.shape})."
+                    )
+                check_finite_nonneg(arr, name=nm, where="CoupledNMF.fit_transform")
+            return W, H, k
+        if W is not None or H is not None:
+            warnings.warn(
+                f"init={init!r}: the W and H passed to fit_transform are ignored "
+                "(they are used only with init='custom').",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if k is None:
+            k = p
+        if init is None:
+            init = "nndsvda" if k <= min(n, p) else "random"
+        rng = check_random_state(self.random_state)
+        beta = 1.0 if kl else 2.0
+        s = (d.astype(np.float64) ** (1.0 / beta)).astype(X.dtype)
+        # Mean of the weighted matrix Y = X * s, without forming it.
+        col_sums = np.asarray(X.sum(axis=0, dtype=np.float64)).ravel()
+        y_mean = float(col_sums @ s.astype(np.float64)) / (n * p)
+        passive = s == 0
+        if init == "random":
+            avg = np.sqrt(y_mean / k)
+            H0 = np.abs(avg * rng.standard_normal(size=(k, p))).astype(X.dtype)
+            W0 = np.abs(avg * rng.standard_normal(size=(n, k))).astype(X.dtype)
+        else:
+            if k > min(n, p):
+                raise ValueError(
+                    f"n_components={k} is larger than min(n_samples, n_features)="
+                    f"{min(n, p)} (X has shape {X.shape}); init={init!r} needs "
+                    "n_components <= min(n_samples, n_features). Use a smaller "
+                    "n_components or init='random'."
+                )
+            U, S, Vt = _solvers.randomized_svd_weighted(X, s, k, rng)
+            W0, H0 = _solvers.nndsvd(U.astype(X.dtype), S, Vt.astype(X.dtype))
+            if init == "nndsvda":
+                W0[W0 == 0] = y_mean
+                H0[H0 == 0] = y_mean
+            elif init == "nndsvdar":
+                rng2 = check_random_state(self.random_state)
+                nw, nh = int((W0 == 0).sum()), int((H0 == 0).sum())
+                W0[W0 == 0] = np.abs(y_mean * rng2.standard_normal(size=nw) / 100)
+                H0[H0 == 0] = np.abs(y_mean * rng2.standard_normal(size=nh) / 100)
+        # Back from the weighted components H' = H * s to H.
+        active = ~passive
+        H0[:, active] /= s[active]
+        if passive.any():
+            H0[:, passive] = max(y_mean, np.finfo(X.dtype).tiny)
+        return W0.astype(X.dtype, copy=False), H0.astype(X.dtype, copy=False), k
+
+    def _set_errors(self, X, W, H, slices, weights, kl):
+        errs = {}
+        if kl:
+            col = _solvers.kl_column_divergence(X, W, H)
+            per_block = np.array([col[sl].sum() for sl in slices])
+            for nm, v in zip(self.block_names_, per_block):
+                errs[nm] = float(np.sqrt(2.0 * max(v, 0.0)))
+            total = float(np.sqrt(2.0 * max(per_block @ weights, 0.0)))
+        else:
+            sq = column_block_sq_norms(X, slices)
+            WtW = (W.T @ W).astype(np.float64)
+            per_block = np.empty(len(slices))
+            for i, sl in enumerate(slices):
+                Hb = H[:, sl]
+                if sp.issparse(X):
+                    XbHt = np.asarray(X[:, sl] @ Hb.T)
+                else:
+                    XbHt = X[:, sl] @ Hb.T
+                lin = float(np.sum(W * XbHt, dtype=np.float64))
+                quad = float(np.sum(WtW * (Hb @ Hb.T), dtype=np.float64))
+                per_block[i] = max(sq[i] - 2.0 * lin + quad, 0.0)
+            for nm, v in zip(self.block_names_, per_block):
+                errs[nm] = float(np.sqrt(v))
+            total = float(np.sqrt(max(per_block @ weights, 0.0)))
+        self.block_reconstruction_err_ = errs
+        self.reconstruction_err_ = total
+
+    def _block_slice(self, name, param):
+        if name not in self.block_slices_:
+            close = difflib.get_close_matches(str(name), self.block_names_, n=3)
+            hint = f" Did you mean {close}?" if close else ""
+            raise ValueError(
+                f"{param}={name!r} is not a block of this model; expected one of "
+                f"{self.block_names_}.{hint}"
+            )
+        return self.block_slices_[name]
+
+    def _validate_transform_input(self, X, blocks):
+        """Return (X array, model column indices it holds, column weights)."""
+        p = self.n_features_in_
+        weights = self.block_weights_
+        dtype = self.components_.dtype
+        slices = list(self.block_slices_.values())
+        d_full = self._column_weights(weights, slices, p, dtype)
+        subset = None
+        if blocks is not None:
+            if isinstance(blocks, str):
+                blocks = [blocks]
+            subset = list(blocks)
+            if not subset:
+                raise ValueError("blocks=[] is empty; expected block names.")
+            for nm in subset:
+                self._block_slice(nm, "blocks")
+            if len(set(subset)) != len(subset):
+                raise ValueError(f"blocks={blocks!r} repeats a block; expected unique.")
+        elif hasattr(X, "columns") and hasattr(self, "feature_names_in_"):
+            subset = self._blocks_of_frame(X)
+        if subset is None:
+            X = validate_data(
+                self,
+                X,
+                accept_sparse=("csr", "csc"),
+                dtype=[np.float64, np.float32],
+                ensure_all_finite=False,
+                reset=False,
+            )
+            check_finite_nonneg(X, name="X", where=f"{type(self).__name__}.transform")
+            X = X.astype(dtype, copy=False)
+            return X, np.arange(p), d_full
+        cols = np.concatenate([np.arange(p)[self.block_slices_[nm]] for nm in subset])
+        if hasattr(X, "columns") and hasattr(self, "feature_names_in_"):
+            want = list(self.feature_names_in_[cols])
+            missing = [c for c in want if c not in set(map(str, X.columns))]
+            if missing:
+                raise ValueError(
+                    f"transform: X lacks {len(missing)} column(s) of blocks "
+                    f"{subset}, e.g. {missing[:3]}; expected all their columns."
+                )
+            X = X[want]
+        X = check_array(
+            X,
+            accept_sparse=("csr", "csc"),
+            dtype=[np.float64, np.float32],
+            ensure_all_finite=False,
+        )
+        if X.shape[1] != cols.size:
+            sizes = {nm: self.block_slices_[nm].stop - self.block_slices_[nm].start
+                     for nm in subset}  # fmt: skip
+            raise ValueError(
+                f"transform: X has {X.shape[1]} features, but blocks={subset} have "
+                f"{cols.size} columns together ({sizes}); expected X with exactly "
+                "those columns, in that order."
+            )
+        check_finite_nonneg(X, name="X", where=f"{type(self).__name__}.transform")
+        X = X.astype(dtype, copy=False)
+        d = d_full[cols]
+        if not (d > 0).any():  # only passive blocks: weigh them equally
+            d = np.ones_like(d)
+        return X, cols, d
+
+    def _blocks_of_frame(self, X):
+        """Blocks covered by a DataFrame's columns, or None for the full set."""
+        cols = [str(c) for c in X.columns]
+        fitted = list(self.feature_names_in_)
+        if cols == fitted:
+            return None
+        known = set(fitted)
+        if not set(cols) <= known or len(set(cols)) != len(cols):
+            return None  # let validate_data report the mismatch
+        present = set(cols)
+        covered, partial = [], []
+        for nm, sl in self.block_slices_.items():
+            names = fitted[sl]
+            hits = sum(c in present for c in names)
+            if hits == len(names):
+                covered.append(nm)
+            elif hits:
+                partial.append(nm)
+        if partial or not covered:
+            if len(self.block_names_) == 1:
+                return None  # one block: scikit-learn's own message
+            raise ValueError(
+                f"transform: the columns of X cover block(s) {partial} only in part; "
+                "expected whole blocks (all columns of every block given) from "
+                f"{self.block_names_}."
+            )
+        return covered
+
+    def _solve_w(self, X, H, d):
+        n = X.shape[0]
+        l1_W, _, l2_W, _ = self._regularization(n, self.n_features_in_)
+        if self.beta_loss == "kullback-leibler":
+            if sp.issparse(X):
+                X = X.toarray()
+            W, _ = _solvers.solve_w_kl(
+                X, H, d, l1_W=l1_W, l2_W=l2_W, max_iter=self.max_iter, tol=self.tol
+            )
+        else:
+            W, _ = _solvers.solve_w(
+                X, H, d, l1_W=l1_W, l2_W=l2_W, max_iter=self.max_iter, tol=self.tol
+            )
+        return W
+
+    def _score_split(self):
+        seed = self.random_state if is_integral(self.random_state) else _SCORE_SEED
+        rng = np.random.RandomState(seed)
+        held_in, held_out = [], []
+        for sl in self.block_slices_.values():
+            cols = np.arange(sl.start, sl.stop)
+            size = cols.size
+            if size < 2:
+                held_in.append(cols)
+                continue
+            n_out = int(min(size - 1, max(1, round(_SCORE_HOLDOUT * size))))
+            perm = rng.permutation(size)
+            held_out.append(np.sort(cols[perm[:n_out]]))
+            held_in.append(np.sort(cols[perm[n_out:]]))
+        empty = np.array([], dtype=int)
+        return (
+            np.concatenate(held_in) if held_in else empty,
+            np.concatenate(held_out) if held_out else empty,
+        )

@@ -1,0 +1,232 @@
+"""Small input-checking helpers shared by the estimators of sklearn_peek.
+
+This is also the one place where scikit-learn's private helpers are imported
+(``_fit_context`` and the parameter-constraint classes), so a change in
+scikit-learn's internals has to be followed here only.
+
+Every check raises an exception that names the argument, the value that was
+received (and where, for arrays) and what was expected.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import _fit_context
+from sklearn.utils._param_validation import (
+    Hidden,
+    Interval,
+    Options,
+    StrOptions,
+)
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+__all__ = [
+    "Hidden",
+    "Interval",
+    "Options",
+    "StrOptions",
+    "_fit_context",
+    "check_finite_nonneg",
+    "check_is_fitted",
+    "check_weights",
+    "column_block_sq_norms",
+    "validate_data",
+]
+
+# Rows per chunk when scanning a dense array: bounds the temporary boolean /
+# float64 arrays to a few MiB whatever the size of the input.
+_CHUNK_ELEMENTS = 1 << 16
+
+
+def _row_chunks(n_rows, n_cols):
+    step = max(1, _CHUNK_ELEMENTS // max(1, n_cols))
+    for start in range(0, n_rows, step):
+        yield start, min(n_rows, start + step)
+
+
+def _first_position(mask):
+    """Return (row, col) of the first True entry of a 2-D boolean array."""
+    idx = np.flatnonzero(mask.ravel())[0]
+    return divmod(int(idx), mask.shape[1])
+
+
+def check_finite_nonneg(X, *, name="X", where=None, col_names=None):
+    """Check that every entry of ``X`` is finite and non-negative.
+
+    The scan runs over row chunks, so it never allocates a temporary the size
+    of ``X``.
+
+    Parameters
+    ----------
+    X : ndarray or scipy sparse matrix of shape (n_rows, n_cols)
+        The array to check (already converted to a float dtype).
+    name : str, default="X"
+        Name of the argument, used in the message.
+    where : str, default=None
+        Name of the caller (for example ``"CoupledNMF.fit"``), used in the
+        message.
+    col_names : sequence of str, default=None
+        Column names; when given, the message names the offending column.
+
+    Raises
+    ------
+    ValueError
+        If an entry is NaN, infinite or negative. The message gives the row and
+        column of the first offending entry and its value.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_peek._validation import check_finite_nonneg
+    >>> check_finite_nonneg(np.ones((2, 3)))
+    >>> try:
+    ...     check_finite_nonneg(np.array([[1.0, -2.0]]))
+    ... except ValueError as exc:
+    ...     print(exc)  # doctest: +ELLIPSIS
+    Negative values in data passed to argument X: X[0, 1] = -2.0 at row 0, ...
+    """
+    caller = f"{where} " if where else ""
+    if sp.issparse(X):
+        X = X.tocsr()
+        data = X.data
+        bad_nan = ~np.isfinite(data)
+        bad_neg = data < 0
+        for bad, kind in ((bad_nan, "nonfinite"), (bad_neg, "negative")):
+            if bad.any():
+                k = int(np.flatnonzero(bad)[0])
+                row = int(np.searchsorted(X.indptr, k, side="right") - 1)
+                col = int(X.indices[k])
+                _raise(kind, name, caller, row, col, data[k], col_names)
+        return
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(
+            f"{caller}argument {name} must be 2-D (n_samples, n_features); "
+            f"got an array of shape {X.shape}."
+        )
+    for start, stop in _row_chunks(X.shape[0], X.shape[1]):
+        chunk = X[start:stop]
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            r, c = _first_position(~finite)
+            _raise("nonfinite", name, caller, start + r, c, chunk[r, c], col_names)
+        if chunk.size and chunk.min() < 0:
+            r, c = _first_position(chunk < 0)
+            _raise("negative", name, caller, start + r, c, chunk[r, c], col_names)
+
+
+def _raise(kind, name, caller, row, col, value, col_names):
+    col_txt = f" (column {col_names[col]!r})" if col_names is not None else ""
+    if kind == "nonfinite":
+        what = "NaN" if np.isnan(value) else "infinity"
+        raise ValueError(
+            f"Input {name} contains {what}: {caller}argument {name} has "
+            f"{name}[{row}, {col}] = {float(value)!r} at row {row}, column {col}"
+            f"{col_txt}; expected finite values (NaN and inf are not allowed)."
+        )
+    raise ValueError(
+        f"Negative values in data passed to {caller}argument {name}: "
+        f"{name}[{row}, {col}] = {float(value)!r} at row {row}, column {col}"
+        f"{col_txt}; expected non-negative values (e.g. post-ReLU activations or "
+        "pixel intensities)."
+    )
+
+
+def column_block_sq_norms(X, slices, *, ord="fro"):
+    """Per-block sums over the columns of ``X``, accumulated in float64.
+
+    Parameters
+    ----------
+    X : ndarray or scipy sparse matrix of shape (n_rows, n_cols)
+    slices : list of slice
+        Column slices, one per block.
+    ord : {"fro", "sum"}, default="fro"
+        ``"fro"`` returns squared Frobenius norms, ``"sum"`` plain sums.
+
+    Returns
+    -------
+    ndarray of shape (n_blocks,), float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_peek._validation import column_block_sq_norms
+    >>> column_block_sq_norms(np.ones((2, 3)), [slice(0, 1), slice(1, 3)])
+    array([2., 4.])
+    """
+    if sp.issparse(X):
+        X = X.tocsc()
+        vals = X.data.astype(np.float64)
+        if ord == "fro":
+            vals = vals * vals
+        col = np.add.reduceat(vals, X.indptr[:-1]) if vals.size else None
+        per_col = np.zeros(X.shape[1])
+        if col is not None:
+            nonempty = np.diff(X.indptr) > 0
+            per_col[nonempty] = col[nonempty]
+    else:
+        per_col = np.zeros(X.shape[1])
+        for start, stop in _row_chunks(X.shape[0], X.shape[1]):
+            chunk = X[start:stop].astype(np.float64)
+            per_col += (chunk * chunk).sum(axis=0) if ord == "fro" else chunk.sum(0)
+    return np.array([per_col[s].sum() for s in slices])
+
+
+def check_weights(weights, n_blocks, *, name="block_weights", block_names=None):
+    """Validate explicit block weights.
+
+    Parameters
+    ----------
+    weights : array-like of shape (n_blocks,)
+        One non-negative finite number per block, not all zero.
+    n_blocks : int
+        Expected number of weights.
+    name : str, default="block_weights"
+        Name of the argument, used in the message.
+    block_names : list of str, default=None
+        Names of the blocks, used in the message.
+
+    Returns
+    -------
+    ndarray of shape (n_blocks,), float64
+
+    Examples
+    --------
+    >>> from sklearn_peek._validation import check_weights
+    >>> check_weights([1, 2], 2)
+    array([1., 2.])
+    """
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{name}={weights!r} is not understood; expected 'norm', 'none' or "
+            f"{n_blocks} non-negative numbers (one per block)."
+        ) from exc
+    if w.ndim != 1 or w.shape[0] != n_blocks:
+        raise ValueError(
+            f"{name}={weights!r} gives {w.size} value(s); expected {n_blocks} "
+            f"(one per block{': ' + ', '.join(block_names) if block_names else ''})."
+        )
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        label = f" (block {block_names[i]!r})" if block_names else ""
+        raise ValueError(
+            f"{name}={weights!r}: entry {i}{label} is {float(w[i])!r}; expected finite "
+            "non-negative numbers."
+        )
+    if not (w > 0).any():
+        raise ValueError(
+            f"{name}={weights!r}: all weights are zero; expected at least one "
+            "positive weight."
+        )
+    return w
+
+
+def is_integral(x):
+    """True for Python/NumPy integers (not bools)."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)

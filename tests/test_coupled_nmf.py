@@ -1,0 +1,440 @@
+"""Tests of the CoupledNMF estimator."""
+
+import pickle
+import re
+import tracemalloc
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from sklearn.base import clone
+from sklearn.decomposition import NMF
+from sklearn.decomposition._nmf import _initialize_nmf
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_peek import CoupledNMF
+
+
+def _planted(seed, n=120, widths=(12, 60, 240), noise=0.2, r=None):
+    """W @ H with rank r (3..8) in blocks of very different widths and scales."""
+    rng = np.random.RandomState(seed)
+    r = rng.randint(3, 9) if r is None else r
+    W = rng.gamma(1.0, 1.0, size=(n, r))
+    blocks = []
+    for j, p in enumerate(widths):
+        M = W @ (rng.gamma(0.5, 1.0, size=(r, p)) * 10.0**j)
+        blocks.append(np.maximum(M + noise * M.std() * rng.standard_normal(M.shape), 0))
+    return np.hstack(blocks), r
+
+
+BLOCKS = [("pix", 12), ("conv", 60), ("fc", 240)]
+
+
+# ------------------------------------------------------------------ sklearn API
+@parametrize_with_checks([CoupledNMF(max_iter=500, random_state=0)])
+def test_sklearn_compatible(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+def test_tags():
+    tags = CoupledNMF().__sklearn_tags__()
+    assert tags.input_tags.positive_only
+    assert set(tags.transformer_tags.preserves_dtype) == {"float64", "float32"}
+
+
+def test_clone_pickle_pipeline_and_attributes():
+    X, _ = _planted(0, r=4)
+    model = CoupledNMF(4, blocks=BLOCKS, random_state=0)
+    W = model.fit_transform(X)
+    assert model.components_.shape == (4, 312)
+    assert model.n_components_ == 4
+    assert model.block_names_ == ["pix", "conv", "fc"]
+    assert model.block_slices_["conv"] == slice(12, 72)
+    assert model.block_components("fc").shape == (4, 240)
+    np.testing.assert_array_equal(
+        model.block_components("pix"), model.components_[:, :12]
+    )
+    assert set(model.block_reconstruction_err_) == {"pix", "conv", "fc"}
+    assert model.n_iter_ >= 1 and model.n_features_in_ == 312
+    # "norm" weights: every block counts by its relative error.
+    norms = [np.linalg.norm(X[:, s]) ** 2 for s in model.block_slices_.values()]
+    np.testing.assert_allclose(model.block_weights_, 1 / np.array(norms), rtol=1e-10)
+    rel = [
+        model.block_reconstruction_err_[b] ** 2 * w
+        for b, w in zip(model.block_names_, model.block_weights_)
+    ]
+    assert model.reconstruction_err_ == pytest.approx(np.sqrt(sum(rel)), rel=1e-8)
+    assert list(model.get_feature_names_out()) == [f"couplednmf{i}" for i in range(4)]
+    np.testing.assert_allclose(model.inverse_transform(W), W @ model.components_)
+
+    again = pickle.loads(pickle.dumps(model))
+    np.testing.assert_allclose(again.transform(X), model.transform(X))
+    cloned = clone(model)
+    assert (
+        not hasattr(cloned, "components_") and cloned.get_params() == model.get_params()
+    )
+    pipe = make_pipeline(
+        FunctionTransformer(), CoupledNMF(4, blocks=BLOCKS, random_state=0)
+    )
+    np.testing.assert_allclose(pipe.fit_transform(X), W, rtol=1e-10)
+
+
+def test_reproducible_with_random_state():
+    X, _ = _planted(1, r=4)
+    a = CoupledNMF(5, blocks=BLOCKS, init="random", random_state=3).fit_transform(X)
+    b = CoupledNMF(5, blocks=BLOCKS, init="random", random_state=3).fit_transform(X)
+    c = CoupledNMF(5, blocks=BLOCKS, init="random", random_state=4).fit_transform(X)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_default_init_rule_and_convergence_warning():
+    X, _ = _planted(2, n=10, widths=(3, 5), r=3)
+    # n_components > min(n_samples, n_features): random init, as scikit-learn.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = CoupledNMF(9, blocks=[3, 5], random_state=0, max_iter=500).fit(X)
+    assert model.components_.shape == (9, 8)
+    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+        CoupledNMF(3, blocks=[3, 5], max_iter=2, tol=0).fit(X)
+
+
+# --------------------------------------------------- correctness vs scikit-learn
+@pytest.mark.parametrize(
+    "solver, beta_loss, sk_solver",
+    [("hals", "frobenius", "cd"), ("mu", "frobenius", "mu"),
+     ("mu", "kullback-leibler", "mu")],
+)  # fmt: skip
+def test_one_block_matches_scikit_learn_nmf(solver, beta_loss, sk_solver):
+    rng = np.random.RandomState(0)
+    X = rng.rand(50, 4) @ rng.rand(4, 30) + 0.05 * rng.rand(50, 30)
+    W0, H0 = _initialize_nmf(X, 4, init="nndsvda", random_state=0)
+    kw = dict(init="custom", tol=1e-9, max_iter=4000)
+    ours = CoupledNMF(4, block_weights="none", solver=solver, beta_loss=beta_loss, **kw)
+    ref = NMF(4, solver=sk_solver, beta_loss=beta_loss, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        W = ours.fit_transform(X, W=W0.copy(), H=H0.copy())
+        W_ref = ref.fit_transform(X, W=W0.copy(), H=H0.copy())
+    assert ours.reconstruction_err_ == pytest.approx(ref.reconstruction_err_, rel=0.01)
+    np.testing.assert_allclose(W @ ours.components_, W_ref @ ref.components_,
+                               atol=0.02 * X.max())  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_default_hals_iterates_are_scikit_learn_cd_iterates(dtype):
+    rng = np.random.RandomState(2)
+    X = (rng.rand(40, 3) @ rng.rand(3, 25) + 0.1 * rng.rand(40, 25)).astype(dtype)
+    W0, H0 = _initialize_nmf(X, 3, init="nndsvda", random_state=0)
+    kw = dict(init="custom", tol=0, max_iter=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = CoupledNMF(3, block_weights="none", **kw)
+        W = ours.fit_transform(X, W=W0.copy(), H=H0.copy())
+        ref = NMF(3, solver="cd", **kw)
+        W_ref = ref.fit_transform(X, W=W0.copy(), H=H0.copy())
+    rtol = 1e-9 if dtype == np.float64 else 1e-3
+    np.testing.assert_allclose(W, W_ref, rtol=rtol, atol=rtol * W_ref.max())
+    np.testing.assert_allclose(
+        ours.components_, ref.components_, rtol=rtol, atol=rtol * H0.max()
+    )
+
+
+@pytest.mark.parametrize(
+    "solver, beta_loss", [("hals", "frobenius"), ("mu", "kullback-leibler")]
+)
+def test_weighted_blocks_equal_nmf_of_weighted_concatenation(solver, beta_loss):
+    rng = np.random.RandomState(1)
+    Wt = rng.rand(60, 3)
+    X = np.hstack([Wt @ rng.rand(3, 10), 30 * Wt @ rng.rand(3, 50)])
+    X += 0.01 * rng.rand(*X.shape)
+    weights = np.array([2.0, 0.05])
+    # Frobenius: sqrt(w) scaling; KL (degree-1 homogeneous): w scaling.
+    power = 0.5 if beta_loss == "frobenius" else 1.0
+    s = np.repeat(weights**power, [10, 50])
+    Y = X * s
+    W0, H0 = _initialize_nmf(Y, 3, init="nndsvda", random_state=0)
+    ours = CoupledNMF(
+        3,
+        blocks=[10, 50],
+        block_weights=weights,
+        solver=solver,
+        beta_loss=beta_loss,
+        init="custom",
+        tol=1e-10,
+        max_iter=3000,
+    )
+    ref = NMF(3, solver="cd" if solver == "hals" else "mu", beta_loss=beta_loss,
+              init="custom", tol=1e-10, max_iter=3000)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        W = ours.fit_transform(X, W=W0.copy(), H=H0 / s)
+        W_ref = ref.fit_transform(Y, W=W0.copy(), H=H0.copy())
+    np.testing.assert_allclose(ours.block_weights_, weights)
+    np.testing.assert_allclose(W @ ours.components_ * s, W_ref @ ref.components_,
+                               rtol=1e-3, atol=1e-3 * Y.max())  # fmt: skip
+    assert ours.reconstruction_err_ == pytest.approx(ref.reconstruction_err_, rel=1e-3)
+
+
+def test_passive_block_does_not_move_w():
+    X, _ = _planted(3, r=3)
+    W0, H0 = _initialize_nmf(X[:, :72], 3, init="nndsvda", random_state=0)
+    H0_full = np.hstack([H0, np.ones((3, 240))])
+    kw = dict(init="custom", max_iter=50, tol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        full = CoupledNMF(3, blocks=[12, 60, 240], block_weights=[1.0, 0.5, 0.0], **kw)
+        W_full = full.fit_transform(X, W=W0.copy(), H=H0_full)
+        part = CoupledNMF(3, blocks=[12, 60], block_weights=[1.0, 0.5], **kw)
+        W_part = part.fit_transform(X[:, :72], W=W0.copy(), H=H0.copy())
+    np.testing.assert_allclose(W_full, W_part, rtol=1e-8)
+    # The passive block's components are the NNLS fit given W.
+    assert full.block_reconstruction_err_["block2"] < 0.5 * np.linalg.norm(X[:, 72:])
+
+
+# ------------------------------------------------------------------- rank / score
+def test_gridsearch_recovers_planted_rank():
+    hits = []
+    for seed in range(10):
+        X, r = _planted(seed)
+        search = GridSearchCV(
+            CoupledNMF(blocks=BLOCKS, random_state=0), {"n_components": range(1, 16)},
+            cv=3,
+        )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            search.fit(X)
+        hits.append(abs(search.best_params_["n_components"] - r) <= 1)
+    assert sum(hits) >= 9, hits
+
+
+def test_score_does_not_grow_with_rank():
+    X, _ = _planted(4, r=4)
+    train, test = X[:90], X[90:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scores = {
+            k: CoupledNMF(k, blocks=BLOCKS, random_state=0).fit(train).score(test)
+            for k in (1, 4, 14)
+        }
+    assert scores[4] > scores[1] and scores[4] > scores[14]
+    assert all(-1.5 < s <= 0 for s in scores.values())
+
+
+# ------------------------------------------------------------ subsets of blocks
+def test_transform_from_a_subset_of_blocks():
+    X, _ = _planted(5, r=4, noise=0.01)
+    names = [f"{b}__f{i}" for b, size in BLOCKS for i in range(size)]
+    df = pd.DataFrame(X, columns=names)
+    model = CoupledNMF(4, blocks="auto", random_state=0).fit(df)
+    assert model.block_names_ == ["pix", "conv", "fc"]
+    W_full = model.transform(df)
+    W_arr = model.transform(X[:, 12:72], blocks=["conv"])
+    W_df = model.transform(df[[c for c in names if c.startswith("conv__")]])
+    np.testing.assert_allclose(W_arr, W_df)
+    # Clean data: one block alone places the samples where all blocks do.
+    np.testing.assert_allclose(W_arr, W_full, rtol=0.1, atol=0.05 * W_full.max())
+    # Blocks listed in another order than in fit: columns follow the list.
+    W_two = model.transform(np.hstack([X[:, 72:], X[:, :12]]), blocks=["fc", "pix"])
+    assert W_two.shape == (120, 4)
+    rec = model.inverse_transform(W_arr)
+    assert rec.shape == (120, 312)
+
+
+def test_pipeline_with_pandas_output_and_auto_blocks():
+    X, _ = _planted(6, r=3)
+    names = [f"{b}__f{i}" for b, size in BLOCKS for i in range(size)]
+    df = pd.DataFrame(X, columns=names)
+    pipe = make_pipeline(FunctionTransformer(feature_names_out="one-to-one"),
+                         CoupledNMF(3, blocks="auto", random_state=0))  # fmt: skip
+    pipe.set_output(transform="pandas")
+    out = pipe.fit_transform(df)
+    assert list(out.columns) == ["couplednmf0", "couplednmf1", "couplednmf2"]
+    assert pipe[-1].block_names_ == ["pix", "conv", "fc"]
+
+
+# ----------------------------------------------------------- dtypes, sparse, memory
+def test_float32_preserved_and_not_copied():
+    rng = np.random.RandomState(0)
+    X = (rng.rand(300, 4) @ rng.rand(4, 1500)).astype(np.float32)
+    model = CoupledNMF(4, blocks=[500, 1000], random_state=0, max_iter=30, tol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        tracemalloc.start()
+        W = model.fit_transform(X)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < X.nbytes  # no float64 (or float32) copy of X
+    assert W.dtype == np.float32 and model.components_.dtype == np.float32
+    assert model.transform(X).dtype == np.float32
+    assert model.transform(X[:, :500], blocks=["block0"]).dtype == np.float32
+    assert model.inverse_transform(W).dtype == np.float32
+
+
+def test_sparse_csr_matches_dense():
+    X, _ = _planted(7, r=3)
+    X[np.random.RandomState(0).rand(*X.shape) < 0.6] = 0
+    dense = CoupledNMF(3, blocks=BLOCKS, random_state=0, max_iter=20, tol=0)
+    sparse = clone(dense)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        W = dense.fit_transform(X)
+        Ws = sparse.fit_transform(sp.csr_matrix(X))
+    np.testing.assert_allclose(W, Ws, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(sparse.transform(sp.csr_matrix(X)), dense.transform(X),
+                               rtol=1e-6, atol=1e-9)  # fmt: skip
+    assert sparse.score(sp.csr_matrix(X)) == pytest.approx(dense.score(X))
+    kl = CoupledNMF(3, solver="mu", beta_loss="kullback-leibler")
+    with pytest.raises(ValueError, match=r"kullback-leibler.*dense X"):
+        kl.fit(sp.csr_matrix(X))
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+def test_dead_units_and_zero_rows_give_finite_results(solver):
+    X, _ = _planted(8, r=3)
+    X[:, [0, 5, 20, 100]] = 0  # dead units
+    X[[3, 7]] = 0  # all-zero samples
+    model = CoupledNMF(5, blocks=BLOCKS, solver=solver, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        W = model.fit_transform(X)
+    assert np.isfinite(W).all() and np.isfinite(model.components_).all()
+    assert np.all(W[[3, 7]] == 0)
+    np.testing.assert_array_equal(model.components_[:, [0, 5, 20, 100]], 0)
+    assert np.isfinite(model.transform(X)).all()
+    assert np.isfinite(model.score(X))
+    assert np.isfinite(list(model.block_reconstruction_err_.values())).all()
+
+
+# ------------------------------------------------------------------- bad input
+def _fit_err(X, match, **params):
+    with pytest.raises(ValueError, match=match):
+        CoupledNMF(**params).fit(X)
+
+
+def test_bad_data_values_name_argument_value_and_position():
+    X = np.ones((6, 5))
+    X[2, 3] = -0.5
+    _fit_err(X, r"Negative values.*X\[2, 3\] = -0\.5.*row 2, column 3.*non-negative")
+    X[2, 3] = np.nan
+    _fit_err(X, r"NaN.*X\[2, 3\].*row 2, column 3.*expected finite")
+    X[2, 3] = np.inf
+    _fit_err(X, r"infinity.*row 2, column 3")
+    model = CoupledNMF(2, blocks=[2, 3]).fit(np.ones((6, 5)))
+    bad = np.ones((3, 5))
+    bad[1, 4] = -1
+    with pytest.raises(ValueError, match=r"transform argument X.*X\[1, 4\] = -1\.0"):
+        model.transform(bad)
+
+
+def test_bad_blocks():
+    X = np.random.RandomState(0).rand(8, 6)
+    _fit_err(X, r"blocks=\[2, 3\] add up to 5 columns.*n_features=6", blocks=[2, 3])
+    _fit_err(X, r"blocks\[1\]='x' is not understood", blocks=[3, "x"])
+    _fit_err(X, r"block 'a' has size 0", blocks=[("a", 0), ("b", 6)])
+    _fit_err(X, r"block names \['a'\] are repeated", blocks=[("a", 3), ("a", 3)])
+    _fit_err(X, r"'a__b' is not allowed", blocks=[("a__b", 6)])
+    _fit_err(X, r"blocks='auto' needs feature names", blocks="auto")
+    df = pd.DataFrame(X, columns=["a__1", "a__2", "b__1", "a__3", "c__1", "c__2"])
+    _fit_err(df, r"block 'a' are not contiguous.*column 3, 'a__3'", blocks="auto")
+    df.columns = ["a__1", "a__2", "b__1", "b3", "c__1", "c__2"]
+    _fit_err(df, r"feature name 'b3' \(column 3\) has no '__'", blocks="auto")
+    _fit_err(X, r"'blocks' parameter", blocks=5)
+
+
+def test_bad_block_weights():
+    X = np.random.RandomState(0).rand(8, 6)
+    kw = dict(blocks=[("a", 2), ("b", 4)])
+    _fit_err(X, r"gives 3 value\(s\); expected 2.*a, b", block_weights=[1, 2, 3], **kw)
+    _fit_err(X, r"entry 1 \(block 'b'\) is -1\.0", block_weights=[1, -1], **kw)
+    _fit_err(X, r"entry 0 \(block 'a'\) is nan", block_weights=[np.nan, 1], **kw)
+    _fit_err(X, r"all weights are zero", block_weights=[0, 0], **kw)
+    X[:, 2:] = 0
+    _fit_err(X, r"block 'b' of X is all zeros", **kw)
+    # Explicit weights accept the all-zero block.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        CoupledNMF(2, block_weights=[1, 1], **kw).fit(X)
+
+
+def test_bad_rank_init_and_parameters():
+    X = np.random.RandomState(0).rand(8, 6)
+    _fit_err(X, r"n_components=7 is larger than min\(n_samples, n_features\)=6.*"
+             r"init='nndsvd'", n_components=7, init="nndsvd")  # fmt: skip
+    _fit_err(
+        X, r"'solver' parameter of CoupledNMF must be .*Got 'lbfgs'", solver="lbfgs"
+    )
+    _fit_err(X, r"solver='hals' does not support beta_loss='kullback-leibler'",
+             beta_loss="kullback-leibler")  # fmt: skip
+    _fit_err(X, r"'n_components' parameter.*Got 0", n_components=0)
+    with pytest.raises(ValueError, match=r"init='custom' needs both W and H.*W=None"):
+        CoupledNMF(2, init="custom").fit_transform(X, H=np.ones((2, 6)))
+    with pytest.raises(
+        ValueError, match=r"argument W has shape \(8, 3\); expected \(8, 2\)"
+    ):
+        CoupledNMF(2, init="custom").fit_transform(
+            X, W=np.ones((8, 3)), H=np.ones((2, 6))
+        )
+    with pytest.raises(ValueError, match=r"Negative values.*argument H"):
+        CoupledNMF(2, init="custom").fit_transform(
+            X, W=np.ones((8, 2)), H=-np.ones((2, 6))
+        )
+    with pytest.warns(
+        RuntimeWarning, match="W and H passed to fit_transform are ignored"
+    ):
+        CoupledNMF(2).fit_transform(X, W=np.ones((8, 2)), H=np.ones((2, 6)))
+
+
+def test_bad_transform_inputs():
+    X, _ = _planted(9, n=30, r=3)
+    model = CoupledNMF(3, blocks=BLOCKS, random_state=0).fit(X)
+    with pytest.raises(
+        ValueError, match="X has 311 features, but CoupledNMF is expecting 312"
+    ):
+        model.transform(X[:, 1:])
+    with pytest.raises(
+        ValueError, match=r"blocks='con' is not a block.*Did you mean \['conv'\]"
+    ):
+        model.transform(X[:, 12:72], blocks=["con"])
+    with pytest.raises(
+        ValueError, match=r"X has 59 features, but blocks=\['conv'\] have 60"
+    ):
+        model.transform(X[:, 12:71], blocks=["conv"])
+    with pytest.raises(ValueError, match=r"name='nope' is not a block"):
+        model.block_components("nope")
+    with pytest.raises(ValueError, match=r"has 2 columns; expected n_components_=3"):
+        model.inverse_transform(np.ones((4, 2)))
+    names = [f"{b}__f{i}" for b, size in BLOCKS for i in range(size)]
+    dfmodel = CoupledNMF(3, blocks="auto", random_state=0).fit(
+        pd.DataFrame(X, columns=names)
+    )
+    with pytest.raises(ValueError, match=r"score: X holds a subset of the blocks"):
+        dfmodel.score(pd.DataFrame(X[:, :12], columns=names[:12]))
+    part = pd.DataFrame(X[:, :20], columns=names[:20])  # pix + part of conv
+    with pytest.raises(
+        ValueError, match=re.escape("cover block(s) ['conv'] only in part")
+    ):
+        dfmodel.transform(part)
+
+
+def test_device_dispatch():
+    X = np.random.RandomState(0).rand(8, 6)
+    CoupledNMF(2, device="cpu").fit(X)
+    with pytest.raises(ValueError, match=r"device='tpu' is not understood"):
+        CoupledNMF(2, device="tpu").fit(X)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(
+        ValueError, match=r"device=device\(type='cpu'\) selects the torch path"
+    ):
+        CoupledNMF(2, device=torch.device("cpu")).fit(X)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device='cuda' asks for a CUDA GPU"):
+            CoupledNMF(2, device="cuda").fit(X)
