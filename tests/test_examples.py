@@ -1,0 +1,141 @@
+"""Run every script in examples/ on its quick settings and check what it made.
+
+Each example is executed in this process with :func:`runpy.run_path` (the
+heavy imports are then paid once), from a temporary working folder, with
+``SKLEARN_PEEK_EXAMPLE_QUICK=1``. The checks read the script's global
+variables, the figures it left open and the files it wrote.
+"""
+
+import runpy
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
+
+@pytest.fixture
+def run_example(tmp_path, monkeypatch, capsys):
+    """Run examples/<name> quickly from tmp_path; return (globals, stdout, figures)."""
+
+    def run(name):
+        monkeypatch.setenv("SKLEARN_PEEK_EXAMPLE_QUICK", "1")
+        monkeypatch.chdir(tmp_path)
+        plt.close("all")
+        ns = runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+        figures = [plt.figure(n) for n in plt.get_fignums()]
+        return ns, capsys.readouterr().out, figures
+
+    yield run
+    plt.close("all")
+
+
+def _n_images(fig):
+    return sum(len(ax.images) for ax in fig.axes)
+
+
+def test_every_example_is_tested():
+    scripts = sorted(p.name for p in EXAMPLES.glob("plot_*.py"))
+    tested = sorted(
+        name[len("test_") :] + ".py"
+        for name in globals()
+        if name.startswith("test_plot_")
+    )
+    assert scripts == tested
+    for path in EXAMPLES.glob("plot_*.py"):
+        text = path.read_text()
+        assert text.startswith('"""') and "# %%" in text, path.name
+        assert "SKLEARN_PEEK_EXAMPLE_QUICK" in text, path.name
+
+
+def test_plot_quickstart_digits(run_example):
+    ns, out, figures = run_example("plot_quickstart_digits.py")
+    model, scorer, A, W = ns["model"], ns["scorer"], ns["A"], ns["W"]
+    layers = ["pool1", "pool2", "relu3", "relu4"]
+    assert model.block_names_ == ["input", *layers]
+    assert W.shape == (len(A), model.n_components_) and np.all(np.asarray(W) >= 0)
+    assert sorted(scorer.rank_) == layers
+    for rank in scorer.rank_.values():
+        assert isinstance(rank, (int, np.integer)) and 1 <= rank <= max(scorer.ranks)
+    assert f"selected rank per layer: {scorer.rank_}" in out
+    # input factors, layer factors, sample loadings, rank sweep
+    assert len(figures) == 4
+    assert _n_images(figures[0]) == model.n_components_
+    assert _n_images(figures[1]) == len(layers)
+
+
+def test_plot_pipeline_gridsearch(run_example):
+    ns, out, figures = run_example("plot_pipeline_gridsearch.py")
+    search, ranks, best_rank = ns["search"], ns["ranks"], ns["best_rank"]
+    assert best_rank in ranks
+    scores = search.cv_results_["mean_test_score"]
+    assert len(scores) == len(ranks) and np.all(np.isfinite(scores))
+    assert scores[ranks.index(best_rank)] == pytest.approx(scores.max())
+    assert f"rank selected by GridSearchCV: {best_rank}" in out
+    assert ns["W_pixels"].shape == (len(ns["X"]), best_rank)
+    assert np.all(ns["W_pixels"] >= 0)
+    # pixels alone place most images close to where all blocks place them
+    assert 0.5 < np.median(ns["cosine"]) <= 1 + 1e-6
+    assert ns["nmf"].block_names_ == ["input", "relu3"]
+    assert len(figures) == 2
+    assert _n_images(figures[1]) == best_rank
+
+
+def test_plot_onnx_other_framework(run_example, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("skl2onnx")
+    ns, out, figures = run_example("plot_onnx_other_framework.py")
+    for name in ("mlp_digits.onnx", "mlp_digits_1_epoch.onnx"):
+        onnx.checker.check_model(onnx.load(str(tmp_path / name)))
+    extractor, scorer = ns["extractor"], ns["scorer"]
+    hidden = [n for n, _ in extractor.block_sizes_ if n != "input"]
+    assert len(hidden) == 2 and extractor.block_sizes_[0] == ("input", 64)
+    assert sorted(scorer.rank_) == sorted(hidden)
+    assert all(1 <= r <= max(scorer.ranks) for r in scorer.rank_.values())
+    assert all(0 < v <= 1 for v in ns["label_free"].values())
+    assert "label-free score" in out
+    assert len(figures) == 2
+    assert _n_images(figures[0]) == ns["model"].n_components_
+
+
+def test_plot_case_study(run_example):
+    ns, out, figures = run_example("plot_case_study.py")
+    table, levels = ns["table"], ns["levels"]
+    assert list(table["level"]) == levels
+    acc = table["accuracy"].to_numpy()
+    assert np.all((acc >= 0) & (acc <= 1))
+    # the untrained network (0 epochs) is worse than the trained one
+    assert acc[0] < acc[-1]
+    assert set(table["relu3_bcv"]).issubset({1, 2, 4, 8})
+    assert "wall time" in out
+    assert len(figures) == 2
+
+
+def test_plot_gpu_switch(run_example):
+    torch = pytest.importorskip("torch")
+    ns, out, figures = run_example("plot_gpu_switch.py")
+    W = ns["W"]
+    assert isinstance(W, np.ndarray) and W.dtype == np.float32
+    if not torch.cuda.is_available():
+        # "auto" falls back to the very same CPU computation
+        assert ns["max_diff"] == 0.0
+        assert "ValueError: device='cuda'" in out
+    else:
+        assert np.max(np.abs(W - ns["W_cpu"])) < 1e-2 * np.max(np.abs(ns["W_cpu"]))
+    # the torch solvers (the GPU code) run on the CPU agree with NumPy
+    assert isinstance(ns["W_torch"], np.ndarray)
+    err_np = ns["model_cpu"].reconstruction_err_
+    assert abs(ns["model_torch"].reconstruction_err_ - err_np) <= 1e-3 * err_np
+    assert ns["torch_diff"] < 0.05
+    assert all(1 <= r <= 8 for r in ns["scorer"].rank_.values())
+    assert len(figures) == 1
