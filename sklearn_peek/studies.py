@@ -23,10 +23,18 @@ from sklearn.utils.validation import check_is_fitted
 from sklearn_peek._backend import resolve_device, to_numpy
 
 __all__ = [
+    "CASE_STUDIES",
+    "DEFAULT_LAYERS",
+    "DEFAULT_RANKS",
     "DEGRADATIONS",
+    "PRESETS",
     "LeNetClassifier",
+    "correlations",
     "degraded_training_set",
+    "digits_split",
     "epoch_order",
+    "run_case_study",
+    "run_paper_studies",
 ]
 
 DEGRADATIONS = (None, "fraction", "classes", "unshuffled", "epochs", "label_noise")

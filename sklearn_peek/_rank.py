@@ -1,0 +1,1104 @@
+"""RankQualityScorer: rank sweeps of coupled (input, layer) factorizations.
+
+The estimator validates its parameters and its input, cuts the work into
+independent tasks, runs them with :class:`joblib.Parallel` and turns the
+results into ``rank_``, ``cv_results_`` and ``curves_``. The criteria
+themselves are plain functions in :mod:`sklearn_peek._criteria`; the model is
+:class:`sklearn_peek.CoupledNMF`.
+
+Determinism. Every fit gets its own seed, derived from ``random_state`` and
+the fit's identity (criterion, layer, fold, rank, restart) only, and the
+tasks are cut from ``ranks`` and ``cv`` only. Neither depends on ``n_jobs``
+or on the joblib backend, so neither do the results.
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+import os
+import time
+import warnings
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator, clone
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from sklearn_peek import _criteria
+
+_CRITERIA = ("bcv", "elbow", "energy", "stability")
+_COUPLINGS = ("input", "none", "all")
+_SELECTIONS = ("one_se", "max")
+_INPUT = "input"
+_ALL = "all"
+
+
+# --------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------
+def _seed(base, *keys):
+    """A 31-bit seed from a base seed and non-negative integer keys."""
+    ss = np.random.SeedSequence([int(base), *(int(k) for k in keys)])
+    return int(ss.generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _close(name, choices):
+    near = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3)
+    return f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+
+
+def _rank_chains(ranks, warm_start):
+    """Cut the sorted ranks into chains of consecutive ranks.
+
+    Within a chain, each rank starts from the previous rank's factors. The
+    cost of a fit grows about linearly with the rank, so chains are cut to a
+    cost budget of ``2 * max(ranks)`` (sum of their ranks): about equal work
+    per task, which keeps two or more workers busy even with a single layer
+    and few folds. The cut depends on ``ranks`` alone.
+    """
+    ranks = [int(r) for r in ranks]
+    if not warm_start:
+        return [[r] for r in ranks]
+    budget = 2 * max(ranks)
+    chains, cur, cost = [], [], 0
+    for r in ranks:
+        if cur and cost + r > budget:
+            chains.append(cur)
+            cur, cost = [], 0
+        cur.append(r)
+        cost += r
+    chains.append(cur)
+    return chains
+
+
+def _col_weights(block_sizes, block_weights):
+    return np.repeat(np.asarray(block_weights, dtype=np.float64), block_sizes)
+
+
+def _weighted_sq(X, col_w):
+    X = np.asarray(X, dtype=np.float64)
+    return float(np.sum((X * X) @ col_w)) if X.size else 0.0
+
+
+def _new_components(X, W, H, col_w, k, seed):
+    """Initial values for ``k`` new components from the weighted residual.
+
+    NNDSVD-style: the leading singular triplets of ``(X - W H) diag(sqrt w)``
+    (a small randomized range finder with two power iterations, in the dtype of
+    ``X``: a few passes over the residual, cheaper than one solver iteration),
+    each replaced by the sign-consistent non-negative part that carries more
+    energy; zeros are filled with a small positive value so that the solver
+    can move them.
+    """
+    dtype = X.dtype
+    sw = np.sqrt(col_w).astype(dtype)
+    R = np.array(X, dtype=dtype)
+    if W is not None:
+        R -= W.astype(dtype) @ H.astype(dtype)
+    R *= sw[None, :]
+    n, m = R.shape
+    rng = np.random.default_rng(seed)
+    Y = R @ rng.standard_normal((m, min(k + 5, m))).astype(dtype)
+    for _ in range(2):
+        Y, _ = np.linalg.qr(Y)
+        Y = R @ (R.T @ Y)
+    Q, _ = np.linalg.qr(Y)
+    Ub, S, Vt = np.linalg.svd((Q.T @ R).astype(np.float64), full_matrices=False)
+    U = Q.astype(np.float64) @ Ub
+    avg = np.sqrt(max(float(np.mean(np.clip(R, 0, None))), 1e-12) / max(k, 1))
+    Wn = np.empty((n, k))
+    Hn = np.empty((k, m))
+    for j in range(k):
+        u, v = U[:, j], Vt[j]
+        up, un = np.clip(u, 0, None), np.clip(-u, 0, None)
+        vp, vn = np.clip(v, 0, None), np.clip(-v, 0, None)
+        pos = np.linalg.norm(up) * np.linalg.norm(vp)
+        neg = np.linalg.norm(un) * np.linalg.norm(vn)
+        a, b, s = (up, vp, pos) if pos >= neg else (un, vn, neg)
+        na, nb = np.linalg.norm(a), np.linalg.norm(b)
+        if s <= 0 or na == 0 or nb == 0:
+            Wn[:, j], Hn[j] = avg, avg
+            continue
+        scale = np.sqrt(S[j] * s)
+        Wn[:, j] = scale * a / na
+        Hn[j] = scale * b / nb
+    Wn[Wn < 1e-12] = avg * 0.01
+    Hn[Hn < 1e-12] = avg * 0.01
+    # undo the column weighting: the model is fitted on X itself
+    Hn /= np.where(sw > 0, sw, 1.0).astype(np.float64)[None, :]
+    return Wn, Hn
+
+
+def _make_model(n_components, blocks, params, seed, init=None):
+    from sklearn_peek._coupled_nmf import CoupledNMF
+
+    return CoupledNMF(
+        n_components=n_components,
+        blocks=blocks,
+        block_weights=params["block_weights"],
+        solver=params["solver"],
+        init=init if init is not None else params["init"],
+        max_iter=params["max_iter"],
+        tol=params["tol"],
+        random_state=seed,
+        device=params["device"],
+    )
+
+
+def _quiet_fit(model, X, W=None, H=None):
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always", ConvergenceWarning)
+        if W is None:
+            Wf = model.fit_transform(X)
+        else:
+            Wf = model.fit_transform(X, W=W.astype(X.dtype), H=H.astype(X.dtype))
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in rec)
+    for w in rec:  # re-emit what is not about convergence
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return Wf, converged
+
+
+# --------------------------------------------------------------------------
+# tasks (module level so that every joblib backend can ship them)
+# --------------------------------------------------------------------------
+def _chain_task(
+    X, cols, blocks, train, test, chain, model_seed, svd_seeds, params, warm
+):
+    """Fit the ranks of one chain on ``X[train][:, cols]``, warm-starting.
+
+    Every model of the chain gets ``random_state=model_seed``: for bcv this
+    fixes the column split of :meth:`CoupledNMF.score` for the whole fold, so
+    all ranks of a fold are scored on the same held-out columns. With ``test``
+    given, each rank is scored on the test rows with ``CoupledNMF.score``;
+    otherwise the weighted reconstruction error of the fit is recorded.
+    """
+    Xc = np.asarray(X[:, cols]) if cols is not None else np.asarray(X)
+    Xtr = Xc if train is None else Xc[train]
+    sizes = [s for _, s in blocks]
+    out = []
+    W = H = col_w = None
+    for r, svd_seed in zip(chain, svd_seeds):
+        t0 = time.perf_counter()
+        if warm and W is not None:
+            Wn, Hn = _new_components(Xtr, W, H, col_w, r - W.shape[1], svd_seed)
+            model = _make_model(r, blocks, params, model_seed, init="custom")
+            W, conv = _quiet_fit(model, Xtr, np.hstack([W, Wn]), np.vstack([H, Hn]))
+        else:
+            model = _make_model(r, blocks, params, model_seed)
+            W, conv = _quiet_fit(model, Xtr)
+        H = model.components_
+        col_w = _col_weights(sizes, model.block_weights_)
+        rec = {
+            "rank": r,
+            "fit_time": time.perf_counter() - t0,
+            "n_iter": int(model.n_iter_),
+            "converged": conv,
+        }
+        if test is not None:
+            rec["score"] = float(model.score(Xc[test]))
+        else:
+            rec["sq_err"] = float(model.reconstruction_err_) ** 2
+            rec["sq_norm"] = _weighted_sq(Xtr, col_w)
+        out.append(rec)
+    return out
+
+
+def _stability_task(X, cols, blocks, rank, seeds, params):
+    """``len(seeds)`` randomly initialised fits at one rank -> cophenetic."""
+    Xc = np.asarray(X[:, cols]) if cols is not None else np.asarray(X)
+    sizes = [s for _, s in blocks]
+    labels, n_iter, times, conv_all, errs = [], 0, [], True, []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        model = _make_model(rank, blocks, params, seed, init="random")
+        W, conv = _quiet_fit(model, Xc)
+        times.append(time.perf_counter() - t0)
+        n_iter += int(model.n_iter_)
+        conv_all &= conv
+        labels.append(np.argmax(W, axis=1))
+        col_w = _col_weights(sizes, model.block_weights_)
+        errs.append(float(model.reconstruction_err_) ** 2 / _weighted_sq(Xc, col_w))
+    coph = _criteria.cophenetic_correlation(_criteria.consensus_matrix(labels))
+    return {
+        "rank": rank,
+        "cophenetic": coph,
+        "fit_time": float(np.mean(times)),
+        "n_iter": n_iter,
+        "converged": conv_all,
+        "rel_sq_err": float(np.min(errs)),
+    }
+
+
+# --------------------------------------------------------------------------
+# reaching the model inside an estimator
+# --------------------------------------------------------------------------
+def _is_extractor(obj):
+    try:
+        from sklearn_peek._extract import LayerActivationExtractor
+    except ImportError:  # pragma: no cover - the extractor is part of the package
+        return False
+    return isinstance(obj, LayerActivationExtractor)
+
+
+def _is_model(obj):
+    if isinstance(obj, (str, bytes, os.PathLike)):
+        return True
+    cls = type(obj)
+    if cls.__module__.startswith("onnx") and cls.__name__ == "ModelProto":
+        return True
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, torch.nn.Module)
+
+
+def _resolve_model(estimator, X):
+    """Return ``(model_or_None, fitted_extractor_or_None, X)``.
+
+    Accepted, in this order: a fitted Pipeline whose first step is a
+    LayerActivationExtractor (that extractor is used as is); any other
+    Pipeline (X goes through all steps but the last, then the last step is
+    resolved); a torch ``nn.Module``; an ONNX path, bytes or ``ModelProto``;
+    an object with a ``module_`` attribute (skorch nets, LeNetClassifier) or a
+    ``model_`` attribute holding one of these.
+    """
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(estimator, Pipeline):
+        first = estimator.steps[0][1]
+        if _is_extractor(first):
+            return None, first, X
+        if len(estimator.steps) > 1:
+            Xt = estimator[:-1].transform(X)
+            return _resolve_model(estimator.steps[-1][1], Xt)
+        return _resolve_model(first, X)
+    if _is_extractor(estimator):
+        return None, estimator, X
+    if _is_model(estimator):
+        return estimator, None, X
+    for attr in ("module_", "model_"):
+        inner = getattr(estimator, attr, None)
+        if inner is not None and _is_model(inner):
+            return inner, None, X
+    raise TypeError(
+        f"estimator={type(estimator).__name__!r}: cannot find a model to probe; "
+        "expected a torch nn.Module, an ONNX path/bytes/ModelProto, an object with "
+        "a fitted `module_` (skorch nets, LeNetClassifier) or `model_` attribute, or "
+        "a Pipeline whose first step is a LayerActivationExtractor (or whose last "
+        "step is one of the above)."
+    )
+
+
+# --------------------------------------------------------------------------
+# the estimator
+# --------------------------------------------------------------------------
+class RankQualityScorer(BaseEstimator):
+    """Rank each hidden layer supports, by sweeping coupled factorizations.
+
+    For every probed layer ``l`` the scorer factorizes the coupled matrix
+    ``[input | layer l]`` (``coupling="input"``) with
+    :class:`~sklearn_peek.CoupledNMF` at every rank in ``ranks``, and selects
+    the rank the data supports by ``criterion``. Networks trained well give
+    higher ranks (Saini & Papalexakis, 2018), which makes the scorer usable as
+    a label-free scikit-learn scorer.
+
+    Parameters
+    ----------
+    layers : str, list of str or None, default=None
+        Blocks (layer names) to analyse; None means every block except
+        ``"input"``. When the scorer is called on an estimator, these are also
+        the layers given to the extractor it builds (None: the extractor's
+        ``"auto"``).
+    extractor : LayerActivationExtractor or None, default=None
+        If given, :meth:`fit` takes raw inputs, runs them through this
+        extractor (fitting a clone of it first when it is not fitted) and uses
+        its ``block_sizes_``. When the scorer is *called* on an estimator, the
+        extractor serves as a template (pooling, nonneg, input_shape, ...)
+        whose ``model`` is replaced by the estimator's model.
+    blocks : list of (name, size) or None, default=None
+        Block layout of an ndarray ``X``. A pandas DataFrame carries it in its
+        column names ``"<block>__<feature>"`` and needs none.
+    ranks : iterable of int, default=range(1, 31)
+        Ranks to try (sorted; each >= 1 and <= the rows and columns of every
+        coupled matrix, see Raises).
+    criterion : {"bcv", "elbow", "energy", "stability"}, default="bcv"
+        How the rank is selected:
+
+        - ``"bcv"``: bi-cross-validation (Owen & Perry, 2009). Rows are split
+          into ``cv`` shuffled folds. For fold k the model is fitted on the
+          other rows (all columns) and scored with
+          :meth:`CoupledNMF.score <sklearn_peek.CoupledNMF.score>` on the rows
+          of fold k: a random half of every block's columns is held out (one
+          split per fold, the same for every rank), the sample factor is
+          solved from the held-in half with H fixed, and the score is minus
+          the block-weighted relative squared error on the held-out half
+          (higher is better, 0 is perfect).
+          The selected rank follows ``selection``. Measures: how many
+          components carry structure that generalises to new rows *and* new
+          columns. Fails when there are few rows per fold, or when the noise
+          is so structured (e.g. strongly correlated pixels) that extra
+          components still predict held-out columns: it then selects high.
+        - ``"elbow"``: knee of the relative reconstruction error of
+          full-data fits (largest distance below the chord of the normalised
+          curve). Measures: where the error curve bends. Fails on smooth
+          curves without a bend (it then returns the largest rank), and
+          depends on the range of ``ranks`` swept.
+        - ``"energy"``: smallest rank whose explained energy
+          ``1 - err^2 / ||X||^2`` (block-weighted) reaches
+          ``energy_threshold``. Measures: how compactly the data is
+          described. Fails as a quality signal because it counts noise as
+          energy: noisier data needs more components; when no rank reaches
+          the threshold the largest rank is returned with a warning.
+        - ``"stability"``: consensus clustering (Brunet et al., 2004):
+          ``n_restarts`` randomly initialised fits per rank, samples grouped
+          by the largest entry of their row of W, consensus matrix, cophenetic
+          correlation; selects the rank just before the largest drop of the
+          cophenetic correlation (the maximum if it never drops; rank 1 is
+          skipped). Measures: how reproducibly the factors cluster the samples.
+          Fails when the data has no cluster structure (the curve is flat and
+          noisy) and costs ``n_restarts`` fits per rank plus an
+          ``n_samples x n_samples`` matrix.
+    cv : int, default=5
+        Number of row folds (and column groups) for ``"bcv"``.
+    coupling : {"input", "none", "all"}, default="input"
+        ``"input"``: each layer with the input block, ``[input | layer]``.
+        ``"none"``: each layer alone (baseline). ``"all"``: every block at once,
+        reported as one layer named ``"all"``.
+    block_weights : "norm", "none" or array-like, default="norm"
+        Passed to every :class:`~sklearn_peek.CoupledNMF`; with "norm" each
+        block counts as much as the others.
+    solver : {"hals", "mu"}, default="hals"
+        Passed to every CoupledNMF.
+    init : {"nndsvd", "nndsvda", "nndsvdar", "random"} or None, default=None
+        Initialisation of the first rank of each chain (and of every rank
+        without warm starts). "stability" always uses "random".
+    max_iter : int, default=200
+        Per fit. Fits that stop at ``max_iter`` are marked in
+        ``cv_results_["converged"]`` and reported by one ConvergenceWarning.
+    tol : float, default=1e-4
+        Per fit (relative decrease of the objective).
+    selection : {"one_se", "max"}, default="one_se"
+        Rule of ``"bcv"``: ``"max"`` takes the best mean score; ``"one_se"``
+        the smallest rank whose mean score is within one (paired) standard
+        error of the best one. ``"one_se"`` is the default because beyond the
+        true rank the curve is flat and ``"max"`` wanders up by noise.
+    energy_threshold : float in (0, 1], default=0.9
+        Target of ``"energy"``.
+    n_restarts : int, default=10
+        Random restarts per rank for ``"stability"``.
+    warm_start : bool, default=True
+        Start each rank from the previous rank's factors plus new components
+        taken from the residual (NNDSVD of the residual), within chains of
+        consecutive ranks of about equal cost. The chains are cut from
+        ``ranks`` alone. Not used by ``"stability"``, whose restarts must be
+        independent.
+    score_layer : str or None, default=None
+        Layer whose selected rank :meth:`__call__` returns; None averages all
+        layers.
+    n_jobs : int or None, default=None
+        Number of joblib workers; None defers to the active
+        ``joblib.parallel_config`` (one worker outside of one).
+    device : None or str, default=None
+        Passed to every CoupledNMF and, when the scorer is called on an
+        estimator, to the extractor it builds.
+    random_state : int, RandomState or None, default=None
+        Seeds the row folds, the column groups, and every fit.
+    verbose : int, default=0
+        Passed to :class:`joblib.Parallel`.
+
+    Attributes
+    ----------
+    rank_ : dict
+        Layer name -> selected rank.
+    cv_results_ : dict of ndarray
+        One entry per (layer, rank), in GridSearchCV's spirit
+        (``pandas.DataFrame(scorer.cv_results_)``). Keys: ``"layer"``,
+        ``"rank"``, ``"mean_score"``, ``"std_score"`` (the criterion's curve,
+        higher is better: bcv mean/std of the fold scores; elbow: minus the
+        relative error; energy: explained energy; stability: cophenetic
+        correlation, std 0), ``"mean_fit_time"``, ``"std_fit_time"``,
+        ``"n_iter"`` (solver iterations summed over the fits), ``"selected"``
+        (bool). bcv adds ``"split{k}_score"``; full-data criteria add
+        ``"relative_error"`` and ``"explained_energy"``; elbow adds ``"bend"``;
+        stability adds ``"cophenetic"``.
+    curves_ : dict
+        Layer -> dict with ``"ranks"``, ``"mean"``, ``"std"``, ``"selected"``
+        and ``"criterion"``: what a rank-sweep plot needs.
+    layers_ : list of str
+        Layers analysed, in order.
+    block_sizes_ : list of (str, int)
+        Block layout of the data fitted.
+    n_iter_total_ : int
+        Solver iterations over all fits.
+    fit_time_total_ : float
+        Seconds spent in fits, summed over workers.
+    n_tasks_ : int
+        Number of joblib tasks the work was cut into.
+    extractor_ : LayerActivationExtractor
+        The extractor used by fit, when ``extractor`` was given.
+
+    Raises
+    ------
+    ValueError
+        For bad parameters or data, naming the argument, the value and what is
+        allowed: empty or non-positive ``ranks``; a rank above the rows
+        (training rows for ``"bcv"``) or the columns of a coupled matrix (the
+        layer is named); ``cv < 2`` or ``cv > n_samples``; a layer that does
+        not exist (close matches are listed); an unknown ``criterion``.
+
+    Notes
+    -----
+    **The scorer's number.** ``scorer(estimator, X)`` extracts the
+    activations of ``X`` from the estimator's model, fits a clone of the
+    scorer on them, and returns ``rank_[score_layer] / max(ranks)`` (or the
+    mean of ``rank_[l] / max(ranks)`` over the layers when ``score_layer`` is
+    None): a number in (0, 1], higher meaning the layers support more
+    components, i.e. (per the paper) a better trained network. Labels are
+    never used.
+
+    **Parallelism.** Tasks are (layer, fold, chain of ranks) for bcv,
+    (layer, chain of ranks) for elbow/energy, and (layer, rank) for
+    stability, sent to :class:`joblib.Parallel`, so any joblib backend works:
+    ``with joblib.parallel_config(backend="dask"): scorer.fit(X)`` runs them
+    on a dask.distributed cluster. Large arrays are memory-mapped by loky and
+    scattered once by joblib's dask backend.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_peek import RankQualityScorer
+    >>> rng = np.random.default_rng(0)
+    >>> W = rng.random((150, 4))
+    >>> X = W @ rng.random((4, 80))
+    >>> X = np.abs(X + 0.3 * X.std() * rng.standard_normal(X.shape))
+    >>> scorer = RankQualityScorer(blocks=[("input", 30), ("conv1", 50)],
+    ...                            ranks=range(1, 9), cv=3, max_iter=1000,
+    ...                            random_state=0)
+    >>> scorer.fit(X).rank_
+    {'conv1': 4}
+    """
+
+    def __init__(
+        self,
+        layers=None,
+        *,
+        extractor=None,
+        blocks=None,
+        ranks=range(1, 31),
+        criterion="bcv",
+        cv=5,
+        coupling="input",
+        block_weights="norm",
+        solver="hals",
+        init=None,
+        max_iter=200,
+        tol=1e-4,
+        selection="one_se",
+        energy_threshold=0.9,
+        n_restarts=10,
+        warm_start=True,
+        score_layer=None,
+        n_jobs=None,
+        device=None,
+        random_state=None,
+        verbose=0,
+    ):
+        self.layers = layers
+        self.extractor = extractor
+        self.blocks = blocks
+        self.ranks = ranks
+        self.criterion = criterion
+        self.cv = cv
+        self.coupling = coupling
+        self.block_weights = block_weights
+        self.solver = solver
+        self.init = init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.selection = selection
+        self.energy_threshold = energy_threshold
+        self.n_restarts = n_restarts
+        self.warm_start = warm_start
+        self.score_layer = score_layer
+        self.n_jobs = n_jobs
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------ validation
+    def _validate_params(self):
+        def choice(name, value, allowed):
+            if not isinstance(value, str) or value not in allowed:
+                raise ValueError(
+                    f"{name}={value!r} is not supported; expected one of "
+                    f"{', '.join(repr(a) for a in allowed)}.{_close(value, allowed)}"
+                )
+
+        choice("criterion", self.criterion, _CRITERIA)
+        choice("coupling", self.coupling, _COUPLINGS)
+        choice("selection", self.selection, _SELECTIONS)
+        if self.init is not None:
+            # "custom" is what the warm starts use internally
+            choice("init", self.init, ("nndsvd", "nndsvda", "nndsvdar", "random"))
+
+        try:
+            ranks = list(self.ranks)
+        except TypeError:
+            raise ValueError(
+                f"ranks={self.ranks!r} is not an iterable of integers; expected e.g. "
+                "range(1, 31)."
+            ) from None
+        if not ranks:
+            raise ValueError(
+                f"ranks={self.ranks!r} is empty; expected at least one positive "
+                "integer."
+            )
+        bad = [
+            r
+            for r in ranks
+            if not isinstance(r, numbers.Integral) or isinstance(r, bool) or r < 1
+        ]
+        if bad:
+            raise ValueError(
+                f"ranks={self.ranks!r} contains {bad[0]!r}; expected positive integers."
+            )
+        ranks = sorted(int(r) for r in ranks)
+        if len(set(ranks)) != len(ranks):
+            raise ValueError(
+                f"ranks={self.ranks!r} contains duplicates; expected distinct ranks."
+            )
+
+        def integer(name, value, low):
+            if (
+                not isinstance(value, numbers.Integral)
+                or isinstance(value, bool)
+                or value < low
+            ):
+                raise ValueError(
+                    f"{name}={value!r} is invalid; expected an integer >= {low}."
+                )
+
+        integer("cv", self.cv, 2)
+        integer("n_restarts", self.n_restarts, 2)
+        integer("max_iter", self.max_iter, 1)
+        thr = self.energy_threshold
+        if not isinstance(thr, numbers.Real) or not (0 < thr <= 1):
+            raise ValueError(
+                f"energy_threshold={thr!r} is invalid; expected a number in (0, 1]."
+            )
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            raise ValueError(
+                f"warm_start={self.warm_start!r} is invalid; expected a bool."
+            )
+        if self.n_jobs is not None and (
+            not isinstance(self.n_jobs, numbers.Integral) or self.n_jobs == 0
+        ):
+            raise ValueError(
+                f"n_jobs={self.n_jobs!r} is invalid; expected None or a non-zero "
+                "integer."
+            )
+        return ranks
+
+    def _check_data(self, X):
+        """Return (array, block_sizes) from X, blocks and extractor."""
+        if self.extractor is not None:
+            ext = self.extractor
+            if not hasattr(ext, "block_sizes_"):
+                ext = clone(ext).fit(X)
+            self.extractor_ = ext
+            Z = ext.transform(X)
+            blocks = [(str(n), int(s)) for n, s in ext.block_sizes_]
+            return self._as_array(Z, "X (activations from `extractor`)"), blocks
+
+        if hasattr(X, "columns") and hasattr(X, "to_numpy"):
+            names = [str(c) for c in X.columns]
+            inferred = []
+            for c in names:
+                if "__" not in c:
+                    raise ValueError(
+                        f"X has a column {c!r} without the '<block>__<feature>' form; "
+                        "give an ndarray with `blocks=[(name, size), ...]` instead, or "
+                        "name every column '<block>__<feature>'."
+                    )
+                b = c.split("__", 1)[0]
+                if inferred and inferred[-1][0] == b:
+                    inferred[-1][1] += 1
+                else:
+                    if any(b == n for n, _ in inferred):
+                        raise ValueError(
+                            f"X: the columns of block {b!r} are not contiguous; "
+                            "expected each block's columns side by side."
+                        )
+                    inferred.append([b, 1])
+            inferred = [(n, s) for n, s in inferred]
+            if self.blocks is not None and self._blocks_param() != inferred:
+                raise ValueError(
+                    f"blocks={self.blocks!r} disagrees with the column names of X, "
+                    f"which give {inferred!r}."
+                )
+            return self._as_array(X.to_numpy(), "X"), inferred
+
+        Xa = self._as_array(X, "X")
+        if self.blocks is None:
+            raise ValueError(
+                "blocks=None but X is an ndarray without block names; expected "
+                "`blocks=[(name, size), ...]`, a DataFrame with '<block>__<feature>' "
+                "columns, or an `extractor`."
+            )
+        blocks = self._blocks_param()
+        total = sum(s for _, s in blocks)
+        if total != Xa.shape[1]:
+            raise ValueError(
+                f"blocks={self.blocks!r} add up to {total} columns but X has "
+                f"{Xa.shape[1]}; expected the sizes to sum to X.shape[1]."
+            )
+        return Xa, blocks
+
+    def _blocks_param(self):
+        try:
+            blocks = [(str(n), int(s)) for n, s in self.blocks]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"blocks={self.blocks!r} is invalid; expected a list of (name, size) "
+                "pairs such as [('input', 64), ('conv1', 96)]."
+            ) from None
+        names = [n for n, _ in blocks]
+        if len(set(names)) != len(names) or any(s < 1 for _, s in blocks):
+            raise ValueError(
+                f"blocks={self.blocks!r} is invalid; expected distinct names and "
+                "positive sizes."
+            )
+        return blocks
+
+    @staticmethod
+    def _as_array(X, name):
+        from sklearn.utils import check_array
+
+        try:
+            Xa = check_array(
+                X,
+                dtype=[np.float64, np.float32],
+                ensure_all_finite=False,
+                accept_sparse=False,
+            )
+        except TypeError as exc:  # sparse input
+            raise ValueError(
+                f"{name} is sparse; expected a dense array (activations are dense)."
+            ) from exc
+        if not np.all(np.isfinite(Xa)):
+            bad = np.argwhere(~np.isfinite(Xa))[0]
+            raise ValueError(
+                f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]}); "
+                "expected finite non-negative values."
+            )
+        mn = Xa.min() if Xa.size else 0.0
+        if mn < 0:
+            bad = np.argwhere(Xa < 0)[0]
+            raise ValueError(
+                f"{name} has negative entries (min {mn:.4g} at row {bad[0]}, column "
+                f"{bad[1]}); expected non-negative data (post-ReLU activations, "
+                "pixels)."
+            )
+        return Xa
+
+    def _layer_columns(self, blocks):
+        """Return list of (layer_name, column index array or None, coupled blocks)."""
+        names = [n for n, _ in blocks]
+        offsets = np.concatenate([[0], np.cumsum([s for _, s in blocks])])
+        span = {n: np.arange(offsets[i], offsets[i + 1]) for i, n in enumerate(names)}
+        size = dict(blocks)
+        non_input = [n for n in names if n != _INPUT]
+        if self.layers is None:
+            layers = non_input
+        else:
+            layers = (
+                [self.layers] if isinstance(self.layers, str) else list(self.layers)
+            )
+            for name in layers:
+                if name not in names or name == _INPUT:
+                    raise ValueError(
+                        f"layers contains {name!r}, which is not a layer of the data; "
+                        f"expected some of {non_input!r}.{_close(name, non_input)}"
+                    )
+        if self.coupling == _ALL:
+            return [(_ALL, None, blocks)]
+        if not layers:
+            raise ValueError(
+                f"the data has no block other than 'input' (blocks={blocks!r}); "
+                "expected at least one layer block."
+            )
+        if self.coupling == _INPUT and _INPUT not in names:
+            raise ValueError(
+                "coupling='input' needs an 'input' block, but the blocks are "
+                f"{names!r}; "
+                "expected the extractor's include_input=True, or coupling='none'."
+            )
+        out = []
+        for name in layers:
+            if self.coupling == _INPUT:
+                cols = np.concatenate([span[_INPUT], span[name]])
+                cb = [(_INPUT, size[_INPUT]), (name, size[name])]
+            else:
+                cols = span[name]
+                cb = [(name, size[name])]
+            if cols.size and np.array_equal(cols, np.arange(cols[0], cols[-1] + 1)):
+                cols = slice(int(cols[0]), int(cols[-1]) + 1)  # a view, not a copy
+            out.append((name, cols, cb))
+        return out
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, X, y=None):
+        """Sweep the ranks of every layer and select one per layer.
+
+        Parameters
+        ----------
+        X : ndarray, DataFrame, or raw inputs
+            The coupled activation matrix (DataFrame with
+            ``"<block>__<feature>"`` columns, or ndarray with ``blocks``), or
+            the raw inputs of ``extractor`` when one is given.
+        y : ignored
+            Labels are never used.
+
+        Returns
+        -------
+        RankQualityScorer
+            The fitted scorer.
+        """
+        ranks = self._validate_params()
+        Xa, blocks = self._check_data(X)
+        n = Xa.shape[0]
+        criterion = self.criterion
+        if criterion == "bcv" and self.cv > n:
+            raise ValueError(
+                f"cv={self.cv!r} is larger than the {n} samples of X; expected "
+                f"2 <= cv <= {n}."
+            )
+        all_names = [b for b, _ in blocks]
+        if self.score_layer is not None and self.score_layer not in [*all_names, _ALL]:
+            raise ValueError(
+                f"score_layer={self.score_layer!r} is not a layer of the data; "
+                "expected "
+                f"one of {all_names!r}.{_close(self.score_layer, all_names)}"
+            )
+        layer_cols = self._layer_columns(blocks)
+
+        # rank bound of each coupled matrix
+        n_rows = n - int(np.ceil(n / self.cv)) if criterion == "bcv" else n
+        for name, _cols, cb in layer_cols:
+            m = sum(s for _, s in cb)
+            bound = min(n_rows, m)
+            if ranks[-1] > bound:
+                rows_txt = (
+                    f"{n_rows} training rows per fold"
+                    if criterion == "bcv"
+                    else f"{n} rows"
+                )
+                raise ValueError(
+                    f"ranks={self.ranks!r} goes up to {ranks[-1]}, but the coupled "
+                    "matrix "
+                    f"of layer {name!r} has {rows_txt} and {m} columns; expected ranks "
+                    f"<= {bound}."
+                )
+
+        rng = check_random_state(self.random_state)
+        base = int(rng.randint(np.iinfo(np.int32).max))
+        params = {
+            "block_weights": self.block_weights,
+            "solver": self.solver,
+            "init": self.init,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "device": self.device,
+        }
+        crit_id = _CRITERIA.index(criterion)
+        tasks = []  # (key, cost, delayed call)
+        if criterion == "bcv":
+            folds = _criteria.row_folds(n, self.cv, _seed(base, 1000))
+            chains = _rank_chains(ranks, self.warm_start)
+            for li, (_name, cols, cb) in enumerate(layer_cols):
+                m = sum(s for _, s in cb)
+                for k, (tr, te) in enumerate(folds):
+                    model_seed = _seed(base, crit_id, li, k)
+                    for ci, chain in enumerate(chains):
+                        svd_seeds = [_seed(base, crit_id, li, k, r) for r in chain]
+                        call = delayed(_chain_task)(
+                            Xa,
+                            cols,
+                            cb,
+                            tr,
+                            te,
+                            chain,
+                            model_seed,
+                            svd_seeds,
+                            params,
+                            self.warm_start,
+                        )
+                        tasks.append(((li, k, ci), sum(chain) * len(tr) * m, call))
+        elif criterion in ("elbow", "energy"):
+            chains = _rank_chains(ranks, self.warm_start)
+            for li, (_name, cols, cb) in enumerate(layer_cols):
+                m = sum(s for _, s in cb)
+                model_seed = _seed(base, 1, li)
+                for ci, chain in enumerate(chains):
+                    svd_seeds = [_seed(base, 1, li, 0, r) for r in chain]
+                    call = delayed(_chain_task)(
+                        Xa,
+                        cols,
+                        cb,
+                        None,
+                        None,
+                        chain,
+                        model_seed,
+                        svd_seeds,
+                        params,
+                        self.warm_start,
+                    )
+                    tasks.append(((li, 0, ci), sum(chain) * n * m, call))
+        else:  # stability
+            for li, (_name, cols, cb) in enumerate(layer_cols):
+                m = sum(s for _, s in cb)
+                for r in ranks:
+                    seeds = [
+                        _seed(base, crit_id, li, r, j) for j in range(self.n_restarts)
+                    ]
+                    tasks.append(
+                        (
+                            (li, r, 0),
+                            r * n * m * self.n_restarts,
+                            delayed(_stability_task)(Xa, cols, cb, r, seeds, params),
+                        )
+                    )
+
+        # heaviest first: better load balance, same results
+        order = sorted(range(len(tasks)), key=lambda i: -tasks[i][1])
+        outputs = Parallel(n_jobs=self.n_jobs, verbose=self.verbose)(
+            tasks[i][2] for i in order
+        )
+        results = {tasks[i][0]: out for i, out in zip(order, outputs)}
+        self.n_tasks_ = len(tasks)
+        self._collect(results, layer_cols, ranks, blocks)
+        return self
+
+    def _collect(self, results, layer_cols, ranks, blocks):
+        crit = self.criterion
+        cols = {
+            "layer": [],
+            "rank": [],
+            "mean_score": [],
+            "std_score": [],
+            "mean_fit_time": [],
+            "std_fit_time": [],
+            "n_iter": [],
+            "converged": [],
+            "selected": [],
+        }
+        extra = {}
+        rank_, curves = {}, {}
+        n_iter_total = 0
+        fit_time_total = 0.0
+        for out_ in results.values():
+            for rec in out_ if isinstance(out_, list) else [out_]:
+                n_fits = 1 if crit != "stability" else self.n_restarts
+                fit_time_total += rec["fit_time"] * n_fits
+        n_r = len(ranks)
+        for li, (name, _, _) in enumerate(layer_cols):
+            if crit == "bcv":
+                by_rank = {}
+                for (l2, k, _ci), recs in results.items():
+                    if l2 != li:
+                        continue
+                    for rec in recs:
+                        by_rank.setdefault(rec["rank"], {})[k] = rec
+                folds = sorted(next(iter(by_rank.values())))
+                scores = np.array(
+                    [[by_rank[r][k]["score"] for k in folds] for r in ranks]
+                )
+                times = np.array(
+                    [[by_rank[r][k]["fit_time"] for k in folds] for r in ranks]
+                )
+                iters = np.array(
+                    [[by_rank[r][k]["n_iter"] for k in folds] for r in ranks]
+                )
+                conv = np.array(
+                    [[by_rank[r][k]["converged"] for k in folds] for r in ranks]
+                )
+                mean, std = scores.mean(axis=1), scores.std(axis=1)
+                sel = _criteria.select_bcv(ranks, scores, self.selection)
+                for k in folds:
+                    extra.setdefault(f"split{k}_score", []).extend(scores[:, k])
+                mft, sft = times.mean(axis=1), times.std(axis=1)
+                it, cv_ = iters.sum(axis=1), conv.all(axis=1)
+            elif crit in ("elbow", "energy"):
+                recs = {}
+                for (l2, _k, _ci), rr in results.items():
+                    if l2 == li:
+                        recs.update({rec["rank"]: rec for rec in rr})
+                sq_err = np.array([recs[r]["sq_err"] for r in ranks])
+                sq_norm = recs[ranks[0]]["sq_norm"]
+                rel = np.sqrt(sq_err / sq_norm) if sq_norm > 0 else np.zeros(n_r)
+                energy = (
+                    _criteria.explained_energy(sq_err, sq_norm)
+                    if sq_norm > 0
+                    else (np.ones(n_r))
+                )
+                extra.setdefault("relative_error", []).extend(rel)
+                extra.setdefault("explained_energy", []).extend(energy)
+                if crit == "elbow":
+                    sel, bend = _criteria.knee_point(ranks, rel)
+                    extra.setdefault("bend", []).extend(bend)
+                    mean = -rel
+                else:
+                    sel = _criteria.select_energy(
+                        ranks, energy, self.energy_threshold, layer=name
+                    )
+                    mean = energy
+                std = np.zeros(n_r)
+                mft = np.array([recs[r]["fit_time"] for r in ranks])
+                sft = np.zeros(n_r)
+                it = np.array([recs[r]["n_iter"] for r in ranks])
+                cv_ = np.array([recs[r]["converged"] for r in ranks])
+            else:
+                recs = {r: results[(li, r, 0)] for r in ranks}
+                coph = np.array([recs[r]["cophenetic"] for r in ranks])
+                rel = np.sqrt([recs[r]["rel_sq_err"] for r in ranks])
+                sel = _criteria.select_stability(ranks, coph)
+                extra.setdefault("cophenetic", []).extend(coph)
+                extra.setdefault("relative_error", []).extend(rel)
+                extra.setdefault("explained_energy", []).extend(1.0 - rel**2)
+                mean, std = coph, np.zeros(n_r)
+                mft = np.array([recs[r]["fit_time"] for r in ranks])
+                sft = np.zeros(n_r)
+                it = np.array([recs[r]["n_iter"] for r in ranks])
+                cv_ = np.array([recs[r]["converged"] for r in ranks])
+            rank_[name] = int(sel)
+            curves[name] = {
+                "ranks": np.asarray(ranks),
+                "mean": np.asarray(mean, dtype=np.float64),
+                "std": np.asarray(std, dtype=np.float64),
+                "selected": int(sel),
+                "criterion": crit,
+            }
+            cols["layer"].extend([name] * n_r)
+            cols["rank"].extend(ranks)
+            cols["mean_score"].extend(mean)
+            cols["std_score"].extend(std)
+            cols["mean_fit_time"].extend(mft)
+            cols["std_fit_time"].extend(sft)
+            cols["n_iter"].extend(it)
+            cols["converged"].extend(cv_)
+            cols["selected"].extend(np.asarray(ranks) == sel)
+            n_iter_total += int(np.sum(it))
+        out = {
+            "layer": np.asarray(cols["layer"], dtype=object),
+            "rank": np.asarray(cols["rank"], dtype=np.int64),
+        }
+        for key in sorted(k for k in extra if k.startswith("split")):
+            out[key] = np.asarray(extra[key], dtype=np.float64)
+        for key in ("mean_score", "std_score", "mean_fit_time", "std_fit_time"):
+            out[key] = np.asarray(cols[key], dtype=np.float64)
+        out["n_iter"] = np.asarray(cols["n_iter"], dtype=np.int64)
+        out["converged"] = np.asarray(cols["converged"], dtype=bool)
+        out["selected"] = np.asarray(cols["selected"], dtype=bool)
+        for key in ("relative_error", "explained_energy", "bend", "cophenetic"):
+            if key in extra:
+                out[key] = np.asarray(extra[key], dtype=np.float64)
+        self.rank_ = rank_
+        self.cv_results_ = out
+        self.curves_ = curves
+        self.layers_ = [name for name, _, _ in layer_cols]
+        self.block_sizes_ = list(blocks)
+        self.ranks_ = np.asarray(ranks)
+        self.n_iter_total_ = n_iter_total
+        self.fit_time_total_ = fit_time_total
+        if not out["converged"].all():
+            bad = out["rank"][~out["converged"]]
+            from sklearn.exceptions import ConvergenceWarning
+
+            warnings.warn(
+                f"some fits stopped at max_iter={self.max_iter} before reaching "
+                f"tol={self.tol} (ranks {sorted(set(bad.tolist()))[:10]}); the curves "
+                "may be noisier. Raise max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------- scoring
+    def score_value(self):
+        """The number :meth:`__call__` returns, from a fitted scorer.
+
+        ``rank_[score_layer] / max(ranks)``, or the mean of
+        ``rank_[layer] / max(ranks)`` over ``layers_`` when ``score_layer`` is
+        None. In (0, 1]; higher is better.
+
+        Returns
+        -------
+        float
+            The normalized selected rank, in (0, 1].
+        """
+        check_is_fitted(self, "rank_")
+        top = float(self.ranks_.max())
+        if self.score_layer is not None:
+            if self.score_layer not in self.rank_:
+                raise ValueError(
+                    f"score_layer={self.score_layer!r} was not analysed; expected one "
+                    f"of {list(self.rank_)!r}."
+                    f"{_close(self.score_layer, list(self.rank_))}"
+                )
+            return self.rank_[self.score_layer] / top
+        return float(np.mean([self.rank_[n] / top for n in self.layers_]))
+
+    def __call__(self, estimator, X, y=None):
+        """Score a trained network without labels (a scikit-learn scorer).
+
+        Parameters
+        ----------
+        estimator : object
+            A torch ``nn.Module``; an ONNX path, bytes or ``ModelProto``; an
+            object with a fitted ``module_`` (skorch nets, LeNetClassifier) or
+            ``model_``; or a fitted Pipeline whose first step is a
+            LayerActivationExtractor (used as is) or whose last step is one
+            of the above (``X`` then goes through the preceding steps).
+        X : array-like
+            Inputs the model takes (e.g. images, shape (n, C, H, W)).
+        y : ignored
+            Accepted for the scorer signature; never used.
+
+        Returns
+        -------
+        float
+            See :meth:`score_value`; higher is better.
+        """
+        model, ext, Xm = _resolve_model(estimator, X)
+        if ext is None:
+            ext = self._build_extractor(model, estimator)
+            ext.fit(Xm)
+        Z = ext.transform(Xm)
+        blocks = [(str(n), int(s)) for n, s in ext.block_sizes_]
+        inner = clone(self).set_params(extractor=None, blocks=blocks)
+        inner.fit(Z)
+        return inner.score_value()
+
+    def _build_extractor(self, model, estimator):
+        from sklearn_peek._extract import LayerActivationExtractor
+
+        layers = "auto" if self.layers is None else self.layers
+        if self.extractor is not None:
+            ext = clone(self.extractor).set_params(model=model)
+            if self.layers is not None:
+                ext.set_params(layers=layers)
+            return ext
+        kwargs = {}
+        shape = getattr(estimator, "input_shape_", None) or getattr(
+            estimator, "input_shape", None
+        )
+        if shape is not None:
+            kwargs["input_shape"] = tuple(shape)
+        return LayerActivationExtractor(
+            model, layers=layers, include_input=True, device=self.device, **kwargs
+        )

@@ -1,0 +1,461 @@
+"""RankQualityScorer: planted ranks, determinism across joblib backends, the
+scorer on trained networks, and bad input."""
+
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_array_equal
+from torch import nn
+
+from sklearn_peek import LayerActivationExtractor, RankQualityScorer
+from sklearn_peek._rank import _rank_chains
+
+
+def planted(seed, rank, n=150, widths=(40, 120), noise=0.3):
+    """Coupled data of known rank: W H in blocks of different widths + noise."""
+    rng = np.random.default_rng(seed)
+    W = rng.random((n, rank)) ** 2
+    H = rng.random((rank, sum(widths))) ** 2
+    X = W @ H
+    X = np.abs(X + noise * X.std() * rng.standard_normal(X.shape))
+    return X
+
+
+def blocks_of(widths, names=("input", "conv1", "fc1")):
+    return list(zip(names, widths))
+
+
+# ---------------------------------------------------------------- planted rank
+def test_bcv_recovers_planted_rank_for_nine_of_ten_seeds():
+    hits, got = 0, []
+    for seed in range(10):
+        rank = 3 + seed % 4  # 3..6
+        X = planted(seed, rank)
+        sc = RankQualityScorer(
+            blocks=blocks_of((40, 120)), ranks=range(1, 9), cv=3, random_state=seed
+        ).fit(X)
+        got.append((rank, sc.rank_["conv1"]))
+        hits += abs(sc.rank_["conv1"] - rank) <= 1
+    assert hits >= 9, got
+
+
+def test_bcv_curve_peaks_then_falls():
+    X = planted(0, 4, noise=0.5)
+    sc = RankQualityScorer(
+        blocks=blocks_of((40, 120)), ranks=range(1, 10), cv=3, random_state=0
+    ).fit(X)
+    mean = sc.curves_["conv1"]["mean"]
+    assert np.argmax(mean) + 1 in (3, 4, 5)
+    # a held-out score: it does not keep growing with the rank
+    assert mean[-1] < mean.max()
+    res = sc.cv_results_
+    folds = np.vstack([res[f"split{k}_score"] for k in range(3)])
+    assert np.allclose(res["mean_score"], folds.mean(axis=0))
+    assert np.allclose(res["std_score"], folds.std(axis=0))
+    assert res["selected"].sum() == 1
+    assert res["rank"][res["selected"]][0] == sc.rank_["conv1"]
+
+
+@pytest.mark.parametrize("threshold", [0.8, 0.95])
+def test_energy_selects_first_rank_reaching_threshold(threshold):
+    X = planted(1, 5, noise=0.2)
+    sc = RankQualityScorer(
+        blocks=blocks_of((40, 120)), ranks=range(1, 9), criterion="energy",
+        energy_threshold=threshold, random_state=0,
+    ).fit(X)  # fmt: skip
+    res = sc.cv_results_
+    energy, ranks = res["explained_energy"], res["rank"]
+    sel = sc.rank_["conv1"]
+    assert energy[ranks == sel][0] >= threshold
+    assert (energy[ranks < sel] < threshold).all()
+    # the curve is the weighted explained energy 1 - err^2 / ||X||^2: check it
+    # at the selected rank against a direct computation on the model
+    from sklearn_peek import CoupledNMF
+
+    m = CoupledNMF(1, blocks=blocks_of((40, 120)), random_state=0).fit(X)
+    direct = 1 - m.reconstruction_err_**2 / len(m.block_weights_)
+    assert energy[0] == pytest.approx(direct, rel=1e-3)
+    assert sc.curves_["conv1"]["mean"] == pytest.approx(energy)
+
+
+def test_energy_never_reached_warns_and_takes_largest_rank():
+    X = planted(2, 6, noise=1.0)
+    sc = RankQualityScorer(
+        blocks=blocks_of((40, 120)), ranks=[1, 2], criterion="energy",
+        energy_threshold=0.999, random_state=0,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="energy_threshold=0.999"):
+        sc.fit(X)
+    assert sc.rank_["conv1"] == 2
+
+
+def test_elbow_is_the_knee_of_the_relative_error_curve():
+    X = planted(3, 4, noise=0.05)
+    sc = RankQualityScorer(
+        blocks=blocks_of((40, 120)), ranks=range(1, 13), criterion="elbow",
+        random_state=0,
+    ).fit(X)  # fmt: skip
+    res = sc.cv_results_
+    err = res["relative_error"]
+    assert err[0] > err[3] > 0  # the error falls steeply until the planted rank
+    # knee = farthest point below the chord of the normalized curve
+    x = (res["rank"] - 1) / 11
+    y = (err - err[-1]) / (err[0] - err[-1])
+    assert sc.rank_["conv1"] == res["rank"][np.argmax((1 - x) - y)]
+    assert abs(sc.rank_["conv1"] - 4) <= 1
+
+
+def test_stability_reports_cophenetic_and_selects_before_biggest_drop():
+    rng = np.random.default_rng(0)
+    k, n = 3, 60
+    labels = np.repeat(np.arange(k), n // k)
+    W = np.full((n, k), 0.05)
+    W[np.arange(n), labels] = 1.0
+    W *= rng.uniform(0.5, 1.5, size=(n, 1))
+    H = rng.random((k, 50)) ** 4
+    X = np.abs(W @ H + 0.1 * rng.standard_normal((n, 50)))
+    sc = RankQualityScorer(
+        blocks=[("input", 20), ("conv1", 30)],
+        ranks=range(1, 7),
+        criterion="stability",
+        n_restarts=5,
+        random_state=0,
+    ).fit(X)
+    coph = sc.cv_results_["cophenetic"]
+    assert ((coph >= -1) & (coph <= 1)).all()
+    assert coph[2] == pytest.approx(1.0, abs=1e-9)  # rank 3 reproduces the clusters
+    assert coph[3:].min() < 1 - 1e-3  # over-splitting is not reproducible
+    # the documented rule, recomputed here: rank before the largest drop (r >= 2)
+    drops = coph[1:-1] - coph[2:]
+    assert sc.rank_["conv1"] == 2 + int(np.argmax(drops))
+    assert sc.rank_["conv1"] >= 3
+    assert sc.cv_results_["n_iter"].min() >= 5  # n_restarts fits per rank
+
+
+def test_warm_start_saves_iterations_and_keeps_the_answer():
+    X = planted(4, 4, n=100)
+    kw = dict(blocks=blocks_of((40, 120)), ranks=range(1, 9), cv=3, random_state=0)
+    warm = RankQualityScorer(warm_start=True, **kw).fit(X)
+    cold = RankQualityScorer(warm_start=False, **kw).fit(X)
+    assert warm.n_iter_total_ < cold.n_iter_total_
+    assert abs(warm.rank_["conv1"] - cold.rank_["conv1"]) <= 1
+    assert cold.n_tasks_ == 3 * 8
+
+
+def test_rank_chains_depend_on_ranks_only():
+    chains = _rank_chains(range(1, 31), True)
+    assert [r for c in chains for r in c] == list(range(1, 31))
+    assert all(sum(c) <= 60 or len(c) == 1 for c in chains)
+    assert len(chains) > 4  # enough tasks to keep two workers busy
+    assert _rank_chains([3, 5, 8], False) == [[3], [5], [8]]
+
+
+# ------------------------------------------------------------ layout / input
+def test_dataframe_blocks_match_ndarray_blocks():
+    pd = pytest.importorskip("pandas")
+    X = planted(5, 3, widths=(10, 20, 15))
+    names = [f"input__p{i}" for i in range(10)]
+    names += [f"conv1__c{i}" for i in range(20)] + [f"fc1__u{i}" for i in range(15)]
+    df = pd.DataFrame(X, columns=names)
+    kw = dict(ranks=range(1, 6), cv=3, random_state=0)
+    a = RankQualityScorer(**kw).fit(df)
+    b = RankQualityScorer(blocks=blocks_of((10, 20, 15)), **kw).fit(X)
+    assert (
+        a.block_sizes_ == b.block_sizes_ == [("input", 10), ("conv1", 20), ("fc1", 15)]
+    )
+    assert a.rank_ == b.rank_
+    assert_array_equal(a.cv_results_["mean_score"], b.cv_results_["mean_score"])
+    frame = pd.DataFrame(a.cv_results_)
+    assert list(frame["layer"].unique()) == ["conv1", "fc1"]
+    assert len(frame) == 2 * 5
+
+
+@pytest.mark.parametrize(
+    "coupling, layers, expected",
+    [
+        ("input", None, ["conv1", "fc1"]),
+        ("input", "fc1", ["fc1"]),
+        ("none", ["fc1", "conv1"], ["fc1", "conv1"]),
+        ("all", None, ["all"]),
+    ],
+)
+def test_coupling_and_layers(coupling, layers, expected):
+    X = planted(6, 3, widths=(10, 20, 15))
+    sc = RankQualityScorer(
+        layers=layers, blocks=blocks_of((10, 20, 15)), ranks=range(1, 5), cv=2,
+        coupling=coupling, random_state=0,
+    ).fit(X)  # fmt: skip
+    assert sc.layers_ == expected
+    assert list(sc.rank_) == expected
+    assert set(sc.curves_) == set(expected)
+
+
+def test_coupling_none_uses_the_layer_alone():
+    # the layer block is pure noise, the input is rank 3: coupled with the
+    # input it supports structure, alone it does not fit better than noise
+    rng = np.random.default_rng(0)
+    n = 120
+    W = rng.random((n, 3))
+    X0 = W @ rng.random((3, 30))
+    X1 = rng.random((n, 40))
+    X = np.hstack([X0 + 0.01 * rng.random(X0.shape), X1])
+    kw = dict(
+        blocks=[("input", 30), ("noise", 40)], ranks=range(1, 8), cv=3, random_state=0
+    )
+    coupled = RankQualityScorer(coupling="input", **kw).fit(X)
+    alone = RankQualityScorer(coupling="none", **kw).fit(X)
+    assert alone.rank_["noise"] < coupled.rank_["noise"]
+
+
+def test_float32_input_runs_and_gives_float64_scores():
+    X = planted(7, 3).astype(np.float32)
+    sc = RankQualityScorer(
+        blocks=blocks_of((40, 120)), ranks=range(1, 6), cv=3, random_state=0
+    ).fit(X)
+    assert sc.cv_results_["mean_score"].dtype == np.float64
+    assert abs(sc.rank_["conv1"] - 3) <= 1
+
+
+# -------------------------------------------------------- joblib determinism
+def _det_fit(X, **kw):
+    return RankQualityScorer(
+        blocks=blocks_of((20, 30, 25)), ranks=range(1, 6), cv=3, random_state=42, **kw
+    ).fit(X)
+
+
+def _same(a, b):
+    assert a.rank_ == b.rank_
+    for key, val in a.cv_results_.items():
+        if key.endswith("_score") or key in ("n_iter", "rank", "layer", "selected"):
+            assert_array_equal(val, b.cv_results_[key], err_msg=key)
+
+
+def test_results_identical_for_n_jobs_and_backends():
+    distributed = pytest.importorskip("distributed")
+    X = planted(8, 4, n=90, widths=(20, 30, 25))
+    ref = _det_fit(X, n_jobs=1)
+    _same(ref, _det_fit(X, n_jobs=2))  # loky
+    with joblib.parallel_config(backend="threading", n_jobs=2):
+        _same(ref, _det_fit(X))
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+        joblib.parallel_config(backend="dask"),
+    ):
+        _same(ref, _det_fit(X))
+
+
+def test_random_state_reproducible_and_matters():
+    X = planted(9, 4, n=90, widths=(20, 30, 25))
+    a = _det_fit(X)
+    b = _det_fit(X)
+    _same(a, b)
+    c = RankQualityScorer(
+        blocks=blocks_of((20, 30, 25)), ranks=range(1, 6), cv=3, random_state=7
+    ).fit(X)
+    assert not np.array_equal(
+        a.cv_results_["split0_score"], c.cv_results_["split0_score"]
+    )
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"ranks": []}, r"ranks=\[\] is empty"),
+        ({"ranks": [0, 1, 2]}, r"ranks=\[0, 1, 2\] contains 0; expected positive"),
+        ({"ranks": [1, 2.5]}, r"contains 2.5"),
+        ({"ranks": [2, 2]}, "duplicates"),
+        ({"ranks": 5}, "not an iterable"),
+        (
+            {"ranks": range(1, 60)},
+            r"layer 'conv1' has 40 training rows per fold and 30 columns; "
+            r"expected ranks <= 30",
+        ),
+        ({"criterion": "bvc"}, r"criterion='bvc' is not supported.*Did you mean 'bcv'"),
+        ({"coupling": "inputs"}, r"coupling='inputs'.*Did you mean 'input'"),
+        ({"cv": 1}, r"cv=1 is invalid; expected an integer >= 2"),
+        ({"cv": 61}, r"cv=61 is larger than the 60 samples"),
+        ({"layers": ["conv"]}, r"layers contains 'conv'.*Did you mean 'conv1'"),
+        ({"layers": "input"}, r"layers contains 'input'"),
+        ({"energy_threshold": 0}, r"energy_threshold=0 is invalid"),
+        ({"n_restarts": 1}, r"n_restarts=1 is invalid"),
+        ({"selection": "1se"}, r"selection='1se'"),
+        ({"init": "custom"}, r"init='custom' is not supported"),
+        ({"score_layer": "fc"}, r"score_layer='fc'.*Did you mean 'fc1'"),
+        (
+            {"blocks": [("input", 10), ("conv1", 10)]},
+            r"add up to 20 columns but X has 45",
+        ),
+        ({"blocks": None}, r"blocks=None but X is an ndarray"),
+    ],
+)
+def test_bad_parameters(params, match):
+    X = planted(0, 2, n=60, widths=(10, 20, 15))
+    kw = dict(blocks=blocks_of((10, 20, 15)), ranks=range(1, 4), cv=3)
+    kw.update(params)
+    with pytest.raises(ValueError, match=match):
+        RankQualityScorer(**kw).fit(X)
+
+
+def test_rank_beyond_columns_names_the_layer():
+    X = planted(0, 2, n=60, widths=(3, 4))
+    sc = RankQualityScorer(
+        blocks=[("input", 3), ("tiny", 4)], ranks=range(1, 6), coupling="none",
+        criterion="elbow",
+    )  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"layer 'tiny' has 60 rows and 4 columns.*<= 4"
+    ):
+        sc.fit(X)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (
+            lambda X: X.__setitem__((3, 5), -1.0),
+            r"X has negative entries.*row 3, column 5",
+        ),
+        (
+            lambda X: X.__setitem__((2, 1), np.nan),
+            r"X contains NaN or inf.*row 2, column 1",
+        ),
+    ],
+)
+def test_bad_data(mutate, match):
+    X = planted(0, 2, n=60, widths=(10, 20))
+    mutate(X)
+    with pytest.raises(ValueError, match=match):
+        RankQualityScorer(blocks=blocks_of((10, 20)), ranks=[1, 2]).fit(X)
+
+
+def test_input_coupling_needs_an_input_block():
+    X = planted(0, 2, n=60, widths=(10, 20))
+    with pytest.raises(ValueError, match="coupling='input' needs an 'input' block"):
+        RankQualityScorer(blocks=[("a", 10), ("b", 20)], ranks=[1, 2]).fit(X)
+
+
+def test_scorer_refuses_objects_without_a_model():
+    X = np.random.default_rng(0).random((10, 64))
+    with pytest.raises(TypeError, match="estimator='dict': cannot find a model"):
+        RankQualityScorer()({}, X)
+
+
+# ---------------------------------------------------------- scorer on models
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(4 * 4 * 4, 16)
+        self.relu2 = nn.ReLU()
+        self.fc2 = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.pool1(self.relu1(self.conv1(x)))
+        return self.fc2(self.relu2(self.fc1(x.flatten(1))))
+
+
+class Wrapped:
+    """Stands for a skorch net: the trained module sits in ``module_``."""
+
+    def __init__(self, module):
+        self.module_ = module
+
+
+@pytest.fixture(scope="module")
+def small_cnn_and_images():
+    from sklearn_peek.datasets import load_digits_images
+
+    torch.manual_seed(0)
+    net = SmallCNN().eval()
+    images = load_digits_images().images[:90]
+    return net, images
+
+
+def test_scorer_reaches_the_model_every_way(small_cnn_and_images, tmp_path):
+    from sklearn.pipeline import Pipeline
+
+    net, images = small_cnn_and_images
+    kw = dict(layers=["pool1", "relu2"], ranks=range(1, 5), cv=3, random_state=0)
+    scorer = RankQualityScorer(**kw)
+    direct = scorer(net, images)
+    assert 0 < direct <= 1
+    assert scorer(Wrapped(net), images) == direct
+    ext = LayerActivationExtractor(net, layers=["pool1", "relu2"]).fit(images)
+    pipe = Pipeline([("ext", ext), ("nmf", "passthrough")])
+    assert scorer(pipe, images) == direct
+    # the number is the documented one: mean selected rank / max rank
+    inner = RankQualityScorer(blocks=ext.block_sizes_, **kw).fit(ext.transform(images))
+    assert direct == pytest.approx(np.mean(list(inner.rank_.values())) / 4)
+    layer_scorer = RankQualityScorer(score_layer="relu2", **kw)
+    assert layer_scorer(net, images) == pytest.approx(inner.rank_["relu2"] / 4)
+    # labels are not used
+    y = np.arange(len(images)) % 10
+    assert scorer(net, images, y) == direct
+
+    path = tmp_path / "small.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, torch.zeros(1, 1, 8, 8), str(path), input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}}, dynamo=False,
+        )  # fmt: skip
+    # the same network through onnxruntime: same activations, same number
+    onnx_layers = ["/pool1/MaxPool_output_0", "/relu2/Relu_output_0"]
+    onnx_scorer = RankQualityScorer(**{**kw, "layers": onnx_layers})
+    assert onnx_scorer(str(path), images) == pytest.approx(direct)
+
+
+def test_fit_with_extractor_takes_raw_images(small_cnn_and_images):
+    net, images = small_cnn_and_images
+    ext = LayerActivationExtractor(net, layers=["pool1", "relu2"])
+    sc = RankQualityScorer(extractor=ext, ranks=range(1, 5), cv=3, random_state=0).fit(
+        images
+    )
+    assert sc.block_sizes_ == [("input", 64), ("pool1", 64), ("relu2", 16)]
+    assert not hasattr(
+        ext, "block_sizes_"
+    )  # the given extractor is not fitted in place
+    assert sc.layers_ == ["pool1", "relu2"]
+
+
+def test_scorer_in_grid_search_picks_the_best_trained_lenet():
+    from sklearn.model_selection import GridSearchCV
+
+    from sklearn_peek.datasets import load_digits_images
+    from sklearn_peek.studies import LeNetClassifier
+
+    d = load_digits_images()
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(d.images))[:600]
+    X, y = d.images[idx], d.target[idx]
+    split = [(np.arange(400), np.arange(400, 600))]
+    # the layer alone (coupling="none"): with the default [input | layer]
+    # coupling this small setting ranks the untrained net first (see the user
+    # guide); few, even ranks keep the test quick
+    scorer = RankQualityScorer(
+        layers=["pool2", "relu4"],
+        coupling="none",
+        ranks=range(2, 19, 2),
+        cv=3,
+        random_state=0,
+    )
+    search = GridSearchCV(
+        LeNetClassifier(random_state=0),
+        {"epochs": [0, 1, 20]},
+        scoring=scorer,
+        cv=split,
+        refit=False,
+    ).fit(X, y)
+    scores = search.cv_results_["mean_test_score"]
+    assert search.best_params_ == {"epochs": 20}, scores
+    assert scores[2] > max(scores[0], scores[1])
+    assert ((scores > 0) & (scores <= 1)).all()
