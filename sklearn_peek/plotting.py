@@ -44,7 +44,7 @@ __all__ = [
 
 # Y-axis labels of the rank-sweep curves, per RankQualityScorer criterion.
 _CRITERION_LABELS = {
-    "bcv": "BCV score (held-out explained energy)",
+    "bcv": "BCV score (minus held-out relative error)",
     "elbow": "minus relative error",
     "energy": "explained energy",
     "stability": "cophenetic correlation",
@@ -645,7 +645,7 @@ def plot_rank_sweep(
     criterion : str, optional
         Y-axis label; by default the scorer's ``criterion`` or the curve's
         ``"criterion"`` entry, spelled out for the scorer's criteria (``"bcv"``
-        becomes "BCV score (held-out explained energy)").
+        becomes "BCV score (minus held-out relative error)").
     ncols : int, optional
         Panels per row (at most 4 by default).
     fig : matplotlib Figure, optional
