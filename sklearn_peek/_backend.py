@@ -63,7 +63,9 @@ def resolve_device(device, *, param="device"):
             torch = _torch()
             _check_cuda(torch, torch.device(name), device, param)
             return torch.device(name)
-        raise ValueError(f"{param}={device!r} is not understood; expected {DEVICE_HELP}.")
+        raise ValueError(
+            f"{param}={device!r} is not understood; expected {DEVICE_HELP}."
+        )
     try:
         torch = _torch()
     except ImportError:  # pragma: no cover - torch is a hard dependency
@@ -83,7 +85,8 @@ def _check_cuda(torch, dev, original, param):
     if not torch.cuda.is_available():
         raise ValueError(
             f"{param}={original!r} asks for a CUDA GPU, but torch sees none "
-            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}). "
+            f"(torch {torch.__version__}, CUDA build: "
+            f"{torch.version.cuda is not None}). "
             "Use device='auto' to fall back to the CPU quietly, or device=None."
         )
     index = dev.index if dev.index is not None else 0
@@ -106,3 +109,151 @@ def to_numpy(x):
     if is_torch_tensor(x):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+# Rows per chunk when scanning a tensor: bounds the boolean temporaries.
+_SCAN_ELEMENTS = 1 << 24
+
+
+def select_compute_device(device, X=None, *, param="device"):
+    """Where the numerics run: ``None`` (NumPy) or a torch.device.
+
+    The rule shared by the estimators. ``device=None`` follows the data: a
+    torch tensor runs the torch code on the tensor's device, anything else
+    the NumPy code. ``"cpu"`` (and ``"auto"`` without a GPU) selects the CPU:
+    NumPy for NumPy input, the torch code on the CPU for torch tensors (no
+    conversion). ``"cuda"``, ``"cuda:N"``, ``"auto"`` with a GPU and
+    ``torch.device`` objects select the torch code on that device.
+
+    Parameters
+    ----------
+    device : None, str or torch.device
+        The estimator's ``device`` parameter.
+    X : object, default=None
+        The data about to be processed.
+    param : str, default="device"
+        Name of the argument, used in error messages.
+
+    Returns
+    -------
+    torch.device or None
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sklearn_peek._backend import select_compute_device
+    >>> select_compute_device(None, np.ones((2, 2))) is None
+    True
+    >>> select_compute_device(None, torch.ones(2, 2))
+    device(type='cpu')
+    >>> select_compute_device("cpu", torch.ones(2, 2))
+    device(type='cpu')
+    """
+    if device is None:
+        return X.device if is_torch_tensor(X) else None
+    dev = resolve_device(device, param=param)
+    if dev is None and is_torch_tensor(X):
+        return _torch().device("cpu")
+    return dev
+
+
+def numpy_dtype(x):
+    """NumPy float dtype matching an array's or a tensor's dtype."""
+    if is_torch_tensor(x):
+        return np.dtype(str(x.dtype).replace("torch.", ""))
+    return np.dtype(x.dtype)
+
+
+def compute_tensor(X, device, *, dtype=None, param="X", where=None):
+    """Validate a 2-D non-negative input and return it as a tensor on ``device``.
+
+    Parameters
+    ----------
+    X : torch.Tensor or ndarray of shape (n_rows, n_cols)
+        NumPy arrays must already be validated (float32 / float64).
+    device : torch.device
+    dtype : numpy dtype or None, default=None
+        Target dtype. None: float32 and float64 tensors keep their dtype
+        (other tensor dtypes become float32); NumPy arrays keep theirs on the
+        CPU and become float32 on a CUDA device.
+    param, where : str
+        Argument and caller names for the error messages.
+
+    Returns
+    -------
+    torch.Tensor
+        C-contiguous, on ``device``. No copy when ``X`` already fits.
+
+    Raises
+    ------
+    ValueError
+        Wrong number of axes, no rows or columns, complex values, NaN, inf or
+        negative entries (the message gives the first position and value).
+    """
+    torch = _torch()
+    caller = f"{where} " if where else ""
+    if not is_torch_tensor(X):
+        if dtype is None:
+            dtype = np.float32 if device.type == "cuda" else X.dtype
+        return torch.from_numpy(np.ascontiguousarray(X, dtype=dtype)).to(device)
+    if X.dim() != 2:
+        raise ValueError(
+            f"{caller}argument {param} must be 2-D (n_samples, n_features); got a "
+            f"tensor of shape {tuple(X.shape)}."
+        )
+    if X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(
+            f"{caller}argument {param} has shape {tuple(X.shape)}; expected at least "
+            "1 sample and 1 feature."
+        )
+    if X.is_complex():
+        raise ValueError(
+            f"Complex data not supported: {caller}argument {param} has dtype "
+            f"{X.dtype}; expected real floats."
+        )
+    if X.is_sparse or X.layout != torch.strided:
+        raise ValueError(
+            f"{caller}argument {param} is a sparse torch tensor ({X.layout}); "
+            "expected a dense tensor (X.to_dense())."
+        )
+    if dtype is None:
+        tdt = X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float32
+    else:
+        tdt = getattr(torch, np.dtype(dtype).name)
+    X = X.detach().to(device=device, dtype=tdt).contiguous()
+    step = max(1, _SCAN_ELEMENTS // X.shape[1])
+    for s in range(0, X.shape[0], step):
+        chunk = X[s : s + step]
+        finite = torch.isfinite(chunk)
+        if not bool(finite.all()):
+            r, c = (int(v) for v in torch.nonzero(~finite)[0])
+            v = float(chunk[r, c])
+            what = "NaN" if v != v else "infinity"
+            raise ValueError(
+                f"Input {param} contains {what}: {caller}argument {param} has "
+                f"{param}[{s + r}, {c}] = {v!r} at row {s + r}, column {c}; expected "
+                "finite values (NaN and inf are not allowed)."
+            )
+        if bool((chunk < 0).any()):
+            r, c = (int(v) for v in torch.nonzero(chunk < 0)[0])
+            raise ValueError(
+                f"Negative values in data passed to {caller}argument {param}: "
+                f"{param}[{s + r}, {c}] = {float(chunk[r, c])!r} at row {s + r}, "
+                f"column {c}; expected non-negative values (e.g. post-ReLU "
+                "activations or pixel intensities)."
+            )
+    return X
+
+
+def like_input(result, X):
+    """Give ``result`` (ndarray or tensor) the kind of the caller's input ``X``.
+
+    Torch tensors in, torch tensors out, on ``X``'s device; anything else in,
+    NumPy out (on the host).
+    """
+    if is_torch_tensor(X):
+        torch = _torch()
+        if is_torch_tensor(result):
+            return result.to(X.device)
+        return torch.from_numpy(np.ascontiguousarray(result)).to(X.device)
+    return to_numpy(result)

@@ -25,7 +25,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_array, check_random_state
 
 from . import _solvers
-from ._backend import resolve_device
+from ._backend import (
+    compute_tensor,
+    is_torch_tensor,
+    like_input,
+    numpy_dtype,
+    select_compute_device,
+)
 from ._validation import (
     Interval,
     StrOptions,
@@ -44,21 +50,36 @@ _SCORE_HOLDOUT = 0.5
 _SCORE_SEED = 0
 
 
-def _select_backend(device):
+def _select_backend(device, X=None):
     """The single dispatch point between the NumPy and the torch solvers.
 
-    Returns ``"numpy"``, or raises while the torch path is not written yet.
+    Returns ``None`` (the NumPy solvers) or the torch.device the same solver
+    functions run on (see :func:`sklearn_peek._backend.select_compute_device`:
+    ``device=None`` follows the data, torch tensors always take the torch path).
     """
-    if device is None or (isinstance(device, str) and device.strip().lower() == "cpu"):
-        return "numpy"
-    dev = resolve_device(device, param="device")
-    if dev is None:  # "auto" on a machine without GPU
-        return "numpy"
-    raise ValueError(
-        f"device={device!r} selects the torch path (torch device {dev}), which "
-        "CoupledNMF does not have yet (a later release adds it); use device=None "
-        "or 'cpu' for the NumPy solvers."
-    )
+    return select_compute_device(device, X, param="device")
+
+
+def _block_sums(X, slices, *, ord="fro"):
+    """Per-block squared norms (or sums) in float64, NumPy arrays or tensors."""
+    if not is_torch_tensor(X):
+        return column_block_sq_norms(X, slices, ord=ord)
+    col = _solvers.column_sums64(X, square=(ord == "fro"))
+    return np.array([col[sl].sum() for sl in slices])
+
+
+def _on(a, X):
+    """NumPy ``a`` moved next to ``X`` (a tensor) in X's dtype; else unchanged."""
+    if is_torch_tensor(X):
+        return _solvers._from_host(a, X)
+    return a
+
+
+def _host_array(a, dtype):
+    """A tensor or array as a NumPy array of ``dtype`` on the host."""
+    if is_torch_tensor(a):
+        a = a.detach().cpu().numpy()
+    return np.ascontiguousarray(a, dtype=dtype)
 
 
 class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -127,8 +148,18 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         Seeds the initialization. ``score`` uses a fixed column split seeded
         by ``random_state`` when it is an int, else by 0.
     device : None, "cpu", "auto", "cuda", "cuda:N" or torch.device, default=None
-        None and ``"cpu"``: NumPy. The torch (GPU) path comes in a later
-        release; until then other values raise a ValueError.
+        Where the solvers run (the same functions on NumPy arrays or torch
+        tensors: same math, initialization and stopping rule). None follows
+        the data: NumPy input runs in NumPy, a torch tensor on its own device.
+        ``"cpu"``: the CPU (NumPy, or torch on the CPU for tensor input).
+        ``"cuda"``, ``"cuda:N"``, a ``torch.device``: torch on that device
+        (ValueError when torch sees no such GPU). ``"auto"``: the first GPU
+        when torch sees one, else as ``"cpu"``, quietly. On a CUDA device
+        NumPy input is computed in float32 (``components_`` is then float32);
+        float64 torch tensors stay float64. TF32 matrix units are used only
+        if enabled globally in torch (off by default; see the GPU user
+        guide). Torch tensors in give torch tensors out (on the input's
+        device); ``components_`` and the other attributes are always NumPy.
     verbose : int, default=0
 
     Attributes
@@ -176,6 +207,15 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     (100, 3)
     >>> bool(model.score(X) > -0.01)  # held-out relative error below 1%
     True
+
+    The torch path (here on the CPU; ``device="cuda"`` for a GPU) runs the
+    same solvers; torch tensors in give torch tensors out:
+
+    >>> import torch
+    >>> W_t = CoupledNMF(3, blocks=[("pixels", 20), ("layer", 200)],
+    ...                  random_state=0).fit_transform(torch.from_numpy(X))
+    >>> type(W_t).__name__, bool(np.allclose(W_t.numpy(), W_hat))
+    ('Tensor', True)
     """
 
     _parameter_constraints: ClassVar[dict] = {
@@ -276,11 +316,17 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
         Returns
         -------
-        W : ndarray of shape (n_samples, n_components)
+        W : ndarray or torch.Tensor of shape (n_samples, n_components)
+            A torch tensor (on X's device) when X is one.
         """
-        backend = _select_backend(self.device)
-        X = self._validate_fit_input(X)
+        X_in = X
+        dev = _select_backend(self.device, X)
+        # Custom W, H are checked on the host (they are small) like arrays.
+        W = _host_array(W, None) if is_torch_tensor(W) else W
+        H = _host_array(H, None) if is_torch_tensor(H) else H
+        X = self._validate_fit_input(X, dev)
         n, p = X.shape
+        dt = numpy_dtype(X)
         names, slices = self._resolve_blocks(p)
         self.block_names_ = names
         self.block_slices_ = dict(zip(names, slices))
@@ -288,28 +334,28 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self._check_solver_loss(X)
         weights = self._resolve_weights(X, names, slices, kl)
         self.block_weights_ = weights
-        d = self._column_weights(weights, slices, p, X.dtype)
+        d = self._column_weights(weights, slices, p, dt)
 
         W0, H0, k = self._initialize(X, W, H, d, kl)
         l1_W, l1_H, l2_W, l2_H = self._regularization(n, p)
-
-        if backend == "numpy":
-            if kl:
-                xconst = _solvers.kl_xconst(X, d)
-                Wf, Hf, n_iter, info = _solvers.fit_mu(
-                    X, W0, H0, d, xnorm=xconst, beta_loss=self.beta_loss,
-                    l1_W=l1_W, l2_W=l2_W, l1_H=l1_H, l2_H=l2_H,
-                    max_iter=self.max_iter, tol=self.tol, verbose=self.verbose,
-                )  # fmt: skip
-            else:
-                sq = column_block_sq_norms(X, slices)
-                xnorm = float(sq @ weights)
-                solve = _solvers.fit_hals if self.solver == "hals" else _solvers.fit_mu
-                Wf, Hf, n_iter, info = solve(
-                    X, W0, H0, d, xnorm=xnorm,
-                    l1_W=l1_W, l2_W=l2_W, l1_H=l1_H, l2_H=l2_H,
-                    max_iter=self.max_iter, tol=self.tol, verbose=self.verbose,
-                )  # fmt: skip
+        # The NumPy and the torch path are the same solver functions: only the
+        # array type differs (the small factors move next to X here).
+        W0, H0, d = _on(W0, X), _on(H0, X), _on(d, X)
+        if kl:
+            xconst = _solvers.kl_xconst(X, d)
+            Wf, Hf, n_iter, info = _solvers.fit_mu(
+                X, W0, H0, d, xnorm=xconst, beta_loss=self.beta_loss,
+                l1_W=l1_W, l2_W=l2_W, l1_H=l1_H, l2_H=l2_H,
+                max_iter=self.max_iter, tol=self.tol, verbose=self.verbose,
+            )  # fmt: skip
+        else:
+            xnorm = float(_block_sums(X, slices) @ weights)
+            solve = _solvers.fit_hals if self.solver == "hals" else _solvers.fit_mu
+            Wf, Hf, n_iter, info = solve(
+                X, W0, H0, d, xnorm=xnorm,
+                l1_W=l1_W, l2_W=l2_W, l1_H=l1_H, l2_H=l2_H,
+                max_iter=self.max_iter, tol=self.tol, verbose=self.verbose,
+            )  # fmt: skip
         if not info["converged"]:
             warnings.warn(
                 f"CoupledNMF: maximum number of iterations max_iter={self.max_iter} "
@@ -318,12 +364,12 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        self.components_ = Hf
+        self._set_errors(X, Wf, Hf, slices, weights, kl)
+        self.components_ = _host_array(Hf, dt)
         self.n_components_ = k
         self.n_iter_ = n_iter
         self._objective = info["objective"][-1]
-        self._set_errors(X, Wf, Hf, slices, weights, kl)
-        return Wf
+        return like_input(Wf, X_in)
 
     def transform(self, X, blocks=None):
         """Place new samples in the latent space: W for X with H fixed.
@@ -341,11 +387,14 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
         Returns
         -------
-        W : ndarray of shape (n_samples, n_components)
+        W : ndarray or torch.Tensor of shape (n_samples, n_components)
+            A torch tensor (on X's device) when X is one.
         """
         check_is_fitted(self)
+        X_in = X
         X, cols, d = self._validate_transform_input(X, blocks)
-        return self._solve_w(X, self.components_[:, cols], d)
+        W = self._solve_w(X, self.components_[:, cols], d)
+        return like_input(W, X_in)
 
     def inverse_transform(self, X):
         """Reconstruct all blocks from W: ``W @ components_``.
@@ -357,9 +406,19 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
         Returns
         -------
-        X_rec : ndarray of shape (n_samples, n_features_in_)
+        X_rec : ndarray or torch.Tensor of shape (n_samples, n_features_in_)
+            A torch tensor on W's device when W is one.
         """
         check_is_fitted(self)
+        if is_torch_tensor(X):
+            if X.dim() != 2 or X.shape[1] != self.n_components_:
+                raise ValueError(
+                    f"inverse_transform: argument X (the sample factor W) has shape "
+                    f"{tuple(X.shape)}; expected (n_samples, n_components_="
+                    f"{self.n_components_})."
+                )
+            H = _solvers._t().from_numpy(self.components_).to(X.device)
+            return X.to(H.dtype) @ H
         W = check_array(X, dtype=[np.float64, np.float32])
         if W.shape[1] != self.n_components_:
             raise ValueError(
@@ -406,21 +465,25 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         if held_out.size == 0:
             held_in = held_out = np.arange(X.shape[1])
         H = self.components_
-        X_in = X[:, held_in]
-        X_out = X[:, held_out]
+        if is_torch_tensor(X):
+            idx_in = _solvers._t().as_tensor(held_in, device=X.device)
+            idx_out = _solvers._t().as_tensor(held_out, device=X.device)
+        else:
+            idx_in, idx_out = held_in, held_out
+        X_in = X[:, idx_in]
+        X_out = X[:, idx_out]
         if sp.issparse(X_out):
             X_out = X_out.toarray()
         W = self._solve_w(X_in, H[:, held_in], d[held_in])
-        pred = W @ H[:, held_out]
+        H_out = _on(H[:, held_out], X)
         d_out = d[held_out].astype(np.float64)
         if kl:
-            num = float(_solvers.kl_column_divergence(X_out, W, H[:, held_out]) @ d_out)
-            den = float(X_out.sum(axis=0, dtype=np.float64) @ d_out)
+            num = float(_solvers.kl_column_divergence(X_out, W, H_out) @ d_out)
+            den = float(_solvers.column_sums64(X_out, square=False) @ d_out)
         else:
-            resid = (X_out - pred).astype(np.float64)
-            num = float((resid * resid).sum(axis=0) @ d_out)
-            Xo = X_out.astype(np.float64)
-            den = float((Xo * Xo).sum(axis=0) @ d_out)
+            resid = X_out - W @ H_out
+            num = float(_solvers.column_sums64(resid) @ d_out)
+            den = float(_solvers.column_sums64(X_out) @ d_out)
         return -num / den if den > 0 else -num
 
     def block_components(self, name):
@@ -440,7 +503,21 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         return self.components_[:, self._block_slice(name, "name")]
 
     # ---------------------------------------------------------------- helpers
-    def _validate_fit_input(self, X):
+    def _validate_fit_input(self, X, dev=None):
+        where = f"{type(self).__name__}.fit"
+        if is_torch_tensor(X):
+            X = compute_tensor(X, dev, where=where)
+            # What validate_data(reset=True) records for arrays without names.
+            self.n_features_in_ = int(X.shape[1])
+            self.__dict__.pop("feature_names_in_", None)
+            return X
+        if dev is not None and sp.issparse(X):
+            raise ValueError(
+                f"{where}: argument X is a scipy sparse matrix of shape {X.shape}, "
+                f"but device={self.device!r} runs the torch solvers on {dev}, which "
+                "take dense data; expected a dense array (X.toarray()) or "
+                "device=None for the NumPy solvers (which accept sparse X)."
+            )
         X = validate_data(
             self,
             X,
@@ -450,7 +527,9 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             ensure_min_features=1,
             reset=True,
         )
-        check_finite_nonneg(X, name="X", where=f"{type(self).__name__}.fit")
+        check_finite_nonneg(X, name="X", where=where)
+        if dev is not None:
+            X = compute_tensor(X, dev, where=where)
         return X
 
     def _check_solver_loss(self, X):
@@ -555,7 +634,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         if isinstance(bw, str) and bw == "none":
             return np.ones(len(names))
         if isinstance(bw, str) and bw == "norm":
-            size = column_block_sq_norms(X, slices, ord="sum" if kl else "fro")
+            size = _block_sums(X, slices, ord="sum" if kl else "fro")
             zero = [nm for nm, s in zip(names, size) if not s > 0]
             if zero:
                 raise ValueError(
@@ -584,7 +663,9 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         return l1_W, l1_H, l2_W, l2_H
 
     def _initialize(self, X, W, H, d, kl):
+        """W0, H0 as NumPy arrays of X's dtype (moved to X's device by the caller)."""
         n, p = X.shape
+        dt = numpy_dtype(X)
         k = self.n_components
         init = self.init
         if init == "custom":
@@ -594,15 +675,16 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                     f"W={'None' if W is None else 'an array'}, "
                     f"H={'None' if H is None else 'an array'}."
                 )
-            H = np.array(check_array(H, dtype=[np.float64, np.float32]), dtype=X.dtype)
-            W = np.array(check_array(W, dtype=[np.float64, np.float32]), dtype=X.dtype)
+            H = np.array(check_array(H, dtype=[np.float64, np.float32]), dtype=dt)
+            W = np.array(check_array(W, dtype=[np.float64, np.float32]), dtype=dt)
             if k is None:
                 k = H.shape[0]
             for nm, arr, shape in (("H", H, (k, p)), ("W", W, (n, k))):
                 if arr.shape != shape:
                     raise ValueError(
                         f"init='custom': argument {nm} has shape {arr.shape}; "
-                        f"expected {shape} (n_components={k}, X of shape {X.shape})."
+                        f"expected {shape} (n_components={k}, X of shape "
+                        f"{tuple(X.shape)})."
                     )
                 check_finite_nonneg(arr, name=nm, where="CoupledNMF.fit_transform")
             return W, H, k
@@ -619,25 +701,31 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             init = "nndsvda" if k <= min(n, p) else "random"
         rng = check_random_state(self.random_state)
         beta = 1.0 if kl else 2.0
-        s = (d.astype(np.float64) ** (1.0 / beta)).astype(X.dtype)
+        s = (d.astype(np.float64) ** (1.0 / beta)).astype(dt)
         # Mean of the weighted matrix Y = X * s, without forming it.
-        col_sums = np.asarray(X.sum(axis=0, dtype=np.float64)).ravel()
+        if is_torch_tensor(X):
+            col_sums = _solvers.column_sums64(X, square=False)
+        else:
+            col_sums = np.asarray(X.sum(axis=0, dtype=np.float64)).ravel()
         y_mean = float(col_sums @ s.astype(np.float64)) / (n * p)
         passive = s == 0
         if init == "random":
             avg = np.sqrt(y_mean / k)
-            H0 = np.abs(avg * rng.standard_normal(size=(k, p))).astype(X.dtype)
-            W0 = np.abs(avg * rng.standard_normal(size=(n, k))).astype(X.dtype)
+            H0 = np.abs(avg * rng.standard_normal(size=(k, p))).astype(dt)
+            W0 = np.abs(avg * rng.standard_normal(size=(n, k))).astype(dt)
         else:
             if k > min(n, p):
                 raise ValueError(
                     f"n_components={k} is larger than min(n_samples, n_features)="
-                    f"{min(n, p)} (X has shape {X.shape}); init={init!r} needs "
+                    f"{min(n, p)} (X has shape {tuple(X.shape)}); init={init!r} needs "
                     "n_components <= min(n_samples, n_features). Use a smaller "
                     "n_components or init='random'."
                 )
-            U, S, Vt = _solvers.randomized_svd_weighted(X, s, k, rng)
-            W0, H0 = _solvers.nndsvd(U.astype(X.dtype), S, Vt.astype(X.dtype))
+            # The sketch runs where X is (torch: on its device); the small
+            # factors come back to the host for the NNDSVD bookkeeping.
+            U, S, Vt = _solvers.randomized_svd_weighted(X, _on(s, X), k, rng)
+            S = _host_array(S, numpy_dtype(S))
+            W0, H0 = _solvers.nndsvd(_host_array(U, dt), S, _host_array(Vt, dt))
             if init == "nndsvda":
                 W0[W0 == 0] = y_mean
                 H0[H0 == 0] = y_mean
@@ -650,8 +738,8 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         active = ~passive
         H0[:, active] /= s[active]
         if passive.any():
-            H0[:, passive] = max(y_mean, np.finfo(X.dtype).tiny)
-        return W0.astype(X.dtype, copy=False), H0.astype(X.dtype, copy=False), k
+            H0[:, passive] = max(y_mean, np.finfo(dt).tiny)
+        return W0.astype(dt, copy=False), H0.astype(dt, copy=False), k
 
     def _set_errors(self, X, W, H, slices, weights, kl):
         errs = {}
@@ -662,8 +750,8 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 errs[nm] = float(np.sqrt(2.0 * max(v, 0.0)))
             total = float(np.sqrt(2.0 * max(per_block @ weights, 0.0)))
         else:
-            sq = column_block_sq_norms(X, slices)
-            WtW = (W.T @ W).astype(np.float64)
+            sq = _block_sums(X, slices)
+            WtW = _solvers._to64(W.T @ W)
             per_block = np.empty(len(slices))
             for i, sl in enumerate(slices):
                 Hb = H[:, sl]
@@ -671,8 +759,8 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                     XbHt = np.asarray(X[:, sl] @ Hb.T)
                 else:
                     XbHt = X[:, sl] @ Hb.T
-                lin = float(np.sum(W * XbHt, dtype=np.float64))
-                quad = float(np.sum(WtW * (Hb @ Hb.T), dtype=np.float64))
+                lin = _solvers._sum64(W * XbHt)
+                quad = _solvers._sum64(WtW * _solvers._to64(Hb @ Hb.T))
                 per_block[i] = max(sq[i] - 2.0 * lin + quad, 0.0)
             for nm, v in zip(self.block_names_, per_block):
                 errs[nm] = float(np.sqrt(v))
@@ -691,7 +779,26 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         return self.block_slices_[name]
 
     def _validate_transform_input(self, X, blocks):
-        """Return (X array, model column indices it holds, column weights)."""
+        """Return (X array, model column indices it holds, column weights).
+
+        X comes back as a tensor on the compute device when the torch path is
+        selected (see ``_select_backend``), else as a NumPy array; the column
+        weights are NumPy.
+        """
+        dev = _select_backend(self.device, X)
+        X, cols, d = self._validate_transform_host(X, blocks)
+        if dev is not None:
+            where = f"{type(self).__name__}.transform"
+            if sp.issparse(X):
+                raise ValueError(
+                    f"{where}: argument X is a scipy sparse matrix, but device="
+                    f"{self.device!r} runs the torch solvers on {dev}, which take "
+                    "dense data; expected a dense array (X.toarray())."
+                )
+            X = compute_tensor(X, dev, dtype=self.components_.dtype, where=where)
+        return X, cols, d
+
+    def _validate_transform_host(self, X, blocks):
         p = self.n_features_in_
         weights = self.block_weights_
         dtype = self.components_.dtype
@@ -710,6 +817,22 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 raise ValueError(f"blocks={blocks!r} repeats a block; expected unique.")
         elif hasattr(X, "columns") and hasattr(self, "feature_names_in_"):
             subset = self._blocks_of_frame(X)
+        if is_torch_tensor(X):
+            # Checked (finite, non-negative) when moved to the compute device.
+            cols = np.arange(p)
+            if subset is not None:
+                cols = np.concatenate([cols[self.block_slices_[nm]] for nm in subset])
+            if X.dim() != 2 or X.shape[1] != cols.size:
+                what = f"blocks={subset}" if subset is not None else type(self).__name__
+                raise ValueError(
+                    f"transform: argument X has shape {tuple(X.shape)}, but {what} "
+                    f"expects {cols.size} features; expected a 2-D tensor with "
+                    f"{cols.size} columns."
+                )
+            d = d_full[cols]
+            if not (d > 0).any():
+                d = np.ones_like(d)
+            return X, cols, d
         if subset is None:
             X = validate_data(
                 self,
@@ -782,6 +905,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         return covered
 
     def _solve_w(self, X, H, d):
+        H, d = _on(H, X), _on(d, X)
         n = X.shape[0]
         l1_W, _, l2_W, _ = self._regularization(n, self.n_features_in_)
         if self.beta_loss == "kullback-leibler":

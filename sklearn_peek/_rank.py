@@ -27,6 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from sklearn_peek import _criteria
+from sklearn_peek._backend import resolve_device
 
 _CRITERIA = ("bcv", "elbow", "energy", "stability")
 _COUPLINGS = ("input", "none", "all")
@@ -404,9 +405,13 @@ class RankQualityScorer(BaseEstimator):
     n_jobs : int or None, default=None
         Number of joblib workers; None defers to the active
         ``joblib.parallel_config`` (one worker outside of one).
-    device : None or str, default=None
+    device : None, str or torch.device, default=None
         Passed to every CoupledNMF and, when the scorer is called on an
-        estimator, to the extractor it builds.
+        estimator, to the extractor it builds. When it selects a torch
+        device (``"cuda"``, ``"cuda:N"``, ``"auto"`` with a GPU, a
+        ``torch.device``), the fits run in this process one after the other,
+        whatever ``n_jobs`` and the joblib backend say: one CUDA context
+        instead of one per worker.
     random_state : int, RandomState or None, default=None
         Seeds the row folds, the column groups, and every fit.
     verbose : int, default=0
@@ -877,9 +882,13 @@ class RankQualityScorer(BaseEstimator):
 
         # heaviest first: better load balance, same results
         order = sorted(range(len(tasks)), key=lambda i: -tasks[i][1])
-        outputs = Parallel(n_jobs=self.n_jobs, verbose=self.verbose)(
-            tasks[i][2] for i in order
-        )
+        if resolve_device(self.device) is not None:
+            # A torch device: every fit in this process, one after the other
+            # (one CUDA context; process workers would each start their own).
+            parallel = Parallel(n_jobs=1, backend="threading", verbose=self.verbose)
+        else:
+            parallel = Parallel(n_jobs=self.n_jobs, verbose=self.verbose)
+        outputs = parallel(tasks[i][2] for i in order)
         results = {tasks[i][0]: out for i, out in zip(order, outputs)}
         self.n_tasks_ = len(tasks)
         self._collect(results, layer_cols, ranks, blocks)

@@ -17,11 +17,17 @@ The column weights are never applied to ``X`` itself (that would copy it and,
 for float32 data, might upcast it): they are folded into the small factor,
 ``X @ (d * H).T`` instead of ``(X * d) @ H.T``.
 
-Porting notes: the solver bodies use only operations that torch tensors also
-support (``@``, ``.T``, elementwise arithmetic, ``.sum``, indexing). The few
-that are spelled differently live in the tiny helpers at the top of this
-module (``_relu_``, ``_to_float``, ``_pinv``, ``_qr``, ...) and the two
-products with ``X`` (``_h_xt`` and ``_w_x``), which also hide scipy sparse.
+One implementation for NumPy and torch: the solver bodies use only
+operations that torch tensors also support (``@``, ``.T``, elementwise
+arithmetic, ``.sum``, indexing). The few that are spelled differently live in
+the tiny helpers at the top of this module (``_relu_``, ``_to_float``,
+``_pinv``, ``_qr``, ...) and the two products with ``X`` (``_h_xt`` and
+``_w_x``, which also hide scipy sparse). Every helper looks at the type of
+its array argument: NumPy arrays take the NumPy branch, torch tensors the
+torch branch (on the tensor's device and dtype). So the very same solver
+functions run on either, with the same math, the same order of updates and
+the same stopping rule; the objective is always accumulated in float64 on the
+host as a Python float. torch is imported only when a tensor arrives.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ EPSILON = float(np.finfo(np.float32).eps)
 # Rows per chunk for the Kullback-Leibler updates and the explicit residual:
 # bounds the temporaries to about 1 MiB whatever the size of X.
 _KL_CHUNK_ELEMENTS = 1 << 18
+# The same on torch devices: larger, since every chunk costs a few kernel
+# launches (64 MiB float32 temporaries; a GPU has the memory for them).
+_TORCH_CHUNK_ELEMENTS = 1 << 24
 
 # Accelerated HALS (Gillis & Glineur, 2012): after each expensive product with
 # X, repeat the cheap coordinate sweeps on the same factor while they still
@@ -46,64 +55,227 @@ _INNER_MAX = 10
 
 
 # ---------------------------------------------------------------- tiny helpers
+_TORCH = None
+
+
+def _t():
+    """The torch module (imported on first use: the NumPy path never needs it)."""
+    global _TORCH
+    if _TORCH is None:
+        import torch
+
+        _TORCH = torch
+    return _TORCH
+
+
+def _np(a):
+    """True for NumPy arrays (and scipy sparse): the NumPy branch of a helper."""
+    return isinstance(a, np.ndarray) or sp.issparse(a)
+
+
 def _relu_(a):
-    """max(a, 0) in place (torch: ``a.clamp_(min=0)``)."""
-    np.maximum(a, a.dtype.type(0), out=a)
-    return a
+    """max(a, 0) in place."""
+    if _np(a):
+        np.maximum(a, a.dtype.type(0), out=a)
+        return a
+    return a.clamp_(min=0)
 
 
 def _floor_(a, value):
-    """max(a, value) in place (torch: ``a.clamp_(min=value)``)."""
-    np.maximum(a, value, out=a)
-    return a
+    """max(a, value) in place."""
+    if _np(a):
+        np.maximum(a, value, out=a)
+        return a
+    return a.clamp_(min=value)
 
 
 def _diag_list(G):
     """Diagonal of a small square matrix as Python floats."""
-    return [float(v) for v in np.diagonal(G)]
+    if _np(G):
+        return [float(v) for v in np.diagonal(G)]
+    return G.diagonal().tolist()
 
 
 def _zero_diag(G):
-    """Copy of G with a zero diagonal (torch: ``G - torch.diag(G.diag())``)."""
-    Gz = G.copy()
-    np.fill_diagonal(Gz, 0)
-    return Gz
+    """Copy of G with a zero diagonal."""
+    if _np(G):
+        Gz = G.copy()
+        np.fill_diagonal(Gz, 0)
+        return Gz
+    return G.clone().fill_diagonal_(0)
 
 
-def _inv_or_zero(diag, l2, dtype):
-    """1 / (diag + l2) as an array, 0 where diag == 0 (diag: list of floats)."""
-    return np.array([1.0 / (g + l2) if g > 0 else 0.0 for g in diag], dtype=dtype)
+def _inv_or_zero(diag, l2, like):
+    """1 / (diag + l2) as an array like ``like``, 0 where diag == 0."""
+    vals = [1.0 / (g + l2) if g > 0 else 0.0 for g in diag]
+    if _np(like):
+        return np.array(vals, dtype=like.dtype)
+    return _t().tensor(vals, dtype=like.dtype, device=like.device)
 
 
 def _sub_relu_into(a, b, out):
-    """out[...] = max(a - b, 0), using b as scratch (torch: ``clamp(min=0)``)."""
-    np.subtract(a, b, out=b)
-    np.maximum(b, b.dtype.type(0), out=out)
+    """out[...] = max(a - b, 0), using b as scratch."""
+    if _np(b):
+        np.subtract(a, b, out=b)
+        np.maximum(b, b.dtype.type(0), out=out)
+    else:
+        torch = _t()
+        torch.sub(a, b, out=b)
+        torch.clamp(b, min=0, out=out)
 
 
 def _is_zero(x):
     """True when a penalty (scalar or vector) is exactly zero everywhere."""
     if np.ndim(x) == 0:
-        return x == 0
-    return not np.any(x)
+        return bool(x == 0)
+    if _np(x):
+        return not np.any(x)
+    return not bool(x.any())
 
 
 def _to_float(x):
-    """A 0-d array / tensor as a Python float (torch: ``x.item()``)."""
+    """A 0-d array / tensor as a Python float."""
     return float(x)
 
 
 def _sum64(a):
-    """Sum of all entries, accumulated in float64."""
-    return float(np.sum(a, dtype=np.float64))
+    """Sum of all entries, accumulated in float64, as a Python float."""
+    if _np(a):
+        return float(np.sum(a, dtype=np.float64))
+    return float(a.sum(dtype=_t().float64))
 
 
 def _pinv(a):
-    return np.linalg.pinv(a)
+    if _np(a):
+        return np.linalg.pinv(a)
+    return _t().linalg.pinv(a)
 
 
 def _qr(a):
-    return np.linalg.qr(a)[0]
+    if _np(a):
+        return np.linalg.qr(a)[0]
+    return _t().linalg.qr(a)[0]
+
+
+def _svd(a):
+    if _np(a):
+        return np.linalg.svd(a, full_matrices=False)
+    return _t().linalg.svd(a, full_matrices=False)
+
+
+def _copy(a):
+    """A C-contiguous copy."""
+    if _np(a):
+        return np.array(a, order="C", copy=True)
+    return a.clone(memory_format=_t().contiguous_format)
+
+
+def _contig(a):
+    if _np(a):
+        return np.ascontiguousarray(a)
+    return a.contiguous()
+
+
+def _eps(a):
+    """Machine epsilon of a's dtype, as a Python float."""
+    if _np(a):
+        return float(np.finfo(a.dtype).eps)
+    return float(_t().finfo(a.dtype).eps)
+
+
+def _tiny(a):
+    if _np(a):
+        return float(np.finfo(a.dtype).tiny)
+    return float(_t().finfo(a.dtype).tiny)
+
+
+def _cast(a, like):
+    """``a`` with the dtype of ``like`` (no copy when it already has it)."""
+    if _np(a):
+        return a.astype(like.dtype, copy=False)
+    return a.to(dtype=like.dtype)
+
+
+def _to64(a):
+    if _np(a):
+        return a.astype(np.float64)
+    return a.to(dtype=_t().float64)
+
+
+def _from_host(a, like):
+    """A NumPy array moved next to ``like`` (same kind, device and dtype)."""
+    if _np(like):
+        return np.asarray(a).astype(like.dtype, copy=False)
+    return _t().as_tensor(np.asarray(a), device=like.device).to(dtype=like.dtype)
+
+
+def _host(a):
+    """A float64 NumPy copy of a small array or tensor."""
+    if _np(a):
+        return np.asarray(a, dtype=np.float64)
+    return a.detach().to(device="cpu", dtype=_t().float64).numpy()
+
+
+def _zeros(shape, like, *, float64=False):
+    if _np(like):
+        return np.zeros(shape, dtype=np.float64 if float64 else like.dtype)
+    torch = _t()
+    return torch.zeros(
+        shape, dtype=torch.float64 if float64 else like.dtype, device=like.device
+    )
+
+
+def _full(shape, value, like):
+    if _np(like):
+        return np.full(shape, value, dtype=like.dtype)
+    return _t().full(shape, value, dtype=like.dtype, device=like.device)
+
+
+def _true(n, like):
+    """A boolean vector of n True values next to ``like``."""
+    if _np(like):
+        return np.ones(n, dtype=bool)
+    return _t().ones(n, dtype=_t().bool, device=like.device)
+
+
+def _where(cond, a, b):
+    if _np(cond):
+        return np.where(cond, a, b)
+    return _t().where(cond, a, b)
+
+
+def _clamp_min(a, value):
+    """max(a, value) in a new array."""
+    if _np(a):
+        return np.maximum(a, value)
+    return a.clamp(min=value)
+
+
+def _log(a):
+    if _np(a):
+        return np.log(a)
+    return a.log()
+
+
+def _empty_like(a):
+    if _np(a):
+        return np.empty_like(a)
+    return _t().empty_like(a)
+
+
+def _zeros_like(a):
+    if _np(a):
+        return np.zeros_like(a)
+    return _t().zeros_like(a)
+
+
+def _div_into(a, b):
+    """b[...] = a / b."""
+    if _np(b):
+        np.divide(a, b, out=b)
+    else:
+        _t().div(a, b, out=b)
+    return b
 
 
 def _h_xt(A, X):
@@ -112,12 +284,26 @@ def _h_xt(A, X):
     Written as ``(X @ A.T).T``: with a C-ordered X this is the faster BLAS
     call (about 1.5x in float32 with OpenBLAS).
     """
-    return np.ascontiguousarray((X @ A.T).T)
+    if _np(A):
+        return np.ascontiguousarray((X @ A.T).T)
+    return (X @ A.T).T.contiguous()
 
 
 def _w_x(Wt, X):
     """``Wt @ X`` (Wt: r x n) -> r x p, without copying X."""
-    return np.ascontiguousarray((X.T @ Wt.T).T)
+    if _np(Wt):
+        return np.ascontiguousarray((X.T @ Wt.T).T)
+    return (X.T @ Wt.T).T.contiguous()
+
+
+def column_sums64(X, *, square=True):
+    """Per-column sums of squares (or sums), float64 NumPy, chunked over rows."""
+    n, p = X.shape
+    col = _zeros(p, X, float64=True)
+    for s, e in _row_steps(n, p, X):
+        c = _to64(X[s:e])
+        col += (c * c).sum(axis=0) if square else c.sum(axis=0)
+    return _host(col)
 
 
 def _sq_norm_rows(X):
@@ -148,9 +334,10 @@ def _h_penalties(d, l1_H, l2_H):
     if l1_H == 0 and l2_H == 0:
         return 0.0, 0.0
     active = d > 0
-    safe = np.where(active, d, 1)
-    l1v = np.where(active, l1_H / safe, 0).astype(d.dtype)
-    l2v = np.where(active, l2_H / safe, 0).astype(d.dtype)
+    safe = _where(active, d, _full(d.shape, 1.0, d))
+    zero = _zeros(d.shape, d)
+    l1v = _cast(_where(active, l1_H / safe, zero), d)
+    l2v = _cast(_where(active, l2_H / safe, zero), d)
     return (l1v if l1_H else 0.0), (l2v if l2_H else 0.0)
 
 
@@ -161,7 +348,7 @@ def _penalty(Wt, H, d, l1_W, l2_W, l1_H, l2_H):
     if l2_W:
         pen += 0.5 * l2_W * _sum64(Wt * Wt)
     if l1_H or l2_H:
-        active = (d > 0).astype(H.dtype)
+        active = _cast(d > 0, H)
         if l1_H:
             pen += l1_H * _sum64(H @ active)
         if l2_H:
@@ -178,7 +365,7 @@ def _frob_data(X, Wt, H, d, xnorm, lin, quad, tol):
     is good; then the residual is computed explicitly, in row chunks.
     """
     data = 0.5 * (xnorm - 2.0 * lin + quad)
-    eps = float(np.finfo(H.dtype).eps)
+    eps = _eps(H)
     if tol > 0 and data * tol < 10.0 * eps * xnorm:
         return _frob_data_exact(X, Wt, H, d)
     return max(data, 0.0)
@@ -187,7 +374,7 @@ def _frob_data(X, Wt, H, d, xnorm, lin, quad, tol):
 def _frob_data_exact(X, Wt, H, d):
     n, p = X.shape
     total = 0.0
-    for s, e in _row_steps(n, p):
+    for s, e in _row_steps(n, p, X):
         Xc = X[s:e]
         if sp.issparse(Xc):
             Xc = Xc.toarray()
@@ -209,7 +396,7 @@ def _hals_sweep(A, num, G, l1, l2, track=True):
     ``track`` is False).
     """
     diag = _diag_list(G)
-    old = A.copy() if track else None
+    old = _copy(A) if track else None
     has_l1 = not _is_zero(l1)
     has_pen = has_l1 or not _is_zero(l2)
     if np.ndim(l2) == 0:
@@ -217,7 +404,7 @@ def _hals_sweep(A, num, G, l1, l2, track=True):
         # / (G[t, t] + l2)). Scaling num and the off-diagonal of G once per
         # sweep leaves three array operations per row: this loop is pure
         # Python overhead on small problems.
-        inv = _inv_or_zero(diag, float(l2), G.dtype)
+        inv = _inv_or_zero(diag, float(l2), G)
         Gs = _zero_diag(G) * inv[:, None]
         num_s = (num - l1) * inv[:, None] if has_l1 else num * inv[:, None]
         for t in range(A.shape[0]):
@@ -335,8 +522,8 @@ def fit_hals(
     """
     n, p = X.shape
     r = H.shape[0]
-    Wt = np.array(W.T, order="C", copy=True)
-    H = np.array(H, order="C", copy=True)
+    Wt = _copy(W.T)
+    H = _copy(H)
     l1v, l2v = _h_penalties(d, l1_H, l2_H)
     sw_W = _inner_sweeps(n, p, r) if inner else 1
     sw_H = _inner_sweeps(p, n, r) if inner else 1
@@ -353,7 +540,7 @@ def fit_hals(
     history = [obj]
     # An exact fit converges geometrically to 0, so its relative decrease never
     # drops below tol: reaching the rounding level of the data also stops.
-    floor = 10.0 * float(np.finfo(H.dtype).eps) * xnorm
+    floor = 10.0 * _eps(H) * xnorm
     converged = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
@@ -380,7 +567,7 @@ def fit_hals(
             converged = True
             break
     return (
-        np.ascontiguousarray(Wt.T),
+        _contig(Wt.T),
         H,
         n_iter,
         {
@@ -421,8 +608,8 @@ def fit_mu(
     kl = beta_loss == "kullback-leibler"
     if kl and sp.issparse(X):
         raise ValueError("beta_loss='kullback-leibler' needs a dense X.")
-    W = np.array(W, order="C", copy=True)
-    H = np.array(H, order="C", copy=True)
+    W = _copy(W)
+    H = _copy(H)
     l1v, l2v = _h_penalties(d, l1_H, l2_H)
 
     def pen():
@@ -466,9 +653,9 @@ def fit_mu(
                 WtW = W.T @ W
                 num = _w_x(W.T, X)
                 den = WtW @ H
-            if np.any(l1v):
+            if not _is_zero(l1v):
                 den += l1v
-            if np.any(l2v):
+            if not _is_zero(l2v):
                 den += l2v * H
             _floor_(den, EPSILON)
             H *= num / den
@@ -480,7 +667,7 @@ def fit_mu(
             history.append(obj)
             if verbose:
                 print(f"CoupledNMF[mu] iteration {n_iter}: objective {obj:.6g}")
-            floor = 0.0 if kl else 10.0 * float(np.finfo(H.dtype).eps) * xnorm
+            floor = 0.0 if kl else 10.0 * _eps(H) * xnorm
             if tol > 0 and (
                 last_checked - obj <= tol * max(last_checked, 1e-300) or obj <= floor
             ):
@@ -491,8 +678,10 @@ def fit_mu(
 
 
 # ----------------------------------------------------------- KL helpers (MU)
-def _row_steps(n, p):
-    step = max(1, _KL_CHUNK_ELEMENTS // max(1, p))
+def _row_steps(n, p, like=None):
+    """Row ranges of about _KL_CHUNK_ELEMENTS entries (torch: _TORCH_CHUNK_ELEMENTS)."""
+    size = _KL_CHUNK_ELEMENTS if like is None or _np(like) else _TORCH_CHUNK_ELEMENTS
+    step = max(1, size // max(1, p))
     return [(s, min(n, s + step)) for s in range(0, n, step)]
 
 
@@ -504,13 +693,13 @@ def _kl_ratio_products(X, W, H, Hd, *, want):
     """
     n, p = X.shape
     if want == "W":
-        out = np.empty_like(W)
+        out = _empty_like(W)
     else:
-        out = np.zeros_like(H)
-    for s, e in _row_steps(n, p):
+        out = _zeros_like(H)
+    for s, e in _row_steps(n, p, X):
         R = W[s:e] @ H
         _floor_(R, EPSILON)
-        np.divide(X[s:e], R, out=R)
+        _div_into(X[s:e], R)
         if want == "W":
             out[s:e] = R @ Hd.T
         else:
@@ -521,39 +710,38 @@ def _kl_ratio_products(X, W, H, Hd, *, want):
 def kl_xconst(X, d):
     """``sum_j d_j sum_i (x log x - x)`` (0 log 0 = 0), float64, chunked."""
     n, p = X.shape
-    col = np.zeros(p)
-    for s, e in _row_steps(n, p):
-        c = X[s:e].astype(np.float64)
-        pos = c > 0
-        lg = np.log(np.where(pos, c, 1.0))
+    col = _zeros(p, X, float64=True)
+    for s, e in _row_steps(n, p, X):
+        c = _to64(X[s:e])
+        lg = _log(_where(c > 0, c, _full(c.shape, 1.0, c)))
         col += (c * lg - c).sum(axis=0)
-    return float(col @ d.astype(np.float64))
+    return float(col @ _to64(d))
 
 
 def kl_column_divergence(X, W, H):
     """Generalized KL divergence of every column, ``sum_i d(x_ij | (WH)_ij)``."""
     n, p = X.shape
-    col = np.zeros(p)
-    for s, e in _row_steps(n, p):
-        c = X[s:e].astype(np.float64)
-        y = (W[s:e] @ H).astype(np.float64)
-        np.maximum(y, EPSILON, out=y)
+    col = _zeros(p, X, float64=True)
+    for s, e in _row_steps(n, p, X):
+        c = _to64(X[s:e])
+        y = _floor_(_to64(W[s:e] @ H), EPSILON)
         pos = c > 0
-        term = np.where(pos, c * np.log(np.where(pos, c, 1.0) / y), 0.0)
+        one = _full(c.shape, 1.0, c)
+        term = _where(pos, c * _log(_where(pos, c, one) / y), _zeros_like(c))
         col += (term - c + y).sum(axis=0)
-    return col
+    return _host(col)
 
 
 def _kl_objective(X, W, H, d, xconst):
     """Weighted generalized KL divergence, using the precomputed constant."""
     n, p = X.shape
     total = xconst
-    for s, e in _row_steps(n, p):
+    for s, e in _row_steps(n, p, X):
         y = W[s:e] @ H
         _floor_(y, EPSILON)
         c = X[s:e]
         # sum d_j (-x log y + y)
-        total += _sum64((np.log(y) * (-c) + y) @ d)
+        total += _sum64((_log(y) * (-c) + y) @ d)
     return max(total, 0.0)
 
 
@@ -573,31 +761,31 @@ def solve_w(X, H, d, *, l1_W=0.0, l2_W=0.0, max_iter=200, tol=1e-4):
     G = Hd @ H.T
     num = _h_xt(Hd, X)  # r x n
     if n == 0:
-        return np.zeros((0, r), dtype=H.dtype), 0
+        return _zeros((0, r), H), 0
     # Start from the projected unconstrained least-squares solution.
-    Wt = _relu_((_pinv(G.astype(np.float64)) @ num.astype(np.float64)).astype(H.dtype))
-    active = np.ones(n, dtype=bool)
+    Wt = _relu_(_cast(_pinv(_to64(G)) @ _to64(num), H))
+    active = _true(n, Wt)
     sweeps = 0
     for sweeps in range(1, max_iter + 1):  # noqa: B007
-        old = Wt.copy()
+        old = _copy(Wt)
         _hals_sweep(Wt, num, G, l1_W, l2_W)
         diff = ((Wt - old) ** 2).sum(axis=0)
         size = (Wt * Wt).sum(axis=0)
         # Frozen rows keep their previous value: their result is final.
-        Wt = np.where(active[None, :], Wt, old)
-        active &= diff > (tol * tol) * np.maximum(size, np.finfo(Wt.dtype).tiny)
+        Wt = _where(active[None, :], Wt, old)
+        active &= diff > (tol * tol) * _clamp_min(size, _tiny(Wt))
         if not active.any():
             break
-    return np.ascontiguousarray(Wt.T), sweeps
+    return _contig(Wt.T), sweeps
 
 
 def solve_w_kl(X, H, d, *, l1_W=0.0, l2_W=0.0, max_iter=200, tol=1e-4):
     """W with H fixed for the weighted KL loss (multiplicative updates)."""
     n = X.shape[0]
     r = H.shape[0]
-    W = np.full((n, r), 1.0, dtype=H.dtype)
+    W = _full((n, r), 1.0, H)
     if n:
-        scale = np.sqrt(max(_sum64(X) / X.size, EPSILON) / r)
+        scale = np.sqrt(max(_sum64(X) / (X.shape[0] * X.shape[1]), EPSILON) / r)
         W *= scale
     W, _, n_iter, _ = fit_mu(
         X,
@@ -626,14 +814,15 @@ def randomized_svd_weighted(X, s, k, rng, *, n_oversamples=10, n_iter="auto"):
     ell = min(k + n_oversamples, n, p)
     if n_iter == "auto":
         n_iter = 7 if k < 0.1 * min(n, p) else 4
-    dtype = s.dtype
-    omega = rng.standard_normal(size=(p, ell)).astype(dtype, copy=False)
+    # Drawn by NumPy whatever the array type, so that one random_state gives
+    # the same sketch on every backend.
+    omega = _from_host(rng.standard_normal(size=(p, ell)), s)
     Q = _qr(_h_xt((omega * s[:, None]).T, X).T)
     for _ in range(n_iter):
         Z = _qr((_w_x(Q.T, X) * s).T)
         Q = _qr(_h_xt((Z * s[:, None]).T, X).T)
     B = _w_x(Q.T, X) * s  # ell x p
-    Ub, S, Vt = np.linalg.svd(B, full_matrices=False)
+    Ub, S, Vt = _svd(B)
     U = Q @ Ub
     return U[:, :k], S[:k], Vt[:k]
 

@@ -431,10 +431,9 @@ def test_device_dispatch():
     with pytest.raises(ValueError, match=r"device='tpu' is not understood"):
         CoupledNMF(2, device="tpu").fit(X)
     torch = pytest.importorskip("torch")
-    with pytest.raises(
-        ValueError, match=r"device=device\(type='cpu'\) selects the torch path"
-    ):
-        CoupledNMF(2, device=torch.device("cpu")).fit(X)
+    # A torch device runs the torch solvers (tests/test_torch_backend.py).
+    model = CoupledNMF(2, device=torch.device("cpu"), random_state=0).fit(X)
+    assert isinstance(model.components_, np.ndarray)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"device='cuda' asks for a CUDA GPU"):
             CoupledNMF(2, device="cuda").fit(X)

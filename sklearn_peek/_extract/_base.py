@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from .._backend import is_torch_tensor, to_numpy
+from .._backend import is_torch_tensor, resolve_device, to_numpy
 
 #: At most this many layers are picked by ``layers="auto"``.
 MAX_AUTO_LAYERS = 8
@@ -197,14 +197,41 @@ def _check_finite(a, what, start):
     Two reductions (min and max) instead of an isfinite mask keep the common,
     clean case cheap.
     """
-    lo, hi = a.min(), a.max()
+    lo, hi = float(a.min()), float(a.max())
     if np.isfinite(lo) and np.isfinite(hi):
-        return float(lo)
-    bad = start + int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)))[0][0])
+        return lo
+    if is_torch_tensor(a):
+        import torch
+
+        bad = start + int(torch.nonzero(~torch.isfinite(a.reshape(len(a), -1)))[0][0])
+    else:
+        bad = start + int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)))[0][0])
     raise ValueError(
         f"{what} has NaN or infinite values (first at sample {bad}); the extractor "
         "does not drop or replace them."
     )
+
+
+def _relu(a):
+    """max(a, 0) for arrays and tensors (a new array)."""
+    return a.clamp(min=0) if is_torch_tensor(a) else np.maximum(a, 0)
+
+
+def _concat_cols(parts):
+    if is_torch_tensor(parts[0]):
+        import torch
+
+        return torch.cat(parts, dim=1)
+    return np.concatenate(parts, axis=1)
+
+
+def _tensor_like(a, like):
+    """A NumPy array as a float32 tensor on ``like``'s device (``like``: a
+    tensor or a torch.device)."""
+    import torch
+
+    dev = like if isinstance(like, torch.device) else like.device
+    return torch.as_tensor(np.asarray(a), device=dev).to(torch.float32)
 
 
 def _available_memory():
@@ -377,6 +404,14 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         Feed single-channel images to a model whose first layer expects 3 (or
         C) channels by repeating the channel. The input block keeps the
         original single channel. Without it, that mismatch raises.
+    output : {"numpy", "torch"}, default="numpy"
+        What ``transform`` returns. ``"torch"``: a float32 torch tensor on the
+        device the model runs on (``device``; ONNX models: ``device`` or the
+        CPU). With a torch model the activations never leave that device, so
+        ``make_pipeline(LayerActivationExtractor(net, device="cuda",
+        output="torch"), CoupledNMF(blocks=...))`` factorizes them on the GPU
+        without a round trip through host memory (CoupledNMF follows tensor
+        input to its device).
 
     Attributes
     ----------
@@ -452,6 +487,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         input_name=None,
         extra_inputs=None,
         channel_repeat=False,
+        output="numpy",
     ):
         self.model = model
         self.layers = layers
@@ -465,6 +501,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         self.input_name = input_name
         self.extra_inputs = extra_inputs
         self.channel_repeat = channel_repeat
+        self.output = output
 
     # -- scikit-learn plumbing -------------------------------------------------
     def __sklearn_clone__(self):
@@ -526,6 +563,11 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"extra_inputs={type(self.extra_inputs).__name__} is not understood; "
                 "expected a dict {input name: array}."
+            )
+        if not isinstance(self.output, str) or self.output not in ("numpy", "torch"):
+            raise ValueError(
+                f"output={self.output!r} is not understood; expected 'numpy' or "
+                "'torch'."
             )
         if not self.include_input and isinstance(self.layers, (list, tuple)):
             if len(self.layers) == 0:
@@ -694,12 +736,32 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             return np.repeat(batch, self._repeat, axis=1)
         return batch
 
-    def _process(self, run, X4, start):
-        """Run one batch starting at row ``start``; blocks after the policy."""
+    def _process(self, run, X4, start, device=None):
+        """Run one batch starting at row ``start``; blocks after the policy.
+
+        With a torch ``device`` the blocks are float32 tensors there (the
+        torch adapter then already returns its activations on the device).
+        """
         batch = np.ascontiguousarray(X4[start : start + self.batch_size], np.float32)
         _check_finite(batch, "X", start)
         raw = run(self._feed(batch))
+        if device is not None:
+            batch = _tensor_like(batch, device)
+            raw = {
+                k: v if is_torch_tensor(v) else _tensor_like(v, device)
+                for k, v in raw.items()
+            }
         return self._postprocess(self._pooled(batch, raw), check_rows=start)
+
+    def _output_device(self):
+        """Where ``output="torch"`` puts the result: the model's device."""
+        adapter = self._get_adapter()
+        if adapter.kind == "torch":
+            return adapter.device
+        import torch
+
+        dev = resolve_device(self.device)
+        return dev if dev is not None else torch.device("cpu")
 
     def _pooled(self, batch, raw):
         """{block: (B, n_raw_features)} before the nonneg policy."""
@@ -711,7 +773,10 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             a = raw[src]
             if self.pooling is not None and a.ndim >= 3:
                 axes = tuple(range(2, a.ndim))
-                a = a.mean(axis=axes) if self.pooling == "avg" else a.max(axis=axes)
+                if is_torch_tensor(a):
+                    a = a.mean(dim=axes) if self.pooling == "avg" else a.amax(dim=axes)
+                else:
+                    a = a.mean(axis=axes) if self.pooling == "avg" else a.max(axis=axes)
             out[name] = a.reshape(n, -1)
         return out
 
@@ -741,22 +806,23 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                     )
                 out[name] = a
             elif self.nonneg == "relu":
-                out[name] = np.maximum(a, 0)
+                out[name] = _relu(a)
             elif self.nonneg == "split":
-                out[name] = np.concatenate(
-                    [np.maximum(a, 0), np.maximum(-a, 0)], axis=1
-                )
+                out[name] = _concat_cols([_relu(a), _relu(-a)])
             else:
                 shift = getattr(self, "shifts_", None)
                 if shift is None:  # during fit, before the shifts exist
                     out[name] = a
                     continue
                 s = shift[name]
+                if is_torch_tensor(a):
+                    s = _tensor_like(s, a)
                 b = a - s
-                tol = 1e-5 * (1.0 + np.abs(s))
+                tol = 1e-5 * (1.0 + abs(s))
                 below = b < -tol
                 if below.any():
-                    r, c = np.argwhere(below)[0]
+                    r, c = (int(v) for v in (below.nonzero() if is_torch_tensor(below)
+                                             else np.argwhere(below))[0])  # fmt: skip
                     what = (
                         "X"
                         if name == "input"
@@ -768,7 +834,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                         f"the minimum {s[c]:.4g} seen in fit. Refit on data that "
                         "covers this range, or use nonneg='relu' or 'split'."
                     )
-                out[name] = np.maximum(b, 0)  # only float32 rounding is cut here
+                out[name] = _relu(b)  # only float32 rounding is cut here
         return out
 
     def _fit_shifts(self, X4):
@@ -837,13 +903,17 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        A : ndarray of shape (n_samples, n_features_out_), float32
-            The activations (``out`` itself when given).
+        A : ndarray or torch.Tensor of shape (n_samples, n_features_out_), float32
+            The activations (``out`` itself when given); a tensor on the
+            model's device with ``output="torch"``.
         """
         check_is_fitted(self, "block_sizes_")
+        self._validate_params()
         X4 = self._check_X(X)
         n = X4.shape[0]
         n_out = self.n_features_out_
+        if self.output == "torch":
+            return self._transform_torch(X4, out)
         if out is None:
             need = n * n_out * 4
             avail = _available_memory()
@@ -899,6 +969,52 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         finally:
             if bar is not None:
                 bar.close()
+        return out
+
+    def _transform_torch(self, X4, out):
+        """transform for ``output="torch"``: fill a float32 tensor on the device."""
+        import torch
+
+        if out is not None:
+            raise ValueError(
+                "out= is a NumPy buffer, but output='torch' returns a tensor on the "
+                "model's device; expected out=None (or output='numpy')."
+            )
+        dev = self._output_device()
+        n, n_out = X4.shape[0], self.n_features_out_
+        need = n * n_out * 4
+        if dev.type == "cuda":
+            avail, where = torch.cuda.mem_get_info(dev)[0], f"GPU {dev}"
+        else:
+            avail, where = _available_memory(), "host"
+        if avail is not None and need > MEMORY_FRACTION * avail:
+            raise MemoryError(
+                f"the activation matrix needs {_fmt_bytes(need)} ({n} samples x "
+                f"{n_out} features x 4 bytes), more than {MEMORY_FRACTION:.0%} of "
+                f"the free {where} memory ({_fmt_bytes(avail)}). Ways out: "
+                "pooling='avg' or 'max', fewer or smaller layers, fewer samples, or "
+                "output='numpy' (host memory, or out=np.memmap(...))."
+            )
+        out = torch.empty((n, n_out), dtype=torch.float32, device=dev)
+        offsets, start = {}, 0
+        for name, size in self.block_sizes_:
+            offsets[name] = (start, start + size)
+            start += size
+        adapter = self._get_adapter()
+        keep = getattr(adapter, "keep_on_device", None)
+        try:
+            if keep is not None:
+                adapter.keep_on_device = True
+            with self._runner() as run:
+                for i in range(0, n, self.batch_size):
+                    blocks = self._process(run, X4, i, device=dev)
+                    j = i + next(iter(blocks.values())).shape[0]
+                    for name, a in blocks.items():
+                        lo, hi = offsets[name]
+                        out[i:j, lo:hi] = a
+        finally:
+            if keep is not None:
+                adapter.keep_on_device = keep
         return out
 
     def get_feature_names_out(self, input_features=None):

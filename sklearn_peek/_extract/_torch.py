@@ -67,6 +67,8 @@ class TorchAdapter:
     """
 
     kind = "torch"
+    #: When True, runner() yields float32 tensors on ``device`` (not NumPy).
+    keep_on_device = False
 
     def __init__(self, model, device=None, *, param="device"):
         import torch
@@ -286,6 +288,8 @@ class TorchAdapter:
                     "that is defined but not called, or a call index ':k' beyond "
                     f"the number of calls {calls})."
                 )
+            if self.keep_on_device:  # transform(output="torch"): no host copy
+                return {n: got[n].to(dtype=torch.float32) for n in names}
             return {
                 n: got[n].to(device="cpu", dtype=torch.float32).numpy() for n in names
             }

@@ -1,0 +1,116 @@
+"""CUDA-only checks of the torch path (skipped where torch sees no GPU).
+
+The same comparisons as tests/test_torch_backend.py, on a real GPU: results
+against the NumPy path from the same random_state, what comes back where,
+the dtype and TF32 policy, and a Pipeline that keeps its data on the device.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.pipeline import make_pipeline
+
+from sklearn_peek import CoupledNMF, LayerActivationExtractor
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"
+)
+
+
+def _data(dtype=np.float32, seed=0):
+    rng = np.random.RandomState(seed)
+    W = rng.rand(80, 4)
+    X = np.hstack([W @ rng.rand(4, 30), 20 * W @ rng.rand(4, 120)])
+    X *= rng.uniform(0.95, 1.05, size=X.shape)
+    return X.astype(dtype), [("a", 30), ("b", 120)]
+
+
+def _fit(X, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = CoupledNMF(**kw)
+        return model, model.fit_transform(X)
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+def test_cuda_matches_numpy(solver):
+    X, blocks = _data()
+    kw = dict(n_components=4, blocks=blocks, random_state=0, solver=solver)
+    ref, W_ref = _fit(X, max_iter=300, **kw)
+    mod, W = _fit(X, device="cuda", max_iter=300, **kw)
+    assert isinstance(W, np.ndarray) and W.dtype == np.float32
+    assert mod.reconstruction_err_ == pytest.approx(ref.reconstruction_err_, rel=1e-3)
+    P = W @ mod.components_
+    P_ref = W_ref @ ref.components_
+    assert np.linalg.norm(P - P_ref) / np.linalg.norm(P_ref) < 1e-3
+
+
+def test_cuda_float64_numpy_is_computed_in_float32():
+    X, blocks = _data(np.float64)
+    mod, W = _fit(X, n_components=3, blocks=blocks, device="cuda", random_state=0)
+    assert W.dtype == np.float32 and mod.components_.dtype == np.float32
+
+
+def test_cuda_tensors_stay_on_the_device():
+    X, blocks = _data(np.float64)
+    Xt = torch.from_numpy(X).cuda()
+    mod, W = _fit(Xt, n_components=3, blocks=blocks, random_state=0)
+    assert W.is_cuda and W.dtype == torch.float64  # float64 tensors: kept
+    assert isinstance(mod.components_, np.ndarray)
+    assert mod.transform(Xt).is_cuda
+    assert mod.inverse_transform(W).is_cuda
+    assert mod.score(Xt) == pytest.approx(mod.score(X), rel=1e-6)
+
+
+def test_tf32_left_as_the_user_set_it():
+    X, blocks = _data()
+    before = torch.backends.cuda.matmul.allow_tf32
+    _fit(X, n_components=3, blocks=blocks, device="cuda", random_state=0)
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_auto_picks_the_gpu():
+    X, blocks = _data()
+    Xt = torch.from_numpy(X)
+    _, W = _fit(Xt, n_components=3, blocks=blocks, device="auto", random_state=0)
+    # Tensors come back on the caller's device, wherever the solvers ran.
+    assert not W.is_cuda
+
+
+def test_pipeline_on_gpu_keeps_tensors_there():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten()
+    )
+    X = np.random.RandomState(0).rand(40, 1, 8, 8).astype(np.float32)
+    blocks = LayerActivationExtractor(net).fit(X).block_sizes_
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipe = make_pipeline(
+            LayerActivationExtractor(net, device="cuda", output="torch"),
+            CoupledNMF(3, blocks=blocks, random_state=0),
+        )
+        W = pipe.fit_transform(X)
+    assert W.is_cuda
+    assert next(net.parameters()).device.type == "cpu"  # moved back
+
+
+def test_rank_scorer_on_cuda_matches_cpu():
+    from sklearn_peek import RankQualityScorer
+
+    X, blocks = _data(np.float64)
+    kw = dict(blocks=blocks, ranks=range(1, 6), cv=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = RankQualityScorer(**kw).fit(X)
+        sc = RankQualityScorer(device="cuda", n_jobs=4, **kw).fit(X)
+    assert sc.rank_ == ref.rank_
+    np.testing.assert_allclose(
+        sc.cv_results_["mean_score"], ref.cv_results_["mean_score"], rtol=5e-2
+    )
