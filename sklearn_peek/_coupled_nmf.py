@@ -164,7 +164,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     Attributes
     ----------
-    components_ : ndarray of shape (n_components, n_features_in_)
+    components_ : ndarray of shape (n_components, ``n_features_in_``)
         ``H`` of all blocks side by side.
     n_components_ : int
     block_names_ : list of str
@@ -180,7 +180,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         Unweighted ``||X_b - W H_b||_F`` per block (KL: ``sqrt(2 KL)``).
     n_iter_ : int
     n_features_in_ : int
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Defined only when X has feature names that are all strings.
 
     See Also
@@ -406,7 +406,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
         Returns
         -------
-        X_rec : ndarray or torch.Tensor of shape (n_samples, n_features_in_)
+        X_rec : ndarray or torch.Tensor of shape (n_samples, ``n_features_in_``)
             A torch tensor on W's device when W is one.
         """
         check_is_fitted(self)

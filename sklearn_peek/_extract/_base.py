@@ -895,7 +895,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W)
             Images with the per-sample shape seen in fit.
-        out : ndarray or numpy.memmap of shape (n_samples, n_features_out_), \
+        out : ndarray or numpy.memmap of shape (n_samples, ``n_features_out_``), \
                 default=None
             float32 array to write into (e.g. a ``np.memmap`` for data larger
             than memory). When None, a new array is allocated after checking
@@ -903,7 +903,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        A : ndarray or torch.Tensor of shape (n_samples, n_features_out_), float32
+        A : ndarray or torch.Tensor of shape (n_samples, ``n_features_out_``), float32
             The activations (``out`` itself when given); a tensor on the
             model's device with ``output="torch"``.
         """
