@@ -37,28 +37,7 @@ import torch
 from torch import nn
 
 from sklearn_peek import LayerActivationExtractor
-
-
-class LeNet5(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5)
-        self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(16 * 4 * 4, 120)
-        self.relu3 = nn.ReLU()
-        self.fc2 = nn.Linear(120, 84)
-        self.relu4 = nn.ReLU()
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        x = self.relu3(self.fc1(torch.flatten(x, 1)))
-        return self.fc3(self.relu4(self.fc2(x)))
+from sklearn_peek._lenet import LeNet
 
 
 class BasicBlock(nn.Module):
@@ -222,7 +201,7 @@ def main(argv=None):
         args.n_lenet, args.n_resnet, args.repeat = 512, 32, 1
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    lenet = LeNet5().eval()
+    lenet = LeNet((1, 28, 28), 10).eval()  # the classic LeNet-5 of the case studies
     resnet = ResNet18().eval()
     rows = bench(
         "LeNet-5 (1x28x28)",

@@ -1270,15 +1270,7 @@ def _cmd_demo(args, say):
         )
 
     report.add_heading("All networks")
-    cols = [
-        "degradation",
-        "level",
-        "seed",
-        "accuracy",
-        "n_train_seen",
-        "epochs",
-        *(f"{layer}_{crit}" for layer in layers),
-    ]
+    cols = [*studies.NETWORK_COLUMNS, *(f"{layer}_{crit}" for layer in layers)]
     report.add_table(
         [{c: r[c] for c in cols} for r in rows],
         text_columns=["degradation"],

@@ -721,6 +721,10 @@ def _check_layer_names(layers, data):
             )
 
 
+# Columns describing each trained network, before the per-layer rank columns.
+NETWORK_COLUMNS = ("degradation", "level", "seed", "accuracy", "n_train_seen", "epochs")
+
+
 def _layer_columns(layers, criteria):
     cols = []
     for layer in layers:
@@ -851,6 +855,15 @@ def _network_job(
         for c in criteria
     }
     return row, timings, curves
+
+
+def _concat_tables(tables):
+    """Stack tables made by ``_to_frame`` (DataFrames, or dicts without pandas)."""
+    if isinstance(tables[0], dict):
+        return {k: [v for t in tables for v in t[k]] for k in tables[0]}
+    import pandas as pd
+
+    return pd.concat(tables, ignore_index=True)
 
 
 def _to_frame(rows, columns):
@@ -1101,15 +1114,7 @@ def run_case_study(
     results = list(runner)
     wall = time.perf_counter() - wall
 
-    columns = [
-        "degradation",
-        "level",
-        "seed",
-        "accuracy",
-        "n_train_seen",
-        "epochs",
-        *_layer_columns(layers, criteria),
-    ]
+    columns = [*NETWORK_COLUMNS, *_layer_columns(layers, criteria)]
     rows = [r for r, _, _ in results]
     table = _to_frame(rows, columns)
     timings = {k: float(sum(t[k] for _, t, _ in results)) for k in results[0][1]}
@@ -1212,32 +1217,11 @@ def run_paper_studies(
         )
     first = next(iter(studies.values()))
     layers, criteria = first.settings["layers"], first.settings["criteria"]
-    tables = [s.table for s in studies.values()]
-    try:
-        import pandas as pd
-
-        table = pd.concat(tables, ignore_index=True)
-        pooled = correlations(
-            table,
-            layers=layers,
-            criteria=criteria,
-            group=None,
-            random_state=random_state,
-        )
-        corr = pd.concat(
-            [*(s.correlations for s in studies.values()), pooled], ignore_index=True
-        )
-    except ImportError:  # pragma: no cover
-        table = {k: [v for t in tables for v in t[k]] for k in tables[0]}
-        pooled = correlations(
-            table,
-            layers=layers,
-            criteria=criteria,
-            group=None,
-            random_state=random_state,
-        )
-        parts = [*(s.correlations for s in studies.values()), pooled]
-        corr = {k: [v for p in parts for v in p[k]] for k in parts[0]}
+    table = _concat_tables([s.table for s in studies.values()])
+    pooled = correlations(
+        table, layers=layers, criteria=criteria, group=None, random_state=random_state
+    )
+    corr = _concat_tables([*(s.correlations for s in studies.values()), pooled])
     keys = [k for k in first.timings if k != "n_networks"]
     timings = {k: float(sum(s.timings[k] for s in studies.values())) for k in keys}
     timings["n_networks"] = sum(s.timings["n_networks"] for s in studies.values())
