@@ -7,7 +7,8 @@ What it does, in order (one markdown table per part, and a JSON file
    on the CPU (NumPy, float32) from the same ``random_state``: relative
    difference of the reconstruction errors and of the products ``W @ H``.
 2. Per-iteration times on the GPU (CUDA events, after warm-up, objective
-   and stopping test included) of the HALS and MU solvers, for the issue's
+   and stopping test included) of the HALS and MU solvers (HALS with the
+   Triton kernels of ``sklearn_peek._gpu_kernels`` and without them), for the issue's
    two matrices: 10,000 x 68,608 float32 (CIFAR pixels + a ResNet-style
    layer, blocks 3,072 + 65,536) and 10,000 x 2,564 (blocks 784 + 1,780),
    rank 20; against the "floor" (the two products with X of one iteration,
@@ -19,6 +20,10 @@ What it does, in order (one markdown table per part, and a JSON file
 4. A 30-rank sweep (ranks 1..30, ``max_iter=100``) of the small matrix:
    sequential on the GPU against ``joblib.Parallel(n_jobs=<CPU cores>)``
    of NumPy fits (one BLAS thread per worker).
+5. A Pipeline (LeNet-5 extractor on 10,000 random 28x28 images, then a
+   rank-20 CoupledNMF, 50 iterations) on the GPU with the activations kept on
+   the device (``output="torch"``) against the same with a round trip through
+   host memory (``output="numpy"``).
 
 The matrices are generated on the device (non-negative, rank-20 structure
 plus ReLU sparsity and noise). Targets from issue 5: large case <= 1.5x the
@@ -34,6 +39,7 @@ check that the script works; its numbers mean nothing).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -45,7 +51,7 @@ import warnings
 import numpy as np
 
 import sklearn_peek
-from sklearn_peek import CoupledNMF, _solvers
+from sklearn_peek import CoupledNMF, _gpu_kernels, _solvers
 
 
 def _torch():
@@ -112,6 +118,19 @@ def make_matrix(n, blocks, rank, device, *, seed=0):
             X[s : s + 2048, start : start + size] = (part - cut).clamp_(min=0) + noise
         start += size
     return X
+
+
+@contextlib.contextmanager
+def kernels(on):
+    """Run with the Triton kernels (the default on a GPU) or without them."""
+    saved = dict(_gpu_kernels._STATE)
+    if not on:
+        _gpu_kernels._STATE.update(kernel=None, tried=True)
+    try:
+        yield
+    finally:
+        _gpu_kernels._STATE.clear()
+        _gpu_kernels._STATE.update(saved)
 
 
 # ---------------------------------------------------------------- parts
@@ -182,19 +201,23 @@ def per_iteration(X, blocks, rank, device, *, n_iter, repeat):
     # which the stopping rule uses in float32 once the fit is good (relative
     # squared error below about 1%): the real cost per iteration near the end.
     runs = (
-        ("hals", _solvers.fit_hals, 0.0),
-        ("hals_exact", _solvers.fit_hals, 1e-12),
-        ("mu", _solvers.fit_mu, 0.0),
+        ("hals", _solvers.fit_hals, 0.0, True),
+        ("hals_exact", _solvers.fit_hals, 1e-12, True),
+        ("hals_eager", _solvers.fit_hals, 0.0, False),
+        ("hals_exact_eager", _solvers.fit_hals, 1e-12, False),
+        ("mu", _solvers.fit_mu, 0.0, True),
     )
-    for name, fit, tol in runs:
+    for name, fit, tol, on in runs:
 
         def run(k, fit=fit, tol=tol):
             return fit(X, W0, H0, d, xnorm=xnorm, max_iter=k, tol=tol)
 
-        run(2)  # warm-up (allocator, cuBLAS handles)
-        t1, _ = timer(lambda run=run: run(1), repeat=repeat)
-        tk, _ = timer(lambda run=run: run(1 + n_iter), repeat=repeat)
+        with kernels(on):
+            run(2)  # warm-up (allocator, cuBLAS handles, kernel compilation)
+            t1, _ = timer(lambda run=run: run(1), repeat=repeat)
+            tk, _ = timer(lambda run=run: run(1 + n_iter), repeat=repeat)
         out[f"{name}_ms"] = 1e3 * (tk - t1) / n_iter
+        print(f"  {name}: {out[f'{name}_ms']:.3f} ms/iteration", flush=True)
     timer.sync()
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -274,6 +297,50 @@ def rank_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
     }
 
 
+def pipeline_on_device(device, *, n, batch, max_iter):
+    """Extractor + CoupledNMF on ``device``: activations kept there or not."""
+    import torch
+    from sklearn.pipeline import make_pipeline
+
+    from sklearn_peek import LayerActivationExtractor
+    from sklearn_peek._lenet import LeNet
+
+    torch.manual_seed(0)
+    net = LeNet((1, 28, 28), 10).eval()
+    X = np.random.RandomState(0).rand(n, 1, 28, 28).astype(np.float32)
+    sizes = LayerActivationExtractor(net).fit(X[:2]).block_sizes_
+    timer = Timer(device)
+    out = {"n": n, "features": int(sum(s for _, s in sizes))}
+    for output in ("torch", "numpy", "torch"):  # first run: warm-up
+        pipe = make_pipeline(
+            LayerActivationExtractor(
+                net, device=device, output=output, batch_size=batch, progress=False
+            ),
+            CoupledNMF(
+                20, blocks=sizes, device=device, random_state=0, max_iter=max_iter
+            ),
+        )
+        timer.sync()
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe.fit(X)
+        timer.sync()
+        out[f"{output}_s"] = time.perf_counter() - t0
+        out[f"{output}_err"] = pipe[-1].reconstruction_err_
+    return out
+
+
+def _save(results):
+    out = os.environ.get("OUT")
+    if out:
+        path = os.path.join(out, "bench_gpu.json")
+        with open(path, "w") as fh:
+            json.dump(results, fh, indent=2)
+        return path
+    return None
+
+
 # --------------------------------------------------------------------- main
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -284,6 +351,7 @@ def main(argv=None):
     )
     parser.add_argument("--skip-sklearn", action="store_true")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--skip-pipeline", action="store_true")
     args = parser.parse_args(argv)
     torch = _torch()
     if args.cpu_smoke:
@@ -295,6 +363,7 @@ def main(argv=None):
         small = (600, [("input", 60), ("layer", 140)])
         rank, n_iter, repeat, check_rows, ranks = 5, 5, 2, 300, list(range(1, 7))
         sweep_iter = 20
+        pipe_n = 300
     else:
         if not torch.cuda.is_available():
             sys.exit("bench_gpu.py needs a CUDA GPU (or pass --cpu-smoke).")
@@ -303,6 +372,7 @@ def main(argv=None):
         small = (10_000, [("input", 784), ("layer", 1_780)])
         rank, n_iter, repeat, check_rows, ranks = 20, 20, 3, 2_000, list(range(1, 31))
         sweep_iter = 100
+        pipe_n = 10_000
     info = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -318,17 +388,22 @@ def main(argv=None):
 
     rows = []
     for label, (n, blocks) in (("large", large), ("small", small)):
+        print(f"[{label}] {n} x {sum(s for _, s in blocks)}", flush=True)
         X = make_matrix(n, blocks, rank, device)
         case = {"shape": [n, sum(s for _, s in blocks)], "rank": rank}
+        results["cases"][label] = case
         if label == "large":
             case["check"] = check_against_cpu(
                 X, blocks, rank, device, rows=check_rows, max_iter=50
             )
+            print(f"  check: {case['check']}", flush=True)
         case.update(
             per_iteration(X, blocks, rank, device, n_iter=n_iter, repeat=repeat)
         )
+        _save(results)
         if label == "large" and not args.skip_sklearn:
             case.update(sklearn_per_iteration(X, rank, n_iter=2))
+            print(f"  sklearn cd: {case['sklearn_cd_ms']:.1f} ms", flush=True)
         if label == "small" and not args.skip_sweep:
             case["sweep"] = rank_sweep(
                 X,
@@ -338,11 +413,17 @@ def main(argv=None):
                 max_iter=sweep_iter,
                 n_jobs=os.cpu_count(),
             )
-        results["cases"][label] = case
+            print(f"  sweep: {case['sweep']}", flush=True)
+        _save(results)
         rows.append((label, case))
         del X
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if not args.skip_pipeline:
+        results["pipeline"] = pipeline_on_device(
+            device, n=pipe_n, batch=1000, max_iter=50
+        )
+        _save(results)
 
     print("\n## Correctness (GPU vs NumPy float32, same random_state)\n")
     chk = results["cases"]["large"]["check"]
@@ -359,17 +440,19 @@ def main(argv=None):
     print("\n## Per iteration (ms) and time to tol=1e-4\n")
     print(
         "| case | shape | rank | floor (2 products) | HALS | HALS / floor | "
-        "HALS + exact objective | MU | to tol: s (iters) | sklearn cd on CPU |"
+        "HALS + exact objective | HALS eager (no kernels) | eager + exact | MU "
+        "| to tol: s (iters) | sklearn cd on CPU |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, c in rows:
         sk = c.get("sklearn_cd_ms")
         sk_txt = f"{sk:.1f} ({c['cores']} cores)" if sk is not None else "-"
         print(
             f"| {label} | {c['shape'][0]} x {c['shape'][1]} | {c['rank']} | "
-            f"{c['floor_ms']:.2f} | {c['hals_ms']:.2f} | "
-            f"{c['hals_ms'] / c['floor_ms']:.2f} | {c['hals_exact_ms']:.2f} | "
-            f"{c['mu_ms']:.2f} | "
+            f"{c['floor_ms']:.3f} | {c['hals_ms']:.3f} | "
+            f"{c['hals_ms'] / c['floor_ms']:.2f} | {c['hals_exact_ms']:.3f} | "
+            f"{c['hals_eager_ms']:.3f} | {c['hals_exact_eager_ms']:.3f} | "
+            f"{c['mu_ms']:.3f} | "
             f"{c['to_tol_s']:.2f} ({c['to_tol_iter']}) | {sk_txt} |"
         )
     sw = results["cases"]["small"].get("sweep")
@@ -387,11 +470,15 @@ def main(argv=None):
             f"| {sw['gpu_s']:.2f} | {sw['cpu_s']:.2f} (n_jobs={sw['n_jobs']}) | "
             f"{sw['speedup']:.1f}x | {sw['max_err_rel_diff']:.2e} |"
         )
-    out = os.environ.get("OUT")
-    if out:
-        path = os.path.join(out, "bench_gpu.json")
-        with open(path, "w") as fh:
-            json.dump(results, fh, indent=2)
+    pl = results.get("pipeline")
+    if pl:
+        print(f"\n## Pipeline: extractor + CoupledNMF on the device (n={pl['n']})\n")
+        print("| activations | s | error |")
+        print("|---|---|---|")
+        for output in ("torch", "numpy"):
+            print(f"| {output} | {pl[output + '_s']:.2f} | {pl[output + '_err']:.6g} |")
+    path = _save(results)
+    if path:
         print(f"\nwrote {path}")
     return results
 

@@ -35,6 +35,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from . import _gpu_kernels
+
 # Same floor as scikit-learn's NMF (used to keep denominators positive).
 EPSILON = float(np.finfo(np.float32).eps)
 
@@ -143,6 +145,14 @@ def _sum64(a):
     if _np(a):
         return float(np.sum(a, dtype=np.float64))
     return float(a.sum(dtype=_t().float64))
+
+
+def _sums64(*arrays):
+    """Sums of several arrays (float64 accumulation) with one device transfer."""
+    if _np(arrays[0]):
+        return [_sum64(a) for a in arrays]
+    torch = _t()
+    return torch.stack([a.sum(dtype=torch.float64) for a in arrays]).tolist()
 
 
 def _pinv(a):
@@ -372,6 +382,8 @@ def _frob_data(X, Wt, H, d, xnorm, lin, quad, tol):
 
 
 def _frob_data_exact(X, Wt, H, d):
+    if not _np(X) and _gpu_kernels.residual_usable(X, Wt, H, d):
+        return 0.5 * _gpu_kernels.weighted_residual(X, Wt, H, d)
     n, p = X.shape
     total = 0.0
     for s, e in _row_steps(n, p, X):
@@ -395,6 +407,20 @@ def _hals_sweep(A, num, G, l1, l2, track=True):
     Returns the squared Frobenius norm of the change of ``A`` (0.0 when
     ``track`` is False).
     """
+    if not _np(A) and _gpu_kernels.usable(A, num, G):
+        # GPU: the same updates in one kernel launch (see _gpu_kernels).
+        old = _copy(A) if track else None
+        _gpu_kernels.sweep(A, num, G, l1, l2)
+    else:
+        old = _hals_sweep_eager(A, num, G, l1, l2, track)
+    if not track:
+        return 0.0
+    diff = (A - old).ravel()
+    return _to_float(diff @ diff)
+
+
+def _hals_sweep_eager(A, num, G, l1, l2, track):
+    """The sweep with one group of array operations per row; returns A's copy."""
     diag = _diag_list(G)
     old = _copy(A) if track else None
     has_l1 = not _is_zero(l1)
@@ -432,10 +458,7 @@ def _hals_sweep(A, num, G, l1, l2, track=True):
                 new -= l1
             new /= g + l2
             A[t] = _relu_(new)
-    if not track:
-        return 0.0
-    diff = (A - old).ravel()
-    return _to_float(diff @ diff)
+    return old
 
 
 def _hals_inner(A, num, G, l1, l2, max_sweeps):
@@ -536,7 +559,7 @@ def fit_hals(
     HDHt = Hd @ H.T
     num_W = _h_xt(Hd, X)
     WtW = Wt @ Wt.T
-    obj = objective(_sum64(Wt * num_W), _sum64(WtW * HDHt))
+    obj = objective(*_sums64(Wt * num_W, WtW * HDHt))
     history = [obj]
     # An exact fit converges geometrically to 0, so its relative decrease never
     # drops below tol: reaching the rounding level of the data also stops.
@@ -555,8 +578,8 @@ def fit_hals(
             _hals_inner(H, num_H, WtW, l1v, l2v, sw_H)
             Hd = H * d
             HDHt = Hd @ H.T
-        lin = _sum64((num_H * H) @ d)
-        obj = objective(lin, _sum64(WtW * HDHt))
+        # One host transfer for both sums (each is a synchronisation on a GPU).
+        obj = objective(*_sums64((num_H * H) @ d, WtW * HDHt))
         history.append(obj)
         if verbose and n_iter % 10 == 0:
             print(f"CoupledNMF[hals] iteration {n_iter}: objective {obj:.6g}")

@@ -1,0 +1,285 @@
+"""Two Triton kernels for the torch path on a GPU.
+
+**One-launch HALS sweep** (:func:`sweep`). A HALS sweep updates the r rows of
+a factor ``A`` (r x m) one after the other, but every column of ``A`` is
+independent of the others: column j only needs its own r entries, row t of
+the small Gram matrix ``G`` and ``num[t, j]``. The eager sweep in
+:mod:`sklearn_peek._solvers` issues about three array operations per row, so
+a rank-20 iteration costs over a hundred kernel launches, which is what
+limits small problems on a GPU. Here one program keeps a tile of columns in
+registers and runs the r row updates on it in sequence: one launch per
+sweep, with no host synchronisation. The arithmetic is that of the eager
+sweep::
+
+    A[t] = max((num[t] - l1 - sum_{s != t} G[t, s] A[s]) / (G[t, t] + l2), 0)
+
+with the same treatment of an empty row (``G[t, t] <= 0``: the row is kept,
+or set to zero when there is a penalty). Only the order of the floating-point
+additions differs. ``l1`` and ``l2`` are scalars or vectors over the columns.
+
+**Weighted residual in one pass** (:func:`weighted_residual`):
+``sum_j d_j sum_i (X - W H)_ij^2`` for float32, without forming ``W H``. The
+eager code forms the residual chunk by chunk (a product, a subtraction, a
+square and a reduction: about seven passes over X's size in memory traffic);
+this kernel reads every entry of X once, forms its tile of ``W H`` in
+registers (in IEEE float32, never TF32) and writes one float64 partial sum
+per tile.
+
+Both are used for CUDA tensors when Triton is importable. The environment
+variable ``SKLEARN_PEEK_GPU_KERNELS=0`` turns them off (the eager code is
+then used everywhere). With ``TRITON_INTERPRET=1`` set before this module is
+first used, Triton's interpreter runs them on CPU tensors too: that is how
+the test suite checks them on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Largest rank handled by the sweep kernel (its tile holds whole columns) and
+# by the residual kernel (W's tile holds whole rows).
+MAX_RANK = 256
+MAX_RANK_RESIDUAL = 128
+
+_STATE = {"kernel": None, "tried": False}
+
+
+def _interpret():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _build():
+    """The jitted kernel, or None when Triton is missing or turned off."""
+    if _STATE["tried"]:
+        return _STATE["kernel"]
+    _STATE["tried"] = True
+    if os.environ.get("SKLEARN_PEEK_GPU_KERNELS", "1") == "0":
+        return None
+    try:
+        import triton
+        import triton.language as tl
+    except Exception:  # ImportError, or a broken install: use the eager sweep
+        return None
+
+    @triton.jit
+    def hals_rows(
+        A,
+        NUM,
+        G,
+        L1,
+        L2,
+        r,
+        m,
+        stride_a,
+        stride_num,
+        stride_g,
+        L1_MODE: tl.constexpr,
+        L2_MODE: tl.constexpr,
+        HAS_PEN: tl.constexpr,
+        R: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        cols = pid * BLOCK + tl.arange(0, BLOCK)
+        cmask = cols < m
+        rows = tl.arange(0, R)
+        rmask = rows < r
+        tile_mask = rmask[:, None] & cmask[None, :]
+        a = tl.load(
+            A + rows[:, None] * stride_a + cols[None, :], mask=tile_mask, other=0.0
+        )
+        # Penalties: 0 = none, 1 = one value (L[0]), 2 = one per column.
+        if L1_MODE == 2:
+            pen1 = tl.load(L1 + cols, mask=cmask, other=0.0)
+        elif L1_MODE == 1:
+            pen1 = tl.load(L1)
+        else:
+            pen1 = 0.0
+        if L2_MODE == 2:
+            pen2 = tl.load(L2 + cols, mask=cmask, other=0.0)
+        elif L2_MODE == 1:
+            pen2 = tl.load(L2)
+        else:
+            pen2 = 0.0
+        for t in range(0, r):
+            is_t = rows == t
+            g = tl.load(G + t * stride_g + rows, mask=rmask & (rows != t), other=0.0)
+            gtt = tl.load(G + t * stride_g + t)
+            num = tl.load(NUM + t * stride_num + cols, mask=cmask, other=0.0)
+            rest = tl.sum(g[:, None] * a, axis=0)
+            den = gtt + pen2
+            safe = tl.where(den > 0, den, 1.0)
+            new = tl.maximum((num - pen1 - rest) / safe, 0.0)
+            if HAS_PEN:
+                new = tl.where(gtt > 0, new, 0.0)
+            else:
+                old = tl.sum(tl.where(is_t[:, None], a, 0.0), axis=0)
+                new = tl.where(gtt > 0, new, old)
+            a = tl.where(is_t[:, None], new[None, :].to(a.dtype), a)
+        tl.store(A + rows[:, None] * stride_a + cols[None, :], a, mask=tile_mask)
+
+    @triton.jit
+    def residual_tiles(
+        X,
+        WT,
+        H,
+        D,
+        OUT,
+        n,
+        p,
+        r,
+        stride_x,
+        stride_wk,
+        stride_wm,
+        stride_h,
+        R: tl.constexpr,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+    ):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        rk = tl.arange(0, R)
+        mmask = rm < n
+        nmask = rn < p
+        kmask = rk < r
+        w = tl.load(
+            WT + rk[None, :] * stride_wk + rm[:, None] * stride_wm,
+            mask=kmask[None, :] & mmask[:, None],
+            other=0.0,
+        )
+        h = tl.load(
+            H + rk[:, None] * stride_h + rn[None, :],
+            mask=kmask[:, None] & nmask[None, :],
+            other=0.0,
+        )
+        wh = tl.dot(w, h, input_precision="ieee")
+        x = tl.load(
+            X + rm[:, None] * stride_x + rn[None, :],
+            mask=mmask[:, None] & nmask[None, :],
+            other=0.0,
+        )
+        diff = x - wh
+        col = tl.sum(diff * diff, axis=0)
+        dw = tl.load(D + rn, mask=nmask, other=0.0)
+        part = tl.sum(col.to(tl.float64) * dw.to(tl.float64), axis=0)
+        tl.store(OUT + pid_m * tl.num_programs(1) + pid_n, part)
+
+    _STATE["kernel"] = (triton, hals_rows, residual_tiles)
+    return _STATE["kernel"]
+
+
+def usable(A, num, G):
+    """True when :func:`sweep` can run on these tensors."""
+    import torch
+
+    if not (A.is_cuda or (_interpret() and A.device.type == "cpu")):
+        return False
+    if A.dtype not in (torch.float32, torch.float64):
+        return False
+    if not 0 < A.shape[0] <= MAX_RANK or A.shape[1] == 0:
+        return False
+    for arr in (A, num, G):
+        if arr.dtype != A.dtype or arr.device != A.device or arr.stride(-1) != 1:
+            return False
+    return _build() is not None
+
+
+def _block(R):
+    """Columns per program: the tile (R x BLOCK) stays near 4096 entries."""
+    block = 16
+    while block < 128 and R * block * 2 <= 4096:
+        block *= 2
+    return block
+
+
+def sweep(A, num, G, l1, l2):
+    """One HALS sweep over the rows of ``A`` in place (see the module doc)."""
+    import torch
+
+    triton, kernel, _ = _build()
+    r, m = A.shape
+    R = triton.next_power_of_2(r)
+    block = _block(R)
+
+    def penalty(value):
+        # Passed as arrays of A's dtype: a Python float would reach the kernel
+        # as float32 and round a float64 penalty.
+        if isinstance(value, torch.Tensor):
+            return 2, value.to(device=A.device, dtype=A.dtype).contiguous()
+        if float(value) == 0.0:
+            return 0, A
+        return 1, torch.full((1,), float(value), dtype=A.dtype, device=A.device)
+
+    l1_mode, L1 = penalty(l1)
+    l2_mode, L2 = penalty(l2)
+    has_pen = l1_mode > 0 or l2_mode > 0
+    grid = (triton.cdiv(m, block),)
+    kernel[grid](
+        A,
+        num,
+        G,
+        L1,
+        L2,
+        r,
+        m,
+        A.stride(0),
+        num.stride(0),
+        G.stride(0),
+        L1_MODE=l1_mode,
+        L2_MODE=l2_mode,
+        HAS_PEN=has_pen,
+        R=R,
+        BLOCK=block,
+    )
+    return A
+
+
+def residual_usable(X, Wt, H, d):
+    """True when :func:`weighted_residual` can run on these tensors."""
+    import torch
+
+    if not (X.is_cuda or (_interpret() and X.device.type == "cpu")):
+        return False
+    if X.dtype != torch.float32 or X.layout != torch.strided:
+        return False
+    if not 0 < H.shape[0] <= MAX_RANK_RESIDUAL or X.shape[0] * X.shape[1] == 0:
+        return False
+    for arr in (X, Wt, H, d):
+        if arr.dtype != X.dtype or arr.device != X.device:
+            return False
+    if X.stride(-1) != 1 or H.stride(-1) != 1 or d.stride(-1) != 1:
+        return False
+    return _build() is not None
+
+
+def weighted_residual(X, Wt, H, d):
+    """``sum_j d_j sum_i (X - Wt.T @ H)_ij^2`` as a Python float (one pass)."""
+    import torch
+
+    triton, _, kernel = _build()
+    n, p = X.shape
+    r = H.shape[0]
+    R = max(16, triton.next_power_of_2(r))
+    bm, bn = (64, 64) if R > 32 else (64, 128)
+    grid = (triton.cdiv(n, bm), triton.cdiv(p, bn))
+    out = torch.empty(grid[0] * grid[1], dtype=torch.float64, device=X.device)
+    kernel[grid](
+        X,
+        Wt,
+        H,
+        d,
+        out,
+        n,
+        p,
+        r,
+        X.stride(0),
+        Wt.stride(0),
+        Wt.stride(1),
+        H.stride(0),
+        R=R,
+        BM=bm,
+        BN=bn,
+    )
+    return float(out.sum())
