@@ -135,6 +135,7 @@ def _build():
         R: tl.constexpr,
         BM: tl.constexpr,
         BN: tl.constexpr,
+        DOT: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
@@ -144,17 +145,24 @@ def _build():
         mmask = rm < n
         nmask = rn < p
         kmask = rk < r
-        w = tl.load(
-            WT + rk[None, :] * stride_wk + rm[:, None] * stride_wm,
-            mask=kmask[None, :] & mmask[:, None],
-            other=0.0,
-        )
-        h = tl.load(
-            H + rk[:, None] * stride_h + rn[None, :],
-            mask=kmask[:, None] & nmask[None, :],
-            other=0.0,
-        )
-        wh = tl.dot(w, h, input_precision="ieee")
+        if DOT:  # the tile of W H by the matrix units, padded to R >= 16
+            w = tl.load(
+                WT + rk[None, :] * stride_wk + rm[:, None] * stride_wm,
+                mask=kmask[None, :] & mmask[:, None],
+                other=0.0,
+            )
+            h = tl.load(
+                H + rk[:, None] * stride_h + rn[None, :],
+                mask=kmask[:, None] & nmask[None, :],
+                other=0.0,
+            )
+            wh = tl.dot(w, h, input_precision="ieee")
+        else:  # r rank-one updates of the tile (no padding)
+            wh = tl.zeros((BM, BN), dtype=tl.float32)
+            for k in range(0, r):
+                wk = tl.load(WT + k * stride_wk + rm * stride_wm, mask=mmask, other=0.0)
+                hk = tl.load(H + k * stride_h + rn, mask=nmask, other=0.0)
+                wh += wk[:, None] * hk[None, :]
         x = tl.load(
             X + rm[:, None] * stride_x + rn[None, :],
             mask=mmask[:, None] & nmask[None, :],
@@ -254,15 +262,28 @@ def residual_usable(X, Wt, H, d):
     return _build() is not None
 
 
-def weighted_residual(X, Wt, H, d):
-    """``sum_j d_j sum_i (X - Wt.T @ H)_ij^2`` as a Python float (one pass)."""
+# Tile shape, warps and variant of the residual kernel (see bench_gpu.py).
+RESIDUAL_CONFIG = {"block": (64, 128), "num_warps": 4, "dot": True}
+
+
+def weighted_residual(X, Wt, H, d, *, block=None, num_warps=None, dot=None):
+    """``sum_j d_j sum_i (X - Wt.T @ H)_ij^2`` as a Python float (one pass).
+
+    ``block`` (rows, columns of a tile), ``num_warps`` and ``dot`` (form the
+    tile of ``W H`` with ``tl.dot`` rather than rank-one updates) default to
+    :data:`RESIDUAL_CONFIG`.
+    """
     import torch
 
     triton, _, kernel = _build()
     n, p = X.shape
     r = H.shape[0]
     R = max(16, triton.next_power_of_2(r))
-    bm, bn = (64, 64) if R > 32 else (64, 128)
+    bm, bn = block or RESIDUAL_CONFIG["block"]
+    if R > 32 and block is None:
+        bm, bn = 64, 64
+    warps = num_warps or RESIDUAL_CONFIG["num_warps"]
+    use_dot = RESIDUAL_CONFIG["dot"] if dot is None else bool(dot)
     grid = (triton.cdiv(n, bm), triton.cdiv(p, bn))
     out = torch.empty(grid[0] * grid[1], dtype=torch.float64, device=X.device)
     kernel[grid](
@@ -281,5 +302,7 @@ def weighted_residual(X, Wt, H, d):
         R=R,
         BM=bm,
         BN=bn,
+        DOT=use_dot,
+        num_warps=warps,
     )
     return float(out.sum())

@@ -296,14 +296,15 @@ def _h_xt(A, X):
     """
     if _np(A):
         return np.ascontiguousarray((X @ A.T).T)
-    return (X @ A.T).T.contiguous()
+    # torch hands the transposes to the BLAS: no copy of the result.
+    return A @ X.T
 
 
 def _w_x(Wt, X):
     """``Wt @ X`` (Wt: r x n) -> r x p, without copying X."""
     if _np(Wt):
         return np.ascontiguousarray((X.T @ Wt.T).T)
-    return (X.T @ Wt.T).T.contiguous()
+    return Wt @ X
 
 
 def column_sums64(X, *, square=True):
@@ -567,9 +568,7 @@ def fit_hals(
     converged = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        if n_iter > 1:
-            Hd = H * d
-            HDHt = Hd @ H.T
+        if n_iter > 1:  # Hd and HDHt are those of the current H (end of loop)
             num_W = _h_xt(Hd, X)
         _hals_inner(Wt, num_W, HDHt, l1_W, l2_W, sw_W)
         WtW = Wt @ Wt.T
@@ -579,7 +578,7 @@ def fit_hals(
             Hd = H * d
             HDHt = Hd @ H.T
         # One host transfer for both sums (each is a synchronisation on a GPU).
-        obj = objective(*_sums64((num_H * H) @ d, WtW * HDHt))
+        obj = objective(*_sums64(num_H * Hd, WtW * HDHt))
         history.append(obj)
         if verbose and n_iter % 10 == 0:
             print(f"CoupledNMF[hals] iteration {n_iter}: objective {obj:.6g}")

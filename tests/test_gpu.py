@@ -105,6 +105,7 @@ def test_rank_scorer_on_cuda_matches_cpu():
     from sklearn_peek import RankQualityScorer
 
     X, blocks = _data(np.float64)
+    blocks = [("input", blocks[0][1]), ("layer", blocks[1][1])]
     kw = dict(blocks=blocks, ranks=range(1, 6), cv=2, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -150,5 +151,7 @@ def test_compiled_residual_kernel_matches_float64():
     ref = float(((R * R) @ d.double()).sum())
     for Wt in (W.T, W.T.contiguous()):
         assert _gpu_kernels.residual_usable(X, Wt, H, d)
-        got = _gpu_kernels.weighted_residual(X, Wt, H, d)
-        assert got == pytest.approx(ref, rel=1e-5)
+        for dot in (True, False):
+            for block in ((64, 128), (128, 128), (64, 256)):
+                got = _gpu_kernels.weighted_residual(X, Wt, H, d, dot=dot, block=block)
+                assert got == pytest.approx(ref, rel=1e-5)

@@ -103,12 +103,13 @@ for n, p, r in ((5, 7, 1), (130, 300, 20), (70, 200, 40), (64, 128, 16)):
     R = X.double() - W.double() @ H.double()
     ref = float(((R * R) @ d.double()).sum())
     for name, Wt in (("contiguous", W.T.contiguous()), ("view", W.T)):
-        out.append({
-            "case": f"{n}x{p} r={r} {name}",
-            "usable": _gpu_kernels.residual_usable(X, Wt, H, d),
-            "got": _gpu_kernels.weighted_residual(X, Wt, H, d),
-            "ref": ref,
-        })
+        for dot in (True, False):
+            out.append({
+                "case": f"{n}x{p} r={r} {name} dot={dot}",
+                "usable": _gpu_kernels.residual_usable(X, Wt, H, d),
+                "got": _gpu_kernels.weighted_residual(X, Wt, H, d, dot=dot),
+                "ref": ref,
+            })
 out.append({"float64_usable": _gpu_kernels.residual_usable(
     X.double(), W.T.double(), H.double(), d.double())})
 print(json.dumps(out))
@@ -117,7 +118,7 @@ print(json.dumps(out))
 
 def test_residual_kernel_matches_float64():
     *cases, last = _run(RESIDUAL)
-    assert len(cases) == 8
+    assert len(cases) == 16
     for c in cases:
         assert c["usable"], c["case"]
         assert c["got"] == pytest.approx(c["ref"], rel=1e-6), c["case"]
