@@ -72,6 +72,7 @@ def _build():
         m,
         stride_a,
         stride_num,
+        stride_num_c,
         stride_g,
         L1_MODE: tl.constexpr,
         L2_MODE: tl.constexpr,
@@ -105,7 +106,9 @@ def _build():
             is_t = rows == t
             g = tl.load(G + t * stride_g + rows, mask=rmask & (rows != t), other=0.0)
             gtt = tl.load(G + t * stride_g + t)
-            num = tl.load(NUM + t * stride_num + cols, mask=cmask, other=0.0)
+            num = tl.load(
+                NUM + t * stride_num + cols * stride_num_c, mask=cmask, other=0.0
+            )
             rest = tl.sum(g[:, None] * a, axis=0)
             den = gtt + pen2
             safe = tl.where(den > 0, den, 1.0)
@@ -189,8 +192,11 @@ def usable(A, num, G):
     if not 0 < A.shape[0] <= MAX_RANK or A.shape[1] == 0:
         return False
     for arr in (A, num, G):
-        if arr.dtype != A.dtype or arr.device != A.device or arr.stride(-1) != 1:
+        if arr.dtype != A.dtype or arr.device != A.device:
             return False
+    # A and G row-major; num any layout (the products with X come transposed).
+    if A.stride(-1) != 1 or G.stride(-1) != 1:
+        return False
     return _build() is not None
 
 
@@ -234,6 +240,7 @@ def sweep(A, num, G, l1, l2):
         m,
         A.stride(0),
         num.stride(0),
+        num.stride(1),
         G.stride(0),
         L1_MODE=l1_mode,
         L2_MODE=l2_mode,

@@ -127,7 +127,7 @@ def test_compiled_sweep_kernel_matches_eager(dtype, r):
     A = torch.rand(r, m, generator=g, device="cuda", dtype=dtype)
     B = torch.rand(r, 2 * r, generator=g, device="cuda", dtype=dtype)
     G = B @ B.T
-    num = r * torch.rand(r, m, generator=g, device="cuda", dtype=dtype)
+    num = r * torch.rand(m, r, generator=g, device="cuda", dtype=dtype).T
     l2 = torch.rand(m, generator=g, device="cuda", dtype=dtype)
     for l1_, l2_ in ((0.0, 0.0), (0.05, 0.2), (0.0, l2)):
         assert _gpu_kernels.usable(A, num, G)

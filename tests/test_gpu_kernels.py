@@ -49,7 +49,8 @@ for dtype in (torch.float32, torch.float64):
             if r > 2:  # an empty component: zero row and column in G
                 G[1, :] = 0
                 G[:, 1] = 0
-            num = torch.rand(r, m, dtype=dtype) * r
+            # The products with X arrive as transposed views: test that layout.
+            num = (torch.rand(m, r, dtype=dtype) * r).T
             if pen == "none":
                 l1, l2 = 0.0, 0.0
             elif pen == "scalar":
