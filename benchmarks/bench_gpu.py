@@ -380,6 +380,36 @@ def pipeline_on_device(device, *, n, batch, max_iter):
     return out
 
 
+def tf32_cost(X, blocks, rank, device, *, max_iter):
+    """Same fit with TF32 matrix units off (default) and on: time and error."""
+    torch = _torch()
+    timer = Timer(device)
+    before = torch.backends.cuda.matmul.allow_tf32
+    out = {}
+    try:
+        for tf32 in (False, True, False):  # the first run warms up
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            model = CoupledNMF(
+                rank, blocks=blocks, random_state=0, device=device, max_iter=max_iter
+            )
+            timer.sync()
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.fit(X)
+            timer.sync()
+            key = "tf32" if tf32 else "fp32"
+            out[key] = {
+                "s": time.perf_counter() - t0,
+                "iterations": int(model.n_iter_),
+                "err": model.reconstruction_err_,
+            }
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    out["err_rel_diff"] = (out["tf32"]["err"] - out["fp32"]["err"]) / out["fp32"]["err"]
+    return out
+
+
 def _save(results):
     out = os.environ.get("OUT")
     if out:
@@ -401,6 +431,11 @@ def main(argv=None):
     parser.add_argument("--skip-sklearn", action="store_true")
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument(
+        "--tf32-only",
+        action="store_true",
+        help="only compare a fit with TF32 matrix units off and on (large case)",
+    )
     args = parser.parse_args(argv)
     torch = _torch()
     if args.cpu_smoke:
@@ -434,6 +469,16 @@ def main(argv=None):
     print(
         f"# bench_gpu on {info['device']} (torch {info['torch']}, TF32 {info['tf32']})"
     )
+
+    if args.tf32_only:
+        n, blocks = large
+        X = make_matrix(n, blocks, rank, device)
+        for max_iter in (20, 200):
+            res = tf32_cost(X, blocks, rank, device, max_iter=max_iter)
+            results[f"tf32_max_iter_{max_iter}"] = res
+            print(f"max_iter={max_iter}: {res}", flush=True)
+        _save(results)
+        return results
 
     rows = []
     for label, (n, blocks) in (("large", large), ("small", small)):
