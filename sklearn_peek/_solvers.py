@@ -28,6 +28,10 @@ torch branch (on the tensor's device and dtype). So the very same solver
 functions run on either, with the same math, the same order of updates and
 the same stopping rule; the objective is always accumulated in float64 on the
 host as a Python float. torch is imported only when a tensor arrives.
+
+On a CUDA device two hot spots, the HALS sweep and the explicit float32
+residual of the stopping test, run as Triton kernels with the same arithmetic
+(:mod:`sklearn_peek._gpu_kernels`); everywhere else they run as written here.
 """
 
 from __future__ import annotations
