@@ -7,15 +7,18 @@ For a LeNet-5-size network (1x28x28 inputs) and a ResNet-18 (CIFAR-style,
   against a plain ``model(x)`` loop over the same batches under
   ``torch.inference_mode()``;
 - ONNX (the same network exported with ``torch.onnx.export``): the extractor
-  against a plain onnxruntime session returning only the final output, once
-  with graph optimizations off (the setting the extractor uses, so the ratio
-  isolates the extractor's own cost; like the extractor, no thread
-  spinning) and once with onnxruntime's defaults (all graph optimizations,
+  with ``onnx_optimization="disable"`` (graph optimizations off) and with
+  ``"all"`` (the default), each against a plain onnxruntime session at the
+  same optimization level returning only the final output (like the
+  extractor, no thread spinning: the ratio isolates the extractor's own
+  cost), and both against onnxruntime's defaults (all graph optimizations,
   spinning threads: what a user's plain session would run).
 
 Overhead = extractor time / baseline time - 1 (target: <= 15%). Each number is
 the best of ``--repeat`` runs, baseline and extractor alternating, all in
-this process. Prints a markdown table.
+this process. Prints a markdown table, then the ``fit`` times (``"all"``
+builds a second, unoptimized session in ``fit`` to check the optimized one)
+and the largest difference between the two extractors' outputs.
 
 Usage::
 
@@ -117,11 +120,13 @@ def _export(model, shape):
     return buf.getvalue()
 
 
-def _ort_session(model_bytes, optimize):
-    """A plain session: onnxruntime's defaults, or the extractor's settings."""
+def _ort_session(model_bytes, level, spin):
+    """A plain session: ``level`` "disable" or "all"; ``spin``: onnxruntime's
+    default of spinning worker threads (the extractor turns it off)."""
     opts = ort.SessionOptions()
-    if not optimize:
+    if level == "disable":
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(
         model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
@@ -139,6 +144,7 @@ def _best(fn, repeat):
 
 
 def bench(name, model, shape, torch_layers, onnx_layers, n, batch_size, repeat):
+    """Table rows and, per ONNX setting, (fit seconds, largest difference)."""
     rng = np.random.default_rng(0)
     X = rng.random((n, int(np.prod(shape))), dtype=np.float32)
     X4 = X.reshape(n, *shape)
@@ -154,24 +160,43 @@ def bench(name, model, shape, torch_layers, onnx_layers, n, batch_size, repeat):
     ).fit(X)
     n_feat = ext.n_features_out_
     t_base, t_ext = _best_pair(plain_torch, lambda: ext.transform(X), repeat)
-    rows.append((name, "torch", "model(x)", n, n_feat, t_base, t_ext))
+    rows.append((name, "torch", "n/a", "model(x)", n, n_feat, t_base, t_ext))
 
     model_bytes = _export(model, shape)
-    oext = LayerActivationExtractor(
-        model_bytes, onnx_layers, batch_size=batch_size, progress=False
-    ).fit(X)
-    sess = _ort_session(model_bytes, optimize=False)
+    label = {"disable": "opt. off", "all": "opt. all (default)"}
+    exts, t_ext, notes = {}, {}, {}
+    for level in ("disable", "all"):
 
-    def plain_ort(sess=sess):
-        for i in range(0, n, batch_size):
-            sess.run(["logits"], {"x": X4[i : i + batch_size]})
+        def fit(level=level):
+            return LayerActivationExtractor(
+                model_bytes,
+                onnx_layers,
+                batch_size=batch_size,
+                progress=False,
+                onnx_optimization=level,
+            ).fit(X)
 
-    t_base, t_ext = _best_pair(plain_ort, lambda: oext.transform(X), repeat)
-    rows.append((name, "onnx", "ORT, opt. off", n, n_feat, t_base, t_ext))
-    del sess, plain_ort
+        t_fit = _best(fit, min(repeat, 3))
+        exts[level] = fit()
+        assert exts[level].onnx_optimization_ == level  # no fallback
+        notes[level] = [t_fit]
+        sess = _ort_session(model_bytes, level, spin=False)
+
+        def plain_ort(sess=sess):
+            for i in range(0, n, batch_size):
+                sess.run(["logits"], {"x": X4[i : i + batch_size]})
+
+        t_base, t_ext[level] = _best_pair(
+            plain_ort, lambda level=level: exts[level].transform(X), repeat
+        )
+        base = "ORT, opt. off" if level == "disable" else "ORT, opt. all, no spin"
+        rows.append((name, "onnx", label[level], base, n, n_feat, t_base, t_ext[level]))
+        del sess, plain_ort
+    diff = float(np.abs(exts["all"].transform(X) - exts["disable"].transform(X)).max())
+    notes["all"].append(diff)
     # onnxruntime's defaults spin idle worker threads, which slows any other
     # session in the process: time this baseline on its own, after the rest.
-    sess = _ort_session(model_bytes, optimize=True)
+    sess = _ort_session(model_bytes, "all", spin=True)
     t_base = _best(
         lambda: [
             sess.run(["logits"], {"x": X4[i : i + batch_size]})
@@ -179,8 +204,20 @@ def bench(name, model, shape, torch_layers, onnx_layers, n, batch_size, repeat):
         ],
         repeat,
     )
-    rows.append((name, "onnx", "ORT defaults", n, n_feat, t_base, t_ext))
-    return rows
+    for level in ("all", "disable"):
+        rows.append(
+            (
+                name,
+                "onnx",
+                label[level],
+                "ORT defaults",
+                n,
+                n_feat,
+                t_base,
+                t_ext[level],
+            )
+        )
+    return rows, notes
 
 
 def main(argv=None):
@@ -203,7 +240,7 @@ def main(argv=None):
     torch.manual_seed(0)
     lenet = LeNet((1, 28, 28), 10).eval()  # the classic LeNet-5 of the case studies
     resnet = ResNet18().eval()
-    rows = bench(
+    rows, notes = bench(
         "LeNet-5 (1x28x28)",
         lenet,
         (1, 28, 28),
@@ -217,7 +254,7 @@ def main(argv=None):
         args.batch_size,
         args.repeat,
     )
-    rows += bench(
+    more, more_notes = bench(
         "ResNet-18 (3x32x32)",
         resnet,
         (3, 32, 32),
@@ -231,6 +268,8 @@ def main(argv=None):
         args.batch_size,
         args.repeat,
     )
+    rows += more
+    notes = {"LeNet-5": notes, "ResNet-18": more_notes}
     print(
         f"\ntorch {torch.__version__}, onnxruntime {ort.__version__}, "
         f"{platform.processor() or platform.machine()}, {args.threads} threads, "
@@ -238,14 +277,21 @@ def main(argv=None):
         "layers plus the input block (float32 output, nonneg='error' checks on).\n"
     )
     print(
-        "| network | runtime | baseline | n | features out | baseline s "
+        "| network | runtime | extractor | baseline | n | features out | baseline s "
         "| extractor s | baseline img/s | extractor img/s | overhead |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, rt, base, n, nf, tb, te in rows:
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rt, setting, base, n, nf, tb, te in rows:
         print(
-            f"| {name} | {rt} | {base} | {n} | {nf} | {tb:.3f} | {te:.3f} | "
-            f"{n / tb:,.0f} | {n / te:,.0f} | {100 * (te / tb - 1):+.1f}% |"
+            f"| {name} | {rt} | {setting} | {base} | {n} | {nf} | {tb:.3f} | "
+            f"{te:.3f} | {n / tb:,.0f} | {n / te:,.0f} | {100 * (te / tb - 1):+.1f}% |"
+        )
+    print()
+    for net, by_level in notes.items():
+        (fit_off,), (fit_all, diff) = by_level["disable"], by_level["all"]
+        print(
+            f"{net} ONNX: fit {fit_off:.3f} s (opt. off), {fit_all:.3f} s (opt. "
+            f"all, with the check); largest |all - off| in the output: {diff:.2g}"
         )
 
 

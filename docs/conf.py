@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
-import sklearn_peek  # noqa: E402
+import sklearn_peek
 
 project = "sklearn_peek"
 author = "sklearn_peek developers"

@@ -8,8 +8,8 @@ skl2onnx...). Here a scikit-learn :class:`~sklearn.neural_network.MLPClassifier`
 is trained on the digits, exported with `skl2onnx
 <https://onnx.ai/sklearn-onnx/>`_ (``pip install skl2onnx``), and analysed
 like any other network: the extractor exposes the hidden ONNX tensors as
-graph outputs and runs onnxruntime with graph optimizations off, so nothing
-is fused away.
+graph outputs, which onnxruntime's graph optimizations do not fuse away (the
+optimized graph is checked against the unoptimized one before it is used).
 
 Set ``SKLEARN_PEEK_EXAMPLE_QUICK=1`` to run it on smaller settings.
 """

@@ -5,6 +5,7 @@ the graph cut at that tensor (onnx.utils.Extractor, default optimizations).
 """
 
 import io
+import pickle
 import warnings
 
 import numpy as np
@@ -13,6 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from sklearn.base import clone
 
 from sklearn_peek import LayerActivationExtractor, available_layers
 
@@ -188,6 +190,7 @@ def test_builtin_models_match_cut_graph(case, X):
     A = ext.fit_transform(X.reshape(len(X), -1))  # 2-D: shape from the model
     assert ext.input_shape_ == (1, 28, 28)
     assert model.SerializeToString() == before  # the caller's proto is untouched
+    assert ext.onnx_optimization_ == "all"  # the optimized graph passed the check
     start = 784 * 2
     for name, size in ext.block_sizes_[1:]:
         ref = split_ref(reference(model, name, X, batch=fixed))
@@ -505,3 +508,223 @@ def test_resnet_auto_layers_agree_across_runtimes():
         "avgpool",
     ]
     np.testing.assert_allclose(t.transform(X), o.transform(X), rtol=1e-4, atol=1e-5)
+
+
+# -- onnx_optimization ---------------------------------------------------------
+def make_conv_bn_net(seed=0):
+    """conv -> BatchNormalization -> relu -> maxpool -> conv -> relu -> gap -> fc,
+    written with onnx.helper so that the BatchNormalization stays a node.
+
+    Tensors: c1, bn1, r1, p1, c2, r2, g, f, y. Unoptimized, onnxruntime runs
+    every node; optimized, it folds bn1 into c1, fuses c2 + r2 into one
+    convolution and (ORT_ENABLE_ALL) moves to blocked memory layouts, unless
+    a tensor it would remove is a graph output.
+    """
+    rng = np.random.default_rng(seed)
+    w = {
+        "W1": rng.normal(0, 0.3, (8, 3, 3, 3)),
+        "b1": rng.normal(0, 0.1, 8),
+        "gamma": rng.uniform(0.5, 1.5, 8),
+        "beta": rng.normal(0, 0.3, 8),
+        "mean": rng.normal(0, 0.3, 8),
+        "var": rng.uniform(0.5, 2.0, 8),
+        "W2": rng.normal(0, 0.2, (16, 8, 3, 3)),
+        "b2": rng.normal(0, 0.1, 16),
+        "Wf": rng.normal(0, 0.3, (5, 16)),
+        "bf": rng.normal(0, 0.1, 5),
+    }
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "BatchNormalization", ["c1", "gamma", "beta", "mean", "var"], ["bn1"]
+        ),
+        helper.make_node("Relu", ["bn1"], ["r1"]),
+        helper.make_node(
+            "MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]
+        ),
+        helper.make_node("Conv", ["p1", "W2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "convbn",
+        [helper.make_tensor_value_info("x", F32, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", F32, ["N", 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", CURRENT)])
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.fixture
+def X3():
+    return np.random.default_rng(1).random((9, 3, 16, 16), dtype=np.float32)
+
+
+@pytest.mark.parametrize("level", ["basic", "extended", "all"])
+@pytest.mark.parametrize(
+    "layers",
+    [["c1", "r1"], ["bn1"], ["c1", "bn1", "r1", "p1", "c2", "r2", "y"], ["r2"]],
+)
+def test_optimized_graph_gives_the_unoptimized_values(level, layers, X3):
+    model = make_conv_bn_net()
+    kw = dict(nonneg="split", batch_size=4)
+    ref = LayerActivationExtractor(model, layers, onnx_optimization="disable", **kw)
+    B = ref.fit_transform(X3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback
+        opt = LayerActivationExtractor(model, layers, onnx_optimization=level, **kw)
+        A = opt.fit_transform(X3)
+    assert ref.onnx_optimization_ == "disable"
+    assert opt.onnx_optimization_ == level
+    assert opt.block_sizes_ == ref.block_sizes_
+    np.testing.assert_allclose(A, B, rtol=1e-5, atol=1e-5)
+    # and both are the graph cut at each tensor (the input block aside)
+    start = ref.block_sizes_[0][1]
+    for name, size in ref.block_sizes_[1:]:
+        want = split_ref(reference(model, name, X3))
+        np.testing.assert_allclose(A[:, start : start + size], want, atol=1e-5)
+        start += size
+
+
+def test_optimized_torch_export_with_batchnorm(X):
+    # do_constant_folding=False keeps the BatchNormalization node in the export
+    torch.manual_seed(0)
+    net = TorchLeNet()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.2, 0.2)
+        net.bn.running_var.uniform_(0.5, 2.0)
+        net.bn.weight.uniform_(0.5, 1.5)
+    net.eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            torch.zeros(1, 1, 28, 28),
+            buf,
+            dynamo=False,
+            do_constant_folding=False,
+            input_names=["image"],
+            dynamic_axes={"image": {0: "n"}},
+        )
+    ops = [n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node]
+    assert "BatchNormalization" in ops
+    tensors = [
+        "/conv2/Conv_output_0",
+        "/bn/BatchNormalization_output_0",
+        "/relu2/Relu_output_0",
+        "/pool2/AveragePool_output_0",
+    ]
+    kw = dict(nonneg="split", batch_size=3)
+    off = LayerActivationExtractor(
+        buf.getvalue(), tensors, onnx_optimization="disable", **kw
+    ).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        on = LayerActivationExtractor(buf.getvalue(), tensors, **kw).fit(X)  # "all"
+        A = on.transform(X)
+    assert on.onnx_optimization_ == "all"
+    np.testing.assert_allclose(A, off.transform(X), rtol=1e-5, atol=1e-5)
+    t = LayerActivationExtractor(net, ["conv2", "bn", "relu2", "pool2"], **kw).fit(X)
+    assert t.onnx_optimization_ is None  # torch models ignore the parameter
+    np.testing.assert_allclose(A, t.transform(X), rtol=1e-4, atol=1e-5)
+
+
+def test_optimized_graph_that_differs_falls_back(monkeypatch, X3):
+    # Fault injection: make the "optimized" session compute relu(c1) under
+    # the name c1, as a Conv+Relu fusion that ignored the requested conv
+    # output would. The extractor must notice, warn and run unoptimized.
+    from sklearn_peek._extract import _onnx
+
+    build = _onnx.OnnxAdapter._build
+
+    def fused_too_far(self, outputs, dynamic_batch, level="disable"):
+        if level == "disable":
+            return build(self, outputs, dynamic_batch, level)
+        saved = self.inferred
+        bad = onnx.ModelProto()
+        bad.CopyFrom(saved)
+        nodes = list(bad.graph.node)
+        nodes[0].output[0] = "c1_raw"
+        nodes[1].input[0] = "c1_raw"  # BatchNormalization still reads the conv
+        nodes.insert(1, helper.make_node("Relu", ["c1_raw"], ["c1"]))
+        del bad.graph.node[:]
+        bad.graph.node.extend(nodes)
+        self.inferred = bad
+        try:
+            return build(self, outputs, dynamic_batch, level)
+        finally:
+            self.inferred = saved
+
+    model = make_conv_bn_net()
+    want = LayerActivationExtractor(
+        model, ["c1", "r1"], nonneg="split", onnx_optimization="disable"
+    ).fit_transform(X3)
+    monkeypatch.setattr(_onnx.OnnxAdapter, "_build", fused_too_far)
+    ext = LayerActivationExtractor(model, ["c1", "r1"], nonneg="split")
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"onnx_optimization='all'.*does not reproduce.*'c1': largest "
+        r"difference.*optimizations off",
+    ):
+        A = ext.fit_transform(X3)
+    assert ext.onnx_optimization_ == "disable"
+    np.testing.assert_array_equal(A, want)
+    # a requested tensor that is fine on its own passes the check
+    ok = LayerActivationExtractor(model, ["r1"], nonneg="split").fit(X3)
+    assert ok.onnx_optimization_ == "all"
+
+
+def test_mismatch_rule():
+    from sklearn_peek._extract._onnx import _mismatch
+
+    a = np.array([[1.0, -2.0, 0.5]], np.float32)
+    assert _mismatch(a, a, 1e-3) is None
+    assert _mismatch(a + 1e-4, a, 1e-3) is None  # 1e-4 <= 1e-3 * 2
+    assert "largest difference" in _mismatch(a + 1e-2, a, 1e-3)
+    assert "shape" in _mismatch(a[:, :2], a, 1e-3)
+    b = a.copy()
+    b[0, 1] = np.nan
+    assert _mismatch(b, b, 1e-3) is None
+    assert "NaN" in _mismatch(a, b, 1e-3)
+    assert "NaN" in _mismatch(b, a, 1e-3)
+    z = np.zeros((2, 3), np.float32)
+    assert _mismatch(z, z, 1e-3) is None
+    assert _mismatch(z + 1e-9, z, 1e-3) is not None  # a dead layer stays dead
+
+
+@pytest.mark.parametrize("bad", ["fast", "ALL", None, 2, True])
+def test_onnx_optimization_is_validated(bad, X):
+    model = make_lenet(CURRENT)
+    ext = LayerActivationExtractor(model, ["r3"], onnx_optimization=bad)  # no check
+    with pytest.raises(
+        ValueError,
+        match=rf"onnx_optimization={bad!r} is not understood; expected one of "
+        r"\('disable', 'basic', 'extended', 'all'\)",
+    ):
+        ext.fit(X)
+
+
+def test_onnx_optimization_params_clone_and_pickle(X):
+    model = make_lenet(CURRENT)
+    assert LayerActivationExtractor(model).get_params()["onnx_optimization"] == "all"
+    ext = LayerActivationExtractor(model, ["c1", "r3"], nonneg="split",
+                                   onnx_optimization="basic")  # fmt: skip
+    assert ext.get_params()["onnx_optimization"] == "basic"
+    twin = clone(ext)
+    assert twin.get_params()["onnx_optimization"] == "basic"
+    assert twin.model is model
+    A = twin.fit_transform(X)
+    assert twin.onnx_optimization_ == "basic"
+    twin.set_params(onnx_optimization="extended")
+    assert twin.fit(X).onnx_optimization_ == "extended"
+    np.testing.assert_allclose(twin.transform(X), A, rtol=1e-5, atol=1e-5)
+    again = pickle.loads(pickle.dumps(twin))  # sessions are rebuilt, re-checked
+    assert again.onnx_optimization == "extended"
+    np.testing.assert_array_equal(again.transform(X), twin.transform(X))

@@ -31,10 +31,13 @@ MEMORY_FRACTION = 0.5
 
 _POOLING = (None, "avg", "max")
 _NONNEG = ("error", "relu", "split", "shift")
+_ONNX_OPTIMIZATION = ("disable", "basic", "extended", "all")
 
 
 # -- helpers shared by the estimator and available_layers ----------------------
-def _make_adapter(model, device=None, input_name=None, extra_inputs=None):
+def _make_adapter(
+    model, device=None, input_name=None, extra_inputs=None, optimization="disable"
+):
     from ._onnx import OnnxAdapter, is_onnx_model
     from ._torch import TorchAdapter, is_torch_module
 
@@ -48,7 +51,11 @@ def _make_adapter(model, device=None, input_name=None, extra_inputs=None):
         return TorchAdapter(model, device)
     if is_onnx_model(model):
         return OnnxAdapter(
-            model, device, input_name=input_name, extra_inputs=extra_inputs
+            model,
+            device,
+            input_name=input_name,
+            extra_inputs=extra_inputs,
+            optimization=optimization,
         )
     raise TypeError(
         f"model={type(model).__name__} object is not supported; expected a "
@@ -412,6 +419,22 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         output="torch"), CoupledNMF(blocks=...))`` factorizes them on the GPU
         without a round trip through host memory (CoupledNMF follows tensor
         input to its device).
+    onnx_optimization : {"all", "extended", "basic", "disable"}, default="all"
+        ONNX models only (ignored for torch models): onnxruntime's graph
+        optimization level (``GraphOptimizationLevel.ORT_ENABLE_ALL``,
+        ``ORT_ENABLE_EXTENDED``, ``ORT_ENABLE_BASIC``, ``ORT_DISABLE_ALL``).
+        The requested layers are graph outputs, which onnxruntime's fusions
+        keep, so the optimized graph gives the same values up to float32
+        rounding (not bit-identical to ``"disable"``) while extracting
+        about 1.3-1.5x faster on the CPU. Before an optimized session is used, it
+        runs 4 samples of the first batch and 4 random ones next to the
+        unoptimized graph; if a requested tensor differs by more than 1e-3
+        of its largest magnitude (1e-2 on CUDA, 3e-2 for float16
+        tensors), or the optimized graph fails to build or run, a
+        ``RuntimeWarning`` says so and the graph runs unoptimized
+        (``onnx_optimization_`` then reads ``"disable"``). ``"disable"``
+        skips that check and its cost (one more session and two runs on 8
+        samples when the session is built, in ``fit``).
 
     Attributes
     ----------
@@ -432,6 +455,11 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         Number of values per input sample.
     n_features_out_ : int
         Number of output columns.
+    onnx_optimization_ : str or None
+        The graph optimization level the ONNX session runs at:
+        ``onnx_optimization``, or ``"disable"`` when the optimized graph did
+        not pass the check described there. None for torch models and when
+        no layer is read.
     shifts_ : dict
         Only with ``nonneg="shift"``: block name -> float32 array subtracted
         from each feature (0 where the minimum seen in fit was >= 0).
@@ -488,6 +516,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         extra_inputs=None,
         channel_repeat=False,
         output="numpy",
+        onnx_optimization="all",
     ):
         self.model = model
         self.layers = layers
@@ -502,6 +531,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         self.extra_inputs = extra_inputs
         self.channel_repeat = channel_repeat
         self.output = output
+        self.onnx_optimization = onnx_optimization
 
     # -- scikit-learn plumbing -------------------------------------------------
     def __sklearn_clone__(self):
@@ -569,6 +599,15 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                 f"output={self.output!r} is not understood; expected 'numpy' or "
                 "'torch'."
             )
+        if (
+            not isinstance(self.onnx_optimization, str)
+            or self.onnx_optimization not in _ONNX_OPTIMIZATION
+        ):
+            raise ValueError(
+                f"onnx_optimization={self.onnx_optimization!r} is not understood; "
+                f"expected one of {_ONNX_OPTIMIZATION} (onnxruntime's graph "
+                "optimization level for ONNX models)."
+            )
         if not self.include_input and isinstance(self.layers, (list, tuple)):
             if len(self.layers) == 0:
                 raise ValueError(
@@ -579,7 +618,11 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         adapter = getattr(self, "_adapter", None)
         if adapter is None:
             adapter = _make_adapter(
-                self.model, self.device, self.input_name, self.extra_inputs
+                self.model,
+                self.device,
+                self.input_name,
+                self.extra_inputs,
+                self.onnx_optimization,
             )
             self._adapter = adapter
         return adapter
@@ -689,6 +732,11 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         _check_finite(probe, "X", 0)
         with self._runner() as run:
             raw = run(self._feed(probe))
+        self.onnx_optimization_ = (
+            adapter.optimization_used.get(tuple(sources))
+            if adapter.kind == "onnx"
+            else None
+        )
         shapes = {}
         if self.include_input:
             shapes["input"] = self.input_shape_
@@ -743,7 +791,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         torch adapter then already returns its activations on the device).
         """
         batch = np.ascontiguousarray(X4[start : start + self.batch_size], np.float32)
-        _check_finite(batch, "X", start)
+        xmin = _check_finite(batch, "X", start)
         raw = run(self._feed(batch))
         if device is not None:
             batch = _tensor_like(batch, device)
@@ -751,7 +799,9 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                 k: v if is_torch_tensor(v) else _tensor_like(v, device)
                 for k, v in raw.items()
             }
-        return self._postprocess(self._pooled(batch, raw), check_rows=start)
+        return self._postprocess(
+            self._pooled(batch, raw), check_rows=start, input_min=xmin
+        )
 
     def _output_device(self):
         """Where ``output="torch"`` puts the result: the model's device."""
@@ -780,12 +830,20 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             out[name] = a.reshape(n, -1)
         return out
 
-    def _postprocess(self, blocks, check_rows):
-        """Apply the nonneg policy; return {block: (B, block_size)}."""
+    def _postprocess(self, blocks, check_rows, input_min=None):
+        """Apply the nonneg policy; return {block: (B, block_size)}.
+
+        ``input_min``: the input's minimum when the caller has it already.
+        """
         out = {}
         for name, a in blocks.items():
             if name == "input":  # checked before the forward pass
-                amin = float(a.min()) if self.nonneg == "error" else 0.0
+                if self.nonneg != "error":
+                    amin = 0.0
+                elif input_min is not None:
+                    amin = input_min
+                else:
+                    amin = float(a.min())
             else:
                 amin = _check_finite(
                     a, f"layer {self.layer_sources_[name]!r}", check_rows

@@ -2,9 +2,11 @@
 
 Layers are named by tensor name (``/features/features.1/Relu_output_0``,
 ``relu1``); a node name is accepted as an alias for the node's first output.
-Graph optimizations are switched off so that no requested tensor is fused
-away. The model the caller passed is never modified: the adapter works on a
-copy.
+The requested tensors become graph outputs, which onnxruntime's graph
+optimizations keep; an optimized session is used only after it reproduced
+the unoptimized graph's values on a few samples (else the adapter warns and
+runs unoptimized). The model the caller passed is never modified: the
+adapter works on a copy.
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ POOL_OPS = frozenset(
     {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"}
 )
 _FLOAT_TYPES = None
+#: onnx_optimization value -> name of the onnxruntime.GraphOptimizationLevel.
+OPTIMIZATION_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+#: Samples of the first batch (plus as many random ones) on which an
+#: optimized session must reproduce the unoptimized graph.
+VERIFY_SAMPLES = 8
 
 
 def _float_types():
@@ -128,18 +140,33 @@ class OnnxAdapter:
     kind = "onnx"
 
     def __init__(
-        self, model, device=None, *, input_name=None, extra_inputs=None, param="device"
+        self,
+        model,
+        device=None,
+        *,
+        input_name=None,
+        extra_inputs=None,
+        param="device",
+        optimization="disable",
     ):
         import onnx
         import onnxruntime as ort
 
+        if optimization not in OPTIMIZATION_LEVELS:  # the estimator checks first
+            raise ValueError(
+                f"onnx_optimization={optimization!r} is not understood; expected "
+                f"one of {tuple(OPTIMIZATION_LEVELS)}."
+            )
         self.onnx = onnx
         self.ort = ort
+        self.optimization = optimization
         self.proto, self.source = load_model(model)
         dev = resolve_device(device, param=param)
         self.providers = ["CPUExecutionProvider"]
+        self.on_cuda = False
         if dev is not None and dev.type == "cuda":
             if "CUDAExecutionProvider" in ort.get_available_providers():
+                self.on_cuda = True
                 self.providers = [
                     ("CUDAExecutionProvider", {"device_id": dev.index or 0}),
                     "CPUExecutionProvider",
@@ -175,7 +202,8 @@ class OnnxAdapter:
                 self.alias.setdefault(node.name, node.output[0])
         self._choose_inputs(input_name, extra_inputs)
         self._sessions = {}
-        self._batch_mode = {}
+        #: outputs -> the optimization level their session runs at
+        self.optimization_used = {}
 
     # -- inputs ---------------------------------------------------------------
     def _choose_inputs(self, input_name, extra_inputs):
@@ -303,10 +331,11 @@ class OnnxAdapter:
         if sample_shape is not None and tensors:
             batch = np.zeros((1, *sample_shape), dtype=np.float32)
             shapes = {
-                k: tuple(v.shape[1:]) for k, v in self.run(batch, tensors).items()
+                k: tuple(v.shape[1:])
+                for k, v in self.run(batch, tensors, optimize=False).items()
             }
             # keep only the sessions used for extraction alive
-            self._sessions.pop(tuple(tensors), None)
+            self._sessions.pop((tuple(tensors), False), None)
         rows = []
         for t in tensors:
             node = self.producer[t]
@@ -353,7 +382,7 @@ class OnnxAdapter:
         return out
 
     # -- running ----------------------------------------------------------------
-    def _build(self, outputs, dynamic_batch):
+    def _build(self, outputs, dynamic_batch, level="disable"):
         onnx = self.onnx
         m = onnx.ModelProto()
         m.CopyFrom(self.inferred)
@@ -372,7 +401,12 @@ class OnnxAdapter:
             elem = self._types[t][0]
             g.output.append(onnx.helper.make_tensor_value_info(t, elem, None))
         opts = self.ort.SessionOptions()
-        opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        # A tensor listed as a graph output is kept by every fusion; an
+        # optimized session is checked against the unoptimized one anyway
+        # (_optimized) before it is used.
+        opts.graph_optimization_level = getattr(
+            self.ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[level]
+        )
         # Failures come back as exceptions with ORT's message; the rewrite probe
         # of a fixed batch dim may fail on purpose, so keep the log quiet.
         opts.log_severity_level = 4
@@ -412,54 +446,150 @@ class OnnxAdapter:
             ) from exc
         return dict(zip(outputs, res))
 
-    def _session_for(self, outputs, sample_shape):
-        """Session and chunk size; rewrites a fixed batch dim when that is safe."""
-        key = tuple(outputs)
-        if key in self._sessions:
-            return self._sessions[key]
+    def _run_entry(self, entry, batch, outputs):
+        """Run a (session, chunk) pair; chunked runs pad the last chunk."""
+        sess, chunk = entry
+        if chunk is None:
+            return self._run_session(sess, batch, outputs)
+        parts = []
+        n = batch.shape[0]
+        for i in range(0, n, chunk):
+            part = self._run_session(sess, _pad(batch[i : i + chunk], chunk), outputs)
+            parts.append({k: v[: min(chunk, n - i)] for k, v in part.items()})
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in outputs}
+
+    def _batch_entry(self, outputs, sample_shape):
+        """Unoptimized session, chunk size, and whether the batch dim was
+        rewritten; a fixed batch dim is rewritten when that is safe."""
         fixed = self.fixed_batch
         plain = self._build(outputs, dynamic_batch=False)
-        entry = (plain, fixed)
-        if fixed is not None:
-            try:
-                dyn = self._build(outputs, dynamic_batch=True)
-                # Verify on two different samples: a Reshape with a hard-coded
-                # batch size either fails here or mixes the samples up.
-                rng = np.random.default_rng(0)
-                probe = rng.random((fixed + 1, *sample_shape), dtype=np.float32)
-                together = self._run_session(dyn, probe, outputs)
-                ok = True
-                for i in range(0, fixed + 1, fixed):
-                    chunk = _pad(probe[i : i + fixed], fixed)
-                    alone = self._run_session(plain, chunk, outputs)
-                    k = min(fixed, fixed + 1 - i)
-                    for t in outputs:
-                        a = together[t][i : i + k]
-                        b = alone[t][:k]
-                        if a.shape != b.shape or not np.allclose(
-                            a, b, rtol=1e-4, atol=1e-5
-                        ):
-                            ok = False
-                if ok:
-                    entry = (dyn, None)
-            except ValueError:
-                pass
+        if fixed is None:
+            return (plain, None), False
+        try:
+            dyn = self._build(outputs, dynamic_batch=True)
+            # Verify on two different samples: a Reshape with a hard-coded
+            # batch size either fails here or mixes the samples up.
+            rng = np.random.default_rng(0)
+            probe = rng.random((fixed + 1, *sample_shape), dtype=np.float32)
+            together = self._run_session(dyn, probe, outputs)
+            ok = True
+            for i in range(0, fixed + 1, fixed):
+                chunk = _pad(probe[i : i + fixed], fixed)
+                alone = self._run_session(plain, chunk, outputs)
+                k = min(fixed, fixed + 1 - i)
+                for t in outputs:
+                    a = together[t][i : i + k]
+                    b = alone[t][:k]
+                    if a.shape != b.shape or not np.allclose(
+                        a, b, rtol=1e-4, atol=1e-5
+                    ):
+                        ok = False
+            if ok:
+                return (dyn, None), True
+        except ValueError:
+            pass
+        return (plain, fixed), False
+
+    def _check_samples(self, batch):
+        """A few samples of ``batch``, and as many random signed ones (float
+        inputs), on which an optimized session must match the plain one."""
+        real = np.asarray(batch[: VERIFY_SAMPLES // 2], dtype=np.float32)
+        if not np.issubdtype(self.input_dtype, np.floating):
+            return real
+        rng = np.random.default_rng(0)
+        shape = (VERIFY_SAMPLES - len(real), *batch.shape[1:])
+        return np.concatenate([real, rng.standard_normal(shape, dtype=np.float32)])
+
+    def _tolerance(self, tensor):
+        """Relative (max-norm) difference allowed between optimized and not."""
+        tol = 1e-2 if self.on_cuda else 1e-3  # cuDNN may pick TF32 kernels
+        elem = self._types[tensor][0]
+        eps = {
+            self.onnx.TensorProto.FLOAT16: 2.0**-10,
+            self.onnx.TensorProto.BFLOAT16: 2.0**-7,
+        }.get(elem, 0.0)
+        return max(tol, 32 * eps)
+
+    def _optimized(self, entry, dynamic, outputs, level, batch):
+        """The optimized session when it reproduces ``entry`` (unoptimized) on
+        a few samples of ``batch`` and random ones, else ``entry`` with a
+        warning. Returns (entry, level it runs at)."""
+        what = f"onnx_optimization={level!r}"
+        fallback = (
+            "; running the graph with optimizations off instead "
+            "(onnx_optimization='disable' avoids this check)."
+        )
+        samples = self._check_samples(batch)
+        try:
+            want = self._run_entry(entry, samples, outputs)
+        except ValueError as exc:
+            warnings.warn(
+                f"{what}: the ONNX model {self.source} could not run on the "
+                f"{len(samples)} samples that check its optimized graph ({exc})"
+                f"{fallback}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return entry, "disable"
+        try:
+            opt = (self._build(outputs, dynamic, level), entry[1])
+            got = self._run_entry(opt, samples, outputs)
+        except ValueError as exc:
+            warnings.warn(
+                f"{what}: onnxruntime could not build or run the optimized graph "
+                f"of the ONNX model {self.source} ({exc}){fallback}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return entry, "disable"
+        bad = []
+        for t in outputs:
+            why = _mismatch(got[t], want[t], self._tolerance(t))
+            if why is not None:
+                bad.append(f"{t!r}: {why}")
+        if bad:
+            warnings.warn(
+                f"{what}: onnxruntime's optimized graph of the ONNX model "
+                f"{self.source} does not reproduce the requested tensor(s) of the "
+                f"unoptimized graph ({'; '.join(bad[:3])}){fallback}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return entry, "disable"
+        return opt, level
+
+    def _session_for(self, outputs, batch, optimize=True):
+        """(session, chunk size) for these outputs, built on first use.
+
+        With ``optimize`` the session runs at ``self.optimization`` once it
+        has passed the check against the unoptimized graph (on the first
+        samples of ``batch`` and random ones).
+        """
+        key = (tuple(outputs), optimize)
+        if key in self._sessions:
+            return self._sessions[key]
+        entry, dynamic = self._batch_entry(outputs, batch.shape[1:])
+        used = "disable"
+        if optimize and self.optimization != "disable":
+            entry, used = self._optimized(
+                entry, dynamic, outputs, self.optimization, batch
+            )
         self._sessions[key] = entry
+        if optimize:
+            self.optimization_used[tuple(outputs)] = used
         return entry
 
-    def run(self, batch, names):
-        """Return {name: float32 ndarray (B, ...)} for the requested tensors."""
+    def run(self, batch, names, *, optimize=True):
+        """Return {name: float32 ndarray (B, ...)} for the requested tensors.
+
+        ``optimize=False`` runs the graph without optimizations whatever
+        ``self.optimization`` says (listing layers needs no speed).
+        """
         names = list(names)
-        sess, chunk = self._session_for(names, batch.shape[1:])
-        if chunk is None:
-            res = self._run_session(sess, batch, names)
-        else:
-            parts = []
-            n = batch.shape[0]
-            for i in range(0, n, chunk):
-                part = self._run_session(sess, _pad(batch[i : i + chunk], chunk), names)
-                parts.append({k: v[: min(chunk, n - i)] for k, v in part.items()})
-            res = {k: np.concatenate([p[k] for p in parts]) for k in names}
+        entry = self._session_for(names, batch, optimize)
+        res = self._run_entry(entry, batch, names)
         return {k: np.asarray(v, dtype=np.float32) for k, v in res.items()}
 
     @contextlib.contextmanager
@@ -472,6 +602,31 @@ class OnnxAdapter:
     def chunked(self):
         """True when the last built session runs in fixed-size chunks."""
         return any(c is not None for _, c in self._sessions.values())
+
+
+def _mismatch(got, want, tol):
+    """None when ``got`` equals ``want`` up to ``tol`` times ``want``'s largest
+    magnitude (and has NaN/inf at the same places), else what differs."""
+    if got.shape != want.shape:
+        return f"shape {got.shape} instead of {want.shape}"
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    finite = np.isfinite(want)
+    if not np.array_equal(finite, np.isfinite(got)) or not np.array_equal(
+        got[~finite], want[~finite], equal_nan=True
+    ):
+        return "NaN or infinite values at other places"
+    if not finite.any():
+        return None
+    got, want = got[finite], want[finite]
+    scale = float(np.abs(want).max())
+    diff = float(np.abs(got - want).max())
+    if diff <= tol * scale:
+        return None
+    return (
+        f"largest difference {diff:.3g} for values up to {scale:.3g}, more than "
+        f"the {tol:g} relative tolerance"
+    )
 
 
 def _pad(a, size):
