@@ -7,6 +7,7 @@ the plain NumPy CPU path is asked for, so ``import sklearn_peek`` stays cheap.
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -257,3 +258,24 @@ def like_input(result, X):
             return result.to(X.device)
         return torch.from_numpy(np.ascontiguousarray(result)).to(X.device)
     return to_numpy(result)
+
+
+def available_memory():
+    """Bytes of host memory available now (None when it cannot be told)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return None

@@ -21,13 +21,13 @@ import time
 import warnings
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from sklearn_peek import _criteria
-from sklearn_peek._backend import resolve_device
+from sklearn_peek._backend import available_memory, resolve_device
 
 _CRITERIA = ("bcv", "elbow", "energy", "stability")
 _COUPLINGS = ("input", "none", "all")
@@ -209,6 +209,27 @@ def _chain_task(
     return out
 
 
+# Bytes per pair of samples at the peak of one stability task: the float64
+# consensus matrix, the distance matrix and its symmetrised copy, and the
+# condensed distances (plus margin for the linkage's work arrays).
+_CONSENSUS_BYTES_PER_PAIR = 32
+
+
+def _check_consensus_memory(n, workers):
+    """Refuse a stability sweep whose n x n matrices would not fit in memory."""
+    need = _CONSENSUS_BYTES_PER_PAIR * float(n) * n * workers
+    avail = available_memory()
+    if avail is not None and need > 0.5 * avail:
+        raise MemoryError(
+            f"criterion='stability' builds n_samples x n_samples matrices for "
+            f"every rank: with n_samples={n} and {workers} parallel task(s) that "
+            f"needs about {need / 2**30:.1f} GiB, more than half of the "
+            f"{avail / 2**30:.1f} GiB of memory available. Expected fewer samples "
+            "(fit on a random subset of the rows), a smaller n_jobs, or "
+            "criterion='bcv', whose memory grows linearly with n_samples."
+        )
+
+
 def _stability_task(X, cols, blocks, rank, seeds, params):
     """``len(seeds)`` randomly initialised fits at one rank -> cophenetic."""
     Xc = np.asarray(X[:, cols]) if cols is not None else np.asarray(X)
@@ -363,8 +384,11 @@ class RankQualityScorer(BaseEstimator):
           cophenetic correlation (the maximum if it never drops; rank 1 is
           skipped). Measures: how reproducibly the factors cluster the samples.
           Fails when the data has no cluster structure (the curve is flat and
-          noisy) and costs ``n_restarts`` fits per rank plus an
-          ``n_samples x n_samples`` matrix.
+          noisy) and costs ``n_restarts`` fits per rank plus
+          ``n_samples x n_samples`` matrices (about ``32 * n_samples**2``
+          bytes per parallel task: 3.2 GB at 10,000 samples; a
+          ``MemoryError`` says so before any fit when that exceeds half of
+          the available memory).
     cv : int, default=5
         Number of row folds (and column groups) for ``"bcv"``.
     coupling : {"input", "none", "all"}, default="input"
@@ -880,9 +904,13 @@ class RankQualityScorer(BaseEstimator):
                         )
                     )
 
+        on_device = resolve_device(self.device) is not None
+        if criterion == "stability":
+            workers = 1 if on_device else min(effective_n_jobs(self.n_jobs), len(tasks))
+            _check_consensus_memory(n, workers)
         # heaviest first: better load balance, same results
         order = sorted(range(len(tasks)), key=lambda i: -tasks[i][1])
-        if resolve_device(self.device) is not None:
+        if on_device:
             # A torch device: every fit in this process, one after the other
             # (one CUDA context; process workers would each start their own).
             parallel = Parallel(n_jobs=1, backend="threading", verbose=self.verbose)

@@ -135,6 +135,20 @@ def test_stability_reports_cophenetic_and_selects_before_biggest_drop():
     assert sc.cv_results_["n_iter"].min() >= 5  # n_restarts fits per rank
 
 
+def test_stability_refuses_a_consensus_matrix_that_cannot_fit():
+    # 400,000 samples: the n x n matrices would take about 5 TB. The error
+    # comes before any fit (this test would otherwise run for hours).
+    X = np.random.default_rng(0).random((400_000, 4), dtype=np.float32)
+    sc = RankQualityScorer(
+        blocks=[("input", 2), ("conv1", 2)],
+        ranks=[1, 2],
+        criterion="stability",
+        n_restarts=2,
+    )
+    with pytest.raises(MemoryError, match=r"n_samples=400000.*criterion='bcv'"):
+        sc.fit(X)
+
+
 def test_warm_start_saves_iterations_and_keeps_the_answer():
     X = planted(4, 4, n=100)
     kw = dict(blocks=blocks_of((40, 120)), ranks=range(1, 9), cv=3, random_state=0)

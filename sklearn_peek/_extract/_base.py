@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from .._backend import available_memory as _available_memory
 from .._backend import is_torch_tensor, resolve_device, to_numpy
 
 #: At most this many layers are picked by ``layers="auto"``.
@@ -239,26 +240,6 @@ def _tensor_like(a, like):
 
     dev = like if isinstance(like, torch.device) else like.device
     return torch.as_tensor(np.asarray(a), device=dev).to(torch.float32)
-
-
-def _available_memory():
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return None
 
 
 def _fmt_bytes(n):
