@@ -231,6 +231,42 @@ def per_iteration(X, blocks, rank, device, *, n_iter, repeat):
     return out
 
 
+def scorer_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
+    """RankQualityScorer (bcv, cv=3, no warm starts): GPU vs CPU n_jobs."""
+    from sklearn_peek import RankQualityScorer
+
+    kw = dict(
+        blocks=blocks,
+        ranks=ranks,
+        cv=3,
+        warm_start=False,
+        max_iter=max_iter,
+        random_state=0,
+    )
+    timer = Timer(device)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for label in ("gpu_cold", "gpu"):
+            timer.sync()
+            t0 = time.perf_counter()
+            gpu = RankQualityScorer(device=device, **kw).fit(X)
+            timer.sync()
+            out[f"{label}_s"] = time.perf_counter() - t0
+        Xh = X.cpu().numpy()
+        t0 = time.perf_counter()
+        cpu = RankQualityScorer(n_jobs=n_jobs, **kw).fit(Xh)
+        out["cpu_s"] = time.perf_counter() - t0
+    out["n_jobs"] = n_jobs
+    out["speedup"] = out["cpu_s"] / out["gpu_s"]
+    out["rank_gpu"] = gpu.rank_
+    out["rank_cpu"] = cpu.rank_
+    a = np.asarray(gpu.cv_results_["mean_score"])
+    b = np.asarray(cpu.cv_results_["mean_score"])
+    out["max_score_abs_diff"] = float(np.max(np.abs(a - b)))
+    return out
+
+
 def residual_configs(X, rank, device):
     """Milliseconds of the one-pass residual kernel per tile shape and variant."""
     torch = _torch()
@@ -313,6 +349,20 @@ def _device_sweep(X, blocks, device, ranks, max_iter):
     return time.perf_counter() - t0, errs
 
 
+def _batched_sweep(X, blocks, device, ranks, max_iter):
+    from sklearn_peek._coupled_nmf import fit_ranks
+
+    timer = Timer(device)
+    timer.sync()
+    t0 = time.perf_counter()
+    est = CoupledNMF(blocks=blocks, random_state=0, max_iter=max_iter, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models, _ = fit_ranks(est, X, ranks)
+    timer.sync()
+    return time.perf_counter() - t0, [m.reconstruction_err_ for m in models]
+
+
 def rank_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
     """Sequential sweep on the device vs joblib n_jobs NumPy sweep on the host.
 
@@ -327,6 +377,9 @@ def rank_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
     # One fit's fixed cost: initialisation (randomized SVD, NNDSVD on the
     # host), setup and the final per-block errors, with one iteration.
     t_fixed, _ = _device_sweep(X, blocks, device, ranks, 1)
+    # All ranks stacked in one solver run per group (fit_ranks).
+    t_batched_cold, _ = _batched_sweep(X, blocks, device, ranks, max_iter)
+    t_batched, errs_batched = _batched_sweep(X, blocks, device, ranks, max_iter)
     Xh = X.cpu().numpy()
     t0 = time.perf_counter()
     errs_cpu = Parallel(n_jobs=n_jobs)(
@@ -334,7 +387,12 @@ def rank_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
     )
     t_cpu = time.perf_counter() - t0
     diff = max(abs(a - b) / b for a, b in zip(errs_gpu, errs_cpu))
+    diff_b = max(abs(a - b) / b for a, b in zip(errs_batched, errs_cpu))
     return {
+        "batched_cold_s": t_batched_cold,
+        "batched_s": t_batched,
+        "batched_speedup": t_cpu / t_batched,
+        "batched_max_err_rel_diff": diff_b,
         "ranks": [int(ranks[0]), int(ranks[-1])],
         "gpu_cold_s": t_cold,
         "gpu_fixed_s": t_fixed,
@@ -432,6 +490,11 @@ def main(argv=None):
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="only the rank sweeps of the small matrix (CoupledNMF and the scorer)",
+    )
+    parser.add_argument(
         "--tf32-only",
         action="store_true",
         help="only compare a fit with TF32 matrix units off and on (large case)",
@@ -469,6 +532,23 @@ def main(argv=None):
     print(
         f"# bench_gpu on {info['device']} (torch {info['torch']}, TF32 {info['tf32']})"
     )
+
+    if args.sweep_only:
+        n, blocks = small
+        X = make_matrix(n, blocks, rank, device)
+        sw = rank_sweep(
+            X, blocks, device, ranks=ranks, max_iter=sweep_iter, n_jobs=os.cpu_count()
+        )
+        results["sweep"] = sw
+        _save(results)
+        print(f"sweep: {sw}", flush=True)
+        sc = scorer_sweep(
+            X, blocks, device, ranks=ranks, max_iter=sweep_iter, n_jobs=os.cpu_count()
+        )
+        results["scorer"] = sc
+        _save(results)
+        print(f"scorer: {sc}", flush=True)
+        return results
 
     if args.tf32_only:
         n, blocks = large

@@ -20,6 +20,7 @@ from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
+    clone,
 )
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_array, check_random_state
@@ -320,21 +321,12 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             A torch tensor (on X's device) when X is one.
         """
         X_in = X
-        dev = _select_backend(self.device, X)
         # Custom W, H are checked on the host (they are small) like arrays.
         W = _host_array(W, None) if is_torch_tensor(W) else W
         H = _host_array(H, None) if is_torch_tensor(H) else H
-        X = self._validate_fit_input(X, dev)
+        X, slices, weights, d = self._prepare_fit(X)
         n, p = X.shape
-        dt = numpy_dtype(X)
-        names, slices = self._resolve_blocks(p)
-        self.block_names_ = names
-        self.block_slices_ = dict(zip(names, slices))
         kl = self.beta_loss == "kullback-leibler"
-        self._check_solver_loss(X)
-        weights = self._resolve_weights(X, names, slices, kl)
-        self.block_weights_ = weights
-        d = self._column_weights(weights, slices, p, dt)
 
         W0, H0, k = self._initialize(X, W, H, d, kl)
         l1_W, l1_H, l2_W, l2_H = self._regularization(n, p)
@@ -356,20 +348,45 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 l1_W=l1_W, l2_W=l2_W, l1_H=l1_H, l2_H=l2_H,
                 max_iter=self.max_iter, tol=self.tol, verbose=self.verbose,
             )  # fmt: skip
+        self._finish_fit(X, Wf, Hf, n_iter, info, slices, weights, k)
+        return like_input(Wf, X_in)
+
+    def _prepare_fit(self, X):
+        """Validate X, resolve blocks and weights (the part of fit before init).
+
+        Returns X (on the compute device), the block slices, the block weights
+        and the column weights ``d`` (NumPy, X's dtype).
+        """
+        dev = _select_backend(self.device, X)
+        X = self._validate_fit_input(X, dev)
+        p = X.shape[1]
+        names, slices = self._resolve_blocks(p)
+        self.block_names_ = names
+        self.block_slices_ = dict(zip(names, slices))
+        kl = self.beta_loss == "kullback-leibler"
+        self._check_solver_loss(X)
+        weights = self._resolve_weights(X, names, slices, kl)
+        self.block_weights_ = weights
+        d = self._column_weights(weights, slices, p, numpy_dtype(X))
+        return X, slices, weights, d
+
+    def _finish_fit(self, X, Wf, Hf, n_iter, info, slices, weights, k):
+        """Store the results of a solver run (the part of fit after it)."""
         if not info["converged"]:
             warnings.warn(
                 f"CoupledNMF: maximum number of iterations max_iter={self.max_iter} "
                 f"reached before convergence (tol={self.tol}); increase max_iter "
                 "or tol.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
+        kl = self.beta_loss == "kullback-leibler"
         self._set_errors(X, Wf, Hf, slices, weights, kl)
-        self.components_ = _host_array(Hf, dt)
+        self.components_ = _host_array(Hf, numpy_dtype(X))
         self.n_components_ = k
         self.n_iter_ = n_iter
         self._objective = info["objective"][-1]
-        return like_input(Wf, X_in)
+        self._converged = bool(info["converged"])
 
     def transform(self, X, blocks=None):
         """Place new samples in the latent space: W for X with H fixed.
@@ -939,3 +956,93 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             np.concatenate(held_in) if held_in else empty,
             np.concatenate(held_out) if held_out else empty,
         )
+
+
+# Largest number of stacked components per batched solver run (the GPU HALS
+# kernel keeps whole columns of the stacked factor in registers up to 256).
+_BATCH_ROWS = 256
+
+
+def _batchable(model):
+    """True when fit_ranks can share the solver run between ranks."""
+    alpha_H = model.alpha_W if model.alpha_H == "same" else model.alpha_H
+    return (
+        model.solver == "hals"
+        and model.beta_loss == "frobenius"
+        and model.alpha_W == 0
+        and alpha_H == 0
+    )
+
+
+def fit_ranks(estimator, X, ranks):
+    """Fit one copy of ``estimator`` per rank, sharing the passes over X.
+
+    Equivalent to ``[clone(estimator).set_params(n_components=r).fit(X) for r
+    in ranks]`` (the same initialisations from the same ``random_state``, the
+    same updates and stopping rule per rank; results equal to float
+    rounding), but the HALS iterations of all ranks run as one stacked
+    problem (:func:`sklearn_peek._solvers.fit_hals_batched`): every product
+    with X serves all ranks, so a rank sweep makes one pass over X per
+    iteration instead of one per rank. This is what makes sweeps fast on a
+    GPU, where small fits are bound by kernel launches. Solvers or losses
+    that cannot be stacked (MU, Kullback-Leibler, penalties) are fitted one
+    rank after the other.
+
+    Parameters
+    ----------
+    estimator : CoupledNMF
+        The settings (its ``n_components`` is ignored).
+    X : {array-like, torch.Tensor} of shape (n_samples, n_features)
+    ranks : iterable of int
+
+    Returns
+    -------
+    models : list of CoupledNMF
+        Fitted, one per rank, in the order of ``ranks``.
+    Ws : list of ndarray or torch.Tensor
+        The sample factor of each (torch tensors when X is one).
+    """
+    ranks = [int(r) for r in ranks]
+    base = clone(estimator)
+    if not ranks:
+        return [], []
+    if not _batchable(base):
+        models = [clone(base).set_params(n_components=r) for r in ranks]
+        return models, [m.fit_transform(X) for m in models]
+    base.set_params(n_components=ranks[0])
+    base._validate_params()
+    X_in = X
+    X, slices, weights, d = base._prepare_fit(X)
+    fitted = {k: v for k, v in vars(base).items() if k.endswith("_")}
+    xnorm = float(_block_sums(X, slices) @ weights)
+    models, starts = [], []
+    for r in ranks:
+        m = clone(base).set_params(n_components=r)
+        m._validate_params()
+        for key, value in fitted.items():
+            setattr(m, key, value)
+        W0, H0, _ = m._initialize(X, None, None, d, False)
+        models.append(m)
+        starts.append((_on(W0, X), _on(H0, X)))
+    d_dev = _on(d, X)
+    Ws = [None] * len(ranks)
+    # Consecutive ranks share a run while their stacked rows fit _BATCH_ROWS.
+    groups = [[]]
+    for i, r in enumerate(ranks):
+        if groups[-1] and sum(ranks[j] for j in groups[-1]) + r > _BATCH_ROWS:
+            groups.append([])
+        groups[-1].append(i)
+    for group in groups:
+        out = _solvers.fit_hals_batched(
+            X,
+            [starts[j][0] for j in group],
+            [starts[j][1] for j in group],
+            d_dev,
+            xnorm=xnorm,
+            max_iter=base.max_iter,
+            tol=base.tol,
+        )
+        for j, (Wf, Hf, n_iter, info) in zip(group, out):
+            models[j]._finish_fit(X, Wf, Hf, n_iter, info, slices, weights, ranks[j])
+            Ws[j] = like_input(Wf, X_in)
+    return models, Ws

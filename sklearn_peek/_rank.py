@@ -26,8 +26,13 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from sklearn_peek import _criteria
-from sklearn_peek._backend import available_memory, resolve_device
+from sklearn_peek import _criteria, _solvers
+from sklearn_peek._backend import (
+    available_memory,
+    compute_tensor,
+    is_torch_tensor,
+    resolve_device,
+)
 
 _CRITERIA = ("bcv", "elbow", "energy", "stability")
 _COUPLINGS = ("input", "none", "all")
@@ -205,6 +210,50 @@ def _chain_task(
         else:
             rec["sq_err"] = float(model.reconstruction_err_) ** 2
             rec["sq_norm"] = _weighted_sq(Xtr, col_w)
+        out.append(rec)
+    return out
+
+
+def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
+    """:func:`_chain_task` without warm starts, all ranks in one solver run.
+
+    The ranks share every product with X (:func:`fit_ranks`); the models and
+    records are those of one cold ``_chain_task`` per rank, to float rounding.
+    ``X`` may be a torch tensor already on the device. ``fit_time`` of a rank
+    is the run's time apportioned by rank x iterations.
+    """
+    from sklearn_peek._coupled_nmf import fit_ranks
+
+    if is_torch_tensor(X):
+        import torch
+
+        def index(a):
+            if a is None or isinstance(a, slice):
+                return a
+            return torch.as_tensor(a, device=X.device)
+
+        cols, train, test = index(cols), index(train), index(test)
+    Xc = X[:, cols] if cols is not None else X
+    Xtr = Xc if train is None else Xc[train]
+    sizes = [s for _, s in blocks]
+    t0 = time.perf_counter()
+    models, _ = fit_ranks(_make_model(ranks[0], blocks, params, model_seed), Xtr, ranks)
+    elapsed = time.perf_counter() - t0
+    work = [m.n_components_ * max(m.n_iter_, 1) for m in models]
+    out = []
+    for m, w in zip(models, work):
+        col_w = _col_weights(sizes, m.block_weights_)
+        rec = {
+            "rank": int(m.n_components_),
+            "fit_time": elapsed * w / sum(work),
+            "n_iter": int(m.n_iter_),
+            "converged": bool(m._converged),
+        }
+        if test is not None:
+            rec["score"] = float(m.score(Xc[test]))
+        else:
+            rec["sq_err"] = float(m.reconstruction_err_) ** 2
+            rec["sq_norm"] = float(_solvers.column_sums64(Xtr) @ col_w)
         out.append(rec)
     return out
 
@@ -846,6 +895,18 @@ class RankQualityScorer(BaseEstimator):
             "device": self.device,
         }
         crit_id = _CRITERIA.index(criterion)
+        on_device = resolve_device(self.device) is not None
+        # On a torch device without warm starts, all ranks of a (layer, fold)
+        # run as one stacked solver run, with X moved to the device once.
+        batched = (
+            on_device
+            and not self.warm_start
+            and self.solver == "hals"
+            and criterion != "stability"
+        )
+        if batched:
+            dev = resolve_device(self.device)
+            Xa = compute_tensor(Xa, dev, where="RankQualityScorer.fit")
         tasks = []  # (key, cost, delayed call)
         if criterion == "bcv":
             folds = _criteria.row_folds(n, self.cv, _seed(base, 1000))
@@ -854,6 +915,12 @@ class RankQualityScorer(BaseEstimator):
                 m = sum(s for _, s in cb)
                 for k, (tr, te) in enumerate(folds):
                     model_seed = _seed(base, crit_id, li, k)
+                    if batched:
+                        call = delayed(_batched_task)(
+                            Xa, cols, cb, tr, te, ranks, model_seed, params
+                        )
+                        tasks.append(((li, k, 0), sum(ranks) * len(tr) * m, call))
+                        continue
                     for ci, chain in enumerate(chains):
                         svd_seeds = [_seed(base, crit_id, li, k, r) for r in chain]
                         call = delayed(_chain_task)(
@@ -874,6 +941,12 @@ class RankQualityScorer(BaseEstimator):
             for li, (_name, cols, cb) in enumerate(layer_cols):
                 m = sum(s for _, s in cb)
                 model_seed = _seed(base, 1, li)
+                if batched:
+                    call = delayed(_batched_task)(
+                        Xa, cols, cb, None, None, ranks, model_seed, params
+                    )
+                    tasks.append(((li, 0, 0), sum(ranks) * n * m, call))
+                    continue
                 for ci, chain in enumerate(chains):
                     svd_seeds = [_seed(base, 1, li, 0, r) for r in chain]
                     call = delayed(_chain_task)(
@@ -904,7 +977,6 @@ class RankQualityScorer(BaseEstimator):
                         )
                     )
 
-        on_device = resolve_device(self.device) is not None
         if criterion == "stability":
             workers = 1 if on_device else min(effective_n_jobs(self.n_jobs), len(tasks))
             _check_consensus_memory(n, workers)

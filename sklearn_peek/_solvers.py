@@ -604,6 +604,134 @@ def fit_hals(
     )
 
 
+def _rows_take(a, idx):
+    """Rows ``idx`` (a list of ints) of a NumPy array or tensor, as a copy."""
+    if _np(a):
+        return a[np.asarray(idx, dtype=np.intp)]
+    return a[_t().as_tensor(idx, device=a.device)]
+
+
+def _segment_sums64(parts, S):
+    """``S @ row_sums(p)`` for every p in parts, float64, one host transfer.
+
+    ``S`` (K x R, float64) sums the rows of each problem of a batch.
+    """
+    if _np(S):
+        return [S @ p.sum(axis=1, dtype=np.float64) for p in parts]
+    torch = _t()
+    stacked = torch.stack([S @ p.sum(dim=1, dtype=torch.float64) for p in parts])
+    return list(stacked.cpu().numpy())
+
+
+def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
+    """:func:`fit_hals` for several problems on the same X and d at once.
+
+    Problem k has its own start ``Ws[k]`` (n x r_k), ``Hs[k]`` (r_k x p). The
+    factors are stacked (``R = sum r_k`` rows) so that every product with X
+    serves all problems in one call, and the Gram matrices are masked to
+    their diagonal blocks: a HALS sweep over the R stacked rows then updates
+    each problem exactly as :func:`fit_hals` would (row t only sees the rows
+    of its own problem). The objective and the stopping rule are evaluated
+    per problem; a problem that stops leaves the batch. No penalties, plain
+    HALS (no inner sweeps).
+
+    Returns a list of ``(W, H, n_iter, info)``, one per problem, as
+    :func:`fit_hals` returns them.
+    """
+    sizes = [int(H.shape[0]) for H in Hs]
+    K = len(sizes)
+    Wt = _contig(_concat_rows([W.T for W in Ws]))
+    H = _contig(_concat_rows(list(Hs)))
+    results = [None] * K
+    active = list(range(K))
+    floor = 10.0 * _eps(H) * xnorm
+    eps = _eps(H)
+
+    def layout(active):
+        """Block mask (R x R, dtype of X) and row-sum matrix (K x R, float64)."""
+        R = sum(sizes[k] for k in active)
+        mask = np.zeros((R, R))
+        S = np.zeros((len(active), R))
+        at = 0
+        for i, k in enumerate(active):
+            mask[at : at + sizes[k], at : at + sizes[k]] = 1.0
+            S[i, at : at + sizes[k]] = 1.0
+            at += sizes[k]
+        return _from_host(mask, H), _to64(_from_host(S, H))
+
+    def objectives(lin, quad):
+        """Objective of every active problem (as fit_hals computes it)."""
+        out, at = [], 0
+        for i, k in enumerate(active):
+            data = 0.5 * (xnorm - 2.0 * lin[i] + quad[i])
+            if tol > 0 and data * tol < 10.0 * eps * xnorm:
+                sl = slice(at, at + sizes[k])
+                data = _frob_data_exact(X, Wt[sl], H[sl], d)
+            out.append(max(data, 0.0))
+            at += sizes[k]
+        return out
+
+    mask, S = layout(active)
+    Hd = H * d
+    HDHt = (Hd @ H.T) * mask
+    num_W = _h_xt(Hd, X)
+    WtW = (Wt @ Wt.T) * mask
+    history = [
+        [obj] for obj in objectives(*_segment_sums64([Wt * num_W, WtW * HDHt], S))
+    ]
+    for n_iter in range(1, max_iter + 1):
+        if n_iter > 1:
+            num_W = _h_xt(Hd, X)
+        _hals_sweep(Wt, num_W, HDHt, 0.0, 0.0, track=False)
+        WtW = (Wt @ Wt.T) * mask
+        num_H = _w_x(Wt, X)
+        _hals_sweep(H, num_H, WtW, 0.0, 0.0, track=False)
+        Hd = H * d
+        HDHt = (Hd @ H.T) * mask
+        objs = objectives(*_segment_sums64([num_H * Hd, WtW * HDHt], S))
+        done, at = [], 0
+        for i, k in enumerate(active):
+            obj = objs[i]
+            prev = history[k][-1]
+            history[k].append(obj)
+            stop = tol > 0 and (
+                prev - obj <= tol * max(prev, np.finfo(np.float64).tiny) or obj <= floor
+            )
+            if stop or n_iter == max_iter:
+                sl = slice(at, at + sizes[k])
+                results[k] = (
+                    _contig(Wt[sl].T),
+                    _copy(H[sl]),
+                    n_iter,
+                    {"objective": history[k], "converged": bool(stop)},
+                )
+                done.append(i)
+            at += sizes[k]
+        if done:
+            keep = [i for i in range(len(active)) if i not in done]
+            if not keep:
+                break
+            idx = [j for i in keep for j in _local_rows(active, sizes, i)]
+            Wt, H = _rows_take(Wt, idx), _rows_take(H, idx)
+            active = [active[i] for i in keep]
+            mask, S = layout(active)
+            Hd = H * d
+            HDHt = (Hd @ H.T) * mask
+    return results
+
+
+def _local_rows(active, sizes, i):
+    """Stacked row indices of the i-th active problem."""
+    at = sum(sizes[k] for k in active[:i])
+    return list(range(at, at + sizes[active[i]]))
+
+
+def _concat_rows(arrays):
+    if _np(arrays[0]):
+        return np.concatenate(arrays, axis=0)
+    return _t().cat(list(arrays), dim=0)
+
+
 def fit_mu(
     X,
     W,

@@ -437,3 +437,60 @@ def test_device_dispatch():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"device='cuda' asks for a CUDA GPU"):
             CoupledNMF(2, device="cuda").fit(X)
+
+
+# ------------------------------------------------------------ fit_ranks
+def _rank_data(seed=0):
+    rng = np.random.RandomState(seed)
+    W = rng.rand(90, 4)
+    X = np.hstack([W @ rng.rand(4, 30), 20 * W @ rng.rand(4, 100)])
+    return X * rng.uniform(0.95, 1.05, size=X.shape), [("input", 30), ("layer", 100)]
+
+
+@pytest.mark.parametrize("torch_input", [False, True])
+def test_fit_ranks_equals_one_fit_per_rank(torch_input, monkeypatch):
+    from sklearn_peek import _coupled_nmf
+
+    X, blocks = _rank_data()
+    if torch_input:
+        torch = pytest.importorskip("torch")
+        X = torch.from_numpy(X)
+    # Small batches: the ranks run as two stacked groups (4+1+6, then 3+2).
+    monkeypatch.setattr(_coupled_nmf, "_BATCH_ROWS", 11)
+    est = CoupledNMF(blocks=blocks, random_state=0, max_iter=150, tol=1e-4)
+    ranks = [4, 1, 6, 3, 2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        models, Ws = _coupled_nmf.fit_ranks(est, X, ranks)
+        refs = [clone(est).set_params(n_components=r) for r in ranks]
+        W_refs = [m.fit_transform(X) for m in refs]
+    iters = [m.n_iter_ for m in refs]
+    assert len(set(iters)) > 1  # problems left the batch at different times
+    for r, m, W, ref, W_ref in zip(ranks, models, Ws, refs, W_refs):
+        assert m.n_components_ == r and m.components_.shape == (r, 130)
+        assert m.n_iter_ == ref.n_iter_
+        assert type(W) is type(W_ref)
+        np.testing.assert_allclose(
+            m.components_, ref.components_, rtol=1e-9, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            np.asarray(W), np.asarray(W_ref), rtol=1e-9, atol=1e-12
+        )
+        assert m.reconstruction_err_ == pytest.approx(
+            ref.reconstruction_err_, rel=1e-10
+        )
+        assert m.block_names_ == ref.block_names_
+        np.testing.assert_allclose(m.block_weights_, ref.block_weights_)
+
+
+def test_fit_ranks_without_a_stackable_solver_fits_one_by_one():
+    from sklearn_peek._coupled_nmf import fit_ranks
+
+    X, blocks = _rank_data(1)
+    est = CoupledNMF(blocks=blocks, solver="mu", random_state=0, max_iter=80)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        models, _ = fit_ranks(est, X, [2, 3])
+        ref = clone(est).set_params(n_components=3).fit(X)
+    assert [m.n_components_ for m in models] == [2, 3]
+    np.testing.assert_array_equal(models[1].components_, ref.components_)

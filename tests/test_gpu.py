@@ -155,3 +155,20 @@ def test_compiled_residual_kernel_matches_float64():
             for block in ((64, 128), (128, 128), (64, 256)):
                 got = _gpu_kernels.weighted_residual(X, Wt, H, d, dot=dot, block=block)
                 assert got == pytest.approx(ref, rel=1e-5)
+
+
+def test_rank_scorer_batched_on_cuda_matches_cpu():
+    from sklearn_peek import RankQualityScorer
+
+    X, blocks = _data(np.float64)
+    blocks = [("input", blocks[0][1]), ("layer", blocks[1][1])]
+    kw = dict(blocks=blocks, ranks=range(1, 7), cv=2, random_state=0, warm_start=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = RankQualityScorer(**kw).fit(X)
+        sc = RankQualityScorer(device="cuda", **kw).fit(X)
+    assert sc.n_tasks_ == 2  # one stacked run per fold
+    assert sc.rank_ == ref.rank_
+    np.testing.assert_allclose(
+        sc.cv_results_["mean_score"], ref.cv_results_["mean_score"], rtol=5e-2
+    )

@@ -473,3 +473,34 @@ def test_scorer_in_grid_search_picks_the_best_trained_lenet():
     assert search.best_params_ == {"epochs": 20}, scores
     assert scores[2] > max(scores[0], scores[1])
     assert ((scores > 0) & (scores <= 1)).all()
+
+
+@pytest.mark.parametrize("criterion", ["bcv", "elbow"])
+def test_torch_device_without_warm_start_batches_the_ranks(criterion):
+    # On a torch device (here torch on the CPU) with warm_start=False all ranks
+    # of a (layer, fold) share one stacked solver run: one task per fold, and
+    # the same curve and ranks as the NumPy path, which fits rank by rank.
+    rng = np.random.RandomState(0)
+    W = rng.rand(150, 5)
+    X = np.hstack([W @ rng.rand(5, 30), 20 * W @ rng.rand(5, 90)])
+    X = (X * rng.uniform(0.9, 1.1, size=X.shape)).astype(np.float64)
+    kw = dict(
+        blocks=[("input", 30), ("layer", 90)],
+        ranks=range(1, 9),
+        cv=3,
+        criterion=criterion,
+        warm_start=False,
+        random_state=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = RankQualityScorer(**kw).fit(X)
+        sc = RankQualityScorer(device=torch.device("cpu"), **kw).fit(X)
+    assert ref.n_tasks_ == 8 * (3 if criterion == "bcv" else 1)
+    assert sc.n_tasks_ == (3 if criterion == "bcv" else 1)
+    assert sc.rank_ == ref.rank_
+    np.testing.assert_allclose(
+        sc.cv_results_["mean_score"], ref.cv_results_["mean_score"], rtol=1e-7
+    )
+    assert_array_equal(sc.cv_results_["n_iter"], ref.cv_results_["n_iter"])
+    assert_array_equal(sc.cv_results_["converged"], ref.cv_results_["converged"])
