@@ -253,6 +253,7 @@ def scorer_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
             gpu = RankQualityScorer(device=device, **kw).fit(X)
             timer.sync()
             out[f"{label}_s"] = time.perf_counter() - t0
+            print(f"  scorer {label}: {out[f'{label}_s']:.2f} s", flush=True)
         Xh = X.cpu().numpy()
         t0 = time.perf_counter()
         cpu = RankQualityScorer(n_jobs=n_jobs, **kw).fit(Xh)
@@ -490,6 +491,11 @@ def main(argv=None):
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument(
+        "--scorer-only",
+        action="store_true",
+        help="only RankQualityScorer's sweep of the small matrix, GPU vs CPU",
+    )
+    parser.add_argument(
         "--sweep-only",
         action="store_true",
         help="only the rank sweeps of the small matrix (CoupledNMF and the scorer)",
@@ -533,15 +539,21 @@ def main(argv=None):
         f"# bench_gpu on {info['device']} (torch {info['torch']}, TF32 {info['tf32']})"
     )
 
-    if args.sweep_only:
+    if args.sweep_only or args.scorer_only:
         n, blocks = small
         X = make_matrix(n, blocks, rank, device)
-        sw = rank_sweep(
-            X, blocks, device, ranks=ranks, max_iter=sweep_iter, n_jobs=os.cpu_count()
-        )
-        results["sweep"] = sw
-        _save(results)
-        print(f"sweep: {sw}", flush=True)
+        if args.sweep_only:
+            sw = rank_sweep(
+                X,
+                blocks,
+                device,
+                ranks=ranks,
+                max_iter=sweep_iter,
+                n_jobs=os.cpu_count(),
+            )
+            results["sweep"] = sw
+            _save(results)
+            print(f"sweep: {sw}", flush=True)
         sc = scorer_sweep(
             X, blocks, device, ranks=ranks, max_iter=sweep_iter, n_jobs=os.cpu_count()
         )

@@ -31,7 +31,8 @@ from sklearn_peek._backend import (
     available_memory,
     compute_tensor,
     is_torch_tensor,
-    resolve_device,
+    select_compute_device,
+    to_numpy,
 )
 
 _CRITERIA = ("bcv", "elbow", "energy", "stability")
@@ -756,19 +757,25 @@ class RankQualityScorer(BaseEstimator):
 
     @staticmethod
     def _as_array(X, name):
+        import scipy.sparse as sp
         from sklearn.utils import check_array
 
-        try:
-            Xa = check_array(
-                X,
-                dtype=[np.float64, np.float32],
-                ensure_all_finite=False,
-                accept_sparse=False,
+        if is_torch_tensor(X):
+            # Checked where it is (finite, non-negative, 2-D); it stays there.
+            return compute_tensor(
+                X, X.device, param=name, where="RankQualityScorer.fit"
             )
-        except TypeError as exc:  # sparse input
+        if sp.issparse(X):
             raise ValueError(
-                f"{name} is sparse; expected a dense array (activations are dense)."
-            ) from exc
+                f"{name} is a scipy sparse matrix; expected a dense array "
+                "(activations are dense): pass X.toarray()."
+            )
+        Xa = check_array(
+            X,
+            dtype=[np.float64, np.float32],
+            ensure_all_finite=False,
+            accept_sparse=False,
+        )
         if not np.all(np.isfinite(Xa)):
             bad = np.argwhere(~np.isfinite(Xa))[0]
             raise ValueError(
@@ -895,7 +902,11 @@ class RankQualityScorer(BaseEstimator):
             "device": self.device,
         }
         crit_id = _CRITERIA.index(criterion)
-        on_device = resolve_device(self.device) is not None
+        # Where the fits run: the rule of CoupledNMF (device=None follows the
+        # data: a torch tensor keeps the fits on its device).
+        dev = select_compute_device(self.device, Xa)
+        on_device = dev is not None
+        params["device"] = dev if on_device else self.device
         # On a torch device without warm starts, all ranks of a (layer, fold)
         # run as one stacked solver run, with X moved to the device once.
         batched = (
@@ -905,8 +916,11 @@ class RankQualityScorer(BaseEstimator):
             and criterion != "stability"
         )
         if batched:
-            dev = resolve_device(self.device)
             Xa = compute_tensor(Xa, dev, where="RankQualityScorer.fit")
+        elif is_torch_tensor(Xa):
+            # The per-rank tasks slice NumPy arrays (each fit then moves its
+            # slice to ``device``): one host copy of the data.
+            Xa = to_numpy(Xa)
         tasks = []  # (key, cost, delayed call)
         if criterion == "bcv":
             folds = _criteria.row_folds(n, self.cv, _seed(base, 1000))

@@ -504,3 +504,30 @@ def test_torch_device_without_warm_start_batches_the_ranks(criterion):
     )
     assert_array_equal(sc.cv_results_["n_iter"], ref.cv_results_["n_iter"])
     assert_array_equal(sc.cv_results_["converged"], ref.cv_results_["converged"])
+
+
+def test_torch_tensor_input_follows_its_device_and_is_validated():
+    import scipy.sparse as sp
+
+    rng = np.random.RandomState(1)
+    W = rng.rand(120, 4)
+    X = np.hstack([W @ rng.rand(4, 20), 10 * W @ rng.rand(4, 60)])
+    kw = dict(blocks=[("input", 20), ("layer", 60)], ranks=range(1, 6), cv=3)
+    kw.update(warm_start=False, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = RankQualityScorer(**kw).fit(X)
+        sc = RankQualityScorer(**kw).fit(torch.from_numpy(X))  # device=None
+    assert sc.n_tasks_ == 3  # the tensor's device: stacked runs, one per fold
+    assert sc.rank_ == ref.rank_
+    np.testing.assert_allclose(
+        sc.cv_results_["mean_score"], ref.cv_results_["mean_score"], rtol=1e-7
+    )
+    bad = torch.from_numpy(X.copy())
+    bad[7, 3] = -1.0
+    with pytest.raises(
+        ValueError, match=r"negative.*row 7.*column 3|row 7.*column 3.*negative"
+    ):
+        RankQualityScorer(**kw).fit(bad)
+    with pytest.raises(ValueError, match="scipy sparse matrix; expected a dense"):
+        RankQualityScorer(**kw).fit(sp.csr_matrix(X))
