@@ -661,6 +661,12 @@ def main(argv=None):
             f"| {sw['cpu_s']:.2f} (n_jobs={sw['n_jobs']}) | "
             f"{sw['speedup']:.1f}x | {sw['max_err_rel_diff']:.2e} |"
         )
+        print(
+            f"\nStacked (fit_ranks): {sw['batched_s']:.2f} s "
+            f"(first run {sw['batched_cold_s']:.2f} s), "
+            f"{sw['batched_speedup']:.1f}x the CPU sweep, max rel. diff error "
+            f"{sw['batched_max_err_rel_diff']:.2e}"
+        )
     rc = results["cases"]["large"].get("residual_configs")
     if rc:
         print("\n## One-pass residual kernel, large matrix (ms)\n")

@@ -15,6 +15,7 @@ _LAZY = {
     "LayerActivationExtractor": "sklearn_peek._extract",
     "available_layers": "sklearn_peek._extract",
     "RankQualityScorer": "sklearn_peek._rank",
+    "fit_ranks": "sklearn_peek._coupled_nmf",
 }
 
 __all__ = [*sorted(_LAZY), "__version__", "datasets", "plotting", "studies"]

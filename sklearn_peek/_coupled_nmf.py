@@ -1001,6 +1001,16 @@ def fit_ranks(estimator, X, ranks):
         Fitted, one per rank, in the order of ``ranks``.
     Ws : list of ndarray or torch.Tensor
         The sample factor of each (torch tensors when X is one).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_peek import CoupledNMF, fit_ranks
+    >>> X = np.random.RandomState(0).rand(50, 30)
+    >>> est = CoupledNMF(blocks=[("input", 10), ("layer", 20)], random_state=0)
+    >>> models, Ws = fit_ranks(est, X, [2, 4, 6])
+    >>> [m.n_components_ for m in models], Ws[1].shape
+    ([2, 4, 6], (50, 4))
     """
     ranks = [int(r) for r in ranks]
     base = clone(estimator)

@@ -214,7 +214,9 @@ def sweep(A, num, G, l1, l2):
 
     triton, kernel, _ = _build()
     r, m = A.shape
-    R = triton.next_power_of_2(r)
+    # At least 16 rows: fewer tile shapes to compile (a rank sweep meets
+    # many ranks); the rows beyond r are masked and cost little.
+    R = max(16, triton.next_power_of_2(r))
     block = _block(R)
 
     def penalty(value):
