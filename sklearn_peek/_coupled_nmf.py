@@ -1012,8 +1012,24 @@ def fit_ranks(estimator, X, ranks):
     >>> [m.n_components_ for m in models], Ws[1].shape
     ([2, 4, 6], (50, 4))
     """
+    if not isinstance(estimator, CoupledNMF):
+        raise TypeError(
+            f"fit_ranks: argument estimator is a {type(estimator).__name__}; "
+            "expected a CoupledNMF."
+        )
+    ranks = list(ranks)
+    for r in ranks:
+        if not is_integral(r) or int(r) < 1:
+            raise ValueError(
+                f"fit_ranks: ranks contains {r!r}; expected integers >= 1."
+            )
     ranks = [int(r) for r in ranks]
     base = clone(estimator)
+    if base.init == "custom":
+        raise ValueError(
+            "fit_ranks: estimator has init='custom', which needs a start (W, H) "
+            "for one rank; expected another init (None, 'random', 'nndsvd', ...)."
+        )
     if not ranks:
         return [], []
     if not _batchable(base):

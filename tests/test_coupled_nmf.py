@@ -494,3 +494,20 @@ def test_fit_ranks_without_a_stackable_solver_fits_one_by_one():
         ref = clone(est).set_params(n_components=3).fit(X)
     assert [m.n_components_ for m in models] == [2, 3]
     np.testing.assert_array_equal(models[1].components_, ref.components_)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((CoupledNMF(), [2, 2.5]), r"ranks contains 2\.5; expected integers >= 1"),
+        ((CoupledNMF(), [0, 1]), r"ranks contains 0; expected integers >= 1"),
+        ((CoupledNMF(init="custom"), [1]), r"init='custom'.*expected another init"),
+        ((NMF(), [1]), r"estimator is a NMF; expected a CoupledNMF"),
+    ],
+)
+def test_fit_ranks_bad_input(args, match):
+    from sklearn_peek import fit_ranks
+
+    X, _ = _rank_data()
+    with pytest.raises((ValueError, TypeError), match=match):
+        fit_ranks(args[0], X, args[1])
