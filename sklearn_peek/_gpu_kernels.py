@@ -1,4 +1,4 @@
-"""Two Triton kernels for the torch path on a GPU.
+"""Triton kernels for the torch path on a GPU.
 
 **One-launch HALS sweep** (:func:`sweep`). A HALS sweep updates the r rows of
 a factor ``A`` (r x m) one after the other, but every column of ``A`` is
@@ -25,7 +25,14 @@ this kernel reads every entry of X once, forms its tile of ``W H`` in
 registers (in IEEE float32, never TF32) and writes one float64 partial sum
 per tile.
 
-Both are used for CUDA tensors when Triton is importable. The environment
+**Stacked HALS sweep** (:func:`sweep_stacked`): the sweep of every problem
+of a stack built by :func:`sklearn_peek._solvers.fit_hals_batched` (several
+ranks fitted at once), one launch, each program reading only its problem's
+diagonal block of the Gram matrix.
+
+A kernel that fails to compile or launch turns the kernels off for the
+process with a warning (:func:`disable`); the callers then run the eager
+code. They are used for CUDA tensors when Triton is importable. The environment
 variable ``SKLEARN_PEEK_GPU_KERNELS=0`` turns them off (the eager code is
 then used everywhere). With ``TRITON_INTERPRET=1`` set before this module is
 first used, Triton's interpreter runs them on CPU tensors too: that is how
@@ -122,6 +129,54 @@ def _build():
         tl.store(A + rows[:, None] * stride_a + cols[None, :], a, mask=tile_mask)
 
     @triton.jit
+    def hals_rows_stacked(
+        A,
+        NUM,
+        G,
+        OFF,
+        SIZE,
+        m,
+        stride_a,
+        stride_num,
+        stride_num_c,
+        stride_g,
+        R: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        # hals_rows without penalties for problem k = program_id(1) of a
+        # stack: its rows are OFF[k] .. OFF[k] + SIZE[k] of A, num and G (only
+        # G's diagonal block is read). Work per column: SIZE[k] x R, not the
+        # stack height squared.
+        pid = tl.program_id(0)
+        k = tl.program_id(1)
+        off = tl.load(OFF + k)
+        r = tl.load(SIZE + k)
+        cols = pid * BLOCK + tl.arange(0, BLOCK)
+        cmask = cols < m
+        rows = tl.arange(0, R)
+        rmask = rows < r
+        tile_mask = rmask[:, None] & cmask[None, :]
+        a_ptr = A + (off + rows)[:, None] * stride_a + cols[None, :]
+        a = tl.load(a_ptr, mask=tile_mask, other=0.0)
+        for t in range(0, r):
+            is_t = rows == t
+            g_row = G + (off + t) * stride_g + off
+            g = tl.load(g_row + rows, mask=rmask & (rows != t), other=0.0)
+            gtt = tl.load(g_row + t)
+            num = tl.load(
+                NUM + (off + t) * stride_num + cols * stride_num_c,
+                mask=cmask,
+                other=0.0,
+            )
+            rest = tl.sum(g[:, None] * a, axis=0)
+            safe = tl.where(gtt > 0, gtt, 1.0)
+            new = tl.maximum((num - rest) / safe, 0.0)
+            old = tl.sum(tl.where(is_t[:, None], a, 0.0), axis=0)
+            new = tl.where(gtt > 0, new, old)
+            a = tl.where(is_t[:, None], new[None, :].to(a.dtype), a)
+        tl.store(a_ptr, a, mask=tile_mask)
+
+    @triton.jit
     def residual_tiles(
         X,
         WT,
@@ -177,7 +232,7 @@ def _build():
         part = tl.sum(col.to(tl.float64) * dw.to(tl.float64), axis=0)
         tl.store(OUT + pid_m * tl.num_programs(1) + pid_n, part)
 
-    _STATE["kernel"] = (triton, hals_rows, residual_tiles)
+    _STATE["kernel"] = (triton, hals_rows, residual_tiles, hals_rows_stacked)
     return _STATE["kernel"]
 
 
@@ -212,7 +267,7 @@ def sweep(A, num, G, l1, l2):
     """One HALS sweep over the rows of ``A`` in place (see the module doc)."""
     import torch
 
-    triton, kernel, _ = _build()
+    triton, kernel = _build()[:2]
     r, m = A.shape
     # At least 16 rows: fewer tile shapes to compile (a rank sweep meets
     # many ranks); the rows beyond r are masked and cost little.
@@ -284,7 +339,7 @@ def weighted_residual(X, Wt, H, d, *, block=None, num_warps=None, dot=None):
     """
     import torch
 
-    triton, _, kernel = _build()
+    triton, _, kernel = _build()[:3]
     n, p = X.shape
     r = H.shape[0]
     R = max(16, triton.next_power_of_2(r))
@@ -315,3 +370,64 @@ def weighted_residual(X, Wt, H, d, *, block=None, num_warps=None, dot=None):
         num_warps=warps,
     )
     return float(out.sum())
+
+
+def disable(exc):
+    """Turn the kernels off for this process after ``exc`` (with a warning).
+
+    A kernel that fails to compile or launch (an unsupported GPU or Triton
+    version, say) must not stop a fit: the caller then runs the eager code.
+    """
+    import warnings
+
+    _STATE.update(kernel=None, tried=True)
+    warnings.warn(
+        f"sklearn_peek: a Triton kernel failed ({type(exc).__name__}: {exc}); "
+        "the GPU path continues without the kernels (slower, same results). "
+        "Set SKLEARN_PEEK_GPU_KERNELS=0 to skip them from the start.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def stack_layout(sizes, like):
+    """Row offsets and heights of the problems of a stack, as int32 tensors."""
+    import torch
+
+    off = [0]
+    for size in sizes[:-1]:
+        off.append(off[-1] + int(size))
+    return (
+        torch.tensor(off, dtype=torch.int32, device=like.device),
+        torch.tensor([int(v) for v in sizes], dtype=torch.int32, device=like.device),
+        max(int(v) for v in sizes),
+    )
+
+
+def sweep_stacked(A, num, G, layout):
+    """HALS sweeps of every problem of a stack (no penalties), one launch.
+
+    ``layout`` is :func:`stack_layout` of the problems' heights; ``G`` need
+    only be right on its diagonal blocks.
+    """
+    triton, _, _, kernel = _build()
+    off, size, rmax = layout
+    m = A.shape[1]
+    R = max(16, triton.next_power_of_2(rmax))
+    block = _block(R)
+    grid = (triton.cdiv(m, block), off.shape[0])
+    kernel[grid](
+        A,
+        num,
+        G,
+        off,
+        size,
+        m,
+        A.stride(0),
+        num.stride(0),
+        num.stride(1),
+        G.stride(0),
+        R=R,
+        BLOCK=block,
+    )
+    return A

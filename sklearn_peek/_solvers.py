@@ -389,7 +389,10 @@ def _frob_data(X, Wt, H, d, xnorm, lin, quad, tol):
 
 def _frob_data_exact(X, Wt, H, d):
     if not _np(X) and _gpu_kernels.residual_usable(X, Wt, H, d):
-        return 0.5 * _gpu_kernels.weighted_residual(X, Wt, H, d)
+        try:
+            return 0.5 * _gpu_kernels.weighted_residual(X, Wt, H, d)
+        except Exception as exc:  # compile / launch failure: eager from now on
+            _gpu_kernels.disable(exc)
     n, p = X.shape
     total = 0.0
     for s, e in _row_steps(n, p, X):
@@ -403,22 +406,34 @@ def _frob_data_exact(X, Wt, H, d):
 
 
 # ----------------------------------------------------------------- HALS sweep
-def _hals_sweep(A, num, G, l1, l2, track=True):
+def _hals_sweep(A, num, G, l1, l2, track=True, stack=None):
     """One pass of exact coordinate updates over the rows of ``A`` (in place).
 
     Minimizes ``0.5 * tr(A.T G A) - tr(num.T A) + l1 * sum(A) + 0.5 * l2 *
     ||A||^2`` over ``A >= 0`` one row (component) at a time; ``l1`` and ``l2``
-    may be scalars or vectors over the columns of ``A``.
+    may be scalars or vectors over the columns of ``A``. ``stack`` (from
+    :func:`fit_hals_batched`, no penalties): A holds several problems and G
+    is block diagonal; the GPU kernel then reads only the diagonal blocks.
 
     Returns the squared Frobenius norm of the change of ``A`` (0.0 when
     ``track`` is False).
     """
+    old = _copy(A) if track else None
     if not _np(A) and _gpu_kernels.usable(A, num, G):
         # GPU: the same updates in one kernel launch (see _gpu_kernels).
-        old = _copy(A) if track else None
-        _gpu_kernels.sweep(A, num, G, l1, l2)
+        try:
+            if stack is not None:
+                _gpu_kernels.sweep_stacked(A, num, G, stack)
+            else:
+                _gpu_kernels.sweep(A, num, G, l1, l2)
+            done = True
+        except Exception as exc:  # compile / launch failure: eager from now on
+            _gpu_kernels.disable(exc)
+            done = False
     else:
-        old = _hals_sweep_eager(A, num, G, l1, l2, track)
+        done = False
+    if not done:
+        _hals_sweep_eager(A, num, G, l1, l2, False)
     if not track:
         return 0.0
     diff = (A - old).ravel()
@@ -657,7 +672,10 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
             mask[at : at + sizes[k], at : at + sizes[k]] = 1.0
             S[i, at : at + sizes[k]] = 1.0
             at += sizes[k]
-        return _from_host(mask, H), _to64(_from_host(S, H))
+        stack = (
+            None if _np(H) else _gpu_kernels.stack_layout([sizes[k] for k in active], H)
+        )
+        return _from_host(mask, H), _to64(_from_host(S, H)), stack
 
     def objectives(lin, quad):
         """Objective of every active problem (as fit_hals computes it)."""
@@ -671,7 +689,7 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
             at += sizes[k]
         return out
 
-    mask, S = layout(active)
+    mask, S, stack = layout(active)
     Hd = H * d
     HDHt = (Hd @ H.T) * mask
     num_W = _h_xt(Hd, X)
@@ -682,10 +700,10 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
     for n_iter in range(1, max_iter + 1):
         if n_iter > 1:
             num_W = _h_xt(Hd, X)
-        _hals_sweep(Wt, num_W, HDHt, 0.0, 0.0, track=False)
+        _hals_sweep(Wt, num_W, HDHt, 0.0, 0.0, track=False, stack=stack)
         WtW = (Wt @ Wt.T) * mask
         num_H = _w_x(Wt, X)
-        _hals_sweep(H, num_H, WtW, 0.0, 0.0, track=False)
+        _hals_sweep(H, num_H, WtW, 0.0, 0.0, track=False, stack=stack)
         Hd = H * d
         HDHt = (Hd @ H.T) * mask
         objs = objectives(*_segment_sums64([num_H * Hd, WtW * HDHt], S))
@@ -714,7 +732,7 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
             idx = [j for i in keep for j in _local_rows(active, sizes, i)]
             Wt, H = _rows_take(Wt, idx), _rows_take(H, idx)
             active = [active[i] for i in keep]
-            mask, S = layout(active)
+            mask, S, stack = layout(active)
             Hd = H * d
             HDHt = (Hd @ H.T) * mask
     return results

@@ -172,3 +172,21 @@ def test_rank_scorer_batched_on_cuda_matches_cpu():
     np.testing.assert_allclose(
         sc.cv_results_["mean_score"], ref.cv_results_["mean_score"], rtol=5e-2
     )
+
+
+def test_compiled_stacked_sweep_matches_eager():
+    from sklearn_peek import _gpu_kernels, _solvers
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    sizes = [1, 5, 20, 30, 2]
+    R, m = sum(sizes), 3000
+    A = torch.rand(R, m, generator=g, device="cuda")
+    B = torch.rand(R, 2 * R, generator=g, device="cuda")
+    mask = torch.block_diag(*[torch.ones(s, s, device="cuda") for s in sizes])
+    G = (B @ B.T) * mask
+    num = R * torch.rand(m, R, generator=g, device="cuda").T
+    stacked, eager = A.clone(), A.clone()
+    _gpu_kernels.sweep_stacked(stacked, num, G, _gpu_kernels.stack_layout(sizes, A))
+    _solvers._hals_sweep_eager(eager, num, G, 0.0, 0.0, False)
+    assert (eager - A).abs().max() > 1e-3
+    torch.testing.assert_close(stacked, eager, rtol=2e-5, atol=2e-5)

@@ -89,6 +89,91 @@ def test_sweep_kernel_matches_the_eager_sweep():
                 assert c["row1"] == 0.0, c["case"]
 
 
+STACKED = """
+import json
+import torch
+from sklearn_peek import _gpu_kernels, _solvers
+
+torch.manual_seed(2)
+out = []
+for dtype in (torch.float32, torch.float64):
+    for sizes in ([1], [3, 1, 5], [20, 7, 2, 33], [16, 16]):
+        R, m = sum(sizes), 45
+        A = torch.rand(R, m, dtype=dtype)
+        B = torch.rand(R, 2 * R, dtype=dtype)
+        G = B @ B.T
+        mask = torch.zeros(R, R, dtype=dtype)
+        at = 0
+        for s in sizes:
+            mask[at : at + s, at : at + s] = 1
+            at += s
+        G = G * mask
+        if R > 4:  # an empty component inside the stack
+            G[4, :] = 0
+            G[:, 4] = 0
+        num = (torch.rand(m, R, dtype=dtype) * R).T
+        stacked, eager = A.clone(), A.clone()
+        layout = _gpu_kernels.stack_layout(sizes, A)
+        _gpu_kernels.sweep_stacked(stacked, num, G, layout)
+        _solvers._hals_sweep_eager(eager, num, G, 0.0, 0.0, False)
+        out.append({
+            "case": f"{dtype} {sizes}",
+            "f64": dtype == torch.float64,
+            "err": float((stacked - eager).abs().max()),
+            "moved": float((eager - A).abs().max()),
+        })
+print(json.dumps(out))
+"""
+
+
+def test_stacked_sweep_kernel_matches_the_eager_sweep():
+    cases = _run(STACKED)
+    assert len(cases) == 8
+    for c in cases:
+        assert c["moved"] > 1e-3, c["case"]
+        assert c["err"] <= (1e-12 if c["f64"] else 1e-5), c
+
+
+FIT_RANKS = """
+import json, warnings
+import numpy as np
+import torch
+from sklearn_peek import CoupledNMF, fit_ranks, _gpu_kernels
+
+calls = {"stacked": 0}
+orig = _gpu_kernels.sweep_stacked
+
+def counted(*a, **k):
+    calls["stacked"] += 1
+    return orig(*a, **k)
+
+_gpu_kernels.sweep_stacked = counted
+rng = np.random.RandomState(0)
+W = rng.rand(70, 4)
+X = np.hstack([W @ rng.rand(4, 20), 20 * W @ rng.rand(4, 60)])
+X = (X * rng.uniform(0.97, 1.03, size=X.shape)).astype(np.float32)
+est = CoupledNMF(blocks=[("a", 20), ("b", 60)], random_state=0, max_iter=60)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    ms, _ = fit_ranks(est, torch.from_numpy(X), [1, 3, 5])
+    refs, _ = fit_ranks(est, X, [1, 3, 5])
+print(json.dumps({
+    "calls": calls["stacked"],
+    "errs": [m.reconstruction_err_ for m in ms],
+    "refs": [m.reconstruction_err_ for m in refs],
+    "iters": [[m.n_iter_ for m in ms], [m.n_iter_ for m in refs]],
+}))
+"""
+
+
+def test_fit_ranks_uses_the_stacked_kernel_and_matches_numpy():
+    res = _run(FIT_RANKS)
+    assert res["calls"] >= 2 * max(res["iters"][0])
+    for got, ref in zip(res["errs"], res["refs"]):
+        assert got == pytest.approx(ref, rel=1e-3)
+    assert all(abs(a - b) <= 2 for a, b in zip(*res["iters"]))
+
+
 RESIDUAL = """
 import json
 import torch
@@ -204,3 +289,38 @@ def test_kernels_can_be_switched_off():
     """
     assert _run(code) == [True, True]
     assert _run(code, SKLEARN_PEEK_GPU_KERNELS="0") == [False, False]
+
+
+FAILING = """
+import json, warnings
+import numpy as np
+import torch
+from sklearn_peek import CoupledNMF, _gpu_kernels
+
+def broken(*a, **k):  # stands for a kernel that does not compile on some GPU
+    raise RuntimeError("no such instruction")
+
+_gpu_kernels.sweep = broken
+rng = np.random.RandomState(0)
+X = rng.rand(40, 30).astype(np.float32)
+with warnings.catch_warnings(record=True) as rec:
+    warnings.simplefilter("always")
+    m = CoupledNMF(3, random_state=0, max_iter=30).fit(torch.from_numpy(X))
+    ref = CoupledNMF(3, random_state=0, max_iter=30).fit(X)
+msgs = [str(w.message) for w in rec if issubclass(w.category, RuntimeWarning)]
+A = torch.rand(3, 10)
+print(json.dumps({
+    "warned": [s for s in msgs if "no such instruction" in s],
+    "err": m.reconstruction_err_,
+    "ref": ref.reconstruction_err_,
+    "usable_after": _gpu_kernels.usable(A, A.clone(), A @ A.T),
+}))
+"""
+
+
+def test_a_failing_kernel_falls_back_to_the_eager_code_with_a_warning():
+    res = _run(FAILING)
+    assert len(res["warned"]) == 1  # once, not at every sweep
+    assert "continues without the kernels" in res["warned"][0]
+    assert res["err"] == pytest.approx(res["ref"], rel=1e-4)
+    assert res["usable_after"] is False
