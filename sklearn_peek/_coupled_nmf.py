@@ -8,6 +8,7 @@ initialization, then dispatches to the solver functions of
 
 from __future__ import annotations
 
+import copy
 import difflib
 import itertools
 import warnings
@@ -1025,6 +1026,7 @@ def fit_ranks(estimator, X, ranks):
             )
     ranks = [int(r) for r in ranks]
     base = clone(estimator)
+    base._validate_params()
     if base.init == "custom":
         raise ValueError(
             "fit_ranks: estimator has init='custom', which needs a start (W, H) "
@@ -1045,8 +1047,8 @@ def fit_ranks(estimator, X, ranks):
     for r in ranks:
         m = clone(base).set_params(n_components=r)
         m._validate_params()
-        for key, value in fitted.items():
-            setattr(m, key, value)
+        for key, value in fitted.items():  # own copies, as separate fits have
+            setattr(m, key, copy.deepcopy(value))
         W0, H0, _ = m._initialize(X, None, None, d, False)
         models.append(m)
         starts.append((_on(W0, X), _on(H0, X)))

@@ -197,8 +197,9 @@ def _build():
     ):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
-        rm = pid_m * BM + tl.arange(0, BM)
-        rn = pid_n * BN + tl.arange(0, BN)
+        # 64-bit offsets: X may hold more than 2**31 entries.
+        rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
+        rn = (pid_n * BN + tl.arange(0, BN)).to(tl.int64)
         rk = tl.arange(0, R)
         mmask = rm < n
         nmask = rn < p
@@ -232,8 +233,74 @@ def _build():
         part = tl.sum(col.to(tl.float64) * dw.to(tl.float64), axis=0)
         tl.store(OUT + pid_m * tl.num_programs(1) + pid_n, part)
 
-    _STATE["kernel"] = (triton, hals_rows, residual_tiles, hals_rows_stacked)
+    @triton.jit
+    def residual_tiles_stacked(
+        X,
+        WT,
+        H,
+        D,
+        OFF,
+        SIZE,
+        OUT,
+        n,
+        p,
+        n_prob,
+        stride_x,
+        stride_wk,
+        stride_wm,
+        stride_h,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+    ):
+        # residual_tiles (rank-one variant) for every problem of a stack: the
+        # tile of X is read once; problem k's partial sum goes to OUT[k, tile].
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        n_tiles = tl.num_programs(0) * tl.num_programs(1)
+        tile = pid_m * tl.num_programs(1) + pid_n
+        rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
+        rn = (pid_n * BN + tl.arange(0, BN)).to(tl.int64)
+        mmask = rm < n
+        nmask = rn < p
+        x = tl.load(
+            X + rm[:, None] * stride_x + rn[None, :],
+            mask=mmask[:, None] & nmask[None, :],
+            other=0.0,
+        )
+        dw = tl.load(D + rn, mask=nmask, other=0.0).to(tl.float64)
+        for k in range(0, n_prob):
+            off = tl.load(OFF + k)
+            r = tl.load(SIZE + k)
+            wh = tl.zeros((BM, BN), dtype=tl.float32)
+            for j in range(0, r):
+                row = (off + j).to(tl.int64)
+                wk = tl.load(
+                    WT + row * stride_wk + rm * stride_wm, mask=mmask, other=0.0
+                )
+                hk = tl.load(H + row * stride_h + rn, mask=nmask, other=0.0)
+                wh += wk[:, None] * hk[None, :]
+            diff = x - wh
+            col = tl.sum(diff * diff, axis=0)
+            part = tl.sum(col.to(tl.float64) * dw, axis=0)
+            tl.store(OUT + k * n_tiles + tile, part)
+
+    _STATE["kernel"] = (
+        triton,
+        hals_rows,
+        residual_tiles,
+        hals_rows_stacked,
+        residual_tiles_stacked,
+    )
     return _STATE["kernel"]
+
+
+def _span(t):
+    """Elements between a tensor's first and last entry (its offsets' range)."""
+    return 1 + sum((size - 1) * abs(step) for size, step in zip(t.shape, t.stride()))
+
+
+# The sweep kernels compute offsets in 32 bits.
+_MAX_SPAN = 2**31 - 1
 
 
 def usable(A, num, G):
@@ -251,6 +318,8 @@ def usable(A, num, G):
             return False
     # A and G row-major; num any layout (the products with X come transposed).
     if A.stride(-1) != 1 or G.stride(-1) != 1:
+        return False
+    if max(_span(A), _span(num), _span(G)) > _MAX_SPAN:
         return False
     return _build() is not None
 
@@ -276,8 +345,11 @@ def sweep(A, num, G, l1, l2):
 
     def penalty(value):
         # Passed as arrays of A's dtype: a Python float would reach the kernel
-        # as float32 and round a float64 penalty.
-        if isinstance(value, torch.Tensor):
+        # as float32 and round a float64 penalty. An all-zero penalty is none
+        # (as in the eager sweep, an empty row is then kept, not zeroed).
+        if isinstance(value, torch.Tensor) and value.ndim > 0:
+            if not bool(value.any()):
+                return 0, A
             return 2, value.to(device=A.device, dtype=A.dtype).contiguous()
         if float(value) == 0.0:
             return 0, A
@@ -308,15 +380,19 @@ def sweep(A, num, G, l1, l2):
     return A
 
 
-def residual_usable(X, Wt, H, d):
-    """True when :func:`weighted_residual` can run on these tensors."""
+def residual_usable(X, Wt, H, d, *, stacked=False):
+    """True when :func:`weighted_residual` (``stacked``:
+    :func:`weighted_residuals_stacked`) can run on these tensors."""
     import torch
 
     if not (X.is_cuda or (_interpret() and X.device.type == "cpu")):
         return False
     if X.dtype != torch.float32 or X.layout != torch.strided:
         return False
-    if not 0 < H.shape[0] <= MAX_RANK_RESIDUAL or X.shape[0] * X.shape[1] == 0:
+    max_rank = None if stacked else MAX_RANK_RESIDUAL
+    if H.shape[0] == 0 or (max_rank is not None and H.shape[0] > max_rank):
+        return False
+    if X.shape[0] * X.shape[1] == 0:
         return False
     for arr in (X, Wt, H, d):
         if arr.dtype != X.dtype or arr.device != X.device:
@@ -410,7 +486,7 @@ def sweep_stacked(A, num, G, layout):
     ``layout`` is :func:`stack_layout` of the problems' heights; ``G`` need
     only be right on its diagonal blocks.
     """
-    triton, _, _, kernel = _build()
+    triton, _, _, kernel = _build()[:4]
     off, size, rmax = layout
     m = A.shape[1]
     R = max(16, triton.next_power_of_2(rmax))
@@ -431,3 +507,40 @@ def sweep_stacked(A, num, G, layout):
         BLOCK=block,
     )
     return A
+
+
+def weighted_residuals_stacked(X, Wt, H, d, layout):
+    """:func:`weighted_residual` of every problem of a stack, one pass over X.
+
+    ``Wt`` (R x n) and ``H`` (R x p) hold the problems' rows as ``layout``
+    (:func:`stack_layout`) says. Returns a list of Python floats.
+    """
+    import torch
+
+    triton = _build()[0]
+    kernel = _build()[4]
+    off, size, _ = layout
+    n, p = X.shape
+    bm, bn = 64, 128
+    grid = (triton.cdiv(n, bm), triton.cdiv(p, bn))
+    k = off.shape[0]
+    out = torch.empty((k, grid[0] * grid[1]), dtype=torch.float64, device=X.device)
+    kernel[grid](
+        X,
+        Wt,
+        H,
+        d,
+        off,
+        size,
+        out,
+        n,
+        p,
+        k,
+        X.stride(0),
+        Wt.stride(0),
+        Wt.stride(1),
+        H.stride(0),
+        BM=bm,
+        BN=bn,
+    )
+    return out.sum(dim=1).tolist()

@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator, clone
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
@@ -238,7 +239,16 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
     Xtr = Xc if train is None else Xc[train]
     sizes = [s for _, s in blocks]
     t0 = time.perf_counter()
-    models, _ = fit_ranks(_make_model(ranks[0], blocks, params, model_seed), Xtr, ranks)
+    with warnings.catch_warnings(record=True) as caught:
+        # Convergence is reported per rank in cv_results_ and summed up by the
+        # scorer (as _quiet_fit does for one fit); other warnings pass on.
+        warnings.simplefilter("always", ConvergenceWarning)
+        models, _ = fit_ranks(
+            _make_model(ranks[0], blocks, params, model_seed), Xtr, ranks
+        )
+    for w in caught:
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     elapsed = time.perf_counter() - t0
     work = [m.n_components_ * max(m.n_iter_, 1) for m in models]
     out = []
@@ -902,9 +912,12 @@ class RankQualityScorer(BaseEstimator):
             "device": self.device,
         }
         crit_id = _CRITERIA.index(criterion)
-        # Where the fits run: the rule of CoupledNMF (device=None follows the
-        # data: a torch tensor keeps the fits on its device).
+        # Where the fits run. device=None follows a CUDA tensor (as in
+        # CoupledNMF); a CPU tensor takes the NumPy path, which runs the fits
+        # in parallel with n_jobs (torch.device("cpu") asks for the torch code).
         dev = select_compute_device(self.device, Xa)
+        if self.device is None and dev is not None and dev.type == "cpu":
+            dev = None
         on_device = dev is not None
         params["device"] = dev if on_device else self.device
         # On a torch device without warm starts, all ranks of a (layer, fold)

@@ -481,6 +481,11 @@ def test_fit_ranks_equals_one_fit_per_rank(torch_input, monkeypatch):
         )
         assert m.block_names_ == ref.block_names_
         np.testing.assert_allclose(m.block_weights_, ref.block_weights_)
+    # Each model owns its fitted attributes, as separately fitted models do.
+    models[0].block_weights_[0] = 99.0
+    models[0].block_names_.append("x")
+    assert models[1].block_weights_[0] != 99.0
+    assert models[1].block_names_ == refs[1].block_names_
 
 
 def test_fit_ranks_without_a_stackable_solver_fits_one_by_one():

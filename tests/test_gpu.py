@@ -190,3 +190,23 @@ def test_compiled_stacked_sweep_matches_eager():
     _solvers._hals_sweep_eager(eager, num, G, 0.0, 0.0, False)
     assert (eager - A).abs().max() > 1e-3
     torch.testing.assert_close(stacked, eager, rtol=2e-5, atol=2e-5)
+
+
+def test_compiled_stacked_residuals_match_float64():
+    from sklearn_peek import _gpu_kernels
+
+    g = torch.Generator(device="cuda").manual_seed(6)
+    n, p, sizes = 2000, 3000, [1, 9, 20, 30]
+    X = torch.rand(n, p, generator=g, device="cuda")
+    Wt = torch.rand(sum(sizes), n, generator=g, device="cuda")
+    H = torch.rand(sum(sizes), p, generator=g, device="cuda")
+    d = torch.rand(p, generator=g, device="cuda")
+    assert _gpu_kernels.residual_usable(X, Wt, H, d, stacked=True)
+    got = _gpu_kernels.weighted_residuals_stacked(
+        X, Wt, H, d, _gpu_kernels.stack_layout(sizes, X)
+    )
+    at = 0
+    for s, value in zip(sizes, got):
+        R = X.double() - Wt[at : at + s].T.double() @ H[at : at + s].double()
+        assert value == pytest.approx(float(((R * R) @ d.double()).sum()), rel=1e-5)
+        at += s
