@@ -20,7 +20,10 @@ What it does, in order (one markdown table per part, and a JSON file
 4. A 30-rank sweep (ranks 1..30, ``max_iter=100``) of the small matrix:
    sequential on the GPU against ``joblib.Parallel(n_jobs=<CPU cores>)``
    of NumPy fits (one BLAS thread per worker).
-5. A Pipeline (LeNet-5 extractor on 10,000 random 28x28 images, then a
+5. ``RankQualityScorer`` (bcv, ``cv=3``, ``warm_start=False``, the same
+   ranks and ``max_iter``) of the small matrix on the GPU (stacked ranks)
+   against ``n_jobs=<CPU cores>`` on the CPU.
+6. A Pipeline (LeNet-5 extractor on 10,000 random 28x28 images, then a
    rank-20 CoupledNMF, 50 iterations) on the GPU with the activations kept on
    the device (``output="torch"``) against the same with a round trip through
    host memory (``output="numpy"``).
@@ -490,6 +493,7 @@ def main(argv=None):
     parser.add_argument("--skip-sklearn", action="store_true")
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--skip-scorer", action="store_true")
     parser.add_argument(
         "--scorer-only",
         action="store_true",
@@ -603,6 +607,16 @@ def main(argv=None):
                 n_jobs=os.cpu_count(),
             )
             print(f"  sweep: {case['sweep']}", flush=True)
+        if label == "small" and not args.skip_scorer:
+            case["scorer"] = scorer_sweep(
+                X,
+                blocks,
+                device,
+                ranks=ranks,
+                max_iter=sweep_iter,
+                n_jobs=os.cpu_count(),
+            )
+            print(f"  scorer: {case['scorer']}", flush=True)
         _save(results)
         rows.append((label, case))
         del X
@@ -675,6 +689,19 @@ def main(argv=None):
         for c in rc:
             ms = f"{c['ms']:.3f}" if "ms" in c else "failed"
             print(f"| {c['dot']} | {c['block']} | {c['warps']} | {ms} |")
+    sc = results["cases"]["small"].get("scorer")
+    if sc:
+        print("\n## RankQualityScorer: bcv, cv=3, warm_start=False, same ranks\n")
+        print(
+            "| device, first run: s | device: s | CPU n_jobs: s | speedup "
+            "| same rank_ | max abs. diff mean score |"
+        )
+        print("|---|---|---|---|---|---|")
+        print(
+            f"| {sc['gpu_cold_s']:.2f} | {sc['gpu_s']:.2f} | {sc['cpu_s']:.2f} "
+            f"(n_jobs={sc['n_jobs']}) | {sc['speedup']:.1f}x | "
+            f"{sc['rank_gpu'] == sc['rank_cpu']} | {sc['max_score_abs_diff']:.2e} |"
+        )
     pl = results.get("pipeline")
     if pl:
         print(f"\n## Pipeline: extractor + CoupledNMF on the device (n={pl['n']})\n")
