@@ -959,9 +959,12 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         )
 
 
-# Largest number of stacked components per batched solver run (the GPU HALS
-# kernel keeps whole columns of the stacked factor in registers up to 256).
+# Largest number of stacked components per batched solver run. The eager
+# sweep (NumPy, torch on the CPU) costs the stack height squared per column;
+# the GPU's stacked kernel only each rank's own block, so a GPU stack can be
+# taller: all ranks of a sweep in one run, one pass over X per iteration.
 _BATCH_ROWS = 256
+_BATCH_ROWS_GPU = 2048
 
 
 def _batchable(model):
@@ -1054,10 +1057,11 @@ def fit_ranks(estimator, X, ranks):
         starts.append((_on(W0, X), _on(H0, X)))
     d_dev = _on(d, X)
     Ws = [None] * len(ranks)
-    # Consecutive ranks share a run while their stacked rows fit _BATCH_ROWS.
+    # Consecutive ranks share a run while their stacked rows fit the limit.
+    limit = _BATCH_ROWS_GPU if getattr(X, "is_cuda", False) else _BATCH_ROWS
     groups = [[]]
     for i, r in enumerate(ranks):
-        if groups[-1] and sum(ranks[j] for j in groups[-1]) + r > _BATCH_ROWS:
+        if groups[-1] and sum(ranks[j] for j in groups[-1]) + r > limit:
             groups.append([])
         groups[-1].append(i)
     for group in groups:

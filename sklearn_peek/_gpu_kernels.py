@@ -303,15 +303,17 @@ def _span(t):
 _MAX_SPAN = 2**31 - 1
 
 
-def usable(A, num, G):
-    """True when :func:`sweep` can run on these tensors."""
+def usable(A, num, G, *, height=None):
+    """True when :func:`sweep` (or, with ``height``, the largest problem of a
+    stack: :func:`sweep_stacked`) can run on these tensors."""
     import torch
 
     if not (A.is_cuda or (_interpret() and A.device.type == "cpu")):
         return False
     if A.dtype not in (torch.float32, torch.float64):
         return False
-    if not 0 < A.shape[0] <= MAX_RANK or A.shape[1] == 0:
+    tile = A.shape[0] if height is None else height
+    if not 0 < tile <= MAX_RANK or A.shape[1] == 0:
         return False
     for arr in (A, num, G):
         if arr.dtype != A.dtype or arr.device != A.device:

@@ -419,7 +419,8 @@ def _hals_sweep(A, num, G, l1, l2, track=True, stack=None):
     ``track`` is False).
     """
     old = _copy(A) if track else None
-    if not _np(A) and _gpu_kernels.usable(A, num, G):
+    height = None if stack is None else stack[2]
+    if not _np(A) and _gpu_kernels.usable(A, num, G, height=height):
         # GPU: the same updates in one kernel launch (see _gpu_kernels).
         try:
             if stack is not None:

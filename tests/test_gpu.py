@@ -174,11 +174,11 @@ def test_rank_scorer_batched_on_cuda_matches_cpu():
     )
 
 
-def test_compiled_stacked_sweep_matches_eager():
+@pytest.mark.parametrize("sizes", [[1, 5, 20, 30, 2], list(range(1, 31))])
+def test_compiled_stacked_sweep_matches_eager(sizes):
     from sklearn_peek import _gpu_kernels, _solvers
 
     g = torch.Generator(device="cuda").manual_seed(3)
-    sizes = [1, 5, 20, 30, 2]
     R, m = sum(sizes), 3000
     A = torch.rand(R, m, generator=g, device="cuda")
     B = torch.rand(R, 2 * R, generator=g, device="cuda")

@@ -97,7 +97,7 @@ from sklearn_peek import _gpu_kernels, _solvers
 torch.manual_seed(2)
 out = []
 for dtype in (torch.float32, torch.float64):
-    for sizes in ([1], [3, 1, 5], [20, 7, 2, 33], [16, 16]):
+    for sizes in ([1], [3, 1, 5], [20, 7, 2, 33], [16, 16], [150, 130]):
         R, m = sum(sizes), 45
         A = torch.rand(R, m, dtype=dtype)
         B = torch.rand(R, 2 * R, dtype=dtype)
@@ -118,6 +118,9 @@ for dtype in (torch.float32, torch.float64):
         _solvers._hals_sweep_eager(eager, num, G, 0.0, 0.0, False)
         out.append({
             "case": f"{dtype} {sizes}",
+            # A stack taller than one tile: only its largest rank must fit.
+            "usable": _gpu_kernels.usable(A, num, G, height=max(sizes)),
+            "usable_flat": _gpu_kernels.usable(A, num, G),
             "f64": dtype == torch.float64,
             "err": float((stacked - eager).abs().max()),
             "moved": float((eager - A).abs().max()),
@@ -128,8 +131,10 @@ print(json.dumps(out))
 
 def test_stacked_sweep_kernel_matches_the_eager_sweep():
     cases = _run(STACKED)
-    assert len(cases) == 8
+    assert len(cases) == 10
     for c in cases:
+        assert c["usable"], c["case"]
+        assert c["usable_flat"] == ("[150, 130]" not in c["case"]), c["case"]
         assert c["moved"] > 1e-3, c["case"]
         assert c["err"] <= (1e-12 if c["f64"] else 1e-5), c
 
