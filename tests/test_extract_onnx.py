@@ -161,6 +161,15 @@ def split_ref(a):
     return np.hstack([np.maximum(a, 0), np.maximum(-a, 0)])
 
 
+def torch_to_onnx(net, sample_shape, **kw):
+    """``net`` exported by torch.onnx's TorchScript exporter, as bytes."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.zeros(1, *sample_shape), buf, dynamo=False, **kw)
+    return buf.getvalue()
+
+
 @pytest.fixture
 def X():
     return np.random.default_rng(0).random((7, 1, 28, 28), dtype=np.float32)
@@ -207,8 +216,11 @@ def test_fixed_batch_is_rewritten_when_safe(X):
     # Flatten keeps the batch axis free: one session with a dynamic batch
     model = make_lenet(CURRENT, batch=1)
     ext = LayerActivationExtractor(model, ["p2", "r3"], batch_size=7).fit(X)
-    ext.transform(X)
+    A = ext.transform(X)
     assert not ext._adapter.chunked
+    np.testing.assert_allclose(
+        A[:, -12:], reference(model, "r3", X, batch=1), atol=1e-5
+    )
     # a hard-coded Reshape(1, -1) mixes samples once the batch grows: chunks
     model = make_lenet(CURRENT, batch=1, reshape_batch=1)
     ext = LayerActivationExtractor(model, ["p2", "r3"], batch_size=7).fit(X)
@@ -374,20 +386,15 @@ def test_torch_and_its_onnx_export_agree(dynamic, X):
         net.bn.running_mean.uniform_(-0.2, 0.2)
         net.bn.running_var.uniform_(0.5, 2.0)
     net.eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            torch.zeros(1, 1, 28, 28),
-            buf,
-            dynamo=False,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "n"}} if dynamic else None,
-        )
+    model = torch_to_onnx(
+        net,
+        (1, 28, 28),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "n"}} if dynamic else None,
+    )
     t = LayerActivationExtractor(net, batch_size=3).fit(X)
-    o = LayerActivationExtractor(buf.getvalue(), batch_size=3).fit(X)
+    o = LayerActivationExtractor(model, batch_size=3).fit(X)
     # "auto" picks the same layers in both runtimes
     assert t.layer_names_ == ["input", "pool1", "pool2", "relu3"]
     assert o.layer_sources_ == {
@@ -399,9 +406,8 @@ def test_torch_and_its_onnx_export_agree(dynamic, X):
     np.testing.assert_allclose(t.transform(X), o.transform(X), rtol=1e-4, atol=1e-5)
     # conv1 (negative, before the in-place ReLU) by node name, and the logits
     t2 = LayerActivationExtractor(net, ["conv1", "fc2"], nonneg="split").fit(X)
-    o2 = LayerActivationExtractor(
-        buf.getvalue(), ["/conv1/Conv", "logits"], nonneg="split"
-    ).fit(X)
+    o2 = LayerActivationExtractor(model, ["/conv1/Conv", "logits"], nonneg="split")
+    o2.fit(X)
     np.testing.assert_allclose(t2.transform(X), o2.transform(X), rtol=1e-4, atol=1e-5)
     assert [s for _, s in t2.block_sizes_] == [s for _, s in o2.block_sizes_]
 
@@ -482,14 +488,9 @@ def test_resnet_auto_layers_agree_across_runtimes():
     torch.manual_seed(0)
     net = _ResNet().eval()
     X = np.random.default_rng(0).random((5, 3, 32, 32), dtype=np.float32)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net, torch.zeros(1, 3, 32, 32), buf, dynamo=False, input_names=["x"]
-        )
+    model = torch_to_onnx(net, (3, 32, 32), input_names=["x"])
     t = LayerActivationExtractor(net, pooling="max").fit(X)
-    o = LayerActivationExtractor(buf.getvalue(), pooling="max").fit(X)
+    o = LayerActivationExtractor(model, pooling="max").fit(X)
     # 10 candidates (> 8): the last of each top-level part is kept; avgpool
     # replaces the last ReLU of layer4 and stands for that part
     assert t.layer_names_ == [
@@ -601,19 +602,14 @@ def test_optimized_torch_export_with_batchnorm(X):
         net.bn.running_var.uniform_(0.5, 2.0)
         net.bn.weight.uniform_(0.5, 1.5)
     net.eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            torch.zeros(1, 1, 28, 28),
-            buf,
-            dynamo=False,
-            do_constant_folding=False,
-            input_names=["image"],
-            dynamic_axes={"image": {0: "n"}},
-        )
-    ops = [n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node]
+    model = torch_to_onnx(
+        net,
+        (1, 28, 28),
+        do_constant_folding=False,
+        input_names=["image"],
+        dynamic_axes={"image": {0: "n"}},
+    )
+    ops = [n.op_type for n in onnx.load_from_string(model).graph.node]
     assert "BatchNormalization" in ops
     tensors = [
         "/conv2/Conv_output_0",
@@ -623,11 +619,11 @@ def test_optimized_torch_export_with_batchnorm(X):
     ]
     kw = dict(nonneg="split", batch_size=3)
     off = LayerActivationExtractor(
-        buf.getvalue(), tensors, onnx_optimization="disable", **kw
+        model, tensors, onnx_optimization="disable", **kw
     ).fit(X)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        on = LayerActivationExtractor(buf.getvalue(), tensors, **kw).fit(X)  # "all"
+        on = LayerActivationExtractor(model, tensors, **kw).fit(X)  # "all"
         A = on.transform(X)
     assert on.onnx_optimization_ == "all"
     np.testing.assert_allclose(A, off.transform(X), rtol=1e-5, atol=1e-5)

@@ -1,13 +1,11 @@
 """LayerActivationExtractor feeding CoupledNMF in a scikit-learn Pipeline."""
 
-import io
-import warnings
-
 import numpy as np
 import pytest
 import torch
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline, make_pipeline
+from test_extract_onnx import torch_to_onnx
 
 from sklearn_peek import CoupledNMF, LayerActivationExtractor
 
@@ -93,20 +91,12 @@ def test_numpy_pipeline_explicit_blocks(X):
 def test_pandas_pipeline_onnx_with_split(X):
     pytest.importorskip("pandas")
     net = _lenet()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            torch.zeros(1, 1, 28, 28),
-            buf,
-            dynamo=False,
-            input_names=["x"],
-            dynamic_axes={"x": {0: "n"}},
-        )
+    model = torch_to_onnx(
+        net, (1, 28, 28), input_names=["x"], dynamic_axes={"x": {0: "n"}}
+    )
     layers = ["/2/MaxPool", "/9/Gemm"]  # node names; the logits are signed
     pipe = make_pipeline(
-        LayerActivationExtractor(buf.getvalue(), layers, nonneg="split"),
+        LayerActivationExtractor(model, layers, nonneg="split"),
         _nmf(blocks="auto"),
     ).set_output(transform="pandas")
     pipe.fit(X)

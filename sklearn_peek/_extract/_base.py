@@ -24,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._backend import available_memory as _available_memory
 from .._backend import is_torch_tensor, resolve_device, to_numpy
+from .._validation import is_integral
 
 #: At most this many layers are picked by ``layers="auto"``.
 MAX_AUTO_LAYERS = 8
@@ -248,6 +249,18 @@ def _fmt_bytes(n):
             return f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"  # pragma: no cover
+
+
+def _check_memory(n, n_out, avail, where, ways_out):
+    """Raise MemoryError when an (n, n_out) float32 matrix would take more than
+    ``MEMORY_FRACTION`` of ``avail`` bytes (None: unknown, no check)."""
+    need = n * n_out * 4
+    if avail is not None and need > MEMORY_FRACTION * avail:
+        raise MemoryError(
+            f"the activation matrix needs {_fmt_bytes(need)} ({n} samples x "
+            f"{n_out} features x 4 bytes), more than {MEMORY_FRACTION:.0%} of "
+            f"the {where} memory ({_fmt_bytes(avail)}). Ways out: {ways_out}."
+        )
 
 
 def _feature_suffixes(shape, pooled):
@@ -553,7 +566,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                 f"nonneg={self.nonneg!r} is not understood; expected one of {_NONNEG}."
             )
         bs = self.batch_size
-        if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
+        if not is_integral(bs) or bs < 1:
             raise ValueError(
                 f"batch_size={bs!r} is not understood; expected an int >= 1."
             )
@@ -684,9 +697,9 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         arr = _as_array(X)
         adapter = self._get_adapter()
         X4, sample_shape = self._sample_shape(arr, adapter)
-        if adapter.kind == "onnx":
-            adapter.check_sample_shape(self._feed_shape(sample_shape, adapter)[0])
         feed_shape, repeat = self._feed_shape(sample_shape, adapter)
+        if adapter.kind == "onnx":
+            adapter.check_sample_shape(feed_shape)
         self._repeat = repeat
         if not (isinstance(self.layers, (list, tuple)) and len(self.layers) == 0):
             rows = adapter.list_layers(feed_shape)
@@ -949,66 +962,34 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "block_sizes_")
         self._validate_params()
         X4 = self._check_X(X)
-        n = X4.shape[0]
-        n_out = self.n_features_out_
+        n, n_out = X4.shape[0], self.n_features_out_
         if self.output == "torch":
             return self._transform_torch(X4, out)
         if out is None:
-            need = n * n_out * 4
-            avail = _available_memory()
-            if avail is not None and need > MEMORY_FRACTION * avail:
-                raise MemoryError(
-                    f"the activation matrix needs {_fmt_bytes(need)} ({n} samples x "
-                    f"{n_out} features x 4 bytes), more than {MEMORY_FRACTION:.0%} of "
-                    f"the available memory ({_fmt_bytes(avail)}). Ways out: "
-                    "pooling='avg' or 'max' (one feature per channel), fewer or "
-                    "smaller layers, fewer samples, or transform(X, out=np.memmap("
-                    f"path, dtype='float32', mode='w+', shape=({n}, {n_out})))."
-                )
+            _check_memory(
+                n,
+                n_out,
+                _available_memory(),
+                "available",
+                "pooling='avg' or 'max' (one feature per channel), fewer or smaller "
+                "layers, fewer samples, or transform(X, out=np.memmap(path, "
+                f"dtype='float32', mode='w+', shape=({n}, {n_out})))",
+            )
             out = np.empty((n, n_out), dtype=np.float32)
-        else:
-            if (
-                not isinstance(out, np.ndarray)
-                or out.dtype != np.float32
-                or out.shape
-                != (
-                    n,
-                    n_out,
-                )
-            ):
-                got = (
-                    f"{type(out).__name__} {getattr(out, 'dtype', '?')} "
-                    f"{getattr(out, 'shape', '?')}"
-                )
-                raise ValueError(
-                    f"out={got} does not fit; expected a float32 ndarray or np.memmap "
-                    f"of shape ({n}, {n_out})."
-                )
-        offsets = {}
-        start = 0
-        for name, size in self.block_sizes_:
-            offsets[name] = (start, start + size)
-            start += size
-        starts = range(0, n, self.batch_size)
-        bar = None
-        if self._show_progress():
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(starts), desc="extract", unit="batch")
-        try:
-            with self._runner() as run:
-                for i in starts:
-                    blocks = self._process(run, X4, i)
-                    j = i + next(iter(blocks.values())).shape[0]
-                    for name, a in blocks.items():
-                        lo, hi = offsets[name]
-                        out[i:j, lo:hi] = a
-                    if bar is not None:
-                        bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-        return out
+        elif (
+            not isinstance(out, np.ndarray)
+            or out.dtype != np.float32
+            or out.shape != (n, n_out)
+        ):
+            got = (
+                f"{type(out).__name__} {getattr(out, 'dtype', '?')} "
+                f"{getattr(out, 'shape', '?')}"
+            )
+            raise ValueError(
+                f"out={got} does not fit; expected a float32 ndarray or np.memmap "
+                f"of shape ({n}, {n_out})."
+            )
+        return self._fill(out, X4)
 
     def _transform_torch(self, X4, out):
         """transform for ``output="torch"``: fill a float32 tensor on the device."""
@@ -1021,39 +1002,52 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             )
         dev = self._output_device()
         n, n_out = X4.shape[0], self.n_features_out_
-        need = n * n_out * 4
         if dev.type == "cuda":
-            avail, where = torch.cuda.mem_get_info(dev)[0], f"GPU {dev}"
+            avail, where = torch.cuda.mem_get_info(dev)[0], f"free GPU {dev}"
         else:
-            avail, where = _available_memory(), "host"
-        if avail is not None and need > MEMORY_FRACTION * avail:
-            raise MemoryError(
-                f"the activation matrix needs {_fmt_bytes(need)} ({n} samples x "
-                f"{n_out} features x 4 bytes), more than {MEMORY_FRACTION:.0%} of "
-                f"the free {where} memory ({_fmt_bytes(avail)}). Ways out: "
-                "pooling='avg' or 'max', fewer or smaller layers, fewer samples, or "
-                "output='numpy' (host memory, or out=np.memmap(...))."
-            )
+            avail, where = _available_memory(), "free host"
+        _check_memory(
+            n,
+            n_out,
+            avail,
+            where,
+            "pooling='avg' or 'max', fewer or smaller layers, fewer samples, or "
+            "output='numpy' (host memory, or out=np.memmap(...))",
+        )
         out = torch.empty((n, n_out), dtype=torch.float32, device=dev)
-        offsets, start = {}, 0
-        for name, size in self.block_sizes_:
-            offsets[name] = (start, start + size)
-            start += size
         adapter = self._get_adapter()
         keep = getattr(adapter, "keep_on_device", None)
         try:
             if keep is not None:
                 adapter.keep_on_device = True
-            with self._runner() as run:
-                for i in range(0, n, self.batch_size):
-                    blocks = self._process(run, X4, i, device=dev)
-                    j = i + next(iter(blocks.values())).shape[0]
-                    for name, a in blocks.items():
-                        lo, hi = offsets[name]
-                        out[i:j, lo:hi] = a
+            return self._fill(out, X4, device=dev)
         finally:
             if keep is not None:
                 adapter.keep_on_device = keep
+
+    def _fill(self, out, X4, device=None):
+        """Run the batches of ``X4`` and copy their blocks into ``out``."""
+        cols, lo = {}, 0
+        for name, size in self.block_sizes_:
+            cols[name] = slice(lo, lo + size)
+            lo += size
+        n, bs = X4.shape[0], self.batch_size
+        bar = None
+        if self._show_progress():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=-(-n // bs), desc="extract", unit="batch")
+        try:
+            with self._runner() as run:
+                for i in range(0, n, bs):
+                    rows = slice(i, min(n, i + bs))
+                    for name, a in self._process(run, X4, i, device).items():
+                        out[rows, cols[name]] = a
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
         return out
 
     def get_feature_names_out(self, input_features=None):
