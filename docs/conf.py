@@ -16,7 +16,6 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
-    "sphinx.ext.intersphinx",
     "numpydoc",
 ]
 autosummary_generate = True
@@ -29,7 +28,6 @@ exclude_patterns = ["_build"]
 html_theme = "alabaster"
 # Wide enough for 88-column code (ruff's line length) without scrolling.
 html_theme_options = {"page_width": "1180px", "sidebar_width": "230px"}
-intersphinx_mapping = {}
 
 
 def _skip_metadata_requests(app, what, name, obj, skip, options):
