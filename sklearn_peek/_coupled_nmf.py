@@ -33,6 +33,7 @@ from ._backend import (
     like_input,
     numpy_dtype,
     select_compute_device,
+    to_numpy,
 )
 from ._validation import (
     Interval,
@@ -52,16 +53,6 @@ _SCORE_HOLDOUT = 0.5
 _SCORE_SEED = 0
 
 
-def _select_backend(device, X=None):
-    """The single dispatch point between the NumPy and the torch solvers.
-
-    Returns ``None`` (the NumPy solvers) or the torch.device the same solver
-    functions run on (see :func:`sklearn_peek._backend.select_compute_device`:
-    ``device=None`` follows the data, torch tensors always take the torch path).
-    """
-    return select_compute_device(device, X, param="device")
-
-
 def _block_sums(X, slices, *, ord="fro"):
     """Per-block squared norms (or sums) in float64, NumPy arrays or tensors."""
     if not is_torch_tensor(X):
@@ -79,9 +70,7 @@ def _on(a, X):
 
 def _host_array(a, dtype):
     """A tensor or array as a NumPy array of ``dtype`` on the host."""
-    if is_torch_tensor(a):
-        a = a.detach().cpu().numpy()
-    return np.ascontiguousarray(a, dtype=dtype)
+    return np.ascontiguousarray(to_numpy(a), dtype=dtype)
 
 
 class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -325,7 +314,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         # Custom W, H are checked on the host (they are small) like arrays.
         W = _host_array(W, None) if is_torch_tensor(W) else W
         H = _host_array(H, None) if is_torch_tensor(H) else H
-        X, slices, weights, d = self._prepare_fit(X)
+        X, slices, weights, d, sq = self._prepare_fit(X)
         n, p = X.shape
         kl = self.beta_loss == "kullback-leibler"
 
@@ -342,23 +331,25 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 max_iter=self.max_iter, tol=self.tol, verbose=self.verbose,
             )  # fmt: skip
         else:
-            xnorm = float(_block_sums(X, slices) @ weights)
+            xnorm = float(sq @ weights)
             solve = _solvers.fit_hals if self.solver == "hals" else _solvers.fit_mu
             Wf, Hf, n_iter, info = solve(
                 X, W0, H0, d, xnorm=xnorm,
                 l1_W=l1_W, l2_W=l2_W, l1_H=l1_H, l2_H=l2_H,
                 max_iter=self.max_iter, tol=self.tol, verbose=self.verbose,
             )  # fmt: skip
-        self._finish_fit(X, Wf, Hf, n_iter, info, slices, weights, k)
+        self._finish_fit(X, Wf, Hf, n_iter, info, slices, weights, sq, k)
         return like_input(Wf, X_in)
 
     def _prepare_fit(self, X):
         """Validate X, resolve blocks and weights (the part of fit before init).
 
-        Returns X (on the compute device), the block slices, the block weights
-        and the column weights ``d`` (NumPy, X's dtype).
+        Returns X (on the compute device), the block slices, the block weights,
+        the column weights ``d`` (NumPy, X's dtype) and the blocks' squared
+        Frobenius norms (float64; None for Kullback-Leibler), read from X once
+        for the weights, the objective and the errors.
         """
-        dev = _select_backend(self.device, X)
+        dev = select_compute_device(self.device, X)
         X = self._validate_fit_input(X, dev)
         p = X.shape[1]
         names, slices = self._resolve_blocks(p)
@@ -366,12 +357,13 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self.block_slices_ = dict(zip(names, slices))
         kl = self.beta_loss == "kullback-leibler"
         self._check_solver_loss(X)
-        weights = self._resolve_weights(X, names, slices, kl)
+        sq = None if kl else _block_sums(X, slices)
+        weights = self._resolve_weights(X, names, slices, sq)
         self.block_weights_ = weights
         d = self._column_weights(weights, slices, p, numpy_dtype(X))
-        return X, slices, weights, d
+        return X, slices, weights, d, sq
 
-    def _finish_fit(self, X, Wf, Hf, n_iter, info, slices, weights, k):
+    def _finish_fit(self, X, Wf, Hf, n_iter, info, slices, weights, sq, k):
         """Store the results of a solver run (the part of fit after it)."""
         if not info["converged"]:
             warnings.warn(
@@ -381,8 +373,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 ConvergenceWarning,
                 stacklevel=3,
             )
-        kl = self.beta_loss == "kullback-leibler"
-        self._set_errors(X, Wf, Hf, slices, weights, kl)
+        self._set_errors(X, Wf, Hf, slices, weights, sq)
         self.components_ = _host_array(Hf, numpy_dtype(X))
         self.n_components_ = k
         self.n_iter_ = n_iter
@@ -647,12 +638,14 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         bounds = [*starts, n_features]
         return names, [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
-    def _resolve_weights(self, X, names, slices, kl):
+    def _resolve_weights(self, X, names, slices, sq):
+        """Block weights; ``sq``: the blocks' squared norms (None for KL)."""
+        kl = sq is None
         bw = self.block_weights
         if isinstance(bw, str) and bw == "none":
             return np.ones(len(names))
         if isinstance(bw, str) and bw == "norm":
-            size = _block_sums(X, slices, ord="sum" if kl else "fro")
+            size = _block_sums(X, slices, ord="sum") if kl else sq
             zero = [nm for nm, s in zip(names, size) if not s > 0]
             if zero:
                 raise ValueError(
@@ -759,16 +752,16 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             H0[:, passive] = max(y_mean, np.finfo(dt).tiny)
         return W0.astype(dt, copy=False), H0.astype(dt, copy=False), k
 
-    def _set_errors(self, X, W, H, slices, weights, kl):
+    def _set_errors(self, X, W, H, slices, weights, sq):
+        """Reconstruction errors; ``sq``: the blocks' squared norms (None: KL)."""
         errs = {}
-        if kl:
+        if sq is None:
             col = _solvers.kl_column_divergence(X, W, H)
             per_block = np.array([col[sl].sum() for sl in slices])
             for nm, v in zip(self.block_names_, per_block):
                 errs[nm] = float(np.sqrt(2.0 * max(v, 0.0)))
             total = float(np.sqrt(2.0 * max(per_block @ weights, 0.0)))
         else:
-            sq = _block_sums(X, slices)
             WtW = _solvers._to64(W.T @ W)
             per_block = np.empty(len(slices))
             for i, sl in enumerate(slices):
@@ -800,10 +793,10 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         """Return (X array, model column indices it holds, column weights).
 
         X comes back as a tensor on the compute device when the torch path is
-        selected (see ``_select_backend``), else as a NumPy array; the column
-        weights are NumPy.
+        selected (see :func:`~sklearn_peek._backend.select_compute_device`),
+        else as a NumPy array; the column weights are NumPy.
         """
-        dev = _select_backend(self.device, X)
+        dev = select_compute_device(self.device, X)
         X, cols, d = self._validate_transform_host(X, blocks)
         if dev is not None:
             where = f"{type(self).__name__}.transform"
@@ -1043,9 +1036,9 @@ def fit_ranks(estimator, X, ranks):
     base.set_params(n_components=ranks[0])
     base._validate_params()
     X_in = X
-    X, slices, weights, d = base._prepare_fit(X)
+    X, slices, weights, d, sq = base._prepare_fit(X)
     fitted = {k: v for k, v in vars(base).items() if k.endswith("_")}
-    xnorm = float(_block_sums(X, slices) @ weights)
+    xnorm = float(sq @ weights)
     models, starts = [], []
     for r in ranks:
         m = clone(base).set_params(n_components=r)
@@ -1075,6 +1068,8 @@ def fit_ranks(estimator, X, ranks):
             tol=base.tol,
         )
         for j, (Wf, Hf, n_iter, info) in zip(group, out):
-            models[j]._finish_fit(X, Wf, Hf, n_iter, info, slices, weights, ranks[j])
+            models[j]._finish_fit(
+                X, Wf, Hf, n_iter, info, slices, weights, sq, ranks[j]
+            )
             Ws[j] = like_input(Wf, X_in)
     return models, Ws

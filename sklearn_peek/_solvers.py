@@ -322,24 +322,6 @@ def column_sums64(X, *, square=True):
     return _host(col)
 
 
-def _sq_norm_rows(X):
-    """Squared Euclidean norm of each row of X, float64, chunked."""
-    n = X.shape[0]
-    out = np.zeros(n)
-    if sp.issparse(X):
-        X = X.tocsr()
-        sq = X.data.astype(np.float64) ** 2
-        nonempty = np.diff(X.indptr) > 0
-        if sq.size:
-            out[nonempty] = np.add.reduceat(sq, X.indptr[:-1][nonempty])
-        return out
-    step = max(1, (1 << 16) // max(1, X.shape[1]))
-    for s in range(0, n, step):
-        c = X[s : s + step].astype(np.float64)
-        out[s : s + step] = (c * c).sum(axis=1)
-    return out
-
-
 def _h_penalties(d, l1_H, l2_H):
     """Per-column H penalties divided by the column weight.
 
@@ -427,24 +409,20 @@ def _hals_sweep(A, num, G, l1, l2, track=True, stack=None):
                 _gpu_kernels.sweep_stacked(A, num, G, stack)
             else:
                 _gpu_kernels.sweep(A, num, G, l1, l2)
-            done = True
         except Exception as exc:  # compile / launch failure: eager from now on
             _gpu_kernels.disable(exc)
-            done = False
+            _hals_sweep_eager(A, num, G, l1, l2)
     else:
-        done = False
-    if not done:
-        _hals_sweep_eager(A, num, G, l1, l2, False)
+        _hals_sweep_eager(A, num, G, l1, l2)
     if not track:
         return 0.0
     diff = (A - old).ravel()
     return _to_float(diff @ diff)
 
 
-def _hals_sweep_eager(A, num, G, l1, l2, track):
-    """The sweep with one group of array operations per row; returns A's copy."""
+def _hals_sweep_eager(A, num, G, l1, l2):
+    """The sweep with one group of array operations per row (A in place)."""
     diag = _diag_list(G)
-    old = _copy(A) if track else None
     has_l1 = not _is_zero(l1)
     has_pen = has_l1 or not _is_zero(l2)
     if np.ndim(l2) == 0:
@@ -480,7 +458,6 @@ def _hals_sweep_eager(A, num, G, l1, l2, track):
                 new -= l1
             new /= g + l2
             A[t] = _relu_(new)
-    return old
 
 
 def _hals_inner(A, num, G, l1, l2, max_sweeps):
@@ -506,6 +483,19 @@ def _inner_sweeps(m, n_other, r):
     c0 = 1.0e5
     rho = (2.0 * m * n_other) / (2.0 * m * r + c0)
     return int(max(1, min(_INNER_MAX, 1 + _INNER_ALPHA * rho)))
+
+
+def _stalled(prev, obj, tol, floor):
+    """The stopping test of the solvers.
+
+    The objective went from ``prev`` to ``obj``: stop when its relative
+    decrease is below ``tol``, or when it has reached ``floor``, the rounding
+    level of the data (an exact fit converges geometrically to 0, so its
+    relative decrease never drops below ``tol``). ``tol == 0`` never stops.
+    """
+    return tol > 0 and (
+        prev - obj <= tol * max(prev, np.finfo(np.float64).tiny) or obj <= floor
+    )
 
 
 # -------------------------------------------------------------- Frobenius fit
@@ -583,9 +573,7 @@ def fit_hals(
     WtW = Wt @ Wt.T
     obj = objective(*_sums64(Wt * num_W, WtW * HDHt))
     history = [obj]
-    # An exact fit converges geometrically to 0, so its relative decrease never
-    # drops below tol: reaching the rounding level of the data also stops.
-    floor = 10.0 * _eps(H) * xnorm
+    floor = 10.0 * _eps(H) * xnorm  # see _stalled
     converged = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
@@ -603,10 +591,7 @@ def fit_hals(
         history.append(obj)
         if verbose and n_iter % 10 == 0:
             print(f"CoupledNMF[hals] iteration {n_iter}: objective {obj:.6g}")
-        prev = history[-2]
-        if tol > 0 and (
-            prev - obj <= tol * max(prev, np.finfo(np.float64).tiny) or obj <= floor
-        ):
+        if _stalled(history[-2], obj, tol, floor):
             converged = True
             break
     return (
@@ -665,7 +650,6 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
     results = [None] * K
     active = list(range(K))
     floor = 10.0 * _eps(H) * xnorm
-    eps = _eps(H)
 
     def layout(active):
         """Block mask (R x R, dtype of X) and row-sum matrix (K x R, float64)."""
@@ -685,7 +669,7 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
     def objectives(lin, quad):
         """Objective of every active problem (as fit_hals computes it)."""
         data = [0.5 * (xnorm - 2.0 * lin[i] + quad[i]) for i in range(len(active))]
-        exact = [tol > 0 and v * tol < 10.0 * eps * xnorm for v in data]
+        exact = [tol > 0 and v * tol < floor for v in data]  # as _frob_data
         if (
             any(exact)
             and stack is not None
@@ -730,9 +714,7 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
             obj = objs[i]
             prev = history[k][-1]
             history[k].append(obj)
-            stop = tol > 0 and (
-                prev - obj <= tol * max(prev, np.finfo(np.float64).tiny) or obj <= floor
-            )
+            stop = _stalled(prev, obj, tol, floor)
             if stop or n_iter == max_iter:
                 sl = slice(at, at + sizes[k])
                 results[k] = (
@@ -818,6 +800,7 @@ def fit_mu(
         obj = frob_obj(_w_x(W.T, X), W.T @ W)
     history = [obj]
     last_checked = obj
+    floor = 0.0 if kl else 10.0 * _eps(H) * xnorm
     converged = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
@@ -853,15 +836,14 @@ def fit_mu(
         if n_iter % check_every == 0 or n_iter == max_iter:
             if kl:
                 obj = _kl_objective(X, W, H, d, xnorm) + pen()
+            elif update_H:  # num and WtW of the H update are those of this W
+                obj = frob_obj(num, WtW)
             else:
                 obj = frob_obj(_w_x(W.T, X), W.T @ W)
             history.append(obj)
             if verbose:
                 print(f"CoupledNMF[mu] iteration {n_iter}: objective {obj:.6g}")
-            floor = 0.0 if kl else 10.0 * _eps(H) * xnorm
-            if tol > 0 and (
-                last_checked - obj <= tol * max(last_checked, 1e-300) or obj <= floor
-            ):
+            if _stalled(last_checked, obj, tol, floor):
                 converged = True
                 break
             last_checked = obj
@@ -959,7 +941,7 @@ def solve_w(X, H, d, *, l1_W=0.0, l2_W=0.0, max_iter=200, tol=1e-4):
     sweeps = 0
     for sweeps in range(1, max_iter + 1):  # noqa: B007
         old = _copy(Wt)
-        _hals_sweep(Wt, num, G, l1_W, l2_W)
+        _hals_sweep(Wt, num, G, l1_W, l2_W, track=False)
         diff = ((Wt - old) ** 2).sum(axis=0)
         size = (Wt * Wt).sum(axis=0)
         # Frozen rows keep their previous value: their result is final.

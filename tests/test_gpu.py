@@ -76,8 +76,11 @@ def test_tf32_left_as_the_user_set_it():
 
 
 def test_auto_picks_the_gpu():
+    from sklearn_peek._backend import select_compute_device
+
     X, blocks = _data()
     Xt = torch.from_numpy(X)
+    assert select_compute_device("auto", Xt).type == "cuda"
     _, W = _fit(Xt, n_components=3, blocks=blocks, device="auto", random_state=0)
     # Tensors come back on the caller's device, wherever the solvers ran.
     assert not W.is_cuda
@@ -133,7 +136,7 @@ def test_compiled_sweep_kernel_matches_eager(dtype, r):
         assert _gpu_kernels.usable(A, num, G)
         fused, eager = A.clone(), A.clone()
         _gpu_kernels.sweep(fused, num, G, l1_, l2_)
-        _solvers._hals_sweep_eager(eager, num, G, l1_, l2_, False)
+        _solvers._hals_sweep_eager(eager, num, G, l1_, l2_)
         tol = 1e-12 if dtype == torch.float64 else 2e-5
         assert (eager - A).abs().max() > 1e-3
         torch.testing.assert_close(fused, eager, rtol=tol, atol=tol)
@@ -187,7 +190,7 @@ def test_compiled_stacked_sweep_matches_eager(sizes):
     num = R * torch.rand(m, R, generator=g, device="cuda").T
     stacked, eager = A.clone(), A.clone()
     _gpu_kernels.sweep_stacked(stacked, num, G, _gpu_kernels.stack_layout(sizes, A))
-    _solvers._hals_sweep_eager(eager, num, G, 0.0, 0.0, False)
+    _solvers._hals_sweep_eager(eager, num, G, 0.0, 0.0)
     assert (eager - A).abs().max() > 1e-3
     torch.testing.assert_close(stacked, eager, rtol=2e-5, atol=2e-5)
 
