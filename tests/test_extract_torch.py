@@ -537,3 +537,13 @@ def test_available_layers_needs_shape_for_torch(lenet):
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_auto_rule_on_the_library_lenet_gives_the_paper_probes():
+    # extraction.rst: "auto" on LeNet-5 reads pool1, pool2, relu3, relu4.
+    from sklearn_peek._lenet import LeNet
+
+    torch.manual_seed(0)
+    X = np.random.RandomState(0).rand(4, 1, 28, 28).astype(np.float32)
+    ext = LayerActivationExtractor(LeNet((1, 28, 28), 10).eval()).fit(X)
+    assert ext.layer_names_ == ["input", "pool1", "pool2", "relu3", "relu4"]
