@@ -115,9 +115,9 @@ class Report:
     def add_heading(self, text):
         self._parts.append(("h2", text))
 
-    def add_text(self, text, *, css_class=None):
+    def add_text(self, text):
         """A paragraph of plain text (escaped)."""
-        self._parts.append(("p", (text, css_class)))
+        self._parts.append(("p", text))
 
     def add_html(self, markup):
         """A block of HTML written by the library itself (not escaped: never
@@ -141,10 +141,6 @@ class Report:
         name = f"{self._n_fig:02d}-{_slug(name or caption[:40])}"
         self._parts.append(("fig", (bytes(png), caption, name)))
 
-    @property
-    def n_figures(self):
-        return self._n_fig
-
     def to_html(self, *, figure_dir=None, figure_href=None):
         """The page as a string; figures as data URIs unless ``figure_dir`` is given."""
         esc = html.escape
@@ -162,9 +158,7 @@ class Report:
             if kind == "h2":
                 out.append(f"<h2>{esc(payload)}</h2>")
             elif kind == "p":
-                text, cls = payload
-                attr = f' class="{esc(cls)}"' if cls else ""
-                out.append(f"<p{attr}>{esc(text)}</p>")
+                out.append(f"<p>{esc(payload)}</p>")
             elif kind == "html":
                 out.append(payload)
             elif kind == "kv":

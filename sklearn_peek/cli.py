@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sklearn_peek._report import Report, _rows, write_json
+
 __all__ = ["build_parser", "main"]
 
 PROG = "sklearn-peek"
@@ -542,19 +544,14 @@ def _require_file(path, what):
 
 def _is_idx(path):
     """True when the file (or its gzip content) starts with an IDX header."""
-    import gzip
+    from sklearn_peek.datasets import _IDX_DTYPES, _open
 
     try:
-        with open(path, "rb") as fh:
+        with _open(path) as fh:
             head = fh.read(4)
-        if head[:2] == b"\x1f\x8b":
-            with gzip.open(path, "rb") as fh:
-                head = fh.read(4)
     except (OSError, EOFError):
         return False
-    return (
-        len(head) == 4 and head[:2] == b"\x00\x00" and head[2] in (8, 9, 11, 12, 13, 14)
-    )
+    return len(head) == 4 and head[:2] == b"\x00\x00" and head[2] in _IDX_DTYPES
 
 
 def load_array(path, *, key=None, what="--data"):
@@ -616,7 +613,7 @@ def prepare_inputs(X, *, input_shape=None, scale="auto"):
     was_uint8 = X.dtype == np.uint8
     X = X.astype(np.float32, copy=False)
     if scale == "auto" and was_uint8:
-        X = X / np.float32(255.0)
+        X /= np.float32(255.0)  # astype made a copy
     if input_shape is not None:
         size = math.prod(input_shape)
         if math.prod(X.shape[1:]) != size:
@@ -754,7 +751,7 @@ def analyze_activations(A, blocks, *, ranks, criterion, cv, seed, jobs, device):
     ranks = list(ranks)
     scorer = RankQualityScorer(
         blocks=list(blocks),
-        ranks=list(ranks),
+        ranks=ranks,
         criterion=criterion,
         cv=cv,
         n_jobs=jobs,
@@ -848,15 +845,9 @@ def network_figures(
 
 
 def _curves_json(scorer):
-    out = {}
-    for layer, c in scorer.curves_.items():
-        out[layer] = {
-            "ranks": np.asarray(c["ranks"]).tolist(),
-            "mean": np.asarray(c["mean"], dtype=float).tolist(),
-            "std": np.asarray(c.get("std", np.zeros(len(c["ranks"]))), float).tolist(),
-            "selected": None if c.get("selected") is None else int(c["selected"]),
-        }
-    return out
+    # write_json turns the arrays into lists.
+    keys = ("ranks", "mean", "std", "selected")
+    return {layer: {k: c[k] for k in keys} for layer, c in scorer.curves_.items()}
 
 
 # --------------------------------------------------------------------------
@@ -864,32 +855,30 @@ def _curves_json(scorer):
 # --------------------------------------------------------------------------
 def _cmd_analyze(args, say):
     from sklearn_peek import LayerActivationExtractor, __version__
-    from sklearn_peek._report import Report, write_json
 
     out = Path(args.out)
     _require_file(args.model, "MODEL")
     with say.step("load", f"reading {args.data}"):
-        X = prepare_inputs(
-            load_array(args.data, key=args.data_key),
-            input_shape=args.input_shape,
-            scale=args.scale,
-        )
-    y = None
-    if args.labels:
-        y = np.asarray(load_array(args.labels, what="--labels")).ravel()
-        if y.shape[0] != X.shape[0]:
-            raise CLIError(
-                f"--labels has {y.shape[0]} entries but --data has {X.shape[0]} inputs."
+        X = load_array(args.data, key=args.data_key)
+        y = None
+        if args.labels:
+            y = np.asarray(load_array(args.labels, what="--labels")).ravel()
+            if X.ndim >= 1 and y.shape[0] != X.shape[0]:
+                raise CLIError(
+                    f"--labels has {y.shape[0]} entries but --data has "
+                    f"{X.shape[0]} inputs."
+                )
+        if X.ndim >= 2 and X.shape[0] > args.max_samples:
+            # Subset before converting: the whole data is never copied to float.
+            say(
+                f"using a random subset of {args.max_samples} of the {X.shape[0]} "
+                "inputs (--max-samples)"
             )
-    if args.max_samples and X.shape[0] > args.max_samples:
-        say(
-            f"using a random subset of {args.max_samples} of the {X.shape[0]} inputs "
-            "(--max-samples)"
-        )
-        rng = np.random.default_rng(args.seed)
-        keep = np.sort(rng.choice(X.shape[0], args.max_samples, replace=False))
-        X = X[keep]
-        y = None if y is None else y[keep]
+            rng = np.random.default_rng(args.seed)
+            keep = np.sort(rng.choice(X.shape[0], args.max_samples, replace=False))
+            X = X[keep]
+            y = None if y is None else y[keep]
+        X = prepare_inputs(X, input_shape=args.input_shape, scale=args.scale)
     say(f"{X.shape[0]} inputs of shape {X.shape[1:]}")
 
     with tempfile.TemporaryDirectory(prefix="sklearn-peek-") as tmp:
@@ -985,22 +974,19 @@ def _cmd_analyze(args, say):
         "seed": args.seed,
         "timings_s": say.marks,
     }
-    return _finish(report, results, out, args, say, write_json)
+    return _finish(report, results, out, args, say)
 
 
 def _model_json(cmodel):
     return {
         "n_components": int(cmodel.n_components_),
         "reconstruction_err": float(cmodel.reconstruction_err_),
-        "block_reconstruction_err": {
-            k: float(v)
-            for k, v in getattr(cmodel, "block_reconstruction_err_", {}).items()
-        },
-        "n_iter": int(getattr(cmodel, "n_iter_", 0)),
+        "block_reconstruction_err": dict(cmodel.block_reconstruction_err_),
+        "n_iter": int(cmodel.n_iter_),
     }
 
 
-def _finish(report, results, out, args, say, write_json):
+def _finish(report, results, out, args, say):
     import platform
 
     from sklearn_peek import __version__
@@ -1045,7 +1031,6 @@ def _method_text(report):
 def _cmd_layers(args, say):
     from sklearn_peek import available_layers
 
-    _require_file(args.model, "MODEL")
     sample = None
     if args.input_shape is not None:
         sample = np.zeros((2, *args.input_shape), np.float32)
@@ -1054,7 +1039,6 @@ def _cmd_layers(args, say):
             args.model, trust_pickle=args.trust_pickle, sample=sample, workdir=tmp
         )
         rows = available_layers(model, input_shape=args.input_shape)
-    rows = [r if isinstance(r, dict) else dict(r._asdict()) for r in rows]
     if not rows:
         print("(no layers found)")
         return 0
@@ -1084,11 +1068,8 @@ def _pm(rho, lo, hi):
 
 def _records(table):
     """List of row dicts from a DataFrame or a dict of lists."""
-    if hasattr(table, "to_dict") and hasattr(table, "columns"):
-        return table.to_dict(orient="records")
-    keys = list(table)
-    n = len(table[keys[0]]) if keys else 0
-    return [{k: table[k][i] for k in keys} for i in range(n)]
+    cols, rows = _rows(table)
+    return [dict(zip(cols, row)) for row in rows]
 
 
 def _cmd_demo(args, say):
@@ -1098,7 +1079,6 @@ def _cmd_demo(args, say):
         plotting,
         studies,
     )
-    from sklearn_peek._report import Report, write_json
 
     out = Path(args.out)
     crit = args.criterion
@@ -1193,10 +1173,9 @@ def _cmd_demo(args, say):
 
         n_rows, n_cols = plotting._grid_shape(len(layers), max_cols=2)
         fig = plt.figure(figsize=(6.0 * n_cols, 4.6 * n_rows), layout="constrained")
-        axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
-        for ax in axes[len(layers) :]:
-            ax.remove()
-        for ax, layer in zip(axes, layers):
+        for ax, layer in zip(
+            plotting._panels(fig, len(layers), n_rows, n_cols), layers
+        ):
             r = pooled.get((layer, crit))
             sp = None if r is None else (r["rho"], r["ci_low"], r["ci_high"])
             plotting.plot_rank_vs_quality(
@@ -1297,7 +1276,7 @@ def _cmd_demo(args, say):
         "study_timings_s": {k: v for k, v in res.timings.items() if k != "per_study"},
         "timings_s": say.marks,
     }
-    return _finish(report, results, out, args, say, write_json)
+    return _finish(report, results, out, args, say)
 
 
 # --------------------------------------------------------------------------

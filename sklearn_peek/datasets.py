@@ -156,7 +156,8 @@ def read_idx(path):
     if any(d < 0 for d in dims):
         raise ValueError(f"IDX file {str(path)!r} declares negative dimensions {dims}.")
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    count = int(np.prod(dims, dtype=np.int64))
+    expected = count * dtype.itemsize
     found = len(raw) - header
     if found < expected:
         raise ValueError(
@@ -170,7 +171,7 @@ def read_idx(path):
             f"header (shape {dims}, {expected} data bytes) declares; it is not a "
             "valid IDX file."
         )
-    arr = np.frombuffer(raw, dtype=dtype, count=int(np.prod(dims)), offset=header)
+    arr = np.frombuffer(raw, dtype=dtype, count=count, offset=header)
     return arr.reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -242,7 +243,8 @@ def _default_cache(cache_dir):
 
 
 def _bunch(images, target, kind, n_train, source):
-    images = (images.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    images = images.astype(np.float32).reshape(-1, 1, 28, 28)
+    images /= 255.0  # in place: astype made the only copy
     return Bunch(
         images=images,
         data=images.reshape(images.shape[0], -1),

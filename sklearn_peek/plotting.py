@@ -71,11 +71,28 @@ def _new_figure(fig, figsize):
     return plt.figure(figsize=figsize, layout="constrained")
 
 
-def _grid_shape(n, max_cols=6):
-    """Rows and columns for ``n`` panels, rows as even as possible."""
+def _grid_shape(n, max_cols=6, ncols=None):
+    """Rows and columns for ``n`` panels.
+
+    ``ncols`` panels per row when given, else at most ``max_cols`` with the
+    rows as even as possible.
+    """
+    if ncols is not None:
+        if not isinstance(ncols, Integral) or ncols < 1:
+            raise ValueError(f"ncols={ncols!r}: expected a positive integer.")
+        n_cols = min(int(ncols), n)
+        return math.ceil(n / n_cols), n_cols
     n_rows = max(1, math.ceil(n / max_cols))
     n_cols = math.ceil(n / n_rows)
     return n_rows, n_cols
+
+
+def _panels(fig, n, n_rows, n_cols):
+    """The first ``n`` axes of an ``n_rows`` x ``n_cols`` grid; the rest removed."""
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.remove()
+    return axes[:n]
 
 
 def _check_fitted(model, what="model"):
@@ -264,22 +281,11 @@ def plot_input_factors(
     n = len(idx)
     if n == 0:
         raise ValueError("components=[]: nothing to draw.")
-    if ncols is None:
-        n_rows, n_cols = _grid_shape(n)
-    else:
-        if not isinstance(ncols, Integral) or ncols < 1:
-            raise ValueError(f"ncols={ncols!r}: expected a positive integer.")
-        n_cols = min(int(ncols), n)
-        n_rows = math.ceil(n / n_cols)
+    n_rows, n_cols = _grid_shape(n, ncols=ncols)
     aspect = shape[-1] / shape[-2]
     tile = 1.7
     fig = _new_figure(fig, (max(3.5, n_cols * tile * aspect), n_rows * tile + 0.6))
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
-    for pos, ax in enumerate(axes.ravel()):
-        if pos >= n:
-            ax.remove()
-            continue
-        k = idx[pos]
+    for ax, k in zip(_panels(fig, n, n_rows, n_cols), idx):
         img = _tile_image(H[k], shape)
         kwargs = {} if img.ndim == 3 else {"cmap": cmap, "vmin": 0.0, "vmax": 1.0}
         ax.imshow(img, interpolation="nearest", **kwargs)
@@ -441,9 +447,7 @@ def plot_layer_factors(
     n_factors = panels[0][2].shape[1]
     width = min(4.8, 1.9 + 0.25 * n_factors)
     fig = _new_figure(fig, (max(5.0, width * n_cols), 4.3 * n_rows + 0.4))
-    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
-    for ax in axes[n:]:
-        ax.remove()
+    axes = _panels(fig, n, n_rows, n_cols)
     label = {"factor": "weight / factor max", "unit": "weight / unit max"}.get(
         normalize, "weight"
     )
@@ -647,7 +651,7 @@ def plot_rank_sweep(
         ``"criterion"`` entry, spelled out for the scorer's criteria (``"bcv"``
         becomes "BCV score (minus held-out relative error)").
     ncols : int, optional
-        Panels per row (at most 4 by default).
+        Panels per row (at most 3 by default).
     fig : matplotlib Figure, optional
         Figure to draw on; a new one by default.
     title : str, optional
@@ -684,17 +688,9 @@ def plot_rank_sweep(
     n = len(layers)
     if n == 0:
         raise ValueError("layers=[]: nothing to draw.")
-    if ncols is None:
-        n_rows, n_cols = _grid_shape(n, max_cols=3)
-    else:
-        n_cols = min(int(ncols), n)
-        n_rows = math.ceil(n / n_cols)
+    n_rows, n_cols = _grid_shape(n, max_cols=3, ncols=ncols)
     fig = _new_figure(fig, (max(4.5, 3.9 * n_cols), 3.2 * n_rows + 0.5))
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
-    flat = axes.ravel()
-    for ax in flat[n:]:
-        ax.remove()
-    for ax, layer in zip(flat, layers):
+    for ax, layer in zip(_panels(fig, n, n_rows, n_cols), layers):
         c = curves[layer]
         ranks = np.asarray(c["ranks"], dtype=float)
         mean = np.asarray(c["mean"], dtype=float)

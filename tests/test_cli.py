@@ -152,7 +152,7 @@ def test_analyze_torchscript_idx_data_figures_beside(files, tmp_path, capsys):
     code, _, err = _run(
         ["analyze", d / "net_ts.pt", "--data", d / "images-idx3-ubyte.gz",
          "--out", out, "--ranks", "1,2,3", "--max-samples", "120", "-q",
-         "--figures-beside"],
+         "--figures-beside", "--labels", d / "y.npy"],
         capsys,
     )  # fmt: skip
     assert code == 0, err
@@ -161,7 +161,10 @@ def test_analyze_torchscript_idx_data_figures_beside(files, tmp_path, capsys):
     assert res["model_format"] == "torchscript"
     assert res["n_samples"] == 120
     assert res["ranks_tried"] == [1, 2, 3]
-    srcs = _images((out / "report.html").read_text())
+    html = (out / "report.html").read_text()
+    # the labels were subset with the inputs and group the loadings figure
+    assert "grouped by class" in html
+    srcs = _images(html)
     assert len(srcs) == 4
     for src in srcs:
         assert src.startswith("figures/")
@@ -281,6 +284,24 @@ def test_parse_ranks_and_shapes():
     for bad in ["0:3", "", "x", "1:2:0"]:
         with pytest.raises(Exception, match="rank"):
             cli.parse_ranks(bad)
+
+
+def test_load_array_and_prepare_inputs(tmp_path):
+    imgs = (np.arange(2 * 16).reshape(2, 4, 4) * 7).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", images=imgs, other=np.zeros(3))
+    X = cli.prepare_inputs(cli.load_array(tmp_path / "d.npz"))  # key "images"
+    assert X.shape == (2, 1, 4, 4) and X.dtype == np.float32
+    np.testing.assert_allclose(X[:, 0], imgs / 255.0, rtol=1e-6)
+    raw = cli.prepare_inputs(imgs.reshape(2, -1), scale="none")  # flat and square
+    np.testing.assert_array_equal(raw, imgs[:, None])
+    _write_idx(tmp_path / "imgs-idx3-ubyte.gz", imgs)
+    np.testing.assert_array_equal(cli.load_array(tmp_path / "imgs-idx3-ubyte.gz"), imgs)
+    np.savez(tmp_path / "two.npz", a=imgs, b=imgs)
+    with pytest.raises(cli.CLIError, match="choose one with --data-key"):
+        cli.load_array(tmp_path / "two.npz")
+    (tmp_path / "junk.bin").write_bytes(b"\x00\x00\x07\x03 not idx")
+    with pytest.raises(cli.CLIError, match=r"is not a \.npy, \.npz or IDX file"):
+        cli.load_array(tmp_path / "junk.bin")
 
 
 def test_layers_command_lists_layers(files, capsys):

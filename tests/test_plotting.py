@@ -145,7 +145,10 @@ def test_layer_factors_one_heatmap_per_layer_channels_summed(coupled, tmp_path):
     assert M.shape == (3, 6)
     Hc = model.block_components("conv").reshape(6, 3, 16).sum(axis=2).T
     np.testing.assert_allclose(M, Hc / Hc.max(axis=0), rtol=1e-5)
-    assert fc_ax.images[0].get_array().shape == (20, 6)
+    Hf = model.block_components("fc").T
+    np.testing.assert_allclose(
+        fc_ax.images[0].get_array(), Hf / Hf.max(axis=0), rtol=1e-5
+    )
     fig.savefig(tmp_path / "layer_factors.png")
     # a fitted extractor (anything with layer_shapes_) works as layer_shapes
     from types import SimpleNamespace
@@ -248,17 +251,25 @@ def _curves():
 
 
 def test_rank_sweep_marks_the_selected_rank(tmp_path):
-    fig = plotting.plot_rank_sweep(_curves())
+    curves = _curves()
+    fig = plotting.plot_rank_sweep(curves)
     assert len(fig.axes) == 2
     for ax, layer, sel in zip(fig.axes, ["pool1", "fc1"], [6, 3]):
+        c = curves[layer]
         assert ax.get_title() == f"{layer}: selected rank {sel}"
+        np.testing.assert_allclose(ax.lines[0].get_xdata(), c["ranks"])
+        np.testing.assert_allclose(ax.lines[0].get_ydata(), c["mean"])
         vlines = [ln for ln in ax.lines if len(set(np.atleast_1d(ln.get_xdata()))) == 1]
         xs = {float(np.atleast_1d(ln.get_xdata())[0]) for ln in vlines}
         assert xs == {float(sel)}
         star = [ln for ln in ax.lines if ln.get_marker() == "*"]
         assert len(star) == 1
         assert star[0].get_xdata()[0] == sel
+        assert star[0].get_ydata()[0] == pytest.approx(c["mean"][sel - 1])
         assert len(ax.collections) == 1  # the fold spread band
+        band_y = ax.collections[0].get_paths()[0].vertices[:, 1]
+        assert band_y.min() == pytest.approx((c["mean"] - c["std"]).min())
+        assert band_y.max() == pytest.approx((c["mean"] + c["std"]).max())
         assert ax.get_xlabel() == "rank"
         assert f"selected rank {sel}" in [t.get_text() for t in ax.get_legend().texts]
     assert fig.axes[1].get_ylabel() == "bcv score"
@@ -271,6 +282,10 @@ def test_rank_sweep_marks_the_selected_rank(tmp_path):
         plotting.plot_rank_sweep(_curves(), layers=["relu9"])
     with pytest.raises(TypeError, match="RankQualityScorer"):
         plotting.plot_rank_sweep([1, 2, 3])
+    with pytest.raises(ValueError, match="ncols=0"):
+        plotting.plot_rank_sweep(_curves(), ncols=0)
+    fig = plotting.plot_rank_sweep(_curves(), ncols=1)  # one panel per row
+    assert len({round(ax.get_position().y0, 3) for ax in fig.axes}) == 2
 
 
 def test_rank_sweep_from_a_fitted_scorer():
@@ -351,6 +366,9 @@ def test_rank_vs_quality_long_dataframe_with_numeric_hue():
     df = pd.DataFrame(rows)
     fig = plotting.plot_rank_vs_quality(df, layer="pool1", criterion="bcv")
     assert "Spearman rho = -1.00" in fig.axes[0].get_title()
+    offsets = fig.axes[0].collections[0].get_offsets()
+    np.testing.assert_allclose(offsets[:, 0], t["accuracy"])
+    np.testing.assert_allclose(offsets[:, 1], 12 - np.arange(12))
     assert len(fig.axes) == 2  # scatter + the colorbar of "level"
     assert fig.axes[1].get_ylabel() == "level"
     fig = plotting.plot_rank_vs_quality(
@@ -381,9 +399,16 @@ def test_rank_vs_quality_errors():
 
 def test_functions_draw_on_given_axes_and_figures():
     fig, (a1, a2) = plt.subplots(1, 2)
-    out = plotting.plot_sample_loadings(np.eye(3), ax=a1)
-    assert out is fig and a1.images
+    W = np.diag([1.0, 2.0, 3.0])
+    out = plotting.plot_sample_loadings(W, ax=a1)
+    assert out is fig
+    np.testing.assert_allclose(a1.images[0].get_array(), np.eye(3))  # rows / max
     out = plotting.plot_rank_vs_quality(_study_table(), layer="fc1", ax=a2)
     assert out is fig and len(a2.collections) == 2
     fig2 = plt.figure()
-    assert plotting.plot_input_factors(np.ones((2, 4)), fig=fig2) is fig2
+    H = np.arange(1.0, 9.0).reshape(2, 4)
+    assert plotting.plot_input_factors(H, fig=fig2) is fig2
+    assert [ax.get_title() for ax in fig2.axes] == ["factor 0", "factor 1"]
+    np.testing.assert_allclose(
+        fig2.axes[1].images[0].get_array(), H[1].reshape(2, 2) / H[1].max()
+    )
