@@ -14,6 +14,7 @@ or on the joblib backend, so neither do the results.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import numbers
 import os
@@ -35,6 +36,7 @@ from sklearn_peek._backend import (
     select_compute_device,
     to_numpy,
 )
+from sklearn_peek._validation import check_finite_nonneg
 
 _CRITERIA = ("bcv", "elbow", "energy", "stability")
 _COUPLINGS = ("input", "none", "all")
@@ -85,37 +87,32 @@ def _col_weights(block_sizes, block_weights):
     return np.repeat(np.asarray(block_weights, dtype=np.float64), block_sizes)
 
 
-def _weighted_sq(X, col_w):
-    X = np.asarray(X, dtype=np.float64)
-    return float(np.sum((X * X) @ col_w)) if X.size else 0.0
-
-
 def _new_components(X, W, H, col_w, k, seed):
     """Initial values for ``k`` new components from the weighted residual.
 
     NNDSVD-style: the leading singular triplets of ``(X - W H) diag(sqrt w)``
-    (a small randomized range finder with two power iterations, in the dtype of
-    ``X``: a few passes over the residual, cheaper than one solver iteration),
-    each replaced by the sign-consistent non-negative part that carries more
-    energy; zeros are filled with a small positive value so that the solver
-    can move them.
+    (:func:`~sklearn_peek._solvers.randomized_svd_weighted` with two power
+    iterations, in the dtype of ``X``: a few passes over the residual, cheaper
+    than one solver iteration), each replaced by the sign-consistent
+    non-negative part that carries more energy (not
+    :func:`~sklearn_peek._solvers.nndsvd`, which takes the absolute value of
+    the first pair: the leading vectors of a residual are not non-negative);
+    zeros are filled with a small positive value so that the solver can move
+    them.
     """
     dtype = X.dtype
     sw = np.sqrt(col_w).astype(dtype)
     R = np.array(X, dtype=dtype)
     if W is not None:
         R -= W.astype(dtype) @ H.astype(dtype)
-    R *= sw[None, :]
+    U, S, Vt = _solvers.randomized_svd_weighted(
+        R, sw, k, np.random.default_rng(seed), n_oversamples=5, n_iter=2
+    )
+    U, S, Vt = (a.astype(np.float64) for a in (U, S, Vt))
     n, m = R.shape
-    rng = np.random.default_rng(seed)
-    Y = R @ rng.standard_normal((m, min(k + 5, m))).astype(dtype)
-    for _ in range(2):
-        Y, _ = np.linalg.qr(Y)
-        Y = R @ (R.T @ Y)
-    Q, _ = np.linalg.qr(Y)
-    Ub, S, Vt = np.linalg.svd((Q.T @ R).astype(np.float64), full_matrices=False)
-    U = Q.astype(np.float64) @ Ub
-    avg = np.sqrt(max(float(np.mean(np.clip(R, 0, None))), 1e-12) / max(k, 1))
+    # mean of the positive part of the weighted residual: clip(R) * sw
+    pos_mean = float(np.clip(R, 0, None).sum(axis=0) @ sw) / max(R.size, 1)
+    avg = np.sqrt(max(pos_mean, 1e-12) / max(k, 1))
     Wn = np.empty((n, k))
     Hn = np.empty((k, m))
     for j in range(k):
@@ -155,20 +152,50 @@ def _make_model(n_components, blocks, params, seed, init=None):
     )
 
 
-def _quiet_fit(model, X, W=None, H=None):
-    from sklearn.exceptions import ConvergenceWarning
+@contextlib.contextmanager
+def _convergence_caught():
+    """Record the block's warnings; re-emit all but the ConvergenceWarnings.
 
+    Convergence is reported per fit in ``cv_results_`` and summed up by the
+    scorer in one warning; other warnings pass on.
+    """
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always", ConvergenceWarning)
+        yield rec
+    for w in rec:
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _quiet_fit(model, X, W=None, H=None):
+    with _convergence_caught() as rec:
         if W is None:
             Wf = model.fit_transform(X)
         else:
             Wf = model.fit_transform(X, W=W.astype(X.dtype), H=H.astype(X.dtype))
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in rec)
-    for w in rec:  # re-emit what is not about convergence
-        if not issubclass(w.category, ConvergenceWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return Wf, converged
+
+
+def _record(model, fit_time, converged, X_test, col_sq, col_w):
+    """What a bcv, elbow or energy task reports about one fitted model.
+
+    With ``X_test``, the held-out score on it (bcv); otherwise the squared
+    weighted error of the fit and the squared weighted norm of the data
+    (``col_sq``: its squared column norms; ``col_w``: the column weights).
+    """
+    rec = {
+        "rank": int(model.n_components_),
+        "fit_time": fit_time,
+        "n_iter": int(model.n_iter_),
+        "converged": bool(converged),
+    }
+    if X_test is not None:
+        rec["score"] = float(model.score(X_test))
+    else:
+        rec["sq_err"] = float(model.reconstruction_err_) ** 2
+        rec["sq_norm"] = float(col_sq @ col_w)
+    return rec
 
 
 # --------------------------------------------------------------------------
@@ -187,6 +214,8 @@ def _chain_task(
     """
     Xc = np.asarray(X[:, cols]) if cols is not None else np.asarray(X)
     Xtr = Xc if train is None else Xc[train]
+    Xte = None if test is None else Xc[test]
+    col_sq = _solvers.column_sums64(Xtr) if test is None else None
     sizes = [s for _, s in blocks]
     out = []
     W = H = col_w = None
@@ -201,18 +230,7 @@ def _chain_task(
             W, conv = _quiet_fit(model, Xtr)
         H = model.components_
         col_w = _col_weights(sizes, model.block_weights_)
-        rec = {
-            "rank": r,
-            "fit_time": time.perf_counter() - t0,
-            "n_iter": int(model.n_iter_),
-            "converged": conv,
-        }
-        if test is not None:
-            rec["score"] = float(model.score(Xc[test]))
-        else:
-            rec["sq_err"] = float(model.reconstruction_err_) ** 2
-            rec["sq_norm"] = _weighted_sq(Xtr, col_w)
-        out.append(rec)
+        out.append(_record(model, time.perf_counter() - t0, conv, Xte, col_sq, col_w))
     return out
 
 
@@ -237,36 +255,27 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
         cols, train, test = index(cols), index(train), index(test)
     Xc = X[:, cols] if cols is not None else X
     Xtr = Xc if train is None else Xc[train]
+    Xte = None if test is None else Xc[test]
+    col_sq = _solvers.column_sums64(Xtr) if test is None else None
     sizes = [s for _, s in blocks]
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        # Convergence is reported per rank in cv_results_ and summed up by the
-        # scorer (as _quiet_fit does for one fit); other warnings pass on.
-        warnings.simplefilter("always", ConvergenceWarning)
+    with _convergence_caught():
         models, _ = fit_ranks(
             _make_model(ranks[0], blocks, params, model_seed), Xtr, ranks
         )
-    for w in caught:
-        if not issubclass(w.category, ConvergenceWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     elapsed = time.perf_counter() - t0
     work = [m.n_components_ * max(m.n_iter_, 1) for m in models]
-    out = []
-    for m, w in zip(models, work):
-        col_w = _col_weights(sizes, m.block_weights_)
-        rec = {
-            "rank": int(m.n_components_),
-            "fit_time": elapsed * w / sum(work),
-            "n_iter": int(m.n_iter_),
-            "converged": bool(m._converged),
-        }
-        if test is not None:
-            rec["score"] = float(m.score(Xc[test]))
-        else:
-            rec["sq_err"] = float(m.reconstruction_err_) ** 2
-            rec["sq_norm"] = float(_solvers.column_sums64(Xtr) @ col_w)
-        out.append(rec)
-    return out
+    return [
+        _record(
+            m,
+            elapsed * w / sum(work),
+            m._converged,
+            Xte,
+            col_sq,
+            _col_weights(sizes, m.block_weights_),
+        )
+        for m, w in zip(models, work)
+    ]
 
 
 # Bytes per pair of samples at the peak of one stability task: the float64
@@ -291,8 +300,9 @@ def _check_consensus_memory(n, workers):
 
 
 def _stability_task(X, cols, blocks, rank, seeds, params):
-    """``len(seeds)`` randomly initialised fits at one rank -> cophenetic."""
+    """``len(seeds)`` randomly initialised fits at one rank -> [record]."""
     Xc = np.asarray(X[:, cols]) if cols is not None else np.asarray(X)
+    col_sq = _solvers.column_sums64(Xc)
     sizes = [s for _, s in blocks]
     labels, n_iter, times, conv_all, errs = [], 0, [], True, []
     for seed in seeds:
@@ -304,9 +314,9 @@ def _stability_task(X, cols, blocks, rank, seeds, params):
         conv_all &= conv
         labels.append(np.argmax(W, axis=1))
         col_w = _col_weights(sizes, model.block_weights_)
-        errs.append(float(model.reconstruction_err_) ** 2 / _weighted_sq(Xc, col_w))
+        errs.append(float(model.reconstruction_err_) ** 2 / float(col_sq @ col_w))
     coph = _criteria.cophenetic_correlation(_criteria.consensus_matrix(labels))
-    return {
+    rec = {
         "rank": rank,
         "cophenetic": coph,
         "fit_time": float(np.mean(times)),
@@ -314,6 +324,7 @@ def _stability_task(X, cols, blocks, rank, seeds, params):
         "converged": conv_all,
         "rel_sq_err": float(np.min(errs)),
     }
+    return [rec]  # a list of records, as the other tasks return
 
 
 # --------------------------------------------------------------------------
@@ -786,20 +797,8 @@ class RankQualityScorer(BaseEstimator):
             ensure_all_finite=False,
             accept_sparse=False,
         )
-        if not np.all(np.isfinite(Xa)):
-            bad = np.argwhere(~np.isfinite(Xa))[0]
-            raise ValueError(
-                f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]}); "
-                "expected finite non-negative values."
-            )
-        mn = Xa.min() if Xa.size else 0.0
-        if mn < 0:
-            bad = np.argwhere(Xa < 0)[0]
-            raise ValueError(
-                f"{name} has negative entries (min {mn:.4g} at row {bad[0]}, column "
-                f"{bad[1]}); expected non-negative data (post-ReLU activations, "
-                "pixels)."
-            )
+        # chunked: no temporary the size of X (as for a tensor above)
+        check_finite_nonneg(Xa, name=name, where="RankQualityScorer.fit")
         return Xa
 
     def _layer_columns(self, blocks):
@@ -935,21 +934,43 @@ class RankQualityScorer(BaseEstimator):
             # slice to ``device``): one host copy of the data.
             Xa = to_numpy(Xa)
         tasks = []  # (key, cost, delayed call)
-        if criterion == "bcv":
-            folds = _criteria.row_folds(n, self.cv, _seed(base, 1000))
+        if criterion == "stability":
+            for li, (_name, cols, cb) in enumerate(layer_cols):
+                m = sum(s for _, s in cb)
+                for r in ranks:
+                    seeds = [
+                        _seed(base, crit_id, li, r, j) for j in range(self.n_restarts)
+                    ]
+                    call = delayed(_stability_task)(Xa, cols, cb, r, seeds, params)
+                    tasks.append(((li, 0, r), r * n * m * self.n_restarts, call))
+            workers = 1 if on_device else min(effective_n_jobs(self.n_jobs), len(tasks))
+            _check_consensus_memory(n, workers)
+        else:
+            if criterion == "bcv":
+                folds = _criteria.row_folds(n, self.cv, _seed(base, 1000))
+                seed_id = crit_id
+            else:
+                # one full-data "fold"; elbow and energy share their fits
+                folds = [(None, None)]
+                seed_id = 1
             chains = _rank_chains(ranks, self.warm_start)
             for li, (_name, cols, cb) in enumerate(layer_cols):
                 m = sum(s for _, s in cb)
                 for k, (tr, te) in enumerate(folds):
-                    model_seed = _seed(base, crit_id, li, k)
+                    rows = n if tr is None else len(tr)
+                    model_seed = (
+                        _seed(base, seed_id, li)
+                        if tr is None
+                        else _seed(base, seed_id, li, k)
+                    )
                     if batched:
                         call = delayed(_batched_task)(
                             Xa, cols, cb, tr, te, ranks, model_seed, params
                         )
-                        tasks.append(((li, k, 0), sum(ranks) * len(tr) * m, call))
+                        tasks.append(((li, k, 0), sum(ranks) * rows * m, call))
                         continue
                     for ci, chain in enumerate(chains):
-                        svd_seeds = [_seed(base, crit_id, li, k, r) for r in chain]
+                        svd_seeds = [_seed(base, seed_id, li, k, r) for r in chain]
                         call = delayed(_chain_task)(
                             Xa,
                             cols,
@@ -962,51 +983,7 @@ class RankQualityScorer(BaseEstimator):
                             params,
                             self.warm_start,
                         )
-                        tasks.append(((li, k, ci), sum(chain) * len(tr) * m, call))
-        elif criterion in ("elbow", "energy"):
-            chains = _rank_chains(ranks, self.warm_start)
-            for li, (_name, cols, cb) in enumerate(layer_cols):
-                m = sum(s for _, s in cb)
-                model_seed = _seed(base, 1, li)
-                if batched:
-                    call = delayed(_batched_task)(
-                        Xa, cols, cb, None, None, ranks, model_seed, params
-                    )
-                    tasks.append(((li, 0, 0), sum(ranks) * n * m, call))
-                    continue
-                for ci, chain in enumerate(chains):
-                    svd_seeds = [_seed(base, 1, li, 0, r) for r in chain]
-                    call = delayed(_chain_task)(
-                        Xa,
-                        cols,
-                        cb,
-                        None,
-                        None,
-                        chain,
-                        model_seed,
-                        svd_seeds,
-                        params,
-                        self.warm_start,
-                    )
-                    tasks.append(((li, 0, ci), sum(chain) * n * m, call))
-        else:  # stability
-            for li, (_name, cols, cb) in enumerate(layer_cols):
-                m = sum(s for _, s in cb)
-                for r in ranks:
-                    seeds = [
-                        _seed(base, crit_id, li, r, j) for j in range(self.n_restarts)
-                    ]
-                    tasks.append(
-                        (
-                            (li, r, 0),
-                            r * n * m * self.n_restarts,
-                            delayed(_stability_task)(Xa, cols, cb, r, seeds, params),
-                        )
-                    )
-
-        if criterion == "stability":
-            workers = 1 if on_device else min(effective_n_jobs(self.n_jobs), len(tasks))
-            _check_consensus_memory(n, workers)
+                        tasks.append(((li, k, ci), sum(chain) * rows * m, call))
         # heaviest first: better load balance, same results
         order = sorted(range(len(tasks)), key=lambda i: -tasks[i][1])
         if on_device:
@@ -1038,45 +1015,35 @@ class RankQualityScorer(BaseEstimator):
         rank_, curves = {}, {}
         n_iter_total = 0
         fit_time_total = 0.0
-        for out_ in results.values():
-            for rec in out_ if isinstance(out_, list) else [out_]:
-                n_fits = 1 if crit != "stability" else self.n_restarts
-                fit_time_total += rec["fit_time"] * n_fits
+        # a stability record stands for n_restarts fits (fit_time: their mean)
+        n_fits = self.n_restarts if crit == "stability" else 1
         n_r = len(ranks)
         for li, (name, _, _) in enumerate(layer_cols):
-            if crit == "bcv":
-                by_rank = {}
-                for (l2, k, _ci), recs in results.items():
-                    if l2 != li:
-                        continue
+            by_rank = {}  # rank -> fold (0 but for bcv) -> record
+            for (l2, k, _ci), recs in results.items():
+                if l2 == li:
                     for rec in recs:
                         by_rank.setdefault(rec["rank"], {})[k] = rec
-                folds = sorted(next(iter(by_rank.values())))
-                scores = np.array(
-                    [[by_rank[r][k]["score"] for k in folds] for r in ranks]
+
+            def grid(key, by_rank=by_rank):
+                """Array (rank, fold) of one field of the records."""
+                return np.array(
+                    [[by_rank[r][k][key] for k in sorted(by_rank[r])] for r in ranks]
                 )
-                times = np.array(
-                    [[by_rank[r][k]["fit_time"] for k in folds] for r in ranks]
-                )
-                iters = np.array(
-                    [[by_rank[r][k]["n_iter"] for k in folds] for r in ranks]
-                )
-                conv = np.array(
-                    [[by_rank[r][k]["converged"] for k in folds] for r in ranks]
-                )
+
+            times = grid("fit_time")
+            mft, sft = times.mean(axis=1), times.std(axis=1)
+            it, cv_ = grid("n_iter").sum(axis=1), grid("converged").all(axis=1)
+            fit_time_total += float(times.sum()) * n_fits
+            if crit == "bcv":
+                scores = grid("score")
                 mean, std = scores.mean(axis=1), scores.std(axis=1)
                 sel = _criteria.select_bcv(ranks, scores, self.selection)
-                for k in folds:
+                for k in range(scores.shape[1]):
                     extra.setdefault(f"split{k}_score", []).extend(scores[:, k])
-                mft, sft = times.mean(axis=1), times.std(axis=1)
-                it, cv_ = iters.sum(axis=1), conv.all(axis=1)
             elif crit in ("elbow", "energy"):
-                recs = {}
-                for (l2, _k, _ci), rr in results.items():
-                    if l2 == li:
-                        recs.update({rec["rank"]: rec for rec in rr})
-                sq_err = np.array([recs[r]["sq_err"] for r in ranks])
-                sq_norm = recs[ranks[0]]["sq_norm"]
+                sq_err = grid("sq_err")[:, 0]
+                sq_norm = by_rank[ranks[0]][0]["sq_norm"]
                 rel = np.sqrt(sq_err / sq_norm) if sq_norm > 0 else np.zeros(n_r)
                 energy = (
                     _criteria.explained_energy(sq_err, sq_norm)
@@ -1095,23 +1062,14 @@ class RankQualityScorer(BaseEstimator):
                     )
                     mean = energy
                 std = np.zeros(n_r)
-                mft = np.array([recs[r]["fit_time"] for r in ranks])
-                sft = np.zeros(n_r)
-                it = np.array([recs[r]["n_iter"] for r in ranks])
-                cv_ = np.array([recs[r]["converged"] for r in ranks])
             else:
-                recs = {r: results[(li, r, 0)] for r in ranks}
-                coph = np.array([recs[r]["cophenetic"] for r in ranks])
-                rel = np.sqrt([recs[r]["rel_sq_err"] for r in ranks])
+                coph = grid("cophenetic")[:, 0]
+                rel = np.sqrt(grid("rel_sq_err")[:, 0])
                 sel = _criteria.select_stability(ranks, coph)
                 extra.setdefault("cophenetic", []).extend(coph)
                 extra.setdefault("relative_error", []).extend(rel)
                 extra.setdefault("explained_energy", []).extend(1.0 - rel**2)
                 mean, std = coph, np.zeros(n_r)
-                mft = np.array([recs[r]["fit_time"] for r in ranks])
-                sft = np.zeros(n_r)
-                it = np.array([recs[r]["n_iter"] for r in ranks])
-                cv_ = np.array([recs[r]["converged"] for r in ranks])
             rank_[name] = int(sel)
             curves[name] = {
                 "ranks": np.asarray(ranks),
@@ -1154,8 +1112,6 @@ class RankQualityScorer(BaseEstimator):
         self.fit_time_total_ = fit_time_total
         if not out["converged"].all():
             bad = out["rank"][~out["converged"]]
-            from sklearn.exceptions import ConvergenceWarning
-
             warnings.warn(
                 f"some fits stopped at max_iter={self.max_iter} before reaching "
                 f"tol={self.tol} (ranks {sorted(set(bad.tolist()))[:10]}); the curves "

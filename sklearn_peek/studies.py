@@ -910,32 +910,24 @@ def correlations(
         ``rankme`` (effective rank of the layer alone); columns ``rho``,
         ``ci_low``, ``ci_high``, ``n``, ``note`` (why rho is undefined, if it is).
     """
-    from sklearn_peek._stats import spearman_ci
+    from sklearn_peek._stats import SpearmanResult, spearman_ci
 
     groups = (
         list(table[group]) if group is not None else ["all"] * len(table["accuracy"])
     )
     acc = _column(table, "accuracy")
-    measures = [*criteria, *(f"{c}_alone" for c in criteria), "rankme"]
+    kinds = {c: "coupled" for c in criteria}
+    kinds.update({f"{c}_alone": "alone" for c in criteria}, rankme="rankme")
     rows = []
     for g in dict.fromkeys(groups):
         mask = np.array([x == g for x in groups])
+        n_g = int(mask.sum())
         for layer in layers:
-            for m in measures:
+            for m, kind in kinds.items():
                 vals = _column(table, f"{layer}_{m}")[mask]
-                kind = (
-                    "rankme"
-                    if m == "rankme"
-                    else ("alone" if m.endswith("_alone") else "coupled")
-                )
-                if mask.sum() < 3:
-                    res = (
-                        np.nan,
-                        np.nan,
-                        np.nan,
-                        int(mask.sum()),
-                        0,
-                        "fewer than 3 networks",
+                if n_g < 3:
+                    res = SpearmanResult(
+                        np.nan, np.nan, np.nan, n_g, 0, "fewer than 3 networks"
                     )
                 else:
                     res = spearman_ci(
@@ -1137,6 +1129,7 @@ def run_case_study(
         "criteria": criteria,
         "epochs": epochs,
         "scorer": params,
+        "n_boot": n_boot,
         "n_train": int(data.X_train.shape[0]),
         "n_test": int(data.X_test.shape[0]),
     }
@@ -1219,7 +1212,12 @@ def run_paper_studies(
     layers, criteria = first.settings["layers"], first.settings["criteria"]
     table = _concat_tables([s.table for s in studies.values()])
     pooled = correlations(
-        table, layers=layers, criteria=criteria, group=None, random_state=random_state
+        table,
+        layers=layers,
+        criteria=criteria,
+        group=None,
+        n_boot=first.settings["n_boot"],
+        random_state=random_state,
     )
     corr = _concat_tables([*(s.correlations for s in studies.values()), pooled])
     keys = [k for k in first.timings if k != "n_networks"]

@@ -335,11 +335,11 @@ def test_rank_beyond_columns_names_the_layer():
     [
         (
             lambda X: X.__setitem__((3, 5), -1.0),
-            r"X has negative entries.*row 3, column 5",
+            r"Negative values.*X\[3, 5\] = -1\.0 at row 3, column 5",
         ),
         (
             lambda X: X.__setitem__((2, 1), np.nan),
-            r"X contains NaN or inf.*row 2, column 1",
+            r"X contains NaN.*X\[2, 1\] = nan at row 2, column 1",
         ),
     ],
 )
