@@ -314,7 +314,8 @@ def _stability_task(X, cols, blocks, rank, seeds, params):
         conv_all &= conv
         labels.append(np.argmax(W, axis=1))
         col_w = _col_weights(sizes, model.block_weights_)
-        errs.append(float(model.reconstruction_err_) ** 2 / float(col_sq @ col_w))
+        norm = float(col_sq @ col_w)  # 0 for an all-zero matrix: nothing to miss
+        errs.append(float(model.reconstruction_err_) ** 2 / norm if norm > 0 else 0.0)
     coph = _criteria.cophenetic_correlation(_criteria.consensus_matrix(labels))
     rec = {
         "rank": rank,

@@ -542,3 +542,22 @@ def test_cpu_tensor_input_takes_the_numpy_path_and_is_validated():
         RankQualityScorer(**kw).fit(bad)
     with pytest.raises(ValueError, match="scipy sparse matrix; expected a dense"):
         RankQualityScorer(**kw).fit(sp.csr_matrix(X))
+
+
+def test_stability_on_an_all_zero_layer_reports_zero_error():
+    # An all-zero layer has nothing to reconstruct: relative error 0, no
+    # division by its zero norm (block_weights="none" lets such a block in).
+    X = np.zeros((30, 20))
+    X[:, :5] = np.random.RandomState(0).rand(30, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc = RankQualityScorer(
+            blocks=[("input", 5), ("conv1", 15)],
+            ranks=[1, 2, 3],
+            criterion="stability",
+            coupling="none",
+            block_weights="none",
+            n_restarts=2,
+            random_state=0,
+        ).fit(X)
+    assert_array_equal(sc.cv_results_["relative_error"], [0.0, 0.0, 0.0])
