@@ -89,20 +89,21 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _best_pair(base, ext, repeat):
-    """Best-of-``repeat`` times of two callables, run alternately.
+def _best(repeat, *fns):
+    """Best-of-``repeat`` seconds of each callable, run alternately.
 
-    Alternating keeps slow phases of a shared machine from favouring one side.
+    One warm-up call each (allocations, onnxruntime kernels) first;
+    alternating keeps slow phases of a shared machine from favouring one side.
     """
-    base()  # warm-up (allocations, onnxruntime kernels)
-    ext()
-    tb, te = [], []
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        for fn, times in ((base, tb), (ext, te)):
+        for fn, t in zip(fns, times):
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-    return min(tb), min(te)
+            t.append(time.perf_counter() - t0)
+    return [min(t) for t in times]
 
 
 def _export(model, shape):
@@ -121,27 +122,26 @@ def _export(model, shape):
     return buf.getvalue()
 
 
-def _ort_session(model_bytes, level, spin):
-    """A plain session: ``level`` "disable" or "all"; ``spin``: onnxruntime's
-    default of spinning worker threads (the extractor turns it off)."""
+def _plain_ort(model_bytes, level, spin, X4, batch_size):
+    """A plain session's loop over the batches, returning only the final output.
+
+    ``level``: "disable" or "all"; ``spin``: onnxruntime's default of spinning
+    worker threads (the extractor turns it off).
+    """
     opts = ort.SessionOptions()
     if level == "disable":
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(
+    sess = ort.InferenceSession(
         model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
     )
 
+    def run():
+        for i in range(0, len(X4), batch_size):
+            sess.run(["logits"], {"x": X4[i : i + batch_size]})
 
-def _best(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return run
 
 
 def bench(name, model, shape, torch_layers, onnx_layers, n, batch_size, repeat):
@@ -151,6 +151,11 @@ def bench(name, model, shape, torch_layers, onnx_layers, n, batch_size, repeat):
     X4 = X.reshape(n, *shape)
     rows = []
 
+    def row(runtime, setting, base, ext, t_base, t_ext):
+        rows.append(
+            (name, runtime, setting, base, n, ext.n_features_out_, t_base, t_ext)
+        )
+
     def plain_torch():
         with torch.inference_mode():
             for i in range(0, n, batch_size):
@@ -159,91 +164,52 @@ def bench(name, model, shape, torch_layers, onnx_layers, n, batch_size, repeat):
     ext = LayerActivationExtractor(
         model, torch_layers, input_shape=shape, batch_size=batch_size, progress=False
     ).fit(X)
-    n_feat = ext.n_features_out_
-    t_base, t_ext = _best_pair(plain_torch, lambda: ext.transform(X), repeat)
-    rows.append((name, "torch", "n/a", "model(x)", n, n_feat, t_base, t_ext))
+    t_base, t_torch = _best(repeat, plain_torch, lambda: ext.transform(X))
+    row("torch", "n/a", "model(x)", ext, t_base, t_torch)
 
     model_bytes = _export(model, shape)
     label = {"disable": "opt. off", "all": "opt. all (default)"}
     exts, t_ext, notes = {}, {}, {}
     for level in ("disable", "all"):
 
-        def fit(level=level):
+        def fit(level=level, **kw):
             return LayerActivationExtractor(
                 model_bytes,
                 onnx_layers,
                 batch_size=batch_size,
                 progress=False,
                 onnx_optimization=level,
+                **kw,
             ).fit(X)
 
-        t_fit = _best(fit, min(repeat, 3))
+        (t_fit,) = _best(min(repeat, 3), fit)
         exts[level] = fit()
         assert exts[level].onnx_optimization_ == level  # no fallback
         notes[level] = [t_fit]
-        sess = _ort_session(model_bytes, level, spin=False)
-
-        def plain_ort(sess=sess):
-            for i in range(0, n, batch_size):
-                sess.run(["logits"], {"x": X4[i : i + batch_size]})
-
-        t_base, t_ext[level] = _best_pair(
-            plain_ort, lambda level=level: exts[level].transform(X), repeat
+        t_base, t_ext[level] = _best(
+            repeat,
+            _plain_ort(model_bytes, level, False, X4, batch_size),
+            lambda level=level: exts[level].transform(X),
         )
         base = "ORT, opt. off" if level == "disable" else "ORT, opt. all, no spin"
-        rows.append((name, "onnx", label[level], base, n, n_feat, t_base, t_ext[level]))
-        del sess, plain_ort
+        row("onnx", label[level], base, exts[level], t_base, t_ext[level])
     # The issue's condition, literally: 3 layers, no input block (the input
     # copy is about a third of LeNet-5's output), optimized graph.
-    ext3 = LayerActivationExtractor(
-        model_bytes, onnx_layers, include_input=False, batch_size=batch_size,
-        progress=False,
-    ).fit(X)  # fmt: skip
-    sess = _ort_session(model_bytes, "all", spin=False)
-
-    def plain_all(sess=sess):
-        for i in range(0, n, batch_size):
-            sess.run(["logits"], {"x": X4[i : i + batch_size]})
-
-    t_base, t3 = _best_pair(plain_all, lambda: ext3.transform(X), repeat)
-    rows.append(
-        (
-            name,
-            "onnx",
-            "opt. all, 3 layers only",
-            "ORT, opt. all, no spin",
-            n,
-            ext3.n_features_out_,
-            t_base,
-            t3,
-        )
+    ext3 = fit("all", include_input=False)
+    t_base, t3 = _best(
+        repeat,
+        _plain_ort(model_bytes, "all", False, X4, batch_size),
+        lambda: ext3.transform(X),
     )
-    del sess, plain_all
+    row("onnx", "opt. all, 3 layers only", "ORT, opt. all, no spin", ext3, t_base, t3)
     diff = float(np.abs(exts["all"].transform(X) - exts["disable"].transform(X)).max())
     notes["all"].append(diff)
     # onnxruntime's defaults spin idle worker threads, which slows any other
-    # session in the process: time this baseline on its own, after the rest.
-    sess = _ort_session(model_bytes, "all", spin=True)
-    t_base = _best(
-        lambda: [
-            sess.run(["logits"], {"x": X4[i : i + batch_size]})
-            for i in range(0, n, batch_size)
-        ],
-        repeat,
-    )
+    # session in the process: time this baseline on its own, after the rest
+    # (the sessions above are gone with their loops).
+    (t_base,) = _best(repeat, _plain_ort(model_bytes, "all", True, X4, batch_size))
     for level in ("all", "disable"):
-        rows.append(
-            (
-                name,
-                "onnx",
-                label[level],
-                "ORT defaults",
-                n,
-                n_feat,
-                t_base,
-                t_ext[level],
-            )
-        )
+        row("onnx", label[level], "ORT defaults", exts[level], t_base, t_ext[level])
     return rows, notes
 
 
@@ -265,38 +231,36 @@ def main(argv=None):
         args.n_lenet, args.n_resnet, args.repeat = 512, 32, 1
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    lenet = LeNet((1, 28, 28), 10).eval()  # the classic LeNet-5 of the case studies
-    resnet = ResNet18().eval()
-    rows, notes = bench(
-        "LeNet-5 (1x28x28)",
-        lenet,
-        (1, 28, 28),
-        ["pool1", "pool2", "relu3"],
-        [
-            "/pool1/MaxPool_output_0",
-            "/pool2/MaxPool_output_0",
-            "/relu3/Relu_output_0",
-        ],
-        args.n_lenet,
-        args.batch_size,
-        args.repeat,
+    nets = (
+        (
+            "LeNet-5 (1x28x28)",
+            LeNet((1, 28, 28), 10).eval(),  # the classic LeNet-5 of the case studies
+            (1, 28, 28),
+            ["pool1", "pool2", "relu3"],
+            [
+                "/pool1/MaxPool_output_0",
+                "/pool2/MaxPool_output_0",
+                "/relu3/Relu_output_0",
+            ],
+            args.n_lenet,
+        ),
+        (
+            "ResNet-18 (3x32x32)",
+            ResNet18().eval(),
+            (3, 32, 32),
+            ["layer2", "layer3", "layer4"],
+            [
+                "/layer2/layer2.1/relu_1/Relu_output_0",
+                "/layer3/layer3.1/relu_1/Relu_output_0",
+                "/layer4/layer4.1/relu_1/Relu_output_0",
+            ],
+            args.n_resnet,
+        ),
     )
-    more, more_notes = bench(
-        "ResNet-18 (3x32x32)",
-        resnet,
-        (3, 32, 32),
-        ["layer2", "layer3", "layer4"],
-        [
-            "/layer2/layer2.1/relu_1/Relu_output_0",
-            "/layer3/layer3.1/relu_1/Relu_output_0",
-            "/layer4/layer4.1/relu_1/Relu_output_0",
-        ],
-        args.n_resnet,
-        args.batch_size,
-        args.repeat,
-    )
-    rows += more
-    notes = {"LeNet-5": notes, "ResNet-18": more_notes}
+    rows, notes = [], {}
+    for name, *spec in nets:
+        more, notes[name.split()[0]] = bench(name, *spec, args.batch_size, args.repeat)
+        rows += more
     print(
         f"\ntorch {torch.__version__}, onnxruntime {ort.__version__}, "
         f"{platform.processor() or platform.machine()}, {args.threads} threads, "

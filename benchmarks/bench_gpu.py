@@ -95,6 +95,14 @@ class Timer:
             best = min(best, sec)
         return best, out
 
+    def wall(self, fn):
+        """Wall-clock seconds of one call of fn (host work included), its result."""
+        self.sync()
+        t0 = time.perf_counter()
+        out = fn()
+        self.sync()
+        return time.perf_counter() - t0, out
+
 
 # ------------------------------------------------------------------- data
 def make_matrix(n, blocks, rank, device, *, seed=0):
@@ -139,7 +147,6 @@ def kernels(on):
 # ---------------------------------------------------------------- parts
 def check_against_cpu(X, blocks, rank, device, *, rows, max_iter):
     """GPU vs NumPy on a row slice; the same random_state, float32."""
-    torch = _torch()
     Xs = X[:rows].contiguous()
     kw = dict(n_components=rank, blocks=blocks, random_state=0, max_iter=max_iter)
     with warnings.catch_warnings():
@@ -152,7 +159,6 @@ def check_against_cpu(X, blocks, rank, device, *, rows, max_iter):
     W_g = W_g.cpu().numpy().astype(np.float64)
     P_g = W_g @ gpu.components_.astype(np.float64)
     P_c = W_c.astype(np.float64) @ cpu.components_.astype(np.float64)
-    del torch
     return {
         "shape": list(Xh.shape),
         "iterations": [int(gpu.n_iter_), int(cpu.n_iter_)],
@@ -167,9 +173,7 @@ def check_against_cpu(X, blocks, rank, device, *, rows, max_iter):
 def _start(X, blocks, rank, d):
     """NNDSVDa-like start of the weighted problem (the estimator's init)."""
     model = CoupledNMF(rank, blocks=blocks, random_state=0)
-    model.block_names_ = [b for b, _ in blocks]
-    dt = np.float32
-    dn = d.cpu().numpy().astype(dt)
+    dn = d.cpu().numpy().astype(np.float32)
     W0, H0, _ = model._initialize(X, None, None, dn, False)
     return _solvers._from_host(W0, X), _solvers._from_host(H0, X)
 
@@ -221,14 +225,10 @@ def per_iteration(X, blocks, rank, device, *, n_iter, repeat):
             tk, _ = timer(lambda run=run: run(1 + n_iter), repeat=repeat)
         out[f"{name}_ms"] = 1e3 * (tk - t1) / n_iter
         print(f"  {name}: {out[f'{name}_ms']:.3f} ms/iteration", flush=True)
-    timer.sync()
-    t0 = time.perf_counter()
+    model = CoupledNMF(rank, blocks=blocks, random_state=0, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = CoupledNMF(rank, blocks=blocks, random_state=0, device=device)
-        model.fit(X)
-    timer.sync()
-    out["to_tol_s"] = time.perf_counter() - t0
+        out["to_tol_s"], _ = timer.wall(lambda: model.fit(X))
     out["to_tol_iter"] = int(model.n_iter_)
     out["to_tol_err"] = model.reconstruction_err_
     return out
@@ -251,16 +251,12 @@ def scorer_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for label in ("gpu_cold", "gpu"):
-            timer.sync()
-            t0 = time.perf_counter()
-            gpu = RankQualityScorer(device=device, **kw).fit(X)
-            timer.sync()
-            out[f"{label}_s"] = time.perf_counter() - t0
+            gpu = RankQualityScorer(device=device, **kw)
+            out[f"{label}_s"], _ = timer.wall(lambda gpu=gpu: gpu.fit(X))
             print(f"  scorer {label}: {out[f'{label}_s']:.2f} s", flush=True)
         Xh = X.cpu().numpy()
-        t0 = time.perf_counter()
-        cpu = RankQualityScorer(n_jobs=n_jobs, **kw).fit(Xh)
-        out["cpu_s"] = time.perf_counter() - t0
+        cpu = RankQualityScorer(n_jobs=n_jobs, **kw)
+        out["cpu_s"], _ = timer.wall(lambda: cpu.fit(Xh))
     out["n_jobs"] = n_jobs
     out["speedup"] = out["cpu_s"] / out["gpu_s"]
     out["rank_gpu"] = gpu.rank_
@@ -339,32 +335,29 @@ def _cpu_fit(X, blocks, rank, max_iter):
 
 
 def _device_sweep(X, blocks, device, ranks, max_iter):
-    timer = Timer(device)
-    timer.sync()
-    t0 = time.perf_counter()
-    errs = []
+    def sweep():
+        return [
+            CoupledNMF(
+                r, blocks=blocks, random_state=0, max_iter=max_iter, device=device
+            )
+            .fit(X)
+            .reconstruction_err_
+            for r in ranks
+        ]
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for r in ranks:
-            m = CoupledNMF(r, blocks=blocks, random_state=0, max_iter=max_iter)
-            m.set_params(device=device).fit(X)
-            errs.append(m.reconstruction_err_)
-    timer.sync()
-    return time.perf_counter() - t0, errs
+        return Timer(device).wall(sweep)
 
 
 def _batched_sweep(X, blocks, device, ranks, max_iter):
     from sklearn_peek._coupled_nmf import fit_ranks
 
-    timer = Timer(device)
-    timer.sync()
-    t0 = time.perf_counter()
     est = CoupledNMF(blocks=blocks, random_state=0, max_iter=max_iter, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        models, _ = fit_ranks(est, X, ranks)
-    timer.sync()
-    return time.perf_counter() - t0, [m.reconstruction_err_ for m in models]
+        t, (models, _) = Timer(device).wall(lambda: fit_ranks(est, X, ranks))
+    return t, [m.reconstruction_err_ for m in models]
 
 
 def rank_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
@@ -431,13 +424,9 @@ def pipeline_on_device(device, *, n, batch, max_iter):
                 20, blocks=sizes, device=device, random_state=0, max_iter=max_iter
             ),
         )
-        timer.sync()
-        t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pipe.fit(X)
-        timer.sync()
-        out[f"{output}_s"] = time.perf_counter() - t0
+            out[f"{output}_s"], _ = timer.wall(lambda pipe=pipe: pipe.fit(X))
         out[f"{output}_err"] = pipe[-1].reconstruction_err_
     return out
 
@@ -454,15 +443,11 @@ def tf32_cost(X, blocks, rank, device, *, max_iter):
             model = CoupledNMF(
                 rank, blocks=blocks, random_state=0, device=device, max_iter=max_iter
             )
-            timer.sync()
-            t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model.fit(X)
-            timer.sync()
-            key = "tf32" if tf32 else "fp32"
-            out[key] = {
-                "s": time.perf_counter() - t0,
+                t, _ = timer.wall(lambda model=model: model.fit(X))
+            out["tf32" if tf32 else "fp32"] = {
+                "s": t,
                 "iterations": int(model.n_iter_),
                 "err": model.reconstruction_err_,
             }
@@ -543,11 +528,11 @@ def main(argv=None):
         f"# bench_gpu on {info['device']} (torch {info['torch']}, TF32 {info['tf32']})"
     )
 
-    if args.sweep_only or args.scorer_only:
-        n, blocks = small
-        X = make_matrix(n, blocks, rank, device)
-        if args.sweep_only:
-            sw = rank_sweep(
+    def sweeps(X, blocks, out, keys, indent=""):
+        """Parts 4 and 5, the rank sweeps of the small matrix, named in keys."""
+        parts = {"sweep": rank_sweep, "scorer": scorer_sweep}
+        for key in keys:
+            out[key] = parts[key](
                 X,
                 blocks,
                 device,
@@ -555,15 +540,15 @@ def main(argv=None):
                 max_iter=sweep_iter,
                 n_jobs=os.cpu_count(),
             )
-            results["sweep"] = sw
             _save(results)
-            print(f"sweep: {sw}", flush=True)
-        sc = scorer_sweep(
-            X, blocks, device, ranks=ranks, max_iter=sweep_iter, n_jobs=os.cpu_count()
+            print(f"{indent}{key}: {out[key]}", flush=True)
+
+    if args.sweep_only or args.scorer_only:
+        n, blocks = small
+        X = make_matrix(n, blocks, rank, device)
+        sweeps(
+            X, blocks, results, ["sweep", "scorer"] if args.sweep_only else ["scorer"]
         )
-        results["scorer"] = sc
-        _save(results)
-        print(f"scorer: {sc}", flush=True)
         return results
 
     if args.tf32_only:
@@ -592,31 +577,13 @@ def main(argv=None):
         )
         if label == "large":
             case["residual_configs"] = residual_configs(X, rank, device)
-            _save(results)
         _save(results)
         if label == "large" and not args.skip_sklearn:
             case.update(sklearn_per_iteration(X, rank, n_iter=2))
             print(f"  sklearn cd: {case['sklearn_cd_ms']:.1f} ms", flush=True)
-        if label == "small" and not args.skip_sweep:
-            case["sweep"] = rank_sweep(
-                X,
-                blocks,
-                device,
-                ranks=ranks,
-                max_iter=sweep_iter,
-                n_jobs=os.cpu_count(),
-            )
-            print(f"  sweep: {case['sweep']}", flush=True)
-        if label == "small" and not args.skip_scorer:
-            case["scorer"] = scorer_sweep(
-                X,
-                blocks,
-                device,
-                ranks=ranks,
-                max_iter=sweep_iter,
-                n_jobs=os.cpu_count(),
-            )
-            print(f"  scorer: {case['scorer']}", flush=True)
+        if label == "small":
+            skip = {"sweep": args.skip_sweep, "scorer": args.skip_scorer}
+            sweeps(X, blocks, case, [k for k, v in skip.items() if not v], "  ")
         _save(results)
         rows.append((label, case))
         del X

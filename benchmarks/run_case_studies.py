@@ -33,15 +33,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-MEASURES = [
-    "bcv",
-    "elbow",
-    "energy",
-    "bcv_alone",
-    "elbow_alone",
-    "energy_alone",
-    "rankme",
-]
 LABELS = {
     "bcv": "bcv (coupled)",
     "elbow": "elbow (coupled)",
@@ -51,6 +42,7 @@ LABELS = {
     "energy_alone": "energy (layer alone)",
     "rankme": "RankMe (layer alone)",
 }
+MEASURES = list(LABELS)  # the measures of studies.correlations, in table order
 STUDY_ORDER = ["fraction", "unshuffled", "classes", "epochs", "all"]
 
 
@@ -68,12 +60,6 @@ def _grid_table(header, rows):
     for r in rows:
         out += [line(r), sep]
     return "\n".join(out)
-
-
-def _fmt(x, digits=2):
-    if x != x:  # NaN
-        return "n/a"
-    return f"{x:+.{digits}f}" if digits == 2 else f"{x:.{digits}f}"
 
 
 def summary_by_level(table, layers):
