@@ -255,6 +255,7 @@ def scorer_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
             out[f"{label}_s"], _ = timer.wall(lambda gpu=gpu: gpu.fit(X))
             print(f"  scorer {label}: {out[f'{label}_s']:.2f} s", flush=True)
         Xh = X.cpu().numpy()
+        out["cpu_workers_start_s"] = _warm_workers(blocks, n_jobs)
         cpu = RankQualityScorer(n_jobs=n_jobs, **kw)
         out["cpu_s"], _ = timer.wall(lambda: cpu.fit(Xh))
     out["n_jobs"] = n_jobs
@@ -325,6 +326,22 @@ def sklearn_per_iteration(X, rank, *, n_iter):
     return {"sklearn_cd_ms": 1e3 * (tk - t1) / n_iter, "cores": os.cpu_count()}
 
 
+def _warm_workers(blocks, n_jobs):
+    """Start joblib's n_jobs worker processes (and their imports) untimed.
+
+    Seconds it took. Without this the first timed CPU sweep would include the
+    workers' start-up (seconds with 16 workers importing torch).
+    """
+    from joblib import Parallel, delayed
+
+    Xs = np.random.default_rng(0).random((64, sum(s for _, s in blocks)))
+    t0 = time.perf_counter()
+    Parallel(n_jobs=n_jobs)(
+        delayed(_cpu_fit)(Xs.astype(np.float32), blocks, 1, 2) for _ in range(n_jobs)
+    )
+    return time.perf_counter() - t0
+
+
 def _cpu_fit(X, blocks, rank, max_iter):
     from threadpoolctl import threadpool_limits
 
@@ -378,6 +395,7 @@ def rank_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
     t_batched_cold, _ = _batched_sweep(X, blocks, device, ranks, max_iter)
     t_batched, errs_batched = _batched_sweep(X, blocks, device, ranks, max_iter)
     Xh = X.cpu().numpy()
+    t_start = _warm_workers(blocks, n_jobs)
     t0 = time.perf_counter()
     errs_cpu = Parallel(n_jobs=n_jobs)(
         delayed(_cpu_fit)(Xh, blocks, r, max_iter) for r in ranks
@@ -386,6 +404,7 @@ def rank_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
     diff = max(abs(a - b) / b for a, b in zip(errs_gpu, errs_cpu))
     diff_b = max(abs(a - b) / b for a, b in zip(errs_batched, errs_cpu))
     return {
+        "cpu_workers_start_s": t_start,
         "batched_cold_s": t_batched_cold,
         "batched_s": t_batched,
         "batched_speedup": t_cpu / t_batched,
