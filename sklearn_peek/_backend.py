@@ -7,6 +7,7 @@ the plain NumPy CPU path is asked for, so ``import sklearn_peek`` stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -279,3 +280,15 @@ def available_memory():
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover
         return None
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    """Run the block with ``n`` torch intra-op threads, then restore the count."""
+    torch = _torch()
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

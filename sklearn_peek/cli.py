@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sklearn_peek._backend import torch_threads
 from sklearn_peek._report import Report, _rows, write_json
 
 __all__ = ["build_parser", "main"]
@@ -769,18 +770,6 @@ def analyze_activations(A, blocks, *, ranks, criterion, cv, seed, jobs, device):
     return scorer
 
 
-@contextlib.contextmanager
-def _torch_threads(n):
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def fit_figure_model(A, blocks, rank, *, seed, device):
     from sklearn_peek import CoupledNMF
 
@@ -1205,7 +1194,7 @@ def _cmd_demo(args, say):
         "reference", f"re-training the best network ({deg}={lvl}) for its figures"
     ):
         data = studies.digits_split()
-        with _torch_threads(1):
+        with torch_threads(1):
             # Small batches of 8x8 images: one thread is faster than several,
             # and it is how the study trained the same network.
             clf = studies.LeNetClassifier(

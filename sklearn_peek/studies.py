@@ -790,52 +790,45 @@ def _network_job(
     degradation, level, seed, data, layers, ranks, criteria, epochs, params, sweep_seed
 ):
     """Train one network, measure it, extract its layers, sweep the ranks."""
-    import torch
     from threadpoolctl import threadpool_limits
 
+    from sklearn_peek._backend import torch_threads
     from sklearn_peek._extract import LayerActivationExtractor
     from sklearn_peek._stats import effective_rank
 
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            t0, c0 = time.perf_counter(), time.process_time()
-            clf = LeNetClassifier(
-                epochs=epochs, degradation=degradation, level=level, random_state=seed
-            ).fit(data.X_train, data.y_train)
-            t1, c1 = time.perf_counter(), time.process_time()
-            accuracy = float(clf.score(data.X_test, data.y_test))
-            ext = LayerActivationExtractor(clf.module_, layers=list(layers))
-            A = ext.fit(data.X_test).transform(data.X_test)
-            t2, c2 = time.perf_counter(), time.process_time()
-            blocks = ext.block_sizes_
-            names = [n for n, _ in blocks if n != "input"]
-            row = {
-                "degradation": degradation,
-                "level": level,
-                "seed": seed,
-                "accuracy": accuracy,
-                "n_train_seen": clf.n_train_seen_,
-                "epochs": clf.n_epochs_,
-            }
-            start = 0
-            rankme = {}
-            for name, size in blocks:
-                if name != "input":
-                    rankme[name] = effective_rank(A[:, start : start + size])
-                start += size
-            t3, c3 = time.perf_counter(), time.process_time()
-            coupled, curves = _sweep(
-                A, blocks, names, ranks, criteria, "input", params, sweep_seed
-            )
-            t4, c4 = time.perf_counter(), time.process_time()
-            alone, _ = _sweep(
-                A, blocks, names, ranks, criteria, "none", params, sweep_seed
-            )
-            t5, c5 = time.perf_counter(), time.process_time()
-    finally:
-        torch.set_num_threads(old_threads)
+    with torch_threads(1), threadpool_limits(limits=1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        clf = LeNetClassifier(
+            epochs=epochs, degradation=degradation, level=level, random_state=seed
+        ).fit(data.X_train, data.y_train)
+        t1, c1 = time.perf_counter(), time.process_time()
+        accuracy = float(clf.score(data.X_test, data.y_test))
+        ext = LayerActivationExtractor(clf.module_, layers=list(layers))
+        A = ext.fit(data.X_test).transform(data.X_test)
+        t2, c2 = time.perf_counter(), time.process_time()
+        blocks = ext.block_sizes_
+        names = [n for n, _ in blocks if n != "input"]
+        row = {
+            "degradation": degradation,
+            "level": level,
+            "seed": seed,
+            "accuracy": accuracy,
+            "n_train_seen": clf.n_train_seen_,
+            "epochs": clf.n_epochs_,
+        }
+        start = 0
+        rankme = {}
+        for name, size in blocks:
+            if name != "input":
+                rankme[name] = effective_rank(A[:, start : start + size])
+            start += size
+        t3, c3 = time.perf_counter(), time.process_time()
+        coupled, curves = _sweep(
+            A, blocks, names, ranks, criteria, "input", params, sweep_seed
+        )
+        t4, c4 = time.perf_counter(), time.process_time()
+        alone, _ = _sweep(A, blocks, names, ranks, criteria, "none", params, sweep_seed)
+        t5, c5 = time.perf_counter(), time.process_time()
     for layer, name in zip(layers, names):
         for c in criteria:
             row[f"{layer}_{c}"] = coupled[(name, c)]

@@ -375,3 +375,15 @@ def test_extractor_output_torch_onnx_model():
     A = LayerActivationExtractor(model, output="torch", **kw).fit(X).transform(X)
     assert isinstance(A, torch.Tensor) and A.device == CPU
     np.testing.assert_allclose(A.numpy(), ref.transform(X), rtol=1e-6, atol=1e-6)
+
+
+def test_torch_threads_sets_and_restores_the_count_also_after_an_error():
+    from sklearn_peek._backend import torch_threads
+
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    with pytest.raises(RuntimeError, match="inside"):
+        with torch_threads(target):
+            assert torch.get_num_threads() == target
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
