@@ -41,6 +41,7 @@ the test suite checks them on a machine without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # Largest rank handled by the sweep kernel (its tile holds whole columns) and
@@ -448,6 +449,22 @@ def weighted_residual(X, Wt, H, d, *, block=None, num_warps=None, dot=None):
         num_warps=warps,
     )
     return float(out.sum())
+
+
+@contextlib.contextmanager
+def turned_off():
+    """Run the block with the kernels off (the eager code), then restore them.
+
+    For comparisons such as ``benchmarks/bench_gpu.py``'s; users set
+    ``SKLEARN_PEEK_GPU_KERNELS=0`` instead.
+    """
+    saved = dict(_STATE)
+    _STATE.update(kernel=None, tried=True)
+    try:
+        yield
+    finally:
+        _STATE.clear()
+        _STATE.update(saved)
 
 
 def disable(exc):

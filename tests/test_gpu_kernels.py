@@ -396,3 +396,17 @@ def test_a_failing_kernel_falls_back_to_the_eager_code_with_a_warning():
     assert "continues without the kernels" in res["warned"][0]
     assert res["err"] == pytest.approx(res["ref"], rel=1e-4)
     assert res["usable_after"] is False
+
+
+def test_turned_off_restores_the_kernels_afterwards():
+    code = """
+    import json, torch
+    from sklearn_peek import _gpu_kernels
+    A = torch.rand(3, 10)
+    seen = [_gpu_kernels.usable(A, A.clone(), A @ A.T)]
+    with _gpu_kernels.turned_off():
+        seen.append(_gpu_kernels.usable(A, A.clone(), A @ A.T))
+    seen.append(_gpu_kernels.usable(A, A.clone(), A @ A.T))
+    print(json.dumps(seen))
+    """
+    assert _run(code) == [True, False, True]
