@@ -10,10 +10,12 @@ For a LeNet-5-size network (1x28x28 inputs) and a ResNet-18 (CIFAR-style,
 - ONNX (the same network exported with ``torch.onnx.export``): the extractor
   with ``onnx_optimization="disable"`` (graph optimizations off) and with
   ``"all"`` (the default), each against a plain onnxruntime session at the
-  same optimization level returning only the final output (like the
-  extractor, no thread spinning: the ratio isolates the extractor's own
-  cost), and both against onnxruntime's defaults (all graph optimizations,
-  spinning threads: what a user's plain session would run).
+  same optimization level and thread-spinning settings returning only the
+  final output (the ratio isolates the extractor's own cost), and both
+  against onnxruntime's defaults (all graph optimizations, threads spinning
+  for onnxruntime's default time: what a user's plain session would run).
+  The extractor lets idle threads spin for ``_onnx.SPIN_US`` microseconds
+  where onnxruntime can bound the spin (1.27 and later), else not at all.
 
 Overhead = extractor time / baseline time - 1 (target: <= 15%). Each number is
 the best of ``--repeat`` runs, baseline and extractor alternating, all in
@@ -41,7 +43,14 @@ import torch
 from torch import nn
 
 from sklearn_peek import LayerActivationExtractor
+from sklearn_peek._extract._onnx import SPIN_US, _spin_config
 from sklearn_peek._lenet import LeNet
+
+SPIN = (
+    f"spin {SPIN_US} µs"
+    if _spin_config(ort.__version__).get("session.intra_op.allow_spinning") == "1"
+    else "no spin"
+)
 
 
 class BasicBlock(nn.Module):
@@ -125,14 +134,15 @@ def _export(model, shape):
 def _plain_ort(model_bytes, level, spin, X4, batch_size):
     """A plain session's loop over the batches, returning only the final output.
 
-    ``level``: "disable" or "all"; ``spin``: onnxruntime's default of spinning
-    worker threads (the extractor turns it off).
+    ``level``: "disable" or "all"; ``spin``: True for onnxruntime's default
+    spinning, False for the extractor's settings (``_spin_config``).
     """
     opts = ort.SessionOptions()
     if level == "disable":
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for key, value in _spin_config(ort.__version__).items():
+            opts.add_session_config_entry(key, value)
     sess = ort.InferenceSession(
         model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
     )
@@ -191,7 +201,7 @@ def bench(name, model, shape, torch_layers, onnx_layers, n, batch_size, repeat):
             _plain_ort(model_bytes, level, False, X4, batch_size),
             lambda level=level: exts[level].transform(X),
         )
-        base = "ORT, opt. off" if level == "disable" else "ORT, opt. all, no spin"
+        base = f"ORT, opt. {'off' if level == 'disable' else 'all'}, {SPIN}"
         row("onnx", label[level], base, exts[level], t_base, t_ext[level])
     # The issue's condition, literally: 3 layers, no input block (the input
     # copy is about a third of LeNet-5's output), optimized graph.
@@ -201,7 +211,7 @@ def bench(name, model, shape, torch_layers, onnx_layers, n, batch_size, repeat):
         _plain_ort(model_bytes, "all", False, X4, batch_size),
         lambda: ext3.transform(X),
     )
-    row("onnx", "opt. all, 3 layers only", "ORT, opt. all, no spin", ext3, t_base, t3)
+    row("onnx", "opt. all, 3 layers only", f"ORT, opt. all, {SPIN}", ext3, t_base, t3)
     diff = float(np.abs(exts["all"].transform(X) - exts["disable"].transform(X)).max())
     notes["all"].append(diff)
     # onnxruntime's defaults spin idle worker threads, which slows any other
@@ -265,7 +275,8 @@ def main(argv=None):
         f"\ntorch {torch.__version__}, onnxruntime {ort.__version__}, "
         f"{platform.processor() or platform.machine()}, {args.threads} threads, "
         f"batch_size={args.batch_size}, best of {args.repeat}; the extractor reads 3 "
-        "layers plus the input block (float32 output, nonneg='error' checks on).\n"
+        "layers plus the input block (float32 output, nonneg='error' checks on); "
+        f"the extractor's onnxruntime threads: {SPIN}.\n"
     )
     print(
         "| network | runtime | extractor | baseline | n | features out | baseline s "

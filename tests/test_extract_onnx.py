@@ -724,3 +724,46 @@ def test_onnx_optimization_params_clone_and_pickle(X):
     again = pickle.loads(pickle.dumps(twin))  # sessions are rebuilt, re-checked
     assert again.onnx_optimization == "extended"
     np.testing.assert_array_equal(again.transform(X), twin.transform(X))
+
+
+@pytest.mark.parametrize(
+    "version, bounded",
+    [("1.16.3", False), ("1.26.0", False), ("1.27.0", True), ("1.32.0", True),
+     ("2.0.0rc1", True), ("dev", False)],
+)  # fmt: skip
+def test_spin_config_by_onnxruntime_version(version, bounded):
+    from sklearn_peek._extract._onnx import SPIN_US, _spin_config
+
+    cfg = _spin_config(version)
+    if bounded:
+        assert cfg == {
+            "session.intra_op.allow_spinning": "1",
+            "session.intra_op.spin_duration_us": str(SPIN_US),
+        }
+    else:  # the spin cannot be bounded there: no spinning at all
+        assert cfg == {"session.intra_op.allow_spinning": "0"}
+
+
+def test_sessions_spin_briefly_then_sleep(X):
+    import time
+
+    from sklearn_peek._extract._onnx import _spin_config
+
+    ext = LayerActivationExtractor(make_lenet(CURRENT), ["r1", "p2", "r3"],
+                                   batch_size=4, progress=False)  # fmt: skip
+    ext.fit(X)
+    big = np.repeat(X, 40, axis=0)
+    ext.transform(big)
+    sessions = [s for s, _ in ext._get_adapter()._sessions.values()]
+    assert sessions
+    want = _spin_config(ort.__version__)
+    for sess in sessions:
+        opts = sess.get_session_options()
+        assert {k: opts.get_session_config_entry(k) for k in want} == want
+    # What the setting is for: once transform returns, onnxruntime's worker
+    # threads stop using the CPU (its default spinning goes on for tens of
+    # milliseconds after each run, slowing BLAS and torch in the process).
+    ext.transform(big)
+    c0 = time.process_time()
+    time.sleep(0.3)
+    assert time.process_time() - c0 < 0.015
