@@ -14,6 +14,7 @@ _LAZY = {
     "CoupledNMF": "sklearn_peek._coupled_nmf",
     "LayerActivationExtractor": "sklearn_peek._extract",
     "available_layers": "sklearn_peek._extract",
+    "NegativeActivationError": "sklearn_peek._extract",
     "RankQualityScorer": "sklearn_peek._rank",
     "fit_ranks": "sklearn_peek._coupled_nmf",
 }

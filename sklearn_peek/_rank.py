@@ -847,6 +847,31 @@ class RankQualityScorer(BaseEstimator):
             out.append((name, cols, cb))
         return out
 
+    def _rank_limit(self, n_samples, blocks):
+        """The largest rank every layer's coupled matrix supports, and why.
+
+        Returns ``(limit, reason)``; ``reason`` completes a sentence about
+        the requested ranks ("but the coupled matrix of layer ... expected
+        ranks <= limit."). A rank is bounded by the rows a fit sees (the
+        training rows of a fold under ``criterion="bcv"``) and the columns of
+        the layer's coupled matrix.
+        """
+        n = n_samples
+        bcv = self.criterion == "bcv"
+        n_rows = n - int(np.ceil(n / self.cv)) if bcv else n
+        rows_txt = f"{n_rows} training rows per fold" if bcv else f"{n} rows"
+        limit = None
+        for name, _cols, cb in self._layer_columns(blocks):
+            m = sum(s for _, s in cb)
+            bound = min(n_rows, m)
+            if limit is None or bound < limit[0]:
+                limit = (
+                    bound,
+                    f"but the coupled matrix of layer {name!r} has {rows_txt} and "
+                    f"{m} columns; expected ranks <= {bound}.",
+                )
+        return limit
+
     # ------------------------------------------------------------------- fit
     def fit(self, X, y=None):
         """Sweep the ranks of every layer and select one per layer.
@@ -882,24 +907,9 @@ class RankQualityScorer(BaseEstimator):
                 f"one of {all_names!r}.{_close(self.score_layer, all_names)}"
             )
         layer_cols = self._layer_columns(blocks)
-
-        # rank bound of each coupled matrix
-        n_rows = n - int(np.ceil(n / self.cv)) if criterion == "bcv" else n
-        for name, _cols, cb in layer_cols:
-            m = sum(s for _, s in cb)
-            bound = min(n_rows, m)
-            if ranks[-1] > bound:
-                rows_txt = (
-                    f"{n_rows} training rows per fold"
-                    if criterion == "bcv"
-                    else f"{n} rows"
-                )
-                raise ValueError(
-                    f"ranks={self.ranks!r} goes up to {ranks[-1]}, but the coupled "
-                    "matrix "
-                    f"of layer {name!r} has {rows_txt} and {m} columns; expected ranks "
-                    f"<= {bound}."
-                )
+        limit = self._rank_limit(n, blocks)
+        if ranks[-1] > limit[0]:
+            raise ValueError(f"ranks={self.ranks!r} goes up to {ranks[-1]}, {limit[1]}")
 
         rng = check_random_state(self.random_state)
         base = int(rng.randint(np.iinfo(np.int32).max))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import re
 import shlex
 import sys
 import tempfile
@@ -759,15 +758,15 @@ def analyze_activations(A, blocks, *, ranks, criterion, cv, seed, jobs, device):
         device=device,
         random_state=seed,
     )
-    try:
-        scorer.fit(A)
-    except ValueError as exc:
-        # The scorer names its argument; the user typed --ranks.
-        msg = re.sub(r"^ranks=(\[[^\]]*\]|range\([^)]*\))", "", str(exc))
-        if msg == str(exc):
-            raise
-        raise CLIError(f"--ranks {ranks[0]}..{ranks[-1]}{msg}") from exc
-    return scorer
+    # Checked here, in the words the user typed (--ranks, --max-samples),
+    # before the scorer would reject it with its own parameter names.
+    limit, why = scorer._rank_limit(A.shape[0], [(n, int(s)) for n, s in blocks])
+    if ranks[-1] > limit:
+        raise CLIError(
+            f"--ranks {ranks[0]}..{ranks[-1]} goes up to {ranks[-1]}, {why} Pass "
+            f"--ranks up to {limit}, or more samples (--max-samples)."
+        )
+    return scorer.fit(A)
 
 
 def fit_figure_model(A, blocks, rank, *, seed, device):
@@ -844,6 +843,7 @@ def _curves_json(scorer):
 # --------------------------------------------------------------------------
 def _cmd_analyze(args, say):
     from sklearn_peek import LayerActivationExtractor, __version__
+    from sklearn_peek._extract._base import NegativeActivationError
 
     out = Path(args.out)
     _require_file(args.model, "MODEL")
@@ -887,7 +887,16 @@ def _cmd_analyze(args, say):
             device=args.device,
         )
         with say.step("extract", f"running the {fmt} model and recording layers"):
-            A = ext.fit(X).transform(X)
+            try:
+                A = ext.fit(X).transform(X)
+            except NegativeActivationError as exc:
+                raise CLIError(
+                    f"{exc.what} has negative values (min {exc.minimum:.4g}), but "
+                    "the coupled factorization needs non-negative data. Pass "
+                    "--nonneg relu (clip at 0), split ([relu(x), relu(-x)]) or shift "
+                    "(subtract the minimum), or --layers after a ReLU (see "
+                    "'sklearn-peek layers MODEL')."
+                ) from exc
     blocks = [(str(n), int(s)) for n, s in ext.block_sizes_]
     say("blocks: " + ", ".join(f"{n} ({s})" for n, s in blocks))
     with say.step(
@@ -1317,8 +1326,6 @@ def main(argv=None):
 
 def _one_line(exc):
     text = " ".join(str(exc).split())
-    if "nonneg='error'" in text:
-        text += " (command line: --nonneg relu|split|shift)"
     if len(text) > 1000:
         text = text[:1000] + " ..."
     if isinstance(exc, (CLIError, ValueError, FileNotFoundError, TypeError)):

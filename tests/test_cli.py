@@ -200,7 +200,11 @@ def test_analyze_pickled_module_needs_trust(files, tmp_path, capsys):
         ("input shape", ["net.onnx", "--data", "x.npy", "--input-shape", "1,9,9"],
          "--input-shape 1,9,9 holds 81 values"),
         ("rank", ["net.onnx", "--data", "x.npy", "--ranks", "1:500"],
-         r"--ranks 1..500 goes up to 500.*expected ranks <="),
+         r"--ranks 1..500 goes up to 500.*expected ranks <= \d+\. Pass --ranks up "
+         r"to \d+, or more samples \(--max-samples\)"),
+        ("negative", ["net.onnx", "--data", "x.npy", "--layers", "/conv1/Conv"],
+         r"layer '/conv1/Conv_output_0'.* has negative values \(min -.*Pass "
+         r"--nonneg relu .*split .*shift"),
     ],
 )  # fmt: skip
 def test_bad_input_one_line_error(files, tmp_path, capsys, case, extra, message):

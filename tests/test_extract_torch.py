@@ -8,7 +8,11 @@ import torch
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_peek import LayerActivationExtractor, available_layers
+from sklearn_peek import (
+    LayerActivationExtractor,
+    NegativeActivationError,
+    available_layers,
+)
 
 nn = torch.nn
 
@@ -252,6 +256,11 @@ def test_nonneg_error_names_layer_and_fix(lenet, X):
         ext.fit(X)
     for fix in ("nonneg='relu'", "'split'", "'shift'", "after a ReLU"):
         assert fix in str(err.value)
+    assert isinstance(err.value, NegativeActivationError)
+    assert err.value.what == "layer 'fc2' (block 'fc2')"
+    with torch.no_grad():
+        want = float(lenet(torch.from_numpy(X.reshape(-1, 1, 28, 28))).min())
+    assert err.value.minimum == pytest.approx(want, rel=1e-5)
     with pytest.raises(ValueError, match="the input X has negative values"):
         LayerActivationExtractor(lenet, ["pool1"], input_shape=(1, 28, 28)).fit(X - 0.5)
 

@@ -289,8 +289,9 @@ def test_random_state_reproducible_and_matters():
         ({"ranks": 5}, "not an iterable"),
         (
             {"ranks": range(1, 60)},
-            r"layer 'conv1' has 40 training rows per fold and 30 columns; "
-            r"expected ranks <= 30",
+            # the tightest layer is named (conv1 allows 30, fc1 only 25)
+            r"layer 'fc1' has 40 training rows per fold and 25 columns; "
+            r"expected ranks <= 25",
         ),
         ({"criterion": "bvc"}, r"criterion='bvc' is not supported.*Did you mean 'bcv'"),
         ({"coupling": "inputs"}, r"coupling='inputs'.*Did you mean 'input'"),

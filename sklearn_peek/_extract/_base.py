@@ -200,6 +200,24 @@ def _as_array(X, param="X"):
     return arr.astype(np.float32, copy=False)
 
 
+class NegativeActivationError(ValueError):
+    """Raised under ``nonneg="error"`` when the input or a layer has negative values.
+
+    Attributes
+    ----------
+    what : str
+        The offending data, e.g. ``"layer 'conv1' (block 'conv1')"`` or
+        ``"the input X"``.
+    minimum : float
+        Its smallest value.
+    """
+
+    def __init__(self, what, minimum, message):
+        super().__init__(message)
+        self.what = what
+        self.minimum = minimum
+
+
 def _check_finite(a, what, start):
     """Raise on NaN/inf in ``a`` (rows = samples from ``start``); return its min.
 
@@ -849,12 +867,14 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                         if name == "input"
                         else f"layer {self.layer_sources_[name]!r} (block {name!r})"
                     )
-                    raise ValueError(
+                    raise NegativeActivationError(
+                        what,
+                        amin,
                         f"nonneg='error': {what} has negative values (min {amin:.4g}), "
                         "but the coupled factorization needs non-negative data. Pass "
                         "nonneg='relu' (clip at 0), 'split' ([relu(x), relu(-x)]) or "
                         "'shift' (subtract the per-feature minimum seen in fit), or "
-                        "pick a layer after a ReLU (see available_layers(model))."
+                        "pick a layer after a ReLU (see available_layers(model)).",
                     )
                 out[name] = a
             elif self.nonneg == "relu":
