@@ -388,7 +388,7 @@ def _frob_data_exact(X, Wt, H, d):
 
 
 # ----------------------------------------------------------------- HALS sweep
-def _hals_sweep(A, num, G, l1, l2, track=True, stack=None):
+def _hals_sweep(A, num, G, l1, l2, track=True, stack=None, bounds=None):
     """One pass of exact coordinate updates over the rows of ``A`` (in place).
 
     Minimizes ``0.5 * tr(A.T G A) - tr(num.T A) + l1 * sum(A) + 0.5 * l2 *
@@ -396,6 +396,8 @@ def _hals_sweep(A, num, G, l1, l2, track=True, stack=None):
     may be scalars or vectors over the columns of ``A``. ``stack`` (from
     :func:`fit_hals_batched`, no penalties): A holds several problems and G
     is block diagonal; the GPU kernel then reads only the diagonal blocks.
+    ``bounds`` (the same stacks, as ``(start, stop)`` rows per problem): the
+    eager sweep reads only the diagonal blocks too.
 
     Returns the squared Frobenius norm of the change of ``A`` (0.0 when
     ``track`` is False).
@@ -411,17 +413,22 @@ def _hals_sweep(A, num, G, l1, l2, track=True, stack=None):
                 _gpu_kernels.sweep(A, num, G, l1, l2)
         except Exception as exc:  # compile / launch failure: eager from now on
             _gpu_kernels.disable(exc)
-            _hals_sweep_eager(A, num, G, l1, l2)
+            _hals_sweep_eager(A, num, G, l1, l2, bounds)
     else:
-        _hals_sweep_eager(A, num, G, l1, l2)
+        _hals_sweep_eager(A, num, G, l1, l2, bounds)
     if not track:
         return 0.0
     diff = (A - old).ravel()
     return _to_float(diff @ diff)
 
 
-def _hals_sweep_eager(A, num, G, l1, l2):
-    """The sweep with one group of array operations per row (A in place)."""
+def _hals_sweep_eager(A, num, G, l1, l2, bounds=None):
+    """The sweep with one group of array operations per row (A in place).
+
+    ``bounds``: G is block diagonal with these ``(start, stop)`` row blocks
+    (stacked problems, no penalties); row t then reads only its own block,
+    so a sweep costs sum(r_k^2) instead of R^2 row operations.
+    """
     diag = _diag_list(G)
     has_l1 = not _is_zero(l1)
     has_pen = has_l1 or not _is_zero(l2)
@@ -433,18 +440,20 @@ def _hals_sweep_eager(A, num, G, l1, l2):
         inv = _inv_or_zero(diag, float(l2), G)
         Gs = _zero_diag(G) * inv[:, None]
         num_s = (num - l1) * inv[:, None] if has_l1 else num * inv[:, None]
-        for t in range(A.shape[0]):
-            if diag[t] <= 0.0:
-                # G[t, t] == 0 forces G[t, :] == 0 and num[t] == 0 (G is a Gram
-                # matrix): row t does not enter the data term. Keep it (as
-                # scikit-learn's "cd" does) so that the component can revive
-                # when the other factor changes; never divide by zero. With a
-                # penalty the optimum of the row is 0.
-                if has_pen:
-                    A[t] = A[t] * 0
-                continue
-            tmp = Gs[t] @ A
-            _sub_relu_into(num_s[t], tmp, A[t])
+        rows = bounds or [(0, A.shape[0])]
+        for lo, hi in rows:
+            for t in range(lo, hi):
+                if diag[t] <= 0.0:
+                    # G[t, t] == 0 forces G[t, :] == 0 and num[t] == 0 (G is a
+                    # Gram matrix): row t does not enter the data term. Keep it
+                    # (as scikit-learn's "cd" does) so that the component can
+                    # revive when the other factor changes; never divide by
+                    # zero. With a penalty the optimum of the row is 0.
+                    if has_pen:
+                        A[t] = A[t] * 0
+                    continue
+                tmp = Gs[t, lo:hi] @ A[lo:hi]
+                _sub_relu_into(num_s[t], tmp, A[t])
     else:  # per-column l2 (H penalties with block weights)
         Gz = _zero_diag(G)
         for t in range(A.shape[0]):
@@ -666,6 +675,23 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
         )
         return _from_host(mask, H), _to64(_from_host(S, H)), stack
 
+    def gram(A, B):
+        """(A @ B.T) * mask: one product on a GPU, the diagonal blocks only
+        elsewhere (the masked-out blocks are most of the work there)."""
+        if getattr(A, "is_cuda", False):
+            return (A @ B.T) * mask
+        G = _zeros((A.shape[0], A.shape[0]), A)
+        for lo, hi in bounds:
+            G[lo:hi, lo:hi] = A[lo:hi] @ B[lo:hi].T
+        return G
+
+    def row_bounds(active):
+        out, at = [], 0
+        for k in active:
+            out.append((at, at + sizes[k]))
+            at += sizes[k]
+        return out
+
     def objectives(lin, quad):
         """Objective of every active problem (as fit_hals computes it)."""
         data = [0.5 * (xnorm - 2.0 * lin[i] + quad[i]) for i in range(len(active))]
@@ -692,22 +718,23 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
         return out
 
     mask, S, stack = layout(active)
+    bounds = row_bounds(active)
     Hd = H * d
-    HDHt = (Hd @ H.T) * mask
+    HDHt = gram(Hd, H)
     num_W = _h_xt(Hd, X)
-    WtW = (Wt @ Wt.T) * mask
+    WtW = gram(Wt, Wt)
     history = [
         [obj] for obj in objectives(*_segment_sums64([Wt * num_W, WtW * HDHt], S))
     ]
     for n_iter in range(1, max_iter + 1):
         if n_iter > 1:
             num_W = _h_xt(Hd, X)
-        _hals_sweep(Wt, num_W, HDHt, 0.0, 0.0, track=False, stack=stack)
-        WtW = (Wt @ Wt.T) * mask
+        _hals_sweep(Wt, num_W, HDHt, 0.0, 0.0, False, stack, bounds)
+        WtW = gram(Wt, Wt)
         num_H = _w_x(Wt, X)
-        _hals_sweep(H, num_H, WtW, 0.0, 0.0, track=False, stack=stack)
+        _hals_sweep(H, num_H, WtW, 0.0, 0.0, False, stack, bounds)
         Hd = H * d
-        HDHt = (Hd @ H.T) * mask
+        HDHt = gram(Hd, H)
         objs = objectives(*_segment_sums64([num_H * Hd, WtW * HDHt], S))
         done, at = [], 0
         for i, k in enumerate(active):
@@ -733,8 +760,9 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
             Wt, H = _rows_take(Wt, idx), _rows_take(H, idx)
             active = [active[i] for i in keep]
             mask, S, stack = layout(active)
+            bounds = row_bounds(active)
             Hd = H * d
-            HDHt = (Hd @ H.T) * mask
+            HDHt = gram(Hd, H)
     return results
 
 

@@ -236,3 +236,33 @@ def test_dead_components_and_zero_data_stay_finite():
         assert np.isfinite(info["objective"]).all()
     W, _ = _solvers.solve_w(np.zeros((3, 30)), H0, np.ones(30))
     assert np.isfinite(W).all() and np.all(W == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_stacked_eager_sweep_reads_only_its_own_block(dtype):
+    # Three problems stacked (ranks 2, 3, 4): with bounds, each row's update
+    # reads only its problem's block of G, so what lies outside the blocks
+    # (NaN here) cannot leak in, and the result is the per-problem sweep.
+    rng = np.random.default_rng(0)
+    sizes, p = [2, 3, 4], 7
+    R = sum(sizes)
+    bounds, at = [], 0
+    for r in sizes:
+        bounds.append((at, at + r))
+        at += r
+    B = rng.random((R, 12)).astype(dtype)
+    G = np.full((R, R), np.nan, dtype=dtype)
+    for lo, hi in bounds:
+        G[lo:hi, lo:hi] = B[lo:hi] @ B[lo:hi].T
+    A = rng.random((R, p)).astype(dtype)
+    A0 = A.copy()
+    num = rng.random((R, p)).astype(dtype)
+    want = A.copy()
+    for lo, hi in bounds:
+        part = want[lo:hi].copy()
+        _solvers._hals_sweep_eager(part, num[lo:hi], G[lo:hi, lo:hi], 0.0, 0.0)
+        want[lo:hi] = part
+    _solvers._hals_sweep_eager(A, num, G, 0.0, 0.0, bounds)
+    assert np.isfinite(A).all()
+    np.testing.assert_allclose(A, want, rtol=1e-6)
+    assert not np.allclose(A, A0)  # it did update
