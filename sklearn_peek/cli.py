@@ -100,13 +100,41 @@ def parse_shape(text):
     return shape
 
 
-def _positive_int(text):
+def _int_type(ok, expected):
+    """An argparse type: an integer for which ``ok(value)`` holds."""
+
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or not ok(v):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}.")
+        return v
+
+    return parse
+
+
+_positive_int = _int_type(lambda v: v >= 1, "a positive integer")
+#: Bi-cross-validation holds out one fold of rows and columns: >= 2 folds.
+_folds = _int_type(
+    lambda v: v >= 2,
+    "an integer >= 2 (bi-cross-validation holds out one fold of rows and "
+    "columns, so it needs at least 2 folds)",
+)
+_n_jobs = _int_type(
+    lambda v: v != 0, "a non-zero integer (N workers, or -1 for all cores)"
+)
+
+
+def _fraction(text):
+    """A float in (0, 1]."""
     try:
-        v = int(text)
+        v = float(text)
     except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer.")
+        v = math.nan
+    if not 0.0 < v <= 1.0:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number in (0, 1].")
     return v
 
 
@@ -151,9 +179,14 @@ higher ranks.
 _EPILOG = """\
 examples:
   sklearn-peek demo --out peek-demo
-  sklearn-peek layers lenet.onnx --input-shape 1,28,28
+  sklearn-peek layers lenet.onnx
   sklearn-peek analyze lenet.onnx --data t10k-images-idx3-ubyte.gz --out peek-lenet \\
-      --layers pool1 relu3 --ranks 1:20 --max-samples 1000
+      --layers /pool1/MaxPool /relu3/Relu --ranks 1:20 --max-samples 1000
+
+'sklearn-peek layers MODEL' lists the names --layers accepts: node or tensor
+names for ONNX and TorchScript files (/pool1/MaxPool or
+/pool1/MaxPool_output_0 in a file exported by torch.onnx.export), module names
+(pool1) for a pickled torch module (add --input-shape C,H,W).
 
 exit codes: 0 success, 1 bad input or failure (one line on stderr, starting
 'sklearn-peek: error:'; add --debug for the full traceback), 2 bad command line.
@@ -200,17 +233,17 @@ def _add_analysis_options(p, *, ranks_default):
     )
     g.add_argument(
         "--energy",
-        type=float,
+        type=_fraction,
         default=0.9,
         metavar="FRACTION",
         help="target explained energy of --criterion energy, in (0, 1] (default: 0.9)",
     )
     g.add_argument(
         "--cv",
-        type=_positive_int,
+        type=_folds,
         default=3,
         metavar="K",
-        help="folds for --criterion bcv (default: 3)",
+        help="folds for --criterion bcv, at least 2 (default: 3)",
     )
     g.add_argument(
         "--seed",
@@ -222,7 +255,7 @@ def _add_analysis_options(p, *, ranks_default):
     g.add_argument(
         "--jobs",
         "-j",
-        type=int,
+        type=_n_jobs,
         default=1,
         metavar="N",
         help="parallel workers for the rank sweep (joblib; -1 = all cores; default: 1)",
@@ -299,10 +332,10 @@ def build_parser():
     )
     g.add_argument(
         "--cv",
-        type=_positive_int,
+        type=_folds,
         default=3,
         metavar="K",
-        help="folds of the bcv criterion (default: 3)",
+        help="folds of the bcv criterion, at least 2 (default: 3)",
     )
     g.add_argument(
         "--seed",
@@ -314,7 +347,7 @@ def build_parser():
     g.add_argument(
         "--jobs",
         "-j",
-        type=int,
+        type=_n_jobs,
         default=-1,
         metavar="N",
         help="networks trained and analysed in parallel, one thread each "
@@ -542,6 +575,25 @@ def _require_file(path, what):
     return p
 
 
+def _output_dir(path):
+    """Create the ``--out`` folder (and its parents) and check it is writable.
+
+    Done before any work, so that a mistyped or read-only ``--out`` is
+    reported at once, not after the rank sweep.
+    """
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise CLIError(
+            f"--out {str(out)!r}: cannot create or write to this folder ({why})."
+        ) from exc
+    return out
+
+
 def _is_idx(path):
     """True when the file (or its gzip content) starts with an IDX header."""
     from sklearn_peek.datasets import _IDX_DTYPES, _open
@@ -558,6 +610,11 @@ def load_array(path, *, key=None, what="--data"):
     """Read an array from .npy, .npz (``key``) or an IDX file (gzipped or not)."""
     p = _require_file(path, what)
     name = p.name.lower()
+    if key is not None and not name.endswith(".npz"):
+        raise CLIError(
+            f"--data-key {key!r} applies to .npz files only, but {what} "
+            f"{str(p)!r} is not an .npz file; drop --data-key."
+        )
     if name.endswith(".npy"):
         try:
             return np.load(p, allow_pickle=False)
@@ -605,11 +662,15 @@ def prepare_inputs(X, *, input_shape=None, scale="auto"):
     X = np.asarray(X)
     if not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating)):
         raise CLIError(f"--data holds {X.dtype} values; expected numbers.")
-    if X.ndim < 2 or X.shape[0] == 0:
+    if X.ndim < 2:
         raise CLIError(
-            f"--data has shape {X.shape}; expected (n_samples, ...) with "
-            "n_samples >= 1."
+            f"--data has shape {X.shape}; expected at least 2 dimensions "
+            "(n_samples, ...): images (n, C, H, W) or (n, H, W), or flat rows "
+            "(n, C*H*W). A 1-D array is one value per sample (labels? pass those "
+            "with --labels)."
         )
+    if X.shape[0] == 0:
+        raise CLIError(f"--data has shape {X.shape}; expected n_samples >= 1.")
     was_uint8 = X.dtype == np.uint8
     X = X.astype(np.float32, copy=False)
     if scale == "auto" and was_uint8:
@@ -744,8 +805,37 @@ def _split_layers(layers):
 # --------------------------------------------------------------------------
 # the analysis of one network (shared by demo and analyze)
 # --------------------------------------------------------------------------
-def analyze_activations(A, blocks, *, ranks, criterion, cv, seed, jobs, device):
-    """Rank sweep of every layer in the coupled activation matrix ``A``."""
+def analyze_activations(
+    A, blocks, *, ranks, criterion, cv, seed, jobs, device, energy=0.9
+):
+    """Rank sweep of every layer in the coupled activation matrix ``A``.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_samples, n_features)
+        The coupled [input | layers] activation matrix.
+    blocks : list of (str, int)
+        Block names and sizes, in column order.
+    ranks : list of int
+        Ranks to try, sorted.
+    criterion : {"bcv", "elbow", "energy", "stability"}
+        Rank-selection criterion (``--criterion``).
+    cv : int
+        Folds of ``"bcv"`` (``--cv``).
+    seed : int
+        Random seed (``--seed``).
+    jobs : int
+        Joblib workers (``--jobs``).
+    device : str or None
+        Where the factorizations run (``--device``).
+    energy : float, default=0.9
+        Target explained energy of ``"energy"`` (``--energy``).
+
+    Returns
+    -------
+    RankQualityScorer
+        The fitted scorer.
+    """
     from sklearn_peek import RankQualityScorer
 
     ranks = list(ranks)
@@ -754,13 +844,22 @@ def analyze_activations(A, blocks, *, ranks, criterion, cv, seed, jobs, device):
         ranks=ranks,
         criterion=criterion,
         cv=cv,
+        energy_threshold=energy,
         n_jobs=jobs,
         device=device,
         random_state=seed,
     )
+    # The limit below depends on cv and the criterion: check them first.
+    scorer._validate_params()
+    n = A.shape[0]
+    if criterion == "bcv" and cv > n:
+        raise CLIError(
+            f"--cv {cv} is larger than the {n} inputs analysed; expected "
+            f"2 <= --cv <= {n}, or more inputs."
+        )
     # Checked here, in the words the user typed (--ranks, --max-samples),
     # before the scorer would reject it with its own parameter names.
-    limit, why = scorer._rank_limit(A.shape[0], [(n, int(s)) for n, s in blocks])
+    limit, why = scorer._rank_limit(n, [(b, int(s)) for b, s in blocks])
     if ranks[-1] > limit:
         raise CLIError(
             f"--ranks {ranks[0]}..{ranks[-1]} goes up to {ranks[-1]}, {why} Pass "
@@ -802,12 +901,22 @@ def network_figures(
         "too early.",
         name="rank-sweep",
     )
+    # With --nonneg split the input block is [relu(x), relu(-x)], of shape
+    # (2, C, H, W); plot_input_factors then draws positive minus negative.
+    image_shape = tuple((layer_shapes or {}).get("input", input_shape))
+    split = len(image_shape) == 4
+    pattern = (
+        "positive minus negative part of its input pattern (--nonneg split: red = "
+        "positive, blue = negative, white = 0)"
+        if split
+        else "input pattern (pixel weights, dark = strong)"
+    )
     report.add_figure(
-        plotting.plot_input_factors(model, image_shape=input_shape),
+        plotting.plot_input_factors(model, image_shape=image_shape),
         f"Input factors: each tile is one of the {model.n_components_} latent "
-        "factors of the coupled model, shown as the input pattern (pixel weights, "
-        "dark = strong) that it stands for. Every layer is explained by the same "
-        "factors, so these are the input patterns the network carries forward.",
+        f"factors of the coupled model, shown as the {pattern} that it stands "
+        "for. Every layer is explained by the same factors, so these are the "
+        "input patterns the network carries forward.",
         name="input-factors",
     )
     report.add_figure(
@@ -845,7 +954,6 @@ def _cmd_analyze(args, say):
     from sklearn_peek import LayerActivationExtractor, __version__
     from sklearn_peek._extract._base import NegativeActivationError
 
-    out = Path(args.out)
     _require_file(args.model, "MODEL")
     with say.step("load", f"reading {args.data}"):
         X = load_array(args.data, key=args.data_key)
@@ -869,6 +977,7 @@ def _cmd_analyze(args, say):
             y = None if y is None else y[keep]
         X = prepare_inputs(X, input_shape=args.input_shape, scale=args.scale)
     say(f"{X.shape[0]} inputs of shape {X.shape[1:]}")
+    out = _output_dir(args.out)
 
     with tempfile.TemporaryDirectory(prefix="sklearn-peek-") as tmp:
         with say.step("model", f"loading {args.model}"):
@@ -913,6 +1022,7 @@ def _cmd_analyze(args, say):
             seed=args.seed,
             jobs=args.jobs,
             device=args.device,
+            energy=args.energy,
         )
     say("selected ranks: " + ", ".join(f"{k}={v}" for k, v in scorer.rank_.items()))
     r_fig = args.figure_rank or max(int(v) for v in scorer.rank_.values())
@@ -965,6 +1075,7 @@ def _cmd_analyze(args, say):
         "blocks": [[n, s] for n, s in blocks],
         "layer_shapes": {k: list(v) for k, v in ext.layer_shapes_.items()},
         "criterion": args.criterion,
+        "energy_threshold": args.energy,
         "ranks_tried": list(args.ranks),
         "ranks": {k: int(v) for k, v in scorer.rank_.items()},
         "curves": _curves_json(scorer),
@@ -1000,9 +1111,14 @@ def _finish(report, results, out, args, say):
         }
     )
     results["command_line"] = command
-    path = report.write(out, embed=not args.figures_beside)
-    results["timings_s"]["total"] = round(say.elapsed(), 3)
-    write_json(out / "results.json", results)
+    try:
+        path = report.write(out, embed=not args.figures_beside)
+        results["timings_s"]["total"] = round(say.elapsed(), 3)
+        write_json(out / "results.json", results)
+    except OSError as exc:
+        raise CLIError(
+            f"--out {str(out)!r}: the report could not be written: {exc}"
+        ) from exc
     say(f"wrote {path} and {out / 'results.json'}")
     return 0
 
@@ -1033,9 +1149,15 @@ def _cmd_layers(args, say):
     if args.input_shape is not None:
         sample = np.zeros((2, *args.input_shape), np.float32)
     with tempfile.TemporaryDirectory(prefix="sklearn-peek-") as tmp:
-        model, _ = load_model(
+        model, fmt = load_model(
             args.model, trust_pickle=args.trust_pickle, sample=sample, workdir=tmp
         )
+        if fmt == "pickle" and args.input_shape is None:
+            raise CLIError(
+                f"MODEL {str(args.model)!r} is a pickled torch module, which must "
+                "run once to learn its layer shapes: give --input-shape C,H,W (the "
+                "shape of one input, e.g. 1,28,28)."
+            )
         rows = available_layers(model, input_shape=args.input_shape)
     if not rows:
         print("(no layers found)")
@@ -1078,7 +1200,7 @@ def _cmd_demo(args, say):
         studies,
     )
 
-    out = Path(args.out)
+    out = _output_dir(args.out)
     crit = args.criterion
     settings = dict(_TINY if args.tiny else studies.PRESETS[args.preset])
     settings["seeds"] = (

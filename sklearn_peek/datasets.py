@@ -139,7 +139,7 @@ def read_idx(path):
         )
     zero, code, ndim = raw[0:2], raw[2], raw[3]
     if zero != b"\x00\x00" or code not in _IDX_DTYPES or ndim == 0:
-        magic = struct.unpack(">i", raw[:4])[0]
+        magic = struct.unpack(">I", raw[:4])[0]  # unsigned: the 4 bytes as read
         raise ValueError(
             f"{str(path)!r} is not an IDX file: magic number {magic} (0x{magic:08x}); "
             "expected two zero bytes, a type code in "

@@ -50,8 +50,9 @@ _CRITERION_LABELS = {
     "stability": "cophenetic correlation",
 }
 
-# Pattern of the extractor's conv feature names: "c<c>_y<y>_x<x>" or "c<c>".
-_CHANNEL_RE = re.compile(r"^c(\d+)(?:_y\d+_x\d+)?$")
+# Pattern of the extractor's conv feature names: "c<c>_y<y>_x<x>" or "c<c>",
+# with "_pos" / "_neg" appended under nonneg="split".
+_CHANNEL_RE = re.compile(r"^c(\d+)(?:_y\d+_x\d+)?(?:_pos|_neg)?$")
 
 
 # --------------------------------------------------------------------------
@@ -156,7 +157,8 @@ def _infer_image_shape(n_features):
     raise ValueError(
         f"image_shape=None: cannot guess the image shape of an input block with "
         f"{n_features} features (not a square image, nor 3 square channels); pass "
-        "image_shape=(C, H, W) or (H, W)."
+        "image_shape=(C, H, W) or (H, W), or (2, C, H, W) for an input block "
+        "made with nonneg='split'."
     )
 
 
@@ -175,6 +177,56 @@ def _as_image_shape(image_shape, n_features):
             f"input block has {n_features} features."
         )
     return shape
+
+
+def _is_split_names(names):
+    """True when feature names are ``*_pos`` then ``*_neg`` (``nonneg="split"``)."""
+    if names is None or len(names) % 2:
+        return False
+    half = len(names) // 2
+    return all(n.endswith("_pos") for n in names[:half]) and all(
+        n.endswith("_neg") for n in names[half:]
+    )
+
+
+def _input_image_shape(image_shape, n_features, feature_names=None):
+    """The image shape of an input block, and whether it is a split block.
+
+    A block made with ``nonneg="split"`` holds ``[relu(x), relu(-x)]``: twice
+    the pixels, positive parts first. It is recognised from an
+    ``image_shape`` of ``(2, C, H, W)`` (``extractor.layer_shapes_["input"]``),
+    from an ``(H, W)`` or ``(C, H, W)`` shape holding half the features
+    (``extractor.input_shape_``), or, without ``image_shape``, from feature
+    names ending in ``_pos`` / ``_neg``. Returns ``(shape, split)`` where
+    ``shape`` is the shape of one part.
+    """
+    if image_shape is None:
+        if _is_split_names(feature_names):
+            return _infer_image_shape(n_features // 2), True
+        return _infer_image_shape(n_features), False
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) == 4:
+        if shape[0] != 2 or any(s < 1 for s in shape):
+            raise ValueError(
+                f"image_shape={image_shape!r} is not understood; expected (H, W), "
+                "(C, H, W), or (2, C, H, W) for an input block made with "
+                "nonneg='split' (positive part, negative part)."
+            )
+        if 2 * math.prod(shape[1:]) != n_features:
+            raise ValueError(
+                f"image_shape={image_shape!r} holds {math.prod(shape)} values, but "
+                f"the input block has {n_features} features."
+            )
+        return shape[1:], True
+    half = (
+        len(shape) in (2, 3)
+        and all(s >= 1 for s in shape)
+        and 2 * math.prod(shape) == n_features
+    )
+    # Feature names, when the model saw them, must agree that it is split.
+    if half and (feature_names is None or _is_split_names(feature_names)):
+        return shape, True
+    return _as_image_shape(image_shape, n_features), False
 
 
 def _tile_image(row, shape):
@@ -199,6 +251,24 @@ def _tile_image(row, shape):
     return np.clip(img, 0.0, 1.0)
 
 
+def _signed_tile_image(row, shape):
+    """A signed input row (positive minus negative part), scaled to [-1, 1].
+
+    Each tile is divided by its largest absolute value, so zero stays zero
+    (the middle of a diverging colormap). Three channels are drawn in RGB
+    around mid-grey (``0.5 + img / 2``); other multi-channel tiles are drawn
+    as their mean over channels.
+    """
+    img = row.reshape(shape)
+    rgb = img.ndim == 3 and img.shape[0] == 3
+    if img.ndim == 3:
+        img = np.moveaxis(img, 0, -1) if rgb else img.mean(axis=0)
+    top = float(np.max(np.abs(img)))
+    img = img / top if top > 0 else np.zeros_like(img)
+    img = np.clip(img, -1.0, 1.0)
+    return 0.5 + 0.5 * img if rgb else img
+
+
 # --------------------------------------------------------------------------
 # input factors
 # --------------------------------------------------------------------------
@@ -208,7 +278,7 @@ def plot_input_factors(
     block="input",
     image_shape=None,
     ncols=None,
-    cmap="gray_r",
+    cmap=None,
     components=None,
     fig=None,
     title=None,
@@ -219,6 +289,11 @@ def plot_input_factors(
     row per latent factor; reshaped to the image shape, a row shows which
     pixels the factor stands for. Tiles are titled ``"factor k"`` where ``k``
     is the row of ``components_``.
+
+    An input block made by an extractor with ``nonneg="split"`` holds
+    ``[relu(x), relu(-x)]``, twice the pixels. Its tiles show the signed
+    pattern, positive part minus negative part, with a diverging colormap
+    (zero in the middle).
 
     Parameters
     ----------
@@ -234,11 +309,20 @@ def plot_input_factors(
         square channels, is inferred from the number of pixels.
         Multi-channel tiles: with 3 channels the tile is drawn in RGB (scaled
         by the tile's maximum); with any other number of channels the mean
-        over channels is drawn with ``cmap``.
+        over channels is drawn with ``cmap``. A ``nonneg="split"`` input
+        block is recognised from ``(2, C, H, W)``
+        (``extractor.layer_shapes_["input"]``), from an ``(H, W)`` or
+        ``(C, H, W)`` shape that holds half the block
+        (``extractor.input_shape_``), or, without ``image_shape``, from
+        feature names ending in ``_pos`` / ``_neg``. Its tiles are scaled to
+        [-1, 1] by their largest absolute value; 3 channels are drawn in RGB
+        around mid-grey (``0.5 + value / 2``).
     ncols : int, optional
         Tiles per row; by default at most 6, rows as even as possible.
-    cmap : str, default="gray_r"
-        Colormap for single-channel tiles (dark = strong weight).
+    cmap : str, optional
+        Colormap for single-channel tiles. By default ``"gray_r"`` (dark =
+        strong weight), and ``"RdBu_r"`` for a ``nonneg="split"`` block (red =
+        positive part, blue = negative part, white = 0).
     components : sequence of int, optional
         Which factors to draw; all by default.
     fig : matplotlib Figure, optional
@@ -268,7 +352,14 @@ def plot_input_factors(
         raise ValueError(
             f"model: expected components of shape (n_factors, n_pixels), got {H.shape}."
         )
-    shape = _as_image_shape(image_shape, H.shape[1])
+    shape, split = _input_image_shape(
+        image_shape, H.shape[1], _block_feature_names(model, block)
+    )
+    if split:
+        half = H.shape[1] // 2
+        H = H[:, :half] - H[:, half:]  # positive part minus negative part
+    if cmap is None:
+        cmap = "RdBu_r" if split else "gray_r"
     idx = (
         list(range(H.shape[0])) if components is None else [int(k) for k in components]
     )
@@ -286,14 +377,21 @@ def plot_input_factors(
     tile = 1.7
     fig = _new_figure(fig, (max(3.5, n_cols * tile * aspect), n_rows * tile + 0.6))
     for ax, k in zip(_panels(fig, n, n_rows, n_cols), idx):
-        img = _tile_image(H[k], shape)
-        kwargs = {} if img.ndim == 3 else {"cmap": cmap, "vmin": 0.0, "vmax": 1.0}
+        if split:
+            img = _signed_tile_image(H[k], shape)
+            lo = -1.0
+        else:
+            img = _tile_image(H[k], shape)
+            lo = 0.0
+        kwargs = {} if img.ndim == 3 else {"cmap": cmap, "vmin": lo, "vmax": 1.0}
         ax.imshow(img, interpolation="nearest", **kwargs)
         ax.set_title(f"factor {k}", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     if title is None:
         title = f"Input patterns of the latent factors (block {block!r})"
+        if split:
+            title += ", positive minus negative part"
     fig.suptitle(title, fontsize=12)
     return fig
 
@@ -316,14 +414,16 @@ def _reduce_to_channels(H, layer, shape, feature_names):
     Returns ``(H_channels, "channel")`` or ``(H, "unit")`` when the layer has
     no channel structure (a flat layer, or one already pooled).
     """
-    if shape is not None and len(shape) == 3:
-        c = shape[0]
+    if shape is not None and (len(shape) == 3 or (len(shape) == 4 and shape[0] == 2)):
         if math.prod(shape) != H.shape[1]:
             raise ValueError(
                 f"layer_shapes[{layer!r}]={shape} holds {math.prod(shape)} values, but "
                 f"the layer block has {H.shape[1]} features."
             )
-        return H.reshape(H.shape[0], c, -1).sum(axis=2), "channel"
+        if len(shape) == 4:
+            # nonneg="split": (2, C, H, W), both parts of a channel are summed.
+            return H.reshape(H.shape[0], 2, shape[1], -1).sum(axis=(1, 3)), "channel"
+        return H.reshape(H.shape[0], shape[0], -1).sum(axis=2), "channel"
     if shape is None and feature_names is not None:
         matches = [_CHANNEL_RE.match(n) for n in feature_names]
         if all(matches) and any("_y" in n for n in feature_names):
@@ -365,8 +465,10 @@ def plot_layer_factors(
         Per-sample shape of each layer, e.g. ``extractor.layer_shapes_`` or
         the extractor itself. With ``reduce="channel"``, a layer of shape
         ``(C, H, W)`` is summed over its ``H * W`` positions so one row is one
-        channel. Without it, channels are read from feature names such as
-        ``"conv1__c2_y5_x7"`` when the model saw them.
+        channel; a ``nonneg="split"`` layer of shape ``(2, C, H, W)`` is also
+        summed over its positive and negative parts. Without it, channels are
+        read from feature names such as ``"conv1__c2_y5_x7"`` when the model
+        saw them.
     reduce : {"channel", None}, default="channel"
         ``"channel"`` sums conv maps over space; ``None`` draws every unit.
     normalize : {"factor", "unit", None}, default="factor"

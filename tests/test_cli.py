@@ -188,6 +188,71 @@ def test_analyze_pickled_module_needs_trust(files, tmp_path, capsys):
     assert res["layer_shapes"]["pool1"] == [4, 4, 4]
 
 
+def test_analyze_energy_threshold_is_used(files, tmp_path, capsys):
+    from sklearn_peek import LayerActivationExtractor, RankQualityScorer
+
+    d, X, _ = files
+    out = tmp_path / "energy"
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", out,
+         "--ranks", "1:6", "--criterion", "energy", "--energy", "0.5", "-q"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    res = json.loads((out / "results.json").read_text())
+    assert res["energy_threshold"] == 0.5
+    A = LayerActivationExtractor(str(d / "net.onnx")).fit_transform(X)
+    blocks = [tuple(b) for b in res["blocks"]]
+
+    def direct(threshold):
+        scorer = RankQualityScorer(
+            blocks=blocks,
+            ranks=range(1, 7),
+            criterion="energy",
+            energy_threshold=threshold,
+            random_state=0,
+        ).fit(A)
+        return {k: int(v) for k, v in scorer.rank_.items()}
+
+    assert res["ranks"] == direct(0.5)
+    # The default threshold gives other ranks, so --energy made a difference.
+    assert res["ranks"] != direct(0.9)
+
+
+def test_analyze_nonneg_split_writes_report(files, tmp_path, capsys):
+    d, *_ = files
+    out = tmp_path / "split"
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", out,
+         "--ranks", "1:3", "--layers", "/conv1/Conv", "/pool1/MaxPool",
+         "--nonneg", "split", "-q"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    res = json.loads((out / "results.json").read_text())
+    assert res["layer_shapes"]["input"] == [2, 1, 8, 8]
+    assert dict(res["blocks"])["input"] == 128
+    assert len(res["ranks"]) == 2
+    html = (out / "report.html").read_text()
+    assert len(_images(html)) == 4
+    assert "positive minus negative part of its input pattern" in html
+
+
+def test_analyze_out_not_creatable(files, tmp_path, capsys):
+    d, *_ = files
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bad = blocker / "report"
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", bad, "-q"],
+        capsys,
+    )
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"sklearn-peek: error: --out {str(bad)!r}: cannot ")
+
+
 @pytest.mark.parametrize(
     "case, extra, message",
     [
@@ -196,7 +261,13 @@ def test_analyze_pickled_module_needs_trust(files, tmp_path, capsys):
         ("not onnx", ["bad.onnx", "--data", "x.npy"], "could not be read as an ONNX"),
         ("shape", ["net.onnx", "--data", "x10.npy"], r"\(1, 8, 8\).*\(1, 10, 10\)"),
         ("layer", ["net.onnx", "--data", "x.npy", "--layers", "relu9"], "relu9"),
-        ("flat", ["net.onnx", "--data", "y.npy"], r"--data has shape \(200,\)"),
+        ("flat", ["net.onnx", "--data", "y.npy"],
+         r"--data has shape \(200,\); expected at least 2 dimensions "
+         r"\(n_samples, \.\.\.\)"),
+        ("data key", ["net.onnx", "--data", "x.npy", "--data-key", "foo"],
+         r"--data-key 'foo' applies to \.npz files only.*x\.npy"),
+        ("cv too large", ["net.onnx", "--data", "x.npy", "--cv", "500"],
+         r"--cv 500 is larger than the 200 inputs"),
         ("input shape", ["net.onnx", "--data", "x.npy", "--input-shape", "1,9,9"],
          "--input-shape 1,9,9 holds 81 values"),
         ("rank", ["net.onnx", "--data", "x.npy", "--ranks", "1:500"],
@@ -272,12 +343,50 @@ def test_help_explains_every_option(capsys):
          "'a,b' is not a shape"),
         (["analyze", "m.onnx", "--data", "x", "--out", "o", "--criterion", "aic"],
          "invalid choice: 'aic'"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--energy", "2"],
+         "argument --energy: '2': expected a number in (0, 1]"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--energy", "0"],
+         "argument --energy: '0': expected a number in (0, 1]"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--energy", "nan"],
+         "argument --energy: 'nan': expected a number in (0, 1]"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--cv", "1"],
+         "argument --cv: '1': expected an integer >= 2"),
+        (["demo", "--out", "o", "--cv", "1"],
+         "argument --cv: '1': expected an integer >= 2"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--jobs", "0"],
+         "argument --jobs/-j: '0': expected a non-zero integer"),
+        (["demo", "--out", "o", "-j", "0"],
+         "argument --jobs/-j: '0': expected a non-zero integer"),
     ],
 )  # fmt: skip
 def test_bad_command_line_exit_code_2(capsys, argv, message):
     code, _, err = _run(argv, capsys)
     assert code == 2
     assert message in err
+
+
+def test_good_option_values_pass_the_parser():
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["analyze", "m.onnx", "--data", "x", "--out", "o", "--energy", "1",
+         "--cv", "2", "--jobs", "-1"]
+    )  # fmt: skip
+    assert (args.energy, args.cv, args.jobs) == (1.0, 2, -1)
+    args = parser.parse_args(["demo", "--out", "o", "--cv", "5", "-j", "2"])
+    assert (args.cv, args.jobs) == (5, 2)
+
+
+def test_analyze_activations_validates_the_scorer_first():
+    # A bad cv must be reported as such, not as "expected ranks <= 0" from
+    # the rank limit computed with it.
+    A = np.random.default_rng(0).random((30, 20))
+    kw = dict(criterion="bcv", seed=0, jobs=1, device=None)
+    with pytest.raises(ValueError, match=r"cv=1 is invalid; expected an integer >= 2"):
+        cli.analyze_activations(A, [("input", 10), ("l", 10)], ranks=[1, 2], cv=1, **kw)
+    with pytest.raises(ValueError, match=r"energy_threshold=1\.5"):
+        cli.analyze_activations(
+            A, [("input", 10), ("l", 10)], ranks=[1, 2], cv=3, energy=1.5, **kw
+        )
 
 
 def test_parse_ranks_and_shapes():
@@ -315,6 +424,48 @@ def test_layers_command_lists_layers(files, capsys):
     assert code == 0
     names = [line.split()[0] for line in out.strip().splitlines()[1:]]
     assert {"conv1", "relu1", "pool1", "fc1", "relu2"} <= set(names)
+
+
+def test_layers_command_pickle_needs_input_shape(files, capsys):
+    d, *_ = files
+    code, out, err = _run(["layers", d / "net_pickle.pt", "--trust-pickle"], capsys)
+    assert code == 1 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "give --input-shape C,H,W" in lines[0]
+    assert "input_shape=(C, H, W)" not in lines[0]  # the Python API's wording
+
+
+def test_help_example_layer_names_work_with_torch_onnx(capsys):
+    import io
+
+    from sklearn_peek import LayerActivationExtractor, available_layers, studies
+
+    code, out, _ = _run(["--help"], capsys)
+    assert code == 0
+    assert "'sklearn-peek layers MODEL' lists the names" in out
+    names = re.search(r"--layers ((?:\S+ )+?)--ranks", out).group(1).split()
+    assert names == ["/pool1/MaxPool", "/relu3/Relu"]
+    # The example's lenet.onnx: the library's LeNet exported by torch.
+    data = studies.digits_split()
+    clf = studies.LeNetClassifier(epochs=0, random_state=0)
+    clf.fit(data.X_train[:40], data.y_train[:40])
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            clf.module_,
+            (torch.zeros(2, 1, 8, 8),),
+            buf,
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n"}},
+        )
+    onnx_bytes = buf.getvalue()
+    nodes = {r.get("node") for r in available_layers(onnx_bytes)}
+    assert set(names) <= nodes
+    ext = LayerActivationExtractor(onnx_bytes, layers=names).fit(data.X_test[:4])
+    assert [n for n, _ in ext.block_sizes_] == ["input", *names]
 
 
 def test_report_writer_escapes_text_and_writes_json(tmp_path):

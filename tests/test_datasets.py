@@ -100,6 +100,10 @@ def test_read_idx_errors(tmp_path):
     p.write_bytes(b"PK\x03\x04" + good[4:])
     with pytest.raises(ValueError, match=r"not an IDX file: magic number"):
         read_idx(p)
+    # The magic is the 4 bytes as an unsigned number (a .npy file starts so).
+    p.write_bytes(b"\x93NUMPY" + good[4:])
+    with pytest.raises(ValueError, match=r"magic number 2471384397 \(0x934e554d\);"):
+        read_idx(p)
     p.write_bytes(b"\x00\x00\x07\x02" + good[4:])  # unknown type code 0x07
     with pytest.raises(ValueError, match=r"not an IDX file"):
         read_idx(p)

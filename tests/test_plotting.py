@@ -104,10 +104,67 @@ def test_input_factors_multichannel_rgb_and_mean():
     np.testing.assert_allclose(img.get_array(), mean / mean.max())
 
 
+@pytest.mark.parametrize("image_shape", [(2, 1, 8, 8), (1, 8, 8), (8, 8)])
+def test_input_factors_split_block_draws_positive_minus_negative(image_shape):
+    # An input block made with nonneg="split": [relu(x), relu(-x)], 128 columns
+    # (extractor.layer_shapes_["input"] is (2, 1, 8, 8), input_shape_ (1, 8, 8)).
+    rng = np.random.default_rng(0)
+    H = rng.random((3, 128))
+    fig = plotting.plot_input_factors(H, image_shape=image_shape)
+    tiles = [ax for ax in fig.axes if ax.images]
+    assert len(tiles) == 3
+    assert "positive minus negative" in fig._suptitle.get_text()
+    for k, ax in enumerate(tiles):
+        im = ax.images[0]
+        diff = (H[k, :64] - H[k, 64:]).reshape(8, 8)
+        assert diff.min() < 0 < diff.max()
+        np.testing.assert_allclose(im.get_array(), diff / np.abs(diff).max())
+        # a diverging colormap, with 0 in the middle
+        assert im.get_cmap().name == "RdBu_r"
+        assert im.get_clim() == (-1.0, 1.0)
+
+
+def test_input_factors_split_block_from_feature_names_and_layer_channels():
+    import pandas as pd
+
+    from sklearn_peek import CoupledNMF
+
+    rng = np.random.default_rng(0)
+    names = [f"input__p{i}_pos" for i in range(16)]
+    names += [f"input__p{i}_neg" for i in range(16)]
+    conv = [
+        f"conv__c{c}_y{y}_x{x}" for c in range(2) for y in range(2) for x in range(2)
+    ]
+    conv = [f"{n}_pos" for n in conv] + [f"{n}_neg" for n in conv]
+    A = pd.DataFrame(rng.random((40, 48)), columns=names + conv)
+    model = CoupledNMF(3, blocks="auto", random_state=0, max_iter=50).fit(A)
+    fig = plotting.plot_input_factors(model)  # the shape is inferred from 16
+    H0 = model.block_components("input")
+    diff = (H0[1, :16] - H0[1, 16:]).reshape(4, 4)
+    np.testing.assert_allclose(
+        fig.axes[1].images[0].get_array(), diff / np.abs(diff).max(), rtol=1e-6
+    )
+    # Without split names, 32 features are not an image: no guess.
+    with pytest.raises(ValueError, match="cannot guess the image shape"):
+        plotting.plot_input_factors(H0)
+    # The split conv layer is summed over both parts and space, per channel,
+    # from its (2, C, H, W) shape or from its feature names.
+    Hc = model.block_components("conv")
+    expected = Hc.reshape(3, 2, 2, 4).sum(axis=(1, 3)).T
+    expected = expected / expected.max(axis=0, keepdims=True)
+    for shapes in ({"conv": (2, 2, 2, 2)}, None):
+        fig = plotting.plot_layer_factors(model, layer_shapes=shapes)
+        ax = fig.axes[0]
+        assert ax.get_ylabel() == "conv channel"
+        np.testing.assert_allclose(ax.images[0].get_array(), expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"image_shape": (7, 7)}, r"image_shape=\(7, 7\) holds 49 values.*64"),
+        ({"image_shape": (3, 1, 8, 4)}, r"\(3, 1, 8, 4\) is not understood.*split"),
+        ({"image_shape": (2, 1, 8, 8)}, r"holds 128 values.*64 features"),
         ({"image_shape": (8, 8), "components": [9]}, r"components=\[9\].*3 factors"),
         ({"image_shape": (8, 8), "ncols": 0}, "ncols=0"),
     ],
