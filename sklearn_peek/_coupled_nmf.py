@@ -39,6 +39,7 @@ from ._validation import (
     Interval,
     StrOptions,
     _fit_context,
+    check_finite,
     check_finite_nonneg,
     check_is_fitted,
     check_weights,
@@ -266,7 +267,8 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.positive_only = True
-        tags.input_tags.sparse = True
+        # Kullback-Leibler is solved on dense X only (_check_solver_loss)
+        tags.input_tags.sparse = self.beta_loss != "kullback-leibler"
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 
@@ -428,7 +430,13 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 )
             H = _solvers._t().from_numpy(self.components_).to(X.device)
             return X.to(H.dtype) @ H
-        W = check_array(X, dtype=[np.float64, np.float32])
+        W = check_array(X, dtype=[np.float64, np.float32], ensure_all_finite=False)
+        check_finite(
+            W,
+            name="X",
+            where="CoupledNMF.inverse_transform",
+            what="the sample factor W",
+        )
         if W.shape[1] != self.n_components_:
             raise ValueError(
                 f"inverse_transform: argument X (the sample factor W) has "
@@ -686,8 +694,16 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                     f"W={'None' if W is None else 'an array'}, "
                     f"H={'None' if H is None else 'an array'}."
                 )
-            H = np.array(check_array(H, dtype=[np.float64, np.float32]), dtype=dt)
-            W = np.array(check_array(W, dtype=[np.float64, np.float32]), dtype=dt)
+            # NaN and inf are reported below, naming W or H
+            H, W = (
+                np.array(
+                    check_array(
+                        a, dtype=[np.float64, np.float32], ensure_all_finite=False
+                    ),
+                    dtype=dt,
+                )
+                for a in (H, W)
+            )
             if k is None:
                 k = H.shape[0]
             for nm, arr, shape in (("H", H, (k, p)), ("W", W, (n, k))):
@@ -971,6 +987,30 @@ def _batchable(model):
     )
 
 
+def _check_ranks(ranks):
+    """``ranks`` of :func:`fit_ranks` as a list of distinct ints >= 1."""
+    given = ranks
+    ranks = list(ranks)
+    if not ranks:
+        raise ValueError(
+            f"fit_ranks: ranks={given!r} is empty; expected at least one integer >= 1."
+        )
+    for r in ranks:
+        if not is_integral(r) or int(r) < 1:
+            raise ValueError(
+                f"fit_ranks: ranks contains {r!r}; expected integers >= 1."
+            )
+    ranks = [int(r) for r in ranks]
+    dup = sorted({r for r in ranks if ranks.count(r) > 1})
+    if dup:
+        raise ValueError(
+            f"fit_ranks: ranks={given!r} contains rank {dup[0]} more than once; "
+            "expected distinct ranks (each would be fitted again, to the same "
+            "model)."
+        )
+    return ranks
+
+
 def fit_ranks(estimator, X, ranks):
     """Fit one copy of ``estimator`` per rank, sharing the passes over X.
 
@@ -991,6 +1031,7 @@ def fit_ranks(estimator, X, ranks):
         The settings (its ``n_components`` is ignored).
     X : {array-like, torch.Tensor} of shape (n_samples, n_features)
     ranks : iterable of int
+        Distinct ranks >= 1, at least one, in any order.
 
     Returns
     -------
@@ -998,6 +1039,14 @@ def fit_ranks(estimator, X, ranks):
         Fitted, one per rank, in the order of ``ranks``.
     Ws : list of ndarray or torch.Tensor
         The sample factor of each (torch tensors when X is one).
+
+    Raises
+    ------
+    TypeError
+        If ``estimator`` is not a CoupledNMF.
+    ValueError
+        If ``ranks`` is empty, holds a value that is not an integer >= 1 or
+        holds a rank twice, or if ``estimator`` has ``init="custom"``.
 
     Examples
     --------
@@ -1014,13 +1063,7 @@ def fit_ranks(estimator, X, ranks):
             f"fit_ranks: argument estimator is a {type(estimator).__name__}; "
             "expected a CoupledNMF."
         )
-    ranks = list(ranks)
-    for r in ranks:
-        if not is_integral(r) or int(r) < 1:
-            raise ValueError(
-                f"fit_ranks: ranks contains {r!r}; expected integers >= 1."
-            )
-    ranks = [int(r) for r in ranks]
+    ranks = _check_ranks(ranks)
     base = clone(estimator)
     base._validate_params()
     if base.init == "custom":
@@ -1028,8 +1071,6 @@ def fit_ranks(estimator, X, ranks):
             "fit_ranks: estimator has init='custom', which needs a start (W, H) "
             "for one rank; expected another init (None, 'random', 'nndsvd', ...)."
         )
-    if not ranks:
-        return [], []
     if not _batchable(base):
         models = [clone(base).set_params(n_components=r) for r in ranks]
         return models, [m.fit_transform(X) for m in models]

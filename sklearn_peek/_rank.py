@@ -36,13 +36,24 @@ from sklearn_peek._backend import (
     select_compute_device,
     to_numpy,
 )
-from sklearn_peek._validation import check_finite_nonneg
+from sklearn_peek._validation import (
+    check_finite_nonneg,
+    check_weights,
+    is_integral,
+    validate_parameter_constraints,
+)
 
 _CRITERIA = ("bcv", "elbow", "energy", "stability")
 _COUPLINGS = ("input", "none", "all")
 _SELECTIONS = ("one_se", "max")
 _INPUT = "input"
 _ALL = "all"
+# ranks=None: the ranks swept by default
+_DEFAULT_RANKS = range(1, 31)
+# Parameters the scorer passes on (to every CoupledNMF, or to joblib for
+# verbose), checked up front with CoupledNMF's constraints under the scorer's
+# name. max_iter and init have their own, stricter checks.
+_PASSED_ON = ("block_weights", "solver", "tol", "random_state", "verbose")
 
 
 # --------------------------------------------------------------------------
@@ -81,6 +92,14 @@ def _rank_chains(ranks, warm_start):
         cost += r
     chains.append(cur)
     return chains
+
+
+def _block_pair(i, block):
+    """Item ``i`` of ``blocks`` as (name, size): a plain size is "block<i>"."""
+    if is_integral(block):
+        return f"block{i}", int(block)
+    name, size = block  # TypeError / ValueError unless a pair
+    return str(name), int(size)
 
 
 def _col_weights(block_sizes, block_weights):
@@ -415,12 +434,17 @@ class RankQualityScorer(BaseEstimator):
         its ``block_sizes_``. When the scorer is *called* on an estimator, the
         extractor serves as a template (pooling, nonneg, input_shape, ...)
         whose ``model`` is replaced by the estimator's model.
-    blocks : list of (name, size) or None, default=None
-        Block layout of an ndarray ``X``. A pandas DataFrame carries it in its
-        column names ``"<block>__<feature>"`` and needs none.
-    ranks : iterable of int, default=range(1, 31)
-        Ranks to try (sorted; each >= 1 and <= the rows and columns of every
-        coupled matrix, see Raises).
+    blocks : list of (name, size) or of int, or None, default=None
+        Block layout of an ndarray ``X``, e.g. ``extractor.block_sizes_``. A
+        plain size is named ``"block<i>"`` (``i``: its position), as
+        :class:`~sklearn_peek.CoupledNMF` names it; since no plain size is
+        named ``"input"``, ``coupling="input"`` needs the input block given
+        as a pair, ``("input", size)``. A pandas DataFrame carries the layout
+        in its column names ``"<block>__<feature>"`` and needs none.
+    ranks : iterable of int or None, default=None
+        Ranks to try (sorted; distinct, each >= 1 and <= the rows and columns
+        of every coupled matrix, see Raises). None means ranks 1 to 30,
+        ``range(1, 31)``.
     criterion : {"bcv", "elbow", "energy", "stability"}, default="bcv"
         How the rank is selected:
 
@@ -548,10 +572,14 @@ class RankQualityScorer(BaseEstimator):
     ------
     ValueError
         For bad parameters or data, naming the argument, the value and what is
-        allowed: empty or non-positive ``ranks``; a rank above the rows
-        (training rows for ``"bcv"``) or the columns of a coupled matrix (the
-        layer is named); ``cv < 2`` or ``cv > n_samples``; a layer that does
-        not exist (close matches are listed); an unknown ``criterion``.
+        allowed: empty, non-positive or repeated ``ranks``; a rank above the
+        rows (training rows for ``"bcv"``) or the columns of a coupled matrix
+        (the layer is named); ``cv < 2`` or ``cv > n_samples``; a layer that
+        does not exist (close matches are listed); an unknown ``criterion``;
+        a ``block_weights``, ``solver``, ``tol``, ``random_state`` or
+        ``verbose`` that CoupledNMF or joblib would refuse (checked before
+        any work, also before ``extractor`` runs; an invalid one raises
+        scikit-learn's ``InvalidParameterError``, a ValueError).
 
     Notes
     -----
@@ -591,7 +619,7 @@ class RankQualityScorer(BaseEstimator):
         *,
         extractor=None,
         blocks=None,
-        ranks=range(1, 31),
+        ranks=None,
         criterion="bcv",
         cv=5,
         coupling="input",
@@ -632,8 +660,15 @@ class RankQualityScorer(BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True  # fit refuses negative data
+        return tags
+
     # ------------------------------------------------------------ validation
     def _validate_params(self):
+        """Check the parameters before any work; return the sorted ranks."""
+
         def choice(name, value, allowed):
             if not isinstance(value, str) or value not in allowed:
                 raise ValueError(
@@ -648,32 +683,7 @@ class RankQualityScorer(BaseEstimator):
             # "custom" is what the warm starts use internally
             choice("init", self.init, ("nndsvd", "nndsvda", "nndsvdar", "random"))
 
-        try:
-            ranks = list(self.ranks)
-        except TypeError:
-            raise ValueError(
-                f"ranks={self.ranks!r} is not an iterable of integers; expected e.g. "
-                "range(1, 31)."
-            ) from None
-        if not ranks:
-            raise ValueError(
-                f"ranks={self.ranks!r} is empty; expected at least one positive "
-                "integer."
-            )
-        bad = [
-            r
-            for r in ranks
-            if not isinstance(r, numbers.Integral) or isinstance(r, bool) or r < 1
-        ]
-        if bad:
-            raise ValueError(
-                f"ranks={self.ranks!r} contains {bad[0]!r}; expected positive integers."
-            )
-        ranks = sorted(int(r) for r in ranks)
-        if len(set(ranks)) != len(ranks):
-            raise ValueError(
-                f"ranks={self.ranks!r} contains duplicates; expected distinct ranks."
-            )
+        ranks = self._check_ranks()
 
         def integer(name, value, low):
             if (
@@ -704,7 +714,77 @@ class RankQualityScorer(BaseEstimator):
                 f"n_jobs={self.n_jobs!r} is invalid; expected None or a non-zero "
                 "integer."
             )
+        self._check_passed_on()
         return ranks
+
+    def _check_ranks(self):
+        """``ranks`` (None: ``range(1, 31)``) as a sorted list of distinct ints."""
+        given = _DEFAULT_RANKS if self.ranks is None else self.ranks
+        try:
+            ranks = list(given)
+        except TypeError:
+            raise ValueError(
+                f"ranks={self.ranks!r} is not an iterable of integers; expected e.g. "
+                "range(1, 31), or None for that range."
+            ) from None
+        if not ranks:
+            raise ValueError(
+                f"ranks={self.ranks!r} is empty; expected at least one positive "
+                "integer."
+            )
+        bad = [r for r in ranks if not is_integral(r) or r < 1]
+        if bad:
+            raise ValueError(
+                f"ranks={self.ranks!r} contains {bad[0]!r}; expected positive integers."
+            )
+        ranks = sorted(int(r) for r in ranks)
+        if len(set(ranks)) != len(ranks):
+            raise ValueError(
+                f"ranks={self.ranks!r} contains duplicates; expected distinct ranks."
+            )
+        return ranks
+
+    def _ranks_txt(self):
+        """``ranks=...`` for messages (None is spelt out)."""
+        if self.ranks is None:
+            return "ranks=None (ranks 1 to 30)"
+        return f"ranks={self.ranks!r}"
+
+    def _check_passed_on(self):
+        """Check what goes on to CoupledNMF and joblib, naming the scorer.
+
+        The constraints are CoupledNMF's own (scikit-learn's for ``verbose``
+        and ``random_state``), so what passes here passes there; explicit
+        block weights are checked for values, and for length where the
+        coupling fixes the number of blocks (one or two; ``coupling="all"``:
+        in :meth:`fit`, once the data gives it).
+        """
+        from sklearn_peek._coupled_nmf import CoupledNMF
+
+        own = CoupledNMF._parameter_constraints
+        constraints = {
+            k: own[k] if k not in ("verbose", "random_state") else [k]
+            for k in _PASSED_ON
+        }
+        validate_parameter_constraints(
+            constraints,
+            {k: getattr(self, k) for k in _PASSED_ON},
+            caller_name=type(self).__name__,
+        )
+        names = {_INPUT: [_INPUT, "<layer>"], "none": ["<layer>"]}
+        if self.coupling in names:
+            self._check_block_weights(names[self.coupling])
+
+    def _check_block_weights(self, block_names):
+        """Explicit ``block_weights``: one finite weight >= 0 per block."""
+        if isinstance(self.block_weights, str):  # "norm" or "none"
+            return
+        check_weights(
+            self.block_weights,
+            len(block_names),
+            name="block_weights",
+            block_names=block_names,
+        )
 
     def _check_data(self, X):
         """Return (array, block_sizes) from X, blocks and extractor."""
@@ -762,12 +842,13 @@ class RankQualityScorer(BaseEstimator):
         return Xa, blocks
 
     def _blocks_param(self):
+        """``blocks`` as (name, size) pairs; plain sizes are named "block<i>"."""
         try:
-            blocks = [(str(n), int(s)) for n, s in self.blocks]
+            blocks = [_block_pair(i, b) for i, b in enumerate(self.blocks)]
         except (TypeError, ValueError):
             raise ValueError(
                 f"blocks={self.blocks!r} is invalid; expected a list of (name, size) "
-                "pairs such as [('input', 64), ('conv1', 96)]."
+                "pairs such as [('input', 64), ('conv1', 96)], or of sizes."
             ) from None
         names = [n for n, _ in blocks]
         if len(set(names)) != len(names) or any(s < 1 for _, s in blocks):
@@ -829,11 +910,7 @@ class RankQualityScorer(BaseEstimator):
                 "expected at least one layer block."
             )
         if self.coupling == _INPUT and _INPUT not in names:
-            raise ValueError(
-                "coupling='input' needs an 'input' block, but the blocks are "
-                f"{names!r}; "
-                "expected the extractor's include_input=True, or coupling='none'."
-            )
+            raise ValueError(self._no_input_block_message(names))
         out = []
         for name in layers:
             if self.coupling == _INPUT:
@@ -846,6 +923,24 @@ class RankQualityScorer(BaseEstimator):
                 cols = slice(int(cols[0]), int(cols[-1]) + 1)  # a view, not a copy
             out.append((name, cols, cb))
         return out
+
+    def _no_input_block_message(self, names):
+        """Why ``coupling="input"`` cannot run on blocks ``names``, and the ways out."""
+        msg = f"coupling='input' needs an 'input' block, but the blocks are {names!r}"
+        plain = self.blocks is not None and any(is_integral(b) for b in self.blocks)
+        if plain:
+            # e.g. with the first block as the input, as the extractor puts it
+            example = [_block_pair(i, b) for i, b in enumerate(self.blocks)]
+            example[0] = (_INPUT, example[0][1])
+            return (
+                f"{msg}: blocks={self.blocks!r} gives plain sizes, named "
+                "'block<i>' as CoupledNMF names them, and a size cannot say which "
+                "block holds the input. Expected (name, size) pairs naming it, "
+                f"e.g. blocks={example!r}, or coupling='none' or 'all'."
+            )
+        return (
+            f"{msg}; expected the extractor's include_input=True, or coupling='none'."
+        )
 
     def _rank_limit(self, n_samples, blocks):
         """The largest rank every layer's coupled matrix supports, and why.
@@ -892,6 +987,8 @@ class RankQualityScorer(BaseEstimator):
         """
         ranks = self._validate_params()
         Xa, blocks = self._check_data(X)
+        if self.coupling == _ALL:
+            self._check_block_weights([b for b, _ in blocks])
         n = Xa.shape[0]
         criterion = self.criterion
         if criterion == "bcv" and self.cv > n:
@@ -909,7 +1006,7 @@ class RankQualityScorer(BaseEstimator):
         layer_cols = self._layer_columns(blocks)
         limit = self._rank_limit(n, blocks)
         if ranks[-1] > limit[0]:
-            raise ValueError(f"ranks={self.ranks!r} goes up to {ranks[-1]}, {limit[1]}")
+            raise ValueError(f"{self._ranks_txt()} goes up to {ranks[-1]}, {limit[1]}")
 
         rng = check_random_state(self.random_state)
         base = int(rng.randint(np.iinfo(np.int32).max))
@@ -1177,6 +1274,7 @@ class RankQualityScorer(BaseEstimator):
         float
             See :meth:`score_value`; higher is better.
         """
+        self._validate_params()  # before the network runs
         model, ext, Xm = _resolve_model(estimator, X)
         if ext is None:
             ext = self._build_extractor(model, estimator)

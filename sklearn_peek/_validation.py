@@ -1,8 +1,9 @@
 """Small input-checking helpers shared by the estimators of sklearn_peek.
 
 This is also the one place where scikit-learn's private helpers are imported
-(``_fit_context`` and the parameter-constraint classes), so a change in
-scikit-learn's internals has to be followed here only.
+(``_fit_context``, the parameter-constraint classes and validator, and the
+``set_output`` configuration), so a change in scikit-learn's internals has to
+be followed here only.
 
 Every check raises an exception that names the argument, the value that was
 received (and where, for arrays) and what was expected.
@@ -18,22 +19,29 @@ from sklearn.base import _fit_context
 from sklearn.utils._param_validation import (
     Hidden,
     Interval,
+    InvalidParameterError,
     Options,
     StrOptions,
+    validate_parameter_constraints,
 )
+from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = [
     "Hidden",
     "Interval",
+    "InvalidParameterError",
     "Options",
     "StrOptions",
     "_fit_context",
+    "check_finite",
     "check_finite_nonneg",
     "check_is_fitted",
     "check_weights",
     "column_block_sq_norms",
+    "transform_output",
     "validate_data",
+    "validate_parameter_constraints",
 ]
 
 # Rows per chunk when scanning a dense array: bounds the temporary boolean /
@@ -88,23 +96,71 @@ def check_finite_nonneg(X, *, name="X", where=None, col_names=None):
     ...     print(exc)  # doctest: +ELLIPSIS
     Negative values in data passed to argument X: X[0, 1] = -2.0 at row 0, ...
     """
+    _scan(X, name, where, col_names, nonneg=True)
+
+
+def check_finite(X, *, name="X", where=None, what=None):
+    """Check that every entry of ``X`` is finite (negative values are allowed).
+
+    The scan runs over row chunks, like :func:`check_finite_nonneg`.
+
+    Parameters
+    ----------
+    X : ndarray or scipy sparse matrix of shape (n_rows, n_cols)
+        The array to check (already converted to a float dtype).
+    name : str, default="X"
+        Name of the argument, used in the message.
+    where : str, default=None
+        Name of the caller (for example ``"CoupledNMF.inverse_transform"``),
+        used in the message.
+    what : str, default=None
+        What the argument holds (for example ``"the sample factor W"``),
+        added to the message after its name.
+
+    Raises
+    ------
+    ValueError
+        If an entry is NaN or infinite. The message gives the row and column
+        of the first offending entry and its value.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_peek._validation import check_finite
+    >>> check_finite(np.array([[-1.0, 2.0]]))
+    >>> try:
+    ...     check_finite(np.array([[1.0, np.nan]]), name="W", what="the factor")
+    ... except ValueError as exc:
+    ...     print(exc)  # doctest: +ELLIPSIS
+    Input W contains NaN: argument W (the factor) has W[0, 1] = nan at row 0, ...
+    """
+    _scan(X, name, where, None, nonneg=False, what=what)
+
+
+def _scan(X, name, where, col_names, *, nonneg, what=None):
+    """Raise for the first non-finite (or, with ``nonneg``, negative) entry."""
     caller = f"{where} " if where else ""
+    label = f"{name} ({what})" if what else name
+
+    def fail(kind, row, col, value):
+        _raise(kind, name, caller, row, col, value, col_names, label)
+
     if sp.issparse(X):
         X = X.tocsr()
         data = X.data
-        bad_nan = ~np.isfinite(data)
-        bad_neg = data < 0
-        for bad, kind in ((bad_nan, "nonfinite"), (bad_neg, "negative")):
+        checks = [(~np.isfinite(data), "nonfinite")]
+        if nonneg:
+            checks.append((data < 0, "negative"))
+        for bad, kind in checks:
             if bad.any():
                 k = int(np.flatnonzero(bad)[0])
                 row = int(np.searchsorted(X.indptr, k, side="right") - 1)
-                col = int(X.indices[k])
-                _raise(kind, name, caller, row, col, data[k], col_names)
+                fail(kind, row, int(X.indices[k]), data[k])
         return
     X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(
-            f"{caller}argument {name} must be 2-D (n_samples, n_features); "
+            f"{caller}argument {label} must be 2-D (n_samples, n_features); "
             f"got an array of shape {X.shape}."
         )
     for start, stop in _row_chunks(X.shape[0], X.shape[1]):
@@ -112,27 +168,60 @@ def check_finite_nonneg(X, *, name="X", where=None, col_names=None):
         finite = np.isfinite(chunk)
         if not finite.all():
             r, c = _first_position(~finite)
-            _raise("nonfinite", name, caller, start + r, c, chunk[r, c], col_names)
-        if chunk.size and chunk.min() < 0:
+            fail("nonfinite", start + r, c, chunk[r, c])
+        if nonneg and chunk.size and chunk.min() < 0:
             r, c = _first_position(chunk < 0)
-            _raise("negative", name, caller, start + r, c, chunk[r, c], col_names)
+            fail("negative", start + r, c, chunk[r, c])
 
 
-def _raise(kind, name, caller, row, col, value, col_names):
+def _raise(kind, name, caller, row, col, value, col_names, label):
     col_txt = f" (column {col_names[col]!r})" if col_names is not None else ""
     if kind == "nonfinite":
         what = "NaN" if np.isnan(value) else "infinity"
         raise ValueError(
-            f"Input {name} contains {what}: {caller}argument {name} has "
+            f"Input {name} contains {what}: {caller}argument {label} has "
             f"{name}[{row}, {col}] = {float(value)!r} at row {row}, column {col}"
             f"{col_txt}; expected finite values (NaN and inf are not allowed)."
         )
     raise ValueError(
-        f"Negative values in data passed to {caller}argument {name}: "
+        f"Negative values in data passed to {caller}argument {label}: "
         f"{name}[{row}, {col}] = {float(value)!r} at row {row}, column {col}"
         f"{col_txt}; expected non-negative values (e.g. post-ReLU activations or "
         "pixel intensities)."
     )
+
+
+def transform_output(estimator):
+    """The container ``set_output`` asks ``estimator``'s transform to return.
+
+    Parameters
+    ----------
+    estimator : estimator instance
+        A transformer (its own ``set_output`` setting counts first, then
+        ``sklearn.set_config(transform_output=...)``).
+
+    Returns
+    -------
+    container : str
+        ``"default"``, ``"pandas"`` or ``"polars"``.
+    source : str
+        How it was set, in the words the user typed: ``"set_output(transform=
+        'pandas')"`` or ``"sklearn.set_config(transform_output='pandas')"``.
+
+    Examples
+    --------
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from sklearn_peek._validation import transform_output
+    >>> transform_output(StandardScaler().set_output(transform="pandas"))
+    ('pandas', "set_output(transform='pandas')")
+    """
+    container = _get_output_config("transform", estimator)["dense"]
+    own = getattr(estimator, "_sklearn_output_config", {}).get("transform")
+    if own is not None:
+        source = f"set_output(transform={own!r})"
+    else:
+        source = f"sklearn.set_config(transform_output={container!r})"
+    return container, source
 
 
 def column_block_sq_norms(X, slices, *, ord="fro"):

@@ -16,7 +16,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.estimator_checks import (
+    check_estimator_sparse_tag,
+    parametrize_with_checks,
+)
 
 from sklearn_peek import CoupledNMF
 
@@ -47,7 +50,21 @@ def test_sklearn_compatible(estimator, check):
 def test_tags():
     tags = CoupledNMF().__sklearn_tags__()
     assert tags.input_tags.positive_only
+    assert tags.input_tags.sparse
     assert set(tags.transformer_tags.preserves_dtype) == {"float64", "float32"}
+
+
+def test_kullback_leibler_does_not_claim_sparse_input():
+    kl = CoupledNMF(
+        solver="mu", beta_loss="kullback-leibler", max_iter=500, random_state=0
+    )
+    assert not kl.__sklearn_tags__().input_tags.sparse
+    # the tag agrees with fit, which refuses sparse X naming it
+    check_estimator_sparse_tag("CoupledNMF", kl)
+    with pytest.raises(ValueError, match="needs dense X"):
+        kl.fit(sp.csr_matrix(np.ones((4, 3))))
+    # set_params switches the tag back
+    assert kl.set_params(beta_loss="frobenius").__sklearn_tags__().input_tags.sparse
 
 
 def test_clone_pickle_pipeline_and_attributes():
@@ -387,6 +404,18 @@ def test_bad_rank_init_and_parameters():
         CoupledNMF(2, init="custom").fit_transform(
             X, W=np.ones((8, 2)), H=-np.ones((2, 6))
         )
+    W_nan = np.ones((8, 2))
+    W_nan[3, 1] = np.nan
+    with pytest.raises(
+        ValueError,
+        match=r"Input W contains NaN: CoupledNMF.fit_transform argument W has "
+        r"W\[3, 1\] = nan",
+    ):
+        CoupledNMF(2, init="custom").fit_transform(X, W=W_nan, H=np.ones((2, 6)))
+    with pytest.raises(ValueError, match=r"Input H contains infinity.*argument H"):
+        CoupledNMF(2, init="custom").fit(
+            X, W=np.ones((8, 2)), H=np.full((2, 6), np.inf)
+        )
     with pytest.warns(
         RuntimeWarning, match="W and H passed to fit_transform are ignored"
     ):
@@ -412,6 +441,17 @@ def test_bad_transform_inputs():
         model.block_components("nope")
     with pytest.raises(ValueError, match=r"has 2 columns; expected n_components_=3"):
         model.inverse_transform(np.ones((4, 2)))
+    W_bad = np.ones((4, 3))
+    W_bad[2, 0] = np.nan
+    with pytest.raises(
+        ValueError,
+        match=r"Input X contains NaN: CoupledNMF.inverse_transform argument X "
+        r"\(the sample factor W\) has X\[2, 0\] = nan",
+    ):
+        model.inverse_transform(W_bad)
+    # a negative W is not refused (inverse_transform is a plain product)
+    W_bad[2, 0] = -1.0
+    assert model.inverse_transform(W_bad).shape == (4, 312)
     names = [f"{b}__f{i}" for b, size in BLOCKS for i in range(size)]
     dfmodel = CoupledNMF(3, blocks="auto", random_state=0).fit(
         pd.DataFrame(X, columns=names)
@@ -508,6 +548,12 @@ def test_fit_ranks_without_a_stackable_solver_fits_one_by_one():
         ((CoupledNMF(), [0, 1]), r"ranks contains 0; expected integers >= 1"),
         ((CoupledNMF(init="custom"), [1]), r"init='custom'.*expected another init"),
         ((NMF(), [1]), r"estimator is a NMF; expected a CoupledNMF"),
+        ((CoupledNMF(), []), r"ranks=\[\] is empty; expected at least one"),
+        ((CoupledNMF(), range(3, 3)), r"ranks=range\(3, 3\) is empty"),
+        (
+            (CoupledNMF(), [2, 3, 2]),
+            r"ranks=\[2, 3, 2\] contains rank 2 more than once; expected distinct",
+        ),
     ],
 )
 def test_fit_ranks_bad_input(args, match):

@@ -118,3 +118,40 @@ def test_grid_search_clones_share_the_model(X):
     assert search.best_params_["nmf__n_components"] in (2, 4)
     assert search.best_estimator_.named_steps["extract"].model is net
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+
+
+def test_torch_output_refuses_a_pandas_set_output(X):
+    pd = pytest.importorskip("pandas")
+    import sklearn
+
+    net = _lenet()
+    ext = LayerActivationExtractor(net, input_shape=(1, 28, 28), output="torch")
+    own = r"output='torch' cannot be combined with set_output\(transform='pandas'\)"
+    way_out = r"Expected output='numpy'.*or set_output\(transform='default'\)"
+    with pytest.raises(ValueError, match=own + ".*" + way_out):
+        ext.set_output(transform="pandas").fit_transform(X)
+    # set after fit: transform refuses before running the model
+    ext = LayerActivationExtractor(net, input_shape=(1, 28, 28), output="torch")
+    ext.fit(X).set_output(transform="pandas")
+    with pytest.raises(ValueError, match=own):
+        ext.transform(X)
+    # the same through a Pipeline, and through the global configuration
+    pipe = make_pipeline(
+        LayerActivationExtractor(net, input_shape=(1, 28, 28), output="torch"),
+        _nmf(blocks=[784, 576, 96, 12]),
+    ).set_output(transform="pandas")
+    with pytest.raises(ValueError, match=own):
+        pipe.fit(X)
+    with sklearn.config_context(transform_output="pandas"):
+        ext = LayerActivationExtractor(net, input_shape=(1, 28, 28), output="torch")
+        with pytest.raises(ValueError, match=r"set_config\(transform_output='pandas'"):
+            ext.fit_transform(X)
+        # each way out works
+        A = ext.set_output(transform="default").fit_transform(X)
+        assert isinstance(A, torch.Tensor) and A.shape == (40, 1468)
+        A = (
+            ext.set_params(output="numpy")
+            .set_output(transform="pandas")
+            .fit_transform(X)
+        )
+        assert isinstance(A, pd.DataFrame)

@@ -309,6 +309,30 @@ def test_random_state_reproducible_and_matters():
             r"add up to 20 columns but X has 45",
         ),
         ({"blocks": None}, r"blocks=None but X is an ndarray"),
+        # passed on to CoupledNMF or joblib, but named as the scorer's
+        ({"verbose": "x"}, r"'verbose' parameter of RankQualityScorer.*Got 'x'"),
+        ({"tol": -1}, r"'tol' parameter of RankQualityScorer must be .*Got -1"),
+        ({"solver": "cd"}, r"'solver' parameter of RankQualityScorer.*Got 'cd'"),
+        (
+            {"block_weights": "foo"},
+            r"'block_weights' parameter of RankQualityScorer.*Got 'foo'",
+        ),
+        ({"random_state": "a"}, r"'random_state' parameter of RankQualityScorer"),
+        (
+            {"block_weights": [1, 2, 3]},
+            r"block_weights=\[1, 2, 3\] gives 3 value\(s\); expected 2 \(one per "
+            r"block: input, <layer>\)",
+        ),
+        (
+            {"block_weights": [1, 2], "coupling": "none"},
+            r"block_weights=\[1, 2\] gives 2 value\(s\); expected 1",
+        ),
+        (
+            {"block_weights": [1, 2], "coupling": "all"},
+            r"block_weights=\[1, 2\] gives 2 value\(s\); expected 3 \(one per "
+            r"block: input, conv1, fc1\)",
+        ),
+        ({"block_weights": [1, -1]}, r"entry 1 \(block '<layer>'\) is -1\.0"),
     ],
 )
 def test_bad_parameters(params, match):
@@ -317,6 +341,114 @@ def test_bad_parameters(params, match):
     kw.update(params)
     with pytest.raises(ValueError, match=match):
         RankQualityScorer(**kw).fit(X)
+
+
+def test_passed_on_parameters_are_checked_before_the_network_runs(
+    small_cnn_and_images,
+):
+    net, images = small_cnn_and_images
+    calls = []
+    hook = net.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        ext = LayerActivationExtractor(net, layers=["pool1"])
+        for bad in ({"tol": -1}, {"solver": "cd"}, {"verbose": "x"}):
+            scorer = RankQualityScorer(ranks=[1, 2], **bad)
+            with pytest.raises(ValueError, match="parameter of RankQualityScorer"):
+                scorer.set_params(extractor=ext).fit(images)
+            with pytest.raises(ValueError, match="parameter of RankQualityScorer"):
+                scorer.set_params(extractor=None)(net, images)
+        assert calls == []
+    finally:
+        hook.remove()
+
+
+def test_ranks_none_means_one_to_thirty():
+    X = planted(0, 2, n=60, widths=(10, 40))
+    kw = dict(blocks=blocks_of((10, 40)), criterion="energy", max_iter=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scorer = RankQualityScorer(**kw).fit(X)
+    assert scorer.get_params()["ranks"] is None
+    assert_array_equal(scorer.ranks_, np.arange(1, 31))
+    assert_array_equal(scorer.curves_["conv1"]["ranks"], np.arange(1, 31))
+    assert_array_equal(scorer.cv_results_["rank"], np.arange(1, 31))
+    assert scorer.score_value() == scorer.rank_["conv1"] / 30
+    # a plot of the sweep shows the thirty ranks
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sklearn_peek.plotting import plot_rank_sweep
+
+    fig = plot_rank_sweep(scorer)
+    assert_array_equal(fig.axes[0].lines[0].get_xdata(), np.arange(1, 31))
+    plt.close(fig)
+    # too few rows for rank 30: the message spells the default out
+    with pytest.raises(
+        ValueError, match=r"ranks=None \(ranks 1 to 30\) goes up to 30, but"
+    ):
+        RankQualityScorer(**kw).fit(X[:20])
+
+
+def test_scikit_learn_checks_on_default_parameters_and_positive_tag():
+    from sklearn.utils.estimator_checks import (
+        check_parameters_default_constructible,
+        check_positive_only_tag_during_fit,
+    )
+
+    scorer = RankQualityScorer(blocks=[("input", 2), ("conv1", 2)], ranks=[1, 2])
+    assert scorer.__sklearn_tags__().input_tags.positive_only
+    check_parameters_default_constructible("RankQualityScorer", scorer)
+    check_positive_only_tag_during_fit("RankQualityScorer", scorer)
+
+
+def test_blocks_as_plain_sizes_are_named_as_coupled_nmf_names_them():
+    X = planted(1, 2, n=60, widths=(10, 20))
+    kw = dict(ranks=[1, 2], cv=3, random_state=0)
+    sizes = RankQualityScorer(blocks=[10, 20], coupling="none", **kw).fit(X)
+    assert sizes.block_sizes_ == [("block0", 10), ("block1", 20)]
+    assert sizes.layers_ == ["block0", "block1"]  # no block is "input"
+    # block1 is analysed as the same block named by a pair would be
+    one = RankQualityScorer(blocks=[10, 20], layers="block1", coupling="none", **kw)
+    named = RankQualityScorer(blocks=blocks_of((10, 20)), coupling="none", **kw)
+    one.fit(X), named.fit(X)
+    assert one.rank_["block1"] == named.rank_["conv1"]
+    assert_array_equal(one.cv_results_["mean_score"], named.cv_results_["mean_score"])
+    # the input block given as a pair, the layer as a size
+    mixed = RankQualityScorer(blocks=[("input", 10), 20], **kw).fit(X)
+    assert mixed.layers_ == ["block1"]
+    # sizes alone cannot say which block is the input
+    with pytest.raises(
+        ValueError,
+        match=r"blocks=\[10, 20\] gives plain sizes.*cannot say which block holds "
+        r"the input.*blocks=\[\('input', 10\), \('block1', 20\)\], or "
+        r"coupling='none' or 'all'",
+    ):
+        RankQualityScorer(blocks=[10, 20], **kw).fit(X)
+    with pytest.raises(ValueError, match=r"blocks=\[10, 'x'\] is invalid.*or of sizes"):
+        RankQualityScorer(blocks=[10, "x"], **kw).fit(X)
+
+
+def test_parallel_backends_snippet_of_the_guide_runs():
+    """The "Any joblib backend works" block of rank.rst, up to its dask part.
+
+    (The dask backend itself is checked by
+    test_results_identical_for_n_jobs_and_backends.)
+    """
+    import textwrap
+    from pathlib import Path
+
+    rst = Path(__file__).resolve().parents[1] / "docs" / "user_guide" / "rank.rst"
+    lines = rst.read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("Any joblib backend"))
+    start = next(i for i in range(start, len(lines)) if lines[i].endswith("::")) + 2
+    stop = next(i for i in range(start, len(lines)) if "dask" in lines[i])
+    code = textwrap.dedent("\n".join(lines[start:stop]))
+    namespace = {}
+    exec(compile(code, "rank.rst", "exec"), namespace)
+    assert namespace["scorer"].rank_ == {"conv1": 4}
 
 
 def test_rank_beyond_columns_names_the_layer():

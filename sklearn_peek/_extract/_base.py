@@ -24,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._backend import available_memory as _available_memory
 from .._backend import is_torch_tensor, resolve_device, to_numpy
-from .._validation import is_integral
+from .._validation import is_integral, transform_output
 
 #: At most this many layers are picked by ``layers="auto"``.
 MAX_AUTO_LAYERS = 8
@@ -430,7 +430,10 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         ``make_pipeline(LayerActivationExtractor(net, device="cuda",
         output="torch"), CoupledNMF(blocks=...))`` factorizes them on the GPU
         without a round trip through host memory (CoupledNMF follows tensor
-        input to its device).
+        input to its device). Cannot be combined with
+        ``set_output(transform="pandas")`` (or ``"polars"``, or the same
+        ``sklearn.set_config(transform_output=...)``): fit and transform
+        raise a ValueError.
     onnx_optimization : {"all", "extended", "basic", "disable"}, default="all"
         ONNX models only (ignored for torch models): onnxruntime's graph
         optimization level (``GraphOptimizationLevel.ORT_ENABLE_ALL``,
@@ -611,6 +614,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                 f"output={self.output!r} is not understood; expected 'numpy' or "
                 "'torch'."
             )
+        self._check_output_container()
         if (
             not isinstance(self.onnx_optimization, str)
             or self.onnx_optimization not in _ONNX_OPTIMIZATION
@@ -625,6 +629,25 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                 raise ValueError(
                     "layers=[] with include_input=False leaves no features to extract."
                 )
+
+    def _check_output_container(self):
+        """Refuse ``output="torch"`` under a pandas/polars ``set_output``.
+
+        scikit-learn's ``set_output`` wraps ``transform`` and ``fit_transform``
+        and converts what they return, so a tensor would silently come back as
+        a DataFrame in host memory (or fail on a GPU tensor).
+        """
+        if self.output != "torch":
+            return
+        container, source = transform_output(self)
+        if container != "default":
+            raise ValueError(
+                f"output='torch' cannot be combined with {source}: the "
+                f"{container} container would replace the torch tensor with a "
+                f"{container} DataFrame in host memory. Expected output='numpy' "
+                f"to get a {container} DataFrame, or set_output(transform="
+                "'default') to get the tensor on the model's device."
+            )
 
     def _get_adapter(self):
         adapter = getattr(self, "_adapter", None)
