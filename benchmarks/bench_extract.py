@@ -236,6 +236,12 @@ def main(argv=None):
         help="torch threads (1: stable on a shared box)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat")
+    parser.add_argument(
+        "--nets",
+        choices=("both", "lenet", "resnet"),
+        default="both",
+        help="which network(s) to time (repeat LeNet-5 runs: its 40 ms runs are noisy)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.n_lenet, args.n_resnet, args.repeat = 512, 32, 1
@@ -267,6 +273,8 @@ def main(argv=None):
             args.n_resnet,
         ),
     )
+    if args.nets != "both":
+        nets = tuple(n for n in nets if n[0].lower().startswith(args.nets))
     rows, notes = [], {}
     for name, *spec in nets:
         more, notes[name.split()[0]] = bench(name, *spec, args.batch_size, args.repeat)
