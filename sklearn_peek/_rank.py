@@ -36,6 +36,7 @@ from sklearn_peek._backend import (
     select_compute_device,
     to_numpy,
 )
+from sklearn_peek._progress import check_progress, progress_bar
 from sklearn_peek._validation import (
     check_finite_nonneg,
     check_weights,
@@ -536,6 +537,11 @@ class RankQualityScorer(BaseEstimator):
         Seeds the row folds, the column groups, and every fit.
     verbose : int, default=0
         Passed to :class:`joblib.Parallel`.
+    progress : bool or None, default=None
+        A tqdm progress bar over the fit tasks (one per layer, fold and chain
+        of ranks; see ``n_tasks_``) as they finish. None draws it when
+        standard error is a terminal and the ``CI`` environment variable is
+        unset.
 
     Attributes
     ----------
@@ -637,6 +643,7 @@ class RankQualityScorer(BaseEstimator):
         device=None,
         random_state=None,
         verbose=0,
+        progress=None,
     ):
         self.layers = layers
         self.extractor = extractor
@@ -659,6 +666,7 @@ class RankQualityScorer(BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.progress = progress
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -668,6 +676,7 @@ class RankQualityScorer(BaseEstimator):
     # ------------------------------------------------------------ validation
     def _validate_params(self):
         """Check the parameters before any work; return the sorted ranks."""
+        check_progress(self.progress)
 
         def choice(name, value, allowed):
             if not isinstance(value, str) or value not in allowed:
@@ -1094,13 +1103,29 @@ class RankQualityScorer(BaseEstimator):
                         tasks.append(((li, k, ci), sum(chain) * rows * m, call))
         # heaviest first: better load balance, same results
         order = sorted(range(len(tasks)), key=lambda i: -tasks[i][1])
+        bar = progress_bar(
+            self.progress, total=len(tasks), desc="rank sweep", unit="task"
+        )
+        # With a bar, results come back one by one, still in task order.
+        kw = {
+            "verbose": self.verbose,
+            "return_as": "list" if bar is None else "generator",
+        }
         if on_device:
             # A torch device: every fit in this process, one after the other
             # (one CUDA context; process workers would each start their own).
-            parallel = Parallel(n_jobs=1, backend="threading", verbose=self.verbose)
+            parallel = Parallel(n_jobs=1, backend="threading", **kw)
         else:
-            parallel = Parallel(n_jobs=self.n_jobs, verbose=self.verbose)
-        outputs = parallel(tasks[i][2] for i in order)
+            parallel = Parallel(n_jobs=self.n_jobs, **kw)
+        outputs = []
+        try:
+            for out in parallel(tasks[i][2] for i in order):
+                outputs.append(out)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
         results = {tasks[i][0]: out for i, out in zip(order, outputs)}
         self.n_tasks_ = len(tasks)
         self._collect(results, layer_cols, ranks, blocks)

@@ -806,7 +806,7 @@ def _split_layers(layers):
 # the analysis of one network (shared by demo and analyze)
 # --------------------------------------------------------------------------
 def analyze_activations(
-    A, blocks, *, ranks, criterion, cv, seed, jobs, device, energy=0.9
+    A, blocks, *, ranks, criterion, cv, seed, jobs, device, energy=0.9, progress=None
 ):
     """Rank sweep of every layer in the coupled activation matrix ``A``.
 
@@ -830,6 +830,9 @@ def analyze_activations(
         Where the factorizations run (``--device``).
     energy : float, default=0.9
         Target explained energy of ``"energy"`` (``--energy``).
+    progress : bool or None, default=None
+        The scorer's progress bar over its fit tasks (False under ``--quiet``;
+        None: on in a terminal).
 
     Returns
     -------
@@ -848,6 +851,7 @@ def analyze_activations(
         n_jobs=jobs,
         device=device,
         random_state=seed,
+        progress=progress,
     )
     # The limit below depends on cv and the criterion: check them first.
     scorer._validate_params()
@@ -994,6 +998,7 @@ def _cmd_analyze(args, say):
             nonneg=args.nonneg,
             batch_size=args.batch_size,
             device=args.device,
+            progress=False if say.quiet else None,
         )
         with say.step("extract", f"running the {fmt} model and recording layers"):
             try:
@@ -1023,6 +1028,7 @@ def _cmd_analyze(args, say):
             jobs=args.jobs,
             device=args.device,
             energy=args.energy,
+            progress=False if say.quiet else None,
         )
     say("selected ranks: " + ", ".join(f"{k}={v}" for k, v in scorer.rank_.items()))
     r_fig = args.figure_rank or max(int(v) for v in scorer.rank_.values())

@@ -333,6 +333,7 @@ def test_random_state_reproducible_and_matters():
             r"block: input, conv1, fc1\)",
         ),
         ({"block_weights": [1, -1]}, r"entry 1 \(block '<layer>'\) is -1\.0"),
+        ({"progress": "yes"}, r"progress='yes' is not understood; expected None"),
     ],
 )
 def test_bad_parameters(params, match):
@@ -694,3 +695,23 @@ def test_stability_on_an_all_zero_layer_reports_zero_error():
             random_state=0,
         ).fit(X)
     assert_array_equal(sc.cv_results_["relative_error"], [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_progress_bar_counts_the_tasks(n_jobs, capsys, monkeypatch):
+    X = planted(0, 2, n=60, widths=(10, 20, 15))
+    kw = dict(blocks=blocks_of((10, 20, 15)), ranks=range(1, 4), cv=3,
+              random_state=0, n_jobs=n_jobs)  # fmt: skip
+    ref = RankQualityScorer(progress=False, **kw).fit(X)
+    assert capsys.readouterr().err == ""
+    sc = RankQualityScorer(progress=True, **kw).fit(X)
+    err = capsys.readouterr().err
+    assert "rank sweep" in err
+    assert f"{sc.n_tasks_}/{sc.n_tasks_}" in err  # every task, once
+    # results are the same, in the same order, with or without the bar
+    assert sc.rank_ == ref.rank_
+    assert_array_equal(sc.cv_results_["mean_score"], ref.cv_results_["mean_score"])
+    # the default: no bar where nobody watches (CI, or a captured stderr)
+    monkeypatch.setenv("CI", "1")
+    RankQualityScorer(**kw).fit(X)
+    assert capsys.readouterr().err == ""

@@ -14,8 +14,6 @@ import copy
 import difflib
 import math
 import numbers
-import os
-import sys
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._backend import available_memory as _available_memory
 from .._backend import is_torch_tensor, resolve_device, to_numpy
+from .._progress import check_progress, progress_bar
 from .._validation import is_integral, transform_output
 
 #: At most this many layers are picked by ``layers="auto"``.
@@ -597,13 +596,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                     f"{name}={getattr(self, name)!r} is not understood; expected "
                     "True or False."
                 )
-        if self.progress is not None and not isinstance(
-            self.progress, (bool, np.bool_)
-        ):
-            raise ValueError(
-                f"progress={self.progress!r} is not understood; expected None, True "
-                "or False."
-            )
+        check_progress(self.progress)
         if self.extra_inputs is not None and not isinstance(self.extra_inputs, dict):
             raise ValueError(
                 f"extra_inputs={type(self.extra_inputs).__name__} is not understood; "
@@ -974,15 +967,6 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             f"{', '.join(map(str, shape))})."
         )
 
-    def _show_progress(self):
-        if self.progress is not None:
-            return bool(self.progress)
-        try:
-            tty = sys.stderr.isatty()
-        except (AttributeError, ValueError):
-            tty = False
-        return tty and not os.environ.get("CI")
-
     def transform(self, X, out=None):
         """Run the model and return ``[input | layer_1 | ...]`` as float32.
 
@@ -1075,11 +1059,9 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             cols[name] = slice(lo, lo + size)
             lo += size
         n, bs = X4.shape[0], self.batch_size
-        bar = None
-        if self._show_progress():
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=-(-n // bs), desc="extract", unit="batch")
+        bar = progress_bar(
+            self.progress, total=-(-n // bs), desc="extract", unit="batch"
+        )
         try:
             with self._runner() as run:
                 for i in range(0, n, bs):

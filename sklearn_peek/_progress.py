@@ -1,0 +1,41 @@
+"""Progress bars for long work (tqdm), shown where a person is watching."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+
+def show_progress(progress):
+    """Whether to draw a progress bar.
+
+    ``progress``: True or False as given; None (the estimators' default)
+    draws one when standard error is a terminal and the ``CI`` environment
+    variable is unset, so logs and test runs stay clean.
+    """
+    if progress is not None:
+        return bool(progress)
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return tty and not os.environ.get("CI")
+
+
+def progress_bar(progress, *, total, desc, unit):
+    """A tqdm bar when :func:`show_progress` says so, else None."""
+    if not show_progress(progress):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit)
+
+
+def check_progress(progress):
+    """Raise a ValueError unless ``progress`` is None, True or False."""
+    if progress is not None and not isinstance(progress, (bool, np.bool_)):
+        raise ValueError(
+            f"progress={progress!r} is not understood; expected None, True or False."
+        )
