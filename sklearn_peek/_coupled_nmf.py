@@ -976,6 +976,62 @@ _BATCH_ROWS = 256
 _BATCH_ROWS_GPU = 2048
 
 
+def _scores_batched(models, X):
+    """``[m.score(X) for m in models]`` with one stacked solve of W.
+
+    For models fitted on the same data by :func:`fit_ranks` (same blocks,
+    block weights, ``random_state``, so the same held-out columns; HALS,
+    Frobenius, no penalties): the held-in solves of all models share one
+    product with X (:func:`~sklearn_peek._solvers.solve_w_batched`), which on
+    a GPU replaces one launch-bound solve per rank. Other models are scored
+    one by one. The scores equal ``score``'s to float rounding.
+    """
+    first = models[0]
+    X, cols, d = first._validate_transform_input(X, None)
+    p = first.n_features_in_
+    same = cols.size == p and all(
+        _batchable(m)
+        and m.beta_loss == first.beta_loss
+        and m.max_iter == first.max_iter
+        and m.tol == first.tol
+        and m.random_state == first.random_state
+        and m.block_slices_ == first.block_slices_
+        and np.array_equal(
+            m._column_weights(
+                m.block_weights_, list(m.block_slices_.values()), p, d.dtype
+            ),
+            d,
+        )
+        for m in models
+    )
+    if not same:
+        return [m.score(X) for m in models]
+    held_in, held_out = first._score_split()
+    if held_out.size == 0:
+        held_in = held_out = np.arange(X.shape[1])
+    if is_torch_tensor(X):
+        torch = _solvers._t()
+        idx_in = torch.as_tensor(held_in, device=X.device)
+        idx_out = torch.as_tensor(held_out, device=X.device)
+    else:
+        idx_in, idx_out = held_in, held_out
+    X_in, X_out = X[:, idx_in], X[:, idx_out]
+    if sp.issparse(X_out):
+        X_out = X_out.toarray()
+    Hs = [_on(m.components_[:, held_in], X) for m in models]
+    solved = _solvers.solve_w_batched(
+        X_in, Hs, _on(d[held_in], X), max_iter=first.max_iter, tol=first.tol
+    )
+    d_out = d[held_out].astype(np.float64)
+    den = float(_solvers.column_sums64(X_out) @ d_out)
+    scores = []
+    for m, (W, _) in zip(models, solved):
+        resid = X_out - W @ _on(m.components_[:, held_out], X)
+        num = float(_solvers.column_sums64(resid) @ d_out)
+        scores.append(-num / den if den > 0 else -num)
+    return scores
+
+
 def _batchable(model):
     """True when fit_ranks can share the solver run between ranks."""
     alpha_H = model.alpha_W if model.alpha_H == "same" else model.alpha_H

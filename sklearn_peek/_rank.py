@@ -197,12 +197,13 @@ def _quiet_fit(model, X, W=None, H=None):
     return Wf, converged
 
 
-def _record(model, fit_time, converged, X_test, col_sq, col_w):
+def _record(model, fit_time, converged, X_test, col_sq, col_w, score=None):
     """What a bcv, elbow or energy task reports about one fitted model.
 
-    With ``X_test``, the held-out score on it (bcv); otherwise the squared
-    weighted error of the fit and the squared weighted norm of the data
-    (``col_sq``: its squared column norms; ``col_w``: the column weights).
+    With ``X_test``, the held-out score on it (bcv; ``score`` when the caller
+    computed it already); otherwise the squared weighted error of the fit and
+    the squared weighted norm of the data (``col_sq``: its squared column
+    norms; ``col_w``: the column weights).
     """
     rec = {
         "rank": int(model.n_components_),
@@ -211,7 +212,7 @@ def _record(model, fit_time, converged, X_test, col_sq, col_w):
         "converged": bool(converged),
     }
     if X_test is not None:
-        rec["score"] = float(model.score(X_test))
+        rec["score"] = float(model.score(X_test) if score is None else score)
     else:
         rec["sq_err"] = float(model.reconstruction_err_) ** 2
         rec["sq_norm"] = float(col_sq @ col_w)
@@ -262,7 +263,7 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
     ``X`` may be a torch tensor already on the device. ``fit_time`` of a rank
     is the run's time apportioned by rank x iterations.
     """
-    from sklearn_peek._coupled_nmf import fit_ranks
+    from sklearn_peek._coupled_nmf import _scores_batched, fit_ranks
 
     if is_torch_tensor(X):
         import torch
@@ -285,6 +286,8 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
         )
     elapsed = time.perf_counter() - t0
     work = [m.n_components_ * max(m.n_iter_, 1) for m in models]
+    # The held-out solves of all ranks share one stacked run too.
+    scores = [None] * len(models) if Xte is None else _scores_batched(models, Xte)
     return [
         _record(
             m,
@@ -293,8 +296,9 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
             Xte,
             col_sq,
             _col_weights(sizes, m.block_weights_),
+            score,
         )
-        for m, w in zip(models, work)
+        for m, w, score in zip(models, work, scores)
     ]
 
 

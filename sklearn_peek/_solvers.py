@@ -633,6 +633,29 @@ def _segment_sums64(parts, S):
     return list(stacked.cpu().numpy())
 
 
+def _row_bounds(sizes):
+    """``(start, stop)`` rows of each problem in a stack of these sizes."""
+    out, at = [], 0
+    for r in sizes:
+        out.append((at, at + r))
+        at += r
+    return out
+
+
+def _block_gram(A, B, bounds, mask):
+    """``(A @ B.T) * mask`` for stacked factors: block diagonal over ``bounds``.
+
+    One product on a GPU; elsewhere the diagonal blocks only (the masked-out
+    blocks would be most of the work there).
+    """
+    if getattr(A, "is_cuda", False):
+        return (A @ B.T) * mask
+    G = _zeros((A.shape[0], A.shape[0]), A)
+    for lo, hi in bounds:
+        G[lo:hi, lo:hi] = A[lo:hi] @ B[lo:hi].T
+    return G
+
+
 def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
     """:func:`fit_hals` for several problems on the same X and d at once.
 
@@ -676,21 +699,10 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
         return _from_host(mask, H), _to64(_from_host(S, H)), stack
 
     def gram(A, B):
-        """(A @ B.T) * mask: one product on a GPU, the diagonal blocks only
-        elsewhere (the masked-out blocks are most of the work there)."""
-        if getattr(A, "is_cuda", False):
-            return (A @ B.T) * mask
-        G = _zeros((A.shape[0], A.shape[0]), A)
-        for lo, hi in bounds:
-            G[lo:hi, lo:hi] = A[lo:hi] @ B[lo:hi].T
-        return G
+        return _block_gram(A, B, bounds, mask)
 
     def row_bounds(active):
-        out, at = [], 0
-        for k in active:
-            out.append((at, at + sizes[k]))
-            at += sizes[k]
-        return out
+        return _row_bounds([sizes[k] for k in active])
 
     def objectives(lin, quad):
         """Objective of every active problem (as fit_hals computes it)."""
@@ -978,6 +990,68 @@ def solve_w(X, H, d, *, l1_W=0.0, l2_W=0.0, max_iter=200, tol=1e-4):
         if not active.any():
             break
     return _contig(Wt.T), sweeps
+
+
+def solve_w_batched(X, Hs, d, *, max_iter=200, tol=1e-4):
+    """:func:`solve_w` (no penalties) for several H on the same X at once.
+
+    The H are stacked (``R = sum r_k`` rows), so the product with X serves
+    all problems in one call, and the Gram matrix is block diagonal, so a
+    HALS sweep over the stack updates each problem as :func:`solve_w` would.
+    Each (problem, row) pair stops on its own rule, as rows do in
+    :func:`solve_w`. Results agree with one :func:`solve_w` per H to float
+    rounding (the stopping sums are taken per problem by a product).
+
+    Returns a list of ``(W, sweeps)``, one per H, as :func:`solve_w` returns.
+    """
+    sizes = [int(H.shape[0]) for H in Hs]
+    K, n = len(sizes), X.shape[0]
+    H = _contig(_concat_rows(list(Hs)))
+    if n == 0:
+        return [(_zeros((0, r), H), 0) for r in sizes]
+    bounds = _row_bounds(sizes)
+    mask = None
+    if not _np(H):
+        mask = np.zeros((len(H), len(H)))
+        for lo, hi in bounds:
+            mask[lo:hi, lo:hi] = 1.0
+        mask = _from_host(mask, H)
+    S = np.zeros((K, len(H)))
+    for k, (lo, hi) in enumerate(bounds):
+        S[k, lo:hi] = 1.0
+    S = _from_host(S, H)  # per-problem sums of the stacked rows
+    Hd = H * d
+    G = _block_gram(Hd, H, bounds, mask)
+    num = _h_xt(Hd, X)  # R x n
+    # Start from each problem's projected unconstrained solution.
+    Wt = _concat_rows(
+        [
+            _relu_(_cast(_pinv(_to64(G[lo:hi, lo:hi])) @ _to64(num[lo:hi]), H))
+            for lo, hi in bounds
+        ]
+    )
+    stack = None if _np(H) else _gpu_kernels.stack_layout(sizes, H)
+    of_row = np.repeat(np.arange(K), sizes)  # the problem of each stacked row
+    if not _np(H):
+        of_row = _t().as_tensor(of_row, device=H.device)
+    active = _true(K * n, Wt).reshape(K, n)
+    sweeps = [max_iter] * K
+    running = list(range(K))
+    for sweep in range(1, max_iter + 1):
+        old = _copy(Wt)
+        _hals_sweep(Wt, num, G, 0.0, 0.0, False, stack, bounds)
+        diff = S @ ((Wt - old) ** 2)
+        size = S @ (Wt * Wt)
+        # Frozen (problem, row) pairs keep their previous value.
+        Wt = _where(active[of_row], Wt, old)
+        active &= diff > (tol * tol) * _clamp_min(size, _tiny(Wt))
+        still = _host(active.any(axis=1) if _np(active) else active.any(dim=1)) > 0
+        for k in [k for k in running if not still[k]]:
+            sweeps[k] = sweep
+            running.remove(k)
+        if not running:
+            break
+    return [(_contig(Wt[lo:hi].T), sweeps[k]) for k, (lo, hi) in enumerate(bounds)]
 
 
 def solve_w_kl(X, H, d, *, l1_W=0.0, l2_W=0.0, max_iter=200, tol=1e-4):

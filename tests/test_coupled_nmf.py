@@ -528,6 +528,29 @@ def test_fit_ranks_equals_one_fit_per_rank(torch_input, monkeypatch):
     assert models[1].block_names_ == refs[1].block_names_
 
 
+@pytest.mark.parametrize("torch_input", [False, True])
+def test_scores_of_several_ranks_in_one_stacked_solve(torch_input):
+    from sklearn_peek import _coupled_nmf
+
+    X, blocks = _rank_data()
+    X_test = X[:30] * 1.1 + 0.05
+    if torch_input:
+        torch = pytest.importorskip("torch")
+        X, X_test = torch.from_numpy(X), torch.from_numpy(X_test)
+    est = CoupledNMF(blocks=blocks, random_state=3, max_iter=150)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        models, _ = _coupled_nmf.fit_ranks(est, X, [4, 1, 6, 3])
+    want = [m.score(X_test) for m in models]
+    got = _coupled_nmf._scores_batched(models, X_test)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    assert len(set(np.round(want, 6))) == len(want)  # the ranks differ
+    # Models that do not share the held-out columns are scored one by one.
+    other = clone(models[2]).set_params(random_state=4).fit(X)
+    mixed = _coupled_nmf._scores_batched([models[0], other], X_test)
+    np.testing.assert_allclose(mixed, [want[0], other.score(X_test)], rtol=1e-12)
+
+
 def test_fit_ranks_without_a_stackable_solver_fits_one_by_one():
     from sklearn_peek._coupled_nmf import fit_ranks
 

@@ -213,3 +213,26 @@ def test_compiled_stacked_residuals_match_float64():
         R = X.double() - Wt[at : at + s].T.double() @ H[at : at + s].double()
         assert value == pytest.approx(float(((R * R) @ d.double()).sum()), rel=1e-5)
         at += s
+
+
+def test_solve_w_batched_on_cuda_matches_numpy():
+    # float32 on the GPU (the stacked sweep kernel) against float64 NumPy.
+    from sklearn_peek import _solvers
+
+    rng = np.random.default_rng(5)
+    X = rng.random((500, 300))
+    d = rng.random(300) + 0.5
+    Hs = [rng.random((r, 300)) for r in range(1, 21)]
+    cast = dict(device="cuda", dtype=torch.float32)
+    got = _solvers.solve_w_batched(
+        torch.as_tensor(X, **cast),
+        [torch.as_tensor(H, **cast) for H in Hs],
+        torch.as_tensor(d, **cast),
+        max_iter=200,
+        tol=1e-4,
+    )
+    for H, (W, _) in zip(Hs, got):
+        W_ref, _ = _solvers.solve_w(X, H, d, max_iter=200, tol=1e-4)
+        err = np.linalg.norm(X - W.double().cpu().numpy() @ H)
+        err_ref = np.linalg.norm(X - W_ref @ H)
+        assert err == pytest.approx(err_ref, rel=1e-3)

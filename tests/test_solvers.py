@@ -266,3 +266,26 @@ def test_stacked_eager_sweep_reads_only_its_own_block(dtype):
     assert np.isfinite(A).all()
     np.testing.assert_allclose(A, want, rtol=1e-6)
     assert not np.allclose(A, A0)  # it did update
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_solve_w_batched_equals_one_solve_per_h(backend):
+    rng = np.random.default_rng(1)
+    X = rng.random((40, 30))
+    d = rng.random(30) + 0.5
+    Hs = [rng.random((r, 30)) for r in (2, 5, 1, 3)]
+    Xb, db, Hb = X, d, Hs
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        Xb, db = torch.from_numpy(X), torch.from_numpy(d)
+        Hb = [torch.from_numpy(H) for H in Hs]
+    got = _solvers.solve_w_batched(Xb, Hb, db, max_iter=300, tol=1e-6)
+    sweeps = []
+    for H, (W, n) in zip(Hs, got):
+        W_ref, n_ref = _solvers.solve_w(X, H, d, max_iter=300, tol=1e-6)
+        assert n == n_ref
+        np.testing.assert_allclose(np.asarray(W), W_ref, rtol=1e-10, atol=1e-12)
+        sweeps.append(n)
+    assert len(set(sweeps)) > 1  # the problems stopped at different sweeps
+    empty = _solvers.solve_w_batched(Xb[:0], Hb, db)
+    assert [tuple(W.shape) for W, _ in empty] == [(0, 2), (0, 5), (0, 1), (0, 3)]
