@@ -987,6 +987,7 @@ def _scores_batched(models, X):
     one by one. The scores equal ``score``'s to float rounding.
     """
     first = models[0]
+    X_given = X
     X, cols, d = first._validate_transform_input(X, None)
     p = first.n_features_in_
     same = cols.size == p and all(
@@ -1005,7 +1006,7 @@ def _scores_batched(models, X):
         for m in models
     )
     if not same:
-        return [m.score(X) for m in models]
+        return [m.score(X_given) for m in models]
     held_in, held_out = first._score_split()
     if held_out.size == 0:
         held_in = held_out = np.arange(X.shape[1])

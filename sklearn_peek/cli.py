@@ -1004,12 +1004,17 @@ def _cmd_analyze(args, say):
             try:
                 A = ext.fit(X).transform(X)
             except NegativeActivationError as exc:
+                other = (
+                    "or save the data shifted to >= 0 (the input block is "
+                    "the data as given)"
+                    if exc.what == "the input X"
+                    else "or --layers after a ReLU (see 'sklearn-peek layers MODEL')"
+                )
                 raise CLIError(
                     f"{exc.what} has negative values (min {exc.minimum:.4g}), but "
                     "the coupled factorization needs non-negative data. Pass "
                     "--nonneg relu (clip at 0), split ([relu(x), relu(-x)]) or shift "
-                    "(subtract the minimum), or --layers after a ReLU (see "
-                    "'sklearn-peek layers MODEL')."
+                    f"(subtract the minimum), {other}."
                 ) from exc
     blocks = [(str(n), int(s)) for n, s in ext.block_sizes_]
     say("blocks: " + ", ".join(f"{n} ({s})" for n, s in blocks))

@@ -81,6 +81,7 @@ def files(tmp_path_factory):
     Xtest, ytest = X[1200:1400], y[1200:1400]
     np.save(d / "x.npy", Xtest)
     np.save(d / "y.npy", ytest)
+    np.save(d / "xneg.npy", Xtest - 0.5)
     _write_idx(d / "images-idx3-ubyte.gz", np.round(Xtest[:, 0] * 255))
     np.save(d / "x10.npy", np.random.default_rng(0).random((20, 1, 10, 10), np.float32))
     (d / "bad.onnx").write_bytes(b"\x08\x07 this is not a protobuf" * 10)
@@ -275,7 +276,10 @@ def test_analyze_out_not_creatable(files, tmp_path, capsys):
          r"to \d+, or more samples \(--max-samples\)"),
         ("negative", ["net.onnx", "--data", "x.npy", "--layers", "/conv1/Conv"],
          r"layer '/conv1/Conv_output_0'.* has negative values \(min -.*Pass "
-         r"--nonneg relu .*split .*shift"),
+         r"--nonneg relu .*split .*shift.*, or --layers after a ReLU"),
+        ("negative input", ["net.onnx", "--data", "xneg.npy"],
+         r"the input X has negative values \(min -.*Pass --nonneg relu .*, or "
+         r"save the data shifted to >= 0"),
     ],
 )  # fmt: skip
 def test_bad_input_one_line_error(files, tmp_path, capsys, case, extra, message):

@@ -549,6 +549,15 @@ def test_scores_of_several_ranks_in_one_stacked_solve(torch_input):
     other = clone(models[2]).set_params(random_state=4).fit(X)
     mixed = _coupled_nmf._scores_batched([models[0], other], X_test)
     np.testing.assert_allclose(mixed, [want[0], other.score(X_test)], rtol=1e-12)
+    if not torch_input:
+        # ... with the caller's X: a DataFrame of one block gets score's own
+        # error, as it would scored one by one
+        cols = [f"{b}__f{i}" for b, s in blocks for i in range(s)]
+        frame = pd.DataFrame(np.asarray(X), columns=cols)
+        named = [clone(m).fit(frame) for m in (models[0], other)]
+        part = frame[[c for c in cols if c.startswith(blocks[1][0])]]
+        with pytest.raises(ValueError, match=r"score: X holds a subset of the blocks"):
+            _coupled_nmf._scores_batched(named, part)
 
 
 def test_fit_ranks_without_a_stackable_solver_fits_one_by_one():

@@ -261,6 +261,25 @@ def test_nonneg_error_names_layer_and_fix(lenet, X):
     with torch.no_grad():
         want = float(lenet(torch.from_numpy(X.reshape(-1, 1, 28, 28))).min())
     assert err.value.minimum == pytest.approx(want, rel=1e-5)
+    # It survives pickling (joblib workers send errors back that way).
+    back = pickle.loads(pickle.dumps(err.value))
+    assert isinstance(back, NegativeActivationError)
+    assert (str(back), back.what, back.minimum) == (
+        str(err.value),
+        err.value.what,
+        err.value.minimum,
+    )
+
+
+def test_nonneg_error_from_a_joblib_worker(lenet, X):
+    from joblib import Parallel, delayed
+
+    def work(ext):
+        return ext.fit_transform(X)
+
+    ext = LayerActivationExtractor(lenet, ["fc2"], input_shape=(1, 28, 28))
+    with pytest.raises(NegativeActivationError, match=r"'fc2'.*negative values"):
+        Parallel(n_jobs=2)(delayed(work)(ext) for _ in range(2))
     with pytest.raises(ValueError, match="the input X has negative values"):
         LayerActivationExtractor(lenet, ["pool1"], input_shape=(1, 28, 28)).fit(X - 0.5)
 

@@ -212,9 +212,15 @@ class NegativeActivationError(ValueError):
     """
 
     def __init__(self, what, minimum, message):
-        super().__init__(message)
+        # All three in args, so that pickle and copy (joblib workers) can
+        # rebuild the error; str() is the message alone.
+        super().__init__(what, minimum, message)
         self.what = what
         self.minimum = minimum
+        self.message = message
+
+    def __str__(self):
+        return self.message
 
 
 def _check_finite(a, what, start):
