@@ -470,38 +470,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         score : float
         """
         check_is_fitted(self)
-        X, cols, d = self._validate_transform_input(X, None)
-        if cols.size != self.n_features_in_:
-            raise ValueError(
-                f"score: X holds a subset of the blocks ({cols.size} of "
-                f"{self.n_features_in_} columns); expected all blocks "
-                f"{self.block_names_} (score holds out part of every block)."
-            )
-        kl = self.beta_loss == "kullback-leibler"
-        held_in, held_out = self._score_split()
-        if held_out.size == 0:
-            held_in = held_out = np.arange(X.shape[1])
-        H = self.components_
-        if is_torch_tensor(X):
-            idx_in = _solvers._t().as_tensor(held_in, device=X.device)
-            idx_out = _solvers._t().as_tensor(held_out, device=X.device)
-        else:
-            idx_in, idx_out = held_in, held_out
-        X_in = X[:, idx_in]
-        X_out = X[:, idx_out]
-        if sp.issparse(X_out):
-            X_out = X_out.toarray()
-        W = self._solve_w(X_in, H[:, held_in], d[held_in])
-        H_out = _on(H[:, held_out], X)
-        d_out = d[held_out].astype(np.float64)
-        if kl:
-            num = float(_solvers.kl_column_divergence(X_out, W, H_out) @ d_out)
-            den = float(_solvers.column_sums64(X_out, square=False) @ d_out)
-        else:
-            resid = X_out - W @ H_out
-            num = float(_solvers.column_sums64(resid) @ d_out)
-            den = float(_solvers.column_sums64(X_out) @ d_out)
-        return -num / den if den > 0 else -num
+        return _held_out_scores([self], X)[0]
 
     def block_components(self, name):
         """Components (rows of H) of one block.
@@ -976,37 +945,26 @@ _BATCH_ROWS = 256
 _BATCH_ROWS_GPU = 2048
 
 
-def _scores_batched(models, X):
-    """``[m.score(X) for m in models]`` with one stacked solve of W.
+def _held_out_scores(models, X):
+    """``score(X)`` of each model (bi-cross-validation, see ``score``).
 
-    For models fitted on the same data by :func:`fit_ranks` (same blocks,
-    block weights, ``random_state``, so the same held-out columns; HALS,
-    Frobenius, no penalties): the held-in solves of all models share one
-    product with X (:func:`~sklearn_peek._solvers.solve_w_batched`), which on
-    a GPU replaces one launch-bound solve per rank. Other models are scored
-    one by one. The scores equal ``score``'s to float rounding.
+    Models fitted on the same data by :func:`fit_ranks` (same blocks, block
+    weights and ``random_state``, so the same held-out columns; HALS,
+    Frobenius, no penalties) share one stacked solve of W on the held-in
+    columns (:func:`~sklearn_peek._solvers.solve_w_batched`: one product with
+    X for all of them, where a GPU would otherwise run one launch-bound solve
+    per rank). Other lists are scored one model at a time.
     """
     first = models[0]
-    X_given = X
+    if len(models) > 1 and not all(_same_held_out_solve(m, first) for m in models):
+        return [_held_out_scores([m], X)[0] for m in models]
     X, cols, d = first._validate_transform_input(X, None)
-    p = first.n_features_in_
-    same = cols.size == p and all(
-        _batchable(m)
-        and m.beta_loss == first.beta_loss
-        and m.max_iter == first.max_iter
-        and m.tol == first.tol
-        and m.random_state == first.random_state
-        and m.block_slices_ == first.block_slices_
-        and np.array_equal(
-            m._column_weights(
-                m.block_weights_, list(m.block_slices_.values()), p, d.dtype
-            ),
-            d,
+    if cols.size != first.n_features_in_:
+        raise ValueError(
+            f"score: X holds a subset of the blocks ({cols.size} of "
+            f"{first.n_features_in_} columns); expected all blocks "
+            f"{first.block_names_} (score holds out part of every block)."
         )
-        for m in models
-    )
-    if not same:
-        return [m.score(X_given) for m in models]
     held_in, held_out = first._score_split()
     if held_out.size == 0:
         held_in = held_out = np.arange(X.shape[1])
@@ -1019,18 +977,45 @@ def _scores_batched(models, X):
     X_in, X_out = X[:, idx_in], X[:, idx_out]
     if sp.issparse(X_out):
         X_out = X_out.toarray()
-    Hs = [_on(m.components_[:, held_in], X) for m in models]
-    solved = _solvers.solve_w_batched(
-        X_in, Hs, _on(d[held_in], X), max_iter=first.max_iter, tol=first.tol
-    )
+    if len(models) == 1:
+        Ws = [first._solve_w(X_in, first.components_[:, held_in], d[held_in])]
+    else:
+        Hs = [_on(m.components_[:, held_in], X) for m in models]
+        Ws = [
+            W
+            for W, _ in _solvers.solve_w_batched(
+                X_in, Hs, _on(d[held_in], X), max_iter=first.max_iter, tol=first.tol
+            )
+        ]
     d_out = d[held_out].astype(np.float64)
-    den = float(_solvers.column_sums64(X_out) @ d_out)
+    if first.beta_loss == "kullback-leibler":
+        den = float(_solvers.column_sums64(X_out, square=False) @ d_out)
+    else:
+        den = float(_solvers.column_sums64(X_out) @ d_out)
     scores = []
-    for m, (W, _) in zip(models, solved):
-        resid = X_out - W @ _on(m.components_[:, held_out], X)
-        num = float(_solvers.column_sums64(resid) @ d_out)
+    for m, W in zip(models, Ws):
+        H_out = _on(m.components_[:, held_out], X)
+        if m.beta_loss == "kullback-leibler":
+            num = float(_solvers.kl_column_divergence(X_out, W, H_out) @ d_out)
+        else:
+            num = float(_solvers.column_sums64(X_out - W @ H_out) @ d_out)
         scores.append(-num / den if den > 0 else -num)
     return scores
+
+
+def _same_held_out_solve(m, first):
+    """True when ``m`` can share ``first``'s stacked held-out solve."""
+    p = first.n_features_in_
+    return (
+        _batchable(m)
+        and _batchable(first)
+        and m.max_iter == first.max_iter
+        and m.tol == first.tol
+        and m.random_state == first.random_state
+        and m.n_features_in_ == p
+        and m.block_slices_ == first.block_slices_
+        and np.array_equal(m.block_weights_, first.block_weights_)
+    )
 
 
 def _batchable(model):

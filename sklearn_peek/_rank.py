@@ -263,7 +263,7 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
     ``X`` may be a torch tensor already on the device. ``fit_time`` of a rank
     is the run's time apportioned by rank x iterations.
     """
-    from sklearn_peek._coupled_nmf import _scores_batched, fit_ranks
+    from sklearn_peek._coupled_nmf import _held_out_scores, fit_ranks
 
     if is_torch_tensor(X):
         import torch
@@ -287,7 +287,7 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
     elapsed = time.perf_counter() - t0
     work = [m.n_components_ * max(m.n_iter_, 1) for m in models]
     # The held-out solves of all ranks share one stacked run too.
-    scores = [None] * len(models) if Xte is None else _scores_batched(models, Xte)
+    scores = [None] * len(models) if Xte is None else _held_out_scores(models, Xte)
     return [
         _record(
             m,

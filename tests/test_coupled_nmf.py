@@ -542,12 +542,12 @@ def test_scores_of_several_ranks_in_one_stacked_solve(torch_input):
         warnings.simplefilter("ignore", ConvergenceWarning)
         models, _ = _coupled_nmf.fit_ranks(est, X, [4, 1, 6, 3])
     want = [m.score(X_test) for m in models]
-    got = _coupled_nmf._scores_batched(models, X_test)
+    got = _coupled_nmf._held_out_scores(models, X_test)
     np.testing.assert_allclose(got, want, rtol=1e-10)
     assert len(set(np.round(want, 6))) == len(want)  # the ranks differ
     # Models that do not share the held-out columns are scored one by one.
     other = clone(models[2]).set_params(random_state=4).fit(X)
-    mixed = _coupled_nmf._scores_batched([models[0], other], X_test)
+    mixed = _coupled_nmf._held_out_scores([models[0], other], X_test)
     np.testing.assert_allclose(mixed, [want[0], other.score(X_test)], rtol=1e-12)
     if not torch_input:
         # ... with the caller's X: a DataFrame of one block gets score's own
@@ -557,7 +557,7 @@ def test_scores_of_several_ranks_in_one_stacked_solve(torch_input):
         named = [clone(m).fit(frame) for m in (models[0], other)]
         part = frame[[c for c in cols if c.startswith(blocks[1][0])]]
         with pytest.raises(ValueError, match=r"score: X holds a subset of the blocks"):
-            _coupled_nmf._scores_batched(named, part)
+            _coupled_nmf._held_out_scores(named, part)
 
 
 def test_fit_ranks_without_a_stackable_solver_fits_one_by_one():
