@@ -633,13 +633,27 @@ def _segment_sums64(parts, S):
     return list(stacked.cpu().numpy())
 
 
-def _row_bounds(sizes):
-    """``(start, stop)`` rows of each problem in a stack of these sizes."""
-    out, at = [], 0
+def _stack_layout(sizes, like):
+    """How problems of these ranks sit in one stack of factors (``like``'s array type).
+
+    Returns ``(bounds, mask, S, stack)``: the ``(start, stop)`` rows of each
+    problem; the R x R block-diagonal 0/1 mask (on a GPU only, where the Gram
+    matrix is one masked product; None elsewhere); the K x R 0/1 matrix whose
+    product sums a stacked array per problem (dtype of ``like``); and the GPU
+    kernels' layout (None for NumPy).
+    """
+    bounds, at = [], 0
     for r in sizes:
-        out.append((at, at + r))
+        bounds.append((at, at + r))
         at += r
-    return out
+    S = np.zeros((len(sizes), at))
+    for k, (lo, hi) in enumerate(bounds):
+        S[k, lo:hi] = 1.0
+    mask = None
+    if getattr(like, "is_cuda", False):
+        mask = _from_host(S.T @ S, like)  # 1 where two rows share a problem
+    stack = None if _np(like) else _gpu_kernels.stack_layout(list(sizes), like)
+    return bounds, mask, _from_host(S, like), stack
 
 
 def _block_gram(A, B, bounds, mask):
@@ -684,25 +698,12 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
     floor = 10.0 * _eps(H) * xnorm
 
     def layout(active):
-        """Block mask (R x R, dtype of X) and row-sum matrix (K x R, float64)."""
-        R = sum(sizes[k] for k in active)
-        mask = np.zeros((R, R))
-        S = np.zeros((len(active), R))
-        at = 0
-        for i, k in enumerate(active):
-            mask[at : at + sizes[k], at : at + sizes[k]] = 1.0
-            S[i, at : at + sizes[k]] = 1.0
-            at += sizes[k]
-        stack = (
-            None if _np(H) else _gpu_kernels.stack_layout([sizes[k] for k in active], H)
-        )
-        return _from_host(mask, H), _to64(_from_host(S, H)), stack
+        """The stack of the active problems (see _stack_layout); S in float64."""
+        bounds, mask, S, stack = _stack_layout([sizes[k] for k in active], H)
+        return bounds, mask, _to64(S), stack
 
     def gram(A, B):
         return _block_gram(A, B, bounds, mask)
-
-    def row_bounds(active):
-        return _row_bounds([sizes[k] for k in active])
 
     def objectives(lin, quad):
         """Objective of every active problem (as fit_hals computes it)."""
@@ -729,8 +730,7 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
             at += sizes[k]
         return out
 
-    mask, S, stack = layout(active)
-    bounds = row_bounds(active)
+    bounds, mask, S, stack = layout(active)
     Hd = H * d
     HDHt = gram(Hd, H)
     num_W = _h_xt(Hd, X)
@@ -771,8 +771,7 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
             idx = [j for i in keep for j in _local_rows(active, sizes, i)]
             Wt, H = _rows_take(Wt, idx), _rows_take(H, idx)
             active = [active[i] for i in keep]
-            mask, S, stack = layout(active)
-            bounds = row_bounds(active)
+            bounds, mask, S, stack = layout(active)
             Hd = H * d
             HDHt = gram(Hd, H)
     return results
@@ -1009,17 +1008,7 @@ def solve_w_batched(X, Hs, d, *, max_iter=200, tol=1e-4):
     H = _contig(_concat_rows(list(Hs)))
     if n == 0:
         return [(_zeros((0, r), H), 0) for r in sizes]
-    bounds = _row_bounds(sizes)
-    mask = None
-    if not _np(H):
-        mask = np.zeros((len(H), len(H)))
-        for lo, hi in bounds:
-            mask[lo:hi, lo:hi] = 1.0
-        mask = _from_host(mask, H)
-    S = np.zeros((K, len(H)))
-    for k, (lo, hi) in enumerate(bounds):
-        S[k, lo:hi] = 1.0
-    S = _from_host(S, H)  # per-problem sums of the stacked rows
+    bounds, mask, S, stack = _stack_layout(sizes, H)
     Hd = H * d
     G = _block_gram(Hd, H, bounds, mask)
     num = _h_xt(Hd, X)  # R x n
@@ -1030,7 +1019,6 @@ def solve_w_batched(X, Hs, d, *, max_iter=200, tol=1e-4):
             for lo, hi in bounds
         ]
     )
-    stack = None if _np(H) else _gpu_kernels.stack_layout(sizes, H)
     of_row = np.repeat(np.arange(K), sizes)  # the problem of each stacked row
     if not _np(H):
         of_row = _t().as_tensor(of_row, device=H.device)
