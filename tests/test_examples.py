@@ -80,7 +80,10 @@ def test_plot_pipeline_gridsearch(run_example):
     assert best_rank in ranks
     scores = search.cv_results_["mean_test_score"]
     assert len(scores) == len(ranks) and np.all(np.isfinite(scores))
-    assert scores[ranks.index(best_rank)] == pytest.approx(scores.max())
+    # what the example shows: the held-out score does not keep rising with
+    # the rank (the largest rank only fits noise), so the best is inside
+    assert scores[-1] < scores.max()
+    assert best_rank < max(ranks)
     assert f"rank selected by GridSearchCV: {best_rank}" in out
     assert ns["W_pixels"].shape == (len(ns["X"]), best_rank)
     assert np.all(ns["W_pixels"] >= 0)
