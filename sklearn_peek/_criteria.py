@@ -243,10 +243,11 @@ def cophenetic_correlation(consensus):
     from scipy.cluster.hierarchy import cophenet, linkage
     from scipy.spatial.distance import squareform
 
-    d = 1.0 - np.asarray(consensus, dtype=np.float64)
-    np.fill_diagonal(d, 0.0)
-    d = np.clip((d + d.T) / 2.0, 0.0, None)
-    condensed = squareform(d, checks=False)
+    # The consensus matrix is symmetric: its upper triangle is all there is.
+    # Working on the condensed vector spares three n x n temporaries.
+    condensed = squareform(np.asarray(consensus, dtype=np.float64), checks=False)
+    condensed = np.subtract(1.0, condensed)
+    np.clip(condensed, 0.0, None, out=condensed)
     if condensed.size < 2 or np.ptp(condensed) <= 1e-12:
         return 1.0
     z = linkage(condensed, method="average")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import numbers
-import os
 import time
 import warnings
 
@@ -222,6 +221,21 @@ def _record(model, fit_time, converged, X_test, col_sq, col_w, score=None):
 # --------------------------------------------------------------------------
 # tasks (module level so that every joblib backend can ship them)
 # --------------------------------------------------------------------------
+def _take(X, rows, cols):
+    """``X[rows][:, cols]`` in one indexing step, so one copy (None: all).
+
+    ``rows``: an index array; ``cols``: an index array or a slice (the same
+    type as X's: NumPy or torch on X's device).
+    """
+    if rows is None:
+        return X if cols is None else X[:, cols]
+    if cols is None or isinstance(cols, slice):
+        return X[rows] if cols is None else X[rows, cols]
+    if is_torch_tensor(X):
+        return X[rows[:, None], cols]
+    return X[np.ix_(rows, cols)]
+
+
 def _chain_task(
     X, cols, blocks, train, test, chain, model_seed, svd_seeds, params, warm
 ):
@@ -233,9 +247,8 @@ def _chain_task(
     given, each rank is scored on the test rows with ``CoupledNMF.score``;
     otherwise the weighted reconstruction error of the fit is recorded.
     """
-    Xc = np.asarray(X[:, cols]) if cols is not None else np.asarray(X)
-    Xtr = Xc if train is None else Xc[train]
-    Xte = None if test is None else Xc[test]
+    Xtr = np.asarray(_take(X, train, cols))
+    Xte = None if test is None else np.asarray(_take(X, test, cols))
     col_sq = _solvers.column_sums64(Xtr) if test is None else None
     sizes = [s for _, s in blocks]
     out = []
@@ -274,9 +287,8 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
             return torch.as_tensor(a, device=X.device)
 
         cols, train, test = index(cols), index(train), index(test)
-    Xc = X[:, cols] if cols is not None else X
-    Xtr = Xc if train is None else Xc[train]
-    Xte = None if test is None else Xc[test]
+    Xtr = _take(X, train, cols)
+    Xte = None if test is None else _take(X, test, cols)
     col_sq = _solvers.column_sums64(Xtr) if test is None else None
     sizes = [s for _, s in blocks]
     t0 = time.perf_counter()
@@ -303,9 +315,9 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
 
 
 # Bytes per pair of samples at the peak of one stability task: the float64
-# consensus matrix, the distance matrix and its symmetrised copy, and the
-# condensed distances (plus margin for the linkage's work arrays).
-_CONSENSUS_BYTES_PER_PAIR = 32
+# consensus matrix (8), the condensed distances (4, half the pairs) and
+# scipy's copies of them in linkage and cophenet, with margin.
+_CONSENSUS_BYTES_PER_PAIR = 24
 
 
 def _check_consensus_memory(n, workers):
@@ -364,16 +376,11 @@ def _is_extractor(obj):
 
 
 def _is_model(obj):
-    if isinstance(obj, (str, bytes, os.PathLike)):
-        return True
-    cls = type(obj)
-    if cls.__module__.startswith("onnx") and cls.__name__ == "ModelProto":
-        return True
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, torch.nn.Module)
+    """True for what LayerActivationExtractor takes as its model."""
+    from sklearn_peek._extract._onnx import is_onnx_model
+    from sklearn_peek._extract._torch import is_torch_module
+
+    return is_onnx_model(obj) or is_torch_module(obj)
 
 
 def _resolve_model(estimator, X):

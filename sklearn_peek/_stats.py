@@ -101,7 +101,7 @@ def spearman_ci(x, y, *, n_boot=2000, confidence=0.95, random_state=None):
         raise ValueError(f"n_boot={n_boot!r} must be an integer >= 0.")
     if not isinstance(confidence, Real) or not 0 < confidence < 1:
         raise ValueError(f"confidence={confidence!r} must be a number in (0, 1).")
-    rho = float(_pearson_rows(rankdata(x)[None], rankdata(y)[None])[0])
+    rho = spearman(x, y)
     note = ""
     if np.isnan(rho):
         const = [n for n, v in (("x", x), ("y", y)) if np.ptp(v) == 0]
