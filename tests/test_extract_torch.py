@@ -575,3 +575,27 @@ def test_auto_rule_on_the_library_lenet_gives_the_paper_probes():
     X = np.random.RandomState(0).rand(4, 1, 28, 28).astype(np.float32)
     ext = LayerActivationExtractor(LeNet((1, 28, 28), 10).eval()).fit(X)
     assert ext.layer_names_ == ["input", "pool1", "pool2", "relu3", "relu4"]
+
+
+def test_one_pass_finiteness_check_of_the_input():
+    from sklearn_peek._extract._base import _check_finite
+
+    big = np.full((3, 4), 1e20, np.float32)  # its dot product overflows
+    assert _check_finite(big, "X", 0, need_min=False) is None
+    assert _check_finite(big, "X", 0) == pytest.approx(1e20)
+    for bad in (np.nan, np.inf, -np.inf):
+        a = np.ones((3, 4), np.float32)
+        a[2, 1] = bad
+        for need_min in (False, True):
+            with pytest.raises(ValueError, match=r"X has NaN or infinite values "
+                               r"\(first at sample 12\)"):  # fmt: skip
+                _check_finite(a, "X", 10, need_min)
+
+
+def test_nan_input_is_refused_without_the_input_block(lenet, X):
+    Xn = X.copy()
+    Xn[3, 5] = np.nan
+    ext = LayerActivationExtractor(lenet, ["pool1"], input_shape=(1, 28, 28),
+                                   include_input=False).fit(X)  # fmt: skip
+    with pytest.raises(ValueError, match=r"X has NaN.*first at sample 3"):
+        ext.transform(Xn)

@@ -223,15 +223,25 @@ class NegativeActivationError(ValueError):
         return self.message
 
 
-def _check_finite(a, what, start):
+def _check_finite(a, what, start, need_min=True):
     """Raise on NaN/inf in ``a`` (rows = samples from ``start``); return its min.
 
     Two reductions (min and max) instead of an isfinite mask keep the common,
-    clean case cheap.
+    clean case cheap. Without ``need_min`` (NumPy ``a``; returns None) one
+    pass does: the dot product of ``a`` with itself is finite unless ``a``
+    holds NaN or inf (or values so large that it overflows, which the exact
+    check below then clears).
     """
-    lo, hi = float(a.min()), float(a.max())
-    if np.isfinite(lo) and np.isfinite(hi):
-        return lo
+    if need_min:
+        lo, hi = float(a.min()), float(a.max())
+        if np.isfinite(lo) and np.isfinite(hi):
+            return lo
+    else:
+        flat = a.reshape(-1)
+        if np.isfinite(float(flat @ flat)):
+            return None
+        if np.isfinite(a).all():
+            return None  # the dot product overflowed: the values are finite
     if is_torch_tensor(a):
         import torch
 
@@ -825,10 +835,13 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         torch adapter then already returns its activations on the device).
         """
         batch = np.ascontiguousarray(X4[start : start + self.batch_size], np.float32)
-        xmin = _check_finite(batch, "X", start)
+        # The input's minimum is needed only for its own block under "error".
+        need_min = self.include_input and self.nonneg == "error"
+        xmin = _check_finite(batch, "X", start, need_min)
         raw = run(self._feed(batch))
         if device is not None:
-            batch = _tensor_like(batch, device)
+            if self.include_input:  # the only block made from the batch itself
+                batch = _tensor_like(batch, device)
             raw = {
                 k: v if is_torch_tensor(v) else _tensor_like(v, device)
                 for k, v in raw.items()
