@@ -223,28 +223,33 @@ def compute_tensor(X, device, *, dtype=None, param="X", where=None):
     else:
         tdt = getattr(torch, np.dtype(dtype).name)
     X = X.detach().to(device=device, dtype=tdt).contiguous()
+    # One pass in the common, clean case: NaN anywhere makes both NaN.
+    lo, hi = torch.aminmax(X)
+    if not bool(torch.isfinite(lo) & torch.isfinite(hi) & (lo >= 0)):
+        _raise_first_bad(X, param, caller)
+    return X
+
+
+def _raise_first_bad(X, param, caller):
+    """Name the first NaN, inf or negative entry of the tensor ``X``.
+
+    Scans row chunks (bounded temporaries) in the order the NumPy check of
+    :mod:`sklearn_peek._validation` uses, and raises its message.
+    """
+    import torch
+
+    from sklearn_peek._validation import _raise
+
     step = max(1, _SCAN_ELEMENTS // X.shape[1])
     for s in range(0, X.shape[0], step):
         chunk = X[s : s + step]
-        finite = torch.isfinite(chunk)
-        if not bool(finite.all()):
-            r, c = (int(v) for v in torch.nonzero(~finite)[0])
-            v = float(chunk[r, c])
-            what = "NaN" if v != v else "infinity"
-            raise ValueError(
-                f"Input {param} contains {what}: {caller}argument {param} has "
-                f"{param}[{s + r}, {c}] = {v!r} at row {s + r}, column {c}; expected "
-                "finite values (NaN and inf are not allowed)."
-            )
-        if bool((chunk < 0).any()):
-            r, c = (int(v) for v in torch.nonzero(chunk < 0)[0])
-            raise ValueError(
-                f"Negative values in data passed to {caller}argument {param}: "
-                f"{param}[{s + r}, {c}] = {float(chunk[r, c])!r} at row {s + r}, "
-                f"column {c}; expected non-negative values (e.g. post-ReLU "
-                "activations or pixel intensities)."
-            )
-    return X
+        for kind, bad in (
+            ("nonfinite", ~torch.isfinite(chunk)),
+            ("negative", chunk < 0),
+        ):
+            if bool(bad.any()):
+                r, c = (int(v) for v in torch.nonzero(bad)[0])
+                _raise(kind, param, caller, s + r, c, float(chunk[r, c]), None, param)
 
 
 def like_input(result, X):
