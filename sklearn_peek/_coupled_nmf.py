@@ -992,13 +992,14 @@ def _held_out_scores(models, X):
         den = float(_solvers.column_sums64(X_out, square=False) @ d_out)
     else:
         den = float(_solvers.column_sums64(X_out) @ d_out)
+    d_dev = _on(d[held_out], X)
     scores = []
     for m, W in zip(models, Ws):
         H_out = _on(m.components_[:, held_out], X)
         if m.beta_loss == "kullback-leibler":
             num = float(_solvers.kl_column_divergence(X_out, W, H_out) @ d_out)
-        else:
-            num = float(_solvers.column_sums64(X_out - W @ H_out) @ d_out)
+        else:  # in row chunks, without an n x p residual
+            num = 2.0 * _solvers._frob_data_exact(X_out, W.T, H_out, d_dev)
         scores.append(-num / den if den > 0 else -num)
     return scores
 
