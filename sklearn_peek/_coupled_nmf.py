@@ -120,8 +120,8 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         it does not influence ``W``, its components are the unpenalized
         non-negative least-squares fit given ``W``.
     solver : {"hals", "mu"}, default="hals"
-        ``"hals"``: accelerated hierarchical alternating least squares (exact
-        coordinate descent, as scikit-learn's ``"cd"``). ``"mu"``:
+        ``"hals"``: hierarchical alternating least squares (exact coordinate
+        descent, the iterates of scikit-learn's ``"cd"``). ``"mu"``:
         multiplicative updates (the only solver for Kullback-Leibler).
     beta_loss : {"frobenius", "kullback-leibler"}, default="frobenius"
     init : {"nndsvd", "nndsvda", "nndsvdar", "random", "custom"} or None, default=None

@@ -521,7 +521,6 @@ def fit_hals(
     l2_H=0.0,
     max_iter=200,
     tol=1e-4,
-    update_H=True,
     inner=False,
     verbose=0,
 ):
@@ -545,8 +544,6 @@ def fit_hals(
     tol : float
         Stop when the relative decrease of the objective over one iteration
         is below ``tol``.
-    update_H : bool
-        False keeps H fixed (non-negative least squares for W).
     inner : bool
         Use the accelerated inner loop (several cheap sweeps per product).
         Off by default: with one sweep per product the iterates are exactly
@@ -591,10 +588,9 @@ def fit_hals(
         _hals_inner(Wt, num_W, HDHt, l1_W, l2_W, sw_W)
         WtW = Wt @ Wt.T
         num_H = _w_x(Wt, X)
-        if update_H:
-            _hals_inner(H, num_H, WtW, l1v, l2v, sw_H)
-            Hd = H * d
-            HDHt = Hd @ H.T
+        _hals_inner(H, num_H, WtW, l1v, l2v, sw_H)
+        Hd = H * d
+        HDHt = Hd @ H.T
         # One host transfer for both sums (each is a synchronisation on a GPU).
         obj = objective(*_sums64(num_H * Hd, WtW * HDHt))
         history.append(obj)
