@@ -21,6 +21,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from sklearn_peek._backend import resolve_device, to_numpy
+from sklearn_peek._progress import progress_bar
+from sklearn_peek._validation import is_integral
 
 __all__ = [
     "CASE_STUDIES",
@@ -47,10 +49,6 @@ _LEVEL_HELP = {
     "epochs": "an integer >= 0, the number of epochs (overrides epochs)",
     "label_noise": "a fraction in [0, 1] of training labels replaced by another class",
 }
-
-
-def _is_int(v):
-    return isinstance(v, Integral) and not isinstance(v, bool)
 
 
 def _is_real(v):
@@ -88,9 +86,9 @@ def _check_degradation(degradation, level):
     elif degradation == "label_noise":
         ok = _is_real(level) and 0 <= level <= 1
     elif degradation == "classes":
-        ok = _is_int(level) and level >= 1
+        ok = is_integral(level) and level >= 1
     else:  # epochs
-        ok = _is_int(level) and level >= 0
+        ok = is_integral(level) and level >= 0
     if not ok:
         raise ValueError(
             f"level={level!r} is not valid for degradation={degradation!r}; "
@@ -350,13 +348,13 @@ class LeNetClassifier(ClassifierMixin, BaseEstimator):
 
     # -- validation ---------------------------------------------------------
     def _check_params(self):
-        if not _is_int(self.epochs) or self.epochs < 0:
+        if not is_integral(self.epochs) or self.epochs < 0:
             raise ValueError(f"epochs={self.epochs!r} must be an integer >= 0.")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
+        if not is_integral(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size!r} must be an integer >= 1.")
         if not _is_real(self.lr) or self.lr <= 0:
             raise ValueError(f"lr={self.lr!r} must be a positive finite number.")
-        if not _is_int(self.verbose) and not isinstance(self.verbose, bool):
+        if not is_integral(self.verbose) and not isinstance(self.verbose, bool):
             raise ValueError(f"verbose={self.verbose!r} must be an integer.")
         return _check_degradation(self.degradation, self.level)
 
@@ -678,7 +676,7 @@ def _check_study_args(degradation, levels, seeds, layers, ranks, criteria, epoch
     if isinstance(seeds, Integral):
         seeds = [seeds]
     seeds = list(seeds)
-    if not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
+    if not seeds or not all(is_integral(s) and s >= 0 for s in seeds):
         raise ValueError(f"seeds={seeds!r} must be a non-empty list of integers >= 0.")
     if isinstance(layers, str):
         layers = [layers]
@@ -687,7 +685,7 @@ def _check_study_args(degradation, levels, seeds, layers, ranks, criteria, epoch
         raise ValueError(f"layers={layers!r} must be a non-empty list of layer names.")
     given = ranks
     ranks = list(ranks) if ranks is not None and hasattr(ranks, "__iter__") else []
-    if not ranks or not all(_is_int(r) and r >= 1 for r in ranks):
+    if not ranks or not all(is_integral(r) and r >= 1 for r in ranks):
         raise ValueError(f"ranks={given!r} must be a non-empty list of integers >= 1.")
     ranks = sorted({int(r) for r in ranks})
     if isinstance(criteria, str):
@@ -699,7 +697,7 @@ def _check_study_args(degradation, levels, seeds, layers, ranks, criteria, epoch
             f"criteria={criteria!r} is not valid; expected a non-empty subset of "
             f"{list(_CRITERIA_OK)}."
         )
-    if not _is_int(epochs) or epochs < 0:
+    if not is_integral(epochs) or epochs < 0:
         raise ValueError(f"epochs={epochs!r} must be an integer >= 0.")
     return levels, seeds, layers, ranks, criteria
 
@@ -765,7 +763,7 @@ def _sweep(A, blocks, layers, ranks, criteria, coupling, params, seed):
             # curve, energy the first rank reaching the threshold on it.
             sc = RankQualityScorer(criterion="elbow", **common).fit(A)
             res = sc.cv_results_
-            thr = params.get("energy_threshold", 0.9)
+            thr = sc.energy_threshold
             for layer in layers:
                 mask = res["layer"] == layer
                 if "elbow" in criteria:
@@ -1049,7 +1047,7 @@ def run_case_study(
     levels, seeds, layers, ranks, criteria = _check_study_args(
         degradation, levels, seeds, layers, ranks, criteria, epochs
     )
-    if not _is_int(random_state) or random_state < 0:
+    if not is_integral(random_state) or random_state < 0:
         raise ValueError(f"random_state={random_state!r} must be an integer >= 0.")
     data = _check_data(data)
     _check_layer_names(layers, data)
@@ -1091,12 +1089,18 @@ def run_case_study(
         )
         for lv, s in jobs
     )
-    runner = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
-    if progress:
-        from tqdm.auto import tqdm
-
-        runner = tqdm(runner, total=len(jobs), desc=f"case study {degradation}")
-    results = list(runner)
+    bar = progress_bar(
+        progress, total=len(jobs), desc=f"case study {degradation}", unit="network"
+    )
+    results = []
+    try:
+        for res in Parallel(n_jobs=n_jobs, return_as="generator")(tasks):
+            results.append(res)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     wall = time.perf_counter() - wall
 
     columns = [*NETWORK_COLUMNS, *_layer_columns(layers, criteria)]
