@@ -717,13 +717,11 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
                 exact = [False] * len(data)
             except Exception as exc:  # compile / launch failure: eager
                 _gpu_kernels.disable(exc)
-        out, at = [], 0
-        for i, k in enumerate(active):
+        out = []
+        for i, (lo, hi) in enumerate(bounds):
             if exact[i]:
-                sl = slice(at, at + sizes[k])
-                data[i] = _frob_data_exact(X, Wt[sl], H[sl], d)
+                data[i] = _frob_data_exact(X, Wt[lo:hi], H[lo:hi], d)
             out.append(max(data[i], 0.0))
-            at += sizes[k]
         return out
 
     bounds, mask, S, stack = layout(active)
@@ -744,39 +742,31 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
         Hd = H * d
         HDHt = gram(Hd, H)
         objs = objectives(*_segment_sums64([num_H * Hd, WtW * HDHt], S))
-        done, at = [], 0
-        for i, k in enumerate(active):
+        done = []
+        for i, (k, (lo, hi)) in enumerate(zip(active, bounds)):
             obj = objs[i]
             prev = history[k][-1]
             history[k].append(obj)
             stop = _stalled(prev, obj, tol, floor)
             if stop or n_iter == max_iter:
-                sl = slice(at, at + sizes[k])
                 results[k] = (
-                    _contig(Wt[sl].T),
-                    _copy(H[sl]),
+                    _contig(Wt[lo:hi].T),
+                    _copy(H[lo:hi]),
                     n_iter,
                     {"objective": history[k], "converged": bool(stop)},
                 )
                 done.append(i)
-            at += sizes[k]
         if done:
             keep = [i for i in range(len(active)) if i not in done]
             if not keep:
                 break
-            idx = [j for i in keep for j in _local_rows(active, sizes, i)]
+            idx = [j for i in keep for j in range(*bounds[i])]
             Wt, H = _rows_take(Wt, idx), _rows_take(H, idx)
             active = [active[i] for i in keep]
             bounds, mask, S, stack = layout(active)
             Hd = H * d
             HDHt = gram(Hd, H)
     return results
-
-
-def _local_rows(active, sizes, i):
-    """Stacked row indices of the i-th active problem."""
-    at = sum(sizes[k] for k in active[:i])
-    return list(range(at, at + sizes[active[i]]))
 
 
 def _concat_rows(arrays):
