@@ -533,87 +533,17 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 )
 
     def _resolve_blocks(self, n_features):
-        blocks = self.blocks
-        if blocks is None:
-            return ["block0"], [slice(0, n_features)]
-        if isinstance(blocks, str):  # "auto" (validated by the constraints)
-            return self._blocks_from_names(n_features)
-        blocks = list(blocks)
-        if not blocks:
-            raise ValueError(
-                "blocks=[] is empty; expected None, 'auto', block sizes or "
-                "(name, size) pairs."
-            )
-        names, sizes = [], []
-        for i, item in enumerate(blocks):
-            if is_integral(item):
-                names.append(f"block{i}")
-                sizes.append(int(item))
-            elif (
-                isinstance(item, (tuple, list))
-                and len(item) == 2
-                and isinstance(item[0], str)
-                and is_integral(item[1])
-            ):
-                names.append(item[0])
-                sizes.append(int(item[1]))
-            else:
+        if isinstance(self.blocks, str):  # "auto" (validated by the constraints)
+            feature_names = getattr(self, "feature_names_in_", None)
+            if feature_names is None:
                 raise ValueError(
-                    f"blocks[{i}]={item!r} is not understood; expected a block "
-                    "size (int) or a (name, size) pair."
+                    "blocks='auto' needs feature names of the form "
+                    "'<block>__<feature>' (pass a pandas DataFrame), but X has no "
+                    "column names; pass blocks as a list of sizes or (name, size) "
+                    "pairs instead."
                 )
-        for name, size in zip(names, sizes):
-            if size < 1:
-                raise ValueError(
-                    f"blocks: block {name!r} has size {size}; expected sizes >= 1."
-                )
-            if not name or "__" in name:
-                raise ValueError(
-                    f"blocks: block name {name!r} is not allowed; expected a "
-                    "non-empty name without '__'."
-                )
-        dup = sorted({nm for nm in names if names.count(nm) > 1})
-        if dup:
-            raise ValueError(
-                f"blocks: block names {dup} are repeated; expected unique names."
-            )
-        total = sum(sizes)
-        if total != n_features:
-            raise ValueError(
-                f"blocks={self.blocks!r} add up to {total} columns, but X has "
-                f"n_features={n_features}; expected block sizes that sum to "
-                f"{n_features}."
-            )
-        bounds = np.cumsum([0, *sizes])
-        return names, [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
-
-    def _blocks_from_names(self, n_features):
-        feature_names = getattr(self, "feature_names_in_", None)
-        if feature_names is None:
-            raise ValueError(
-                "blocks='auto' needs feature names of the form '<block>__<feature>' "
-                "(pass a pandas DataFrame), but X has no column names; pass "
-                "blocks as a list of sizes or (name, size) pairs instead."
-            )
-        names, starts = [], []
-        for j, fname in enumerate(feature_names):
-            if "__" not in fname:
-                raise ValueError(
-                    f"blocks='auto': feature name {fname!r} (column {j}) has no "
-                    "'__'; expected names of the form '<block>__<feature>'."
-                )
-            block = fname.split("__", 1)[0]
-            if not names or names[-1] != block:
-                if block in names:
-                    raise ValueError(
-                        f"blocks='auto': the columns of block {block!r} are not "
-                        f"contiguous (it starts again at column {j}, "
-                        f"{fname!r}); expected each block's columns side by side."
-                    )
-                names.append(block)
-                starts.append(j)
-        bounds = [*starts, n_features]
-        return names, [slice(a, b) for a, b in itertools.pairwise(bounds)]
+            return blocks_from_feature_names(feature_names, "blocks='auto'")
+        return resolve_blocks(self.blocks, n_features)
 
     def _resolve_weights(self, X, names, slices, sq):
         """Block weights; ``sq``: the blocks' squared norms (None for KL)."""
@@ -943,6 +873,94 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 # taller: all ranks of a sweep in one run, one pass over X per iteration.
 _BATCH_ROWS = 256
 _BATCH_ROWS_GPU = 2048
+
+
+def resolve_blocks(blocks, n_features):
+    """Block names and column slices from a ``blocks`` parameter.
+
+    ``blocks``: None (one block), or a list of sizes and ``(name, size)``
+    pairs; plain sizes are named ``"block<i>"`` after their position. Names
+    must be unique, non-empty and free of ``"__"``; sizes >= 1, summing to
+    ``n_features``. Shared by CoupledNMF and RankQualityScorer.
+    """
+    if blocks is None:
+        return ["block0"], [slice(0, n_features)]
+    given = blocks
+    blocks = list(blocks)
+    if not blocks:
+        raise ValueError(
+            "blocks=[] is empty; expected None, 'auto', block sizes or "
+            "(name, size) pairs."
+        )
+    names, sizes = [], []
+    for i, item in enumerate(blocks):
+        if is_integral(item):
+            names.append(f"block{i}")
+            sizes.append(int(item))
+        elif (
+            isinstance(item, (tuple, list))
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and is_integral(item[1])
+        ):
+            names.append(item[0])
+            sizes.append(int(item[1]))
+        else:
+            raise ValueError(
+                f"blocks[{i}]={item!r} is not understood; expected a block "
+                "size (int) or a (name, size) pair."
+            )
+    for name, size in zip(names, sizes):
+        if size < 1:
+            raise ValueError(
+                f"blocks: block {name!r} has size {size}; expected sizes >= 1."
+            )
+        if not name or "__" in name:
+            raise ValueError(
+                f"blocks: block name {name!r} is not allowed; expected a "
+                "non-empty name without '__'."
+            )
+    dup = sorted({nm for nm in names if names.count(nm) > 1})
+    if dup:
+        raise ValueError(
+            f"blocks: block names {dup} are repeated; expected unique names."
+        )
+    total = sum(sizes)
+    if total != n_features:
+        raise ValueError(
+            f"blocks={given!r} add up to {total} columns, but X has "
+            f"n_features={n_features}; expected block sizes that sum to "
+            f"{n_features}."
+        )
+    bounds = np.cumsum([0, *sizes])
+    return names, [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+
+def blocks_from_feature_names(feature_names, what):
+    """Block names and column slices from ``"<block>__<feature>"`` names.
+
+    ``what`` names the setting in the messages (e.g. ``"blocks='auto'"``).
+    Each block's columns must be side by side.
+    """
+    names, starts = [], []
+    for j, fname in enumerate(feature_names):
+        if "__" not in fname:
+            raise ValueError(
+                f"{what}: feature name {fname!r} (column {j}) has no "
+                "'__'; expected names of the form '<block>__<feature>'."
+            )
+        block = fname.split("__", 1)[0]
+        if not names or names[-1] != block:
+            if block in names:
+                raise ValueError(
+                    f"{what}: the columns of block {block!r} are not "
+                    f"contiguous (it starts again at column {j}, "
+                    f"{fname!r}); expected each block's columns side by side."
+                )
+            names.append(block)
+            starts.append(j)
+    bounds = [*starts, len(feature_names)]
+    return names, [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
 
 def _held_out_scores(models, X):

@@ -35,6 +35,7 @@ from sklearn_peek._backend import (
     select_compute_device,
     to_numpy,
 )
+from sklearn_peek._coupled_nmf import blocks_from_feature_names, resolve_blocks
 from sklearn_peek._progress import check_progress, progress_bar
 from sklearn_peek._validation import (
     check_finite_nonneg,
@@ -92,14 +93,6 @@ def _rank_chains(ranks, warm_start):
         cost += r
     chains.append(cur)
     return chains
-
-
-def _block_pair(i, block):
-    """Item ``i`` of ``blocks`` as (name, size): a plain size is "block<i>"."""
-    if is_integral(block):
-        return f"block{i}", int(block)
-    name, size = block  # TypeError / ValueError unless a pair
-    return str(name), int(size)
 
 
 def _col_weights(block_sizes, block_weights):
@@ -818,27 +811,11 @@ class RankQualityScorer(BaseEstimator):
             return self._as_array(Z, "X (activations from `extractor`)"), blocks
 
         if hasattr(X, "columns") and hasattr(X, "to_numpy"):
-            names = [str(c) for c in X.columns]
-            inferred = []
-            for c in names:
-                if "__" not in c:
-                    raise ValueError(
-                        f"X has a column {c!r} without the '<block>__<feature>' form; "
-                        "give an ndarray with `blocks=[(name, size), ...]` instead, or "
-                        "name every column '<block>__<feature>'."
-                    )
-                b = c.split("__", 1)[0]
-                if inferred and inferred[-1][0] == b:
-                    inferred[-1][1] += 1
-                else:
-                    if any(b == n for n, _ in inferred):
-                        raise ValueError(
-                            f"X: the columns of block {b!r} are not contiguous; "
-                            "expected each block's columns side by side."
-                        )
-                    inferred.append([b, 1])
-            inferred = [(n, s) for n, s in inferred]
-            if self.blocks is not None and self._blocks_param() != inferred:
+            names, slices = blocks_from_feature_names(
+                [str(c) for c in X.columns], "X (a DataFrame)"
+            )
+            inferred = [(n, sl.stop - sl.start) for n, sl in zip(names, slices)]
+            if self.blocks is not None and self._blocks_param(X.shape[1]) != inferred:
                 raise ValueError(
                     f"blocks={self.blocks!r} disagrees with the column names of X, "
                     f"which give {inferred!r}."
@@ -852,31 +829,13 @@ class RankQualityScorer(BaseEstimator):
                 "`blocks=[(name, size), ...]`, a DataFrame with '<block>__<feature>' "
                 "columns, or an `extractor`."
             )
-        blocks = self._blocks_param()
-        total = sum(s for _, s in blocks)
-        if total != Xa.shape[1]:
-            raise ValueError(
-                f"blocks={self.blocks!r} add up to {total} columns but X has "
-                f"{Xa.shape[1]}; expected the sizes to sum to X.shape[1]."
-            )
-        return Xa, blocks
+        return Xa, self._blocks_param(Xa.shape[1])
 
-    def _blocks_param(self):
-        """``blocks`` as (name, size) pairs; plain sizes are named "block<i>"."""
-        try:
-            blocks = [_block_pair(i, b) for i, b in enumerate(self.blocks)]
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"blocks={self.blocks!r} is invalid; expected a list of (name, size) "
-                "pairs such as [('input', 64), ('conv1', 96)], or of sizes."
-            ) from None
-        names = [n for n, _ in blocks]
-        if len(set(names)) != len(names) or any(s < 1 for _, s in blocks):
-            raise ValueError(
-                f"blocks={self.blocks!r} is invalid; expected distinct names and "
-                "positive sizes."
-            )
-        return blocks
+    def _blocks_param(self, n_features):
+        """``blocks`` as (name, size) pairs, checked as CoupledNMF checks them
+        (plain sizes are named "block<i>")."""
+        names, slices = resolve_blocks(self.blocks, n_features)
+        return [(n, sl.stop - sl.start) for n, sl in zip(names, slices)]
 
     @staticmethod
     def _as_array(X, name):
@@ -930,7 +889,7 @@ class RankQualityScorer(BaseEstimator):
                 "expected at least one layer block."
             )
         if self.coupling == _INPUT and _INPUT not in names:
-            raise ValueError(self._no_input_block_message(names))
+            raise ValueError(self._no_input_block_message(blocks))
         out = []
         for name in layers:
             if self.coupling == _INPUT:
@@ -944,14 +903,15 @@ class RankQualityScorer(BaseEstimator):
             out.append((name, cols, cb))
         return out
 
-    def _no_input_block_message(self, names):
-        """Why ``coupling="input"`` cannot run on blocks ``names``, and the ways out."""
+    def _no_input_block_message(self, blocks):
+        """Why ``coupling="input"`` cannot run on ``blocks`` ((name, size)
+        pairs), and the ways out."""
+        names = [n for n, _ in blocks]
         msg = f"coupling='input' needs an 'input' block, but the blocks are {names!r}"
         plain = self.blocks is not None and any(is_integral(b) for b in self.blocks)
         if plain:
             # e.g. with the first block as the input, as the extractor puts it
-            example = [_block_pair(i, b) for i, b in enumerate(self.blocks)]
-            example[0] = (_INPUT, example[0][1])
+            example = [(_INPUT, blocks[0][1]), *blocks[1:]]
             return (
                 f"{msg}: blocks={self.blocks!r} gives plain sizes, named "
                 "'block<i>' as CoupledNMF names them, and a size cannot say which "

@@ -306,7 +306,7 @@ def test_random_state_reproducible_and_matters():
         ({"score_layer": "fc"}, r"score_layer='fc'.*Did you mean 'fc1'"),
         (
             {"blocks": [("input", 10), ("conv1", 10)]},
-            r"add up to 20 columns but X has 45",
+            r"add up to 20 columns, but X has n_features=45",
         ),
         ({"blocks": None}, r"blocks=None but X is an ndarray"),
         # passed on to CoupledNMF or joblib, but named as the scorer's
@@ -428,8 +428,13 @@ def test_blocks_as_plain_sizes_are_named_as_coupled_nmf_names_them():
         r"coupling='none' or 'all'",
     ):
         RankQualityScorer(blocks=[10, 20], **kw).fit(X)
-    with pytest.raises(ValueError, match=r"blocks=\[10, 'x'\] is invalid.*or of sizes"):
+    with pytest.raises(
+        ValueError, match=r"blocks\[1\]='x' is not understood; expected a block size"
+    ):
         RankQualityScorer(blocks=[10, "x"], **kw).fit(X)
+    # checked as CoupledNMF checks them, before any fit (no "__" in names)
+    with pytest.raises(ValueError, match=r"block name 'a__b' is not allowed"):
+        RankQualityScorer(blocks=[10, ("a__b", 20)], **kw).fit(X)
 
 
 def test_parallel_backends_snippet_of_the_guide_runs():
