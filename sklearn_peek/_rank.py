@@ -45,6 +45,31 @@ from sklearn_peek._validation import (
 )
 
 _CRITERIA = ("bcv", "elbow", "energy", "stability")
+
+
+class SweepLimitError(ValueError):
+    """``cv`` or the largest rank is more than the data of ``fit`` allows.
+
+    ``param`` ("cv" or "ranks") names the setting, ``limit`` its largest
+    allowed value for these data (for "cv": the number of samples), and
+    ``reason`` (ranks) which layer's matrix sets it. The command line turns
+    these into advice about its own options.
+    """
+
+    def __init__(self, param, limit, message, reason=None):
+        # All in args, so that pickle and copy can rebuild the error.
+        super().__init__(param, limit, message, reason)
+        self.param, self.limit, self.message, self.reason = (
+            param,
+            limit,
+            message,
+            reason,
+        )
+
+    def __str__(self):
+        return self.message
+
+
 _COUPLINGS = ("input", "none", "all")
 _SELECTIONS = ("one_se", "max")
 _INPUT = "input"
@@ -972,9 +997,11 @@ class RankQualityScorer(BaseEstimator):
         n = Xa.shape[0]
         criterion = self.criterion
         if criterion == "bcv" and self.cv > n:
-            raise ValueError(
+            raise SweepLimitError(
+                "cv",
+                n,
                 f"cv={self.cv!r} is larger than the {n} samples of X; expected "
-                f"2 <= cv <= {n}."
+                f"2 <= cv <= {n}.",
             )
         all_names = [b for b, _ in blocks]
         if self.score_layer is not None and self.score_layer not in [*all_names, _ALL]:
@@ -984,9 +1011,14 @@ class RankQualityScorer(BaseEstimator):
                 f"one of {all_names!r}.{_close(self.score_layer, all_names)}"
             )
         layer_cols = self._layer_columns(blocks)
-        limit = self._rank_limit(n, blocks)
-        if ranks[-1] > limit[0]:
-            raise ValueError(f"{self._ranks_txt()} goes up to {ranks[-1]}, {limit[1]}")
+        limit, why = self._rank_limit(n, blocks)
+        if ranks[-1] > limit:
+            raise SweepLimitError(
+                "ranks",
+                limit,
+                f"{self._ranks_txt()} goes up to {ranks[-1]}, {why}",
+                why,
+            )
 
         rng = check_random_state(self.random_state)
         base = int(rng.randint(np.iinfo(np.int32).max))

@@ -840,6 +840,7 @@ def analyze_activations(
         The fitted scorer.
     """
     from sklearn_peek import RankQualityScorer
+    from sklearn_peek._rank import SweepLimitError
 
     ranks = list(ranks)
     scorer = RankQualityScorer(
@@ -853,23 +854,18 @@ def analyze_activations(
         random_state=seed,
         progress=progress,
     )
-    # The limit below depends on cv and the criterion: check them first.
-    scorer._validate_params()
-    n = A.shape[0]
-    if criterion == "bcv" and cv > n:
+    try:
+        return scorer.fit(A)
+    except SweepLimitError as exc:  # say it with the options the user typed
+        if exc.param == "cv":
+            raise CLIError(
+                f"--cv {cv} is larger than the {exc.limit} inputs analysed; "
+                f"expected 2 <= --cv <= {exc.limit}, or more inputs."
+            ) from exc
         raise CLIError(
-            f"--cv {cv} is larger than the {n} inputs analysed; expected "
-            f"2 <= --cv <= {n}, or more inputs."
-        )
-    # Checked here, in the words the user typed (--ranks, --max-samples),
-    # before the scorer would reject it with its own parameter names.
-    limit, why = scorer._rank_limit(n, [(b, int(s)) for b, s in blocks])
-    if ranks[-1] > limit:
-        raise CLIError(
-            f"--ranks {ranks[0]}..{ranks[-1]} goes up to {ranks[-1]}, {why} Pass "
-            f"--ranks up to {limit}, or more samples (--max-samples)."
-        )
-    return scorer.fit(A)
+            f"--ranks {ranks[0]}..{ranks[-1]} goes up to {ranks[-1]}, {exc.reason} "
+            f"Pass --ranks up to {exc.limit}, or more samples (--max-samples)."
+        ) from exc
 
 
 def fit_figure_model(A, blocks, rank, *, seed, device):

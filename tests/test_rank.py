@@ -720,3 +720,21 @@ def test_progress_bar_counts_the_tasks(n_jobs, capsys, monkeypatch):
     monkeypatch.setenv("CI", "1")
     RankQualityScorer(**kw).fit(X)
     assert capsys.readouterr().err == ""
+
+
+def test_sweep_limit_error_says_which_setting_and_its_limit():
+    import pickle
+
+    from sklearn_peek._rank import SweepLimitError
+
+    X = planted(0, 2, n=60, widths=(10, 20, 15))
+    kw = dict(blocks=blocks_of((10, 20, 15)), cv=3)
+    with pytest.raises(SweepLimitError) as err:
+        RankQualityScorer(ranks=range(1, 60), **kw).fit(X)
+    assert (err.value.param, err.value.limit) == ("ranks", 25)  # fc1: 25 columns
+    assert "layer 'fc1'" in err.value.reason
+    back = pickle.loads(pickle.dumps(err.value))
+    assert (str(back), back.param, back.limit) == (str(err.value), "ranks", 25)
+    with pytest.raises(SweepLimitError) as err:
+        RankQualityScorer(ranks=[1, 2], cv=61, blocks=kw["blocks"]).fit(X)
+    assert (err.value.param, err.value.limit) == ("cv", 60)
