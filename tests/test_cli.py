@@ -2,7 +2,6 @@
 
 import base64
 import collections
-import gzip
 import json
 import re
 import struct
@@ -12,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _helpers import write_idx
 
 from sklearn_peek import cli
 
@@ -36,14 +36,6 @@ def _small_cnn():
             ]
         )
     )
-
-
-def _write_idx(path, array):
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    head = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
-    head += struct.pack(f">{array.ndim}i", *array.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(head + array.tobytes())
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +74,7 @@ def files(tmp_path_factory):
     np.save(d / "x.npy", Xtest)
     np.save(d / "y.npy", ytest)
     np.save(d / "xneg.npy", Xtest - 0.5)
-    _write_idx(d / "images-idx3-ubyte.gz", np.round(Xtest[:, 0] * 255))
+    write_idx(d / "images-idx3-ubyte.gz", np.round(Xtest[:, 0] * 255), gz=True)
     np.save(d / "x10.npy", np.random.default_rng(0).random((20, 1, 10, 10), np.float32))
     (d / "bad.onnx").write_bytes(b"\x08\x07 this is not a protobuf" * 10)
     return d, Xtest, ytest
@@ -411,7 +403,7 @@ def test_load_array_and_prepare_inputs(tmp_path):
     np.testing.assert_allclose(X[:, 0], imgs / 255.0, rtol=1e-6)
     raw = cli.prepare_inputs(imgs.reshape(2, -1), scale="none")  # flat and square
     np.testing.assert_array_equal(raw, imgs[:, None])
-    _write_idx(tmp_path / "imgs-idx3-ubyte.gz", imgs)
+    write_idx(tmp_path / "imgs-idx3-ubyte.gz", imgs, gz=True)
     np.testing.assert_array_equal(cli.load_array(tmp_path / "imgs-idx3-ubyte.gz"), imgs)
     np.savez(tmp_path / "two.npz", a=imgs, b=imgs)
     with pytest.raises(cli.CLIError, match="choose one with --data-key"):

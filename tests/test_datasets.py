@@ -1,37 +1,13 @@
 """Tests of sklearn_peek.datasets: digits images, the IDX reader, MNIST loading."""
 
 import gzip
-import struct
 import urllib.error
 
 import numpy as np
 import pytest
+from _helpers import idx_bytes, write_idx
 
 from sklearn_peek.datasets import load_digits_images, load_mnist, read_idx
-
-
-def _idx_bytes(arr, code=0x08):
-    arr = np.asarray(arr)
-    dtype = {
-        0x08: ">u1",
-        0x09: ">i1",
-        0x0B: ">i2",
-        0x0C: ">i4",
-        0x0D: ">f4",
-        0x0E: ">f8",
-    }[code]
-    header = struct.pack(">BBBB", 0, 0, code, arr.ndim) + struct.pack(
-        f">{arr.ndim}i", *arr.shape
-    )
-    return header + arr.astype(dtype).tobytes()
-
-
-def _write(path, payload, gz=False):
-    if gz:
-        with gzip.open(path, "wb") as fh:
-            fh.write(payload)
-    else:
-        path.write_bytes(payload)
 
 
 def _fake_mnist(folder, n_train=7, n_test=4, gz=True, seed=0, names=None):
@@ -44,8 +20,8 @@ def _fake_mnist(folder, n_train=7, n_test=4, gz=True, seed=0, names=None):
         lab_name = f"{split}-labels-idx1-ubyte" + (".gz" if gz else "")
         if names is not None:
             img_name, lab_name = names(img_name), names(lab_name)
-        _write(folder / img_name, _idx_bytes(images), gz)
-        _write(folder / lab_name, _idx_bytes(labels), gz)
+        write_idx(folder / img_name, images, gz=gz)
+        write_idx(folder / lab_name, labels, gz=gz)
         data[split] = (images, labels)
     return data
 
@@ -80,7 +56,7 @@ def test_load_digits_images():
 )
 def test_read_idx_types_and_gzip(tmp_path, gz, code, values):
     path = tmp_path / "x-idx"
-    _write(path, _idx_bytes(values, code), gz)
+    write_idx(path, values, code, gz=gz)
     out = read_idx(path)
     assert out.shape == values.shape
     assert out.dtype.isnative
@@ -88,7 +64,7 @@ def test_read_idx_types_and_gzip(tmp_path, gz, code, values):
 
 
 def test_read_idx_errors(tmp_path):
-    good = _idx_bytes(np.arange(12).reshape(3, 4))
+    good = idx_bytes(np.arange(12).reshape(3, 4))
     with pytest.raises(FileNotFoundError, match=r"does not exist"):
         read_idx(tmp_path / "nope")
     p = tmp_path / "f"
@@ -160,24 +136,24 @@ def test_load_mnist_errors(tmp_path):
         load_mnist(tmp_path)
     # Only the test files present: kind="test" works, kind="both" names what is missing.
     rng = np.random.default_rng(0)
-    _write(
+    write_idx(
         tmp_path / "t10k-images-idx3-ubyte",
-        _idx_bytes(rng.integers(0, 255, (3, 28, 28))),
+        rng.integers(0, 255, (3, 28, 28)),
     )
-    _write(tmp_path / "t10k-labels-idx1-ubyte", _idx_bytes(np.array([1, 2, 3])))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([1, 2, 3]))
     assert load_mnist(tmp_path, kind="test").images.shape == (3, 1, 28, 28)
     with pytest.raises(FileNotFoundError, match=r"train-labels-idx1-ubyte.gz"):
         load_mnist(tmp_path, kind="both")
     # Images and labels that disagree.
-    _write(tmp_path / "t10k-labels-idx1-ubyte", _idx_bytes(np.array([1, 2])))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([1, 2]))
     with pytest.raises(ValueError, match=r"3 images but .* 2 labels"):
         load_mnist(tmp_path, kind="test")
     # Labels out of range.
-    _write(tmp_path / "t10k-labels-idx1-ubyte", _idx_bytes(np.array([1, 2, 11])))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([1, 2, 11]))
     with pytest.raises(ValueError, match=r"label 11"):
         load_mnist(tmp_path, kind="test")
     # Labels file that holds images (wrong magic for labels).
-    _write(tmp_path / "t10k-labels-idx1-ubyte", _idx_bytes(np.zeros((3, 2, 2))))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros((3, 2, 2)))
     with pytest.raises(ValueError, match=r"expected MNIST labels"):
         load_mnist(tmp_path, kind="test")
 

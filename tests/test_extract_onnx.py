@@ -4,7 +4,6 @@ Every extracted tensor is checked against an independent onnxruntime run of
 the graph cut at that tensor (onnx.utils.Extractor, default optimizations).
 """
 
-import io
 import pickle
 import warnings
 
@@ -13,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from _torch_helpers import BasicBlock, torch_to_onnx
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.base import clone
 
@@ -159,15 +159,6 @@ def reference(model, tensor, X, feeds=None, batch=None):
 
 def split_ref(a):
     return np.hstack([np.maximum(a, 0), np.maximum(-a, 0)])
-
-
-def torch_to_onnx(net, sample_shape, **kw):
-    """``net`` exported by torch.onnx's TorchScript exporter, as bytes."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.zeros(1, *sample_shape), buf, dynamo=False, **kw)
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -439,24 +430,6 @@ def test_skl2onnx_mlp():
     np.testing.assert_allclose(A[:, -5:], sess.run(None, {"X": X})[0], atol=1e-6)
 
 
-class _Block(torch.nn.Module):
-    """Residual block whose one ReLU module runs twice (as in torchvision)."""
-
-    def __init__(self, c_in, c_out, stride):
-        super().__init__()
-        nn = torch.nn
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.down = nn.Conv2d(c_in, c_out, 1, stride) if stride > 1 else None
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        return self.relu(out + (x if self.down is None else self.down(x)))
-
-
 class _ResNet(torch.nn.Module):
     """ResNet-18 layout (4 stages x 2 blocks), 4 to 16 channels."""
 
@@ -472,7 +445,10 @@ class _ResNet(torch.nn.Module):
             setattr(
                 self,
                 f"layer{i + 1}",
-                nn.Sequential(_Block(c, w, stride), _Block(w, w, 1)),
+                nn.Sequential(
+                    BasicBlock(c, w, stride, plain_shortcut=True),
+                    BasicBlock(w, w, 1, plain_shortcut=True),
+                ),
             )
             c = w
         self.avgpool = nn.AdaptiveAvgPool2d(1)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from _torch_helpers import torch_to_onnx
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline, make_pipeline
-from test_extract_onnx import torch_to_onnx
 
 from sklearn_peek import CoupledNMF, LayerActivationExtractor
 

@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from _torch_helpers import BasicBlock
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -40,26 +41,6 @@ class LeNet(nn.Module):
         return self.fc2(x)
 
 
-class Block(nn.Module):
-    """ResNet basic block; like torchvision's, one ReLU module runs twice."""
-
-    def __init__(self, c_in, c_out, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.down = None
-        if stride != 1 or c_in != c_out:
-            self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False))
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + (x if self.down is None else self.down(x)))
-
-
 class TinyResNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -67,8 +48,8 @@ class TinyResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(4)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(2)
-        self.layer1 = nn.Sequential(Block(4, 4), Block(4, 4))
-        self.layer2 = nn.Sequential(Block(4, 8, 2), Block(8, 8))
+        self.layer1 = nn.Sequential(BasicBlock(4, 4), BasicBlock(4, 4))
+        self.layer2 = nn.Sequential(BasicBlock(4, 8, 2), BasicBlock(8, 8))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8, 5)
 

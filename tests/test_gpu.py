@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _helpers import fit_quietly
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import make_pipeline
 
@@ -31,19 +32,12 @@ def _data(dtype=np.float32, seed=0):
     return X.astype(dtype), [("a", 30), ("b", 120)]
 
 
-def _fit(X, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model = CoupledNMF(**kw)
-        return model, model.fit_transform(X)
-
-
 @pytest.mark.parametrize("solver", ["hals", "mu"])
 def test_cuda_matches_numpy(solver):
     X, blocks = _data()
     kw = dict(n_components=4, blocks=blocks, random_state=0, solver=solver)
-    ref, W_ref = _fit(X, max_iter=300, **kw)
-    mod, W = _fit(X, device="cuda", max_iter=300, **kw)
+    ref, W_ref = fit_quietly(X, max_iter=300, **kw)
+    mod, W = fit_quietly(X, device="cuda", max_iter=300, **kw)
     assert isinstance(W, np.ndarray) and W.dtype == np.float32
     assert mod.reconstruction_err_ == pytest.approx(ref.reconstruction_err_, rel=1e-3)
     P = W @ mod.components_
@@ -53,14 +47,16 @@ def test_cuda_matches_numpy(solver):
 
 def test_cuda_float64_numpy_is_computed_in_float32():
     X, blocks = _data(np.float64)
-    mod, W = _fit(X, n_components=3, blocks=blocks, device="cuda", random_state=0)
+    mod, W = fit_quietly(
+        X, n_components=3, blocks=blocks, device="cuda", random_state=0
+    )
     assert W.dtype == np.float32 and mod.components_.dtype == np.float32
 
 
 def test_cuda_tensors_stay_on_the_device():
     X, blocks = _data(np.float64)
     Xt = torch.from_numpy(X).cuda()
-    mod, W = _fit(Xt, n_components=3, blocks=blocks, random_state=0)
+    mod, W = fit_quietly(Xt, n_components=3, blocks=blocks, random_state=0)
     assert W.is_cuda and W.dtype == torch.float64  # float64 tensors: kept
     assert isinstance(mod.components_, np.ndarray)
     assert mod.transform(Xt).is_cuda
@@ -71,7 +67,7 @@ def test_cuda_tensors_stay_on_the_device():
 def test_tf32_left_as_the_user_set_it():
     X, blocks = _data()
     before = torch.backends.cuda.matmul.allow_tf32
-    _fit(X, n_components=3, blocks=blocks, device="cuda", random_state=0)
+    fit_quietly(X, n_components=3, blocks=blocks, device="cuda", random_state=0)
     assert torch.backends.cuda.matmul.allow_tf32 == before
 
 
@@ -81,7 +77,7 @@ def test_auto_picks_the_gpu():
     X, blocks = _data()
     Xt = torch.from_numpy(X)
     assert select_compute_device("auto", Xt).type == "cuda"
-    _, W = _fit(Xt, n_components=3, blocks=blocks, device="auto", random_state=0)
+    _, W = fit_quietly(Xt, n_components=3, blocks=blocks, device="auto", random_state=0)
     # Tensors come back on the caller's device, wherever the solvers ran.
     assert not W.is_cuda
 

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from _helpers import fit_quietly
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import make_pipeline
@@ -34,14 +35,6 @@ def _data(seed=0, n=40, widths=(25, 60), rank=4, dtype=np.float64):
     return X.astype(dtype), [(f"b{i}", w) for i, w in enumerate(widths)]
 
 
-def _fit(X, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model = CoupledNMF(**kw)
-        W = model.fit_transform(X)
-    return model, W
-
-
 CASES = [
     {"solver": "hals"},
     {"solver": "hals", "init": "random"},
@@ -57,8 +50,8 @@ CASES = [
 def test_torch_cpu_matches_numpy_float64(case):
     X, blocks = _data()
     kw = dict(n_components=4, blocks=blocks, random_state=0, max_iter=60, **case)
-    ref, W_ref = _fit(X, **kw)
-    mod, W = _fit(X, device=CPU, **kw)
+    ref, W_ref = fit_quietly(X, **kw)
+    mod, W = fit_quietly(X, device=CPU, **kw)
     # NumPy in: NumPy out, even though the torch solvers ran.
     assert isinstance(W, np.ndarray) and W.dtype == np.float64
     assert mod.n_iter_ == ref.n_iter_
@@ -80,8 +73,8 @@ def test_torch_cpu_matches_numpy_float64(case):
 def test_torch_tensor_float32_matches_numpy(solver):
     X, blocks = _data(seed=2, dtype=np.float32)
     kw = dict(n_components=4, blocks=blocks, random_state=3, solver=solver)
-    ref, W_ref = _fit(X, max_iter=300, **kw)
-    mod, W = _fit(torch.from_numpy(X), max_iter=300, **kw)
+    ref, W_ref = fit_quietly(X, max_iter=300, **kw)
+    mod, W = fit_quietly(torch.from_numpy(X), max_iter=300, **kw)
     assert isinstance(W, torch.Tensor) and W.dtype == torch.float32
     assert mod.components_.dtype == np.float32
     assert isinstance(mod.components_, np.ndarray)
@@ -96,7 +89,7 @@ def test_torch_tensor_float32_matches_numpy(solver):
 def test_tensor_in_tensor_out_and_attributes_numpy():
     X, blocks = _data()
     Xt = torch.from_numpy(X)
-    model, W = _fit(Xt, n_components=3, blocks=blocks, random_state=0)
+    model, W = fit_quietly(Xt, n_components=3, blocks=blocks, random_state=0)
     assert isinstance(W, torch.Tensor) and W.dtype == torch.float64
     assert W.shape == (X.shape[0], 3)
     for attr in ("components_", "block_weights_"):
@@ -148,14 +141,14 @@ def test_device_rule():
 )
 def test_tensor_dtypes(dtype, expected):
     X = torch.from_numpy(np.random.RandomState(0).randint(0, 5, (12, 7)))
-    model, W = _fit(X.to(dtype), n_components=2, random_state=0, max_iter=20)
+    model, W = fit_quietly(X.to(dtype), n_components=2, random_state=0, max_iter=20)
     assert W.dtype == expected
     assert model.components_.dtype == np.dtype(str(expected).split(".")[1])
 
 
 def test_float32_stays_float32_on_torch_cpu():
     X, blocks = _data(dtype=np.float32)
-    model, W = _fit(X, n_components=3, blocks=blocks, device=CPU, random_state=0)
+    model, W = fit_quietly(X, n_components=3, blocks=blocks, device=CPU, random_state=0)
     assert W.dtype == np.float32 and model.components_.dtype == np.float32
 
 
@@ -194,7 +187,9 @@ def test_bad_tensor_shapes_and_sparse():
 
 def test_custom_init_tensors_warm_start():
     X, blocks = _data()
-    ref, W_ref = _fit(X, n_components=3, blocks=blocks, random_state=0, max_iter=30)
+    ref, W_ref = fit_quietly(
+        X, n_components=3, blocks=blocks, random_state=0, max_iter=30
+    )
     kw = dict(n_components=3, blocks=blocks, init="custom", max_iter=10)
     a, b = CoupledNMF(**kw), CoupledNMF(**kw)
     with warnings.catch_warnings():
