@@ -374,37 +374,20 @@ def _batched_sweep(X, blocks, device, ranks, max_iter):
     return t, [m.reconstruction_err_ for m in models]
 
 
-def _init_costs(X, blocks, device, ranks):
-    """Seconds of the sweep's initialisations, as ``fit_ranks`` makes them.
+def _init_costs(X, blocks, ranks):
+    """Seconds of the sweep's initialisations: one per rank, and stacked.
 
-    Returns (all ranks' NNDSVD initialisations, one QR of the range finder's
-    shape, repeated as often as one initialisation calls it). On the GPU the
-    30 randomized SVDs were about 0.45 s of a 1.06 s stacked sweep; this says
-    how much of that a shared sketch or a cheaper QR could save.
+    :func:`bench_inits.time_inits` (best of 3): one ``_initialize`` per rank
+    (what one fit per rank pays) against ``_initialize_ranks`` (what
+    ``fit_ranks`` runs), and the largest relative gap between their starts.
+    Before the stacking, the 30 initialisations took about 0.45 s of a 1.06 s
+    stacked sweep on an H100.
     """
-    torch = _torch()
-    est = CoupledNMF(blocks=blocks, random_state=0, device=device)
-    est.set_params(n_components=ranks[0])._validate_params()
-    Xd, _slices, _w, d, _sq = est._prepare_fit(X)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_inits import time_inits
 
-    def inits():
-        for r in ranks:
-            m = CoupledNMF(r, blocks=blocks, random_state=0, device=device)
-            m._validate_params()
-            m._initialize(Xd, None, None, d, False)
-
-    timer = Timer(device)
-    t_init, _ = timer.wall(inits)
-    # 1 + 2 * 7 QRs per initialisation (n_iter=7 power iterations), the widest
-    # rank's range (rank + 10 oversamples) on the sample side.
-    Y = torch.rand(X.shape[0], ranks[-1] + 10, device=Xd.device, dtype=Xd.dtype)
-
-    def qrs():
-        for _ in range(15):
-            torch.linalg.qr(Y)
-
-    t_qr, _ = timer(qrs, repeat=3)
-    return t_init, t_qr
+    res = time_inits(X, blocks, list(ranks), repeat=3)
+    return min(res["one_by_one_s"]), min(res["stacked_s"]), res["max_rel_diff"]
 
 
 def rank_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
@@ -424,7 +407,7 @@ def rank_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
     # All ranks stacked in one solver run per group (fit_ranks).
     t_batched_cold, _ = _batched_sweep(X, blocks, device, ranks, max_iter)
     t_batched, errs_batched = _batched_sweep(X, blocks, device, ranks, max_iter)
-    t_inits, t_qr15 = _init_costs(X, blocks, device, ranks)
+    t_single_inits, t_inits, inits_diff = _init_costs(X, blocks, ranks)
     Xh = X.cpu().numpy()
     t_start = _warm_workers(blocks, n_jobs)
     t0 = time.perf_counter()
@@ -440,7 +423,8 @@ def rank_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
         "batched_s": t_batched,
         "batched_speedup": t_cpu / t_batched,
         "batched_inits_s": t_inits,
-        "qr_x15_widest_s": t_qr15,
+        "one_by_one_inits_s": t_single_inits,
+        "inits_max_rel_diff": inits_diff,
         "batched_max_err_rel_diff": diff_b,
         "ranks": [int(ranks[0]), int(ranks[-1])],
         "gpu_cold_s": t_cold,
@@ -699,8 +683,9 @@ def main(argv=None):
             f"(first run {sw['batched_cold_s']:.2f} s), "
             f"{sw['batched_speedup']:.1f}x the CPU sweep, max rel. diff error "
             f"{sw['batched_max_err_rel_diff']:.2e}; of which the {len(ranks)} "
-            f"initialisations {sw['batched_inits_s']:.2f} s (15 QRs of the widest "
-            f"range: {1e3 * sw['qr_x15_widest_s']:.1f} ms)"
+            f"initialisations {sw['batched_inits_s']:.3f} s (one by one: "
+            f"{sw['one_by_one_inits_s']:.3f} s; the starts differ by at most "
+            f"{sw['inits_max_rel_diff']:.1e})"
         )
     rc = results["cases"]["large"].get("residual_configs")
     if rc:

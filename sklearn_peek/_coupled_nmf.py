@@ -74,6 +74,65 @@ def _host_array(a, dtype):
     return np.ascontiguousarray(to_numpy(a), dtype=dtype)
 
 
+def _init_scaling(X, d, kl):
+    """Column scaling ``s`` of the initialisations and the mean of ``X * s``.
+
+    The NNDSVD starts come from the SVD of the weighted matrix ``X * s``
+    (``s = d ** (1 / beta)``); its mean fills their zeros. Returns ``(s, y_mean)``
+    with ``s`` a NumPy array of X's dtype.
+    """
+    n, p = X.shape
+    dt = numpy_dtype(X)
+    beta = 1.0 if kl else 2.0
+    s = (d.astype(np.float64) ** (1.0 / beta)).astype(dt)
+    # Mean of the weighted matrix Y = X * s, without forming it.
+    if is_torch_tensor(X):
+        col_sums = _solvers.column_sums64(X, square=False)
+    else:
+        col_sums = np.asarray(X.sum(axis=0, dtype=np.float64)).ravel()
+    return s, float(col_sums @ s.astype(np.float64)) / (n * p)
+
+
+def _host_svd(svd, dtype):
+    """``(U, S, Vt)`` as host arrays for :func:`_solvers.nndsvd` (S keeps its dtype)."""
+    U, S, Vt = svd
+    return _host_array(U, dtype), _host_array(S, numpy_dtype(S)), _host_array(Vt, dtype)
+
+
+def _initialize_ranks(models, X, d):
+    """``[m._initialize(X, None, None, d, False) for m in models]``, stacked.
+
+    The NNDSVD starts of all the models share their randomized SVD's products
+    with X (:func:`_solvers.randomized_svds_weighted`; each model still draws
+    its own sketch from its own ``random_state``), and the scaling is
+    computed once: the starts equal one ``_initialize`` per model to float
+    rounding, for far fewer GPU kernel launches.
+    """
+    n, p = X.shape
+    dt = numpy_dtype(X)
+    scaling = _init_scaling(X, d, False)
+    svd_models = [
+        i
+        for i, m in enumerate(models)
+        if m._init_name(m.n_components, n, p) != "random"
+    ]
+    svds = {}
+    if svd_models:
+        ks = [models[i].n_components for i in svd_models]
+        rngs = [check_random_state(models[i].random_state) for i in svd_models]
+        U, S, Vt = _host_svd(
+            _solvers.randomized_svds_weighted(X, _on(scaling[0], X), ks, rngs), dt
+        )
+        at = 0
+        for i, k in zip(svd_models, ks):
+            svds[i] = (U[:, at : at + k], S[at : at + k], Vt[at : at + k])
+            at += k
+    return [
+        m._initialize(X, None, None, d, False, scaling=scaling, svd=svds.get(i))
+        for i, m in enumerate(models)
+    ]
+
+
 class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     r"""Coupled non-negative matrix factorization with a shared sample factor.
 
@@ -580,8 +639,27 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         l2_H = n * alpha_H * (1.0 - self.l1_ratio)
         return l1_W, l1_H, l2_W, l2_H
 
-    def _initialize(self, X, W, H, d, kl):
-        """W0, H0 as NumPy arrays of X's dtype (moved to X's device by the caller)."""
+    def _init_name(self, k, n, p):
+        """The initialisation a fit at rank k of an n x p matrix uses."""
+        init = self.init
+        if init is None:
+            return "nndsvda" if k <= min(n, p) else "random"
+        if init != "random" and k > min(n, p):
+            raise ValueError(
+                f"n_components={k} is larger than min(n_samples, n_features)="
+                f"{min(n, p)} (X has shape {(n, p)}); init={init!r} needs "
+                "n_components <= min(n_samples, n_features). Use a smaller "
+                "n_components or init='random'."
+            )
+        return init
+
+    def _initialize(self, X, W, H, d, kl, *, scaling=None, svd=None):
+        """W0, H0 as NumPy arrays of X's dtype (moved to X's device by the caller).
+
+        ``scaling``: ``_init_scaling(X, d, kl)`` when the caller has it.
+        ``svd``: the host ``(U, S, Vt)`` of the NNDSVD inits when the caller
+        computed it (:func:`_initialize_ranks`); otherwise it is computed here.
+        """
         n, p = X.shape
         dt = numpy_dtype(X)
         k = self.n_components
@@ -623,35 +701,22 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             )
         if k is None:
             k = p
-        if init is None:
-            init = "nndsvda" if k <= min(n, p) else "random"
+        init = self._init_name(k, n, p)
         rng = check_random_state(self.random_state)
-        beta = 1.0 if kl else 2.0
-        s = (d.astype(np.float64) ** (1.0 / beta)).astype(dt)
-        # Mean of the weighted matrix Y = X * s, without forming it.
-        if is_torch_tensor(X):
-            col_sums = _solvers.column_sums64(X, square=False)
-        else:
-            col_sums = np.asarray(X.sum(axis=0, dtype=np.float64)).ravel()
-        y_mean = float(col_sums @ s.astype(np.float64)) / (n * p)
+        s, y_mean = scaling if scaling is not None else _init_scaling(X, d, kl)
         passive = s == 0
         if init == "random":
             avg = np.sqrt(y_mean / k)
             H0 = np.abs(avg * rng.standard_normal(size=(k, p))).astype(dt)
             W0 = np.abs(avg * rng.standard_normal(size=(n, k))).astype(dt)
         else:
-            if k > min(n, p):
-                raise ValueError(
-                    f"n_components={k} is larger than min(n_samples, n_features)="
-                    f"{min(n, p)} (X has shape {tuple(X.shape)}); init={init!r} needs "
-                    "n_components <= min(n_samples, n_features). Use a smaller "
-                    "n_components or init='random'."
+            if svd is None:
+                # The sketch runs where X is (torch: on its device); the small
+                # factors come back to the host for the NNDSVD bookkeeping.
+                svd = _host_svd(
+                    _solvers.randomized_svd_weighted(X, _on(s, X), k, rng), dt
                 )
-            # The sketch runs where X is (torch: on its device); the small
-            # factors come back to the host for the NNDSVD bookkeeping.
-            U, S, Vt = _solvers.randomized_svd_weighted(X, _on(s, X), k, rng)
-            S = _host_array(S, numpy_dtype(S))
-            W0, H0 = _solvers.nndsvd(_host_array(U, dt), S, _host_array(Vt, dt))
+            W0, H0 = _solvers.nndsvd(*svd)
             if init == "nndsvda":
                 W0[W0 == 0] = y_mean
                 H0[H0 == 0] = y_mean
@@ -1081,10 +1146,11 @@ def fit_ranks(estimator, X, ranks):
     rounding), but the HALS iterations of all ranks run as one stacked
     problem (:func:`sklearn_peek._solvers.fit_hals_batched`): every product
     with X serves all ranks, so a rank sweep makes one pass over X per
-    iteration instead of one per rank. This is what makes sweeps fast on a
-    GPU, where small fits are bound by kernel launches. Solvers or losses
-    that cannot be stacked (MU, Kullback-Leibler, penalties) are fitted one
-    rank after the other.
+    iteration instead of one per rank. The randomized SVDs of the NNDSVD
+    starts are stacked the same way (each rank still draws its own sketch).
+    This is what makes sweeps fast on a GPU, where small fits are bound by
+    kernel launches. Solvers or losses that cannot be stacked (MU,
+    Kullback-Leibler, penalties) are fitted one rank after the other.
 
     Parameters
     ----------
@@ -1141,15 +1207,14 @@ def fit_ranks(estimator, X, ranks):
     X, slices, weights, d, sq = base._prepare_fit(X)
     fitted = {k: v for k, v in vars(base).items() if k.endswith("_")}
     xnorm = float(sq @ weights)
-    models, starts = [], []
+    models = []
     for r in ranks:
         m = clone(base).set_params(n_components=r)
         m._validate_params()
         for key, value in fitted.items():  # own copies, as separate fits have
             setattr(m, key, copy.deepcopy(value))
-        W0, H0, _ = m._initialize(X, None, None, d, False)
         models.append(m)
-        starts.append((_on(W0, X), _on(H0, X)))
+    starts = [(_on(W0, X), _on(H0, X)) for W0, H0, _ in _initialize_ranks(models, X, d)]
     d_dev = _on(d, X)
     Ws = [None] * len(ranks)
     # Consecutive ranks share a run while their stacked rows fit the limit.

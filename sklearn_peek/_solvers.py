@@ -153,6 +153,8 @@ def _sum64(a):
 
 def _sums64(*arrays):
     """Sums of several arrays (float64 accumulation) with one device transfer."""
+    if not arrays:
+        return []
     if _np(arrays[0]):
         return [_sum64(a) for a in arrays]
     torch = _t()
@@ -339,19 +341,36 @@ def _h_penalties(d, l1_H, l2_H):
     return (l1v if l1_H else 0.0), (l2v if l2_H else 0.0)
 
 
-def _penalty(Wt, H, d, l1_W, l2_W, l1_H, l2_H):
-    pen = 0.0
+def _penalty_terms(Wt, H, d, l1_W, l2_W, l1_H, l2_H):
+    """The penalty as ``sum(c * sum64(a) for c, a in zip(coefs, arrays))``.
+
+    Returned as ``(coefs, arrays)`` so that the caller sums the arrays with
+    its own in one host transfer (:func:`_sums64`).
+    """
+    coefs, arrays = [], []
     if l1_W:
-        pen += l1_W * _sum64(Wt)
+        coefs.append(l1_W)
+        arrays.append(Wt)
     if l2_W:
-        pen += 0.5 * l2_W * _sum64(Wt * Wt)
+        coefs.append(0.5 * l2_W)
+        arrays.append(Wt * Wt)
     if l1_H or l2_H:
         active = _cast(d > 0, H)
         if l1_H:
-            pen += l1_H * _sum64(H @ active)
+            coefs.append(l1_H)
+            arrays.append(H @ active)
         if l2_H:
-            pen += 0.5 * l2_H * _sum64((H * H) @ active)
-    return pen
+            coefs.append(0.5 * l2_H)
+            arrays.append((H * H) @ active)
+    return coefs, arrays
+
+
+def _with_penalty(data_arrays, terms):
+    """Sums of ``data_arrays`` and the penalty of ``terms``, one transfer."""
+    coefs, arrays = terms
+    sums = _sums64(*data_arrays, *arrays)
+    k = len(data_arrays)
+    return sums[:k], sum(c * v for c, v in zip(coefs, sums[k:]))
 
 
 def _frob_data(X, Wt, H, d, xnorm, lin, quad, tol):
@@ -569,15 +588,18 @@ def fit_hals(
     sw_W = _inner_sweeps(n, p, r) if inner else 1
     sw_H = _inner_sweeps(p, n, r) if inner else 1
 
-    def objective(lin, quad):
-        data = _frob_data(X, Wt, H, d, xnorm, lin, quad, tol)
-        return data + _penalty(Wt, H, d, l1_W, l2_W, l1_H, l2_H)
+    def objective(lin_terms, quad_terms):
+        # One host transfer for all the sums (each is a synchronisation on a GPU).
+        (lin, quad), pen = _with_penalty(
+            (lin_terms, quad_terms), _penalty_terms(Wt, H, d, l1_W, l2_W, l1_H, l2_H)
+        )
+        return _frob_data(X, Wt, H, d, xnorm, lin, quad, tol) + pen
 
     Hd = H * d
     HDHt = Hd @ H.T
     num_W = _h_xt(Hd, X)
     WtW = Wt @ Wt.T
-    obj = objective(*_sums64(Wt * num_W, WtW * HDHt))
+    obj = objective(Wt * num_W, WtW * HDHt)
     history = [obj]
     floor = 10.0 * _eps(H) * xnorm  # see _stalled
     converged = False
@@ -591,8 +613,7 @@ def fit_hals(
         _hals_inner(H, num_H, WtW, l1v, l2v, sw_H)
         Hd = H * d
         HDHt = Hd @ H.T
-        # One host transfer for both sums (each is a synchronisation on a GPU).
-        obj = objective(*_sums64(num_H * Hd, WtW * HDHt))
+        obj = objective(num_H * Hd, WtW * HDHt)
         history.append(obj)
         if verbose and n_iter % 10 == 0:
             print(f"CoupledNMF[hals] iteration {n_iter}: objective {obj:.6g}")
@@ -809,15 +830,21 @@ def fit_mu(
     W = _copy(W)
     H = _copy(H)
     l1v, l2v = _h_penalties(d, l1_H, l2_H)
+    # Asked once: on a GPU each question is a synchronisation.
+    has_l1v, has_l2v = not _is_zero(l1v), not _is_zero(l2v)
+
+    def terms():
+        return _penalty_terms(W.T, H, d, l1_W, l2_W, l1_H, l2_H)
 
     def pen():
-        return _penalty(W.T, H, d, l1_W, l2_W, l1_H, l2_H)
+        return _with_penalty((), terms())[1]
 
     def frob_obj(num_H, WtW):
         Hd = H * d
-        lin = _sum64((num_H * H) @ d)
-        quad = _sum64(WtW * (Hd @ H.T))
-        return _frob_data(X, W.T, H, d, xnorm, lin, quad, tol) + pen()
+        (lin, quad), penalty = _with_penalty(
+            ((num_H * H) @ d, WtW * (Hd @ H.T)), terms()
+        )
+        return _frob_data(X, W.T, H, d, xnorm, lin, quad, tol) + penalty
 
     if kl:
         obj = _kl_objective(X, W, H, d, xnorm) + pen()
@@ -852,9 +879,9 @@ def fit_mu(
                 WtW = W.T @ W
                 num = _w_x(W.T, X)
                 den = WtW @ H
-            if not _is_zero(l1v):
+            if has_l1v:
                 den += l1v
-            if not _is_zero(l2v):
+            if has_l2v:
                 den += l2v * H
             _floor_(den, EPSILON)
             H *= num / den
@@ -1053,27 +1080,197 @@ def solve_w_kl(X, H, d, *, l1_W=0.0, l2_W=0.0, max_iter=200, tol=1e-4):
 
 
 # -------------------------------------------------------------------- init
+# CholeskyQR2 (torch path of _orth_blocks) is trusted while the diagonal of a
+# block's Cholesky factor spans at most this ratio (a lower bound of the
+# block's condition number): its loss of orthogonality grows as
+# eps64 * cond^2, so 1e6 leaves a wide margin. Other blocks use Householder.
+_CHOLQR_MAX_RATIO = 1e6
+
+
+class _Blocks:
+    """Column blocks of a (rows x L) tensor, handled as one zero-padded batch.
+
+    Block i holds columns ``lo_i:lo_i + widths[i]``; :meth:`batch` gathers
+    them into a K x rows x m float64 batch (m the widest block, the padding
+    zero), :meth:`unbatch` puts such a batch back. A few kernel launches for
+    all the blocks, whatever their number: this is what makes the stacked
+    initialisations of a rank sweep cheap on a GPU.
+    """
+
+    def __init__(self, widths, like):
+        self.widths = list(widths)
+        self.K, self.m, self.L = len(widths), max(widths), sum(widths)
+        col = np.full((self.K, self.m), self.L)  # L: an appended zero column
+        self.bounds, lo = [], 0
+        for i, w in enumerate(self.widths):
+            col[i, :w] = np.arange(lo, lo + w)
+            self.bounds.append((lo, lo + w))
+            lo += w
+        if _np(like):  # the NumPy path works block by block: bounds only
+            return
+        torch = _t()
+        valid = col < self.L
+        dev = like.device
+        self._gather = torch.as_tensor(col.ravel(), device=dev)
+        self._keep = torch.as_tensor(np.flatnonzero(valid.ravel()), device=dev)
+        self.valid = torch.as_tensor(valid, device=dev)
+        # identity on the padding: the padded Gram matrices stay definite
+        pad = np.zeros((self.K, self.m, self.m))
+        for i, w in enumerate(self.widths):
+            pad[i, np.arange(w, self.m), np.arange(w, self.m)] = 1.0
+        self.pad_eye = torch.as_tensor(pad, dtype=torch.float64, device=dev)
+
+    def chunks(self, rows):
+        """Row ranges whose batches hold about _TORCH_CHUNK_ELEMENTS entries."""
+        step = max(1, _TORCH_CHUNK_ELEMENTS // (self.K * self.m))
+        return [(s, min(rows, s + step)) for s in range(0, rows, step)]
+
+    def batch(self, A):
+        rows = A.shape[0]
+        Az = _t().cat([A, A.new_zeros(rows, 1)], dim=1)[:, self._gather]
+        return _to64(Az).reshape(rows, self.K, self.m).permute(1, 0, 2)
+
+    def unbatch(self, Ab):
+        rows = Ab.shape[1]
+        return Ab.permute(1, 0, 2).reshape(rows, self.K * self.m)[:, self._keep]
+
+    def grams(self, A):
+        """K x m x m float64: each block's ``A_i.T @ A_i``, identity-padded."""
+        G = self.pad_eye.clone()
+        for s, e in self.chunks(A.shape[0]):
+            Ab = self.batch(A[s:e])
+            G += Ab.transpose(1, 2) @ Ab
+        return G
+
+    def times(self, A, M):
+        """float64 ``A_i @ M_i`` for every block (M: K x m x m), as rows x L."""
+        out = _zeros((A.shape[0], self.L), A, float64=True)
+        for s, e in self.chunks(A.shape[0]):
+            out[s:e] = self.unbatch(self.batch(A[s:e]) @ M)
+        return out
+
+
+def _orth_blocks(Y, blocks):
+    """An orthonormal basis of each column block of ``Y`` (n x L), in place of it.
+
+    NumPy: a Householder QR per block. torch: CholeskyQR2 in float64 on all
+    blocks at once (two rounds of ``Q_i = Y_i R_i^{-1}``, ``R_i`` the Cholesky
+    factor of ``Y_i.T Y_i``), one host synchronisation for all of them; a
+    block whose factor fails or is too ill-conditioned for it
+    (``_CHOLQR_MAX_RATIO``) gets a Householder QR instead. Both give the Q of
+    a QR factorization, so they agree up to the signs of its columns, which
+    the randomized SVD does not depend on.
+    """
+    if _np(Y):
+        return np.hstack([_qr(Y[:, lo:hi]) for lo, hi in blocks.bounds])
+    torch = _t()
+    eye = torch.eye(blocks.m, dtype=torch.float64, device=Y.device)
+    Q, ok = Y, None
+    for _ in range(2):
+        L, info = torch.linalg.cholesky_ex(blocks.grams(Q))
+        diag = L.diagonal(dim1=1, dim2=2)
+        hi = torch.where(blocks.valid, diag, 0.0).amax(dim=1)
+        lo = torch.where(blocks.valid, diag, float("inf")).amin(dim=1)
+        good = (info == 0) & (hi <= _CHOLQR_MAX_RATIO * lo)
+        ok = good if ok is None else ok & good
+        Rinv = torch.linalg.solve_triangular(L, eye, upper=False).transpose(1, 2)
+        Q = blocks.times(Q, Rinv)
+    for i, fine in enumerate(ok.tolist()):
+        if not fine:
+            lo_i, hi_i = blocks.bounds[i]
+            Q[:, lo_i:hi_i] = _to64(_qr(Y[:, lo_i:hi_i]))
+    return _cast(Q, Y)
+
+
+def _svd_blocks(Q, B, blocks, ks):
+    """Leading ``ks[i]`` singular triplets of ``Q_i @ B_i`` for every block.
+
+    ``Q`` (n x L) has orthonormal column blocks, ``B`` (L x p) the matching
+    row blocks. Returns U (n x sum(ks)), S (sum(ks),), Vt (sum(ks) x p), the
+    ranks one after the other. NumPy: an SVD per block. torch: the
+    eigenvectors of the float64 Gram matrices ``B_i B_i.T`` (small, solved on
+    the host), then two products for all the blocks; each singular value is
+    the norm of its row ``u_i.T B_i``, which is also normalized to give the
+    row of Vt (a zero row, for an exactly zero singular value, stays zero).
+    """
+    if _np(B):
+        Us, Ss, Vts = [], [], []
+        for (lo, hi), k in zip(blocks.bounds, ks):
+            Ub, S, Vt = _svd(B[lo:hi])
+            Us.append(Q[:, lo:hi] @ Ub[:, :k])
+            Ss.append(S[:k])
+            Vts.append(Vt[:k])
+        return np.hstack(Us), np.concatenate(Ss), np.vstack(Vts)
+    torch = _t()
+    C = blocks.grams(B.T).cpu().numpy()
+    M = np.zeros((sum(ks), blocks.L))  # the blocks' leading eigenvectors
+    row = 0
+    for i, ((lo, hi), k) in enumerate(zip(blocks.bounds, ks)):
+        w = hi - lo
+        _, vecs = np.linalg.eigh(C[i, :w, :w])
+        M[row : row + k, lo:hi] = vecs[:, ::-1][:, :k].T
+        row += k
+    M = _from_host(M, B)
+    P = M @ B
+    S = torch.linalg.vector_norm(P, dim=1, dtype=torch.float64)
+    scale = torch.where(S > 0, 1.0 / S, 0.0)
+    return Q @ M.T, _cast(S, B), P * _cast(scale, B)[:, None]
+
+
+def randomized_svds_weighted(X, s, ks, rngs, *, n_oversamples=10, n_iter="auto"):
+    """Truncated SVDs of ``X * s`` (column scaling) at several ranks at once.
+
+    Rank ``ks[i]`` gets what :func:`randomized_svd_weighted` with ``rngs[i]``
+    gives (the same sketch, drawn from ``rngs[i]`` the same way; results equal
+    to float rounding), but the sketches of all ranks sit side by side: each
+    product with X serves every rank, and the blocks are orthonormalized
+    together (:func:`_orth_blocks`). A rank sweep on a GPU pays a few kernel
+    launches per step instead of a QR per rank and step.
+
+    Returns U (n x sum(ks)), S (sum(ks),), Vt (sum(ks) x p), the ranks one
+    after the other in the order of ``ks``, on X's side (NumPy or X's device).
+    """
+    n, p = X.shape
+    ells = [min(k + n_oversamples, n, p) for k in ks]
+    if n_iter == "auto":
+        iters = [7 if k < 0.1 * min(n, p) else 4 for k in ks]
+    else:
+        iters = [n_iter] * len(ks)
+    # Drawn by NumPy whatever the array type, so that one random_state gives
+    # the same sketch on every backend.
+    omegas = [rng.standard_normal(size=(p, ell)) for rng, ell in zip(rngs, ells)]
+    parts = [None] * len(ks)
+    for q in sorted(set(iters)):  # ranks with as many power iterations
+        idx = [i for i, it in enumerate(iters) if it == q]
+        widths = [ells[i] for i in idx]
+        blocks = _Blocks(widths, s)
+        omega = _from_host(np.hstack([omegas[i] for i in idx]), s)
+        Q = _orth_blocks(_h_xt((omega * s[:, None]).T, X).T, blocks)
+        for _ in range(q):
+            Z = _orth_blocks((_w_x(Q.T, X) * s).T, blocks)
+            Q = _orth_blocks(_h_xt((Z * s[:, None]).T, X).T, blocks)
+        B = _w_x(Q.T, X) * s  # L x p
+        U, S, Vt = _svd_blocks(Q, B, blocks, [ks[i] for i in idx])
+        at = 0
+        for i in idx:
+            parts[i] = (U[:, at : at + ks[i]], S[at : at + ks[i]], Vt[at : at + ks[i]])
+            at += ks[i]
+    U = _concat_rows([u.T for u, _, _ in parts]).T
+    S = _concat_rows([sv for _, sv, _ in parts])
+    Vt = _concat_rows([vt for _, _, vt in parts])
+    return U, S, Vt
+
+
 def randomized_svd_weighted(X, s, k, rng, *, n_oversamples=10, n_iter="auto"):
     """Truncated SVD of ``X * s`` (column scaling) without forming it.
 
-    Halko et al. randomized range finder with QR-normalized power iterations.
-    Returns U (n x k), S (k,), Vt (k x p).
+    Halko et al. randomized range finder with QR-normalized power iterations
+    (:func:`randomized_svds_weighted` with one rank). Returns U (n x k),
+    S (k,), Vt (k x p).
     """
-    n, p = X.shape
-    ell = min(k + n_oversamples, n, p)
-    if n_iter == "auto":
-        n_iter = 7 if k < 0.1 * min(n, p) else 4
-    # Drawn by NumPy whatever the array type, so that one random_state gives
-    # the same sketch on every backend.
-    omega = _from_host(rng.standard_normal(size=(p, ell)), s)
-    Q = _qr(_h_xt((omega * s[:, None]).T, X).T)
-    for _ in range(n_iter):
-        Z = _qr((_w_x(Q.T, X) * s).T)
-        Q = _qr(_h_xt((Z * s[:, None]).T, X).T)
-    B = _w_x(Q.T, X) * s  # ell x p
-    Ub, S, Vt = _svd(B)
-    U = Q @ Ub
-    return U[:, :k], S[:k], Vt[:k]
+    return randomized_svds_weighted(
+        X, s, [k], [rng], n_oversamples=n_oversamples, n_iter=n_iter
+    )
 
 
 def nndsvd(U, S, Vt, *, eps=1e-6):

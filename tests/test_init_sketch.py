@@ -1,0 +1,160 @@
+"""The randomized SVD behind the NNDSVD starts, several ranks at once.
+
+``_solvers.randomized_svds_weighted`` stacks the sketches of several ranks so
+that the products with X and the orthonormalizations serve all of them (on
+torch: CholeskyQR2 over the padded blocks, with a Householder fallback). Each
+rank must get what a textbook one-rank randomized SVD from the same draws
+gives, on NumPy and on torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+
+from sklearn_peek import CoupledNMF, _coupled_nmf, _solvers
+
+torch = pytest.importorskip("torch")
+
+
+def _reference_svd(X, s, k, rng, n_oversamples=10, n_iter="auto"):
+    """Halko et al.'s range finder, one rank, Householder QR at every step."""
+    n, p = X.shape
+    ell = min(k + n_oversamples, n, p)
+    if n_iter == "auto":
+        n_iter = 7 if k < 0.1 * min(n, p) else 4
+    Y = X * s
+    Q = np.linalg.qr(Y @ rng.standard_normal(size=(p, ell)))[0]
+    for _ in range(n_iter):
+        Z = np.linalg.qr(Y.T @ Q)[0]
+        Q = np.linalg.qr(Y @ Z)[0]
+    Ub, S, Vt = np.linalg.svd(Q.T @ Y, full_matrices=False)
+    return (Q @ Ub)[:, :k], S[:k], Vt[:k]
+
+
+def _data(seed=0, n=80, p=70, rank=12, dtype=np.float64):
+    rng = np.random.RandomState(seed)
+    X = rng.rand(n, rank) @ rng.rand(rank, p) + 0.05 * rng.rand(n, p)
+    return X.astype(dtype), np.linspace(0.5, 2.0, p).astype(dtype)
+
+
+def _split(out, ks):
+    U, S, Vt = (np.asarray(a, dtype=np.float64) for a in out)
+    at = np.cumsum([0, *ks])
+    return [(U[:, a:b], S[a:b], Vt[a:b]) for a, b in itertools.pairwise(at)]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_stacked_sketches_equal_one_rank_at_a_time(backend):
+    X, s = _data()
+    # min(n, p) = 70: ranks below 7 get 7 power iterations, the others 4, so
+    # the stack runs as two groups; the order of ks is kept in the output.
+    ks = [5, 1, 9, 3, 12]
+    rngs = [np.random.RandomState(10 + k) for k in ks]
+    Xb, sb = (X, s) if backend == "numpy" else map(torch.from_numpy, (X, s))
+    got = _solvers.randomized_svds_weighted(Xb, sb, ks, rngs)
+    assert [type(a) for a in got] == [type(Xb)] * 3
+    for k, (U, S, Vt) in zip(ks, _split(got, ks)):
+        Ur, Sr, Vr = _reference_svd(X, s, k, np.random.RandomState(10 + k))
+        assert U.shape == (80, k) and Vt.shape == (k, 70)
+        np.testing.assert_allclose(S, Sr, rtol=1e-10)
+        # singular vectors up to a joint sign: compare the products
+        np.testing.assert_allclose((U * S) @ Vt, (Ur * Sr) @ Vr, atol=1e-10 * Sr[0])
+        np.testing.assert_allclose(U.T @ U, np.eye(k), atol=1e-12)
+        np.testing.assert_allclose(Vt @ Vt.T, np.eye(k), atol=1e-12)
+
+
+def test_stacked_sketches_in_float32_on_torch():
+    X, s = _data(1, dtype=np.float32)
+    ks = [2, 8]
+    got = _solvers.randomized_svds_weighted(
+        torch.from_numpy(X), torch.from_numpy(s), ks, [np.random.RandomState(0)] * 2
+    )
+    assert all(a.dtype == torch.float32 for a in got)
+    X64, s64 = X.astype(np.float64), s.astype(np.float64)
+    for k, (U, S, Vt) in zip(ks, _split(got, ks)):
+        _, Sr, _ = _reference_svd(X64, s64, k, np.random.RandomState(0))
+        np.testing.assert_allclose(S, Sr, rtol=1e-5)
+        np.testing.assert_allclose(
+            (U * S) @ Vt, _reference_product(X64 * s64, k), atol=1e-5 * Sr[0]
+        )
+
+
+def _reference_product(A, k):
+    U, S, Vt = np.linalg.svd(A, full_matrices=False)
+    return (U[:, :k] * S[:k]) @ Vt[:k]
+
+
+def test_orthonormal_blocks_survive_rank_deficient_and_ill_conditioned_blocks():
+    rng = np.random.RandomState(0)
+    n = 50
+    generic = rng.rand(n, 6)
+    deficient = np.hstack([rng.rand(n, 2)] * 2)  # rank 2 in 4 columns
+    a, b, e = rng.rand(3, n)
+    ill = np.stack([a, b, a + 1e-9 * e], axis=1)  # cond ~ 4e9: beyond CholeskyQR2
+    zero = np.zeros((n, 2))
+    Y = np.hstack([generic, deficient, ill, zero])
+    blocks = _solvers._Blocks([6, 4, 3, 2], torch.from_numpy(Y))
+    Q = _solvers._orth_blocks(torch.from_numpy(Y), blocks).numpy()
+    assert np.isfinite(Q).all()
+    for lo, hi in blocks.bounds:
+        Qi, Yi = Q[:, lo:hi], Y[:, lo:hi]
+        np.testing.assert_allclose(Qi.T @ Qi, np.eye(hi - lo), atol=1e-12)
+        # the basis spans the block: projecting the block changes nothing
+        np.testing.assert_allclose(Qi @ (Qi.T @ Yi), Yi, atol=1e-12)
+    # well-conditioned blocks take CholeskyQR2: the Q of a QR up to signs
+    Qr = np.linalg.qr(generic)[0]
+    np.testing.assert_allclose(np.abs(Q[:, :6].T @ Qr), np.eye(6), atol=1e-12)
+
+
+def test_exactly_low_rank_data_gives_finite_unit_vectors():
+    rng = np.random.RandomState(3)
+    X = rng.rand(40, 2) @ rng.rand(2, 30)
+    U, S, Vt = _solvers.randomized_svds_weighted(
+        torch.from_numpy(X), torch.ones(30, dtype=torch.float64), [5], [rng]
+    )
+    U, S, Vt = U.numpy(), S.numpy(), Vt.numpy()
+    assert np.isfinite(U).all() and np.isfinite(Vt).all()
+    assert S[2:].max() <= 1e-10 * S[0]
+    np.testing.assert_allclose((U * S) @ Vt, X, atol=1e-10 * np.abs(X).max())
+    np.testing.assert_allclose(np.linalg.norm(Vt, axis=1), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("init", [None, "nndsvdar", "random"])
+def test_stacked_starts_equal_one_start_per_model(backend, init):
+    rng = np.random.RandomState(4)
+    X = np.hstack([rng.rand(60, 20), 5 * rng.rand(60, 40)])
+    blocks = [("a", 20), ("b", 40)]
+    # a rank beyond min(n, p) would need init='random'; 20 is the largest here
+    ranks = [3, 1, 7, 20] if init != "random" else [2, 5]
+    Xb = X if backend == "numpy" else torch.from_numpy(X)
+    base = CoupledNMF(blocks=blocks, init=init, random_state=np.random.RandomState(5))
+    base.set_params(n_components=ranks[0])._validate_params()
+    Xp, _slices, _w, d, _sq = base._prepare_fit(Xb)
+    models = [clone(base).set_params(n_components=r) for r in ranks]
+    stacked = _coupled_nmf._initialize_ranks(models, Xp, d)
+    for r, (W0, H0, k) in zip(ranks, stacked):
+        ref = clone(base).set_params(n_components=r)
+        W1, H1, _ = ref._initialize(Xp, None, None, d, False)
+        assert k == r and W0.shape == (60, r) and H0.shape == (r, 60)
+        np.testing.assert_allclose(W0, W1, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(H0, H1, rtol=1e-9, atol=1e-12)
+
+
+def test_fit_ranks_float32_torch_matches_separate_fits():
+    X, _ = _data(2, n=90, p=50, rank=6, dtype=np.float32)
+    est = CoupledNMF(blocks=[("a", 10), ("b", 40)], random_state=0, max_iter=60)
+    Xt = torch.from_numpy(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        models, _ = _coupled_nmf.fit_ranks(est, Xt, [2, 6, 4])
+        refs = [clone(est).set_params(n_components=r).fit(Xt) for r in (2, 6, 4)]
+    for m, ref in zip(models, refs):
+        assert m.reconstruction_err_ == pytest.approx(ref.reconstruction_err_, rel=1e-3)
+        assert abs(m.n_iter_ - ref.n_iter_) <= 2
