@@ -1120,10 +1120,9 @@ class _Blocks:
             pad[i, np.arange(w, self.m), np.arange(w, self.m)] = 1.0
         self.pad_eye = torch.as_tensor(pad, dtype=torch.float64, device=dev)
 
-    def chunks(self, rows):
-        """Row ranges whose batches hold about _TORCH_CHUNK_ELEMENTS entries."""
-        step = max(1, _TORCH_CHUNK_ELEMENTS // (self.K * self.m))
-        return [(s, min(rows, s + step)) for s in range(0, rows, step)]
+    def chunks(self, A):
+        """Row ranges of ``A`` whose batches hold _TORCH_CHUNK_ELEMENTS entries."""
+        return _row_steps(A.shape[0], self.K * self.m, A)
 
     def batch(self, A):
         rows = A.shape[0]
@@ -1137,7 +1136,7 @@ class _Blocks:
     def grams(self, A):
         """K x m x m float64: each block's ``A_i.T @ A_i``, identity-padded."""
         G = self.pad_eye.clone()
-        for s, e in self.chunks(A.shape[0]):
+        for s, e in self.chunks(A):
             Ab = self.batch(A[s:e])
             G += Ab.transpose(1, 2) @ Ab
         return G
@@ -1145,7 +1144,7 @@ class _Blocks:
     def times(self, A, M):
         """float64 ``A_i @ M_i`` for every block (M: K x m x m), as rows x L."""
         out = _zeros((A.shape[0], self.L), A, float64=True)
-        for s, e in self.chunks(A.shape[0]):
+        for s, e in self.chunks(A):
             out[s:e] = self.unbatch(self.batch(A[s:e]) @ M)
         return out
 
