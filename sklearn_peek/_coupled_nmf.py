@@ -631,6 +631,15 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             d[sl] = w
         return d
 
+    def _fitted_column_weights(self, dtype=np.float64):
+        """The weight of every column of X, from the fitted blocks."""
+        return self._column_weights(
+            self.block_weights_,
+            self.block_slices_.values(),
+            self.n_features_in_,
+            dtype,
+        )
+
     def _regularization(self, n, p):
         alpha_H = self.alpha_W if self.alpha_H == "same" else self.alpha_H
         l1_W = p * self.alpha_W * self.l1_ratio
@@ -791,10 +800,8 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     def _validate_transform_host(self, X, blocks):
         p = self.n_features_in_
-        weights = self.block_weights_
         dtype = self.components_.dtype
-        slices = list(self.block_slices_.values())
-        d_full = self._column_weights(weights, slices, p, dtype)
+        d_full = self._fitted_column_weights(dtype)
         subset = None
         if blocks is not None:
             if isinstance(blocks, str):

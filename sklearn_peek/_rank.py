@@ -120,10 +120,6 @@ def _rank_chains(ranks, warm_start):
     return chains
 
 
-def _col_weights(block_sizes, block_weights):
-    return np.repeat(np.asarray(block_weights, dtype=np.float64), block_sizes)
-
-
 def _new_components(X, W, H, col_w, k, seed):
     """Initial values for ``k`` new components from the weighted residual.
 
@@ -268,7 +264,6 @@ def _chain_task(
     Xtr = np.asarray(_take(X, train, cols))
     Xte = None if test is None else np.asarray(_take(X, test, cols))
     col_sq = _solvers.column_sums64(Xtr) if test is None else None
-    sizes = [s for _, s in blocks]
     out = []
     W = H = col_w = None
     for r, svd_seed in zip(chain, svd_seeds):
@@ -281,7 +276,7 @@ def _chain_task(
             model = _make_model(r, blocks, params, model_seed)
             W, conv = _quiet_fit(model, Xtr)
         H = model.components_
-        col_w = _col_weights(sizes, model.block_weights_)
+        col_w = model._fitted_column_weights()
         out.append(_record(model, time.perf_counter() - t0, conv, Xte, col_sq, col_w))
     return out
 
@@ -308,7 +303,6 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
     Xtr = _take(X, train, cols)
     Xte = None if test is None else _take(X, test, cols)
     col_sq = _solvers.column_sums64(Xtr) if test is None else None
-    sizes = [s for _, s in blocks]
     t0 = time.perf_counter()
     with _convergence_caught():
         models, _ = fit_ranks(
@@ -325,7 +319,7 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
             m._converged,
             Xte,
             col_sq,
-            _col_weights(sizes, m.block_weights_),
+            m._fitted_column_weights(),
             score,
         )
         for m, w, score in zip(models, work, scores)
@@ -357,7 +351,6 @@ def _stability_task(X, cols, blocks, rank, seeds, params):
     """``len(seeds)`` randomly initialised fits at one rank -> [record]."""
     Xc = np.asarray(X[:, cols]) if cols is not None else np.asarray(X)
     col_sq = _solvers.column_sums64(Xc)
-    sizes = [s for _, s in blocks]
     labels, n_iter, times, conv_all, errs = [], 0, [], True, []
     for seed in seeds:
         t0 = time.perf_counter()
@@ -367,7 +360,7 @@ def _stability_task(X, cols, blocks, rank, seeds, params):
         n_iter += int(model.n_iter_)
         conv_all &= conv
         labels.append(np.argmax(W, axis=1))
-        col_w = _col_weights(sizes, model.block_weights_)
+        col_w = model._fitted_column_weights()
         norm = float(col_sq @ col_w)  # 0 for an all-zero matrix: nothing to miss
         errs.append(float(model.reconstruction_err_) ** 2 / norm if norm > 0 else 0.0)
     coph = _criteria.cophenetic_correlation(_criteria.consensus_matrix(labels))
