@@ -232,3 +232,26 @@ def test_solve_w_batched_on_cuda_matches_numpy():
         err = np.linalg.norm(X - W.double().cpu().numpy() @ H)
         err_ref = np.linalg.norm(X - W_ref @ H)
         assert err == pytest.approx(err_ref, rel=1e-3)
+
+
+def test_stacked_starts_on_cuda_match_numpy():
+    # fit_ranks's starts on the GPU (batched CholeskyQR2 and Gram eigenvectors,
+    # float32) against one NumPy float64 start per rank.
+    from sklearn.base import clone
+
+    from sklearn_peek import _coupled_nmf
+
+    X, blocks = _data(np.float64, seed=3)
+    ranks = list(range(1, 21))
+    base = CoupledNMF(blocks=blocks, random_state=0)
+    base.set_params(n_components=1)._validate_params()
+    Xg, _s, _w, d, _q = base._prepare_fit(torch.as_tensor(X, device="cuda"))
+    models = [clone(base).set_params(n_components=r) for r in ranks]
+    got = _coupled_nmf._initialize_ranks(models, Xg.float(), d.astype(np.float32))
+    Xn, _s, _w, dn, _q = clone(base)._prepare_fit(X)
+    for r, (W0, H0, _) in zip(ranks, got):
+        ref = clone(base).set_params(n_components=r)
+        W1, H1, _ = ref._initialize(Xn, None, None, dn, False)
+        P, P_ref = W0.astype(np.float64) @ H0, W1 @ H1
+        # leading components agree; noise-level trailing ones may rotate
+        assert np.linalg.norm(P - P_ref) <= 1e-4 * np.linalg.norm(P_ref), r

@@ -1,10 +1,12 @@
 """The randomized SVD behind the NNDSVD starts, several ranks at once.
 
 ``_solvers.randomized_svds_weighted`` stacks the sketches of several ranks so
-that the products with X and the orthonormalizations serve all of them (on
-torch: CholeskyQR2 over the padded blocks, with a Householder fallback). Each
+that the products with X serve all of them; with ``batched=True`` (the
+default on CUDA devices, forced here on the CPU) the orthonormalizations and
+the small SVDs of all ranks are batched too (CholeskyQR2 over the padded
+blocks, with a Householder fallback; eigenvectors of Gram matrices). Each
 rank must get what a textbook one-rank randomized SVD from the same draws
-gives, on NumPy and on torch.
+gives, on NumPy and on torch, batched or not.
 """
 
 from __future__ import annotations
@@ -49,9 +51,11 @@ def _split(out, ks):
     return [(U[:, a:b], S[a:b], Vt[a:b]) for a, b in itertools.pairwise(at)]
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch", "torch in row chunks"])
+@pytest.mark.parametrize(
+    "backend", ["numpy", "torch", "torch batched", "torch batched in row chunks"]
+)
 def test_stacked_sketches_equal_one_rank_at_a_time(backend, monkeypatch):
-    if backend == "torch in row chunks":  # 17 rows per batch: 5 batches
+    if backend.endswith("row chunks"):  # 17 rows per batch: 5 batches
         monkeypatch.setattr(_solvers, "_TORCH_CHUNK_ELEMENTS", 7 * 5 * 22)
     X, s = _data()
     # min(n, p) = 70: ranks below 7 get 7 power iterations, the others 4, so
@@ -59,7 +63,9 @@ def test_stacked_sketches_equal_one_rank_at_a_time(backend, monkeypatch):
     ks = [5, 1, 9, 3, 12]
     rngs = [np.random.RandomState(10 + k) for k in ks]
     Xb, sb = (X, s) if backend == "numpy" else map(torch.from_numpy, (X, s))
-    got = _solvers.randomized_svds_weighted(Xb, sb, ks, rngs)
+    got = _solvers.randomized_svds_weighted(
+        Xb, sb, ks, rngs, batched="batched" in backend
+    )
     assert [type(a) for a in got] == [type(Xb)] * 3
     for k, (U, S, Vt) in zip(ks, _split(got, ks)):
         Ur, Sr, Vr = _reference_svd(X, s, k, np.random.RandomState(10 + k))
@@ -71,12 +77,13 @@ def test_stacked_sketches_equal_one_rank_at_a_time(backend, monkeypatch):
         np.testing.assert_allclose(Vt @ Vt.T, np.eye(k), atol=1e-12)
 
 
-def test_stacked_sketches_in_float32_on_torch():
+@pytest.mark.parametrize("batched", [False, True])
+def test_stacked_sketches_in_float32_on_torch(batched):
     X, s = _data(1, dtype=np.float32)
     ks = [2, 8]
-    got = _solvers.randomized_svds_weighted(
-        torch.from_numpy(X), torch.from_numpy(s), ks, [np.random.RandomState(0)] * 2
-    )
+    rngs = [np.random.RandomState(0), np.random.RandomState(0)]
+    Xt, st = torch.from_numpy(X), torch.from_numpy(s)
+    got = _solvers.randomized_svds_weighted(Xt, st, ks, rngs, batched=batched)
     assert all(a.dtype == torch.float32 for a in got)
     X64, s64 = X.astype(np.float64), s.astype(np.float64)
     for k, (U, S, Vt) in zip(ks, _split(got, ks)):
@@ -101,7 +108,7 @@ def test_orthonormal_blocks_survive_rank_deficient_and_ill_conditioned_blocks():
     ill = np.stack([a, b, a + 1e-9 * e], axis=1)  # cond ~ 4e9: beyond CholeskyQR2
     zero = np.zeros((n, 2))
     Y = np.hstack([generic, deficient, ill, zero])
-    blocks = _solvers._Blocks([6, 4, 3, 2], torch.from_numpy(Y))
+    blocks = _solvers._Blocks([6, 4, 3, 2], torch.from_numpy(Y), batched=True)
     Q = _solvers._orth_blocks(torch.from_numpy(Y), blocks).numpy()
     assert np.isfinite(Q).all()
     for lo, hi in blocks.bounds:
@@ -114,11 +121,16 @@ def test_orthonormal_blocks_survive_rank_deficient_and_ill_conditioned_blocks():
     np.testing.assert_allclose(np.abs(Q[:, :6].T @ Qr), np.eye(6), atol=1e-12)
 
 
-def test_exactly_low_rank_data_gives_finite_unit_vectors():
+@pytest.mark.parametrize("batched", [False, True])
+def test_exactly_low_rank_data_gives_finite_unit_vectors(batched):
     rng = np.random.RandomState(3)
     X = rng.rand(40, 2) @ rng.rand(2, 30)
     U, S, Vt = _solvers.randomized_svds_weighted(
-        torch.from_numpy(X), torch.ones(30, dtype=torch.float64), [5], [rng]
+        torch.from_numpy(X),
+        torch.ones(30, dtype=torch.float64),
+        [5],
+        [rng],
+        batched=batched,
     )
     U, S, Vt = U.numpy(), S.numpy(), Vt.numpy()
     assert np.isfinite(U).all() and np.isfinite(Vt).all()
