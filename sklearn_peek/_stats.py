@@ -22,8 +22,17 @@ SpearmanResult.__doc__ = """Spearman correlation and its bootstrap interval.
 rho is NaN (with ``note`` saying why) when one of the two variables is
 constant, since the correlation is then undefined. ``n_boot_valid`` counts the
 bootstrap resamples in which both variables varied; the interval uses only
-those.
+those, and is NaN (``note`` says why) when more than
+``MAX_UNDEFINED_FRACTION`` of the resamples had to be left out.
 """
+
+# Left-out resamples are not a random part of the bootstrap: they are those
+# that missed the few pairs that make a variable vary, so keeping the others
+# conditions the interval on including them. With many ties (say six networks
+# of rank 15 and one of 20: a third of the resamples miss the 20) the interval
+# then shifts away from the estimate, and may not even contain it. Beyond this
+# fraction no interval is given.
+MAX_UNDEFINED_FRACTION = 0.1
 
 
 def _pearson_rows(a, b):
@@ -66,12 +75,17 @@ def spearman(x, y):
     return float(_pearson_rows(rankdata(x)[None], rankdata(y)[None])[0])
 
 
-def spearman_ci(x, y, *, n_boot=2000, confidence=0.95, random_state=None):
+def spearman_ci(
+    x, y, *, n_boot=2000, confidence=0.95, random_state=None, labels=("x", "y")
+):
     """Spearman's rho with a percentile bootstrap confidence interval.
 
     Pairs ``(x[i], y[i])`` are resampled with replacement ``n_boot`` times;
     the interval is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``
-    percentiles of the resampled correlations.
+    percentiles of the resampled correlations. Resamples in which x or y is
+    constant have no correlation and are left out; when they are more than
+    ``MAX_UNDEFINED_FRACTION`` (10%) of all, the interval is NaN and ``note``
+    says so (the remaining resamples are no longer representative).
 
     Parameters
     ----------
@@ -83,6 +97,8 @@ def spearman_ci(x, y, *, n_boot=2000, confidence=0.95, random_state=None):
         Coverage of the interval, in (0, 1).
     random_state : int, numpy Generator or None
         Seed of the resampling.
+    labels : tuple of str, default=("x", "y")
+        Names of x and y in ``note``.
 
     Returns
     -------
@@ -104,8 +120,9 @@ def spearman_ci(x, y, *, n_boot=2000, confidence=0.95, random_state=None):
     rho = spearman(x, y)
     note = ""
     if np.isnan(rho):
-        const = [n for n, v in (("x", x), ("y", y)) if np.ptp(v) == 0]
-        note = f"undefined: {' and '.join(const)} constant"
+        const = [n for n, v in zip(labels, (x, y)) if np.ptp(v) == 0]
+        verb = "is" if len(const) == 1 else "are"
+        note = f"undefined: {' and '.join(const)} {verb} constant"
     n = x.size
     lo = hi = np.nan
     n_valid = 0
@@ -117,9 +134,20 @@ def spearman_ci(x, y, *, n_boot=2000, confidence=0.95, random_state=None):
         boot = _pearson_rows(rx, ry)
         boot = boot[~np.isnan(boot)]
         n_valid = int(boot.size)
-        if n_valid:
+        left_out = n_boot - n_valid
+        if n_valid and left_out <= MAX_UNDEFINED_FRACTION * n_boot:
             alpha = (1.0 - confidence) / 2.0
             lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+        elif not note:
+            const = [
+                n
+                for n, v in zip(labels, (x[idx], y[idx]))
+                if (np.ptp(v, axis=1) == 0).any()
+            ]
+            note = (
+                f"no interval: {' or '.join(const)} is constant in {left_out} of "
+                f"{n_boot} bootstrap resamples"
+            )
     return SpearmanResult(float(rho), float(lo), float(hi), int(n), n_valid, note)
 
 

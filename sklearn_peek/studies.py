@@ -870,6 +870,15 @@ def _column(table, name):
     return np.asarray(table[name], dtype=float)
 
 
+# How the notes of correlations() name a measure ("undefined: the selected
+# rank is constant", i.e. the same for every network of the group).
+_MEASURE_NAMES = {
+    "coupled": "the selected rank",
+    "alone": "the selected rank",
+    "rankme": "the effective rank",
+}
+
+
 def correlations(
     table,
     *,
@@ -899,7 +908,9 @@ def correlations(
         One row per (group, layer, measure): ``measure`` is a criterion
         (coupled with the input), ``<criterion>_alone`` (layer alone) or
         ``rankme`` (effective rank of the layer alone); columns ``rho``,
-        ``ci_low``, ``ci_high``, ``n``, ``note`` (why rho is undefined, if it is).
+        ``ci_low``, ``ci_high``, ``n``, ``note`` (why rho or its interval is
+        undefined, if it is: e.g. "undefined: the selected rank is constant",
+        the same for every network of the group).
     """
     from sklearn_peek._stats import SpearmanResult, spearman_ci
 
@@ -927,6 +938,7 @@ def correlations(
                         n_boot=n_boot,
                         confidence=confidence,
                         random_state=random_state,
+                        labels=(_MEASURE_NAMES[kind], "the accuracy"),
                     )
                 rows.append(
                     {

@@ -260,9 +260,31 @@ def test_spearman_matches_scipy():
     assert spearman(X_FIXED, -np.asarray(Y_FIXED)) == pytest.approx(-ref)
 
 
+def test_spearman_interval_withheld_when_many_resamples_are_constant():
+    # Six networks share rank 15: a third of the resamples miss the 20 and
+    # have no correlation. Keeping only the others used to give an interval
+    # above the estimate (+0.61 [+0.62, +0.92]).
+    x = [15, 15, 15, 15, 15, 15, 20]
+    y = [0.106, 0.467, 0.75, 0.928, 0.275, 0.481, 0.956]
+    r = spearman_ci(x, y, random_state=0, labels=("the rank", "the accuracy"))
+    assert r.rho == pytest.approx(scipy.stats.spearmanr(x, y).statistic)
+    assert np.isnan(r.ci_low) and np.isnan(r.ci_high)
+    left_out = 2000 - r.n_boot_valid
+    assert left_out > 0.1 * 2000
+    assert r.note == (
+        f"no interval: the rank is constant in {left_out} of 2000 bootstrap resamples"
+    )
+    # a few left-out resamples (0.7 ** 10: about 3%) keep the interval
+    x2 = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    r2 = spearman_ci(x2, [1, 1, 1, 1, 1, 1, 1, 2, 3, 4], random_state=0)
+    assert 0 < 2000 - r2.n_boot_valid <= 200
+    assert r2.ci_low <= r2.rho <= r2.ci_high and r2.note == ""
+
+
 def test_spearman_constant_and_errors():
     r = spearman_ci([1, 2, 3, 4], [5, 5, 5, 5], n_boot=50, random_state=0)
-    assert np.isnan(r.rho) and "y constant" in r.note and r.n_boot_valid == 0
+    assert np.isnan(r.rho) and r.note == "undefined: y is constant"
+    assert r.n_boot_valid == 0
     with pytest.raises(ValueError, match=r"same length"):
         spearman([1, 2, 3], [1, 2])
     with pytest.raises(ValueError, match=r"at least 3"):
