@@ -25,6 +25,7 @@ Set ``SKLEARN_PEEK_EXAMPLE_QUICK=1`` to run it on smaller settings.
 import os
 
 import matplotlib.pyplot as plt
+import pandas as pd  # the study's tables (pip install "sklearn-peek[examples]")
 
 from sklearn_peek.plotting import plot_rank_sweep, plot_rank_vs_quality
 from sklearn_peek.studies import digits_split, run_case_study
@@ -62,13 +63,14 @@ result = run_case_study(
 # ``<layer>_bcv`` is the rank coupled with the input, ``<layer>_bcv_alone``
 # the rank of the layer alone, ``<layer>_rankme`` the effective rank.
 
-table = result.table
+table = pd.DataFrame(result.table)
 columns = ["level", "accuracy"] + [
     f"{layer}_{m}" for layer in layers for m in ("bcv", "bcv_alone", "rankme")
 ]
 print(table[columns].round(3).to_string(index=False))
 print()
-print(result.correlations[["layer", "measure", "rho", "ci_low", "ci_high"]].round(2))
+corr = pd.DataFrame(result.correlations)
+print(corr[["layer", "measure", "rho", "ci_low", "ci_high"]].round(2))
 print(f"\nwall time {result.timings['wall']:.1f} s")
 
 # %%
@@ -79,7 +81,6 @@ print(f"\nwall time {result.timings['wall']:.1f} s")
 
 fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.8))
 axes = [axes] if len(layers) == 1 else list(axes)
-corr = result.correlations
 for ax, layer in zip(axes, layers):
     row = corr[(corr["layer"] == layer) & (corr["measure"] == "bcv")].iloc[0]
     spearman = (row["rho"], row["ci_low"], row["ci_high"])

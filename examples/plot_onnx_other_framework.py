@@ -6,7 +6,8 @@ sklearn_peek reads any network saved as ONNX, whatever framework trained it
 (TensorFlow/Keras through tf2onnx, MXNet, Chainer, scikit-learn through
 skl2onnx...). Here a scikit-learn :class:`~sklearn.neural_network.MLPClassifier`
 is trained on the digits, exported with `skl2onnx
-<https://onnx.ai/sklearn-onnx/>`_ (``pip install skl2onnx``), and analysed
+<https://onnx.ai/sklearn-onnx/>`_ (``pip install skl2onnx``, part of the
+``examples`` extra), and analysed
 like any other network: the extractor exposes the hidden ONNX tensors as
 graph outputs, which onnxruntime's graph optimizations do not fuse away (the
 optimized graph is checked against the unoptimized one before it is used).

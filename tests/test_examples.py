@@ -6,7 +6,10 @@ heavy imports are then paid once), from a temporary working folder, with
 variables, the figures it left open and the files it wrote.
 """
 
+import ast
+import re
 import runpy
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -142,3 +145,39 @@ def test_plot_gpu_switch(run_example):
     assert ns["torch_diff"] < 0.05
     assert all(1 <= r <= 8 for r in ns["scorer"].rank_.values())
     assert len(figures) == 1
+
+
+# Import name -> distribution name, where they differ.
+_DISTRIBUTIONS = {"sklearn": "scikit-learn", "sklearn_peek": None}
+
+
+def _requirement_names(specs):
+    return {re.split(r"[<>=!~;\[ ]", s, maxsplit=1)[0].lower() for s in specs}
+
+
+def test_examples_need_only_the_library_and_its_examples_extra():
+    # `pip install "sklearn-peek[examples]"` must be enough to run every
+    # example: each third-party module an example imports, or pandas when it
+    # asks scikit-learn for DataFrame output, is a dependency or in the extra.
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((EXAMPLES.parent / "pyproject.toml").read_text())["project"]
+    allowed = _requirement_names(project["dependencies"])
+    allowed |= _requirement_names(project["optional-dependencies"]["examples"])
+    needed = {}
+    for path in sorted(EXAMPLES.glob("*.py")):
+        source = path.read_text()
+        mods = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                mods |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                mods.add(node.module.split(".")[0])
+        if 'transform="pandas"' in source:
+            mods.add("pandas")
+        for mod in mods - set(sys.stdlib_module_names):
+            dist = _DISTRIBUTIONS.get(mod, mod)
+            if dist is not None:
+                needed.setdefault(dist.lower(), []).append(path.name)
+    assert "pandas" in needed and "skl2onnx" in needed  # the check sees them
+    missing = {d: files for d, files in needed.items() if d not in allowed}
+    assert not missing, f"examples import packages outside [examples]: {missing}"
