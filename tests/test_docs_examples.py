@@ -2,7 +2,9 @@
 
 Each example is read from its .rst file up to the ``print(...)  # result``
 line, and the printed value must equal the quoted result: editing the code or
-the quoted output alone makes this fail.
+the quoted output alone makes this fail. Nor may an example warn (e.g. fits
+stopping at ``max_iter``): a reader running it would see what the page does
+not show.
 """
 
 from __future__ import annotations
@@ -33,13 +35,19 @@ def _example(rst, expected):
     [
         ("coupled_nmf.rst", "{'n_components': 5}"),
         ("rank.rst", "{'conv1': 4}"),
+        # GridSearchCV over LeNet's epochs, scored without labels (the layer
+        # alone): the 20-epoch network must win
+        ("rank.rst", "{'epochs': 20}"),
     ],
 )
 def test_guide_example_prints_what_the_guide_says(rst, expected):
     code, expr = _example(rst, expected)
     namespace = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         exec(compile(code, rst, "exec"), namespace)
         value = eval(expr, namespace)
     assert repr(value) == expected
+    shown = (UserWarning, RuntimeWarning)  # ConvergenceWarning is a UserWarning
+    warned = [f"{w.category.__name__}: {w.message}" for w in caught]
+    assert not [w for w in caught if issubclass(w.category, shown)], warned

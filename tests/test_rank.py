@@ -581,40 +581,6 @@ def test_fit_with_extractor_takes_raw_images(small_cnn_and_images):
     assert sc.layers_ == ["pool1", "relu2"]
 
 
-def test_scorer_in_grid_search_picks_the_best_trained_lenet():
-    from sklearn.model_selection import GridSearchCV
-
-    from sklearn_peek.datasets import load_digits_images
-    from sklearn_peek.studies import LeNetClassifier
-
-    d = load_digits_images()
-    rng = np.random.default_rng(0)
-    idx = rng.permutation(len(d.images))[:600]
-    X, y = d.images[idx], d.target[idx]
-    split = [(np.arange(400), np.arange(400, 600))]
-    # the layer alone (coupling="none"): with the default [input | layer]
-    # coupling this small setting ranks the untrained net first (see the user
-    # guide); few, even ranks keep the test quick
-    scorer = RankQualityScorer(
-        layers=["pool2", "relu4"],
-        coupling="none",
-        ranks=range(2, 19, 2),
-        cv=3,
-        random_state=0,
-    )
-    search = GridSearchCV(
-        LeNetClassifier(random_state=0),
-        {"epochs": [0, 1, 20]},
-        scoring=scorer,
-        cv=split,
-        refit=False,
-    ).fit(X, y)
-    scores = search.cv_results_["mean_test_score"]
-    assert search.best_params_ == {"epochs": 20}, scores
-    assert scores[2] > max(scores[0], scores[1])
-    assert ((scores > 0) & (scores <= 1)).all()
-
-
 @pytest.mark.parametrize("criterion", ["bcv", "elbow"])
 def test_torch_device_without_warm_start_batches_the_ranks(criterion):
     # On a torch device (here torch on the CPU) with warm_start=False all ranks
