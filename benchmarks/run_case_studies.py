@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -118,6 +120,8 @@ def write_inc(path, table, corr, layers, timings_text):
                 r = sub[(sub["layer"] == layer) & (sub["measure"] == m)].iloc[0]
                 if r["rho"] != r["rho"]:
                     cells.append("n/a (constant)")
+                elif r["ci_low"] != r["ci_low"]:  # see the note column
+                    cells.append(f"{r['rho']:+.2f} [no interval]")
                 else:
                     cells.append(
                         f"{r['rho']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
@@ -126,7 +130,8 @@ def write_inc(path, table, corr, layers, timings_text):
         title = "all 60 networks pooled" if deg == "all" else f"study '{deg}'"
         parts += [
             f"**Spearman rho(rank, accuracy), {title}** ({n} networks; 95% "
-            "percentile bootstrap interval)",
+            "percentile bootstrap interval; none when more than 10% of the "
+            "resamples have a constant rank, see the note column of the CSV file)",
             "",
             _grid_table(header, rows),
             "",
@@ -183,17 +188,37 @@ def main(argv=None):
         help="re-write docs/case_studies_results.inc from the CSV files of a "
         "previous full run, without running anything",
     )
+    parser.add_argument(
+        "--recompute-correlations",
+        action="store_true",
+        help="with --render-only: recompute the correlations file from the "
+        "per-network CSV (e.g. after a change to the statistics), then render",
+    )
     args = parser.parse_args(argv)
 
     import pandas as pd
 
-    from sklearn_peek.studies import DEFAULT_LAYERS, run_paper_studies
+    from sklearn_peek.studies import DEFAULT_LAYERS, correlations, run_paper_studies
 
     docs = ROOT / "docs"
     if args.render_only:
         table = pd.read_csv(docs / "case_studies_results.csv")
         corr = pd.read_csv(docs / "case_studies_results.correlations.csv")
         corr["note"] = corr["note"].fillna("")
+        if args.recompute_correlations:
+            # as run_paper_studies: per degradation, then all networks pooled
+            # (its defaults: the three criteria, 2,000 resamples, seed 0)
+            kw = dict(layers=DEFAULT_LAYERS, criteria=["bcv", "elbow", "energy"])
+            new = pd.concat(
+                [correlations(table, **kw), correlations(table, group=None, **kw)],
+                ignore_index=True,
+            )
+            same = ["degradation", "layer", "measure", "n"]
+            assert (new[same].astype(str) == corr[same].astype(str)).all().all()
+            assert np.allclose(new["rho"], corr["rho"], equal_nan=True)
+            corr = new
+            corr.to_csv(docs / "case_studies_results.correlations.csv", index=False)
+            print(f"wrote {docs / 'case_studies_results.correlations.csv'}")
         report = (docs / "case_studies_results.timings.txt").read_text()
         write_inc(
             docs / "case_studies_results.inc", table, corr, DEFAULT_LAYERS, report
@@ -222,7 +247,11 @@ def main(argv=None):
     print("\nSpearman rho(rank, accuracy) [95% bootstrap CI]:")
     corr = result.correlations.copy()
     corr["rho [CI]"] = [
-        "n/a (" + note + ")" if r != r else f"{r:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+        "n/a (" + note + ")"
+        if r != r
+        else f"{r:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+        if lo == lo
+        else f"{r:+.2f} ({note})"
         for r, lo, hi, note in zip(
             corr["rho"], corr["ci_low"], corr["ci_high"], corr["note"]
         )
