@@ -299,12 +299,124 @@ def test_several_inputs(X):
 
 def test_three_channel_model_fed_grayscale(X):
     model = make_lenet(CURRENT, channels=3)
-    with pytest.raises(ValueError, match=r"expects 3 channels.*\(1, 28, 28\)"):
+    msg = (
+        r"\(1, 28, 28\) \(1 channel\).*expects 3 channels.*"
+        r"np\.repeat\(X, 3, axis=1\).*channel_repeat=True"
+    )
+    with pytest.raises(ValueError, match=msg):
         LayerActivationExtractor(model, ["p1"]).fit(X)
     A = LayerActivationExtractor(model, ["p1"], channel_repeat=True).fit_transform(X)
     rgb = np.repeat(X, 3, axis=1)
     np.testing.assert_allclose(A[:, :784], X.reshape(len(X), -1))
     np.testing.assert_allclose(A[:, 784:], reference(model, "p1", rgb), atol=1e-5)
+
+
+def _unknown_dims(model, axes):
+    """``model`` with the image input's ``axes`` made dynamic."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for i in axes:
+        dims[i].Clear()
+        dims[i].dim_param = f"d{i}"
+    return model
+
+
+@pytest.mark.parametrize(
+    "kw, axes",
+    [
+        (dict(), ()),  # (N, 1, 28, 28)
+        (dict(batch=1), ()),  # fixed batch of 1, made dynamic
+        (dict(batch=4, reshape_batch=4), ()),  # fixed batch of 4, run in chunks
+        (dict(), (2, 3)),  # (N, 1, H, W): no static input shape
+    ],
+)
+def test_images_without_channel_axis(kw, axes, X):
+    model = _unknown_dims(make_lenet(CURRENT, **kw), axes)
+    ref = LayerActivationExtractor(model, ["p1", "r3"], batch_size=3).fit(X)
+    ext = LayerActivationExtractor(model, ["p1", "r3"], batch_size=3)
+    A = ext.fit_transform(X[:, 0])
+    assert ext.input_shape_ == (1, 28, 28)
+    np.testing.assert_array_equal(A, ref.transform(X))
+    np.testing.assert_allclose(
+        A[:, -12:], reference(model, "r3", X, batch=kw.get("batch")), atol=1e-5
+    )
+    np.testing.assert_array_equal(ext.transform(X), A)
+    np.testing.assert_array_equal(ref.transform(X[:, 0]), A)
+    if not axes:  # flat rows take the model's static shape
+        np.testing.assert_array_equal(ext.transform(X.reshape(len(X), -1)), A)
+
+
+def test_images_without_channel_axis_three_channel_model(X):
+    model = make_lenet(CURRENT, channels=3)
+    msg = (
+        r"X has samples of shape \(28, 28\), without a channel axis, but the model's "
+        r"first layer expects 3 channels: repeat the single channel with "
+        r"np\.repeat\(X\[:, None\], 3, axis=1\), or pass channel_repeat=True"
+    )
+    with pytest.raises(ValueError, match=msg):
+        LayerActivationExtractor(model, ["p1"]).fit(X[:, 0])
+    A = LayerActivationExtractor(model, ["p1"], channel_repeat=True).fit_transform(
+        X[:, 0]
+    )
+    np.testing.assert_allclose(
+        A[:, 784:], reference(model, "p1", np.repeat(X, 3, axis=1)), atol=1e-5
+    )
+    # a dynamic channel count: the rank says an axis is missing
+    model = _unknown_dims(make_lenet(CURRENT), (1, 2, 3))
+    msg = r"rank 4.*\(28, 28\) \(rank 3.*add it with X\[:, None\]"
+    with pytest.raises(ValueError, match=msg):
+        LayerActivationExtractor(model, ["p1"]).fit(X[:, 0])
+    A = LayerActivationExtractor(model, ["p1"]).fit_transform(X[:, 0][:, None])
+    np.testing.assert_allclose(A[:, 784:], reference(model, "p1", X), atol=1e-5)
+
+
+def test_grayscale_model_fed_rgb(X):
+    model = make_lenet(CURRENT)
+    rgb = np.repeat(X, 3, axis=1)
+    for channel_repeat in (False, True):
+        ext = LayerActivationExtractor(model, ["p1"], channel_repeat=channel_repeat)
+        with pytest.raises(ValueError) as info:
+            ext.fit(rgb)
+        assert str(info.value) == (
+            "X has samples of shape (3, 28, 28) (3 channels), but the model's first "
+            "layer expects 1 channel: convert the RGB images to grayscale, e.g. "
+            "X.mean(axis=1, keepdims=True)."
+        )
+    A = LayerActivationExtractor(model, ["p1"]).fit_transform(
+        rgb.mean(axis=1, keepdims=True)
+    )
+    np.testing.assert_allclose(A[:, 784:], reference(model, "p1", X), atol=1e-5)
+
+
+def _uint8_relu_model():
+    """(N, 4) uint8 -> Cast to float -> Relu: a model that takes raw integers."""
+    nodes = [
+        helper.make_node("Cast", ["x"], ["f"], to=F32),
+        helper.make_node("Relu", ["f"], ["r"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "u8",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 4])],
+        [helper.make_tensor_value_info("r", F32, ["N", 4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", CURRENT)])
+
+
+def test_integer_images_warn_unless_the_model_takes_integers(X):
+    X8 = np.round(X * 255).astype(np.uint8)
+    ext = LayerActivationExtractor(make_lenet(CURRENT), ["p1"])
+    with pytest.warns(UserWarning, match=r"X has dtype uint8 with values up to 255"):
+        A = ext.fit_transform(X8)
+    np.testing.assert_array_equal(A, ext.fit_transform(X8.astype(np.float32)))
+    assert A[:, :784].max() == 255  # fed as they are
+    # a model whose input is uint8 wants the raw values: no warning
+    raw = np.array([[0, 7, 200, 255], [1, 2, 3, 4]], np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ext = LayerActivationExtractor(_uint8_relu_model(), ["r"])
+        A = ext.fit_transform(raw)
+        ext.transform(raw)
+    np.testing.assert_array_equal(A, np.hstack([raw, raw]).astype(np.float32))
 
 
 def test_wrong_input_shape(X):

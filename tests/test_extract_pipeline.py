@@ -106,6 +106,26 @@ def test_pandas_pipeline_onnx_with_split(X):
     assert nmf.feature_names_in_[-1] == "/9/Gemm__u9_neg"
 
 
+def test_pipeline_takes_images_without_channel_axis(X):
+    # (n, H, W) images, as MNIST loaders give them, for torch and ONNX alike
+    net = _lenet()
+    X3 = X.reshape(-1, 28, 28)
+    model = torch_to_onnx(
+        net, (1, 28, 28), input_names=["x"], dynamic_axes={"x": {0: "n"}}
+    )
+    for m in (net, model):
+        blocks = LayerActivationExtractor(m).fit(X3[:4, None]).block_sizes_
+        ref = make_pipeline(LayerActivationExtractor(m), _nmf(blocks=blocks))
+        W_ref = ref.fit_transform(X3[:, None])
+        pipe = make_pipeline(LayerActivationExtractor(m), _nmf(blocks=blocks))
+        W = pipe.fit_transform(X3)
+        assert pipe[0].input_shape_ == (1, 28, 28)
+        np.testing.assert_allclose(W, W_ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            pipe.transform(X3[:5]), ref.transform(X[:5]), rtol=1e-5, atol=1e-6
+        )
+
+
 def test_grid_search_clones_share_the_model(X):
     net = _lenet()
     pipe = Pipeline(

@@ -1,6 +1,8 @@
 """LayerActivationExtractor on PyTorch modules: hooks, shapes, nonneg, memory."""
 
 import pickle
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -379,6 +381,140 @@ def test_channel_mismatch_and_channel_repeat(X):
     B = LayerActivationExtractor(net, include_input=False).fit_transform(rgb)
     assert ext.block_sizes_[0] == ("input", 784)  # the caller's single channel
     np.testing.assert_allclose(A[:, 784:], B, atol=1e-6)
+
+
+def test_images_without_channel_axis(lenet, X):
+    # (n, H, W) for a model whose first convolution takes one channel: the
+    # channel axis is added, as the command line does
+    X4 = X.reshape(-1, 1, 28, 28)
+    ref = LayerActivationExtractor(lenet, ["pool2", "relu3"]).fit(X4)
+    for input_shape in (None, (1, 28, 28)):
+        ext = LayerActivationExtractor(
+            lenet, ["pool2", "relu3"], input_shape=input_shape
+        )
+        A = ext.fit_transform(X4[:, 0])
+        assert ext.input_shape_ == (1, 28, 28) and ext.n_features_in_ == 784
+        np.testing.assert_array_equal(A, ref.transform(X4))
+        # every layout of the same images gives the same rows
+        np.testing.assert_array_equal(ext.transform(X4), A)
+        np.testing.assert_array_equal(ext.transform(X), A)
+    # fitted on (n, 1, H, W), transform takes (n, H, W) too
+    np.testing.assert_array_equal(ref.transform(X4[:, 0]), A)
+    msg = (
+        r"X has shape \(23, 20, 20\).*\(n_samples, 1, 28, 28\) or \(n_samples, 28, 28\)"
+    )
+    with pytest.raises(ValueError, match=msg):
+        ref.transform(np.zeros((23, 20, 20), np.float32))
+    # the images do not fit: the error shows the channel axis was added
+    with pytest.raises(ValueError, match=r"input of shape \(1, 1, 20, 20\) failed"):
+        LayerActivationExtractor(lenet, ["pool2"]).fit(np.zeros((3, 20, 20)))
+
+
+class _AddsChannelAxis(nn.Module):
+    """Takes (n, H, W) and adds the channel axis itself."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.unsqueeze(1))
+
+
+def test_module_that_adds_the_channel_axis_itself(lenet, X):
+    X4 = X.reshape(-1, 1, 28, 28)
+    ext = LayerActivationExtractor(_AddsChannelAxis(lenet), ["net.pool2"])
+    A = ext.fit_transform(X4[:, 0])
+    assert ext.input_shape_ == (28, 28)  # X fed as given
+    ref = LayerActivationExtractor(lenet, ["pool2"]).fit_transform(X4)
+    np.testing.assert_array_equal(A, ref)
+
+
+def test_three_channel_model_and_images_without_channel_axis(X):
+    torch.manual_seed(1)
+    net = LeNet(in_ch=3).eval()
+    X3 = X.reshape(-1, 28, 28)
+    msg = (
+        r"X has samples of shape \(28, 28\), without a channel axis, but the model's "
+        r"first convolution expects 3 channels: repeat the single channel with "
+        r"np\.repeat\(X\[:, None\], 3, axis=1\), or pass channel_repeat=True"
+    )
+    with pytest.raises(ValueError, match=msg):
+        LayerActivationExtractor(net, ["pool2"]).fit(X3)
+    ext = LayerActivationExtractor(net, ["pool2"], channel_repeat=True)
+    A = ext.fit_transform(X3)
+    assert ext.input_shape_ == (1, 28, 28)
+    rgb = np.repeat(X3[:, None], 3, axis=1)
+    ref = LayerActivationExtractor(net, ["pool2"], include_input=False).fit(rgb)
+    np.testing.assert_array_equal(A[:, :784], X)
+    np.testing.assert_allclose(A[:, 784:], ref.transform(rgb), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "model_ch, data_ch, channel_repeat, fix",
+    [
+        (
+            3,
+            1,
+            False,
+            r": repeat the single channel with np\.repeat\(X, 3, axis=1\), "
+            r"or pass channel_repeat=True",
+        ),
+        (4, 1, False, r"np\.repeat\(X, 4, axis=1\), or pass channel_repeat=True"),
+        (
+            1,
+            3,
+            False,
+            r": convert the RGB images to grayscale, e\.g\. "
+            r"X\.mean\(axis=1, keepdims=True\)\.$",
+        ),
+        (1, 3, True, r"X\.mean\(axis=1, keepdims=True\)\.$"),
+        (3, 2, False, r"expects 3 channels\.$"),
+        (3, 2, True, r"expects 3 channels\.$"),
+    ],
+)
+def test_channel_mismatch_hint_depends_on_direction(
+    model_ch, data_ch, channel_repeat, fix
+):
+    torch.manual_seed(0)
+    net = LeNet(in_ch=model_ch).eval()
+    Xc = np.random.default_rng(0).random((2, data_ch, 28, 28), dtype=np.float32)
+    ext = LayerActivationExtractor(net, ["pool2"], channel_repeat=channel_repeat)
+    with pytest.raises(ValueError) as info:
+        ext.fit(Xc)
+    msg = str(info.value)
+    counts = (
+        f"X has samples of shape ({data_ch}, 28, 28) ({data_ch} channel"
+        f"{'s' if data_ch > 1 else ''}), but the model's first convolution expects "
+        f"{model_ch} channel{'s' if model_ch > 1 else ''}"
+    )
+    assert counts in msg
+    assert re.search(fix, msg), msg
+    # channel_repeat is offered only where it fixes the mismatch
+    assert ("channel_repeat=True" in msg) == (data_ch == 1)
+    assert "np.repeat(X, 1," not in msg
+
+
+def test_integer_images_are_fed_unscaled_with_a_warning(lenet, X):
+    X8 = np.round(X * 255).astype(np.uint8)
+    ext = LayerActivationExtractor(lenet, ["pool1"], input_shape=(1, 28, 28))
+    msg = (
+        r"X has dtype uint8 with values up to 255; they are fed to the model as "
+        r"they are.*X / 255.*X\.astype\(np\.float32\)"
+    )
+    with pytest.warns(UserWarning, match=msg) as rec:
+        A = ext.fit_transform(X8)
+    assert rec[0].filename == __file__  # points at the caller's line
+    # nothing is rescaled: the same as the float values 0..255
+    B = ext.fit_transform(X8.astype(np.float32))
+    np.testing.assert_array_equal(A, B)
+    assert A[:, :784].max() == 255
+    with pytest.warns(UserWarning, match=r"dtype int64 with values up to 255"):
+        ext.transform(torch.from_numpy(X8.astype(np.int64)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ext.transform(X8.astype(np.float32))  # floats: taken as meant
+        ext.fit_transform((X8 > 127).astype(np.uint8))  # a 0/1 mask
 
 
 def test_resnet_auto_rule_and_call_index():

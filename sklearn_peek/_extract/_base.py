@@ -14,6 +14,8 @@ import copy
 import difflib
 import math
 import numbers
+import os
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,6 +26,7 @@ from .._backend import available_memory as _available_memory
 from .._backend import is_torch_tensor, resolve_device, to_numpy
 from .._progress import check_progress, progress_bar
 from .._validation import is_integral, transform_output
+from ._channels import channel_mismatch
 
 #: At most this many layers are picked by ``layers="auto"``.
 MAX_AUTO_LAYERS = 8
@@ -153,11 +156,55 @@ def _resolve_layers(adapter, layers, rows):
     return out
 
 
-def _as_array(X, param="X"):
+def _warn_unscaled(arr, param="X"):
+    """Warn when integer-typed ``arr`` holds values above 1 (raw 0-255 pixels?).
+
+    Nothing is rescaled (a scikit-learn estimator does not change its input
+    behind the caller's back); the warning says so, and float input, whatever
+    its range, is taken as meant.
+    """
+    if arr.dtype.kind not in "iu" or arr.size == 0:
+        return
+    top = arr.max()
+    if top <= 1:
+        return
+    warnings.warn(
+        f"{param} has dtype {arr.dtype} with values up to {top}; they are fed to "
+        "the model as they are, without scaling. A network trained on images in "
+        "[0, 1] expects X / 255 (the command line divides uint8 data by 255 "
+        "unless --scale none); pass a float array, e.g. X.astype(np.float32), to "
+        "use the values as they are without this warning.",
+        UserWarning,
+        stacklevel=_caller_stacklevel(),
+    )
+
+
+def _caller_stacklevel():
+    """``stacklevel`` (for a warning issued by the function calling this one)
+    of the first frame outside sklearn_peek and scikit-learn: the user's
+    line, also when a Pipeline or ``fit_transform`` made the call."""
+    import sys
+
+    import sklearn
+
+    inside = (
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+        os.path.dirname(os.path.abspath(sklearn.__file__)) + os.sep,
+    )
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        inside
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _as_array(X, param="X", *, warn_integers=True):
     """X as a float32 ndarray with at least 2 axes; clear errors otherwise.
 
     The messages follow scikit-learn's wording where it has one, so its
-    estimator checks recognise them.
+    estimator checks recognise them. ``warn_integers``: warn about integer
+    data that looks unscaled (see ``_warn_unscaled``).
     """
     if sp.issparse(X) or type(X).__module__.startswith("sparse"):
         raise TypeError(
@@ -196,6 +243,8 @@ def _as_array(X, param="X"):
             f"0 feature(s) (shape={arr.shape}) while a minimum of 1 is required: "
             f"{param} has no values per sample."
         )
+    if warn_integers:
+        _warn_unscaled(arr, param)
     return arr.astype(np.float32, copy=False)
 
 
@@ -401,7 +450,14 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         Shape of one sample, e.g. ``(1, 28, 28)``, used to reshape a 2-D
         ``X``. When None: a 3-D or 4-D ``X`` gives it; a 2-D ``X`` is
         reshaped to the ONNX model's static input shape when there is one and
-        taken as flat vectors otherwise.
+        taken as flat vectors otherwise. Single-channel images without the
+        channel axis, ``(n_samples, H, W)``, get it (``X[:, None]``) when
+        ``input_shape=(1, H, W)``, when the ONNX model's input is
+        ``(N, C, H, W)`` with a fixed ``C``, or when the torch model's first
+        convolution is a ``Conv2d`` (``Conv3d`` for ``(n_samples, D, H, W)``)
+        taking one channel (or any number, with ``channel_repeat=True``); a
+        torch module on which that fails to run but ``X`` as given runs is fed
+        ``X`` as given.
     pooling : {None, "avg", "max"}, default=None
         None keeps every unit (C x H x W features per conv layer). "avg" or
         "max" reduce each channel over its spatial positions (one feature per
@@ -437,7 +493,9 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
     channel_repeat : bool, default=False
         Feed single-channel images to a model whose first layer expects 3 (or
         C) channels by repeating the channel. The input block keeps the
-        original single channel. Without it, that mismatch raises.
+        original single channel. Without it, that mismatch raises. It does
+        not reduce 3 channels to 1: pass ``X.mean(axis=1, keepdims=True)``
+        (or another grayscale conversion) to a single-channel model.
     output : {"numpy", "torch"}, default="numpy"
         What ``transform`` returns. ``"torch"``: a float32 torch tensor on the
         device the model runs on (``device``; ONNX models: ``device`` or the
@@ -672,21 +730,44 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         return adapter
 
     def _sample_shape(self, X, adapter):
-        """Reshape X to (n, *sample) and return it with the sample shape."""
+        """Reshape X to (n, *sample); return it, the sample shape and how.
+
+        ``how`` is None (X as given or reshaped from flat rows), ``"added"``
+        (X lacked the channel axis, which the model or ``input_shape``
+        declares: added) or ``"tentative"`` (added because the torch model's
+        first convolution takes one more axis than X's samples have; fit falls
+        back to X as given when the model does not run on it, for modules that
+        add the axis themselves).
+        """
         shape = _check_input_shape(self.input_shape)
         n = X.shape[0]
         if shape is not None:
             if X.ndim == 2 and X.shape[1] == math.prod(shape):
-                return X.reshape(n, *shape), shape
+                return X.reshape(n, *shape), shape, None
             if X.shape[1:] == shape:
-                return X, shape
+                return X, shape, None
+            if X.ndim >= 3 and shape[0] == 1 and X.shape[1:] == shape[1:]:
+                return X[:, None], shape, "added"
             raise ValueError(
                 f"X has shape {X.shape}, which does not fit input_shape={shape}: "
                 f"expected (n_samples, {math.prod(shape)}) or (n_samples, "
-                f"{', '.join(map(str, shape))})."
+                f"{', '.join(map(str, shape))})"
+                + (
+                    f" or (n_samples, {', '.join(map(str, shape[1:]))})."
+                    if shape[0] == 1 and len(shape) > 2
+                    else "."
+                )
             )
         if X.ndim > 2:
-            return X, tuple(X.shape[1:])
+            layout = adapter.image_layout()
+            if layout is not None and X.ndim == layout[0]:
+                # (n, H, W) for a model taking (n, C, H, W): no channel axis
+                sample = (1, *X.shape[1:])
+                if adapter.kind == "onnx":
+                    return X[:, None], sample, "added"
+                if layout[1] == 1 or self.channel_repeat:
+                    return X[:, None], sample, "tentative"
+            return X, tuple(X.shape[1:]), None
         model_shape = adapter.model_input_shape()
         if model_shape is not None:
             if math.prod(model_shape) != X.shape[1]:
@@ -695,11 +776,14 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                     f"has shape {model_shape} ({math.prod(model_shape)} values); "
                     "pass X with matching size or input_shape=..."
                 )
-            return X.reshape(n, *model_shape), model_shape
-        return X, (X.shape[1],)
+            return X.reshape(n, *model_shape), model_shape, None
+        return X, (X.shape[1],), None
 
-    def _feed_shape(self, sample_shape, adapter):
-        """Shape given to the model (channel_repeat may widen the channels)."""
+    def _feed_shape(self, sample_shape, adapter, no_axis=False):
+        """Shape given to the model (channel_repeat may widen the channels).
+
+        ``no_axis``: the caller's X had no channel axis (added as axis 1).
+        """
         want = adapter.expected_channels()
         if want is None or len(sample_shape) < 2 or sample_shape[0] == want:
             return sample_shape, 1
@@ -710,12 +794,8 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             # first one to run: let the forward pass decide (its error names
             # the channel count too).
             return sample_shape, 1
-        raise ValueError(
-            f"the model's first layer expects {want} channels, but the samples have "
-            f"shape {tuple(sample_shape)} ({sample_shape[0]} channel(s)). Convert X "
-            f"(e.g. np.repeat(X, {want}, axis=1) for grayscale -> RGB) or pass "
-            "channel_repeat=True to repeat a single channel."
-        )
+        shown = sample_shape[1:] if no_axis else sample_shape
+        raise ValueError(channel_mismatch(want, shown, no_axis=no_axis))
 
     # -- fit / transform -----------------------------------------------------------
     def fit(self, X, y=None):
@@ -726,8 +806,13 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W)
-            Images. A DataFrame or a torch tensor is accepted too.
+        X : array-like of shape (n_samples, n_features), (n_samples, C, H, W) \
+                or (n_samples, H, W)
+            Images. A DataFrame or a torch tensor is accepted too. Values are
+            fed to the model as they are: integer images (uint8 0-255) are
+            not divided by 255, and a ``UserWarning`` says so when an integer
+            ``X`` holds values above 1 (unless the ONNX model's input is of an
+            integer type).
         y : None
             Ignored.
 
@@ -744,18 +829,26 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             self.feature_names_in_ = np.asarray(
                 [str(c) for c in X.columns], dtype=object
             )
-        arr = _as_array(X)
         adapter = self._get_adapter()
-        X4, sample_shape = self._sample_shape(arr, adapter)
-        feed_shape, repeat = self._feed_shape(sample_shape, adapter)
+        arr = _as_array(X, warn_integers=not self._model_takes_integers(adapter))
+        X4, sample_shape, how = self._sample_shape(arr, adapter)
+        feed_shape, repeat = self._feed_shape(sample_shape, adapter, how is not None)
         if adapter.kind == "onnx":
             adapter.check_sample_shape(feed_shape)
-        self._repeat = repeat
         if not (isinstance(self.layers, (list, tuple)) and len(self.layers) == 0):
-            rows = adapter.list_layers(feed_shape)
+            try:
+                rows = adapter.list_layers(feed_shape)
+            except ValueError as exc:
+                if how != "tentative":
+                    raise
+                # A module that adds the channel axis itself: X as given.
+                rows = self._list_layers_as_given(adapter, arr, exc)
+                X4, sample_shape = arr, tuple(arr.shape[1:])
+                feed_shape, repeat = sample_shape, 1
             pairs = _resolve_layers(adapter, self.layers, rows)
         else:
             pairs = []
+        self._repeat = repeat
         sources = [c for _, c in pairs]
         self.input_shape_ = tuple(int(d) for d in sample_shape)
         self.n_features_in_ = int(math.prod(sample_shape))
@@ -812,6 +905,22 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         elif self.nonneg == "error":
             self._postprocess(self._pooled(probe, raw), check_rows=0)
         return self
+
+    @staticmethod
+    def _list_layers_as_given(adapter, arr, error):
+        """Layer rows for samples of X's own shape, or ``error`` raised when
+        the model does not run on those either."""
+        try:
+            return adapter.list_layers(tuple(arr.shape[1:]))
+        except ValueError:
+            pass
+        raise error
+
+    @staticmethod
+    def _model_takes_integers(adapter):
+        """True for an ONNX model whose image input has an integer type."""
+        dtype = getattr(adapter, "input_dtype", None)
+        return dtype is not None and np.dtype(dtype).kind in "iub"
 
     def _runner(self):
         """Context yielding run(batch) -> {source: raw activations}.
@@ -958,7 +1067,9 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         return {k: np.minimum(v, 0).astype(np.float32) for k, v in mins.items()}
 
     def _check_X(self, X):
-        arr = _as_array(X)
+        arr = _as_array(
+            X, warn_integers=not self._model_takes_integers(self._get_adapter())
+        )
         if hasattr(self, "feature_names_in_") and hasattr(X, "columns"):
             cols = np.asarray([str(c) for c in X.columns], dtype=object)
             if len(cols) != len(self.feature_names_in_) or not np.all(
@@ -974,16 +1085,23 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             return arr.reshape(n, *shape)
         if arr.shape[1:] == shape:
             return arr
+        if arr.ndim >= 3 and shape[0] == 1 and arr.shape[1:] == shape[1:]:
+            return arr[:, None]  # single-channel images without the channel axis
         if arr.ndim == 2:
             raise ValueError(
                 f"X has {arr.shape[1]} features, but LayerActivationExtractor is "
                 f"expecting {self.n_features_in_} features as input (samples of "
                 f"shape {shape}, seen in fit)."
             )
+        no_axis = (
+            f" or (n_samples, {', '.join(map(str, shape[1:]))})"
+            if shape[0] == 1 and len(shape) > 2
+            else ""
+        )
         raise ValueError(
             f"X has shape {arr.shape}; this extractor was fitted on samples of shape "
             f"{shape}: expected (n_samples, {self.n_features_in_}) or (n_samples, "
-            f"{', '.join(map(str, shape))})."
+            f"{', '.join(map(str, shape))}){no_axis}."
         )
 
     def transform(self, X, out=None):
@@ -991,8 +1109,10 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W)
-            Images with the per-sample shape seen in fit.
+        X : array-like of shape (n_samples, n_features), (n_samples, C, H, W) \
+                or (n_samples, H, W)
+            Images with the per-sample shape seen in fit (without the channel
+            axis when that holds one channel), unscaled as in :meth:`fit`.
         out : ndarray or numpy.memmap of shape (n_samples, ``n_features_out_``), \
                 default=None
             float32 array to write into (e.g. a ``np.memmap`` for data larger

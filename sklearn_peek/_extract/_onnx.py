@@ -296,22 +296,33 @@ class OnnxAdapter:
             return tuple(rest)
         return None
 
-    def expected_channels(self):
+    def image_layout(self):
+        """``(3, C)`` for an image input ``(N, C, H, W)`` with a static ``C``."""
         dims = self.input_dims
         if dims is not None and len(dims) == 4 and isinstance(dims[1], int):
-            return dims[1] if dims[1] > 0 else None
+            return (3, dims[1]) if dims[1] > 0 else None
         return None
+
+    def expected_channels(self):
+        layout = self.image_layout()
+        return None if layout is None else layout[1]
 
     def check_sample_shape(self, sample_shape):
         dims = self.input_dims
         if dims is None:
             return
         if len(dims) != len(sample_shape) + 1:
+            fix = "Pass input_shape=... or reshape X."
+            if len(dims) == len(sample_shape) + 2:
+                fix = (
+                    "If the samples lack the channel axis, add it with X[:, None] "
+                    "(or pass input_shape=...)."
+                )
             raise ValueError(
                 f"the ONNX model {self.source} input {self.input_name!r} has shape "
                 f"{_show(dims)} (rank {len(dims)}), but the samples have shape "
                 f"{tuple(sample_shape)} (rank {len(sample_shape) + 1} with the batch "
-                "axis). Pass input_shape=... or reshape X."
+                f"axis). {fix}"
             )
         for want, got in zip(dims[1:], sample_shape):
             if isinstance(want, int) and want > 0 and want != got:

@@ -15,6 +15,7 @@ import re
 import numpy as np
 
 from .._backend import resolve_device
+from ._channels import channel_mismatch
 
 # Activation modules whose outputs are never negative; pooling modules that
 # keep that property when they read such an output. Both drive layers="auto".
@@ -102,17 +103,29 @@ class TorchAdapter:
         """Per-sample input shape known from the model: unknown for torch."""
         return None
 
+    def image_layout(self):
+        """``(rank, channels)`` of one sample as the first convolution takes it.
+
+        ``rank`` counts the channel axis (Conv2d: 3, for ``(C, H, W)``);
+        ``channels`` is its ``in_channels``. The first convolution in
+        definition order, which is usually but not always the first to run;
+        None when the model has none.
+        """
+        conv = {
+            self.torch.nn.Conv1d: 2,
+            self.torch.nn.Conv2d: 3,
+            self.torch.nn.Conv3d: 4,
+        }
+        for mod in self.model.modules():
+            for cls, rank in conv.items():
+                if isinstance(mod, cls):
+                    return rank, mod.in_channels
+        return None
+
     def expected_channels(self):
         """``in_channels`` of the first convolution, if the model has one."""
-        conv = (
-            self.torch.nn.Conv1d,
-            self.torch.nn.Conv2d,
-            self.torch.nn.Conv3d,
-        )
-        for mod in self.model.modules():
-            if isinstance(mod, conv):
-                return mod.in_channels
-        return None
+        layout = self.image_layout()
+        return None if layout is None else layout[1]
 
     # -- running ------------------------------------------------------------
     @contextlib.contextmanager
@@ -160,14 +173,18 @@ class TorchAdapter:
                 " Check input_shape (the per-sample shape, e.g. (1, 28, 28)) and "
                 "the number of channels."
             )
-            want = self.expected_channels()
-            if want is not None and batch.ndim >= 3 and batch.shape[1] != want:
-                hint = (
-                    f" The model's first convolution expects {want} channels, but "
-                    f"the samples have {batch.shape[1]}: convert X (e.g. "
-                    f"np.repeat(X, {want}, axis=1) for grayscale -> RGB) or pass "
-                    "channel_repeat=True to repeat a single channel."
-                )
+            layout = self.image_layout()
+            if layout is not None:
+                rank, want = layout
+                sample = tuple(batch.shape[1:])
+                if len(sample) == rank - 1:  # (H, W) for a Conv2d: no channels
+                    hint = " " + channel_mismatch(
+                        want, sample, no_axis=True, layer="first convolution"
+                    )
+                elif len(sample) == rank and sample[0] != want:
+                    hint = " " + channel_mismatch(
+                        want, sample, layer="first convolution"
+                    )
             raise ValueError(
                 f"running the torch model on input of shape {tuple(batch.shape)} "
                 f"failed: {type(exc).__name__}: {exc}.{hint}"
