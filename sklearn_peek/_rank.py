@@ -52,19 +52,23 @@ class SweepLimitError(ValueError):
 
     ``param`` ("cv" or "ranks") names the setting, ``limit`` its largest
     allowed value for these data (for "cv": the number of samples), and
-    ``reason`` (ranks) which layer's matrix sets it. The command line turns
-    these into advice about its own options.
+    ``reason`` (ranks) which layer's matrix sets it. For "ranks", ``rows`` is
+    the number of rows a fit sees (the training rows of a fold under bcv) and
+    ``columns`` maps each layer to the columns of its matrix: the limit is the
+    smallest of them, so a caller can tell whether more samples would help.
+    The command line turns these into advice about its own options.
     """
 
-    def __init__(self, param, limit, message, reason=None):
+    def __init__(self, param, limit, message, reason=None, rows=None, columns=None):
         # All in args, so that pickle and copy can rebuild the error.
-        super().__init__(param, limit, message, reason)
+        super().__init__(param, limit, message, reason, rows, columns)
         self.param, self.limit, self.message, self.reason = (
             param,
             limit,
             message,
             reason,
         )
+        self.rows, self.columns = rows, columns
 
     def __str__(self):
         return self.message
@@ -593,6 +597,11 @@ class RankQualityScorer(BaseEstimator):
         Seconds spent in fits, summed over workers.
     n_tasks_ : int
         Number of joblib tasks the work was cut into.
+    rank_limit_ : int
+        The largest rank these data allow: the smallest, over the layers, of
+        the rows a fit sees and the columns of the layer's matrix. A selected
+        rank equal to the largest rank swept is a peak only if more ranks were
+        possible.
     extractor_ : LayerActivationExtractor
         The extractor used by fit, when ``extractor`` was given.
 
@@ -943,19 +952,21 @@ class RankQualityScorer(BaseEstimator):
     def _rank_limit(self, n_samples, blocks):
         """The largest rank every layer's coupled matrix supports, and why.
 
-        Returns ``(limit, reason)``; ``reason`` completes a sentence about
-        the requested ranks ("but the coupled matrix of layer ... expected
-        ranks <= limit."). A rank is bounded by the rows a fit sees (the
-        training rows of a fold under ``criterion="bcv"``) and the columns of
-        the layer's coupled matrix.
+        Returns ``(limit, reason, rows, columns)``; ``reason`` completes a
+        sentence about the requested ranks ("but the coupled matrix of layer
+        ... expected ranks <= limit."). A rank is bounded by the rows a fit
+        sees (``rows``: the training rows of a fold under ``criterion="bcv"``)
+        and the columns of the layer's coupled matrix (``columns``, per
+        layer).
         """
         n = n_samples
         bcv = self.criterion == "bcv"
         n_rows = n - int(np.ceil(n / self.cv)) if bcv else n
         rows_txt = f"{n_rows} training rows per fold" if bcv else f"{n} rows"
         limit = None
+        columns = {}
         for name, _cols, cb in self._layer_columns(blocks):
-            m = sum(s for _, s in cb)
+            m = columns[name] = sum(s for _, s in cb)
             bound = min(n_rows, m)
             if limit is None or bound < limit[0]:
                 limit = (
@@ -963,7 +974,7 @@ class RankQualityScorer(BaseEstimator):
                     f"but the coupled matrix of layer {name!r} has {rows_txt} and "
                     f"{m} columns; expected ranks <= {bound}.",
                 )
-        return limit
+        return (*limit, n_rows, columns)
 
     # ------------------------------------------------------------------- fit
     def fit(self, X, y=None):
@@ -1004,13 +1015,15 @@ class RankQualityScorer(BaseEstimator):
                 f"one of {all_names!r}.{_close(self.score_layer, all_names)}"
             )
         layer_cols = self._layer_columns(blocks)
-        limit, why = self._rank_limit(n, blocks)
+        limit, why, n_rows, columns = self._rank_limit(n, blocks)
         if ranks[-1] > limit:
             raise SweepLimitError(
                 "ranks",
                 limit,
                 f"{self._ranks_txt()} goes up to {ranks[-1]}, {why}",
                 why,
+                n_rows,
+                columns,
             )
 
         rng = check_random_state(self.random_state)
@@ -1124,6 +1137,7 @@ class RankQualityScorer(BaseEstimator):
                 bar.close()
         results = {tasks[i][0]: out for i, out in zip(order, outputs)}
         self.n_tasks_ = len(tasks)
+        self.rank_limit_ = limit
         self._collect(results, layer_cols, ranks, blocks)
         return self
 

@@ -699,8 +699,16 @@ def test_sweep_limit_error_says_which_setting_and_its_limit():
         RankQualityScorer(ranks=range(1, 60), **kw).fit(X)
     assert (err.value.param, err.value.limit) == ("ranks", 25)  # fc1: 25 columns
     assert "layer 'fc1'" in err.value.reason
+    # what sets the limit: 40 training rows per fold; [input | layer] widths
+    assert (err.value.rows, err.value.columns) == (40, {"conv1": 30, "fc1": 25})
     back = pickle.loads(pickle.dumps(err.value))
     assert (str(back), back.param, back.limit) == (str(err.value), "ranks", 25)
+    assert (back.rows, back.columns) == (40, {"conv1": 30, "fc1": 25})
+    # a sweep that fits records the limit
+    sc = RankQualityScorer(ranks=[1, 2], **kw).fit(X)
+    assert sc.rank_limit_ == 25
+    sc = RankQualityScorer(ranks=[1, 2], **kw).fit(X[:12])  # 8 rows per fold
+    assert sc.rank_limit_ == 8
     with pytest.raises(SweepLimitError) as err:
         RankQualityScorer(ranks=[1, 2], cv=61, blocks=kw["blocks"]).fit(X)
     assert (err.value.param, err.value.limit) == ("cv", 60)
