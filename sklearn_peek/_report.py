@@ -40,6 +40,9 @@ dl.kv { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; 
 dl.kv dt { font-weight: 600; }
 dl.kv dd { margin: 0; }
 .note { color: #555; font-size: 0.9em; }
+div.warn { border-left: 4px solid #d9a400; background: #fff8e1;
+           padding: 0.3em 1em; margin: 0.6em 0; }
+div.warn ul { margin: 0.3em 0; padding-left: 1.2em; }
 """
 
 
@@ -124,6 +127,11 @@ class Report:
         pass user-supplied text here)."""
         self._parts.append(("html", markup))
 
+    def add_notes(self, notes, *, intro=None):
+        """A highlighted box listing ``notes`` (plain text, escaped), e.g.
+        the warnings printed while the report was made."""
+        self._parts.append(("notes", (intro, [str(n) for n in notes])))
+
     def add_key_values(self, items):
         """A definition list from a dict or (key, value) pairs."""
         items = list(items.items()) if isinstance(items, dict) else list(items)
@@ -161,6 +169,15 @@ class Report:
                 out.append(f"<p>{esc(payload)}</p>")
             elif kind == "html":
                 out.append(payload)
+            elif kind == "notes":
+                intro, notes = payload
+                out.append('<div class="warn">')
+                if intro:
+                    out.append(f"<p>{esc(intro)}</p>")
+                out.append(
+                    "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
+                )
+                out.append("</div>")
             elif kind == "kv":
                 out.append('<dl class="kv">')
                 for k, v in payload:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import re
 import shlex
 import sys
 import tempfile
@@ -125,6 +126,19 @@ _folds = _int_type(
 _n_jobs = _int_type(
     lambda v: v != 0, "a non-zero integer (N workers, or -1 for all cores)"
 )
+
+
+def _nonneg_float(text):
+    """A finite float >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v >= 0.0):  # also rejects NaN
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a finite number >= 0 (e.g. 1e-4)."
+        )
+    return v
 
 
 def _fraction(text):
@@ -267,6 +281,7 @@ def _add_analysis_options(p, *, ranks_default):
         "default), 'auto' (a CUDA GPU if torch sees one), 'cuda' or 'cuda:N' "
         "(an error if absent)",
     )
+    return g
 
 
 def build_parser():
@@ -429,6 +444,13 @@ def build_parser():
         help="shape of one input, e.g. 1,28,28; needed when the data is flat",
     )
     g.add_argument(
+        "--channel-repeat",
+        action="store_true",
+        help="feed single-channel (grayscale) data to a model whose first layer "
+        "expects C channels (e.g. RGB) by repeating the channel C times; the "
+        "input block keeps the single channel",
+    )
+    g.add_argument(
         "--max-samples",
         type=_positive_int,
         default=2000,
@@ -471,7 +493,23 @@ def build_parser():
         help="allow MODEL to be a pickled torch module (torch.load with "
         "weights_only=False). WARNING: this runs code stored in the file",
     )
-    _add_analysis_options(an, ranks_default=list(range(1, 21)))
+    g = _add_analysis_options(an, ranks_default=list(range(1, 21)))
+    g.add_argument(
+        "--max-iter",
+        type=_positive_int,
+        default=200,
+        metavar="N",
+        help="iterations per factorization of the rank sweep, a positive integer "
+        "(default: 200); raise it when a warning says fits stopped at --max-iter",
+    )
+    g.add_argument(
+        "--tol",
+        type=_nonneg_float,
+        default=1e-4,
+        metavar="T",
+        help="stopping tolerance of each factorization (relative decrease of the "
+        "objective), a number >= 0 (default: 1e-4; larger stops sooner)",
+    )
     g = an.add_argument_group("figures")
     g.add_argument(
         "--figure-rank",
@@ -527,6 +565,20 @@ class _Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.t0 = time.perf_counter()
         self.marks = {}
+        #: Every warning printed (or silenced by --quiet), in order, as dicts
+        #: with "kind" and "message" (and details); results.json and the
+        #: report hold them.
+        self.warnings = []
+        self.warnings_reported = 0  # how many of them a report shows
+
+    def warn(self, kind, message, **details):
+        """Print ``sklearn-peek: warning: message`` (once) and record it."""
+        text = " ".join(str(message).split())
+        if any(w["message"] == text for w in self.warnings):
+            return
+        self.warnings.append({"kind": kind, "message": text, **details})
+        if not self.quiet:
+            print(f"{PROG}: warning: {text}", file=sys.stderr, flush=True)
 
     def __call__(self, msg):
         if not self.quiet:
@@ -545,16 +597,14 @@ class _Progress:
 
 
 @contextlib.contextmanager
-def _one_line_warnings(quiet):
-    """Show library warnings as single 'sklearn-peek: warning:' lines, once each."""
-    seen = set()
+def _one_line_warnings(say):
+    """Show library warnings as single 'sklearn-peek: warning:' lines, once each.
+
+    They are recorded in ``say.warnings`` too (kind: the warning class).
+    """
 
     def show(message, category, filename, lineno, file=None, line=None):
-        text = " ".join(str(message).split())
-        if text in seen or quiet:
-            return
-        seen.add(text)
-        print(f"{PROG}: warning: {text}", file=sys.stderr, flush=True)
+        say.warn(getattr(category, "__name__", "Warning"), message)
 
     with warnings.catch_warnings():
         warnings.simplefilter("default")
@@ -657,8 +707,48 @@ def load_array(path, *, key=None, what="--data"):
     )
 
 
-def prepare_inputs(X, *, input_shape=None, scale="auto"):
-    """Float32 images of shape (n, C, H, W) (or as ``input_shape`` says)."""
+def _position_text(pos, shape):
+    """Where ``pos`` (an index into one sample, as stored) lies, in words."""
+    names = {
+        3: ("channel", "row", "column"),
+        2: ("row", "column"),
+        1: ("feature",),
+    }.get(len(shape))
+    if names is None:
+        return f"index {tuple(int(i) for i in pos)}"
+    return ", ".join(f"{n} {int(i)}" for n, i in zip(names, pos))
+
+
+def _check_finite(X, index=None):
+    """Raise a CLIError naming the first NaN or infinite value of ``X``.
+
+    ``index`` maps the rows of ``X`` to the samples of the file (after a
+    --max-samples subset); the message uses the file's sample numbers.
+    """
+    bad = ~np.isfinite(X)
+    if not bad.any():
+        return
+    n_bad = int(bad.sum())
+    first = np.unravel_index(int(np.argmax(bad.ravel())), X.shape)
+    value = X[first]
+    row = int(first[0]) if index is None else int(index[first[0]])
+    where = _position_text(first[1:], X.shape[1:])
+    n_rows = int(bad.reshape(X.shape[0], -1).any(axis=1).sum())
+    raise CLIError(
+        f"--data contains NaN or infinite values: the first is {value} at sample "
+        f"{row} (counting from 0), {where} of its per-sample shape "
+        f"{tuple(X.shape[1:])} ({n_bad} non-finite value(s) in {n_rows} of the "
+        f"{X.shape[0]} samples read). Expected finite numbers: replace or drop "
+        "those samples."
+    )
+
+
+def prepare_inputs(X, *, input_shape=None, scale="auto", index=None):
+    """Float32 images of shape (n, C, H, W) (or as ``input_shape`` says).
+
+    ``index`` (optional) gives the file's sample number of every row of ``X``
+    (after a --max-samples subset), for error messages.
+    """
     X = np.asarray(X)
     if not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating)):
         raise CLIError(f"--data holds {X.dtype} values; expected numbers.")
@@ -671,6 +761,9 @@ def prepare_inputs(X, *, input_shape=None, scale="auto"):
         )
     if X.shape[0] == 0:
         raise CLIError(f"--data has shape {X.shape}; expected n_samples >= 1.")
+    if np.issubdtype(X.dtype, np.floating):
+        # Before the float32 cast, and with the positions as stored in the file.
+        _check_finite(X, index)
     was_uint8 = X.dtype == np.uint8
     X = X.astype(np.float32, copy=False)
     if scale == "auto" and was_uint8:
@@ -694,11 +787,18 @@ def prepare_inputs(X, *, input_shape=None, scale="auto"):
             )
         X = X.reshape(X.shape[0], 1, side, side)
     if not np.all(np.isfinite(X)):
-        raise CLIError("--data contains NaN or infinite values.")
+        big = float(np.max(np.abs(X[np.isfinite(X)]), initial=0.0))
+        raise CLIError(
+            "--data holds values too large for float32 (beyond +-3.4e38; the "
+            f"largest finite one after conversion is {big:.3g}); expected finite "
+            "float32 values: rescale the data."
+        )
     return np.ascontiguousarray(X, dtype=np.float32)
 
 
-def load_model(path, *, trust_pickle=False, sample=None, workdir=None):
+def load_model(
+    path, *, trust_pickle=False, sample=None, workdir=None, channel_repeat=False
+):
     """Return ``(model, format)`` where model is what the extractor accepts.
 
     ONNX files are returned as their path. TorchScript modules cannot carry
@@ -717,7 +817,8 @@ def load_model(path, *, trust_pickle=False, sample=None, workdir=None):
         except Exception:
             scripted = None
         if scripted is not None:
-            return _script_to_onnx(scripted, p, sample, workdir), "torchscript"
+            onnx_path = _script_to_onnx(scripted, p, sample, workdir, channel_repeat)
+            return onnx_path, "torchscript"
     elif _looks_like_onnx(p):
         return str(p), "onnx"
     if not trust_pickle:
@@ -762,7 +863,7 @@ def _looks_like_onnx(p):
     return len(proto.graph.node) > 0
 
 
-def _script_to_onnx(scripted, path, sample, workdir):
+def _script_to_onnx(scripted, path, sample, workdir, channel_repeat=False):
     import torch
 
     if sample is None:
@@ -772,7 +873,8 @@ def _script_to_onnx(scripted, path, sample, workdir):
         )
     out = Path(workdir) / (path.stem + ".onnx")
     x = torch.as_tensor(np.asarray(sample[:2], dtype=np.float32))
-    try:
+
+    def export(x):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -783,16 +885,111 @@ def _script_to_onnx(scripted, path, sample, workdir):
                 input_names=["input"],
                 dynamic_axes={"input": {0: "batch"}},
             )
+
+    try:
+        export(x)
     except Exception as exc:
         # TorchScript errors carry a long serialized traceback; its last line
         # is the actual reason.
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        last = lines[-1] if lines else ""
+        want = _expected_channels(last)
+        if want is not None and x.ndim >= 3 and want != x.shape[1]:
+            if not (channel_repeat and x.shape[1] == 1):
+                raise _channel_error(path, x.shape[1], want, x.shape[1:]) from exc
+            # --channel-repeat: convert the model at its own channel count;
+            # the extractor repeats the single channel when it runs it.
+            try:
+                export(x.repeat(1, want, *([1] * (x.ndim - 2))))
+                return str(out)
+            except Exception:
+                pass
         raise CLIError(
             f"MODEL {str(path)!r} is TorchScript but could not run on inputs of "
             f"shape {tuple(x.shape[1:])} (or be converted to ONNX): "
-            f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+            f"{type(exc).__name__}: {last}"
         ) from exc
     return str(out)
+
+
+#: How the extractor and torch name the channel count a model expects
+#: ("... expects 3 channels", "expected input[2, 1, 8, 8] to have 3 channels").
+_EXPECTED_CHANNELS = re.compile(
+    r"expects (\d+) channels?\b|expected input\[[^\]]*\] to have (\d+) channels"
+)
+
+
+def _expected_channels(text):
+    m = _EXPECTED_CHANNELS.search(str(text))
+    return None if m is None else int(m.group(1) or m.group(2))
+
+
+def _channel_error(model, have, want, shape):
+    """The CLI's message for data with ``have`` channels, a model with ``want``."""
+    text = (
+        f"--data has {have} channel(s) per input (per-input shape "
+        f"{tuple(int(v) for v in shape)}), but MODEL {str(model)!r} expects {want} "
+        "channel(s)."
+    )
+    if have == 1 and want > 1:
+        text += (
+            f" Add --channel-repeat to feed the single channel {want} times (e.g. "
+            "grayscale -> RGB)."
+        )
+    elif want == 1:
+        text += (
+            " Save --data as single-channel (e.g. grayscale) images, shape "
+            "(n, 1, H, W) or (n, H, W); --channel-repeat only widens single-channel "
+            "data."
+        )
+    else:
+        text += f" Save --data with {want} channels per input, shape (n, {want}, H, W)."
+    return CLIError(text)
+
+
+_NOT_A_LAYER = re.compile(r"""(['"])(?P<name>.*?)\1 is not a layer""")
+
+_FORMAT_LAYERS = {
+    "onnx": "an ONNX model (layers are tensor or node names such as /relu1/Relu)",
+    "torchscript": "a TorchScript file, converted to ONNX to read its layers (so "
+    "layers have ONNX names such as /relu1/Relu)",
+    "pickle": "a pickled torch module (layers are module names such as relu1)",
+}
+
+
+def _layers_command(args, fmt, sample_shape):
+    """The 'sklearn-peek layers' command line that lists MODEL's layers."""
+    cmd = [PROG, "layers", shlex.quote(str(args.model))]
+    if fmt in ("torchscript", "pickle"):
+        cmd += ["--input-shape", ",".join(str(int(v)) for v in sample_shape)]
+    if fmt == "pickle":
+        cmd.append("--trust-pickle")
+    return " ".join(cmd)
+
+
+def _extractor_error(exc, args, fmt, sample_shape):
+    """Reword an extractor error in the command's terms; None to keep it.
+
+    The extractor speaks of its Python parameters (``layers=``,
+    ``available_layers(model, input_shape)``, ``channel_repeat=True``) and,
+    for a TorchScript file, of the ONNX model the command converted it to.
+    """
+    text = " ".join(str(exc).split())
+    m = _NOT_A_LAYER.search(text)
+    if m is not None:
+        close = re.search(r"Close matches: (\[.*?\])", text)
+        hint = f" Close matches: {close.group(1)}." if close else ""
+        return CLIError(
+            f"--layers {m.group('name')!r} is not a layer of MODEL "
+            f"{str(args.model)!r}, {_FORMAT_LAYERS.get(fmt, 'the model')}.{hint} "
+            f"Run '{_layers_command(args, fmt, sample_shape)}' for the full list."
+        )
+    want = _expected_channels(text)
+    if want is not None and len(sample_shape) >= 2 and want != sample_shape[0]:
+        return _channel_error(args.model, sample_shape[0], want, sample_shape)
+    if "channel_repeat=True" in text:
+        return CLIError(text.replace("channel_repeat=True", "--channel-repeat"))
+    return None
 
 
 def _split_layers(layers):
@@ -805,8 +1002,62 @@ def _split_layers(layers):
 # --------------------------------------------------------------------------
 # the analysis of one network (shared by demo and analyze)
 # --------------------------------------------------------------------------
+def _rank_limit_error(exc, ranks, n, *, criterion, cv, n_available):
+    """The CLI's wording of a SweepLimitError about ``ranks``.
+
+    The hint follows the cause the error reports (``exc.rows``, the rows a
+    fit sees, and ``exc.columns``, each layer's width): too few rows (more
+    inputs would help; raising --max-samples only when it left inputs out)
+    or a narrow layer (more inputs would not help).
+    """
+    limit = int(exc.limit)
+    rows = exc.rows
+    narrow = [name for name, m in (exc.columns or {}).items() if m == limit]
+    by_rows = rows == limit
+    hints = [f"--ranks {ranks[0]}..{ranks[-1]} goes up to {ranks[-1]}, {exc.reason}"]
+    if by_rows:
+        if criterion == "bcv":
+            hints.append(
+                f"The limit is the number of inputs: each of the --cv {cv} folds "
+                f"fits on {rows} of the {n} inputs analysed."
+            )
+        else:
+            hints.append(f"The limit is the number of inputs ({n} analysed).")
+        if n_available is not None and n_available > n:
+            more = (
+                f"or raise --max-samples (it kept {n} of the {n_available} inputs "
+                "in --data)"
+            )
+        else:
+            more = "or give --data with more inputs"
+        hints.append(f"Pass --ranks up to {limit}, {more}.")
+    elif narrow:
+        names = ", ".join(repr(x) for x in narrow)
+        hints.append(
+            f"The limit is the width of layer {names}: {limit} columns (the input's "
+            "values plus the layer's), which more inputs would not change. Pass "
+            f"--ranks up to {limit}, or leave that layer out of --layers."
+        )
+    else:  # the library's bound changed: say only what is sure
+        hints.append(f"Pass --ranks up to {limit}.")
+    return CLIError(" ".join(hints))
+
+
 def analyze_activations(
-    A, blocks, *, ranks, criterion, cv, seed, jobs, device, energy=0.9, progress=None
+    A,
+    blocks,
+    *,
+    ranks,
+    criterion,
+    cv,
+    seed,
+    jobs,
+    device,
+    energy=0.9,
+    max_iter=200,
+    tol=1e-4,
+    progress=None,
+    n_available=None,
 ):
     """Rank sweep of every layer in the coupled activation matrix ``A``.
 
@@ -830,15 +1081,27 @@ def analyze_activations(
         Where the factorizations run (``--device``).
     energy : float, default=0.9
         Target explained energy of ``"energy"`` (``--energy``).
+    max_iter : int, default=200
+        Iterations per factorization (``--max-iter``).
+    tol : float, default=1e-4
+        Stopping tolerance per factorization (``--tol``).
     progress : bool or None, default=None
         The scorer's progress bar over its fit tasks (False under ``--quiet``;
         None: on in a terminal).
+    n_available : int or None, default=None
+        Inputs in ``--data`` (before ``--max-samples``): a rank limit set by
+        the number of inputs suggests raising ``--max-samples`` only when it
+        left inputs out.
 
     Returns
     -------
     RankQualityScorer
-        The fitted scorer.
+        The fitted scorer. The scorer's own warning about fits stopped at
+        ``max_iter`` is not re-emitted: :func:`sweep_warnings` words it with
+        the command's options.
     """
+    from sklearn.exceptions import ConvergenceWarning
+
     from sklearn_peek import RankQualityScorer
     from sklearn_peek._rank import SweepLimitError
 
@@ -849,26 +1112,119 @@ def analyze_activations(
         criterion=criterion,
         cv=cv,
         energy_threshold=energy,
+        max_iter=max_iter,
+        tol=tol,
         n_jobs=jobs,
         device=device,
         random_state=seed,
         progress=progress,
     )
     try:
-        return scorer.fit(A)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scorer.fit(A)
     except SweepLimitError as exc:  # say it with the options the user typed
         if exc.param == "cv":
             raise CLIError(
                 f"--cv {cv} is larger than the {exc.limit} inputs analysed; "
                 f"expected 2 <= --cv <= {exc.limit}, or more inputs."
             ) from exc
-        raise CLIError(
-            f"--ranks {ranks[0]}..{ranks[-1]} goes up to {ranks[-1]}, {exc.reason} "
-            f"Pass --ranks up to {exc.limit}, or more samples (--max-samples)."
+        raise _rank_limit_error(
+            exc,
+            ranks,
+            A.shape[0],
+            criterion=criterion,
+            cv=cv,
+            n_available=n_available,
         ) from exc
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            continue  # cv_results_["converged"] has it; see sweep_warnings
+        text = str(w.message)
+        for python, option in _OPTION_NAMES:
+            text = text.replace(python, option)
+        warnings.warn_explicit(text, w.category, w.filename, w.lineno)
+    return scorer
 
 
-def fit_figure_model(A, blocks, rank, *, seed, device):
+#: The scorer's parameter names in its warnings, and the command's options.
+_OPTION_NAMES = (
+    ("energy_threshold=", "--energy "),
+    ("`energy_threshold`", "--energy"),
+    ("`ranks`", "--ranks"),
+    ("max_iter=", "--max-iter "),
+    ("`max_iter`", "--max-iter"),
+)
+
+
+def sweep_warnings(scorer, *, ranks, max_iter, tol):
+    """The command's warnings about a fitted sweep, as (kind, text, details).
+
+    * ``"convergence"``: fits that stopped at ``--max-iter`` before ``--tol``,
+      per layer and rank.
+    * ``"rank_at_top_of_grid"``: layers whose selected rank is the largest
+      rank of ``--ranks``; a larger rank may fit better.
+    """
+    out = []
+    res = scorer.cv_results_
+    bad = ~np.asarray(res["converged"], dtype=bool)
+    if bad.any():
+        per = {}
+        for layer, rank in zip(res["layer"][bad], res["rank"][bad]):
+            per.setdefault(str(layer), []).append(int(rank))
+        where = "; ".join(
+            f"layer {k!r}: rank{'s' if len(v) > 1 else ''} "
+            f"{', '.join(map(str, sorted(v)))}"
+            for k, v in per.items()
+        )
+        out.append(
+            (
+                "convergence",
+                f"some fits of the rank sweep stopped at --max-iter {max_iter} "
+                f"before reaching --tol {tol:g} ({where}); the rank-sweep curves may "
+                f"be noisier. Raise --max-iter (e.g. --max-iter {2 * max_iter}) or "
+                "--tol.",
+                {"max_iter": max_iter, "tol": tol, "unconverged_ranks": per},
+            )
+        )
+    ranks = list(ranks)
+    top = ranks[-1]
+    at_top = [k for k, v in scorer.rank_.items() if int(v) == top]
+    if at_top and len(ranks) > 1:
+        cap = scorer.rank_limit_
+        names = ", ".join(repr(k) for k in at_top)
+        s = "s" if len(at_top) > 1 else ""
+        head = (
+            f"layer{s} {names} selected rank {top}, the largest rank in --ranks "
+            f"{ranks[0]}..{top}"
+        )
+        if top < cap:
+            text = (
+                f"{head}: the data may support a higher rank. Extend --ranks (e.g. "
+                f"--ranks {ranks[0]}:{min(2 * top, cap)}) to see where the curve "
+                "levels off."
+            )
+        else:
+            text = (
+                f"{head}, which is also the largest rank these data allow: the "
+                "selected rank is a lower bound, not a peak."
+            )
+        out.append(("rank_at_top_of_grid", text, {"layers": at_top, "rank": top}))
+    return out
+
+
+def fit_figure_model(
+    A, blocks, rank, *, seed, device, max_iter=300, tol=1e-3, say=None, hint=""
+):
+    """The coupled model drawn in the factor figures, and its W.
+
+    The figures need the patterns, not the last digits of the error, so the
+    defaults are looser than the sweep's. When the fit stops at ``max_iter``
+    and ``say`` is given, the warning is recorded there as kind
+    "convergence", followed by ``hint`` (which options would help).
+    """
+    from sklearn.exceptions import ConvergenceWarning
+
     from sklearn_peek import CoupledNMF
 
     model = CoupledNMF(
@@ -876,11 +1232,25 @@ def fit_figure_model(A, blocks, rank, *, seed, device):
         blocks=list(blocks),
         random_state=seed,
         device=device,
-        # The figures need the patterns, not the last digits of the error.
-        max_iter=300,
-        tol=1e-3,
+        max_iter=max_iter,
+        tol=tol,
     )
-    W = model.fit_transform(A)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        W = model.fit_transform(A)
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning) and say is not None:
+            say.warn(
+                "convergence",
+                f"the coupled model drawn in the figures (rank {rank}) stopped at "
+                f"{max_iter} iterations before reaching tol {tol:g}; its factor "
+                f"figures may be less sharp.{hint}",
+                max_iter=max_iter,
+                tol=tol,
+                where="figure model",
+            )
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return model, W
 
 
@@ -957,6 +1327,8 @@ def _cmd_analyze(args, say):
     _require_file(args.model, "MODEL")
     with say.step("load", f"reading {args.data}"):
         X = load_array(args.data, key=args.data_key)
+        n_available = int(X.shape[0]) if X.ndim >= 1 else 0
+        keep = None
         y = None
         if args.labels:
             y = np.asarray(load_array(args.labels, what="--labels")).ravel()
@@ -975,14 +1347,20 @@ def _cmd_analyze(args, say):
             keep = np.sort(rng.choice(X.shape[0], args.max_samples, replace=False))
             X = X[keep]
             y = None if y is None else y[keep]
-        X = prepare_inputs(X, input_shape=args.input_shape, scale=args.scale)
+        X = prepare_inputs(
+            X, input_shape=args.input_shape, scale=args.scale, index=keep
+        )
     say(f"{X.shape[0]} inputs of shape {X.shape[1:]}")
     out = _output_dir(args.out)
 
     with tempfile.TemporaryDirectory(prefix="sklearn-peek-") as tmp:
         with say.step("model", f"loading {args.model}"):
             model, fmt = load_model(
-                args.model, trust_pickle=args.trust_pickle, sample=X, workdir=tmp
+                args.model,
+                trust_pickle=args.trust_pickle,
+                sample=X,
+                workdir=tmp,
+                channel_repeat=args.channel_repeat,
             )
         layers = _split_layers(args.layers)
         ext = LayerActivationExtractor(
@@ -995,6 +1373,7 @@ def _cmd_analyze(args, say):
             batch_size=args.batch_size,
             device=args.device,
             progress=False if say.quiet else None,
+            channel_repeat=args.channel_repeat,
         )
         with say.step("extract", f"running the {fmt} model and recording layers"):
             try:
@@ -1012,6 +1391,11 @@ def _cmd_analyze(args, say):
                     "--nonneg relu (clip at 0), split ([relu(x), relu(-x)]) or shift "
                     f"(subtract the minimum), {other}."
                 ) from exc
+            except ValueError as exc:
+                new = _extractor_error(exc, args, fmt, X.shape[1:])
+                if new is None:
+                    raise
+                raise new from exc
     blocks = [(str(n), int(s)) for n, s in ext.block_sizes_]
     say("blocks: " + ", ".join(f"{n} ({s})" for n, s in blocks))
     with say.step(
@@ -1029,13 +1413,38 @@ def _cmd_analyze(args, say):
             jobs=args.jobs,
             device=args.device,
             energy=args.energy,
+            max_iter=args.max_iter,
+            tol=args.tol,
             progress=False if say.quiet else None,
+            n_available=n_available,
         )
     say("selected ranks: " + ", ".join(f"{k}={v}" for k, v in scorer.rank_.items()))
+    for kind, text, details in sweep_warnings(
+        scorer,
+        ranks=args.ranks,
+        max_iter=args.max_iter,
+        tol=args.tol,
+    ):
+        say.warn(kind, text, **details)
+    at_top = {
+        layer
+        for w in say.warnings
+        if w["kind"] == "rank_at_top_of_grid"
+        for layer in w["layers"]
+    }
     r_fig = args.figure_rank or max(int(v) for v in scorer.rank_.values())
     with say.step("figure_model", f"fitting the coupled model at rank {r_fig}"):
+        fig_iter, fig_tol = max(300, args.max_iter), max(1e-3, args.tol)
         cmodel, W = fit_figure_model(
-            A, blocks, r_fig, seed=args.seed, device=args.device
+            A,
+            blocks,
+            r_fig,
+            seed=args.seed,
+            device=args.device,
+            max_iter=fig_iter,
+            tol=fig_tol,
+            say=say,
+            hint=f" Raise --max-iter above {fig_iter} or --tol above {fig_tol:g}.",
         )
 
     report = Report(
@@ -1051,13 +1460,21 @@ def _cmd_analyze(args, say):
         for n, s in blocks
         if n != "input"
     ]
-    report.add_table(rows, text_columns=["layer"])
+    if at_top:
+        for row in rows:
+            row["note"] = (
+                f"largest rank tried ({args.ranks[-1]}): extend --ranks"
+                if row["layer"] in at_top
+                else ""
+            )
+    report.add_table(rows, text_columns=["layer", "note"])
     report.add_text(
         "The selected rank is the number of latent factors the coupled "
         "[input | layer] data supports. Compare it across networks trained on the "
         "same task: per the paper, a lower rank points to poorer training (little "
         "or unshuffled data, too few epochs).",
     )
+    _add_warnings(report, say)
     report.add_heading("Figures")
     with say.step("figures", "drawing figures"):
         network_figures(
@@ -1083,6 +1500,9 @@ def _cmd_analyze(args, say):
         "layer_shapes": {k: list(v) for k, v in ext.layer_shapes_.items()},
         "criterion": args.criterion,
         "energy_threshold": args.energy,
+        "max_iter": args.max_iter,
+        "tol": args.tol,
+        "channel_repeat": bool(args.channel_repeat),
         "ranks_tried": list(args.ranks),
         "ranks": {k: int(v) for k, v in scorer.rank_.items()},
         "curves": _curves_json(scorer),
@@ -1108,6 +1528,8 @@ def _finish(report, results, out, args, say):
     from sklearn_peek import __version__
 
     command = " ".join([PROG, *(shlex.quote(a) for a in args.argv_)])
+    _add_warnings(report, say)  # those printed after the report's own section
+    results["warnings"] = list(say.warnings)
     report.add_heading("How this report was made")
     report.add_key_values(
         {
@@ -1128,6 +1550,20 @@ def _finish(report, results, out, args, say):
         ) from exc
     say(f"wrote {path} and {out / 'results.json'}")
     return 0
+
+
+def _add_warnings(report, say):
+    """A "Warnings" section with the warnings not yet in the report."""
+    done = say.warnings_reported
+    new = say.warnings[done:]
+    if not new:
+        return
+    say.warnings_reported = len(say.warnings)
+    report.add_heading("Warnings" if not done else "More warnings")
+    report.add_notes(
+        [w["message"] for w in new],
+        intro='Printed while the report was made (results.json: "warnings"):',
+    )
 
 
 def _method_text(report):
@@ -1346,7 +1782,7 @@ def _cmd_demo(args, say):
         A = ext.fit(data.X_test).transform(data.X_test)
         rank = max(selected.values())
         cmodel, W = fit_figure_model(
-            A, ext.block_sizes_, rank, seed=args.seed, device=None
+            A, ext.block_sizes_, rank, seed=args.seed, device=None, say=say
         )
     report.add_heading(
         f"The best-trained network in detail ({deg} = {lvl}, accuracy {acc:.3f})"
@@ -1441,7 +1877,7 @@ def main(argv=None):
     quiet = getattr(args, "quiet", False)
     say = _Progress(quiet=quiet)
     try:
-        with _one_line_warnings(quiet):
+        with _one_line_warnings(say):
             return int(args.func(args, say) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -70,8 +70,30 @@ def files(tmp_path_factory):
         )
         torch.jit.save(torch.jit.trace(net, xt[:2]), str(d / "net_ts.pt"))
     torch.save(net, str(d / "net_pickle.pt"))
+    # The same architecture for RGB inputs (untrained: only shapes matter).
+    net3 = _small_cnn()
+    net3.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+    net3.eval()
+    x3 = torch.zeros(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net3,
+            (x3,),
+            str(d / "net_rgb.onnx"),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n"}},
+        )
+        torch.jit.save(torch.jit.trace(net3, x3), str(d / "net_rgb_ts.pt"))
     Xtest, ytest = X[1200:1400], y[1200:1400]
     np.save(d / "x.npy", Xtest)
+    np.save(d / "x15.npy", Xtest[:15])
+    np.save(d / "x_rgb.npy", np.repeat(Xtest[:40], 3, axis=1))
+    xnan = Xtest[:30].copy()
+    xnan[7, 0, 2, 5] = np.nan
+    xnan[9, 0, 0, 0] = np.inf
+    np.save(d / "xnan.npy", xnan)
     np.save(d / "y.npy", ytest)
     np.save(d / "xneg.npy", Xtest - 0.5)
     write_idx(d / "images-idx3-ubyte.gz", np.round(Xtest[:, 0] * 255), gz=True)
@@ -264,8 +286,14 @@ def test_analyze_out_not_creatable(files, tmp_path, capsys):
         ("input shape", ["net.onnx", "--data", "x.npy", "--input-shape", "1,9,9"],
          "--input-shape 1,9,9 holds 81 values"),
         ("rank", ["net.onnx", "--data", "x.npy", "--ranks", "1:500"],
-         r"--ranks 1..500 goes up to 500.*expected ranks <= \d+\. Pass --ranks up "
-         r"to \d+, or more samples \(--max-samples\)"),
+         r"--ranks 1..500 goes up to 500.*expected ranks <= 88\. The limit is the "
+         r"width of layer '/relu2/Relu_output_0': 88 columns .*which more inputs "
+         r"would not change\. Pass --ranks up to 88, or leave that layer out of "
+         r"--layers\.$"),
+        ("nan", ["net.onnx", "--data", "xnan.npy"],
+         r"--data contains NaN or infinite values: the first is nan at sample 7 "
+         r"\(counting from 0\), channel 0, row 2, column 5 of its per-sample shape "
+         r"\(1, 8, 8\) \(2 non-finite value\(s\) in 2 of the 30 samples read\)"),
         ("negative", ["net.onnx", "--data", "x.npy", "--layers", "/conv1/Conv"],
          r"layer '/conv1/Conv_output_0'.* has negative values \(min -.*Pass "
          r"--nonneg relu .*split .*shift.*, or --layers after a ReLU"),
@@ -522,3 +550,306 @@ def test_demo_tiny_study_writes_report(tmp_path, capsys):
     assert abs(best["accuracy"] - table[2]["accuracy"]) < 0.02
     assert best["figure_model"]["n_components"] == max(best["ranks"].values())
     assert f"accuracy {best['accuracy']:.3f}" in html
+
+
+# ------------------------------------------- warnings and hints in CLI terms
+def _json(path):
+    return json.loads((path / "results.json").read_text())
+
+
+def test_max_iter_and_tol_reach_the_scorer_and_warn_in_cli_terms(
+    files, tmp_path, capsys
+):
+    from sklearn_peek import LayerActivationExtractor, RankQualityScorer
+
+    d, X, _ = files
+    out = tmp_path / "maxiter"
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", out,
+         "--ranks", "1:3", "--max-iter", "2", "--tol", "1e-9"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    warn = [ln for ln in err.splitlines() if "stopped at" in ln]
+    assert len(warn) == 1, err
+    assert warn[0].startswith(
+        "sklearn-peek: warning: some fits of the rank sweep stopped at --max-iter 2 "
+        "before reaching --tol 1e-09 (layer "
+    )
+    assert warn[0].endswith("Raise --max-iter (e.g. --max-iter 4) or --tol.")
+    assert "max_iter" not in warn[0]  # the Python name
+    res = _json(out)
+    assert (res["max_iter"], res["tol"]) == (2, 1e-9)
+    (conv,) = [w for w in res["warnings"] if w["kind"] == "convergence"]
+    assert conv["message"] == warn[0].removeprefix("sklearn-peek: warning: ")
+    assert set(conv["unconverged_ranks"]) <= set(res["ranks"])
+    assert all(r in (1, 2, 3) for v in conv["unconverged_ranks"].values() for r in v)
+    html = (out / "report.html").read_text()
+    assert '<div class="warn">' in html
+    assert "stopped at --max-iter 2 before reaching --tol 1e-09" in html
+
+    # The options reached the scorer: the same curves as the library with them.
+    A = LayerActivationExtractor(str(d / "net.onnx")).fit_transform(X)
+    blocks = [tuple(b) for b in res["blocks"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct = RankQualityScorer(
+            blocks=blocks, ranks=[1, 2, 3], cv=3, max_iter=2, tol=1e-9, random_state=0
+        ).fit(A)
+    for layer in res["ranks"]:
+        np.testing.assert_allclose(
+            res["curves"][layer]["mean"], direct.curves_[layer]["mean"]
+        )
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max-iter", "0"], "argument --max-iter: '0': expected a positive integer"),
+        (["--max-iter", "1.5"], "argument --max-iter: '1.5': expected a positive"),
+        (["--tol", "-1"], "argument --tol: '-1': expected a finite number >= 0"),
+        (["--tol", "nan"], "argument --tol: 'nan': expected a finite number >= 0"),
+        (["--tol", "inf"], "argument --tol: 'inf': expected a finite number >= 0"),
+    ],
+)
+def test_max_iter_and_tol_are_validated(capsys, argv, message):
+    code, _, err = _run(["analyze", "m.onnx", "--data", "x", "--out", "o", *argv],
+                        capsys)  # fmt: skip
+    assert code == 2
+    assert message in err
+    args = cli.build_parser().parse_args(
+        ["analyze", "m.onnx", "--data", "x", "--out", "o", "--max-iter", "500",
+         "--tol", "0"]
+    )  # fmt: skip
+    assert (args.max_iter, args.tol) == (500, 0.0)
+
+
+def test_rank_at_top_of_the_grid_warns_and_is_recorded(files, tmp_path, capsys):
+    d, *_ = files
+    out = tmp_path / "top"
+    # Energy 0.99 is not reached by rank 2: every layer selects the top rank.
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", out,
+         "--ranks", "1:2", "--criterion", "energy", "--energy", "0.99"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    res = _json(out)
+    layers = list(res["ranks"])
+    assert set(res["ranks"].values()) == {2}
+    top = [ln for ln in err.splitlines() if "largest rank in --ranks" in ln]
+    assert len(top) == 1, err
+    names = ", ".join(repr(n) for n in layers)
+    assert top[0] == (
+        f"sklearn-peek: warning: layers {names} selected rank 2, the largest rank "
+        "in --ranks 1..2: the data may support a higher rank. Extend --ranks (e.g. "
+        "--ranks 1:4) to see where the curve levels off."
+    )
+    (w,) = [w for w in res["warnings"] if w["kind"] == "rank_at_top_of_grid"]
+    assert w["layers"] == layers and w["rank"] == 2
+    html = (out / "report.html").read_text()
+    assert html.count("largest rank tried (2): extend --ranks") == len(layers)
+    # The library's energy warning is in the command's terms too.
+    energy = [ln for ln in err.splitlines() if "is not reached" in ln]
+    assert energy and all("--energy 0.99" in ln for ln in energy)
+    assert not any("energy_threshold" in ln for ln in energy)
+
+    # No warning when the rank is below the top of the grid.
+    out2 = tmp_path / "low"
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", out2,
+         "--ranks", "1:2", "--criterion", "energy", "--energy", "0.01"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert set(_json(out2)["ranks"].values()) == {1}
+    assert "largest rank in --ranks" not in err
+    assert not [w for w in _json(out2)["warnings"]
+                if w["kind"] == "rank_at_top_of_grid"]  # fmt: skip
+    assert "largest rank tried" not in (out2 / "report.html").read_text()
+
+
+def test_sweep_warnings_at_the_data_limit():
+    # The top of the grid is also the largest rank the data allow: [input |
+    # layer] has 4 columns, and a strict energy threshold selects rank 4.
+    from sklearn_peek import RankQualityScorer
+
+    X = np.random.default_rng(0).random((50, 4))
+    fitted = RankQualityScorer(
+        blocks=[("input", 2), ("l", 2)],
+        ranks=[3, 4],
+        criterion="energy",
+        energy_threshold=0.9999,
+        max_iter=2000,
+    ).fit(X)
+    assert fitted.rank_ == {"l": 4} and fitted.rank_limit_ == 4
+    ((kind, text, details),) = cli.sweep_warnings(
+        fitted, ranks=[3, 4], max_iter=200, tol=1e-4
+    )
+    assert kind == "rank_at_top_of_grid" and details == {"layers": ["l"], "rank": 4}
+    assert "which is also the largest rank these data allow" in text
+    assert "Extend --ranks" not in text
+
+
+@pytest.mark.parametrize(
+    "model, extra, expect",
+    [
+        ("net.onnx", [], "an ONNX model"),
+        ("net_ts.pt", [], "a TorchScript file, converted to ONNX"),
+        ("net_pickle.pt", ["--trust-pickle"], "a pickled torch module"),
+    ],
+)
+def test_unknown_layer_points_to_the_layers_command(
+    files, tmp_path, capsys, model, extra, expect
+):
+    d, *_ = files
+    code, _, err = _run(
+        ["analyze", d / model, "--data", d / "x.npy", "--out", tmp_path / "o",
+         "--layers", "relu3", "-q", *extra],
+        capsys,
+    )  # fmt: skip
+    assert code == 1
+    (line,) = err.strip().splitlines()
+    assert line.startswith(
+        f"sklearn-peek: error: --layers 'relu3' is not a layer of MODEL "
+        f"{str(d / model)!r}, {expect}"
+    )
+    assert "available_layers" not in line and "this onnx model" not in line
+    assert "Close matches: [" in line and "relu2" in line
+    cmd = re.search(r"Run '([^']+)' for the full list\.$", line).group(1)
+    # The suggested command works and lists the close match.
+    code, out, err = _run(cmd.split()[1:], capsys)
+    assert code == 0, err
+    assert "relu2" in out
+
+
+def test_rank_limit_hint_follows_the_cause(files, tmp_path, capsys):
+    d, *_ = files
+
+    def error(*argv):
+        code, _, err = _run(
+            ["analyze", d / "net.onnx", "--out", tmp_path / "o", "-q", *argv], capsys
+        )
+        assert code == 1
+        (line,) = err.strip().splitlines()
+        return line
+
+    # 15 inputs, all analysed: only more data helps, not --max-samples.
+    line = error("--data", d / "x15.npy")
+    assert line.endswith(
+        "expected ranks <= 10. The limit is the number of inputs: each of the --cv 3 "
+        "folds fits on 10 of the 15 inputs analysed. Pass --ranks up to 10, or give "
+        "--data with more inputs."
+    ), line
+    assert "--max-samples" not in line
+    # --max-samples left inputs out: raising it helps.
+    line = error("--data", d / "x.npy", "--max-samples", "24")
+    assert line.endswith(
+        "Pass --ranks up to 16, or raise --max-samples (it kept 24 of the 200 inputs "
+        "in --data)."
+    ), line
+    # A narrow layer: more inputs would not help.
+    line = error("--data", d / "x.npy", "--ranks", "1:100")
+    assert "which more inputs would not change" in line
+    assert "--max-samples" not in line and "more inputs." not in line
+    # Without bcv folds every row counts.
+    line = error("--data", d / "x15.npy", "--criterion", "elbow")
+    assert "The limit is the number of inputs (15 analysed)." in line
+
+
+def test_channel_mismatch_speaks_of_cli_options(files, tmp_path, capsys):
+    d, *_ = files
+
+    def run(model, data, *extra):
+        return _run(
+            ["analyze", d / model, "--data", d / data, "--out", tmp_path / model,
+             "--ranks", "1:2", "-q", *extra],
+            capsys,
+        )  # fmt: skip
+
+    # RGB data, grayscale model: --channel-repeat cannot help.
+    for model, extra in [("net.onnx", []), ("net_ts.pt", []),
+                         ("net_pickle.pt", ["--trust-pickle"])]:  # fmt: skip
+        code, _, err = run(model, "x_rgb.npy", *extra)
+        assert code == 1
+        (line,) = err.strip().splitlines()
+        assert line == (
+            "sklearn-peek: error: --data has 3 channel(s) per input (per-input shape "
+            f"(3, 8, 8)), but MODEL {str(d / model)!r} expects 1 channel(s). Save "
+            "--data as single-channel (e.g. grayscale) images, shape (n, 1, H, W) or "
+            "(n, H, W); --channel-repeat only widens single-channel data."
+        )
+        assert "channel_repeat" not in line and "np.repeat" not in line
+    # Grayscale data, RGB model: the error names --channel-repeat ...
+    for model in ("net_rgb.onnx", "net_rgb_ts.pt"):
+        code, _, err = run(model, "x15.npy")
+        assert code == 1
+        (line,) = err.strip().splitlines()
+        assert "expects 3 channel(s). Add --channel-repeat to feed the single " in line
+        assert "channel_repeat=True" not in line
+        # ... and the flag works: the input block keeps the single channel.
+        code, _, err = run(model, "x15.npy", "--channel-repeat")
+        assert code == 0, err
+        res = _json(tmp_path / model)
+        assert res["channel_repeat"] is True
+        assert dict(res["blocks"])["input"] == 64
+        assert res["input_shape"] == [1, 8, 8]
+
+
+def test_extractor_error_translates_python_parameters():
+    class Args:
+        model = "m.onnx"
+
+    exc = ValueError("something odd; or pass channel_repeat=True to repeat it.")
+    new = cli._extractor_error(exc, Args(), "onnx", (1, 8, 8))
+    assert str(new) == "something odd; or pass --channel-repeat to repeat it."
+    assert cli._extractor_error(ValueError("other"), Args(), "onnx", (1, 8, 8)) is None
+
+
+def test_nan_position_uses_the_file_sample_numbers():
+    X = np.ones((4, 3, 5, 6), np.float32)
+    X[2, 1, 3, 4] = -np.inf
+    with pytest.raises(cli.CLIError, match=r"the first is -inf at sample 2 "
+                       r"\(counting from 0\), channel 1, row 3, column 4"):  # fmt: skip
+        cli.prepare_inputs(X)
+    # After a --max-samples subset, the row is the file's sample number.
+    with pytest.raises(cli.CLIError, match=r"at sample 41 \(counting from 0\)"):
+        cli.prepare_inputs(X, index=np.array([3, 17, 41, 60]))
+    flat = np.ones((3, 16))
+    flat[1, 9] = np.nan
+    with pytest.raises(cli.CLIError, match=r"nan at sample 1 \(counting from 0\), "
+                       r"feature 9 of its per-sample shape \(16,\)"):  # fmt: skip
+        cli.prepare_inputs(flat)
+    gray = np.ones((3, 4, 4))
+    gray[0, 3, 1] = np.nan
+    with pytest.raises(cli.CLIError, match=r"sample 0 \(counting from 0\), row 3, "
+                       r"column 1 of its"):  # fmt: skip
+        cli.prepare_inputs(gray)
+
+
+def test_report_notes_are_escaped():
+    from sklearn_peek._report import Report
+
+    rep = Report("t")
+    rep.add_notes(["a <b> & c", "second"], intro="why:")
+    text = rep.to_html()
+    assert (
+        '<div class="warn">\n<p>why:</p>\n<ul><li>a &lt;b&gt; &amp; c</li>'
+        "<li>second</li></ul>\n</div>"
+    ) in text
+
+
+def test_figure_model_convergence_is_recorded_with_the_options_hint():
+    A = np.random.default_rng(0).random((30, 20))
+    say = cli._Progress(quiet=True)
+    cli.fit_figure_model(
+        A, [("input", 10), ("l", 10)], 3, seed=0, device=None, max_iter=1, tol=0.0,
+        say=say, hint=" Raise --max-iter above 1 or --tol above 0.",
+    )  # fmt: skip
+    (w,) = say.warnings
+    assert w["kind"] == "convergence" and w["where"] == "figure model"
+    assert w["message"] == (
+        "the coupled model drawn in the figures (rank 3) stopped at 1 iterations "
+        "before reaching tol 0; its factor figures may be less sharp. Raise "
+        "--max-iter above 1 or --tol above 0."
+    )
