@@ -16,6 +16,7 @@ _LAZY = {
     "available_layers": "sklearn_peek._extract",
     "NegativeActivationError": "sklearn_peek._extract",
     "RankQualityScorer": "sklearn_peek._rank",
+    "SweepLimitError": "sklearn_peek._rank",
     "fit_ranks": "sklearn_peek._coupled_nmf",
 }
 

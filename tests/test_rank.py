@@ -691,7 +691,7 @@ def test_progress_bar_counts_the_tasks(n_jobs, capsys, monkeypatch):
 def test_sweep_limit_error_says_which_setting_and_its_limit():
     import pickle
 
-    from sklearn_peek._rank import SweepLimitError
+    from sklearn_peek import SweepLimitError
 
     X = planted(0, 2, n=60, widths=(10, 20, 15))
     kw = dict(blocks=blocks_of((10, 20, 15)), cv=3)
