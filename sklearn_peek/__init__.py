@@ -15,6 +15,8 @@ _LAZY = {
     "LayerActivationExtractor": "sklearn_peek._extract",
     "available_layers": "sklearn_peek._extract",
     "NegativeActivationError": "sklearn_peek._extract",
+    "UnknownLayerError": "sklearn_peek._extract",
+    "ChannelMismatchError": "sklearn_peek._extract",
     "RankQualityScorer": "sklearn_peek._rank",
     "SweepLimitError": "sklearn_peek._rank",
     "fit_ranks": "sklearn_peek._coupled_nmf",

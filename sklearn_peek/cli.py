@@ -947,8 +947,6 @@ def _channel_error(model, have, want, shape):
     return CLIError(text)
 
 
-_NOT_A_LAYER = re.compile(r"""(['"])(?P<name>.*?)\1 is not a layer""")
-
 _FORMAT_LAYERS = {
     "onnx": "an ONNX model (layers are tensor or node names such as /relu1/Relu)",
     "torchscript": "a TorchScript file, converted to ONNX to read its layers (so "
@@ -974,21 +972,22 @@ def _extractor_error(exc, args, fmt, sample_shape):
     ``available_layers(model, input_shape)``, ``channel_repeat=True``) and,
     for a TorchScript file, of the ONNX model the command converted it to.
     """
-    text = " ".join(str(exc).split())
-    m = _NOT_A_LAYER.search(text)
-    if m is not None:
-        close = re.search(r"Close matches: (\[.*?\])", text)
-        hint = f" Close matches: {close.group(1)}." if close else ""
+    from sklearn_peek import ChannelMismatchError, UnknownLayerError
+
+    if isinstance(exc, UnknownLayerError):
+        close = exc.close_matches
+        hint = f" Close matches: {close}." if close else ""
         return CLIError(
-            f"--layers {m.group('name')!r} is not a layer of MODEL "
+            f"--layers {exc.name!r} is not a layer of MODEL "
             f"{str(args.model)!r}, {_FORMAT_LAYERS.get(fmt, 'the model')}.{hint} "
             f"Run '{_layers_command(args, fmt, sample_shape)}' for the full list."
         )
-    want = _expected_channels(text)
-    if want is not None and len(sample_shape) >= 2 and want != sample_shape[0]:
-        return _channel_error(args.model, sample_shape[0], want, sample_shape)
-    if "channel_repeat=True" in text:
-        return CLIError(text.replace("channel_repeat=True", "--channel-repeat"))
+    if isinstance(exc, ChannelMismatchError):
+        if len(sample_shape) >= 2:
+            return _channel_error(
+                args.model, sample_shape[0], exc.expected, sample_shape
+            )
+        return CLIError(str(exc).replace("channel_repeat=True", "--channel-repeat"))
     return None
 
 

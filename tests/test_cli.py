@@ -797,12 +797,20 @@ def test_channel_mismatch_speaks_of_cli_options(files, tmp_path, capsys):
 
 
 def test_extractor_error_translates_python_parameters():
+    from sklearn_peek import ChannelMismatchError
+
     class Args:
         model = "m.onnx"
 
-    exc = ValueError("something odd; or pass channel_repeat=True to repeat it.")
-    new = cli._extractor_error(exc, Args(), "onnx", (1, 8, 8))
-    assert str(new) == "something odd; or pass --channel-repeat to repeat it."
+    # the extractor's message names its Python parameter
+    exc = ChannelMismatchError(3, (1, 8, 8))
+    assert "channel_repeat=True" in str(exc)
+    new = str(cli._extractor_error(exc, Args(), "onnx", (1, 8, 8)))
+    assert "--channel-repeat" in new and "channel_repeat" not in new
+    assert "MODEL 'm.onnx' expects 3 channel(s)" in new
+    # flat samples: the library's advice, in the command's terms
+    new = str(cli._extractor_error(exc, Args(), "onnx", (64,)))
+    assert new == str(exc).replace("channel_repeat=True", "--channel-repeat")
     assert cli._extractor_error(ValueError("other"), Args(), "onnx", (1, 8, 8)) is None
 
 

@@ -1,5 +1,12 @@
 """Hidden-layer activations from PyTorch modules and ONNX models."""
 
 from ._base import LayerActivationExtractor, NegativeActivationError, available_layers
+from ._channels import ChannelMismatchError, UnknownLayerError
 
-__all__ = ["LayerActivationExtractor", "NegativeActivationError", "available_layers"]
+__all__ = [
+    "ChannelMismatchError",
+    "LayerActivationExtractor",
+    "NegativeActivationError",
+    "UnknownLayerError",
+    "available_layers",
+]

@@ -26,7 +26,7 @@ from .._backend import available_memory as _available_memory
 from .._backend import is_torch_tensor, resolve_device, to_numpy
 from .._progress import check_progress, progress_bar
 from .._validation import is_integral, transform_output
-from ._channels import channel_mismatch
+from ._channels import ChannelMismatchError, UnknownLayerError
 
 #: At most this many layers are picked by ``layers="auto"``.
 MAX_AUTO_LAYERS = 8
@@ -141,13 +141,7 @@ def _resolve_layers(adapter, layers, rows):
             )
         canon = adapter.resolve(name)
         if canon is None:
-            close = _close_matches(name, known)
-            hint = f" Close matches: {close}." if close else ""
-            raise ValueError(
-                f"layers: {name!r} is not a layer of this {adapter.kind} model.{hint} "
-                "Call sklearn_peek.available_layers(model, input_shape) for the full "
-                "list."
-            )
+            raise UnknownLayerError(name, _close_matches(name, known), adapter.kind)
         out.append((name, canon))
     canons = [c for _, c in out]
     dup = sorted({n for n, c in out if canons.count(c) > 1})
@@ -795,7 +789,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             # the channel count too).
             return sample_shape, 1
         shown = sample_shape[1:] if no_axis else sample_shape
-        raise ValueError(channel_mismatch(want, shown, no_axis=no_axis))
+        raise ChannelMismatchError(want, shown, no_axis=no_axis)
 
     # -- fit / transform -----------------------------------------------------------
     def fit(self, X, y=None):

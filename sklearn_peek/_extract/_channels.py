@@ -1,11 +1,73 @@
-"""Wording shared by both runtimes for samples whose channels do not fit.
+"""Errors shared by both runtimes: unknown layers, channels that do not fit.
 
-The command line rewrites the literal phrase ``channel_repeat=True`` into its
-own flag, so the phrase appears only where that parameter fixes the problem:
-single-channel samples for a model that takes several channels.
+Both are ``ValueError`` subclasses that carry what went wrong as attributes,
+so that a caller (the command line) can word its own advice without parsing
+the message. The phrase ``channel_repeat=True`` appears in a channel message
+only where that parameter fixes the problem: single-channel samples for a
+model that takes several channels.
 """
 
 from __future__ import annotations
+
+
+class UnknownLayerError(ValueError):
+    """A name in ``layers`` that the model does not have.
+
+    Attributes
+    ----------
+    name : str
+        The name asked for.
+    close_matches : list of str
+        The model's layer names closest to it (may be empty).
+    kind : str
+        The model's runtime, ``"torch"`` or ``"onnx"``.
+    """
+
+    def __init__(self, name, close_matches, kind):
+        # All in args, so that pickle and copy can rebuild the error.
+        super().__init__(name, list(close_matches), kind)
+        self.name, self.close_matches, self.kind = name, list(close_matches), kind
+
+    def __str__(self):
+        hint = f" Close matches: {self.close_matches}." if self.close_matches else ""
+        return (
+            f"layers: {self.name!r} is not a layer of this {self.kind} model.{hint} "
+            "Call sklearn_peek.available_layers(model, input_shape) for the full "
+            "list."
+        )
+
+
+class ChannelMismatchError(ValueError):
+    """Samples whose channel count the model's first layer does not take.
+
+    Attributes
+    ----------
+    expected : int
+        Channels the model takes.
+    got : int
+        Channels of the samples (1 for samples without a channel axis).
+    sample_shape : tuple of int
+        One sample as given (without the channel axis when ``no_axis``).
+    no_axis : bool
+        The samples had no channel axis.
+    detail : str
+        What failed before the mismatch was found (e.g. torch's own error),
+        or "".
+    """
+
+    def __init__(self, expected, sample_shape, no_axis=False, layer="first layer",
+                 detail=""):  # fmt: skip
+        shape = tuple(int(d) for d in sample_shape)
+        super().__init__(expected, shape, no_axis, layer, detail)
+        self.expected, self.sample_shape, self.no_axis = int(expected), shape, no_axis
+        self.got = 1 if no_axis else shape[0]
+        self.layer, self.detail = layer, detail
+
+    def __str__(self):
+        text = channel_mismatch(
+            self.expected, self.sample_shape, no_axis=self.no_axis, layer=self.layer
+        )
+        return f"{self.detail} {text}" if self.detail else text
 
 
 def _plural(n, word="channel"):

@@ -15,7 +15,7 @@ import re
 import numpy as np
 
 from .._backend import resolve_device
-from ._channels import channel_mismatch
+from ._channels import ChannelMismatchError
 
 # Activation modules whose outputs are never negative; pooling modules that
 # keep that property when they read such an output. Both drive layers="auto".
@@ -169,25 +169,26 @@ class TorchAdapter:
         except LayerOutputError:
             raise
         except Exception as exc:
-            hint = (
-                " Check input_shape (the per-sample shape, e.g. (1, 28, 28)) and "
-                "the number of channels."
+            what = (
+                f"running the torch model on input of shape {tuple(batch.shape)} "
+                f"failed: {type(exc).__name__}: {exc}."
             )
             layout = self.image_layout()
             if layout is not None:
                 rank, want = layout
                 sample = tuple(batch.shape[1:])
-                if len(sample) == rank - 1:  # (H, W) for a Conv2d: no channels
-                    hint = " " + channel_mismatch(
-                        want, sample, no_axis=True, layer="first convolution"
-                    )
-                elif len(sample) == rank and sample[0] != want:
-                    hint = " " + channel_mismatch(
-                        want, sample, layer="first convolution"
-                    )
+                no_axis = len(sample) == rank - 1  # (H, W) for a Conv2d
+                if no_axis or (len(sample) == rank and sample[0] != want):
+                    raise ChannelMismatchError(
+                        want,
+                        sample,
+                        no_axis=no_axis,
+                        layer="first convolution",
+                        detail=what,
+                    ) from exc
             raise ValueError(
-                f"running the torch model on input of shape {tuple(batch.shape)} "
-                f"failed: {type(exc).__name__}: {exc}.{hint}"
+                f"{what} Check input_shape (the per-sample shape, e.g. (1, 28, 28)) "
+                "and the number of channels."
             ) from exc
 
     def list_layers(self, sample_shape):
