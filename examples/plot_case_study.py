@@ -79,13 +79,14 @@ print(f"\nwall time {result.timings['wall']:.1f} s")
 # One point per network, coloured by the number of epochs. The title gives
 # Spearman's rho with its 95% bootstrap interval, as computed by the runner.
 
-fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.8))
+fig, axes = plt.subplots(
+    1, len(layers), figsize=(4.5 * len(layers), 3.8), layout="constrained"
+)
 axes = [axes] if len(layers) == 1 else list(axes)
 for ax, layer in zip(axes, layers):
     row = corr[(corr["layer"] == layer) & (corr["measure"] == "bcv")].iloc[0]
     spearman = (row["rho"], row["ci_low"], row["ci_high"])
     plot_rank_vs_quality(table, layer=layer, criterion="bcv", spearman=spearman, ax=ax)
-fig.tight_layout()
 
 # %%
 # The sweeps behind the best and the worst network

@@ -64,12 +64,128 @@ def _plt():
     return plt
 
 
+# Vertical padding (inches) of the constrained layout of the figures made here:
+# matplotlib's default (0.04 in, 3 pt) leaves the figure title almost touching
+# the panel titles below it.
+_H_PAD = 0.1
+
+
 def _new_figure(fig, figsize):
-    """A fresh constrained-layout figure, or ``fig`` cleared of nothing."""
+    """``fig`` as given, or a fresh constrained-layout figure of ``figsize``."""
     if fig is not None:
         return fig
     plt = _plt()
-    return plt.figure(figsize=figsize, layout="constrained")
+    fig = plt.figure(figsize=figsize, layout="constrained")
+    fig.get_layout_engine().set(h_pad=_H_PAD)
+    return fig
+
+
+def _root_figure(fig):
+    """The top-level Figure of ``fig`` (itself, or the parent of a SubFigure)."""
+    while getattr(fig, "figure", fig) is not fig:
+        fig = fig.figure
+    return fig
+
+
+def _layout(fig):
+    """Run the figure's layout, without rendering, so text extents are final.
+
+    Widths of axes (what the titles and x tick labels must fit in) and
+    heights (what the y tick labels must fit in) are only known once the
+    layout engine ran; the extents measured after it are in display pixels.
+    """
+    _root_figure(fig).draw_without_rendering()
+
+
+# Where a long layer name may be broken across lines: after "/", "_", ".",
+# ":", "-" or a space (ONNX names look like "/pool2/MaxPool_output_0").
+_BREAK_RE = re.compile(r"(?<=[/_.:\-\s])")
+
+
+def _wrap_name(name, fits, max_lines=3):
+    """``name`` broken after separators into lines that each satisfy ``fits``.
+
+    Returns None when that takes more than ``max_lines`` lines or a piece
+    between two separators does not fit on its own.
+    """
+    lines, cur = [], ""
+    for tok in (t for t in _BREAK_RE.split(name) if t):
+        if cur and not fits(cur + tok):
+            lines.append(cur)
+            cur = tok
+        else:
+            cur += tok
+    lines.append(cur)
+    if len(lines) > max_lines or not all(fits(line) for line in lines):
+        return None
+    return lines
+
+
+def _shorten_middle(name, fits):
+    """The longest ``head…tail`` of ``name`` that satisfies ``fits``.
+
+    The start and the end of a layer name are what tell layers apart
+    (``"/pool2/MaxPool_output_0"`` -> ``"/pool2/Ma…output_0"``), so the
+    middle goes.
+    """
+    for keep in range(len(name) - 1, 1, -1):
+        head, tail = (keep + 1) // 2, keep // 2
+        short = f"{name[:head]}\u2026{name[len(name) - tail :]}"
+        if fits(short):
+            return short
+    return f"{name[:1]}\u2026"
+
+
+def _fit_title(ax, name, detail=None, *, sep=": ", fontsize=11, min_fontsize=8):
+    """Title ``ax`` with ``name`` (and ``detail``) so that it fits the axes width.
+
+    Tried in turn, the first that is no wider than the axes is kept:
+    ``"name: detail"`` on one line at ``fontsize`` then one point smaller;
+    ``name`` and ``detail`` on two lines, down to ``min_fontsize``; ``name``
+    broken after its separators (``/ _ . : -``) over up to three lines;
+    last, ``name`` shortened in the middle with an ellipsis. Neighbouring
+    panels' titles then neither run off the figure nor touch each other.
+    When ``detail`` alone is wider than the axes even at ``min_fontsize``,
+    the name is not cut (that would not help): the title is set at
+    ``min_fontsize``. The figure's layout must have been run
+    (:func:`_layout`). Returns the title text.
+    """
+    title = ax.title
+    avail = ax.get_window_extent().width
+
+    def width(text, fs):
+        title.set_text(text)
+        title.set_fontsize(fs)
+        return title.get_window_extent().width
+
+    def fits(text, fs):
+        return width(text, fs) <= avail
+
+    tail = [] if detail is None else [str(detail)]
+    sizes = list(range(int(fontsize), int(min_fontsize) - 1, -1))
+    one = name if detail is None else f"{name}{sep}{detail}"
+    candidates = [(one, fs) for fs in sizes[:2]]
+    if detail is not None:
+        candidates += [("\n".join([name, *tail]), fs) for fs in sizes]
+    for text, fs in candidates:
+        if fits(text, fs):
+            return ax.set_title(text, fontsize=fs).get_text()
+    # The name is too long: break it, then shorten it, at a size where the
+    # detail fits (when the detail itself is too wide, a shorter name would
+    # not help, and the name is kept whole).
+    for fs in sizes[1:] or sizes:
+        if tail and not fits(tail[0], fs):
+            continue
+        lines = _wrap_name(name, lambda s, fs=fs: fits(s, fs))
+        if lines is not None:
+            return ax.set_title("\n".join(lines + tail), fontsize=fs).get_text()
+    fs = sizes[-1]
+    if fits(name, fs):
+        short = name
+    else:
+        short = _shorten_middle(name, lambda s: fits(s, fs))
+    sep_ = sep if tail and fits(f"{short}{sep}{tail[0]}", fs) else "\n"
+    return ax.set_title(sep_.join([short, *tail]), fontsize=fs).get_text()
 
 
 def _grid_shape(n, max_cols=6, ncols=None):
@@ -96,14 +212,57 @@ def _panels(fig, n, n_rows, n_cols):
     return axes[:n]
 
 
+_EXPECTED_MODEL = "expected a fitted CoupledNMF (or pipeline)"
+
+
+def _describe(obj):
+    """``"ndarray of shape (400, 6)"``, or the type name of ``obj``."""
+    shape = getattr(obj, "shape", None)
+    name = type(obj).__name__
+    return f"{name} of shape {tuple(shape)}" if shape is not None else name
+
+
+def _unwrap_model(model):
+    """The fitted factorization inside a search or a Pipeline, else ``model``.
+
+    ``GridSearchCV``-like objects give their ``best_estimator_``; a Pipeline
+    its last step with ``components_``.
+    """
+    for _ in range(8):  # a search of a pipeline of a search...
+        if hasattr(model, "components_"):
+            return model
+        best = getattr(model, "best_estimator_", None)
+        if best is not None:
+            model = best
+            continue
+        steps = getattr(model, "steps", None)
+        if steps:
+            fitted = [s for _, s in steps if hasattr(s, "components_")]
+            model = fitted[-1] if fitted else steps[-1][1]
+            continue
+        break
+    return model
+
+
 def _check_fitted(model, what="model"):
-    if not hasattr(model, "components_"):
+    if hasattr(model, "components_"):
+        return
+    if hasattr(model, "fit") or hasattr(model, "get_params"):
         from sklearn.exceptions import NotFittedError
 
         raise NotFittedError(
             f"{what}={type(model).__name__} has no components_: fit it first "
-            "(a CoupledNMF, or any estimator with components_, is expected)."
+            f"({_EXPECTED_MODEL}, or any estimator with components_)."
         )
+    if hasattr(model, "shape") or isinstance(model, (list, tuple)):
+        raise TypeError(
+            f"{what}={_describe(model)}: {_EXPECTED_MODEL} with blocks; an array "
+            "has no blocks to draw."
+        )
+    raise TypeError(
+        f"{what}={_describe(model)}: {_EXPECTED_MODEL}, or any estimator with "
+        "components_."
+    )
 
 
 def _block_names(model):
@@ -116,10 +275,31 @@ def _block_names(model):
     return None
 
 
+def _components_array(arr, what="model"):
+    """An array passed where a model is expected, as components (factors x pixels).
+
+    Components have a row per latent factor and at least as many columns
+    (pixels) as factors; an array with more rows than columns is almost
+    surely the sample loadings ``W`` (n_samples x n_factors), which is
+    rejected with a message saying what to pass instead.
+    """
+    H = np.asarray(to_numpy(arr), dtype=float)
+    if H.ndim == 2 and H.shape[0] > H.shape[1]:
+        raise ValueError(
+            f"{what}={_describe(arr)}: {_EXPECTED_MODEL}, or its components, an "
+            "array of shape (n_factors, n_pixels). An array with more rows than "
+            "columns looks like the sample loadings W (n_samples, n_factors) "
+            "from model.transform(X): pass the fitted model itself (W is drawn "
+            "by plot_sample_loadings)."
+        )
+    return H
+
+
 def _block_components(model, block, *, what="model"):
     """The rows of ``components_`` restricted to one block's columns."""
     if not hasattr(model, "components_") and hasattr(model, "shape"):
-        return np.asarray(to_numpy(model), dtype=float)
+        return _components_array(model, what)
+    model = _unwrap_model(model)
     _check_fitted(model, what)
     names = _block_names(model)
     if names is None:
@@ -269,6 +449,36 @@ def _signed_tile_image(row, shape):
     return 0.5 + 0.5 * img if rgb else img
 
 
+def _fit_titles(fig, specs, passes=3):
+    """:func:`_fit_title` for every ``(ax, name, detail, kwargs)`` of ``specs``.
+
+    A title of more lines leaves its axes less height, which can change the
+    y tick labels and so the axes' width: after each pass the layout is run
+    again and titles that no longer fit are fitted again (at most
+    ``passes`` times).
+    """
+    specs = list(specs)
+    todo = specs
+    for _ in range(passes):
+        if not todo:
+            break
+        _layout(fig)
+        for ax, name, detail, kwargs in todo:
+            _fit_title(ax, name, detail, **kwargs)
+        # One font size for the panels of a figure: the smallest one needed.
+        size = min(spec[0].title.get_fontsize() for spec in specs)
+        todo = [spec for spec in specs if spec[0].title.get_fontsize() > size]
+        for ax, name, detail, kwargs in todo:
+            _fit_title(ax, name, detail, **{**kwargs, "fontsize": size})
+        _layout(fig)
+        todo = [
+            spec
+            for spec in specs
+            if spec[0].title.get_window_extent().width
+            > spec[0].get_window_extent().width
+        ]
+
+
 # --------------------------------------------------------------------------
 # input factors
 # --------------------------------------------------------------------------
@@ -297,11 +507,14 @@ def plot_input_factors(
 
     Parameters
     ----------
-    model : fitted CoupledNMF, estimator with ``components_``, or ndarray
+    model : fitted CoupledNMF, estimator with ``components_``, Pipeline, or ndarray
         The coupled model. Its ``block`` columns are taken with
         ``model.block_components(block)`` (or ``block_slices_``). An estimator
         without blocks (e.g. scikit-learn's ``NMF`` fitted on images) is drawn
-        whole; an array of shape (n_factors, n_pixels) is drawn as given.
+        whole; a Pipeline (or a fitted search) gives its last step with
+        ``components_``; an array of shape (n_factors, n_pixels) is drawn as
+        given. An array with more rows than columns is taken for the sample
+        loadings ``W`` and rejected with a ValueError.
     block : str, default="input"
         Which block holds the image pixels.
     image_shape : tuple of int, optional
@@ -347,10 +560,12 @@ def plot_input_factors(
     >>> sum(len(ax.images) for ax in fig.axes)
     6
     """
+    model = _unwrap_model(model)
     H = _block_components(model, block)
     if H.ndim != 2:
         raise ValueError(
-            f"model: expected components of shape (n_factors, n_pixels), got {H.shape}."
+            f"model={_describe(model)}: {_EXPECTED_MODEL}, or its components of "
+            f"shape (n_factors, n_pixels); got components of shape {H.shape}."
         )
     shape, split = _input_image_shape(
         image_shape, H.shape[1], _block_feature_names(model, block)
@@ -505,6 +720,7 @@ def plot_layer_factors(
     >>> fig.axes[0].get_ylabel()
     'fc1 unit'
     """
+    model = _unwrap_model(model)
     _check_fitted(model)
     names = _block_names(model)
     if names is None:
@@ -558,7 +774,6 @@ def plot_layer_factors(
         im = ax.imshow(
             M, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0.0, vmax=vmax
         )
-        ax.set_title(f"{layer} ({M.shape[0]} {kind}s)", fontsize=11)
         ax.set_xlabel("latent factor")
         ax.set_ylabel(f"{layer} {kind}")
         step = max(1, math.ceil(M.shape[1] / 12))
@@ -570,12 +785,112 @@ def plot_layer_factors(
     if title is None:
         title = "Which units of each layer every latent factor uses"
     fig.suptitle(title, fontsize=12)
+    # Long layer names (ONNX: "/pool2/MaxPool_output_0") are fitted to the
+    # width of their panel: smaller, broken over lines, or shortened.
+    for ax, (layer, kind, M) in zip(axes, panels):
+        ax.set_title(f"{layer} ({M.shape[0]} {kind}s)", fontsize=11)
+    _fit_titles(
+        fig,
+        [
+            (ax, str(layer), f"({M.shape[0]} {kind}s)", {"sep": " "})
+            for ax, (layer, kind, M) in zip(axes, panels)
+        ],
+    )
     return fig
 
 
 # --------------------------------------------------------------------------
 # sample loadings
 # --------------------------------------------------------------------------
+def _as_loadings(W):
+    """``W`` as a float array, or a TypeError saying what ``W`` should be."""
+    how = "get it with W = model.transform(X) (or model.fit_transform(X))"
+    if (
+        hasattr(W, "components_")
+        or hasattr(W, "fit")
+        or hasattr(W, "steps")
+        or hasattr(W, "best_estimator_")
+    ):
+        raise TypeError(
+            f"W={type(W).__name__}: expected the sample loadings W, an array of "
+            f"shape (n_samples, n_factors), not a model; {how}."
+        )
+    try:
+        return np.asarray(to_numpy(W), dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"W={_describe(W)}: expected the sample loadings W, an array of "
+            f"numbers of shape (n_samples, n_factors); {how}. ({exc})"
+        ) from exc
+
+
+def _group_ticks(ax, starts, ends, names, pad_em=0.3):
+    """Name the row groups of a heatmap on its y axis, no two names overlapping.
+
+    Group ``i`` covers the rows ``starts[i]:ends[i]``. The figure's layout
+    must have been run. A name goes at its group's centre when it stays at
+    least ``pad_em`` of its height away from the names already placed, the
+    largest groups first. Neighbouring groups each too thin for a name get
+    one name for the run, ``"first–last"``; when that does not fit either,
+    its groups are tried one by one. Groups left unnamed still have their
+    boundaries drawn. Returns the labels as placed, top to bottom.
+    """
+    import bisect
+
+    k = len(starts)
+    if k == 0:
+        return []
+    centres = (np.asarray(starts) + np.asarray(ends) - 1) / 2.0
+    # The height of a tick label, measured on the first group's name.
+    ax.set_yticks(centres[:1], labels=names[:1])
+    height = ax.get_yticklabels()[0].get_window_extent().height
+    need = height * (1.0 + pad_em)
+
+    def display_y(row):
+        return float(ax.transData.transform((0.0, row))[1])
+
+    placed_y = []  # sorted display y of the names placed so far
+    chosen = {}  # centre row -> name
+
+    def place(row, name):
+        y = display_y(row)
+        i = bisect.bisect_left(placed_y, y)
+        near = placed_y[max(0, i - 1) : i + 1]
+        if all(abs(y - other) >= need for other in near):
+            placed_y.insert(i, y)
+            chosen[row] = name
+            return True
+        return False
+
+    # Groups tall enough for their own name stand alone; runs of smaller
+    # neighbours form one candidate "first–last" spanning the run.
+    px_per_row = abs(display_y(1.0) - display_y(0.0))
+    small = (np.asarray(ends) - np.asarray(starts)) * px_per_row < need
+    spans = []  # (first group, last group)
+    i = 0
+    while i < k:
+        j = i
+        while small[i] and j + 1 < k and small[j + 1]:
+            j += 1
+        spans.append((i, j))
+        i = j + 1
+
+    def span_rows(span):
+        return ends[span[1]] - starts[span[0]]
+
+    left = []
+    for a, b in sorted(spans, key=lambda sp: (-span_rows(sp), sp[0])):
+        name = names[a] if a == b else f"{names[a]}\u2013{names[b]}"
+        if not place((starts[a] + ends[b] - 1) / 2.0, name) and b > a:
+            left.extend(range(a, b + 1))
+    # A run whose name did not fit: its members, the largest first.
+    for i in sorted(left, key=lambda i: (starts[i] - ends[i], i)):
+        place(centres[i], names[i])
+    rows = sorted(chosen)
+    ax.set_yticks(rows, labels=[chosen[r] for r in rows])
+    return [chosen[r] for r in rows]
+
+
 def plot_sample_loadings(
     W,
     y=None,
@@ -592,12 +907,15 @@ def plot_sample_loadings(
     marked with lines and the classes named on the y axis (labels serve only
     the picture; nothing is fitted with them). Without labels the rows are
     sorted by their dominant factor, then by its weight, and the groups are
-    marked the same way.
+    marked the same way. Names never overlap: a run of neighbouring groups
+    too thin for their own names gets one name, ``"8–13"``, and a group
+    that has no room stays unnamed (its boundaries are still drawn).
 
     Parameters
     ----------
     W : array-like of shape (n_samples, n_factors)
-        Non-negative loadings, e.g. ``CoupledNMF.fit_transform(X)``.
+        Non-negative loadings, e.g. ``CoupledNMF.fit_transform(X)`` or
+        ``model.transform(X)``; passing the model itself is a TypeError.
     y : array-like of shape (n_samples,), optional
         Class of each sample, used for grouping only.
     normalize : {"row", None}, default="row"
@@ -627,7 +945,7 @@ def plot_sample_loadings(
     >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
     ['0', '1', '2']
     """
-    W = np.asarray(to_numpy(W), dtype=float)
+    W = _as_loadings(W)
     if W.ndim != 2 or W.shape[0] == 0 or W.shape[1] == 0:
         raise ValueError(
             f"W: expected a non-empty 2-D array (n_samples, n_factors), got shape "
@@ -678,22 +996,87 @@ def plot_sample_loadings(
     ends = np.r_[change, len(groups)]
     for b in change:
         ax.axhline(b - 0.5, color="tab:cyan", lw=1.0)
-    if len(starts) <= 40:
-        ax.set_yticks((starts + ends - 1) / 2.0)
-        ax.set_yticklabels([str(groups[s]) for s in starts])
-    else:
-        ax.set_yticks([])
+    ax.set_yticks([])
     cb = fig.colorbar(im, ax=ax, shrink=0.9)
     cb.set_label("loading / row max" if normalize == "row" else "loading")
     if title is None:
         title = f"Sample loadings W ({n} samples x {r} factors{thinned})"
     ax.set_title(title, fontsize=11)
+    # Group names where they fit: the row heights are known after the layout.
+    _layout(fig)
+    _group_ticks(ax, starts, ends, [str(groups[s]) for s in starts])
     return fig
 
 
 # --------------------------------------------------------------------------
 # rank sweep
 # --------------------------------------------------------------------------
+def _tick_priority(value, keep):
+    """Sort key of a candidate tick: ``keep`` first, then round numbers."""
+    v = int(value)
+    if v in keep:
+        return (0, keep.index(v), v)
+    for rank_, step in enumerate((10, 5, 2)):
+        if v % step == 0:
+            return (1 + rank_, 0, v)
+    return (4, 0, v)
+
+
+def _rank_tick_candidates(ranks, selected):
+    """Integer tick values over the probed ranks, before any thinning.
+
+    Every probed rank when there are at most 15 of them, else round values
+    (:class:`~matplotlib.ticker.MaxNLocator` with ``integer=True``) over
+    their range; the first and last probed rank and the selected one are
+    always among them.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    grid = np.unique(ranks[np.isfinite(ranks)]).astype(int)
+    if grid.size == 0:
+        return [], grid
+    lo, hi = int(grid.min()), int(grid.max())
+    if len(grid) <= 15:
+        cands = set(grid.tolist())
+    else:
+        locs = MaxNLocator(nbins=10, steps=[1, 2, 5, 10], integer=True).tick_values(
+            lo, hi
+        )
+        cands = {int(t) for t in locs if lo <= t <= hi} | {lo, hi}
+    if selected is not None:
+        cands.add(int(selected))
+    return sorted(cands), grid
+
+
+def _thin_x_ticks(ax, keep, pad_em=0.6):
+    """Drop x ticks whose labels would overlap, as the labels are drawn.
+
+    The labels of the current major ticks are measured (the layout must have
+    been run); greedily, in order of :func:`_tick_priority` (``keep`` first,
+    then multiples of 10, 5, 2), a tick is kept when its label is at least
+    ``pad_em`` of a character height away from every label kept so far.
+    Returns the kept tick values, ascending.
+    """
+    ticks = ax.xaxis.get_major_ticks()
+    values = [round(float(v)) for v in ax.get_xticks()]
+    boxes = {}
+    for v, tick in zip(values, ticks):
+        lab = tick.label1
+        if lab.get_visible() and lab.get_text():
+            boxes[v] = lab.get_window_extent()
+    if not boxes:
+        return values
+    pad = pad_em * max(b.height for b in boxes.values())
+    kept = []
+    for v in sorted(boxes, key=lambda v: _tick_priority(v, keep)):
+        b = boxes[v]
+        if all(b.x1 + pad <= boxes[k].x0 or boxes[k].x1 + pad <= b.x0 for k in kept):
+            kept.append(v)
+    kept.sort()
+    ax.set_xticks(kept, labels=[str(v) for v in kept])
+    return kept
+
+
 def _curves_from(obj):
     """``{layer: {"ranks", "mean", "std", "selected"}}`` from a scorer or dict."""
     if hasattr(obj, "curves_"):
@@ -739,6 +1122,14 @@ def plot_rank_sweep(
     a band of plus/minus one standard deviation, and the selected rank as a
     dashed vertical line with a marker on the curve; the panel title states
     the selected rank.
+
+    The x axis has a minor tick at every probed rank and integer labels that
+    never overlap: as many of the probed ranks (or of round values, beyond 15
+    ranks) as fit side by side, the selected rank always among them, in bold
+    red. A title too long for its panel (ONNX layer names such as
+    ``"/pool2/MaxPool_output_0"``) is set smaller, then on two lines, then
+    with the name broken after ``/`` or ``_``, and only as a last resort
+    shortened in the middle (``"/pool2/Ma…output_0"``).
 
     Parameters
     ----------
@@ -792,6 +1183,7 @@ def plot_rank_sweep(
         raise ValueError("layers=[]: nothing to draw.")
     n_rows, n_cols = _grid_shape(n, max_cols=3, ncols=ncols)
     fig = _new_figure(fig, (max(4.5, 3.9 * n_cols), 3.2 * n_rows + 0.5))
+    drawn = []
     for ax, layer in zip(_panels(fig, n, n_rows, n_cols), layers):
         c = curves[layer]
         ranks = np.asarray(c["ranks"], dtype=float)
@@ -829,18 +1221,43 @@ def plot_rank_sweep(
                     label=f"selected rank {sel}",
                     zorder=5,
                 )
-            ax.set_title(f"{layer}: selected rank {sel}", fontsize=11)
         else:
-            ax.set_title(f"{layer}: no rank selected", fontsize=11)
+            sel = None
         ax.set_xlabel("rank")
         ax.set_ylabel(str(label))
-        if len(ranks) <= 15:
-            ax.set_xticks(ranks)
+        cands, grid = _rank_tick_candidates(ranks, sel)
+        ax.set_xticks(cands, labels=[str(v) for v in cands])
+        if len(grid) <= 60:
+            # Every probed rank gets a minor tick, labelled or not.
+            ax.set_xticks(grid, minor=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
+        drawn.append((ax, layer, sel, grid))
     if title is None:
         title = "Rank sweep per layer"
     fig.suptitle(title, fontsize=12)
+    # Titles and tick labels are fitted to the space the layout gives them.
+    _fit_titles(
+        fig,
+        [
+            (
+                ax,
+                str(layer),
+                "no rank selected" if sel is None else f"selected rank {sel}",
+                {},
+            )
+            for ax, layer, sel, _ in drawn
+        ],
+    )
+    for ax, _, sel, grid in drawn:
+        keep = [] if sel is None else [sel]
+        if grid.size:
+            keep += [int(grid[0]), int(grid[-1])]
+        kept = _thin_x_ticks(ax, keep)
+        if sel is not None and sel in kept:
+            lab = ax.get_xticklabels()[kept.index(sel)]
+            lab.set_color("tab:red")
+            lab.set_fontweight("bold")
     return fig
 
 
@@ -922,6 +1339,36 @@ def _spearman(x, y, *, n_boot, random_state):
     return res.rho, res.ci_low, res.ci_high
 
 
+# What the "level" of each case-study degradation counts (see
+# sklearn_peek.studies.LeNetClassifier), for the colorbar of the levels.
+_LEVEL_LABELS = {
+    "epochs": "epochs: number of training epochs",
+    "fraction": "fraction: share of training images kept",
+    "classes": "classes: number of classes kept",
+    "unshuffled": "unshuffled: share of samples in class order",
+    "label_noise": "label_noise: share of labels replaced",
+}
+
+
+def _hue_label(hue, sub):
+    """Legend or colorbar title for ``hue``.
+
+    A ``"level"`` column says nothing by itself: when the table holds a
+    single ``"degradation"`` (the case-study runner's table has that column),
+    the label names it and what its level counts, e.g. ``"epochs: number of
+    training epochs"``; an unknown degradation ``d`` gives ``"d level"``.
+    """
+    if hue != "level" or "degradation" not in sub:
+        return str(hue)
+    degs = {str(d) for d in sub["degradation"].tolist()}
+    if len(degs) != 1:
+        return str(hue)
+    (deg,) = degs
+    if deg in ("", "None", "nan"):
+        return str(hue)
+    return _LEVEL_LABELS.get(deg, f"{deg} level")
+
+
 def plot_rank_vs_quality(
     table,
     *,
@@ -957,7 +1404,9 @@ def plot_rank_vs_quality(
     hue : str, optional
         Column that colours the points. Default: ``"degradation"`` when it
         takes several values (categorical colours), else ``"level"`` (a
-        colormap with a colorbar) when present.
+        colormap with a colorbar) when present. When the table holds a single
+        degradation, the colorbar of ``"level"`` names it and what its level
+        counts (``"epochs: number of training epochs"``).
     rank_col : str, optional
         Name of the rank column, when it cannot be guessed.
     spearman : tuple (rho, low, high), optional
@@ -1032,7 +1481,7 @@ def plot_rank_vs_quality(
                 lw=0.5,
                 alpha=0.9,
             )
-            fig.colorbar(sc, ax=ax, shrink=0.9).set_label(hue)
+            fig.colorbar(sc, ax=ax, shrink=0.9).set_label(_hue_label(hue, sub))
         else:
             import matplotlib as mpl
 
@@ -1049,7 +1498,9 @@ def plot_rank_vs_quality(
                     alpha=0.9,
                     label=str(val),
                 )
-            ax.legend(title=hue, fontsize=8, title_fontsize=8, loc="best")
+            ax.legend(
+                title=_hue_label(hue, sub), fontsize=8, title_fontsize=8, loc="best"
+            )
     ax.set_xlabel(f"test {quality}" if quality == "accuracy" else quality)
     ax.set_ylabel(f"selected rank ({layer})")
     ax.grid(alpha=0.3)
@@ -1073,8 +1524,11 @@ def plot_rank_vs_quality(
         stat = f"Spearman rho = {rho:+.2f}"
     else:
         stat = f"Spearman rho = {rho:+.2f} [95% CI {lo:+.2f}, {hi:+.2f}]"
-    if title is None:
-        crit = f", {criterion}" if criterion else ""
-        title = f"{layer}{crit}: rank vs {quality}, n = {len(x)}\n{stat}"
-    ax.set_title(title, fontsize=11)
+    if title is not None:
+        ax.set_title(title, fontsize=11)
+        return fig
+    crit = f", {criterion}" if criterion else ""
+    name, detail = f"{layer}{crit}", f"rank vs {quality}, n = {len(x)}\n{stat}"
+    ax.set_title(f"{name}: {detail}", fontsize=11)
+    _fit_titles(fig, [(ax, name, detail, {})])
     return fig

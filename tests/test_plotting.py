@@ -1,5 +1,7 @@
 """Tests of sklearn_peek.plotting: what is drawn, not only that it runs."""
 
+import itertools
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -427,7 +429,8 @@ def test_rank_vs_quality_long_dataframe_with_numeric_hue():
     np.testing.assert_allclose(offsets[:, 0], t["accuracy"])
     np.testing.assert_allclose(offsets[:, 1], 12 - np.arange(12))
     assert len(fig.axes) == 2  # scatter + the colorbar of "level"
-    assert fig.axes[1].get_ylabel() == "level"
+    # the table holds one degradation: the colorbar says what its level is
+    assert fig.axes[1].get_ylabel() == "fraction: share of training images kept"
     fig = plotting.plot_rank_vs_quality(
         df, layer="fc1", criterion="bcv", spearman=(0.5, 0.1, 0.8)
     )
@@ -469,3 +472,284 @@ def test_functions_draw_on_given_axes_and_figures():
     np.testing.assert_allclose(
         fig2.axes[1].images[0].get_array(), H[1].reshape(2, 2) / H[1].max()
     )
+
+
+# ------------------------------------------------- readable text (no overlaps)
+def _boxes(texts):
+    """Display-space extents of the visible, non-empty texts (after a draw)."""
+    return [
+        (t.get_text(), t.get_window_extent())
+        for t in texts
+        if t.get_visible() and t.get_text()
+    ]
+
+
+def _assert_apart(boxes, axis):
+    """No two extents overlap along ``axis`` ("x" or "y")."""
+    lo, hi = ("x0", "x1") if axis == "x" else ("y0", "y1")
+    spans = [(getattr(b, lo), getattr(b, hi), s) for s, b in boxes]
+    for (a0, a1, sa), (b0, b1, sb) in itertools.combinations(spans, 2):
+        apart = a1 < b0 or b1 < a0
+        assert apart, f"labels {sa!r} and {sb!r} overlap: {a0, a1} vs {b0, b1}"
+
+
+def _sweep(ranks, selected):
+    ranks = np.asarray(ranks)
+    return {
+        "ranks": ranks,
+        "mean": -np.abs(np.log(ranks / selected)),
+        "std": np.full(len(ranks), 0.05),
+        "selected": selected,
+    }
+
+
+CASE_STUDY_RANKS = [1, 2, 4, 6, 8, 10, 15, 20, 25, 30]
+
+
+@pytest.mark.parametrize(
+    "ranks, selected, ncols",
+    [
+        (CASE_STUDY_RANKS, [2, 15], None),  # examples/plot_case_study.py
+        (CASE_STUDY_RANKS, [1, 4, 30], 3),
+        (list(range(1, 31)), [12, 18, 9], 3),  # quickstart: every rank to 30
+        (list(range(1, 13)), [4], 1),
+    ],
+)
+def test_rank_sweep_tick_labels_never_overlap(ranks, selected, ncols, tmp_path):
+    curves = {f"layer{i}": _sweep(ranks, s) for i, s in enumerate(selected)}
+    fig = plotting.plot_rank_sweep(curves, ncols=ncols)
+    fig.savefig(tmp_path / "sweep.png")  # draws at the saved size too
+    fig.canvas.draw()
+    for ax, sel in zip(fig.axes, selected):
+        labels = [t for t in ax.get_xticklabels() if t.get_text()]
+        _assert_apart(_boxes(labels), "x")
+        values = [int(t.get_text()) for t in labels]
+        np.testing.assert_allclose(ax.get_xticks(), values)
+        assert min(ranks) <= min(values) and max(values) <= max(ranks)
+        # the selected rank is always labelled, in red and bold
+        (mark,) = [t for t in labels if t.get_text() == str(sel)]
+        assert mark.get_color() == "tab:red" and mark.get_fontweight() == "bold"
+        others = [t for t in labels if t is not mark]
+        assert all(t.get_color() != "tab:red" for t in others)
+        # every probed rank keeps a tick, major (labelled) or minor
+        ticks = set(ax.get_xticks()) | set(ax.xaxis.get_minorticklocs())
+        assert set(ranks) <= ticks
+    if ranks == CASE_STUDY_RANKS and ncols is None:
+        # "1" and "2" would touch ("12"): one goes, the selected one stays
+        assert [t.get_text() for t in fig.axes[0].get_xticklabels()][:2] == ["2", "4"]
+
+
+def test_rank_sweep_keeps_every_rank_label_where_there_is_room():
+    fig = plotting.plot_rank_sweep({"fc1": _sweep(range(1, 9), 3)})
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+        str(r) for r in range(1, 9)
+    ]
+
+
+ONNX_LAYERS = [
+    "/pool1/MaxPool_output_0",
+    "/pool2/MaxPool_output_0",
+    "/relu3/Relu_output_0",
+]
+
+
+def _assert_titles_fit(fig, axes):
+    fig.canvas.draw()
+    boxes = []
+    for ax in axes:
+        t, a = ax.title.get_window_extent(), ax.get_window_extent()
+        assert a.x0 - 1 <= t.x0 and t.x1 <= a.x1 + 1, ax.get_title()
+        assert ax.title.get_fontsize() >= 8
+        boxes.append((ax.get_title(), t))
+    _assert_apart(boxes, "x")  # neighbouring titles in a row do not touch
+
+
+@pytest.mark.parametrize("figsize", [None, (9.0, 3.5), (7.5, 4.0)])
+def test_rank_sweep_long_onnx_layer_names_fit_their_panels(figsize):
+    ranks = CASE_STUDY_RANKS
+    curves = {name: _sweep(ranks, s) for name, s in zip(ONNX_LAYERS, [10, 20, 8])}
+    fig = None
+    if figsize is not None:
+        fig = plt.figure(figsize=figsize, layout="constrained")
+    fig = plotting.plot_rank_sweep(curves, criterion="bcv", fig=fig)
+    _assert_titles_fit(fig, fig.axes)
+    for ax, name, sel in zip(fig.axes, ONNX_LAYERS, [10, 20, 8]):
+        title = ax.get_title()
+        assert title.endswith(f"selected rank {sel}")
+        head = title.rsplit("selected rank", 1)[0].replace("\n", "").rstrip(": ")
+        if "\u2026" in head:  # shortened in the middle: both ends kept
+            start, end = head.split("\u2026")
+            assert name.startswith(start) and name.endswith(end) and len(start) > 3
+        else:  # whole, maybe broken after "/" or "_"
+            assert head == name
+
+
+def test_rank_sweep_title_of_a_hopelessly_long_name_is_shortened():
+    name = "/features/features.12/block/Conv2d_very_long_output_name_" * 3
+    fig = plt.figure(figsize=(3.0, 3.0), layout="constrained")
+    fig = plotting.plot_rank_sweep({name: _sweep(range(1, 6), 2)}, fig=fig)
+    _assert_titles_fit(fig, fig.axes)
+    title = fig.axes[0].get_title()
+    assert "\u2026" in title and title.endswith("\nselected rank 2")
+    assert title.startswith("/feat") and title.split("\n")[0].endswith("name_")
+
+
+def test_layer_factors_long_onnx_layer_names_fit_their_panels():
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    names = ["input", *ONNX_LAYERS]
+    sizes = [64, 96, 64, 120]
+    edges = np.cumsum([0, *sizes])
+    model = SimpleNamespace(
+        components_=rng.random((8, edges[-1])),
+        block_names_=names,
+        block_slices_={n: slice(edges[i], edges[i + 1]) for i, n in enumerate(names)},
+    )
+    shapes = {ONNX_LAYERS[0]: (6, 4, 4), ONNX_LAYERS[1]: (16, 2, 2)}
+    fig = plotting.plot_layer_factors(model, layer_shapes=shapes)
+    heat = [ax for ax in fig.axes if ax.images]
+    _assert_titles_fit(fig, heat)
+    for ax, name, what in zip(
+        heat, ONNX_LAYERS, ["(6 channels)", "(16 channels)", "(120 units)"]
+    ):
+        assert ax.get_title().replace("\n", "") in (f"{name}{what}", f"{name} {what}")
+
+
+def test_sample_loadings_group_names_never_overlap(tmp_path):
+    rng = np.random.default_rng(0)
+    W = rng.random((300, 14)) ** 4
+    W[:, :8] *= 3  # factors 8..13 dominate only a few samples each
+    fig = plotting.plot_sample_loadings(W)
+    fig.savefig(tmp_path / "loadings.png")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    labels = [t for t in ax.get_yticklabels() if t.get_text()]
+    _assert_apart(_boxes(labels), "y")
+    texts = [t.get_text() for t in labels]
+    assert texts[:8] == [str(k) for k in range(8)]  # the big groups, each named
+    assert texts[8:] == ["8\u201313"]  # the thin ones share one name
+    # each name sits within the rows of its group(s)
+    dom = np.sort(W.argmax(axis=1))
+    for text, y in zip(texts, ax.get_yticks()):
+        first, _, last = text.partition("\u2013")
+        rows = np.flatnonzero((dom >= int(first)) & (dom <= int(last or first)))
+        assert rows.min() - 0.5 <= y <= rows.max() + 0.5
+
+
+def test_sample_loadings_small_classes_are_not_named_on_top_of_each_other():
+    rng = np.random.default_rng(1)
+    y = np.repeat(["cat", "cow", "dog", "eel", "fox", "gnu"], [150, 2, 1, 2, 150, 1])
+    fig = plotting.plot_sample_loadings(rng.random((len(y), 4)), y=y)
+    fig.canvas.draw()
+    labels = [t for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    _assert_apart(_boxes(labels), "y")
+    texts = [t.get_text() for t in labels]
+    assert texts[0] == "cat" and "fox" in texts
+    assert "cow\u2013eel" in texts  # the three thin classes in between
+    # one boundary per class change is still drawn
+    assert len(fig.axes[0].lines) == 5
+
+
+# ------------------------------------------------ case study: what "level" is
+def test_rank_vs_quality_colorbar_names_the_degradation(tmp_path):
+    table = {
+        "degradation": ["epochs"] * 8,
+        "level": [0, 0, 1, 1, 3, 3, 10, 10],
+        "seed": [0, 1] * 4,
+        "accuracy": [0.1, 0.12, 0.7, 0.72, 0.9, 0.91, 0.97, 0.98],
+        "relu3_bcv": [1, 1, 4, 5, 8, 8, 12, 14],
+    }
+    fig = plotting.plot_rank_vs_quality(table, layer="relu3", criterion="bcv")
+    fig.savefig(tmp_path / "rank_quality.png")
+    cbar = fig.axes[1]
+    assert cbar.get_ylabel() == "epochs: number of training epochs"
+    table["degradation"] = ["blur"] * 8
+    fig = plotting.plot_rank_vs_quality(table, layer="relu3", criterion="bcv")
+    assert fig.axes[1].get_ylabel() == "blur level"
+    del table["degradation"]
+    fig = plotting.plot_rank_vs_quality(table, layer="relu3", criterion="bcv")
+    assert fig.axes[1].get_ylabel() == "level"
+
+
+def test_level_labels_cover_the_case_study_degradations():
+    studies = pytest.importorskip("sklearn_peek.studies")
+    assert "degradation" in studies.NETWORK_COLUMNS
+    assert "level" in studies.NETWORK_COLUMNS
+    for deg in studies.DEGRADATIONS:
+        if deg is not None:
+            assert plotting._LEVEL_LABELS[deg].startswith(f"{deg}: ")
+
+
+def test_rank_vs_quality_long_layer_name_fits_a_small_panel():
+    t = {"accuracy": [0.2, 0.5, 0.9], f"rank_{ONNX_LAYERS[1]}": [2, 3, 7]}
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5), layout="constrained")
+    for ax in axes:
+        plotting.plot_rank_vs_quality(t, layer=ONNX_LAYERS[1], ax=ax)
+    _assert_titles_fit(fig, axes)
+    title = axes[0].get_title()
+    assert ONNX_LAYERS[1] in title.replace("\n", "") and "Spearman rho" in title
+
+
+# ------------------------------------------- figure title clear of the tiles
+def test_input_factors_figure_title_stands_clear_of_the_tile_titles(coupled):
+    model, *_ = coupled
+    fig = plotting.plot_input_factors(model, components=[0, 2, 4], ncols=3)
+    fig.canvas.draw()
+    sup = fig._suptitle.get_window_extent()
+    tops = [ax.title.get_window_extent().y1 for ax in fig.axes]
+    assert [ax.get_title() for ax in fig.axes] == ["factor 0", "factor 2", "factor 4"]
+    # at least 0.1 inch (7 pt) of white between them (matplotlib's default
+    # constrained layout leaves 0.07 in here)
+    assert (sup.y0 - max(tops)) / fig.dpi >= 0.1
+    assert sup.y1 <= fig.bbox.y1  # and the title is still on the figure
+
+
+# ------------------------------------------ wrong objects: say what is wanted
+def test_input_factors_given_W_say_a_model_is_expected(coupled):
+    model, W, *_ = coupled
+    with pytest.raises(
+        ValueError,
+        match=r"model=ndarray of shape \(400, 6\): expected a fitted CoupledNMF "
+        r"\(or pipeline\).*sample loadings W.*model\.transform\(X\)",
+    ):
+        plotting.plot_input_factors(W)
+    with pytest.raises(TypeError, match=r"model=str: expected a fitted CoupledNMF"):
+        plotting.plot_input_factors("model.pkl")
+    with pytest.raises(
+        TypeError, match=r"model=ndarray of shape \(6, 132\): expected a fitted"
+    ):
+        plotting.plot_layer_factors(model.components_)
+
+
+def test_input_factors_of_a_pipeline_use_its_factorization(digits):
+    from sklearn.exceptions import NotFittedError
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X, _ = digits
+    pipe = make_pipeline(
+        FunctionTransformer(),
+        NMF(n_components=3, init="nndsvda", max_iter=300, random_state=0),
+    )
+    with pytest.raises(NotFittedError, match="NMF has no components_: fit it first"):
+        plotting.plot_input_factors(pipe)
+    pipe.fit(X)
+    fig = plotting.plot_input_factors(pipe)
+    H = pipe[-1].components_
+    np.testing.assert_allclose(
+        fig.axes[2].images[0].get_array(), H[2].reshape(8, 8) / H[2].max()
+    )
+
+
+def test_sample_loadings_given_a_model_say_how_to_get_W(coupled):
+    model, *_ = coupled
+    with pytest.raises(
+        TypeError,
+        match=r"W=CoupledNMF: expected the sample loadings W, an array of shape "
+        r"\(n_samples, n_factors\), not a model; get it with W = "
+        r"model\.transform\(X\)",
+    ):
+        plotting.plot_sample_loadings(model)
+    with pytest.raises(TypeError, match=r"W=list: expected the sample loadings W"):
+        plotting.plot_sample_loadings([["a", "b"], ["c", "d"]])
