@@ -1623,8 +1623,8 @@ _TINY = {
 def _pm(rho, lo, hi):
     if rho is None or not np.isfinite(rho):
         return "undefined"
-    if lo is None or not np.isfinite(lo):
-        return f"{rho:+.2f}"
+    if lo is None or not np.isfinite(lo):  # the note says why
+        return f"{rho:+.2f} [no interval]"
     return f"{rho:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 

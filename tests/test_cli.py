@@ -861,3 +861,10 @@ def test_figure_model_convergence_is_recorded_with_the_options_hint():
         "before reaching tol 0; its factor figures may be less sharp. Raise "
         "--max-iter above 1 or --tol above 0."
     )
+
+
+def test_correlation_cells_say_when_there_is_no_interval():
+    # rho with its interval; rho alone is marked (the note column says why)
+    assert cli._pm(0.5, 0.1, 0.9) == "+0.50 [+0.10, +0.90]"
+    assert cli._pm(0.61, np.nan, np.nan) == "+0.61 [no interval]"
+    assert cli._pm(np.nan, np.nan, np.nan) == "undefined"
