@@ -1520,8 +1520,8 @@ def plot_rank_vs_quality(
         else:
             why = f"the same {quality} for every network"
         stat = f"Spearman rho undefined ({why})"
-    elif np.isnan(lo):
-        stat = f"Spearman rho = {rho:+.2f}"
+    elif np.isnan(lo):  # n_boot=0, or too many tied resamples (spearman_ci)
+        stat = f"Spearman rho = {rho:+.2f} (no interval)"
     else:
         stat = f"Spearman rho = {rho:+.2f} [95% CI {lo:+.2f}, {hi:+.2f}]"
     if title is not None:

@@ -435,6 +435,11 @@ def test_rank_vs_quality_long_dataframe_with_numeric_hue():
         df, layer="fc1", criterion="bcv", spearman=(0.5, 0.1, 0.8)
     )
     assert "rho = +0.50 [95% CI +0.10, +0.80]" in fig.axes[0].get_title()
+    # an interval the bootstrap could not give (spearman_ci's NaN bounds)
+    fig = plotting.plot_rank_vs_quality(
+        df, layer="fc1", criterion="bcv", spearman=(0.61, np.nan, np.nan)
+    )
+    assert "rho = +0.61 (no interval)" in fig.axes[0].get_title()
 
 
 def test_rank_vs_quality_errors():
