@@ -1551,6 +1551,39 @@ def _finish(report, results, out, args, say):
     return 0
 
 
+def demo_warnings(rows, layers, criterion, ranks):
+    """The demo's warnings about its study, as (kind, text, details).
+
+    ``"rank_at_top_of_grid"``: per layer, the networks whose coupled rank is
+    the largest of ``ranks``; their rank is a lower bound, and a rank that
+    cannot grow weakens the correlation with accuracy.
+    """
+    ranks = [int(r) for r in ranks]
+    top = max(ranks)
+    out = []
+    if len(ranks) < 2:
+        return out
+    for layer in layers:
+        nets = [
+            f"{r['degradation']}={r['level']}"
+            for r in rows
+            if int(r[f"{layer}_{criterion}"]) == top
+        ]
+        if nets:
+            out.append(
+                (
+                    "rank_at_top_of_grid",
+                    f"layer {layer!r}: {len(nets)} of {len(rows)} networks selected "
+                    f"rank {top}, the largest in --ranks ({', '.join(nets)}); their "
+                    "rank is a lower bound, which blurs the comparison between "
+                    f"networks. Extend --ranks (e.g. --ranks {min(ranks)}:{2 * top}) "
+                    "to see where their curves level off.",
+                    {"layer": layer, "rank": top, "networks": nets},
+                )
+            )
+    return out
+
+
 def _add_warnings(report, say):
     """A "Warnings" section with the warnings not yet in the report."""
     done = say.warnings_reported
@@ -1671,6 +1704,8 @@ def _cmd_demo(args, say):
         )
     rows = _records(res.table)
     corr = _records(res.correlations)
+    for kind, text, details in demo_warnings(rows, layers, crit, settings["ranks"]):
+        say.warn(kind, text, **details)
 
     # -- the report ---------------------------------------------------------
     n_train = next(iter(res.studies.values())).settings["n_train"]

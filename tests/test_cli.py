@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import warnings
+from html import escape as html_escape
 
 import numpy as np
 import pytest
@@ -550,6 +551,19 @@ def test_demo_tiny_study_writes_report(tmp_path, capsys):
     assert abs(best["accuracy"] - table[2]["accuracy"]) < 0.02
     assert best["figure_model"]["n_components"] == max(best["ranks"].values())
     assert f"accuracy {best['accuracy']:.3f}" in html
+    # networks whose coupled rank is the top of the grid (4) are warned about
+    top = {
+        layer: [f"epochs={r['level']}" for r in table if r[f"{layer}_bcv"] == 4]
+        for layer in res["layers"]
+    }
+    warned = {
+        w["layer"]: w["networks"]
+        for w in res["warnings"]
+        if w["kind"] == "rank_at_top_of_grid"
+    }
+    assert warned == {k: v for k, v in top.items() if v}
+    for w in res["warnings"]:
+        assert html_escape(w["message"]) in html
 
 
 # ------------------------------------------- warnings and hints in CLI terms
