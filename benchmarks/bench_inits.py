@@ -20,11 +20,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import numpy as np
 
-from sklearn_peek import CoupledNMF, _coupled_nmf
+from sklearn_peek import CoupledNMF, _coupled_nmf, _solvers
 
 
 def _sync(X):
@@ -40,7 +41,10 @@ def time_inits(X, blocks, ranks, *, repeat=3):
     ``X`` is a NumPy array or a torch tensor (on its device). Returns a dict:
     ``one_by_one_s`` and ``stacked_s`` (lists, one per repeat) and
     ``max_rel_diff`` (the largest ``|W0 H0 - W0' H0'| / |W0 H0|`` over ranks,
-    Frobenius norms).
+    Frobenius norms). For torch also ``householder_one_by_one_s``: one rank at
+    a time with a Householder QR per step, as before the batched
+    orthonormalization (``batched=False``; on a CPU that is the default, so
+    the same as ``one_by_one_s``).
     """
     base = CoupledNMF(blocks=blocks, random_state=0)
     base.set_params(n_components=ranks[0])._validate_params()
@@ -77,7 +81,20 @@ def time_inits(X, blocks, ranks, *, repeat=3):
         t2 = time.perf_counter()
         single.append(t1 - t0)
         both.append(t2 - t1)
-    return {"one_by_one_s": single, "stacked_s": both, "max_rel_diff": gap}
+    out = {"one_by_one_s": single, "stacked_s": both, "max_rel_diff": gap}
+    if not isinstance(Xp, np.ndarray):  # on a CPU the same as one_by_one_s
+        sketch = _solvers.randomized_svd_weighted
+        _solvers.randomized_svd_weighted = functools.partial(sketch, batched=False)
+        try:
+            one_by_one()  # warm-up
+            out["householder_one_by_one_s"] = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                one_by_one()
+                out["householder_one_by_one_s"].append(time.perf_counter() - t0)
+        finally:
+            _solvers.randomized_svd_weighted = sketch
+    return out
 
 
 def main(argv=None):
@@ -114,6 +131,9 @@ def main(argv=None):
             f"{name}: one by one / stacked: {pairs}; starts differ by at most "
             f"{res['max_rel_diff']:.1e}"
         )
+        if "householder_one_by_one_s" in res:
+            times = ", ".join(f"{t:.3f}" for t in res["householder_one_by_one_s"])
+            print(f"{name}: one by one with Householder QR: {times} s")
 
 
 if __name__ == "__main__":
