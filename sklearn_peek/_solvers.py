@@ -1279,7 +1279,9 @@ def randomized_svds_weighted(
     return U, S, Vt
 
 
-def randomized_svd_weighted(X, s, k, rng, *, n_oversamples=10, n_iter="auto"):
+def randomized_svd_weighted(
+    X, s, k, rng, *, n_oversamples=10, n_iter="auto", batched=None
+):
     """Truncated SVD of ``X * s`` (column scaling) without forming it.
 
     Halko et al. randomized range finder with QR-normalized power iterations
@@ -1287,7 +1289,7 @@ def randomized_svd_weighted(X, s, k, rng, *, n_oversamples=10, n_iter="auto"):
     S (k,), Vt (k x p).
     """
     return randomized_svds_weighted(
-        X, s, [k], [rng], n_oversamples=n_oversamples, n_iter=n_iter
+        X, s, [k], [rng], n_oversamples=n_oversamples, n_iter=n_iter, batched=batched
     )
 
 
