@@ -598,10 +598,14 @@ class RankQualityScorer(BaseEstimator):
     n_tasks_ : int
         Number of joblib tasks the work was cut into.
     rank_limit_ : int
-        The largest rank these data allow: the smallest, over the layers, of
-        the rows a fit sees and the columns of the layer's matrix. A selected
-        rank equal to the largest rank swept is a peak only if more ranks were
-        possible.
+        The largest rank these data allow for every layer: the smallest, over
+        the layers, of :attr:`rank_limits_`.
+    rank_limits_ : dict of str to int
+        Per layer, the largest rank its matrix allows: the smaller of the
+        rows a fit sees and the columns of the layer's matrix. A selected rank
+        at the top of ``ranks`` is never a confirmed peak: below this limit a
+        longer ``ranks`` can show where the curve turns; at it, the rank is
+        only a lower bound.
     extractor_ : LayerActivationExtractor
         The extractor used by fit, when ``extractor`` was given.
 
@@ -1138,6 +1142,7 @@ class RankQualityScorer(BaseEstimator):
         results = {tasks[i][0]: out for i, out in zip(order, outputs)}
         self.n_tasks_ = len(tasks)
         self.rank_limit_ = limit
+        self.rank_limits_ = {name: min(n_rows, m) for name, m in columns.items()}
         self._collect(results, layer_cols, ranks, blocks)
         return self
 

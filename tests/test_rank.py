@@ -707,6 +707,7 @@ def test_sweep_limit_error_says_which_setting_and_its_limit():
     # a sweep that fits records the limit
     sc = RankQualityScorer(ranks=[1, 2], **kw).fit(X)
     assert sc.rank_limit_ == 25
+    assert sc.rank_limits_ == {"conv1": 30, "fc1": 25}
     sc = RankQualityScorer(ranks=[1, 2], **kw).fit(X[:12])  # 8 rows per fold
     assert sc.rank_limit_ == 8
     with pytest.raises(SweepLimitError) as err:
