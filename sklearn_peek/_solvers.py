@@ -791,8 +791,12 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
 
 
 def _hcat(arrays):
-    """The arrays side by side (columns), C-contiguous."""
-    return _contig(_concat_rows([a.T for a in arrays]).T)
+    """The arrays side by side (columns); one array is returned as it is."""
+    if len(arrays) == 1:
+        return arrays[0]
+    if _np(arrays[0]):
+        return np.hstack(arrays)
+    return _t().cat(list(arrays), dim=1)
 
 
 def _concat_rows(arrays):
@@ -1158,18 +1162,22 @@ class _Blocks:
 
 
 def _orth_blocks(Y, blocks):
-    """An orthonormal basis of each column block of ``Y`` (n x L), in place of it.
+    """An orthonormal basis of each column block of ``Y`` (n x L), and a check.
 
-    Not ``blocks.batched``: a Householder QR per block. Batched: CholeskyQR2
-    in float64 on all blocks at once (two rounds of ``Q_i = Y_i R_i^{-1}``,
-    ``R_i`` the Cholesky factor of ``Y_i.T Y_i``), one host synchronisation
-    for all of them; a block whose factor fails or is too ill-conditioned for it
-    (``_CHOLQR_MAX_RATIO``) gets a Householder QR instead. Both give the Q of
-    a QR factorization, so they agree up to the signs of its columns, which
-    the randomized SVD does not depend on.
+    Not ``blocks.batched``: a Householder QR per block; the check is None.
+    Batched: CholeskyQR2 in float64 on all blocks at once (two rounds of
+    ``Q_i = Y_i R_i^{-1}``, ``R_i`` the Cholesky factor of ``Y_i.T Y_i``),
+    without waiting for the device; the check is a boolean tensor, False for
+    a block whose factor failed or was too ill-conditioned for CholeskyQR2
+    (``_CHOLQR_MAX_RATIO``). Such a block's columns are garbage (maybe NaN),
+    but every operation here stays within a block, so the others are not
+    touched: the caller reads the checks once at the end and redoes those
+    blocks (:func:`_sketch_group`). Both ways give the Q of a QR factorization,
+    equal up to the signs of its columns, which the randomized SVD does not
+    depend on.
     """
     if not blocks.batched:
-        return _hcat([_qr(Y[:, lo:hi]) for lo, hi in blocks.bounds])
+        return _hcat([_qr(Y[:, lo:hi]) for lo, hi in blocks.bounds]), None
     torch = _t()
     eye = torch.eye(blocks.m, dtype=torch.float64, device=Y.device)
     Q, ok = Y, None
@@ -1182,47 +1190,93 @@ def _orth_blocks(Y, blocks):
         ok = good if ok is None else ok & good
         Rinv = torch.linalg.solve_triangular(L, eye, upper=False).transpose(1, 2)
         Q = blocks.times(Q, Rinv)
-    for i, fine in enumerate(ok.tolist()):
-        if not fine:
-            lo_i, hi_i = blocks.bounds[i]
-            Q[:, lo_i:hi_i] = _to64(_qr(Y[:, lo_i:hi_i]))
-    return _cast(Q, Y)
+    return _cast(Q, Y), ok
 
 
-def _svd_blocks(Q, B, blocks, ks):
+def _svd_blocks(Q, B, blocks, ks, C=None, skip=()):
     """Leading ``ks[i]`` singular triplets of ``Q_i @ B_i`` for every block.
 
     ``Q`` (n x L) has orthonormal column blocks, ``B`` (L x p) the matching
     row blocks. Returns U (n x sum(ks)), S (sum(ks),), Vt (sum(ks) x p), the
     ranks one after the other. Not ``blocks.batched``: an SVD per block.
-    Batched: the eigenvectors of the float64 Gram matrices ``B_i B_i.T``
-    (small, solved on the host), then two products for all the blocks; each
-    singular value is
-    the norm of its row ``u_i.T B_i``, which is also normalized to give the
-    row of Vt (a zero row, for an exactly zero singular value, stays zero).
+    Batched: the eigenvectors of the float64 Gram matrices ``C_i = B_i B_i.T``
+    (``C``: their host copy, K x m x m; small, solved on the host), then two
+    products for all the blocks; each singular value is the norm of its row
+    ``u_i.T B_i``, which is also normalized to give the row of Vt (a zero
+    row, for an exactly zero singular value, stays zero). Singular values
+    below about ``sqrt(eps64) * S[0]`` lose relative accuracy that way, which
+    float32 data never had. Blocks in ``skip`` (failed, see
+    :func:`_orth_blocks`) give zeros.
     """
     if not blocks.batched:
         Us, Ss, Vts = [], [], []
         for (lo, hi), k in zip(blocks.bounds, ks):
             Ub, S, Vt = _svd(B[lo:hi])
-            Us.append(Q[:, lo:hi] @ Ub[:, :k])
+            Us.append((Q[:, lo:hi] @ Ub)[:, :k])
             Ss.append(S[:k])
             Vts.append(Vt[:k])
         return _hcat(Us), _concat_rows(Ss), _concat_rows(Vts)
     torch = _t()
-    C = blocks.grams(B.T).cpu().numpy()
+    if C is None:
+        C = blocks.grams(B.T).cpu().numpy()
     M = np.zeros((sum(ks), blocks.L))  # the blocks' leading eigenvectors
     row = 0
     for i, ((lo, hi), k) in enumerate(zip(blocks.bounds, ks)):
-        w = hi - lo
-        _, vecs = np.linalg.eigh(C[i, :w, :w])
-        M[row : row + k, lo:hi] = vecs[:, ::-1][:, :k].T
+        if i not in skip:
+            w = hi - lo
+            _, vecs = np.linalg.eigh(C[i, :w, :w])
+            M[row : row + k, lo:hi] = vecs[:, ::-1][:, :k].T
         row += k
+    if skip:  # their NaN would reach every row through the products
+        bad = torch.as_tensor(
+            [j for i in skip for j in range(*blocks.bounds[i])], device=B.device
+        )
+        Q, B = Q.clone(), B.clone()
+        Q[:, bad] = 0
+        B[bad] = 0
     M = _from_host(M, B)
     P = M @ B
     S = torch.linalg.vector_norm(P, dim=1, dtype=torch.float64)
     scale = torch.where(S > 0, 1.0 / S, 0.0)
     return Q @ M.T, _cast(S, B), P * _cast(scale, B)[:, None]
+
+
+def _sketch_group(X, s, omegas, ks, n_iter, batched):
+    """The randomized SVDs of ranks ``ks`` that run ``n_iter`` power iterations.
+
+    ``omegas``: each rank's host sketch (p x ell). Returns a list of
+    ``(U, S, Vt)``, one per rank. Batched, the device is waited for once (the
+    checks of all orthonormalizations, with the Gram matrices of the final
+    SVD); a rank whose CholeskyQR2 failed at some step is redone alone with
+    Householder QRs, from the same sketch.
+    """
+    widths = [o.shape[1] for o in omegas]
+    blocks = _Blocks(widths, s, batched)
+    omega = _from_host(np.hstack(omegas), s)
+    Q, ok = _orth_blocks(_h_xt((omega * s[:, None]).T, X).T, blocks)
+    checks = [ok]
+    for _ in range(n_iter):
+        Z, ok = _orth_blocks((_w_x(Q.T, X) * s).T, blocks)
+        checks.append(ok)
+        Q, ok = _orth_blocks(_h_xt((Z * s[:, None]).T, X).T, blocks)
+        checks.append(ok)
+    B = _w_x(Q.T, X) * s  # L x p
+    C, failed = None, set()
+    if blocks.batched:
+        torch = _t()
+        C = blocks.grams(B.T)
+        ok = torch.stack(checks).all(dim=0)
+        C, ok = C.cpu().numpy(), ok.cpu().tolist()  # the one wait
+        failed = {i for i, fine in enumerate(ok) if not fine}
+    U, S, Vt = _svd_blocks(Q, B, blocks, ks, C, failed)
+    out, at = [], 0
+    for i, k in enumerate(ks):
+        if i in failed:
+            out.extend(_sketch_group(X, s, [omegas[i]], [k], n_iter, False))
+        else:
+            out.append((U[:, at : at + k], S[at : at + k], Vt[at : at + k]))
+        at += k
+    return out
 
 
 def randomized_svds_weighted(
@@ -1243,6 +1297,10 @@ def randomized_svds_weighted(
     per-rank LAPACK calls are faster (2000 x 2564 float32, ranks 1-30: 2.6 s
     one rank at a time against 4.3 s batched, ``bench_inits.py``).
 
+    The sketches are drawn in the order of ``ks`` before any product: ranks
+    that share one generator object draw them one after the other (a
+    one-rank call per rank would interleave other draws between them).
+
     Returns U (n x sum(ks)), S (sum(ks),), Vt (sum(ks) x p), the ranks one
     after the other in the order of ``ks``, on X's side (NumPy or X's device).
     """
@@ -1252,28 +1310,22 @@ def randomized_svds_weighted(
         iters = [7 if k < 0.1 * min(n, p) else 4 for k in ks]
     else:
         iters = [n_iter] * len(ks)
+    if batched is None:
+        batched = getattr(X, "is_cuda", False)
     # Drawn by NumPy whatever the array type, so that one random_state gives
     # the same sketch on every backend.
     omegas = [rng.standard_normal(size=(p, ell)) for rng, ell in zip(rngs, ells)]
     parts = [None] * len(ks)
     for q in sorted(set(iters)):  # ranks with as many power iterations
         idx = [i for i, it in enumerate(iters) if it == q]
-        widths = [ells[i] for i in idx]
-        blocks = _Blocks(
-            widths, s, getattr(X, "is_cuda", False) if batched is None else batched
+        group = _sketch_group(
+            X, s, [omegas[i] for i in idx], [ks[i] for i in idx], q, batched
         )
-        omega = _from_host(np.hstack([omegas[i] for i in idx]), s)
-        Q = _orth_blocks(_h_xt((omega * s[:, None]).T, X).T, blocks)
-        for _ in range(q):
-            Z = _orth_blocks((_w_x(Q.T, X) * s).T, blocks)
-            Q = _orth_blocks(_h_xt((Z * s[:, None]).T, X).T, blocks)
-        B = _w_x(Q.T, X) * s  # L x p
-        U, S, Vt = _svd_blocks(Q, B, blocks, [ks[i] for i in idx])
-        at = 0
-        for i in idx:
-            parts[i] = (U[:, at : at + ks[i]], S[at : at + ks[i]], Vt[at : at + ks[i]])
-            at += ks[i]
-    U = _concat_rows([u.T for u, _, _ in parts]).T
+        for i, part in zip(idx, group):
+            parts[i] = part
+    if len(parts) == 1:
+        return parts[0]
+    U = _hcat([u for u, _, _ in parts])
     S = _concat_rows([sv for _, sv, _ in parts])
     Vt = _concat_rows([vt for _, _, vt in parts])
     return U, S, Vt

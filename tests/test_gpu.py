@@ -234,24 +234,47 @@ def test_solve_w_batched_on_cuda_matches_numpy():
         assert err == pytest.approx(err_ref, rel=1e-3)
 
 
-def test_stacked_starts_on_cuda_match_numpy():
-    # fit_ranks's starts on the GPU (batched CholeskyQR2 and Gram eigenvectors,
-    # float32) against one NumPy float64 start per rank.
-    from sklearn.base import clone
+def test_stacked_sketches_on_cuda_match_numpy():
+    # The batched CholeskyQR2 and Gram-eigenvector SVD (the CUDA default)
+    # against one NumPy float64 sketch per rank: the truncated SVD products,
+    # tightly in float64, to float32 rounding in float32. (The NNDSVD starts
+    # built from them have discrete choices that float32 can flip on
+    # noise-level components, so the sketch is what is compared.)
+    from sklearn_peek import _solvers
 
-    from sklearn_peek import _coupled_nmf
+    X, _ = _data(np.float64, seed=3)
+    s = np.linspace(0.5, 2.0, X.shape[1])
+    ks = list(range(1, 21))
 
-    X, blocks = _data(np.float64, seed=3)
-    ranks = list(range(1, 21))
-    base = CoupledNMF(blocks=blocks, random_state=0)
-    base.set_params(n_components=1)._validate_params()
-    Xg, _s, _w, d, _q = base._prepare_fit(torch.as_tensor(X, device="cuda"))
-    models = [clone(base).set_params(n_components=r) for r in ranks]
-    got = _coupled_nmf._initialize_ranks(models, Xg.float(), d.astype(np.float32))
-    Xn, _s, _w, dn, _q = clone(base)._prepare_fit(X)
-    for r, (W0, H0, _) in zip(ranks, got):
-        ref = clone(base).set_params(n_components=r)
-        W1, H1, _ = ref._initialize(Xn, None, None, dn, False)
-        P, P_ref = W0.astype(np.float64) @ H0, W1 @ H1
-        # leading components agree; noise-level trailing ones may rotate
-        assert np.linalg.norm(P - P_ref) <= 1e-4 * np.linalg.norm(P_ref), r
+    def rngs():
+        return [np.random.RandomState(k) for k in ks]
+
+    ref = _solvers.randomized_svds_weighted(X, s, ks, rngs())
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        cast = dict(device="cuda", dtype=dtype)
+        got = _solvers.randomized_svds_weighted(
+            torch.as_tensor(X, **cast), torch.as_tensor(s, **cast), ks, rngs()
+        )
+        U, S, Vt = (a.double().cpu().numpy() for a in got)
+        Ur, Sr, Vr = ref
+        at = 0
+        for k in ks:
+            sl = slice(at, at + k)
+            at += k
+            P = (U[:, sl] * S[sl]) @ Vt[sl]
+            P_ref = (Ur[:, sl] * Sr[sl]) @ Vr[sl]
+            assert np.abs(P - P_ref).max() <= tol * Sr[sl][0], (dtype, k)
+
+
+def test_batched_orthonormalization_on_cuda_flags_what_it_cannot_take():
+    from sklearn_peek import _solvers
+
+    rng = np.random.RandomState(0)
+    generic = rng.rand(60, 6)
+    deficient = np.hstack([rng.rand(60, 2)] * 2)
+    Y = torch.as_tensor(np.hstack([generic, deficient]), device="cuda")
+    blocks = _solvers._Blocks([6, 4], Y, batched=True)
+    Q, ok = _solvers._orth_blocks(Y, blocks)
+    assert ok.tolist() == [True, False]
+    Q6 = Q[:, :6].cpu().numpy()
+    np.testing.assert_allclose(Q6.T @ Q6, np.eye(6), atol=1e-13)

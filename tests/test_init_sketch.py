@@ -99,26 +99,64 @@ def _reference_product(A, k):
     return (U[:, :k] * S[:k]) @ Vt[:k]
 
 
-def test_orthonormal_blocks_survive_rank_deficient_and_ill_conditioned_blocks():
+def _near_dependent(rng, n, cond):
+    """Four columns, the last one the first plus 1/cond of noise."""
+    a = rng.randn(n, 3)
+    return np.hstack([a, a[:, :1] + rng.randn(n, 1) / cond])
+
+
+def test_batched_orthonormalization_flags_the_blocks_it_cannot_take():
     rng = np.random.RandomState(0)
-    n = 50
+    n = 60
     generic = rng.rand(n, 6)
+    # cond ~ 2e4: one CholeskyQR round leaves ~1e-8 of non-orthogonality,
+    # the second rounding; the diagonal ratio (~1e4) keeps it off the fallback
+    moderate = _near_dependent(rng, n, 1e4)
+    # cond ~ 2e7: the Cholesky factor exists, but its diagonal spans more
+    # than _CHOLQR_MAX_RATIO: flagged
+    ratio = _near_dependent(rng, n, 1e7)
     deficient = np.hstack([rng.rand(n, 2)] * 2)  # rank 2 in 4 columns
-    a, b, e = rng.rand(3, n)
-    ill = np.stack([a, b, a + 1e-9 * e], axis=1)  # cond ~ 4e9: beyond CholeskyQR2
     zero = np.zeros((n, 2))
-    Y = np.hstack([generic, deficient, ill, zero])
-    blocks = _solvers._Blocks([6, 4, 3, 2], torch.from_numpy(Y), batched=True)
-    Q = _solvers._orth_blocks(torch.from_numpy(Y), blocks).numpy()
-    assert np.isfinite(Q).all()
-    for lo, hi in blocks.bounds:
-        Qi, Yi = Q[:, lo:hi], Y[:, lo:hi]
-        np.testing.assert_allclose(Qi.T @ Qi, np.eye(hi - lo), atol=1e-12)
-        # the basis spans the block: projecting the block changes nothing
-        np.testing.assert_allclose(Qi @ (Qi.T @ Yi), Yi, atol=1e-12)
-    # well-conditioned blocks take CholeskyQR2: the Q of a QR up to signs
+    Y = np.hstack([generic, moderate, ratio, deficient, zero])
+    blocks = _solvers._Blocks([6, 4, 4, 4, 2], torch.from_numpy(Y), batched=True)
+    Q, ok = _solvers._orth_blocks(torch.from_numpy(Y), blocks)
+    assert ok.tolist() == [True, True, False, False, False]
+    Q = Q.numpy()
+    for (lo, hi), fine in zip(blocks.bounds, ok.tolist()):
+        if fine:
+            Qi, Yi = Q[:, lo:hi], Y[:, lo:hi]
+            np.testing.assert_allclose(Qi.T @ Qi, np.eye(hi - lo), atol=1e-13)
+            # the basis spans the block: projecting it changes nothing
+            np.testing.assert_allclose(Qi @ (Qi.T @ Yi), Yi, atol=1e-12)
+    # the Q of a QR, up to the signs of its columns
     Qr = np.linalg.qr(generic)[0]
     np.testing.assert_allclose(np.abs(Q[:, :6].T @ Qr), np.eye(6), atol=1e-12)
+
+
+def test_a_flagged_rank_is_redone_with_householder_qrs():
+    # X of rank 3: the sketches of ranks 5 and 9 (15 and 19 columns) are
+    # rank-deficient, so their CholeskyQR fails; rank 1's (11 columns, of a
+    # matrix of rank 3) too. Each is redone alone from its own sketch.
+    rng = np.random.RandomState(1)
+    X = rng.rand(60, 3) @ rng.rand(3, 40)
+    s = np.ones(40)
+    ks = [1, 5, 9]
+    got = _solvers.randomized_svds_weighted(
+        torch.from_numpy(X), torch.from_numpy(s), ks,
+        [np.random.RandomState(k) for k in ks], batched=True,
+    )  # fmt: skip
+    ref = _solvers.randomized_svds_weighted(
+        torch.from_numpy(X), torch.from_numpy(s), ks,
+        [np.random.RandomState(k) for k in ks], batched=False,
+    )  # fmt: skip
+    assert all(np.isfinite(a.numpy()).all() for a in got)
+    for (U, S, Vt), (Ur, Sr, Vr) in zip(_split(got, ks), _split(ref, ks)):
+        # the three leading triplets are the data's; the rest is noise
+        m = min(3, S.size)
+        np.testing.assert_allclose(S[:m], Sr[:m], rtol=1e-10)
+        np.testing.assert_allclose(
+            (U[:, :m] * S[:m]) @ Vt[:m], (Ur[:, :m] * Sr[:m]) @ Vr[:m], atol=1e-10
+        )
 
 
 @pytest.mark.parametrize("batched", [False, True])
