@@ -279,6 +279,14 @@ def test_spearman_interval_withheld_when_many_resamples_are_constant():
     r2 = spearman_ci(x2, [1, 1, 1, 1, 1, 1, 1, 2, 3, 4], random_state=0)
     assert 0 < 2000 - r2.n_boot_valid <= 200
     assert r2.ci_low <= r2.rho <= r2.ci_high and r2.note == ""
+    # the threshold is 10%: about 7.8% keeps the interval (0.6 ** 5 of the
+    # resamples miss the 2 and the 3), 12.5% does not (2 * 0.5 ** 4)
+    near = spearman_ci([1, 1, 1, 2, 3], [5, 1, 4, 2, 3], random_state=0)
+    assert 0.06 < 1 - near.n_boot_valid / 2000 < 0.095
+    assert np.isfinite(near.ci_low) and near.note == ""
+    over = spearman_ci([1, 1, 2, 2], [4, 1, 3, 2], random_state=0)
+    assert 0.105 < 1 - over.n_boot_valid / 2000 < 0.15
+    assert np.isnan(over.ci_low) and over.note.startswith("no interval")
 
 
 def test_spearman_constant_and_errors():
