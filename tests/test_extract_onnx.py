@@ -387,6 +387,140 @@ def test_grayscale_model_fed_rgb(X):
     np.testing.assert_allclose(A[:, 784:], reference(model, "p1", X), atol=1e-5)
 
 
+def _image_model(dims, *, transpose=None, conv_in=None, pre=None, seed=0):
+    """A small graph on an image input ``x`` of shape ``dims``.
+
+    ``transpose``: a Transpose with this perm first (channels-last exports);
+    ``pre``: an elementwise op with a constant first (a normalization's Sub);
+    ``conv_in``: then a 3x3 Conv taking that many channels, 4 out; always a
+    Relu ``r`` last.
+    """
+    rng = np.random.default_rng(seed)
+    nodes, inits, t = [], [], "x"
+    if transpose is not None:
+        nodes.append(helper.make_node("Transpose", [t], ["t"], perm=transpose))
+        t = "t"
+    if pre is not None:
+        inits.append(numpy_helper.from_array(np.float32(0.25), "k"))
+        nodes.append(helper.make_node(pre, [t, "k"], ["p"]))
+        t = "p"
+    if conv_in is not None:
+        w = rng.normal(0, 0.3, (4, conv_in, 3, 3)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, "W"))
+        nodes.append(helper.make_node("Conv", [t, "W"], ["c"], name="conv"))
+        t = "c"
+    nodes.append(helper.make_node("Relu", [t], ["r"], name="relu"))
+    graph = helper.make_graph(
+        nodes,
+        "image",
+        [helper.make_tensor_value_info("x", F32, dims)],
+        [helper.make_tensor_value_info("r", F32, None)],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", CURRENT)])
+
+
+@pytest.mark.parametrize(
+    "dims, kw, first",
+    [
+        # no node that fixes the layout: the shape rule
+        (["N", 1, 28, 28], {}, True),
+        (["N", 3, "H", "W"], {}, True),
+        (["N", 4, 84, 84], {}, True),
+        (["N", 8, 8, 1], {}, False),  # channels last
+        (["N", 28, 28, 3], {}, False),
+        (["N", 4, 4, 2], {}, False),  # unclear: a 2-pixel-wide image?
+        (["N", 3, 32, 3], {}, False),
+        (["N", "C", 28, 28], {}, False),
+        (["N", 28, 28], {}, False),
+        # a Conv (through a normalization's Sub) proves channels first
+        (["N", 8, 8, 8], dict(conv_in=8, pre="Sub"), True),
+        (["N", "C", "H", "W"], dict(conv_in=1), True),
+        # a Transpose first: the model arranges its axes itself
+        (["N", 8, 8, 1], dict(transpose=[0, 3, 1, 2], conv_in=1), False),
+        (["N", 3, 32, 32], dict(transpose=[0, 2, 3, 1]), False),
+    ],
+)
+def test_channels_first_rule(dims, kw, first):
+    from sklearn_peek._extract._onnx import OnnxAdapter
+
+    adapter = OnnxAdapter(_image_model(dims, **kw))
+    assert adapter.channels_first() is first
+    static_c = len(dims) == 4 and isinstance(dims[1], int)
+    assert adapter.image_layout() == ((3, dims[1]) if first and static_c else None)
+
+
+def _check_no_channel_advice(msg):
+    assert "channel" not in msg and "X[:, None]" not in msg, msg
+
+
+def test_channels_last_model_is_not_given_a_channel_axis():
+    # (N, 8, 8, 1): the channel axis is last; (n, 8, 8) data must not get an
+    # axis at position 1 nor advice about 8 channels
+    model = _image_model(["N", 8, 8, 1])
+    X = np.random.default_rng(0).random((5, 8, 8), dtype=np.float32) - 0.5
+    with pytest.raises(ValueError) as info:
+        LayerActivationExtractor(model, ["r"], nonneg="split").fit(X)
+    msg = str(info.value)
+    assert msg == (
+        "the ONNX model <ModelProto> input 'x' has shape (N, 8, 8, 1) (rank 4), but "
+        "the samples have shape (8, 8) (rank 3 with the batch axis). Reshape X to "
+        "the model's per-sample shape, e.g. X.reshape(len(X), 8, 8, 1)."
+    )
+    _check_no_channel_advice(msg)
+    # channel_repeat has nothing to repeat into: the same shape error
+    with pytest.raises(ValueError, match=r"shape \(N, 8, 8, 1\).*\(8, 8\)") as info:
+        LayerActivationExtractor(model, ["r"], channel_repeat=True).fit(X)
+    _check_no_channel_advice(str(info.value))
+    # the shapes the error names work, and so do flat rows
+    ext = LayerActivationExtractor(model, ["r"], nonneg="split")
+    A = ext.fit_transform(X.reshape(len(X), 8, 8, 1))
+    assert ext.input_shape_ == (8, 8, 1)
+    flat = X.reshape(len(X), -1)
+    np.testing.assert_array_equal(A[:, : 64 * 2], split_ref(flat))
+    np.testing.assert_array_equal(A[:, 64 * 2 :], split_ref(np.maximum(flat, 0)))
+    np.testing.assert_array_equal(ext.transform(flat), A)
+    # samples of another size: both shapes, no reshape advice, no channels
+    with pytest.raises(ValueError) as info:
+        LayerActivationExtractor(model, ["r"]).fit(np.ones((2, 7, 7), np.float32))
+    msg = str(info.value)
+    assert "(N, 8, 8, 1)" in msg and "(7, 7)" in msg and "reshape X" in msg
+    _check_no_channel_advice(msg)
+
+
+def test_channels_last_export_with_transpose_then_conv():
+    # tf2onnx's layout: (N, H, W, C) -> Transpose to NCHW -> Conv
+    model = _image_model(["N", 8, 8, 3], transpose=[0, 3, 1, 2], conv_in=3)
+    X = np.random.default_rng(1).random((6, 8, 8, 3), dtype=np.float32)
+    ext = LayerActivationExtractor(model, ["c", "r"], nonneg="relu")
+    A = ext.fit_transform(X)
+    assert ext.input_shape_ == (8, 8, 3)
+    np.testing.assert_allclose(
+        A[:, 192:336], np.maximum(reference(model, "c", X), 0), atol=1e-5
+    )
+    np.testing.assert_allclose(A[:, 336:], reference(model, "r", X), atol=1e-5)
+    for bad in (X[..., 0], X.transpose(0, 3, 1, 2)):  # no channel axis / NCHW
+        with pytest.raises(ValueError, match=r"shape \((N, )?8, 8, 3\)") as info:
+            LayerActivationExtractor(model, ["r"]).fit(bad)
+        assert str(bad.shape[1:]) in str(info.value)
+        _check_no_channel_advice(str(info.value))
+
+
+def test_channels_first_model_without_a_static_channel_count_keeps_its_advice():
+    # (N, 8, 8, 8) into a Conv: channels first although 8 > 4 channels
+    model = _image_model(["N", 8, 8, 8], conv_in=8, pre="Sub")
+    X = np.random.default_rng(2).random((4, 8, 8), dtype=np.float32)
+    with pytest.raises(
+        ValueError, match=r"expects 8 channels.*np\.repeat\(X\[:, None\], 8"
+    ):
+        LayerActivationExtractor(model, ["r"]).fit(X)
+    ext = LayerActivationExtractor(model, ["r"], channel_repeat=True)
+    A = ext.fit_transform(X)
+    assert ext.input_shape_ == (1, 8, 8)
+    ref = reference(model, "r", np.repeat(X[:, None], 8, axis=1))
+    np.testing.assert_allclose(A[:, 64:], ref, atol=1e-5)
+
+
 def _uint8_relu_model():
     """(N, 4) uint8 -> Cast to float -> Relu: a model that takes raw integers."""
     nodes = [
@@ -405,8 +539,14 @@ def _uint8_relu_model():
 def test_integer_images_warn_unless_the_model_takes_integers(X):
     X8 = np.round(X * 255).astype(np.uint8)
     ext = LayerActivationExtractor(make_lenet(CURRENT), ["p1"])
-    with pytest.warns(UserWarning, match=r"X has dtype uint8 with values up to 255"):
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
         A = ext.fit_transform(X8)
+    # X is checked once per call: one warning, not one from fit and one more
+    # from transform
+    msgs = [str(w.message) for w in rec if issubclass(w.category, UserWarning)]
+    assert len(msgs) == 1, msgs
+    assert msgs[0].startswith("X has dtype uint8 with values up to 255")
     np.testing.assert_array_equal(A, ext.fit_transform(X8.astype(np.float32)))
     assert A[:, :784].max() == 255  # fed as they are
     # a model whose input is uint8 wants the raw values: no warning

@@ -175,3 +175,24 @@ def test_torch_output_refuses_a_pandas_set_output(X):
             .fit_transform(X)
         )
         assert isinstance(A, pd.DataFrame)
+
+
+def test_pipeline_warns_once_about_integer_images(X):
+    # Pipeline.fit calls the extractor's fit_transform, which reads X once:
+    # one warning about the unscaled uint8 values, at the caller's line
+    import warnings
+
+    X8 = np.round(X * 255).astype(np.uint8)
+    pipe = make_pipeline(
+        LayerActivationExtractor(_lenet(), input_shape=(1, 28, 28)),
+        _nmf(blocks=[784, 576, 96, 12]),
+    )
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        pipe.fit(X8)
+    ours = [w for w in rec if "dtype uint8" in str(w.message)]
+    assert len(ours) == 1 and ours[0].filename == __file__
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        pipe.transform(X8[:5])
+    assert sum("dtype uint8" in str(w.message) for w in rec) == 1

@@ -502,9 +502,19 @@ def test_integer_images_are_fed_unscaled_with_a_warning(lenet, X):
         r"X has dtype uint8 with values up to 255; they are fed to the model as "
         r"they are.*X / 255.*X\.astype\(np\.float32\)"
     )
-    with pytest.warns(UserWarning, match=msg) as rec:
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
         A = ext.fit_transform(X8)
+    # X is checked once per call: one warning, not one from fit and one more
+    # from transform
+    assert len(rec) == 1, [str(w.message) for w in rec]
+    assert rec[0].category is UserWarning and re.match(msg, str(rec[0].message))
     assert rec[0].filename == __file__  # points at the caller's line
+    for method in ("fit", "transform"):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            getattr(ext, method)(X8)
+        assert len(rec) == 1 and rec[0].filename == __file__
     # nothing is rescaled: the same as the float values 0..255
     B = ext.fit_transform(X8.astype(np.float32))
     np.testing.assert_array_equal(A, B)
@@ -515,6 +525,90 @@ def test_integer_images_are_fed_unscaled_with_a_warning(lenet, X):
         warnings.simplefilter("error")
         ext.transform(X8.astype(np.float32))  # floats: taken as meant
         ext.fit_transform((X8 > 127).astype(np.uint8))  # a 0/1 mask
+
+
+class _Counting(nn.Module):
+    """Wraps a module; counts forward calls and the samples they get."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("nonneg", ["error", "relu", "split", "shift"])
+@pytest.mark.parametrize("include_input", [True, False])
+def test_fit_transform_reads_and_runs_x_once(nonneg, include_input, monkeypatch):
+    import sklearn_peek._extract._base as base
+
+    torch.manual_seed(0)
+    net = _Counting(
+        nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(108, 4))
+    ).eval()
+    layers = ["inner.1"] if nonneg == "error" else ["inner.1", "inner.3"]
+    X = np.random.default_rng(0).random((10, 1, 8, 8), dtype=np.float32)
+    kw = dict(nonneg=nonneg, include_input=include_input, batch_size=4)
+
+    reads, scans = [], []
+    as_array, check_finite = base._as_array, base._check_finite
+
+    def counting_as_array(X, *args, **kwargs):
+        reads.append(np.shape(X))
+        return as_array(X, *args, **kwargs)
+
+    def counting_check_finite(a, what, start, need_min=True):
+        if what == "X":
+            scans.append((start, len(a)))
+        return check_finite(a, what, start, need_min)
+
+    monkeypatch.setattr(base, "_as_array", counting_as_array)
+    monkeypatch.setattr(base, "_check_finite", counting_check_finite)
+    ext = LayerActivationExtractor(net, layers, **kw)
+    A = ext.fit_transform(X)
+    assert reads == [X.shape]  # validated once
+    batches = [(0, 4), (4, 4), (8, 2)]
+    # every batch is checked for NaN once, and the first batch, which fit
+    # checked and ran, is not run again; nonneg="shift" needs all of X in fit,
+    # and then runs the rest once more with the shifts (fit first runs one
+    # sample of zeros to learn the layer shapes)
+    assert scans == batches
+    rest = [4, 2]
+    if nonneg == "shift":
+        assert net.calls == [1, 4, *rest, *rest]
+    else:
+        assert net.calls == [1, 4, *rest]
+    # the same result as fit(X).transform(X)
+    monkeypatch.undo()
+    ref = LayerActivationExtractor(net, layers, **kw).fit(X)
+    np.testing.assert_array_equal(A, ref.transform(X))
+    t = LayerActivationExtractor(net, layers, output="torch", **kw).fit_transform(X)
+    assert torch.is_tensor(t)
+    np.testing.assert_array_equal(t.numpy(), A)
+
+
+@pytest.mark.parametrize("nonneg", ["error", "relu", "shift"])
+@pytest.mark.parametrize("row", [1, 9])
+def test_fit_transform_still_finds_nan_in_every_batch(nonneg, row, lenet, X):
+    Xn = X[:10].copy()
+    Xn[row, 5] = np.nan
+    ext = LayerActivationExtractor(
+        lenet, ["pool1"], input_shape=(1, 28, 28), nonneg=nonneg, batch_size=4
+    )
+    with pytest.raises(ValueError, match=rf"X has NaN.*first at sample {row}\)"):
+        ext.fit_transform(Xn)
+
+
+def test_fit_transform_under_set_output_pandas(lenet, X):
+    pd = pytest.importorskip("pandas")
+    ext = LayerActivationExtractor(lenet, ["pool1"], input_shape=(1, 28, 28))
+    df = ext.set_output(transform="pandas").fit_transform(X)
+    assert isinstance(df, pd.DataFrame)
+    assert list(df.columns) == list(ext.get_feature_names_out())
+    np.testing.assert_array_equal(df.to_numpy(), ext.transform(X).to_numpy())
 
 
 def test_resnet_auto_rule_and_call_index():

@@ -175,15 +175,18 @@ def _warn_unscaled(arr, param="X"):
 
 def _caller_stacklevel():
     """``stacklevel`` (for a warning issued by the function calling this one)
-    of the first frame outside sklearn_peek and scikit-learn: the user's
-    line, also when a Pipeline or ``fit_transform`` made the call."""
+    of the first frame outside sklearn_peek, scikit-learn and joblib (whose
+    ``Memory`` wraps a Pipeline's steps): the user's line, also when a
+    Pipeline or ``fit_transform`` made the call."""
     import sys
 
+    import joblib
     import sklearn
 
     inside = (
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
         os.path.dirname(os.path.abspath(sklearn.__file__)) + os.sep,
+        os.path.dirname(os.path.abspath(joblib.__file__)) + os.sep,
     )
     frame, level = sys._getframe(1), 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
@@ -281,7 +284,9 @@ def _check_finite(a, what, start, need_min=True):
             return lo
     else:
         flat = a.reshape(-1)
-        if np.isfinite(float(flat @ flat)):
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            norm2 = float(flat @ flat)
+        if np.isfinite(norm2):
             return None
         if np.isfinite(a).all():
             return None  # the dot product overflowed: the values are finite
@@ -447,7 +452,12 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         taken as flat vectors otherwise. Single-channel images without the
         channel axis, ``(n_samples, H, W)``, get it (``X[:, None]``) when
         ``input_shape=(1, H, W)``, when the ONNX model's input is
-        ``(N, C, H, W)`` with a fixed ``C``, or when the torch model's first
+        ``(N, C, H, W)`` with a fixed ``C`` and clearly channels-first (it
+        reaches a ``Conv``, ``BatchNormalization`` or pooling node through
+        elementwise ops only, without a ``Transpose``; without such a node,
+        ``C <= 4`` and ``W`` dynamic or above 4: a channels-last input such as
+        ``(N, 28, 28, 1)`` gets no axis and no channel advice, only a shape
+        error naming both shapes), or when the torch model's first
         convolution is a ``Conv2d`` (``Conv3d`` for ``(n_samples, D, H, W)``)
         taking one channel (or any number, with ``channel_repeat=True``); a
         torch module on which that fails to run but ``X`` as given runs is fed
@@ -815,6 +825,36 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         self : LayerActivationExtractor
             The fitted extractor.
         """
+        self._fit(X)
+        return self
+
+    def fit_transform(self, X, y=None):
+        """Fit to ``X`` and return its activations, as ``fit(X).transform(X)``.
+
+        ``X`` is read, checked (and the integer warning issued) once, not once
+        by ``fit`` and again by ``transform``; the first batch, which ``fit``
+        already checked and ran through the model, is not run again.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), (n_samples, C, H, W) \
+                or (n_samples, H, W)
+            Images, as in :meth:`fit`.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        A : ndarray or torch.Tensor of shape (n_samples, ``n_features_out_``), float32
+            As :meth:`transform` returns.
+        """
+        X4, seen = self._fit(X)
+        return self._transform_checked(X4, None, seen)
+
+    def _fit(self, X):
+        """fit; returns X as fed (``(n, *input_shape_)``, float32) and what
+        fit learnt of it: ``(rows checked for NaN, input minimum or None,
+        raw activations)``, the last two of the first batch."""
         self._validate_params()
         self.__dict__.pop("_adapter", None)
         self.__dict__.pop("feature_names_in_", None)
@@ -860,7 +900,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         self._layer_block_names = names
 
         probe = np.ascontiguousarray(X4[: min(len(X4), self.batch_size)], np.float32)
-        _check_finite(probe, "X", 0)
+        xmin = _check_finite(probe, "X", 0, self._need_input_min())
         with self._runner() as run:
             raw = run(self._feed(probe))
         self.onnx_optimization_ = (
@@ -894,11 +934,13 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         ]
         self.n_features_out_ = int(sum(s for _, s in self.block_sizes_))
 
+        checked = len(probe)
         if self.nonneg == "shift":
-            self.shifts_ = self._fit_shifts(X4)
+            self.shifts_ = self._fit_shifts(X4, (xmin, raw))
+            checked = len(X4)
         elif self.nonneg == "error":
-            self._postprocess(self._pooled(probe, raw), check_rows=0)
-        return self
+            self._postprocess(self._pooled(probe, raw), check_rows=0, input_min=xmin)
+        return X4, (checked, xmin, raw)
 
     @staticmethod
     def _list_layers_as_given(adapter, arr, error):
@@ -931,17 +973,27 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             return np.repeat(batch, self._repeat, axis=1)
         return batch
 
-    def _process(self, run, X4, start, device=None):
+    def _need_input_min(self):
+        """The input's minimum is needed only for its own block under "error"."""
+        return self.include_input and self.nonneg == "error"
+
+    def _process(self, run, X4, start, device=None, done=None, checked=False):
         """Run one batch starting at row ``start``; blocks after the policy.
 
         With a torch ``device`` the blocks are float32 tensors there (the
         torch adapter then already returns its activations on the device).
+        ``done``: ``(input minimum, raw activations)`` of this very batch,
+        already checked for NaN and run by ``fit`` (its first batch).
+        ``checked``: fit has checked this batch for NaN already.
         """
         batch = np.ascontiguousarray(X4[start : start + self.batch_size], np.float32)
-        # The input's minimum is needed only for its own block under "error".
-        need_min = self.include_input and self.nonneg == "error"
-        xmin = _check_finite(batch, "X", start, need_min)
-        raw = run(self._feed(batch))
+        if done is not None:
+            xmin, raw = done
+        else:
+            xmin = None
+            if not checked:
+                xmin = _check_finite(batch, "X", start, self._need_input_min())
+            raw = run(self._feed(batch))
         if device is not None:
             if self.include_input:  # the only block made from the batch itself
                 batch = _tensor_like(batch, device)
@@ -1047,11 +1099,13 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                 out[name] = _relu(b)  # only float32 rounding is cut here
         return out
 
-    def _fit_shifts(self, X4):
+    def _fit_shifts(self, X4, first):
+        """Per-feature minima (clipped at 0) over all of ``X4``; ``first``:
+        fit's ``(input minimum, raw activations)`` of the first batch."""
         mins = None
         with self._runner() as run:
             for i in range(0, len(X4), self.batch_size):
-                blocks = self._process(run, X4, i)
+                blocks = self._process(run, X4, i, done=first if i == 0 else None)
                 bmin = {k: v.min(axis=0) for k, v in blocks.items()}
                 mins = (
                     bmin
@@ -1121,10 +1175,14 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "block_sizes_")
         self._validate_params()
-        X4 = self._check_X(X)
+        return self._transform_checked(self._check_X(X), out)
+
+    def _transform_checked(self, X4, out, seen=None):
+        """transform of ``X4`` as fed to the model (checked by ``_check_X``
+        or ``_fit``); ``seen`` as in ``_fill``."""
         n, n_out = X4.shape[0], self.n_features_out_
         if self.output == "torch":
-            return self._transform_torch(X4, out)
+            return self._transform_torch(X4, out, seen)
         if out is None:
             _check_memory(
                 n,
@@ -1149,9 +1207,9 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                 f"out={got} does not fit; expected a float32 ndarray or np.memmap "
                 f"of shape ({n}, {n_out})."
             )
-        return self._fill(out, X4)
+        return self._fill(out, X4, seen=seen)
 
-    def _transform_torch(self, X4, out):
+    def _transform_torch(self, X4, out, seen=None):
         """transform for ``output="torch"``: fill a float32 tensor on the device."""
         import torch
 
@@ -1180,13 +1238,21 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         try:
             if keep is not None:
                 adapter.keep_on_device = True
-            return self._fill(out, X4, device=dev)
+            return self._fill(out, X4, device=dev, seen=seen)
         finally:
             if keep is not None:
                 adapter.keep_on_device = keep
 
-    def _fill(self, out, X4, device=None):
-        """Run the batches of ``X4`` and copy their blocks into ``out``."""
+    def _fill(self, out, X4, device=None, seen=None):
+        """Run the batches of ``X4`` and copy their blocks into ``out``.
+
+        ``seen`` (fit_transform): what fit returned, ``(rows checked for NaN,
+        input minimum, raw activations of the first batch)``; those rows are
+        not checked again, nor the first batch run again.
+        """
+        checked, first = 0, None
+        if seen is not None:
+            checked, first = seen[0], seen[1:]
         cols, lo = {}, 0
         for name, size in self.block_sizes_:
             cols[name] = slice(lo, lo + size)
@@ -1199,7 +1265,11 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             with self._runner() as run:
                 for i in range(0, n, bs):
                     rows = slice(i, min(n, i + bs))
-                    for name, a in self._process(run, X4, i, device).items():
+                    done = first if i == 0 else None
+                    blocks = self._process(
+                        run, X4, i, device, done, checked=min(n, i + bs) <= checked
+                    )
+                    for name, a in blocks.items():
                         out[rows, cols[name]] = a
                     if bar is not None:
                         bar.update(1)

@@ -12,6 +12,7 @@ adapter works on a copy.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 
@@ -23,6 +24,46 @@ NONNEG_OPS = frozenset({"Relu", "Sigmoid", "Softplus", "HardSigmoid"})
 POOL_OPS = frozenset(
     {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"}
 )
+#: Ops that ONNX defines on channels-first data: their first input is
+#: ``(N, C, ...)``. An image input that reaches one of them proves its layout.
+CHANNELS_FIRST_OPS = frozenset(
+    {
+        "Conv",
+        "ConvInteger",
+        "ConvTranspose",
+        "QLinearConv",
+        "BatchNormalization",
+        "InstanceNormalization",
+        "LRN",
+        *POOL_OPS,
+        "GlobalLpPool",
+    }
+)
+#: Elementwise ops (casts, normalization arithmetic, activations) whose output
+#: has its input's layout: the search for the layout walks through them.
+LAYOUT_KEEPING_OPS = frozenset(
+    {
+        "Identity",
+        "Cast",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Neg",
+        "Relu",
+        "LeakyRelu",
+        "Clip",
+        "Sigmoid",
+        "Dropout",
+        "QuantizeLinear",
+        "DequantizeLinear",
+    }
+)
+#: Without such evidence a 4-D input ``(N, d1, d2, d3)`` counts as
+#: channels-first when ``d1`` is at most this (gray, gray + alpha, RGB, RGBA)
+#: and ``d3`` is dynamic or larger: an image side of 4 pixels or fewer is
+#: taken as the channel axis of a channels-last input.
+MAX_GUESSED_CHANNELS = 4
 _FLOAT_TYPES = None
 #: onnx_optimization value -> name of the onnxruntime.GraphOptimizationLevel.
 OPTIMIZATION_LEVELS = {
@@ -296,11 +337,71 @@ class OnnxAdapter:
             return tuple(rest)
         return None
 
+    def _layout_evidence(self):
+        """What the graph says about the image input's layout.
+
+        Walks from the input through layout-keeping elementwise ops
+        (``LAYOUT_KEEPING_OPS``: Cast, the Sub / Div of a normalization,
+        activations). False when a Transpose comes first on some path (the
+        model rearranges its axes itself, as tf2onnx's channels-last exports
+        do), True when an op defined on channels-first data does
+        (``CHANNELS_FIRST_OPS``: Conv, BatchNormalization, pooling), None when
+        neither is reached.
+        """
+        consumers = {}
+        for node in self.nodes:
+            for i, t in enumerate(node.input):
+                consumers.setdefault(t, []).append((node, i))
+        frontier, seen, found = [self.input_name], set(), False
+        while frontier and len(seen) < 64:
+            t = frontier.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for node, i in consumers.get(t, []):
+                op = node.op_type
+                if op == "Transpose":
+                    return False
+                if op in CHANNELS_FIRST_OPS and i == 0:
+                    found = True
+                elif op in LAYOUT_KEEPING_OPS:
+                    frontier.extend(o for o in node.output if o)
+        return True if found else None
+
+    def channels_first(self):
+        """True when the image input is clearly ``(N, C, ...)``.
+
+        The graph decides when it can (``_layout_evidence``). Otherwise only a
+        4-D input ``(N, d1, d2, d3)`` with a static ``d1 <=
+        MAX_GUESSED_CHANNELS`` and a ``d3`` that is dynamic or larger counts
+        as channels-first; ``(N, 8, 8, 1)`` or ``(N, 28, 28, 3)`` (channels
+        last), and anything else unclear, does not.
+        """
+        if not hasattr(self, "_channels_first"):
+            verdict = self._layout_evidence()
+            if verdict is None:
+                dims = self.input_dims
+                verdict = False
+                if dims is not None and len(dims) == 4:
+                    c, last = dims[1], dims[3]
+                    verdict = (
+                        isinstance(c, int)
+                        and 0 < c <= MAX_GUESSED_CHANNELS
+                        and not (isinstance(last, int) and last <= MAX_GUESSED_CHANNELS)
+                    )
+            self._channels_first = verdict
+        return self._channels_first
+
     def image_layout(self):
-        """``(3, C)`` for an image input ``(N, C, H, W)`` with a static ``C``."""
+        """``(3, C)`` for an image input ``(N, C, H, W)`` with a static ``C``,
+        when the channel axis is clearly axis 1 (``channels_first``); None
+        otherwise (channels-last, dynamic ``C``, not an image)."""
         dims = self.input_dims
-        if dims is not None and len(dims) == 4 and isinstance(dims[1], int):
-            return (3, dims[1]) if dims[1] > 0 else None
+        if dims is None or len(dims) != 4:
+            return None
+        c = dims[1]
+        if isinstance(c, int) and c > 0 and self.channels_first():
+            return (3, c)
         return None
 
     def expected_channels(self):
@@ -312,12 +413,22 @@ class OnnxAdapter:
         if dims is None:
             return
         if len(dims) != len(sample_shape) + 1:
-            fix = "Pass input_shape=... or reshape X."
-            if len(dims) == len(sample_shape) + 2:
+            model_shape = self.model_input_shape()
+            if len(dims) == len(sample_shape) + 2 and self.channels_first():
                 fix = (
                     "If the samples lack the channel axis, add it with X[:, None] "
                     "(or pass input_shape=...)."
                 )
+            elif model_shape is not None and math.prod(model_shape) == math.prod(
+                sample_shape
+            ):
+                # Channels-last or unclear: no guess at a channel axis.
+                fix = (
+                    "Reshape X to the model's per-sample shape, e.g. "
+                    f"X.reshape(len(X), {', '.join(map(str, model_shape))})."
+                )
+            else:
+                fix = "Pass input_shape=... or reshape X."
             raise ValueError(
                 f"the ONNX model {self.source} input {self.input_name!r} has shape "
                 f"{_show(dims)} (rank {len(dims)}), but the samples have shape "
