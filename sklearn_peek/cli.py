@@ -398,7 +398,8 @@ def build_parser():
         "needed).\n\nDATA formats: .npy; .npz (--data-key picks the array); IDX "
         "files as MNIST ships them (gzipped or not). Shape (n, C, H, W), (n, H, W) "
         "(one channel is added) or flat (n, C*H*W) with --input-shape. uint8 "
-        "data is divided by 255 unless --scale none. Inputs must be "
+        "data is divided by 255 unless --scale none (--scale 255 divides any "
+        "data). Inputs must be "
         "non-negative (pixels).",
     )
     an.add_argument("model", metavar="MODEL", help="the trained network file")
@@ -461,9 +462,11 @@ def build_parser():
     )
     g.add_argument(
         "--scale",
-        choices=("auto", "none"),
+        choices=("auto", "none", "255"),
         default="auto",
-        help="'auto' (default): divide uint8 data by 255; 'none': use values as stored",
+        help="'auto' (default): divide uint8 data by 255 and use other data as "
+        "stored (a warning names integer data above 1); '255': divide any data by "
+        "255 (e.g. 0-255 pixels saved as int64); 'none': use values as stored",
     )
     g.add_argument(
         "--pooling",
@@ -543,6 +546,12 @@ def build_parser():
         type=parse_shape,
         metavar="C,H,W",
         help="shape of one input, when the model does not state it",
+    )
+    ly.add_argument(
+        "--channel-repeat",
+        action="store_true",
+        help="as in 'analyze': --input-shape has one channel, and the model's first "
+        "layer takes C channels (the single channel is repeated C times)",
     )
     ly.add_argument(
         "--trust-pickle",
@@ -743,8 +752,14 @@ def _check_finite(X, index=None):
     )
 
 
-def prepare_inputs(X, *, input_shape=None, scale="auto", index=None):
+def prepare_inputs(X, *, input_shape=None, scale="auto", index=None, say=None):
     """Float32 images of shape (n, C, H, W) (or as ``input_shape`` says).
+
+    ``scale`` is ``--scale``: ``"auto"`` divides uint8 data by 255, ``"255"``
+    any data, ``"none"`` none. Under ``"auto"``, integer data of another type
+    with values above 1 (0-255 pixels saved as int64?) is used as stored, with
+    a warning (kind ``"unscaled_integers"``) through ``say.warn``, or
+    :func:`warnings.warn` without ``say``.
 
     ``index`` (optional) gives the file's sample number of every row of ``X``
     (after a --max-samples subset), for error messages.
@@ -761,13 +776,37 @@ def prepare_inputs(X, *, input_shape=None, scale="auto", index=None):
         )
     if X.shape[0] == 0:
         raise CLIError(f"--data has shape {X.shape}; expected n_samples >= 1.")
-    if np.issubdtype(X.dtype, np.floating):
-        # Before the float32 cast, and with the positions as stored in the file.
-        _check_finite(X, index)
-    was_uint8 = X.dtype == np.uint8
-    X = X.astype(np.float32, copy=False)
-    if scale == "auto" and was_uint8:
-        X /= np.float32(255.0)  # astype made a copy
+    stored = X
+    if scale == "auto" and X.dtype.kind in "iu" and X.dtype != np.uint8:
+        top = X.max()
+        if top > 1:
+            text = (
+                f"--data has dtype {X.dtype} with values up to {top}; they are used "
+                "as stored, not divided by 255 (--scale auto divides only uint8 "
+                "data). If they are 0-255 pixels of a network trained on [0, 1] "
+                "images, pass --scale 255; --scale none uses them as stored "
+                "without this warning."
+            )
+            details = {"dtype": str(X.dtype), "max": int(top)}
+            if say is None:
+                warnings.warn(text, UserWarning, stacklevel=2)
+            else:
+                say.warn("unscaled_integers", text, **details)
+    with np.errstate(over="ignore"):  # values beyond float32: the error below
+        X = X.astype(np.float32, copy=False)
+    if scale == "255" or (scale == "auto" and stored.dtype == np.uint8):
+        X = X / np.float32(255.0)  # a new array: the caller's is never changed
+    if stored.dtype.kind == "f" and not np.isfinite(X).all():
+        # NaN or inf in the file (named with its positions as stored), or
+        # values beyond float32's range (inf after the cast). One pass over
+        # the data when all is well; integers always fit float32.
+        _check_finite(stored, index)
+        big = float(np.max(np.abs(X[np.isfinite(X)]), initial=0.0))
+        raise CLIError(
+            "--data holds values too large for float32 (beyond +-3.4e38; the "
+            f"largest finite one after conversion is {big:.3g}); expected finite "
+            "float32 values: rescale the data."
+        )
     if input_shape is not None:
         size = math.prod(input_shape)
         if math.prod(X.shape[1:]) != size:
@@ -786,13 +825,6 @@ def prepare_inputs(X, *, input_shape=None, scale="auto", index=None):
                 f"--data is flat with shape {X.shape}; give --input-shape C,H,W."
             )
         X = X.reshape(X.shape[0], 1, side, side)
-    if not np.all(np.isfinite(X)):
-        big = float(np.max(np.abs(X[np.isfinite(X)]), initial=0.0))
-        raise CLIError(
-            "--data holds values too large for float32 (beyond +-3.4e38; the "
-            f"largest finite one after conversion is {big:.3g}); expected finite "
-            "float32 values: rescale the data."
-        )
     return np.ascontiguousarray(X, dtype=np.float32)
 
 
@@ -863,8 +895,33 @@ def _looks_like_onnx(p):
     return len(proto.graph.node) > 0
 
 
+def _script_channels(scripted):
+    """Channels the first convolution of a TorchScript module takes, or None.
+
+    Read from the weight of its first ``Conv1d``/``Conv2d``/``Conv3d``
+    submodule in definition order (``weight.shape[1]``: the input channels
+    per group; a traced module keeps no ``groups``).
+    """
+    for _, mod in scripted.named_modules():
+        if getattr(mod, "original_name", None) in ("Conv1d", "Conv2d", "Conv3d"):
+            weight = getattr(mod, "weight", None)
+            if weight is not None and weight.ndim >= 3:
+                return int(weight.shape[1])
+    return None
+
+
 def _script_to_onnx(scripted, path, sample, workdir, channel_repeat=False):
+    """Export a TorchScript module to ONNX in ``workdir``; return the path.
+
+    With ``channel_repeat``, single-channel samples are widened to the
+    channels of the model's first convolution for the export (the extractor
+    repeats the channel when it runs the exported model). Raises
+    :class:`~sklearn_peek.ChannelMismatchError` when the samples' channels do
+    not fit the model.
+    """
     import torch
+
+    from sklearn_peek import ChannelMismatchError
 
     if sample is None:
         raise CLIError(
@@ -872,7 +929,11 @@ def _script_to_onnx(scripted, path, sample, workdir, channel_repeat=False):
             "convert it (give --input-shape)."
         )
     out = Path(workdir) / (path.stem + ".onnx")
-    x = torch.as_tensor(np.asarray(sample[:2], dtype=np.float32))
+    x0 = torch.as_tensor(np.asarray(sample[:2], dtype=np.float32))
+    have = int(x0.shape[1]) if x0.ndim >= 3 else None
+
+    def widen(c):
+        return x0.repeat(1, c, *([1] * (x0.ndim - 2)))
 
     def export(x):
         with warnings.catch_warnings():
@@ -886,65 +947,114 @@ def _script_to_onnx(scripted, path, sample, workdir, channel_repeat=False):
                 dynamic_axes={"input": {0: "batch"}},
             )
 
-    try:
-        export(x)
-    except Exception as exc:
+    def last_line(exc):
         # TorchScript errors carry a long serialized traceback; its last line
         # is the actual reason.
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-        last = lines[-1] if lines else ""
-        want = _expected_channels(last)
-        if want is not None and x.ndim >= 3 and want != x.shape[1]:
-            if not (channel_repeat and x.shape[1] == 1):
-                raise _channel_error(path, x.shape[1], want, x.shape[1:]) from exc
-            # --channel-repeat: convert the model at its own channel count;
-            # the extractor repeats the single channel when it runs it.
-            try:
-                export(x.repeat(1, want, *([1] * (x.ndim - 2))))
-                return str(out)
-            except Exception:
-                pass
+        return lines[-1] if lines else ""
+
+    want = _script_channels(scripted)
+    x = x0
+    if channel_repeat and have == 1 and want is not None and want > 1:
+        x = widen(want)
+    try:
+        export(x)
+        return str(out)
+    except Exception as exc:
+        last = last_line(exc)
+        if have is not None:
+            if want is None or want == x.shape[1]:
+                # No convolution module, or not the first to run (definition
+                # order): torch's message names the channels that failed.
+                want = _expected_channels(last)
+            if want is not None and want != x.shape[1]:
+                if not (channel_repeat and have == 1):
+                    raise ChannelMismatchError(want, tuple(x0.shape[1:])) from exc
+                try:
+                    export(widen(want))
+                    return str(out)
+                except Exception as exc2:
+                    raise CLIError(
+                        f"MODEL {str(path)!r} is TorchScript but could not run on "
+                        f"inputs of shape {tuple(x0.shape[1:])}, nor on them with "
+                        f"the channel repeated {want} times (--channel-repeat), or "
+                        f"be converted to ONNX: {type(exc).__name__}: {last}; with "
+                        f"{want} channels: {type(exc2).__name__}: {last_line(exc2)}"
+                    ) from exc2
+        repeated = (
+            f" with the channel repeated {x.shape[1]} times (--channel-repeat)"
+            if x is not x0
+            else ""
+        )
         raise CLIError(
             f"MODEL {str(path)!r} is TorchScript but could not run on inputs of "
-            f"shape {tuple(x.shape[1:])} (or be converted to ONNX): "
+            f"shape {tuple(x0.shape[1:])}{repeated} (or be converted to ONNX): "
             f"{type(exc).__name__}: {last}"
         ) from exc
-    return str(out)
 
 
-#: How the extractor and torch name the channel count a model expects
-#: ("... expects 3 channels", "expected input[2, 1, 8, 8] to have 3 channels").
-_EXPECTED_CHANNELS = re.compile(
-    r"expects (\d+) channels?\b|expected input\[[^\]]*\] to have (\d+) channels"
-)
+#: How torch names the channel count a convolution expects ("expected
+#: input[2, 1, 8, 8] to have 3 channels"): the fallback of _script_to_onnx
+#: when the module's convolutions do not say it.
+_EXPECTED_CHANNELS = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels")
 
 
 def _expected_channels(text):
     m = _EXPECTED_CHANNELS.search(str(text))
-    return None if m is None else int(m.group(1) or m.group(2))
+    return None if m is None else int(m.group(1))
 
 
-def _channel_error(model, have, want, shape):
-    """The CLI's message for data with ``have`` channels, a model with ``want``."""
-    text = (
-        f"--data has {have} channel(s) per input (per-input shape "
-        f"{tuple(int(v) for v in shape)}), but MODEL {str(model)!r} expects {want} "
-        "channel(s)."
+def _channel_error(model, exc, *, source="--data"):
+    """The command's wording of a :class:`~sklearn_peek.ChannelMismatchError`.
+
+    The sentence stating the mismatch is the library's
+    (:func:`~sklearn_peek._extract._channels.channel_mismatch`), with ``X``
+    named as ``source`` (``--data``, or ``--input-shape`` for the layers
+    command). Its advice is in Python terms (``np.repeat``, ``X[:, None]``),
+    so the command gives its own, chosen by what the library's says: the
+    phrase ``channel_repeat=True`` appears exactly where that parameter, and
+    so ``--channel-repeat``, fixes the problem.
+    """
+    from sklearn_peek._extract._channels import channel_mismatch
+
+    want, shape, no_axis = exc.expected, exc.sample_shape, exc.no_axis
+    text = channel_mismatch(want, shape, no_axis=no_axis)
+    head, _, advice = text.partition(": ")
+    head = head.rstrip(".")
+    if head.startswith("X "):
+        head = source + head[1:]
+    head = head.replace(
+        "the model's first layer", f"the first layer of MODEL {str(model)!r}"
     )
-    if have == 1 and want > 1:
-        text += (
-            f" Add --channel-repeat to feed the single channel {want} times (e.g. "
-            "grayscale -> RGB)."
-        )
-    elif want == 1:
-        text += (
-            " Save --data as single-channel (e.g. grayscale) images, shape "
-            "(n, 1, H, W) or (n, H, W); --channel-repeat only widens single-channel "
-            "data."
+    dims = tuple(shape) if no_axis else tuple(shape[1:])
+
+    def spec(c):
+        return ",".join(str(int(v)) for v in (c, *dims))
+
+    if "channel_repeat=True" in advice:
+        fix = f"Add --channel-repeat to feed the single channel {want} times (e.g. "
+        fix += "grayscale -> RGB)"
+        if no_axis:
+            fix += f", with --input-shape {spec(1)} (the channel axis first)"
+        elif source == "--input-shape":
+            fix += f", or give --input-shape {spec(want)}"
+    elif no_axis:
+        fix = f"Give --input-shape {spec(want)} (the channel axis first)"
+    elif source == "--input-shape":
+        fix = f"Give --input-shape {spec(want)} instead"
+    elif len(shape) < 2:
+        fix = (
+            f"Give --input-shape C,H,W (C = {want}) to shape each flat sample as an "
+            "image"
         )
     else:
-        text += f" Save --data with {want} channels per input, shape (n, {want}, H, W)."
-    return CLIError(text)
+        fix = (
+            "Save --data as single-channel (e.g. grayscale) images, shape "
+            "(n, 1, H, W) or (n, H, W)"
+            if want == 1
+            else f"Save --data with {want} channels per input, shape (n, {want}, H, W)"
+        ) + "; --channel-repeat only widens single-channel data"
+    return CLIError(f"{head}. {fix}.")
 
 
 _FORMAT_LAYERS = {
@@ -960,17 +1070,21 @@ def _layers_command(args, fmt, sample_shape):
     cmd = [PROG, "layers", shlex.quote(str(args.model))]
     if fmt in ("torchscript", "pickle"):
         cmd += ["--input-shape", ",".join(str(int(v)) for v in sample_shape)]
+        if getattr(args, "channel_repeat", False):
+            cmd.append("--channel-repeat")
     if fmt == "pickle":
         cmd.append("--trust-pickle")
     return " ".join(cmd)
 
 
-def _extractor_error(exc, args, fmt, sample_shape):
+def _extractor_error(exc, args, fmt, sample_shape, *, source="--data"):
     """Reword an extractor error in the command's terms; None to keep it.
 
     The extractor speaks of its Python parameters (``layers=``,
     ``available_layers(model, input_shape)``, ``channel_repeat=True``) and,
     for a TorchScript file, of the ONNX model the command converted it to.
+    ``source`` names where the samples' shape came from: ``--data``
+    (analyze) or ``--input-shape`` (layers).
     """
     from sklearn_peek import ChannelMismatchError, UnknownLayerError
 
@@ -983,11 +1097,7 @@ def _extractor_error(exc, args, fmt, sample_shape):
             f"Run '{_layers_command(args, fmt, sample_shape)}' for the full list."
         )
     if isinstance(exc, ChannelMismatchError):
-        if len(sample_shape) >= 2:
-            return _channel_error(
-                args.model, sample_shape[0], exc.expected, sample_shape
-            )
-        return CLIError(str(exc).replace("channel_repeat=True", "--channel-repeat"))
+        return _channel_error(args.model, exc, source=source)
     return None
 
 
@@ -1095,9 +1205,11 @@ def analyze_activations(
     Returns
     -------
     RankQualityScorer
-        The fitted scorer. The scorer's own warning about fits stopped at
-        ``max_iter`` is not re-emitted: :func:`sweep_warnings` words it with
-        the command's options.
+        The fitted scorer. The scorer's own warnings about fits stopped at
+        ``max_iter`` and (with several ranks) about an ``--energy`` no rank
+        reaches are not re-emitted: :func:`sweep_warnings` words them with the
+        command's options, the latter in its warning about the top of the
+        grid. Other warnings are re-emitted with the options' names.
     """
     from sklearn.exceptions import ConvergenceWarning
 
@@ -1140,6 +1252,14 @@ def analyze_activations(
         if issubclass(w.category, ConvergenceWarning):
             continue  # cv_results_["converged"] has it; see sweep_warnings
         text = str(w.message)
+        if (
+            criterion == "energy"
+            and len(ranks) > 1
+            and text.startswith("energy_threshold=")
+            and "is not reached" in text
+        ):
+            continue  # the layer selected the top rank: sweep_warnings says both
+
         for python, option in _OPTION_NAMES:
             text = text.replace(python, option)
         warnings.warn_explicit(text, w.category, w.filename, w.lineno)
@@ -1147,13 +1267,81 @@ def analyze_activations(
 
 
 #: The scorer's parameter names in its warnings, and the command's options.
+#: (Its ConvergenceWarning, which names max_iter, is dropped before this
+#: translation: sweep_warnings words it.)
 _OPTION_NAMES = (
     ("energy_threshold=", "--energy "),
     ("`energy_threshold`", "--energy"),
     ("`ranks`", "--ranks"),
-    ("max_iter=", "--max-iter "),
-    ("`max_iter`", "--max-iter"),
 )
+
+
+def _compact_ranks(ranks):
+    """``--ranks`` text of a rank list: runs of 3 or more as A:B or A:B:STEP.
+
+    Examples
+    --------
+    >>> _compact_ranks([1, 2, 3, 4, 6, 8, 10, 12, 15, 20, 25])
+    '1:4,6:12:2,15:25:5'
+    """
+    r = sorted({int(v) for v in ranks})
+    parts, i = [], 0
+    while i < len(r):
+        j = i
+        if i + 1 < len(r):
+            step = r[i + 1] - r[i]
+            j = i + 1
+            while j + 1 < len(r) and r[j + 1] - r[j] == step:
+                j += 1
+        if j - i >= 2:
+            parts.append(f"{r[i]}:{r[j]}" + (f":{step}" if step > 1 else ""))
+            i = j + 1
+        else:
+            parts.append(str(r[i]))
+            i += 1
+    return ",".join(parts)
+
+
+def _extended_grid(ranks, cap=None):
+    """A longer ``--ranks`` than ``ranks``, as text; None when ``cap`` leaves none.
+
+    The grid is kept and continued with its last spacing up to twice its
+    largest rank, or to ``cap`` (the largest rank the data allow) when that
+    is smaller: a sparse grid stays sparse.
+    """
+    r = sorted({int(v) for v in ranks})
+    top = r[-1]
+    end = 2 * top if cap is None else min(2 * top, int(cap))
+    if end <= top:
+        return None
+    step = r[-1] - r[-2] if len(r) > 1 else 1
+    more = list(range(top + step, end + 1, step))
+    if not more or more[-1] != end:
+        more.append(end)
+    return _compact_ranks(r + more)
+
+
+def _top_of_grid(ranks, selected):
+    """The largest of ``ranks``, and the keys of ``selected`` (key -> rank) at it.
+
+    No keys for a grid of one rank (nothing was selected).
+    """
+    r = sorted(int(v) for v in ranks)
+    if len(r) < 2:
+        return r[-1], []
+    return r[-1], [k for k, v in selected.items() if int(v) == r[-1]]
+
+
+def _extend_advice(ranks, cap=None, what="the curve levels off"):
+    """The sentence suggesting a longer ``--ranks`` (shared by both commands)."""
+    spec = _extended_grid(ranks, cap)
+    if spec is None:
+        return ""
+    return f"Extend --ranks (e.g. --ranks {spec}) to see where {what}."
+
+
+def _names(keys):
+    return ", ".join(repr(k) for k in keys)
 
 
 def sweep_warnings(scorer, *, ranks, max_iter, tol):
@@ -1162,7 +1350,14 @@ def sweep_warnings(scorer, *, ranks, max_iter, tol):
     * ``"convergence"``: fits that stopped at ``--max-iter`` before ``--tol``,
       per layer and rank.
     * ``"rank_at_top_of_grid"``: layers whose selected rank is the largest
-      rank of ``--ranks``; a larger rank may fit better.
+      rank of ``--ranks``; up to two warnings, as ``details["at_limit"]``
+      says: False for layers below their own limit (``rank_limits_``: a
+      longer ``--ranks`` may show where their curve turns; when a narrower
+      layer caps ``--ranks``, ``details["limited_by"]`` names it), True for
+      layers at it (the selected rank is a lower bound). Under
+      ``--criterion energy``, the layers whose ``--energy`` no rank reached
+      are named in the same warning (the library's own warning about them
+      is not re-emitted: see :func:`analyze_activations`).
     """
     out = []
     res = scorer.cv_results_
@@ -1186,30 +1381,83 @@ def sweep_warnings(scorer, *, ranks, max_iter, tol):
                 {"max_iter": max_iter, "tol": tol, "unconverged_ranks": per},
             )
         )
-    ranks = list(ranks)
-    top = ranks[-1]
-    at_top = [k for k, v in scorer.rank_.items() if int(v) == top]
-    if at_top and len(ranks) > 1:
-        cap = scorer.rank_limit_
-        names = ", ".join(repr(k) for k in at_top)
-        s = "s" if len(at_top) > 1 else ""
+    ranks = sorted(int(r) for r in ranks)
+    top, at_top = _top_of_grid(ranks, scorer.rank_)
+    if not at_top:
+        return out
+    cap = int(scorer.rank_limit_)
+    limits = {k: int(scorer.rank_limits_.get(k, cap)) for k in scorer.rank_}
+    unmet = {}  # layer -> best explained energy, where --energy is not reached
+    if scorer.criterion == "energy" and "explained_energy" in res:
+        layer_of = np.asarray(res["layer"]).astype(str)
+        energy = np.asarray(res["explained_energy"], dtype=float)
+        for k in at_top:
+            best = float(np.nanmax(energy[layer_of == str(k)]))
+            if best < scorer.energy_threshold:
+                unmet[k] = round(best, 4)
+    for at_limit in (False, True):
+        group = [k for k in at_top if (limits[k] <= top) == at_limit]
+        if not group:
+            continue
+        s = "s" if len(group) > 1 else ""
         head = (
-            f"layer{s} {names} selected rank {top}, the largest rank in --ranks "
-            f"{ranks[0]}..{top}"
+            f"layer{s} {_names(group)} selected rank {top}, the largest rank in "
+            f"--ranks {ranks[0]}..{top}"
         )
-        if top < cap:
+        details = {"layers": group, "rank": top, "at_limit": at_limit}
+        details["limits"] = {k: limits[k] for k in group}
+        best = {k: v for k, v in unmet.items() if k in group}
+        if best:
+            head += (
+                f" (--energy {scorer.energy_threshold:g} is reached by no rank tried; "
+                "best explained energy "
+                + ", ".join(f"{k!r} {v:.4f}" for k, v in best.items())
+                + ")"
+            )
+            details["best_energy"] = best
+        if at_limit:
+            them = "these layers" if len(group) > 1 else "this layer"
             text = (
-                f"{head}: the data may support a higher rank. Extend --ranks (e.g. "
-                f"--ranks {ranks[0]}:{min(2 * top, cap)}) to see where the curve "
-                "levels off."
+                f"{head}, which is also the largest rank these data allow for {them} "
+                "(the smaller of the inputs a fit sees and the columns of the "
+                "[input | layer] matrix): the selected rank is a lower bound, not a "
+                "peak, and a longer --ranks is not possible with these data."
+            )
+        elif top < cap:
+            text = f"{head}: the data may support a higher rank. " + _extend_advice(
+                ranks, cap
+            )
+        else:  # below its own limit, but a narrower layer caps --ranks
+            narrow = [k for k, v in limits.items() if v <= cap and k not in group]
+            details["limited_by"] = narrow
+            text = (
+                f"{head}: the data may support a higher rank, but --ranks cannot go "
+                f"beyond {cap}, the limit of {_names(narrow)}. Leave "
+                f"{'those layers' if len(narrow) > 1 else 'that layer'} out of "
+                "--layers to try a longer --ranks."
+            )
+        out.append(("rank_at_top_of_grid", text, details))
+    return out
+
+
+def _top_of_grid_notes(warned):
+    """Layer -> the rank table's note, from the rank_at_top_of_grid warnings."""
+    notes = {}
+    for w in warned:
+        if w["kind"] != "rank_at_top_of_grid":
+            continue
+        top = w["rank"]
+        if w.get("at_limit"):
+            note = f"largest rank these data allow ({top}): a lower bound"
+        elif w.get("limited_by"):
+            note = (
+                f"largest rank tried ({top}): --ranks is capped by "
+                f"{_names(w['limited_by'])}"
             )
         else:
-            text = (
-                f"{head}, which is also the largest rank these data allow: the "
-                "selected rank is a lower bound, not a peak."
-            )
-        out.append(("rank_at_top_of_grid", text, {"layers": at_top, "rank": top}))
-    return out
+            note = f"largest rank tried ({top}): extend --ranks"
+        notes.update(dict.fromkeys(w["layers"], note))
+    return notes
 
 
 def fit_figure_model(
@@ -1347,20 +1595,26 @@ def _cmd_analyze(args, say):
             X = X[keep]
             y = None if y is None else y[keep]
         X = prepare_inputs(
-            X, input_shape=args.input_shape, scale=args.scale, index=keep
+            X, input_shape=args.input_shape, scale=args.scale, index=keep, say=say
         )
     say(f"{X.shape[0]} inputs of shape {X.shape[1:]}")
     out = _output_dir(args.out)
 
     with tempfile.TemporaryDirectory(prefix="sklearn-peek-") as tmp:
         with say.step("model", f"loading {args.model}"):
-            model, fmt = load_model(
-                args.model,
-                trust_pickle=args.trust_pickle,
-                sample=X,
-                workdir=tmp,
-                channel_repeat=args.channel_repeat,
-            )
+            try:
+                model, fmt = load_model(
+                    args.model,
+                    trust_pickle=args.trust_pickle,
+                    sample=X,
+                    workdir=tmp,
+                    channel_repeat=args.channel_repeat,
+                )
+            except ValueError as exc:  # a TorchScript file's channels
+                new = _extractor_error(exc, args, None, X.shape[1:])
+                if new is None:
+                    raise
+                raise new from exc
         layers = _split_layers(args.layers)
         ext = LayerActivationExtractor(
             model,
@@ -1425,12 +1679,7 @@ def _cmd_analyze(args, say):
         tol=args.tol,
     ):
         say.warn(kind, text, **details)
-    at_top = {
-        layer
-        for w in say.warnings
-        if w["kind"] == "rank_at_top_of_grid"
-        for layer in w["layers"]
-    }
+    notes = _top_of_grid_notes(say.warnings)
     r_fig = args.figure_rank or max(int(v) for v in scorer.rank_.values())
     with say.step("figure_model", f"fitting the coupled model at rank {r_fig}"):
         fig_iter, fig_tol = max(300, args.max_iter), max(1e-3, args.tol)
@@ -1459,13 +1708,9 @@ def _cmd_analyze(args, say):
         for n, s in blocks
         if n != "input"
     ]
-    if at_top:
+    if notes:
         for row in rows:
-            row["note"] = (
-                f"largest rank tried ({args.ranks[-1]}): extend --ranks"
-                if row["layer"] in at_top
-                else ""
-            )
+            row["note"] = notes.get(row["layer"], "")
     report.add_table(rows, text_columns=["layer", "note"])
     report.add_text(
         "The selected rank is the number of latent factors the coupled "
@@ -1556,19 +1801,14 @@ def demo_warnings(rows, layers, criterion, ranks):
 
     ``"rank_at_top_of_grid"``: per layer, the networks whose coupled rank is
     the largest of ``ranks``; their rank is a lower bound, and a rank that
-    cannot grow weakens the correlation with accuracy.
+    cannot grow weakens the correlation with accuracy. The suggested grid
+    keeps the spacing of ``ranks`` (see :func:`_extended_grid`).
     """
-    ranks = [int(r) for r in ranks]
-    top = max(ranks)
     out = []
-    if len(ranks) < 2:
-        return out
     for layer in layers:
-        nets = [
-            f"{r['degradation']}={r['level']}"
-            for r in rows
-            if int(r[f"{layer}_{criterion}"]) == top
-        ]
+        selected = {i: r[f"{layer}_{criterion}"] for i, r in enumerate(rows)}
+        top, at_top = _top_of_grid(ranks, selected)
+        nets = [f"{rows[i]['degradation']}={rows[i]['level']}" for i in at_top]
         if nets:
             out.append(
                 (
@@ -1576,8 +1816,7 @@ def demo_warnings(rows, layers, criterion, ranks):
                     f"layer {layer!r}: {len(nets)} of {len(rows)} networks selected "
                     f"rank {top}, the largest in --ranks ({', '.join(nets)}); their "
                     "rank is a lower bound, which blurs the comparison between "
-                    f"networks. Extend --ranks (e.g. --ranks {min(ranks)}:{2 * top}) "
-                    "to see where their curves level off.",
+                    "networks. " + _extend_advice(ranks, what="their curves level off"),
                     {"layer": layer, "rank": top, "networks": nets},
                 )
             )
@@ -1623,17 +1862,32 @@ def _cmd_layers(args, say):
     sample = None
     if args.input_shape is not None:
         sample = np.zeros((2, *args.input_shape), np.float32)
+    fmt = None
     with tempfile.TemporaryDirectory(prefix="sklearn-peek-") as tmp:
-        model, fmt = load_model(
-            args.model, trust_pickle=args.trust_pickle, sample=sample, workdir=tmp
-        )
-        if fmt == "pickle" and args.input_shape is None:
-            raise CLIError(
-                f"MODEL {str(args.model)!r} is a pickled torch module, which must "
-                "run once to learn its layer shapes: give --input-shape C,H,W (the "
-                "shape of one input, e.g. 1,28,28)."
+        try:
+            model, fmt = load_model(
+                args.model,
+                trust_pickle=args.trust_pickle,
+                sample=sample,
+                workdir=tmp,
+                channel_repeat=args.channel_repeat,
             )
-        rows = available_layers(model, input_shape=args.input_shape)
+            if fmt == "pickle" and args.input_shape is None:
+                raise CLIError(
+                    f"MODEL {str(args.model)!r} is a pickled torch module, which "
+                    "must run once to learn its layer shapes: give --input-shape "
+                    "C,H,W (the shape of one input, e.g. 1,28,28)."
+                )
+            rows = available_layers(
+                model, input_shape=args.input_shape, channel_repeat=args.channel_repeat
+            )
+        except ValueError as exc:
+            new = _extractor_error(
+                exc, args, fmt, args.input_shape, source="--input-shape"
+            )
+            if new is None:
+                raise
+            raise new from exc
     if not rows:
         print("(no layers found)")
         return 0
@@ -1656,9 +1910,19 @@ _TINY = {
 def _pm(rho, lo, hi):
     if rho is None or not np.isfinite(rho):
         return "undefined"
-    if lo is None or not np.isfinite(lo):  # the note says why
+    if lo is None or not np.isfinite(lo):  # the table's note column says why
         return f"{rho:+.2f} [no interval]"
     return f"{rho:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def _why_no_interval(r):
+    """Why a correlation row (of studies.correlations) has no interval."""
+    note = str(r.get("note") or "").strip()
+    if note:
+        return note
+    if r["rho"] is None or not np.isfinite(r["rho"]):
+        return "undefined"
+    return "no bootstrap interval (too many tied resamples)"
 
 
 def _records(table):
@@ -1732,7 +1996,7 @@ def _cmd_demo(args, say):
     }
     summary = []
     for layer in layers:
-        row = {"layer": layer}
+        row, notes = {"layer": layer}, []
         for m, label in (
             (crit, f"coupled rank ({crit})"),
             (f"{crit}_alone", f"layer alone ({crit})"),
@@ -1740,7 +2004,13 @@ def _cmd_demo(args, say):
         ):
             r = pooled.get((layer, m))
             row[label] = _pm(r["rho"], r["ci_low"], r["ci_high"]) if r else "n/a"
+            if r and not np.isfinite(r["ci_low"]):
+                notes.append(f"{label}: {_why_no_interval(r)}")
+        row["note"] = "; ".join(notes)
         summary.append(row)
+    if not any(row["note"] for row in summary):
+        for row in summary:
+            del row["note"]
     report.add_table(summary, text_columns=list(summary[0]))
     report.add_text(
         f"Spearman's rho between each network's measure and its test accuracy, "
@@ -1784,7 +2054,10 @@ def _cmd_demo(args, say):
             "Rank vs training quality: every point is one network, placed by its "
             f"test accuracy and the rank selected ({crit}, coupled with the input) "
             "for that layer; colours are the degradations. The title of each panel "
-            "gives Spearman's rho pooled over all networks with its 95% interval. "
+            "gives Spearman's rho pooled over all networks with its 95% interval, "
+            "or '(no interval)' when the bootstrap gives none, or 'undefined' with "
+            "the reason (e.g. the same rank for every network); the summary "
+            "table's note column says why. "
             "Points rising to the right support the paper's claim for that layer.",
             name="rank-vs-accuracy",
         )

@@ -87,6 +87,7 @@ def files(tmp_path_factory):
             dynamic_axes={"x": {0: "n"}},
         )
         torch.jit.save(torch.jit.trace(net3, x3), str(d / "net_rgb_ts.pt"))
+    torch.save(net3, str(d / "net_rgb_pickle.pt"))
     Xtest, ytest = X[1200:1400], y[1200:1400]
     np.save(d / "x.npy", Xtest)
     np.save(d / "x15.npy", Xtest[:15])
@@ -564,6 +565,18 @@ def test_demo_tiny_study_writes_report(tmp_path, capsys):
     assert warned == {k: v for k, v in top.items() if v}
     for w in res["warnings"]:
         assert html_escape(w["message"]) in html
+    # A rho without an interval in the summary has its reason in the note
+    # column (results.json stores NaN as null).
+    summary = html[html.index("Spearman summary") : html.index("Per degradation")]
+    withheld = [
+        c for c in pooled
+        if c["measure"] in ("bcv", "bcv_alone", "rankme") and c["ci_low"] is None
+    ]  # fmt: skip
+    if withheld:
+        assert '<th class="txt">note</th>' in summary
+    for c in withheld:
+        assert c["note"] and html_escape(c["note"]) in summary
+    assert "or &#x27;(no interval)&#x27; when the bootstrap gives none" in html
 
 
 # ------------------------------------------- warnings and hints in CLI terms
@@ -653,20 +666,33 @@ def test_rank_at_top_of_the_grid_warns_and_is_recorded(files, tmp_path, capsys):
     assert set(res["ranks"].values()) == {2}
     top = [ln for ln in err.splitlines() if "largest rank in --ranks" in ln]
     assert len(top) == 1, err
+    (w,) = [w for w in res["warnings"] if w["kind"] == "rank_at_top_of_grid"]
+    assert w["layers"] == layers and w["rank"] == 2 and w["at_limit"] is False
+    best = w["best_energy"]
+    assert set(best) == set(layers) and all(0 < v < 0.99 for v in best.values())
     names = ", ".join(repr(n) for n in layers)
+    energies = ", ".join(f"{n!r} {best[n]:.4f}" for n in layers)
     assert top[0] == (
         f"sklearn-peek: warning: layers {names} selected rank 2, the largest rank "
-        "in --ranks 1..2: the data may support a higher rank. Extend --ranks (e.g. "
-        "--ranks 1:4) to see where the curve levels off."
+        "in --ranks 1..2 (--energy 0.99 is reached by no rank tried; best explained "
+        f"energy {energies}): the data may support a higher rank. Extend --ranks "
+        "(e.g. --ranks 1:4) to see where the curve levels off."
     )
-    (w,) = [w for w in res["warnings"] if w["kind"] == "rank_at_top_of_grid"]
-    assert w["layers"] == layers and w["rank"] == 2
     html = (out / "report.html").read_text()
     assert html.count("largest rank tried (2): extend --ranks") == len(layers)
-    # The library's energy warning is in the command's terms too.
-    energy = [ln for ln in err.splitlines() if "is not reached" in ln]
-    assert energy and all("--energy 0.99" in ln for ln in energy)
-    assert not any("energy_threshold" in ln for ln in energy)
+    # One warning per cause: the library's own "energy_threshold=0.99 is not
+    # reached ... Extend `ranks`" is not printed beside it.
+    assert [ln for ln in err.splitlines() if "warning:" in ln] == top, err
+    assert "is not reached" not in err and "energy_threshold" not in err
+    # The suggestion can be followed: --ranks 1:4 is within the data's limit.
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path / "t4",
+         "--ranks", "1:4", "--criterion", "energy", "--energy", "0.99", "-q",
+         "--layers", "/relu2/Relu"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert _json(tmp_path / "t4")["ranks_tried"] == [1, 2, 3, 4]
 
     # No warning when the rank is below the top of the grid.
     out2 = tmp_path / "low"
@@ -700,9 +726,116 @@ def test_sweep_warnings_at_the_data_limit():
     ((kind, text, details),) = cli.sweep_warnings(
         fitted, ranks=[3, 4], max_iter=200, tol=1e-4
     )
-    assert kind == "rank_at_top_of_grid" and details == {"layers": ["l"], "rank": 4}
+    assert kind == "rank_at_top_of_grid"
+    assert details["layers"] == ["l"] and details["rank"] == 4
+    assert details["at_limit"] is True and details["limits"] == {"l": 4}
     assert "which is also the largest rank these data allow" in text
     assert "Extend --ranks" not in text
+    assert cli._top_of_grid_notes([{"kind": kind, **details}]) == {
+        "l": "largest rank these data allow (4): a lower bound"
+    }
+
+
+@pytest.mark.filterwarnings("ignore:energy_threshold=0.9999 is not reached")
+def test_sweep_warnings_use_each_layers_own_limit():
+    # 'narrow' ([input | narrow]: 4 columns) is at its limit at rank 4;
+    # 'wide' (22 columns) is not, but --ranks cannot pass 4 while 'narrow' is
+    # analysed (the scorer's limit is the smallest over the layers).
+    from sklearn_peek import RankQualityScorer
+    from sklearn_peek._rank import SweepLimitError
+
+    X = np.random.default_rng(0).random((50, 24))
+    kw = dict(criterion="energy", energy_threshold=0.9999, max_iter=2000)
+    blocks = [("input", 2), ("narrow", 2), ("wide", 20)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = RankQualityScorer(blocks=blocks, ranks=[3, 4], **kw).fit(X)
+    assert fitted.rank_ == {"narrow": 4, "wide": 4}
+    assert fitted.rank_limits_ == {"narrow": 4, "wide": 22}
+    out = cli.sweep_warnings(fitted, ranks=[3, 4], max_iter=2000, tol=1e-4)
+    by_layer = {d["layers"][0]: (text, d) for _, text, d in out}
+    assert [len(d["layers"]) for _, _, d in out] == [1, 1]
+    text, d = by_layer["wide"]
+    assert d["at_limit"] is False and d["limited_by"] == ["narrow"]
+    assert "these data allow" not in text and "Extend --ranks" not in text
+    assert text.endswith(
+        "the data may support a higher rank, but --ranks cannot go beyond 4, the "
+        "limit of 'narrow'. Leave that layer out of --layers to try a longer --ranks."
+    )
+    assert "'wide' 0.9" in text  # its --energy is not reached either
+    text, d = by_layer["narrow"]
+    assert d["at_limit"] is True
+    assert "which is also the largest rank these data allow for this layer" in text
+    notes = cli._top_of_grid_notes([{"kind": k, **d} for k, _, d in out])
+    assert notes == {
+        "narrow": "largest rank these data allow (4): a lower bound",
+        "wide": "largest rank tried (4): --ranks is capped by 'narrow'",
+    }
+    # The advice holds: with 'narrow', a longer grid is refused ...
+    with pytest.raises(SweepLimitError):
+        RankQualityScorer(blocks=blocks, ranks=[3, 4, 5], **kw).fit(X)
+    # ... and without it, 'wide' is below its limit: the grid can be extended,
+    # up to the limit the warning suggests.
+    wide = RankQualityScorer(
+        blocks=[("input", 2), ("wide", 20)], ranks=[3, 4], **kw
+    ).fit(X[:, [0, 1, *range(4, 24)]])
+    ((_, text, d),) = cli.sweep_warnings(wide, ranks=[3, 4], max_iter=2000, tol=1e-4)
+    assert d["at_limit"] is False and "limited_by" not in d
+    spec = re.search(r"--ranks (\S+)\) to see", text).group(1)
+    assert spec == "3:8"
+    wider = RankQualityScorer(
+        blocks=[("input", 2), ("wide", 20)], ranks=cli.parse_ranks(spec), **kw
+    ).fit(X[:, [0, 1, *range(4, 24)]])
+    assert wider.ranks_.max() == 8
+
+
+def test_analyze_at_the_data_limit_does_not_suggest_extending(files, tmp_path, capsys):
+    # 15 inputs: no layer can take a rank above 15 (the finding's repro).
+    d, *_ = files
+    out = tmp_path / "limit"
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x15.npy", "--out", out,
+         "--ranks", "14,15", "--criterion", "energy", "--energy", "1",
+         "--layers", "/relu2/Relu", "-q"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    res = _json(out)
+    (w,) = [w for w in res["warnings"] if w["kind"] == "rank_at_top_of_grid"]
+    assert w["at_limit"] is True and w["rank"] == 15
+    assert "Extend --ranks" not in w["message"]
+    html = (out / "report.html").read_text()
+    assert "largest rank these data allow (15): a lower bound" in html
+    assert "extend --ranks" not in html
+    # Extending would indeed fail.
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x15.npy", "--out", out,
+         "--ranks", "14:16", "--criterion", "energy", "--layers", "/relu2/Relu",
+         "-q"],
+        capsys,
+    )  # fmt: skip
+    assert code == 1 and "Pass --ranks up to 15" in err
+
+
+def test_demo_suggestion_keeps_the_grid_sparse():
+    quick = (1, 2, 3, 4, 6, 8, 10, 12, 15, 20)
+    rows = [
+        {"degradation": "epochs", "level": lv, "pool1_bcv": r}
+        for lv, r in [(1, 20), (2, 12), (4, 20)]
+    ]
+    ((kind, text, details),) = cli.demo_warnings(rows, ["pool1"], "bcv", quick)
+    assert kind == "rank_at_top_of_grid"
+    assert details == {"layer": "pool1", "rank": 20,
+                       "networks": ["epochs=1", "epochs=4"]}  # fmt: skip
+    assert "2 of 3 networks selected rank 20" in text
+    spec = re.search(r"--ranks (\S+)\) to see", text).group(1)
+    assert spec == "1:4,6:12:2,15:40:5"
+    assert cli.parse_ranks(spec) == [*quick, 25, 30, 35, 40]
+    # a dense grid stays dense; a known limit caps the suggestion
+    assert cli._extended_grid(range(1, 11)) == "1:20"
+    assert cli._extended_grid(range(1, 16), cap=22) == "1:22"
+    assert cli._extended_grid([3, 4], cap=4) is None
+    assert cli.demo_warnings(rows, ["pool1"], "bcv", [20]) == []
 
 
 @pytest.mark.parametrize(
@@ -788,8 +921,8 @@ def test_channel_mismatch_speaks_of_cli_options(files, tmp_path, capsys):
         assert code == 1
         (line,) = err.strip().splitlines()
         assert line == (
-            "sklearn-peek: error: --data has 3 channel(s) per input (per-input shape "
-            f"(3, 8, 8)), but MODEL {str(d / model)!r} expects 1 channel(s). Save "
+            "sklearn-peek: error: --data has samples of shape (3, 8, 8) (3 channels), "
+            f"but the first layer of MODEL {str(d / model)!r} expects 1 channel. Save "
             "--data as single-channel (e.g. grayscale) images, shape (n, 1, H, W) or "
             "(n, H, W); --channel-repeat only widens single-channel data."
         )
@@ -799,7 +932,7 @@ def test_channel_mismatch_speaks_of_cli_options(files, tmp_path, capsys):
         code, _, err = run(model, "x15.npy")
         assert code == 1
         (line,) = err.strip().splitlines()
-        assert "expects 3 channel(s). Add --channel-repeat to feed the single " in line
+        assert "expects 3 channels. Add --channel-repeat to feed the single " in line
         assert "channel_repeat=True" not in line
         # ... and the flag works: the input block keeps the single channel.
         code, _, err = run(model, "x15.npy", "--channel-repeat")
@@ -821,10 +954,22 @@ def test_extractor_error_translates_python_parameters():
     assert "channel_repeat=True" in str(exc)
     new = str(cli._extractor_error(exc, Args(), "onnx", (1, 8, 8)))
     assert "--channel-repeat" in new and "channel_repeat" not in new
-    assert "MODEL 'm.onnx' expects 3 channel(s)" in new
-    # flat samples: the library's advice, in the command's terms
-    new = str(cli._extractor_error(exc, Args(), "onnx", (64,)))
-    assert new == str(exc).replace("channel_repeat=True", "--channel-repeat")
+    assert "the first layer of MODEL 'm.onnx' expects 3 channels" in new
+    # samples without a channel axis: the command's advice, not X[:, None]
+    for want, fix in [
+        (1, "Give --input-shape 1,64 (the channel axis first)."),
+        (3, "Add --channel-repeat to feed the single channel 3 times (e.g. "
+            "grayscale -> RGB), with --input-shape 1,64 (the channel axis first)."),
+    ]:  # fmt: skip
+        exc = ChannelMismatchError(want, (64,), no_axis=True)
+        assert "X[:, None]" in str(exc) or "np.repeat" in str(exc)
+        new = str(cli._extractor_error(exc, Args(), "onnx", (64,)))
+        assert new.startswith(
+            "--data has samples of shape (64,), without a channel axis, but the "
+            f"first layer of MODEL 'm.onnx' expects {want} channel"
+        )
+        assert new.endswith(fix), new
+        assert "X[" not in new and "np." not in new and "channel_repeat" not in new
     assert cli._extractor_error(ValueError("other"), Args(), "onnx", (1, 8, 8)) is None
 
 
@@ -882,3 +1027,169 @@ def test_correlation_cells_say_when_there_is_no_interval():
     assert cli._pm(0.5, 0.1, 0.9) == "+0.50 [+0.10, +0.90]"
     assert cli._pm(0.61, np.nan, np.nan) == "+0.61 [no interval]"
     assert cli._pm(np.nan, np.nan, np.nan) == "undefined"
+
+
+# ------------------------------------------- the layers command and channels
+@pytest.mark.parametrize(
+    "model, extra",
+    [("net_rgb.onnx", []), ("net_rgb_ts.pt", []),
+     ("net_rgb_pickle.pt", ["--trust-pickle"])],
+)  # fmt: skip
+def test_layers_suggestion_works_with_channel_repeat(
+    files, tmp_path, capsys, model, extra
+):
+    d, *_ = files
+    code, _, err = _run(
+        ["analyze", d / model, "--data", d / "x15.npy", "--out", tmp_path / "o",
+         "--channel-repeat", "--layers", "relu3", "-q", *extra],
+        capsys,
+    )  # fmt: skip
+    assert code == 1
+    cmd = re.search(r"Run '([^']+)' for the full list\.$", err.strip()).group(1)
+    if model != "net_rgb.onnx":  # the model runs on the data's shape, widened
+        assert "--input-shape 1,8,8 --channel-repeat" in cmd
+    code, out, err = _run(cmd.split()[1:], capsys)
+    assert code == 0, err
+    names = [line.split()[0] for line in out.strip().splitlines()[1:]]
+    assert any("relu2" in n for n in names), out
+    # the listed shapes are those of the RGB model: conv1 has 4 maps of 8x8
+    assert "(4, 8, 8)" in out
+
+
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["net_pickle.pt", "--trust-pickle", "--input-shape", "3,8,8"],
+         "--input-shape has samples of shape (3, 8, 8) (3 channels), but the first "
+         "layer of MODEL {m!r} expects 1 channel. Give --input-shape 1,8,8 instead."),
+        (["net_rgb.onnx", "--input-shape", "1,8,8"],
+         "--input-shape has samples of shape (1, 8, 8) (1 channel), but the first "
+         "layer of MODEL {m!r} expects 3 channels. Add --channel-repeat to feed the "
+         "single channel 3 times (e.g. grayscale -> RGB), or give --input-shape "
+         "3,8,8."),
+        (["net_rgb_ts.pt", "--input-shape", "1,8,8"],
+         "--input-shape has samples of shape (1, 8, 8) (1 channel), but the first "
+         "layer of MODEL {m!r} expects 3 channels. Add --channel-repeat"),
+    ],
+)  # fmt: skip
+def test_layers_channel_errors_are_one_line_in_cli_terms(files, capsys, argv, expect):
+    d, *_ = files
+    m = str(d / argv[0])
+    code, out, err = _run(["layers", m, *argv[1:]], capsys)
+    assert code == 1 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("sklearn-peek: error: " + expect.format(m=m)), line
+    for python in ("RuntimeError", "onnxruntime", "X.mean", "np.repeat", "X has",
+                   "channel_repeat="):  # fmt: skip
+        assert python not in line
+    # and the advice works
+    fixed = [*argv[1:-1], "1,8,8"]
+    if argv[0].startswith("net_rgb"):
+        fixed.append("--channel-repeat")
+    code, out, err = _run(["layers", m, *fixed], capsys)
+    assert code == 0, err
+
+
+def _traced_functional_conv(path):
+    """A TorchScript module whose convolution is functional (no Conv2d
+    submodule to read the channels from): 3 channels, 8x8 inputs only."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.rand(4, 3, 3, 3))
+            self.fc = torch.nn.Linear(4 * 8 * 8, 2)
+
+        def forward(self, x):
+            h = torch.nn.functional.conv2d(x, self.w, padding=1).relu()
+            return self.fc(h.flatten(1)).relu()
+
+    net = Net().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(net, torch.zeros(2, 3, 8, 8)), str(path))
+
+
+def test_torchscript_channels_without_a_conv_module(files, tmp_path, capsys):
+    d, *_ = files
+    model = tmp_path / "fconv.pt"
+    _traced_functional_conv(model)
+    argv = ["analyze", model, "--out", tmp_path / "o", "--ranks", "1:2", "-q"]
+    # torch's message gives the channels: the error, then --channel-repeat works
+    code, _, err = _run([*argv, "--data", d / "x15.npy"], capsys)
+    assert code == 1
+    assert "expects 3 channels. Add --channel-repeat" in err
+    code, _, err = _run([*argv, "--data", d / "x15.npy", "--channel-repeat"], capsys)
+    assert code == 0, err
+    assert _json(tmp_path / "o")["input_shape"] == [1, 8, 8]
+    # 10x10 inputs fail with the channel repeated too: both errors are shown
+    code, _, err = _run([*argv, "--data", d / "x10.npy", "--channel-repeat"], capsys)
+    assert code == 1
+    (line,) = err.strip().splitlines()
+    assert "nor on them with the channel repeated 3 times (--channel-repeat)" in line
+    assert "to have 3 channels" in line  # the first error
+    assert "; with 3 channels: RuntimeError: " in line  # the second one
+
+
+def test_script_channels_read_from_the_first_conv(files):
+    d, *_ = files
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        rgb, gray = (torch.jit.load(str(d / f)) for f in ("net_rgb_ts.pt", "net_ts.pt"))
+    assert cli._script_channels(rgb) == 3 and cli._script_channels(gray) == 1
+
+
+# ------------------------------------------------------------- integer data
+def test_integer_data_that_is_not_uint8_warns_and_scale_255(files, tmp_path, capsys):
+    pixels = np.arange(2 * 16, dtype=np.int64).reshape(2, 1, 4, 4) * 8  # 0..248
+    say = cli._Progress(quiet=True)
+    X = cli.prepare_inputs(pixels, say=say)
+    np.testing.assert_array_equal(X, pixels)  # used as stored ...
+    (w,) = say.warnings  # ... with a warning that names --scale
+    assert w["kind"] == "unscaled_integers" and w["max"] == 248
+    assert w["message"].startswith(
+        "--data has dtype int64 with values up to 248; they are used as stored, not "
+        "divided by 255 (--scale auto divides only uint8 data)."
+    )
+    assert "pass --scale 255" in w["message"]
+    for data, scale in [(pixels, "255"), (pixels, "none"), (pixels // 248, "auto"),
+                        (pixels.astype(np.uint8), "auto")]:  # fmt: skip
+        say = cli._Progress(quiet=True)
+        X = cli.prepare_inputs(data, scale=scale, say=say)
+        assert say.warnings == [], (data.dtype, scale)
+        expect = data / 255.0 if scale == "255" or data.dtype == np.uint8 else data
+        np.testing.assert_allclose(X, expect, rtol=1e-6)
+    # the library's Python API is not involved: without say, a UserWarning
+    with pytest.warns(UserWarning, match="--scale 255"):
+        cli.prepare_inputs(pixels.astype(np.int16))
+
+    # End to end: recorded in results.json, and --scale 255 gives the ranks
+    # of the same images saved as floats in [0, 1].
+    d, X, _ = files
+    np.save(tmp_path / "x_i64.npy", np.round(X[:60] * 255).astype(np.int64))
+    np.save(tmp_path / "x_f.npy", np.round(X[:60] * 255).astype(np.float32) / 255)
+    common = ["--ranks", "1:3", "--layers", "/relu2/Relu", "-q"]
+
+    def run(data, out, *extra):
+        argv = ["analyze", d / "net.onnx", "--data", tmp_path / data,
+                "--out", tmp_path / out, *common, *extra]  # fmt: skip
+        code, _, err = _run(argv, capsys)
+        assert code == 0, err
+        return _json(tmp_path / out)
+
+    raw = run("x_i64.npy", "raw")
+    assert [w["kind"] for w in raw["warnings"]][:1] == ["unscaled_integers"]
+    scaled = run("x_i64.npy", "scaled", "--scale", "255")
+    assert "unscaled_integers" not in [w["kind"] for w in scaled["warnings"]]
+    assert scaled["curves"] == run("x_f.npy", "float")["curves"]
+
+
+def test_float64_beyond_float32_is_one_error():
+    X = np.ones((3, 1, 2, 2))
+    X[1, 0, 1, 0] = 1e300
+    with pytest.raises(cli.CLIError, match=r"too large for float32 .* largest finite "
+                       r"one after conversion is 1\b"):  # fmt: skip
+        cli.prepare_inputs(X)
+    X[2, 0, 0, 1] = np.nan  # a NaN in the file is named first, where it is
+    with pytest.raises(cli.CLIError, match=r"the first is nan at sample 2"):
+        cli.prepare_inputs(X)

@@ -309,6 +309,14 @@ def test_three_channel_model_fed_grayscale(X):
     rgb = np.repeat(X, 3, axis=1)
     np.testing.assert_allclose(A[:, :784], X.reshape(len(X), -1))
     np.testing.assert_allclose(A[:, 784:], reference(model, "p1", rgb), atol=1e-5)
+    # available_layers follows the same rule for a grayscale input_shape
+    from sklearn_peek import ChannelMismatchError, available_layers
+
+    with pytest.raises(ChannelMismatchError, match=msg) as err:
+        available_layers(model, input_shape=(1, 28, 28))
+    assert (err.value.expected, err.value.got) == (3, 1)
+    rows = available_layers(model, input_shape=(1, 28, 28), channel_repeat=True)
+    assert rows == available_layers(model, input_shape=(3, 28, 28))
 
 
 def _unknown_dims(model, axes):

@@ -358,7 +358,31 @@ def _feature_suffixes(shape, pooled):
     return [f"u{i}" for i in range(size)]
 
 
-def available_layers(model, input_shape=None, *, input_name=None, extra_inputs=None):
+def _feed_shape(sample_shape, adapter, channel_repeat, no_axis=False):
+    """Shape given to the model and the channel repeat factor.
+
+    ``channel_repeat`` widens a single channel to the model's channel count;
+    other mismatches raise ChannelMismatchError (ONNX; a torch module is left
+    to its forward pass). ``no_axis``: the caller's X had no channel axis
+    (added as axis 1).
+    """
+    want = adapter.expected_channels()
+    if want is None or len(sample_shape) < 2 or sample_shape[0] == want:
+        return sample_shape, 1
+    if sample_shape[0] == 1 and channel_repeat:
+        return (want, *sample_shape[1:]), want
+    if adapter.kind == "torch":
+        # The first convolution module by definition order may not be the
+        # first one to run: let the forward pass decide (its error names
+        # the channel count too).
+        return sample_shape, 1
+    shown = sample_shape[1:] if no_axis else sample_shape
+    raise ChannelMismatchError(want, shown, no_axis=no_axis)
+
+
+def available_layers(
+    model, input_shape=None, *, channel_repeat=False, input_name=None, extra_inputs=None
+):
     """List the layers of a model that the extractor can read.
 
     Parameters
@@ -370,6 +394,11 @@ def available_layers(model, input_shape=None, *, input_name=None, extra_inputs=N
         (the model is run once on zeros to learn the output shapes); for ONNX
         models taken from the model's input when it is static, else the
         shapes come from ONNX shape inference and may hold ``None``.
+    channel_repeat : bool, default=False
+        As in :class:`LayerActivationExtractor`: a single-channel
+        ``input_shape`` is widened to the model's channels. Without it, an
+        ``input_shape`` whose channels an ONNX model does not take raises
+        :class:`ChannelMismatchError`.
     input_name, extra_inputs : optional
         As in :class:`LayerActivationExtractor`, for ONNX models with several
         inputs.
@@ -404,6 +433,8 @@ def available_layers(model, input_shape=None, *, input_name=None, extra_inputs=N
             "input_shape=None: a torch model must be run once to learn its layer "
             "shapes; pass input_shape=(C, H, W) (one sample's shape)."
         )
+    if shape is not None:
+        shape, _ = _feed_shape(tuple(shape), adapter, channel_repeat)
     rows = adapter.list_layers(shape)
     try:
         auto = {c for _, c in _resolve_layers(adapter, "auto", rows)}
@@ -783,24 +814,6 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             return X.reshape(n, *model_shape), model_shape, None
         return X, (X.shape[1],), None
 
-    def _feed_shape(self, sample_shape, adapter, no_axis=False):
-        """Shape given to the model (channel_repeat may widen the channels).
-
-        ``no_axis``: the caller's X had no channel axis (added as axis 1).
-        """
-        want = adapter.expected_channels()
-        if want is None or len(sample_shape) < 2 or sample_shape[0] == want:
-            return sample_shape, 1
-        if sample_shape[0] == 1 and self.channel_repeat:
-            return (want, *sample_shape[1:]), want
-        if adapter.kind == "torch":
-            # The first convolution module by definition order may not be the
-            # first one to run: let the forward pass decide (its error names
-            # the channel count too).
-            return sample_shape, 1
-        shown = sample_shape[1:] if no_axis else sample_shape
-        raise ChannelMismatchError(want, shown, no_axis=no_axis)
-
     # -- fit / transform -----------------------------------------------------------
     def fit(self, X, y=None):
         """Check the model and the data, and record the layer shapes.
@@ -866,7 +879,9 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         adapter = self._get_adapter()
         arr = _as_array(X, warn_integers=not self._model_takes_integers(adapter))
         X4, sample_shape, how = self._sample_shape(arr, adapter)
-        feed_shape, repeat = self._feed_shape(sample_shape, adapter, how is not None)
+        feed_shape, repeat = _feed_shape(
+            sample_shape, adapter, self.channel_repeat, no_axis=how is not None
+        )
         if adapter.kind == "onnx":
             adapter.check_sample_shape(feed_shape)
         if not (isinstance(self.layers, (list, tuple)) and len(self.layers) == 0):
