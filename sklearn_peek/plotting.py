@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import re
 from numbers import Integral
+from typing import ClassVar
 
 import numpy as np
 
@@ -87,14 +88,129 @@ def _root_figure(fig):
     return fig
 
 
+def _run_layout_engine(fig):
+    """Run ``fig``'s layout engine, if it has one (as ``Figure.draw`` does)."""
+    engine = fig.get_layout_engine()
+    if engine is not None and fig.axes:
+        try:
+            engine.execute(fig)
+        except ValueError:  # as in Figure.draw: a window resized to nothing
+            pass
+
+
 def _layout(fig):
-    """Run the figure's layout, without rendering, so text extents are final.
+    """Run the figure's layout, without drawing, so that positions are final.
 
     Widths of axes (what the titles and x tick labels must fit in) and
     heights (what the y tick labels must fit in) are only known once the
     layout engine ran; the extents measured after it are in display pixels.
+    Only the layout engine runs (and the axes' aspect is applied), not a
+    draw of every artist.
     """
-    _root_figure(fig).draw_without_rendering()
+    root = _root_figure(fig)
+    _run_layout_engine(root)
+    for ax in root.axes:
+        ax.apply_aspect()
+
+
+def _renderer(fig):
+    """The renderer of ``fig``'s canvas (text is measured with it)."""
+    root = _root_figure(fig)
+    get = getattr(root.canvas, "get_renderer", None)
+    return get() if get is not None else root._get_renderer()
+
+
+class _TextMeter:
+    """Widths of single- or multi-line text, in display pixels, for a renderer.
+
+    :meth:`width` asks the renderer (what the drawn text will measure); it is
+    cached, but laying out a long string costs about 10 us a character.
+    :meth:`fits` first estimates a width from per-character advances (cached
+    per font and dpi): clearly narrower or clearly wider than the room (by
+    more than ``band``) is decided from the estimate, the rest is measured.
+    Callers check their final choice with :meth:`width` and fall back to
+    ``exact=True`` (no estimates) when it does not fit. Math text and usetex
+    are always measured.
+    """
+
+    # (font at 10 pt, dpi, renderer type) -> {char: width}, for every meter
+    _advances: ClassVar[dict] = {}
+    band = 0.15
+
+    def __init__(self, renderer, dpi, *, exact=False):
+        self.renderer = renderer
+        self.dpi = dpi
+        self.exact = exact
+        self._widths = {}
+        self._sized = {}
+
+    def sized(self, prop, size):
+        """``prop`` at ``size`` points (``prop`` may change later: a title's does)."""
+        key = (hash(prop), size)
+        out = self._sized.get(key)
+        if out is None:
+            out = prop.copy()
+            out.set_size(size)
+            self._sized[key] = out
+        return out
+
+    def _math(self, line, usetex):
+        from matplotlib import cbook
+
+        if usetex:
+            return "TeX"
+        return bool(cbook.is_math_text(line))
+
+    def width(self, text, prop, usetex=False):
+        """The drawn width of ``text`` (its widest line)."""
+        key = (text, prop, usetex)
+        w = self._widths.get(key)
+        if w is None:
+            w = 0.0
+            for line in str(text).split("\n"):
+                if line:
+                    w = max(
+                        w,
+                        self.renderer.get_text_width_height_descent(
+                            line, prop, ismath=self._math(line, usetex)
+                        )[0],
+                    )
+            self._widths[key] = w
+        return w
+
+    def height(self, prop):
+        """The height of a line of text (``"lp"``) in ``prop``."""
+        return self.renderer.get_text_width_height_descent("lp", prop, ismath=False)[1]
+
+    def estimate(self, text, prop, usetex=False):
+        """Width from per-character advances; None for math text or usetex."""
+        if usetex:
+            return None
+        size = prop.get_size_in_points()
+        ref = self.sized(prop, 10.0)
+        key = (ref, self.dpi, type(self.renderer).__name__)
+        adv = self._advances.setdefault(key, {})
+        best = 0.0
+        for line in str(text).split("\n"):
+            if self._math(line, False):
+                return None
+            for ch in set(line) - adv.keys():
+                adv[ch] = self.renderer.get_text_width_height_descent(
+                    ch, ref, ismath=False
+                )[0]
+            best = max(best, sum(adv[ch] for ch in line) * size / 10.0)
+        return best
+
+    def fits(self, text, prop, avail, usetex=False):
+        """Whether ``text`` is no wider than ``avail`` pixels."""
+        if not self.exact:
+            est = self.estimate(text, prop, usetex)
+            if est is not None:
+                if est > (1 + self.band) * avail:
+                    return False
+                if est < (1 - self.band) * avail:
+                    return True
+        return self.width(text, prop, usetex) <= avail
 
 
 # Where a long layer name may be broken across lines: after "/", "_", ".",
@@ -112,11 +228,13 @@ def _wrap_name(name, fits, max_lines=3):
     for tok in (t for t in _BREAK_RE.split(name) if t):
         if cur and not fits(cur + tok):
             lines.append(cur)
+            if len(lines) >= max_lines:  # a further line is needed
+                return None
             cur = tok
         else:
             cur += tok
     lines.append(cur)
-    if len(lines) > max_lines or not all(fits(line) for line in lines):
+    if not all(fits(line) for line in lines):
         return None
     return lines
 
@@ -126,66 +244,117 @@ def _shorten_middle(name, fits):
 
     The start and the end of a layer name are what tell layers apart
     (``"/pool2/MaxPool_output_0"`` -> ``"/pool2/Ma…output_0"``), so the
-    middle goes.
+    middle goes. A longer ``head…tail`` is never narrower, so the number of
+    characters kept is found by bisection (a dozen measurements for a name
+    of hundreds of characters).
     """
-    for keep in range(len(name) - 1, 1, -1):
+
+    def short(keep):
         head, tail = (keep + 1) // 2, keep // 2
-        short = f"{name[:head]}\u2026{name[len(name) - tail :]}"
-        if fits(short):
-            return short
-    return f"{name[:1]}\u2026"
+        return f"{name[:head]}\u2026{name[len(name) - tail :]}"
+
+    lo, hi = 1, len(name) - 1  # the answer keeps lo characters; lo = 1: none fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(short(mid)):
+            lo = mid
+        else:
+            hi = mid - 1
+    return short(lo) if lo >= 2 else f"{name[:1]}\u2026"
 
 
-def _fit_title(ax, name, detail=None, *, sep=": ", fontsize=11, min_fontsize=8):
+def _choose_title(fits, name, detail, *, sep, fontsize, min_fontsize):
+    """The title text and font size of :func:`_fit_title`, given ``fits(text, fs)``."""
+    tail = [] if detail is None else [str(detail)]
+    sizes = list(range(int(fontsize), int(min_fontsize) - 1, -1)) or [int(fontsize)]
+    one = name if detail is None else f"{name}{sep}{detail}"
+    for fs in sizes[:2]:
+        if fits(one, fs):
+            return one, fs
+    if detail is not None:
+        for fs in sizes:
+            two = "\n".join([name, *tail])
+            if fits(two, fs):
+                return two, fs
+    # The name is too long: break it, then shorten it, at a size where the
+    # detail fits.
+    wrapped = set()
+    for fs in sizes[1:] or sizes:
+        if tail and not fits(tail[0], fs):
+            continue
+        wrapped.add(fs)
+        lines = _wrap_name(name, lambda s, fs=fs: fits(s, fs))
+        if lines is not None:
+            return "\n".join(lines + tail), fs
+    # The detail is too wide at every size (then the name is broken at the
+    # smallest one, rather than cut), or the name cannot be broken to fit.
+    fs = sizes[-1]
+    lines = None
+    if fs not in wrapped:
+        lines = _wrap_name(name, lambda s: fits(s, fs))
+    if lines is None or len(lines) == 1:
+        short = name if lines else _shorten_middle(name, lambda s: fits(s, fs))
+        one = f"{short}{sep}{tail[0]}" if tail else short
+        if tail and fits(one, fs):
+            return one, fs
+        lines = [short]
+    return "\n".join(lines + tail), fs
+
+
+def _title_fits(meter, ax, text, fs, avail, *, estimate=True):
+    prop = meter.sized(ax.title.get_fontproperties(), fs)
+    usetex = ax.title.get_usetex()
+    if estimate:
+        return meter.fits(text, prop, avail, usetex)
+    return meter.width(text, prop, usetex) <= avail
+
+
+def _fitted_title(meter, ax, name, detail, *, sep, fontsize, min_fontsize, avail):
+    """:func:`_choose_title` for ``ax`` with ``meter``; the choice is checked."""
+    kw = {"sep": sep, "fontsize": fontsize, "min_fontsize": min_fontsize}
+    text, fs = _choose_title(
+        lambda s, fs: _title_fits(meter, ax, s, fs, avail), name, detail, **kw
+    )
+    if not meter.exact and not _title_fits(meter, ax, text, fs, avail, estimate=False):
+        exact = _TextMeter(meter.renderer, meter.dpi, exact=True)
+        text, fs = _choose_title(
+            lambda s, fs: _title_fits(exact, ax, s, fs, avail), name, detail, **kw
+        )
+    return text, fs
+
+
+def _fit_title(
+    ax, name, detail=None, *, sep=": ", fontsize=11, min_fontsize=8, meter=None
+):
     """Title ``ax`` with ``name`` (and ``detail``) so that it fits the axes width.
 
     Tried in turn, the first that is no wider than the axes is kept:
     ``"name: detail"`` on one line at ``fontsize`` then one point smaller;
     ``name`` and ``detail`` on two lines, down to ``min_fontsize``; ``name``
-    broken after its separators (``/ _ . : -``) over up to three lines;
-    last, ``name`` shortened in the middle with an ellipsis. Neighbouring
+    broken after its separators (``/ _ . : -``) over up to three lines, at a
+    size where ``detail`` fits; last, at ``min_fontsize``, ``name`` broken
+    the same way, else shortened in the middle with an ellipsis. Neighbouring
     panels' titles then neither run off the figure nor touch each other.
     When ``detail`` alone is wider than the axes even at ``min_fontsize``,
-    the name is not cut (that would not help): the title is set at
-    ``min_fontsize``. The figure's layout must have been run
-    (:func:`_layout`). Returns the title text.
+    a shorter name would not help: the name is kept whole (on up to three
+    lines) when it fits, and only a name that cannot be broken to fit is
+    shortened. The figure's layout must have been run (:func:`_layout`).
+    Returns the title text.
     """
-    title = ax.title
-    avail = ax.get_window_extent().width
-
-    def width(text, fs):
-        title.set_text(text)
-        title.set_fontsize(fs)
-        return title.get_window_extent().width
-
-    def fits(text, fs):
-        return width(text, fs) <= avail
-
-    tail = [] if detail is None else [str(detail)]
-    sizes = list(range(int(fontsize), int(min_fontsize) - 1, -1))
-    one = name if detail is None else f"{name}{sep}{detail}"
-    candidates = [(one, fs) for fs in sizes[:2]]
-    if detail is not None:
-        candidates += [("\n".join([name, *tail]), fs) for fs in sizes]
-    for text, fs in candidates:
-        if fits(text, fs):
-            return ax.set_title(text, fontsize=fs).get_text()
-    # The name is too long: break it, then shorten it, at a size where the
-    # detail fits (when the detail itself is too wide, a shorter name would
-    # not help, and the name is kept whole).
-    for fs in sizes[1:] or sizes:
-        if tail and not fits(tail[0], fs):
-            continue
-        lines = _wrap_name(name, lambda s, fs=fs: fits(s, fs))
-        if lines is not None:
-            return ax.set_title("\n".join(lines + tail), fontsize=fs).get_text()
-    fs = sizes[-1]
-    if fits(name, fs):
-        short = name
-    else:
-        short = _shorten_middle(name, lambda s: fits(s, fs))
-    sep_ = sep if tail and fits(f"{short}{sep}{tail[0]}", fs) else "\n"
-    return ax.set_title(sep_.join([short, *tail]), fontsize=fs).get_text()
+    if meter is None:
+        fig = _root_figure(ax.figure)
+        meter = _TextMeter(_renderer(fig), fig.dpi)
+    text, fs = _fitted_title(
+        meter,
+        ax,
+        name,
+        detail,
+        sep=sep,
+        fontsize=fontsize,
+        min_fontsize=min_fontsize,
+        avail=ax.get_window_extent().width,
+    )
+    return ax.set_title(text, fontsize=fs).get_text()
 
 
 def _grid_shape(n, max_cols=6, ncols=None):
@@ -449,34 +618,257 @@ def _signed_tile_image(row, shape):
     return 0.5 + 0.5 * img if rgb else img
 
 
-def _fit_titles(fig, specs, passes=3):
+class _TitleJob:
+    """A panel title that the figure fits to its axes whenever it is drawn."""
+
+    def __init__(self, ax, name, detail, kwargs):
+        self.ax, self.name, self.detail = ax, name, detail
+        self.kwargs = {"sep": ": ", "fontsize": 11, "min_fontsize": 8, **kwargs}
+        if not ax.get_title():
+            one = name if detail is None else f"{name}{self.kwargs['sep']}{detail}"
+            ax.set_title(one, fontsize=self.kwargs["fontsize"])
+        self.text, self.size = ax.get_title(), ax.title.get_fontsize()
+        self.fitted_at = None  # (axes width in inches, dpi) of the last fit
+        self.fit_avail = 0.0  # axes width (pixels) the title was chosen for
+
+    def owned(self, root):
+        """The axes is still drawn and its title is the one set here."""
+        ax = self.ax
+        return (
+            ax in root.axes
+            and ax.get_title() == self.text
+            and ax.title.get_fontsize() == self.size
+        )
+
+    def apply(self, text, size):
+        """Set the title."""
+        self.ax.set_title(text, fontsize=size)
+        self.text, self.size = self.ax.get_title(), self.ax.title.get_fontsize()
+
+
+class _TickJob:
+    """The x tick labels of a rank axis, thinned whenever the figure is drawn.
+
+    The candidate ticks are set now, all labelled; at draw time
+    :func:`_thin_x_ticks` keeps those whose labels do not touch, and the
+    selected rank's label is set in bold red. (No tick artists are made
+    here: matplotlib makes them when the figure is drawn.)
+    """
+
+    def __init__(self, ax, values, keep, selected):
+        self.ax, self.values, self.keep = ax, [int(v) for v in values], list(keep)
+        self.selected = selected
+        self.style = None  # (color, weight, font) of an unmarked label, when drawn
+        self._set(self.values)
+
+    def _set(self, values):
+        from matplotlib.ticker import FixedFormatter, FixedLocator
+
+        self.ax.xaxis.set_major_locator(FixedLocator(values))
+        self.ax.xaxis.set_major_formatter(FixedFormatter([str(v) for v in values]))
+        self.ticks = list(values)
+
+    def _paint(self):
+        """The selected rank's label in bold red, the others as they were."""
+        color, weight, _ = self.style
+        for v, tick in zip(self.ticks, self.ax.xaxis.get_major_ticks(len(self.ticks))):
+            want = ("tab:red", "bold") if v == self.selected else (color, weight)
+            label = tick.label1
+            if (label.get_color(), label.get_fontweight()) != want:
+                label.set_color(want[0])
+                label.set_fontweight(want[1])
+
+    def owned(self, root):
+        """The axes is still drawn and its ticks are the ones set here."""
+        ticks = [float(v) for v in self.ax.get_xticks()]
+        return self.ax in root.axes and ticks == [float(v) for v in self.ticks]
+
+    def fit(self, meter):
+        if self.style is None:
+            label = self.ax.xaxis.get_major_ticks(1)[0].label1  # not painted yet
+            prop = label.get_fontproperties().copy()
+            bold = prop.copy()
+            bold.set_weight("bold")
+            self.style = (label.get_color(), label.get_fontweight(), (prop, bold))
+        prop, bold = self.style[2]
+        lo, hi = sorted(self.ax.get_xlim())
+        values = [v for v in self.values if lo - 1e-9 <= v <= hi + 1e-9]
+        kept = _thin_x_ticks(
+            self.ax,
+            values,
+            self.keep,
+            lambda v: meter.width(str(v), bold if v == self.selected else prop),
+            meter.height(prop),
+        )
+        if kept != self.ticks:
+            self._set(kept)
+        self._paint()
+
+
+def _fit_title_pass(groups, meter, root, *, first):
+    """Fit each group's titles to their axes as laid out now.
+
+    On the first pass of a draw, a title fitted before at the same axes width
+    and dpi is kept as it is; on later passes (after the layout ran again), a
+    title that still fits is kept unless its axes got wider than when it was
+    chosen (a title that overhung its axes had made the layout narrow them).
+    Other titles are fitted from scratch, then every title of a group is set
+    at the group's smallest font size. Returns True when the layout must run
+    again: a title changed height, or replaced one wider than its axes.
+    """
+    relayout = False
+    for group in groups:
+        jobs = [job for job in group if job.owned(root)]
+        chosen = []
+        for job in jobs:
+            ax = job.ax
+            avail = ax.get_window_extent().width
+            if first:
+                here = (avail / root.dpi, root.dpi)
+                keep = job.fitted_at is not None and (
+                    abs(job.fitted_at[0] - here[0]) < 0.005
+                    and job.fitted_at[1] == here[1]
+                )
+            else:
+                keep = avail <= job.fit_avail + 1 and _title_fits(
+                    meter, ax, job.text, job.size, avail, estimate=False
+                )
+            if keep:
+                chosen.append((job.text, job.size))
+            else:
+                job.fit_avail = avail
+                chosen.append(
+                    _fitted_title(
+                        meter, ax, job.name, job.detail, avail=avail, **job.kwargs
+                    )
+                )
+        if not chosen:
+            continue
+        # One font size for the panels of a figure: the smallest one needed
+        # (a text that fits at a size fits at a smaller one).
+        size = min(fs for _, fs in chosen)
+        for job, (text, _) in zip(jobs, chosen):
+            if (text, size) == (job.text, job.size):
+                continue
+            avail = job.ax.get_window_extent().width
+            relayout |= (
+                text.count("\n") != job.text.count("\n")
+                or size != job.size
+                or not _title_fits(meter, job.ax, job.text, job.size, avail)
+            )
+            job.apply(text, size)
+    return relayout
+
+
+def _fit_text_now(fitter, renderer, passes=3):
+    """Fit the registered titles, then thin the tick labels (during a draw).
+
+    ``Figure.draw`` has run the layout before it draws this (the first of the
+    figure's artists). A title of more lines leaves its axes less height,
+    which can change the y tick labels and so the axes' width; a title that
+    overhung its axes had made the layout narrow it: after titles change the
+    layout is run again and the titles are checked again, at most ``passes``
+    times. The tick labels are thinned on the final layout.
+    """
+    root = _root_figure(fitter.figure)
+    meter = _TextMeter(renderer, root.dpi)
+    groups = [g for g in fitter.title_groups if any(j.ax in root.axes for j in g)]
+    fitter.title_groups = groups
+    axes = [job.ax for group in groups for job in group]
+    for i in range(passes):
+        if not _fit_title_pass(groups, meter, root, first=i == 0):
+            break
+        _run_layout_engine(root)
+        for ax in axes:
+            ax.apply_aspect()
+    for group in groups:
+        for job in group:
+            job.fitted_at = (job.ax.get_window_extent().width / root.dpi, root.dpi)
+    fitter.tick_jobs = [job for job in fitter.tick_jobs if job.ax in root.axes]
+    for job in fitter.tick_jobs:
+        if job.owned(root):
+            job.fit(meter)
+
+
+_FITTER_CLASS = None
+
+
+def _fitter_class():
+    """The artist class that fits text when a figure is drawn (made on first use).
+
+    matplotlib is imported only when a function here is called, so the class,
+    an :class:`~matplotlib.artist.Artist`, is made then; the module's
+    ``__getattr__`` gives it to pickle as ``_TextFitter``.
+    """
+    global _FITTER_CLASS
+    if _FITTER_CLASS is None:
+        from matplotlib.artist import Artist
+        from matplotlib.transforms import Bbox
+
+        class _TextFitter(Artist):
+            """Invisible, drawn first: fits titles and tick labels to the layout.
+
+            Text widths depend on the space the layout gives each axes, known
+            only when the figure is drawn; measuring then costs no extra
+            layout (and none at all when every title fits as it is), and the
+            text fits the size and dpi the figure is drawn at.
+            """
+
+            zorder = float("-inf")
+
+            def __init__(self):
+                super().__init__()
+                self.set_in_layout(False)
+                self.title_groups = []
+                self.tick_jobs = []
+
+            def get_window_extent(self, renderer=None):
+                return Bbox.null()
+
+            def get_tightbbox(self, renderer=None):
+                return None
+
+            def draw(self, renderer):
+                _fit_text_now(self, renderer)
+                self.stale = False
+
+        _TextFitter.__module__ = __name__
+        _TextFitter.__qualname__ = _TextFitter.__name__ = "_TextFitter"
+        _FITTER_CLASS = _TextFitter
+    return _FITTER_CLASS
+
+
+def __getattr__(name):
+    if name == "_TextFitter":
+        return _fitter_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _text_fitter(fig):
+    """The text fitter of ``fig``'s top-level figure, added on first use."""
+    root = _root_figure(fig)
+    cls = _fitter_class()
+    for artist in root.artists:
+        if isinstance(artist, cls):
+            return artist
+    return root.add_artist(cls())
+
+
+def _fit_titles(fig, specs):
     """:func:`_fit_title` for every ``(ax, name, detail, kwargs)`` of ``specs``.
 
-    A title of more lines leaves its axes less height, which can change the
-    y tick labels and so the axes' width: after each pass the layout is run
-    again and titles that no longer fit are fitted again (at most
-    ``passes`` times).
+    Done whenever the figure is drawn (shown, saved, or
+    ``fig.draw_without_rendering()``), on the layout of that draw: until then
+    each title is ``"name: detail"`` (``sep`` between them) unless already
+    set. The titles of one call share a font size, the smallest one needed.
+    A title later set by the caller (other text or size) is left alone.
     """
-    specs = list(specs)
-    todo = specs
-    for _ in range(passes):
-        if not todo:
-            break
-        _layout(fig)
-        for ax, name, detail, kwargs in todo:
-            _fit_title(ax, name, detail, **kwargs)
-        # One font size for the panels of a figure: the smallest one needed.
-        size = min(spec[0].title.get_fontsize() for spec in specs)
-        todo = [spec for spec in specs if spec[0].title.get_fontsize() > size]
-        for ax, name, detail, kwargs in todo:
-            _fit_title(ax, name, detail, **{**kwargs, "fontsize": size})
-        _layout(fig)
-        todo = [
-            spec
-            for spec in specs
-            if spec[0].title.get_window_extent().width
-            > spec[0].get_window_extent().width
+    _text_fitter(fig).title_groups.append(
+        [
+            _TitleJob(ax, name, detail, dict(kwargs))
+            for ax, name, detail, kwargs in specs
         ]
+    )
 
 
 # --------------------------------------------------------------------------
@@ -1022,6 +1414,10 @@ def _tick_priority(value, keep):
     return (4, 0, v)
 
 
+# Up to this many probed ranks, each gets a minor tick on the rank axis.
+_MAX_MINOR_TICKS = 60
+
+
 def _rank_tick_candidates(ranks, selected):
     """Integer tick values over the probed ranks, before any thinning.
 
@@ -1048,33 +1444,32 @@ def _rank_tick_candidates(ranks, selected):
     return sorted(cands), grid
 
 
-def _thin_x_ticks(ax, keep, pad_em=0.6):
-    """Drop x ticks whose labels would overlap, as the labels are drawn.
+def _thin_x_ticks(ax, values, keep, label_width, label_height, pad_em=0.6):
+    """The x tick values of ``values`` whose labels would not touch on ``ax``.
 
-    The labels of the current major ticks are measured (the layout must have
-    been run); greedily, in order of :func:`_tick_priority` (``keep`` first,
-    then multiples of 10, 5, 2), a tick is kept when its label is at least
-    ``pad_em`` of a character height away from every label kept so far.
-    Returns the kept tick values, ascending.
+    Labels are centred under their ticks; ``label_width(v)`` is the width of
+    the label of ``v`` and ``label_height`` the height of a line, in display
+    pixels (the layout must have been run: the pixels per rank are those of
+    the axes as laid out). Greedily, in order of :func:`_tick_priority`
+    (``keep`` first, then multiples of 10, 5, 2), a tick is kept when its
+    label is at least ``pad_em`` of a line height away from every label kept
+    so far. Returns the kept tick values, ascending; nothing is changed.
     """
-    ticks = ax.xaxis.get_major_ticks()
-    values = [round(float(v)) for v in ax.get_xticks()]
+    if not values:
+        return []
+    y = ax.get_ylim()[0]
+    xs = ax.transData.transform([(v, y) for v in values])[:, 0]
     boxes = {}
-    for v, tick in zip(values, ticks):
-        lab = tick.label1
-        if lab.get_visible() and lab.get_text():
-            boxes[v] = lab.get_window_extent()
-    if not boxes:
-        return values
-    pad = pad_em * max(b.height for b in boxes.values())
+    for v, x in zip(values, xs):
+        half = label_width(v) / 2.0
+        boxes[v] = (x - half, x + half)
+    pad = pad_em * label_height
     kept = []
     for v in sorted(boxes, key=lambda v: _tick_priority(v, keep)):
-        b = boxes[v]
-        if all(b.x1 + pad <= boxes[k].x0 or boxes[k].x1 + pad <= b.x0 for k in kept):
+        x0, x1 = boxes[v]
+        if all(x1 + pad <= boxes[k][0] or boxes[k][1] + pad <= x0 for k in kept):
             kept.append(v)
-    kept.sort()
-    ax.set_xticks(kept, labels=[str(v) for v in kept])
-    return kept
+    return sorted(kept)
 
 
 def _curves_from(obj):
@@ -1123,13 +1518,20 @@ def plot_rank_sweep(
     dashed vertical line with a marker on the curve; the panel title states
     the selected rank.
 
-    The x axis has a minor tick at every probed rank and integer labels that
-    never overlap: as many of the probed ranks (or of round values, beyond 15
-    ranks) as fit side by side, the selected rank always among them, in bold
-    red. A title too long for its panel (ONNX layer names such as
+    The x axis has a minor tick at every probed rank (up to 60 probed ranks;
+    beyond, only the labelled ticks) and integer labels that never overlap:
+    as many of the probed ranks (or of round values, beyond 15 ranks) as fit
+    side by side, the selected rank always among them, in bold red. A title
+    too long for its panel (ONNX layer names such as
     ``"/pool2/MaxPool_output_0"``) is set smaller, then on two lines, then
     with the name broken after ``/`` or ``_``, and only as a last resort
     shortened in the middle (``"/pool2/Ma…output_0"``).
+
+    Titles and tick labels are fitted whenever the figure is drawn (shown,
+    saved, or ``fig.canvas.draw()``), to the size and dpi it is drawn at:
+    until then each title reads ``"<layer>: selected rank <k>"`` and every
+    candidate tick is labelled. A title or ticks you set yourself afterwards
+    are left as you set them.
 
     Parameters
     ----------
@@ -1226,17 +1628,20 @@ def plot_rank_sweep(
         ax.set_xlabel("rank")
         ax.set_ylabel(str(label))
         cands, grid = _rank_tick_candidates(ranks, sel)
-        ax.set_xticks(cands, labels=[str(v) for v in cands])
-        if len(grid) <= 60:
-            # Every probed rank gets a minor tick, labelled or not.
-            ax.set_xticks(grid, minor=True)
+        if len(grid) <= _MAX_MINOR_TICKS:
+            # Every probed rank gets a minor tick, labelled or not (more
+            # would merge into a comb).
+            from matplotlib.ticker import FixedLocator
+
+            ax.xaxis.set_minor_locator(FixedLocator(grid))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-        drawn.append((ax, layer, sel, grid))
+        drawn.append((ax, layer, sel, grid, cands))
     if title is None:
         title = "Rank sweep per layer"
     fig.suptitle(title, fontsize=12)
-    # Titles and tick labels are fitted to the space the layout gives them.
+    # Titles and tick labels are fitted to the space the layout gives them,
+    # whenever the figure is drawn.
     _fit_titles(
         fig,
         [
@@ -1246,18 +1651,15 @@ def plot_rank_sweep(
                 "no rank selected" if sel is None else f"selected rank {sel}",
                 {},
             )
-            for ax, layer, sel, _ in drawn
+            for ax, layer, sel, _, _ in drawn
         ],
     )
-    for ax, _, sel, grid in drawn:
+    fitter = _text_fitter(fig)
+    for ax, _, sel, grid, cands in drawn:
         keep = [] if sel is None else [sel]
         if grid.size:
             keep += [int(grid[0]), int(grid[-1])]
-        kept = _thin_x_ticks(ax, keep)
-        if sel is not None and sel in kept:
-            lab = ax.get_xticklabels()[kept.index(sel)]
-            lab.set_color("tab:red")
-            lab.set_fontweight("bold")
+        fitter.tick_jobs.append(_TickJob(ax, cands, keep, sel))
     return fig
 
 

@@ -546,6 +546,7 @@ def test_rank_sweep_tick_labels_never_overlap(ranks, selected, ncols, tmp_path):
 
 def test_rank_sweep_keeps_every_rank_label_where_there_is_room():
     fig = plotting.plot_rank_sweep({"fc1": _sweep(range(1, 9), 3)})
+    fig.canvas.draw()
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
         str(r) for r in range(1, 9)
     ]
@@ -566,7 +567,11 @@ def _assert_titles_fit(fig, axes):
         assert a.x0 - 1 <= t.x0 and t.x1 <= a.x1 + 1, ax.get_title()
         assert ax.title.get_fontsize() >= 8
         boxes.append((ax.get_title(), t))
-    _assert_apart(boxes, "x")  # neighbouring titles in a row do not touch
+    rows = {}
+    for title, box in boxes:
+        rows.setdefault(round(box.y0), []).append((title, box))
+    for row in rows.values():
+        _assert_apart(row, "x")  # neighbouring titles in a row do not touch
 
 
 @pytest.mark.parametrize("figsize", [None, (9.0, 3.5), (7.5, 4.0)])
@@ -758,3 +763,175 @@ def test_sample_loadings_given_a_model_say_how_to_get_W(coupled):
         plotting.plot_sample_loadings(model)
     with pytest.raises(TypeError, match=r"W=list: expected the sample loadings W"):
         plotting.plot_sample_loadings([["a", "b"], ["c", "d"]])
+
+
+# ------------------------------------------- text fitted when the figure is drawn
+def _count_layouts(monkeypatch):
+    """Count the runs of constrained layout (each lays out every axes)."""
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    calls = []
+    execute = ConstrainedLayoutEngine.execute
+
+    def counted(self, fig):
+        calls.append(fig)
+        return execute(self, fig)
+
+    monkeypatch.setattr(ConstrainedLayoutEngine, "execute", counted)
+    return calls
+
+
+def _many_sweeps(names):
+    return {name: _sweep(range(1, 31), 17) for name in names}
+
+
+def test_rank_sweep_lays_out_only_when_drawn_and_again_only_for_new_titles(
+    monkeypatch,
+):
+    calls = _count_layouts(monkeypatch)
+    fig = plotting.plot_rank_sweep(_many_sweeps([f"layer{i}" for i in range(8)]))
+    assert calls == []  # nothing is laid out before the figure is drawn
+    fig.canvas.draw()
+    # short titles fit as they are: the draw's own layout is the only one
+    assert len(calls) == 1
+    assert [ax.get_title() for ax in fig.axes] == [
+        f"layer{i}: selected rank 17" for i in range(8)
+    ]
+    calls.clear()
+    names = [
+        f"/features/features.{i}/Conv_output_0_relu/Relu_output_{i}" for i in range(8)
+    ]
+    fig = plotting.plot_rank_sweep(_many_sweeps(names))
+    fig.canvas.draw()
+    assert 2 <= len(calls) <= 4  # the titles changed: laid out again, not more
+    _assert_titles_fit(fig, fig.axes)
+    titles = [ax.get_title() for ax in fig.axes]
+    calls.clear()
+    fig.canvas.draw()  # drawn again at the same size: nothing to refit
+    assert len(calls) == 1
+    assert [ax.get_title() for ax in fig.axes] == titles
+
+
+def test_rank_sweep_very_long_names_are_measured_a_few_times_each(monkeypatch):
+    measured = []
+    width = plotting._TextMeter.width
+
+    def counted(self, text, prop, usetex=False):
+        key = (text, prop, usetex)
+        if key not in self._widths:
+            measured.append(text)
+        return width(self, text, prop, usetex)
+
+    monkeypatch.setattr(plotting._TextMeter, "width", counted)
+    for names in (
+        [f"{i}" + "x" * 300 for i in range(8)],
+        [f"/model/layer{i}/" + "/".join(["blockname_x"] * 20) for i in range(8)],
+    ):
+        measured.clear()
+        fig = plotting.plot_rank_sweep(_many_sweeps(names))
+        _assert_titles_fit(fig, fig.axes)
+        assert len(measured) < 25 * len(names)  # a linear scan takes hundreds each
+        for ax, name in zip(fig.axes, names):
+            title = ax.get_title()
+            assert title.endswith("\nselected rank 17")
+            start, end = title.split("\n")[0].split("\u2026")
+            assert name.startswith(start) and name.endswith(end)
+            assert len(start) >= 4 and len(end) >= 4
+
+
+def test_shorten_middle_keeps_the_most_that_fits_by_bisection():
+    name = "/features/features.12/block/Conv2d_very_long_output_name_" * 3
+    for limit in (2, 5, 17, 40, len(name) - 1):
+        calls = []
+
+        def fits(text, limit=limit, calls=calls):
+            calls.append(text)
+            return len(text) - 1 <= limit  # characters kept, ellipsis aside
+
+        short = plotting._shorten_middle(name, fits)
+        head, tail = short.split("\u2026")
+        assert len(head) + len(tail) == limit
+        assert name.startswith(head) and name.endswith(tail)
+        assert len(calls) <= 9  # log2(168) rounded up, not one per length
+    assert plotting._shorten_middle(name, lambda text: False) == "/\u2026"
+
+
+def test_fit_title_breaks_the_name_when_the_detail_is_too_wide_anyway():
+    fig = plt.figure(figsize=(2.0, 2.0))
+    ax = fig.add_axes([0.1, 0.1, 0.8, 0.8])
+    fig.canvas.draw()
+    name = "/features/pool1/MaxPool_output_0"
+    detail = "a detail far too wide for this small panel, at any font size"
+    title = plotting._fit_title(ax, name, detail)
+    *head, last = title.split("\n")
+    assert last == detail and len(head) > 1  # the name broken, not cut
+    assert "".join(head) == name and "\u2026" not in title
+    assert ax.title.get_fontsize() == 8
+    avail = ax.get_window_extent().width
+    for line in head:
+        ax.set_title(line, fontsize=8)
+        assert ax.title.get_window_extent().width <= avail
+
+
+def test_rank_sweep_titles_and_ticks_refit_when_drawn_at_another_size():
+    names = [
+        "/pool1/MaxPool_output_0",
+        "/pool2/MaxPool_output_0",
+        "/relu3/Relu_output_0",
+    ]
+    fig = plotting.plot_rank_sweep(
+        {name: _sweep(range(1, 31), s) for name, s in zip(names, [9, 12, 17])}
+    )
+    fig.canvas.draw()
+    assert all("\n" not in ax.get_title() for ax in fig.axes)  # room to spare
+    wide = [len(ax.get_xticks()) for ax in fig.axes]
+    fig.set_size_inches(7.5, 4.0)
+    fig.canvas.draw()
+    _assert_titles_fit(fig, fig.axes)
+    assert any("\n" in ax.get_title() for ax in fig.axes)
+    assert sum(len(ax.get_xticks()) for ax in fig.axes) < sum(wide)
+    for ax, sel in zip(fig.axes, [9, 12, 17]):
+        labels = [t for t in ax.get_xticklabels() if t.get_text()]
+        _assert_apart(_boxes(labels), "x")
+        (mark,) = [t for t in labels if t.get_text() == str(sel)]
+        assert mark.get_color() == "tab:red" and mark.get_fontweight() == "bold"
+        assert all(t.get_color() != "tab:red" for t in labels if t is not mark)
+    fig.set_size_inches(11.7, 3.7)
+    fig.canvas.draw()
+    assert [len(ax.get_xticks()) for ax in fig.axes] == wide
+    assert all("\n" not in ax.get_title() for ax in fig.axes)
+
+
+def test_rank_sweep_leaves_a_title_or_ticks_set_afterwards_alone():
+    fig = plotting.plot_rank_sweep(_many_sweeps(["a" * 200, "b" * 200]))
+    fig.axes[0].set_title("mine")
+    fig.axes[0].set_xticks([3, 4])
+    fig.canvas.draw()
+    assert fig.axes[0].get_title() == "mine"
+    assert list(fig.axes[0].get_xticks()) == [3, 4]
+    assert "\u2026" in fig.axes[1].get_title()
+
+
+def test_rank_sweep_minor_tick_at_every_rank_up_to_sixty():
+    fig = plotting.plot_rank_sweep(
+        {"a": _sweep(range(1, 61), 30), "b": _sweep(range(1, 62), 30)}
+    )
+    fig.canvas.draw()
+    a, b = fig.axes
+    assert set(range(1, 61)) <= set(a.get_xticks()) | set(a.xaxis.get_minorticklocs())
+    assert len(b.xaxis.get_minorticklocs()) == 0  # beyond 60: labelled ticks only
+
+
+def test_rank_sweep_figure_pickles_and_still_fits_its_text():
+    import pickle
+
+    names = ["/pool1/MaxPool_output_0", "/pool2/MaxPool_output_0"]
+    fig = plt.figure(figsize=(5.0, 3.0), layout="constrained")
+    plotting.plot_rank_sweep(_many_sweeps(names), fig=fig)
+    fig = pickle.loads(pickle.dumps(fig))
+    fig.canvas.draw()
+    _assert_titles_fit(fig, fig.axes)
+    for ax in fig.axes:
+        assert ax.get_title().replace("\n", "").startswith(names[fig.axes.index(ax)])
+        labels = [t for t in ax.get_xticklabels() if t.get_text()]
+        _assert_apart(_boxes(labels), "x")
