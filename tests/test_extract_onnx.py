@@ -395,6 +395,28 @@ def test_grayscale_model_fed_rgb(X):
     np.testing.assert_allclose(A[:, 784:], reference(model, "p1", X), atol=1e-5)
 
 
+def test_channels_last_images_get_the_axis_moved(X):
+    from sklearn_peek import ChannelMismatchError
+
+    model = make_lenet(CURRENT)
+    last = np.moveaxis(X, 1, -1)  # (n, 28, 28, 1), as PIL or TensorFlow keep it
+    with pytest.raises(ChannelMismatchError) as info:
+        LayerActivationExtractor(model, ["p1"]).fit(last)
+    assert str(info.value) == (
+        "X has samples of shape (28, 28, 1), channels last (1 channel) by the look "
+        "of it, but the model's first layer expects channels first (1 channel): "
+        "move the channel axis first with np.moveaxis(X, -1, 1)."
+    )
+    assert info.value.channels_last and (info.value.got, info.value.expected) == (1, 1)
+    # the advice works
+    A = LayerActivationExtractor(model, ["p1"]).fit_transform(np.moveaxis(last, -1, 1))
+    np.testing.assert_allclose(A[:, 784:], reference(model, "p1", X), atol=1e-5)
+    # RGB channels last for a grayscale model: both steps
+    with pytest.raises(ChannelMismatchError, match=r"np\.moveaxis\(X, -1, 1\), then "
+                       r"convert the RGB images to grayscale"):  # fmt: skip
+        LayerActivationExtractor(model, ["p1"]).fit(np.repeat(last, 3, axis=-1))
+
+
 def _image_model(dims, *, transpose=None, conv_in=None, pre=None, seed=0):
     """A small graph on an image input ``x`` of shape ``dims``.
 

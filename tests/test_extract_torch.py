@@ -810,3 +810,17 @@ def test_nan_input_is_refused_without_the_input_block(lenet, X):
                                    include_input=False).fit(X)  # fmt: skip
     with pytest.raises(ValueError, match=r"X has NaN.*first at sample 3"):
         ext.transform(Xn)
+
+
+def test_channels_last_images_for_a_torch_model():
+    from sklearn_peek import ChannelMismatchError
+
+    torch.manual_seed(0)
+    net = LeNet(in_ch=3).eval()
+    X = np.random.default_rng(0).random((2, 28, 28, 3), dtype=np.float32)
+    with pytest.raises(ChannelMismatchError) as info:
+        LayerActivationExtractor(net).fit(X)
+    assert info.value.channels_last and (info.value.got, info.value.expected) == (3, 3)
+    assert "np.moveaxis(X, -1, 1)." in str(info.value)
+    A = LayerActivationExtractor(net).fit_transform(np.moveaxis(X, -1, 1))
+    assert A.shape[0] == 2

@@ -45,7 +45,10 @@ class ChannelMismatchError(ValueError):
     expected : int
         Channels the model takes.
     got : int
-        Channels of the samples (1 for samples without a channel axis).
+        Channels of the samples (1 for samples without a channel axis; for
+        samples that look channels-last, the last axis).
+    channels_last : bool
+        The samples look like ``(H, W, C)`` images (:func:`looks_channels_last`).
     sample_shape : tuple of int
         One sample as given (without the channel axis when ``no_axis``).
     no_axis : bool
@@ -60,7 +63,8 @@ class ChannelMismatchError(ValueError):
         shape = tuple(int(d) for d in sample_shape)
         super().__init__(expected, shape, no_axis, layer, detail)
         self.expected, self.sample_shape, self.no_axis = int(expected), shape, no_axis
-        self.got = 1 if no_axis else shape[0]
+        self.channels_last = looks_channels_last(expected, shape, no_axis=no_axis)
+        self.got = 1 if no_axis else shape[-1] if self.channels_last else shape[0]
         self.layer, self.detail = layer, detail
 
     def __str__(self):
@@ -72,6 +76,22 @@ class ChannelMismatchError(ValueError):
 
 def _plural(n, word="channel"):
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def looks_channels_last(want, sample_shape, *, no_axis=False):
+    """Whether samples of ``sample_shape`` look like ``(H, W, C)`` images.
+
+    Channels last, as PIL, TensorFlow and matplotlib keep them: the last axis
+    has the model's channel count (or 1 or 3) and the first is too long to be
+    a channel axis.
+    """
+    shape = tuple(int(d) for d in sample_shape)
+    return (
+        not no_axis
+        and len(shape) >= 3
+        and shape[-1] in (int(want), 1, 3)
+        and shape[0] > 4
+    )
 
 
 def channel_mismatch(want, sample_shape, *, no_axis=False, layer="first layer"):
@@ -97,6 +117,19 @@ def channel_mismatch(want, sample_shape, *, no_axis=False, layer="first layer"):
     """
     shape = tuple(int(d) for d in sample_shape)
     got = 1 if no_axis else shape[0]
+    if looks_channels_last(want, shape, no_axis=no_axis):
+        last = shape[-1]
+        head = (
+            f"X has samples of shape {shape}, channels last ({_plural(last)}) by "
+            f"the look of it, but the model's {layer} expects channels first "
+            f"({_plural(want)})"
+        )
+        move = "move the channel axis first with np.moveaxis(X, -1, 1)"
+        if last == want:
+            return f"{head}: {move}."
+        first = (last, *shape[:-1])
+        then = channel_mismatch(want, first, layer=layer).split(": ", 1)[1]
+        return f"{head}: {move}, then {then}"
     if no_axis:
         what = f"X has samples of shape {shape}, without a channel axis"
     else:
