@@ -70,14 +70,18 @@ columns = ["level", "accuracy"] + [
 print(table[columns].round(3).to_string(index=False))
 print()
 corr = pd.DataFrame(result.correlations)
-print(corr[["layer", "measure", "rho", "ci_low", "ci_high"]].round(2))
+# ``note`` says why rho or its interval is missing (NaN): e.g. the rank was
+# the same for every network, or in too many bootstrap resamples
+with pd.option_context("display.max_colwidth", 90, "display.width", 160):
+    print(corr[["layer", "measure", "rho", "ci_low", "ci_high", "note"]].round(2))
 print(f"\nwall time {result.timings['wall']:.1f} s")
 
 # %%
 # Rank against accuracy
 # ---------------------
 # One point per network, coloured by the number of epochs. The title gives
-# Spearman's rho with its 95% bootstrap interval, as computed by the runner.
+# Spearman's rho with its 95% bootstrap interval, as computed by the runner
+# ("no interval" or "undefined" when the note above says why there is none).
 
 fig, axes = plt.subplots(
     1, len(layers), figsize=(4.5 * len(layers), 3.8), layout="constrained"
