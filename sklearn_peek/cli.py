@@ -203,7 +203,8 @@ names for ONNX and TorchScript files (/pool1/MaxPool or
 (pool1) for a pickled torch module (add --input-shape C,H,W).
 
 exit codes: 0 success, 1 bad input or failure (one line on stderr, starting
-'sklearn-peek: error:'; add --debug for the full traceback), 2 bad command line.
+'sklearn-peek: error:'; add --debug for the full traceback), 2 bad command line,
+141 stdout closed early (e.g. by '| head').
 """
 
 
@@ -214,7 +215,7 @@ def _add_common(p):
         "-q",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="print no progress lines (errors are still printed)",
+        help="print no progress lines (warnings and errors are still printed)",
     )
     g.add_argument(
         "--debug",
@@ -574,7 +575,7 @@ class _Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.t0 = time.perf_counter()
         self.marks = {}
-        #: Every warning printed (or silenced by --quiet), in order, as dicts
+        #: Every warning printed (also under --quiet), in order, as dicts
         #: with "kind" and "message" (and details); results.json and the
         #: report hold them.
         self.warnings = []
@@ -586,8 +587,8 @@ class _Progress:
         if any(w["message"] == text for w in self.warnings):
             return
         self.warnings.append({"kind": kind, "message": text, **details})
-        if not self.quiet:
-            print(f"{PROG}: warning: {text}", file=sys.stderr, flush=True)
+        # Printed under --quiet too: warnings are few, short and recorded.
+        print(f"{PROG}: warning: {text}", file=sys.stderr, flush=True)
 
     def __call__(self, msg):
         if not self.quiet:
@@ -634,15 +635,24 @@ def _require_file(path, what):
     return p
 
 
-def _output_dir(path):
+def _output_dir(path, created=None):
     """Create the ``--out`` folder (and its parents) and check it is writable.
 
     Done before any work, so that a mistyped or read-only ``--out`` is
-    reported at once, not after the rank sweep.
+    reported at once, not after the rank sweep. The folders it creates are
+    appended to ``created`` (deepest last): :func:`main` removes those left
+    empty when the command fails.
     """
     out = Path(path)
+    new = []
+    for p in (out, *out.parents):
+        if p.exists():
+            break
+        new.append(p)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        if created is not None:
+            created.extend(reversed(new))
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
@@ -752,6 +762,14 @@ def _check_finite(X, index=None):
     )
 
 
+def _warn_data(say, kind, text, **details):
+    """A warning about --data: recorded by ``say``, or a UserWarning without it."""
+    if say is None:
+        warnings.warn(text, UserWarning, stacklevel=3)
+    else:
+        say.warn(kind, text, **details)
+
+
 def prepare_inputs(X, *, input_shape=None, scale="auto", index=None, say=None):
     """Float32 images of shape (n, C, H, W) (or as ``input_shape`` says).
 
@@ -787,11 +805,19 @@ def prepare_inputs(X, *, input_shape=None, scale="auto", index=None, say=None):
                 "images, pass --scale 255; --scale none uses them as stored "
                 "without this warning."
             )
-            details = {"dtype": str(X.dtype), "max": int(top)}
-            if say is None:
-                warnings.warn(text, UserWarning, stacklevel=2)
-            else:
-                say.warn("unscaled_integers", text, **details)
+            _warn_data(say, "unscaled_integers", text, dtype=str(X.dtype), max=int(top))
+    if scale == "255" and X.dtype.kind == "f" and X.size:
+        with warnings.catch_warnings():  # all NaN: the finite check below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo, hi = np.nanmin(X), np.nanmax(X)
+        if 0 <= lo and hi <= 1:
+            text = (
+                f"--scale 255 divides --data by 255, but it holds {X.dtype} values "
+                f"already within [0, 1] (max {float(hi):.4g}): the inputs become "
+                "0-0.004. If the network was trained on [0, 1] images, drop "
+                "--scale 255 (--scale auto uses float data as stored)."
+            )
+            _warn_data(say, "scaled_unit_data", text, dtype=str(X.dtype), max=float(hi))
     with np.errstate(over="ignore"):  # values beyond float32: the error below
         X = X.astype(np.float32, copy=False)
     if scale == "255" or (scale == "auto" and stored.dtype == np.uint8):
@@ -1031,6 +1057,28 @@ def _channel_error(model, exc, *, source="--data"):
     def spec(c):
         return ",".join(str(int(v)) for v in (c, *dims))
 
+    if getattr(exc, "channels_last", False) or "np.moveaxis" in advice:
+        # (H, W, C) samples, as PIL, TensorFlow and matplotlib keep images.
+        last, hw = int(shape[-1]), tuple(int(v) for v in shape[:-1])
+        if source == "--input-shape":
+            fix = (
+                "--input-shape looks channels-last (H,W,C); give the channel axis "
+                f"first: --input-shape {','.join(map(str, (last, *hw)))}"
+            )
+        else:
+            fix = (
+                "--data looks channels-last, (n, H, W, C): save it as "
+                f"(n, C, H, W), here (n, {last}, {', '.join(map(str, hw))}), e.g. "
+                "with np.moveaxis(X, -1, 1)"
+            )
+        if last == 1 and want > 1:
+            fix += f", and add --channel-repeat to feed the single channel {want} times"
+        elif last != want:
+            fix += (
+                f", then convert it to the {want} channel{'s' if want > 1 else ''} "
+                "the model takes"
+            )
+        return CLIError(f"{head}. {fix}.")
     if "channel_repeat=True" in advice:
         fix = f"Add --channel-repeat to feed the single channel {want} times (e.g. "
         fix += "grayscale -> RGB)"
@@ -1366,9 +1414,10 @@ def sweep_warnings(scorer, *, ranks, max_iter, tol):
         per = {}
         for layer, rank in zip(res["layer"][bad], res["rank"][bad]):
             per.setdefault(str(layer), []).append(int(rank))
+        # Runs of ranks as A:B (--ranks syntax): a long sweep may leave
+        # dozens of ranks unconverged.
         where = "; ".join(
-            f"layer {k!r}: rank{'s' if len(v) > 1 else ''} "
-            f"{', '.join(map(str, sorted(v)))}"
+            f"layer {k!r}: rank{'s' if len(v) > 1 else ''} {_compact_ranks(v)}"
             for k, v in per.items()
         )
         out.append(
@@ -1438,6 +1487,16 @@ def sweep_warnings(scorer, *, ranks, max_iter, tol):
             )
         out.append(("rank_at_top_of_grid", text, details))
     return out
+
+
+def _single_rank_text(rank):
+    """The warning about a ``--ranks`` of one rank (both commands)."""
+    return (
+        f"--ranks {rank} holds a single rank, so nothing was compared: the rank "
+        f"reported for every layer is {rank} because it is the only one tried, not "
+        f"because it was selected. Give several ranks (e.g. --ranks 1:{max(rank, 2)}) "
+        "to select one."
+    )
 
 
 def _top_of_grid_notes(warned):
@@ -1598,7 +1657,7 @@ def _cmd_analyze(args, say):
             X, input_shape=args.input_shape, scale=args.scale, index=keep, say=say
         )
     say(f"{X.shape[0]} inputs of shape {X.shape[1:]}")
-    out = _output_dir(args.out)
+    out = _output_dir(args.out, args.created_dirs_)
 
     with tempfile.TemporaryDirectory(prefix="sklearn-peek-") as tmp:
         with say.step("model", f"loading {args.model}"):
@@ -1680,6 +1739,14 @@ def _cmd_analyze(args, say):
     ):
         say.warn(kind, text, **details)
     notes = _top_of_grid_notes(say.warnings)
+    if len(args.ranks) == 1:
+        r = args.ranks[0]
+        say.warn(
+            "single_rank",
+            _single_rank_text(r),
+            rank=r,
+        )
+        notes = dict.fromkeys(scorer.rank_, "the only rank tried: not selected")
     r_fig = args.figure_rank or max(int(v) for v in scorer.rank_.values())
     with say.step("figure_model", f"fitting the coupled model at rank {r_fig}"):
         fig_iter, fig_tol = max(300, args.max_iter), max(1e-3, args.tol)
@@ -1695,11 +1762,17 @@ def _cmd_analyze(args, say):
             hint=f" Raise --max-iter above {fig_iter} or --tol above {fig_tol:g}.",
         )
 
+    repeat = int(getattr(ext, "_repeat", 1) or 1)
+    shape_text = f"shape {tuple(X.shape[1:])}"
+    if args.channel_repeat and repeat > 1:
+        shape_text += (
+            f", its channel repeated {repeat} times for the model (--channel-repeat)"
+        )
     report = Report(
         f"sklearn-peek: {Path(args.model).name}",
-        subtitle=f"{X.shape[0]} inputs from {Path(args.data).name}, shape "
-        f"{tuple(X.shape[1:])}; model format {fmt}; criterion {args.criterion}; "
-        f"ranks {args.ranks[0]}..{args.ranks[-1]}",
+        subtitle=f"{X.shape[0]} inputs from {Path(args.data).name}, {shape_text}; "
+        f"model format {fmt}; criterion {args.criterion}; "
+        f"ranks {_compact_ranks(args.ranks)}",
     )
     _method_text(report)
     report.add_heading("Selected rank per layer")
@@ -1747,6 +1820,12 @@ def _cmd_analyze(args, say):
         "max_iter": args.max_iter,
         "tol": args.tol,
         "channel_repeat": bool(args.channel_repeat),
+        "channels_fed": int(X.shape[1]) * repeat if X.ndim == 4 else None,
+        "scale": args.scale,
+        "pooling": args.pooling,
+        "nonneg": args.nonneg,
+        "max_samples": args.max_samples,
+        "n_available": n_available,
         "ranks_tried": list(args.ranks),
         "ranks": {k: int(v) for k, v in scorer.rank_.items()},
         "curves": _curves_json(scorer),
@@ -1931,6 +2010,50 @@ def _records(table):
     return [dict(zip(cols, row)) for row in rows]
 
 
+def _demo_rank_check(settings, layers, cv):
+    """Raise a CLIError when the demo's ``--ranks`` exceed what its data allow.
+
+    Checked before any network is trained: the layer widths do not depend
+    on the training, so an untrained network gives them. Every network's
+    layers are swept coupled with the input (``input`` + layer columns) and
+    alone (the layer's columns, the baseline), on the test digits (bcv fits
+    on the training rows of each fold): the narrowest of these sets the
+    limit, as :class:`~sklearn_peek.RankQualityScorer` would find it.
+    """
+    from sklearn_peek import LayerActivationExtractor, studies
+    from sklearn_peek._lenet import build_lenet
+
+    ranks = sorted(int(r) for r in settings["ranks"])
+    X = studies.digits_split().X_test
+    n = int(X.shape[0])
+    rows = n - math.ceil(n / cv) if "bcv" in settings["criteria"] else n
+    with torch_threads(1):
+        net = build_lenet(X.shape[1:], 10).eval()
+        ext = LayerActivationExtractor(net, layers=layers).fit(X[:2])
+    widths = {str(k): int(v) for k, v in ext.block_sizes_ if k != "input"}
+    name, width = min(widths.items(), key=lambda kv: kv[1])
+    limit = min(rows, width)
+    if ranks[-1] <= limit:
+        return
+    hints = [f"--ranks {ranks[0]}..{ranks[-1]} goes up to {ranks[-1]}, but"]
+    if rows <= width:
+        how = (
+            f"each of the --cv {cv} folds fits on {rows} of the {n} test digits "
+            "the demo analyses"
+            if "bcv" in settings["criteria"]
+            else f"the demo analyses {n} test digits"
+        )
+        hints.append(f"{how}, so no rank above {limit} fits.")
+    else:
+        hints.append(
+            f"layer {name!r} has {width} units: its layer-alone baseline (the "
+            f"layer's {width} columns, without the input's) allows no rank above "
+            f"{limit}."
+        )
+    hints.append(f"Pass --ranks up to {limit}.")
+    raise CLIError(" ".join(hints))
+
+
 def _cmd_demo(args, say):
     from sklearn_peek import (
         LayerActivationExtractor,
@@ -1939,7 +2062,6 @@ def _cmd_demo(args, say):
         studies,
     )
 
-    out = _output_dir(args.out)
     crit = args.criterion
     settings = dict(_TINY if args.tiny else studies.PRESETS[args.preset])
     settings["seeds"] = (
@@ -1953,6 +2075,8 @@ def _cmd_demo(args, say):
     if crit not in settings["criteria"]:
         settings["criteria"] = (*settings["criteria"], crit)
     layers = list(settings.get("layers", studies.DEFAULT_LAYERS))
+    _demo_rank_check(settings, layers, args.cv)  # before any training
+    out = _output_dir(args.out, args.created_dirs_)
     n_nets = sum(len(v) for v in settings["studies"].values()) * len(settings["seeds"])
     plan = "; ".join(
         f"{deg}: levels {', '.join(str(v) for v in levels)}"
@@ -1960,7 +2084,7 @@ def _cmd_demo(args, say):
     )
     say(
         f"case study on the digits: {n_nets} networks ({plan}), layers "
-        f"{', '.join(layers)}, ranks {', '.join(map(str, settings['ranks']))}"
+        f"{', '.join(layers)}, ranks {_compact_ranks(settings['ranks'])}"
     )
     with say.step("case_study", "training the networks and sweeping their ranks"):
         res = studies.run_paper_studies(
@@ -1970,6 +2094,9 @@ def _cmd_demo(args, say):
     corr = _records(res.correlations)
     for kind, text, details in demo_warnings(rows, layers, crit, settings["ranks"]):
         say.warn(kind, text, **details)
+    if len(settings["ranks"]) == 1:
+        r = int(settings["ranks"][0])
+        say.warn("single_rank", _single_rank_text(r), rank=r)
 
     # -- the report ---------------------------------------------------------
     n_train = next(iter(res.studies.values())).settings["n_train"]
@@ -2164,7 +2291,8 @@ def main(argv=None):
     -------
     int
         0 on success, 1 on bad input or failure (a one-line message on
-        stderr), 2 on a bad command line.
+        stderr), 2 on a bad command line, 141 when stdout was closed early
+        (as after SIGPIPE).
 
     Examples
     --------
@@ -2180,12 +2308,24 @@ def main(argv=None):
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     args.argv_ = [str(a) for a in argv]
+    args.created_dirs_ = []  # --out folders made by this run (_output_dir)
     debug = getattr(args, "debug", False)
     quiet = getattr(args, "quiet", False)
     say = _Progress(quiet=quiet)
     try:
-        with _one_line_warnings(say):
-            return int(args.func(args, say) or 0)
+        try:
+            with _one_line_warnings(say):
+                code = int(args.func(args, say) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return code
+        except BaseException:
+            _remove_empty(args.created_dirs_)
+            raise
+    except BrokenPipeError:
+        # stdout was closed early (e.g. '| head -1'): stop quietly, as tools
+        # killed by SIGPIPE do (exit 128 + 13).
+        _stdout_to_devnull()
+        return 141
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -2196,14 +2336,60 @@ def main(argv=None):
         return 1
 
 
+def _remove_empty(folders):
+    """Remove the folders of ``folders`` (deepest last) that are still empty."""
+    for p in reversed(folders):
+        try:
+            p.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            break
+
+
+def _stdout_to_devnull():
+    """Point stdout at os.devnull, so that flushing it at exit cannot fail.
+
+    What Python's documentation advises after a BrokenPipeError (see the
+    note on SIGPIPE in the signal module).
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor
+        pass
+
+
 def _one_line(exc):
     text = " ".join(str(exc).split())
-    if len(text) > 1000:
-        text = text[:1000] + " ..."
+    if not isinstance(exc, CLIError):
+        # The command's own messages are never cut. A long library message
+        # (e.g. a long list inside it) loses its middle, never its end: the
+        # advice comes last.
+        text = _elide_middle(text)
     if isinstance(exc, (CLIError, ValueError, FileNotFoundError, TypeError)):
         return text or type(exc).__name__
     # Unexpected failures keep their type, and point at --debug.
     return f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
+
+
+def _elide_middle(text, limit=1000):
+    """``text`` cut to about ``limit`` characters by dropping its middle.
+
+    The cut falls between words; the start and the end (where messages put
+    their advice) are kept.
+
+    Examples
+    --------
+    >>> _elide_middle("a " * 10 + "advice", limit=12)
+    'a a a ... advice'
+    """
+    if len(text) <= limit:
+        return text
+    head = text[: limit // 2].rsplit(" ", 1)[0]
+    tail = text[-(limit - len(head)) :].split(" ", 1)[-1]
+    return f"{head} ... {tail}"
 
 
 if __name__ == "__main__":  # pragma: no cover

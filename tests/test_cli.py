@@ -173,8 +173,12 @@ def test_analyze_torchscript_idx_data_figures_beside(files, tmp_path, capsys):
         capsys,
     )  # fmt: skip
     assert code == 0, err
-    assert err == ""  # --quiet
     res = json.loads((out / "results.json").read_text())
+    # --quiet: no progress lines, but the warnings are printed (and recorded)
+    assert res["warnings"]
+    assert err.splitlines() == [
+        f"sklearn-peek: warning: {w['message']}" for w in res["warnings"]
+    ]
     assert res["model_format"] == "torchscript"
     assert res["n_samples"] == 120
     assert res["ranks_tried"] == [1, 2, 3]
@@ -1193,3 +1197,217 @@ def test_float64_beyond_float32_is_one_error():
     X[2, 0, 0, 1] = np.nan  # a NaN in the file is named first, where it is
     with pytest.raises(cli.CLIError, match=r"the first is nan at sample 2"):
         cli.prepare_inputs(X)
+
+
+# ------------------------------------------------- regression check (items 1-7)
+def test_demo_ranks_beyond_the_data_fail_before_training(tmp_path, capsys):
+    out = tmp_path / "new" / "d3"
+    code, _, err = _run(["demo", "--out", out, "--ranks", "1:200", "-q"], capsys)
+    assert code == 1
+    (line,) = err.strip().splitlines()
+    # The quick preset's narrowest layer, pool2 (64 units), swept alone.
+    assert line == (
+        "sklearn-peek: error: --ranks 1..200 goes up to 200, but layer 'pool2' has "
+        "64 units: its layer-alone baseline (the layer's 64 columns, without the "
+        "input's) allows no rank above 64. Pass --ranks up to 64."
+    )
+    assert "ranks=[" not in line and "..." not in line
+    # Checked before --out is made: no empty folder is left behind.
+    assert not (tmp_path / "new").exists()
+    # The tiny study probes pool1 (96 units) and relu3 (120).
+    code, _, err = _run(
+        ["demo", "--out", out, "--ranks", "1:100", "-q", "--tiny"], capsys
+    )
+    assert code == 1 and "layer 'pool1' has 96 units" in err, err
+    assert err.strip().endswith("Pass --ranks up to 96.")
+
+
+def test_failed_analyze_removes_only_the_folders_it_made(files, tmp_path, capsys):
+    d, *_ = files
+    argv = ["analyze", d / "net.onnx", "--data", d / "x15.npy", "-q"]
+    code, _, err = _run([*argv, "--out", tmp_path / "a" / "b"], capsys)
+    assert code == 1 and "Pass --ranks up to 10" in err, err
+    assert not (tmp_path / "a").exists()
+    # A folder that existed before is kept, with what it holds.
+    keep = tmp_path / "keep"
+    (keep / "old").mkdir(parents=True)
+    code, _, err = _run([*argv, "--out", keep / "new"], capsys)
+    assert code == 1
+    assert sorted(p.name for p in keep.iterdir()) == ["old"]
+
+
+def test_long_error_text_keeps_its_end():
+    ranks = list(range(1, 301))
+    text = f"ranks={ranks} goes up to 300, but it is too many. Pass fewer ranks."
+    assert len(text) > 1000
+    line = cli._one_line(ValueError(text))
+    assert len(line) <= 1010
+    assert line.startswith("ranks=[1, 2, 3") and " ... " in line
+    assert line.endswith("Pass fewer ranks.")
+    # The command's own messages are never cut.
+    own = "x" * 600 + " " + "y" * 600 + " Pass --ranks up to 9."
+    assert cli._one_line(cli.CLIError(own)) == own
+
+
+def test_quiet_prints_warnings_and_its_help_says_so(files, tmp_path, capsys):
+    d, *_ = files
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path,
+         "--ranks", "1,2", "--max-samples", "60", "-q"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    res = _json(tmp_path)
+    kinds = [w["kind"] for w in res["warnings"]]
+    assert "rank_at_top_of_grid" in kinds
+    assert err.splitlines() == [
+        f"sklearn-peek: warning: {w['message']}" for w in res["warnings"]
+    ]
+    assert not re.search(r"^\[", err, re.M)  # no progress lines
+    assert cli.main(["analyze", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "warnings and errors are still printed" in help_text
+
+
+def test_convergence_warning_compacts_the_ranks(files, tmp_path, capsys):
+    d, *_ = files
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path,
+         "--ranks", "1:12", "--max-samples", "60", "--layers", "/relu1/Relu",
+         "--max-iter", "1", "--tol", "0", "-q"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    (w,) = [w for w in _json(tmp_path)["warnings"]
+            if w["kind"] == "convergence" and "where" not in w]  # fmt: skip
+    assert w["unconverged_ranks"] == {"/relu1/Relu": list(range(1, 13))}
+    assert "(layer '/relu1/Relu': ranks 1:12)" in w["message"]
+    assert "1, 2, 3" not in w["message"]
+
+
+def test_results_record_the_data_settings_and_scale_255_warns(files, tmp_path, capsys):
+    d, X, _ = files
+    assert 0 <= X.min() and X.max() <= 1  # float data already in [0, 1]
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path,
+         "--ranks", "1:3", "--max-samples", "60", "--scale", "255",
+         "--pooling", "avg", "--nonneg", "relu", "-q"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    res = _json(tmp_path)
+    assert (res["scale"], res["pooling"], res["nonneg"]) == ("255", "avg", "relu")
+    (w,) = [w for w in res["warnings"] if w["kind"] == "scaled_unit_data"]
+    assert "already within [0, 1]" in w["message"] and w["max"] == pytest.approx(1.0)
+    assert "--scale 255 divides --data by 255" in err
+    # The default --scale auto does not warn about the same data.
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path / "b",
+         "--ranks", "1:3", "--max-samples", "60", "-q"],
+        capsys,
+    )  # fmt: skip
+    res = _json(tmp_path / "b")
+    assert code == 0 and "scaled_unit_data" not in [w["kind"] for w in res["warnings"]]
+    assert (res["scale"], res["pooling"], res["nonneg"]) == ("auto", "none", "error")
+
+
+def test_channel_repeat_is_named_in_the_report_header(files, tmp_path, capsys):
+    d, *_ = files
+    code, _, err = _run(
+        ["analyze", d / "net_rgb.onnx", "--data", d / "x.npy", "--out", tmp_path,
+         "--ranks", "1:2", "--max-samples", "60", "--channel-repeat", "-q"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    html = (tmp_path / "report.html").read_text()
+    assert (
+        "shape (1, 8, 8), its channel repeated 3 times for the model "
+        "(--channel-repeat)" in html
+    )
+    res = _json(tmp_path)
+    assert res["channel_repeat"] is True and res["channels_fed"] == 3
+
+
+def test_closed_stdout_exits_quietly(files):
+    import os
+
+    d, *_ = files
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "sklearn_peek", "layers", str(d / "net.onnx")],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""
+
+
+def test_single_rank_grid_says_nothing_was_selected(files, tmp_path, capsys):
+    d, *_ = files
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path,
+         "--ranks", "4", "--max-samples", "60", "-q"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    res = _json(tmp_path)
+    (w,) = [w for w in res["warnings"] if w["kind"] == "single_rank"]
+    assert w["rank"] == 4
+    assert "--ranks 4 holds a single rank, so nothing was compared" in w["message"]
+    assert "--ranks 4 holds a single rank" in err
+    assert set(res["ranks"].values()) == {4}
+    html = (tmp_path / "report.html").read_text()
+    assert "the only rank tried: not selected" in html
+    # Several ranks: no such warning.
+    code, _, err = _run(
+        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path / "b",
+         "--ranks", "3,4", "--max-samples", "60", "-q"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0 and "single rank" not in err
+
+
+@pytest.mark.parametrize(
+    "model, channels, extra, expect",
+    [
+        ("net.onnx", 1, [], "(n, 1, 8, 8), e.g. with np.moveaxis(X, -1, 1)."),
+        ("net_rgb.onnx", 3, [], "(n, 3, 8, 8), e.g. with np.moveaxis(X, -1, 1)."),
+        ("net_rgb.onnx", 1, [],
+         "np.moveaxis(X, -1, 1), and add --channel-repeat to feed the single "
+         "channel 3 times."),
+        ("net_rgb_ts.pt", 3, [], "(n, 3, 8, 8), e.g. with np.moveaxis(X, -1, 1)."),
+    ],
+)  # fmt: skip
+def test_channels_last_data_is_named(
+    files, tmp_path, capsys, model, channels, extra, expect
+):
+    d, X, _ = files
+    nhwc = np.repeat(np.moveaxis(X[:30], 1, -1), channels, axis=-1)
+    assert nhwc.shape == (30, 8, 8, channels)
+    np.save(tmp_path / "nhwc.npy", nhwc)
+    code, _, err = _run(
+        ["analyze", d / model, "--data", tmp_path / "nhwc.npy", "--out",
+         tmp_path / "o", "-q", *extra],
+        capsys,
+    )  # fmt: skip
+    assert code == 1
+    (line,) = err.strip().splitlines()
+    assert "--data looks channels-last, (n, H, W, C): save it as (n, C, H, W)" in line
+    assert line.endswith(expect), line
+    assert "8 channels" not in line and "channel_repeat=True" not in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_channels_last_input_shape_of_the_layers_command(files, capsys):
+    d, *_ = files
+    code, _, err = _run(
+        ["layers", d / "net_rgb_ts.pt", "--input-shape", "8,8,3"], capsys
+    )
+    assert code == 1
+    assert err.strip().endswith(
+        "--input-shape looks channels-last (H,W,C); give the channel axis first: "
+        "--input-shape 3,8,8."
+    ), err
