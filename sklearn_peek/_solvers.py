@@ -1241,42 +1241,93 @@ def _svd_blocks(Q, B, blocks, ks, C=None, skip=()):
     return Q @ M.T, _cast(S, B), P * _cast(scale, B)[:, None]
 
 
-def _sketch_group(X, s, omegas, ks, n_iter, batched):
-    """The randomized SVDs of ranks ``ks`` that run ``n_iter`` power iterations.
+def _take_cols(a, idx):
+    """Columns ``idx`` (a list of ints) of a NumPy array or tensor, as a copy."""
+    if _np(a):
+        return a[:, np.asarray(idx, dtype=np.intp)]
+    return a[:, _t().as_tensor(idx, device=a.device)]
 
-    ``omegas``: each rank's host sketch (p x ell). Returns a list of
-    ``(U, S, Vt)``, one per rank. Batched, the device is waited for once (the
-    checks of all orthonormalizations, with the Gram matrices of the final
-    SVD); a rank whose CholeskyQR2 failed at some step is redone alone with
-    Householder QRs, from the same sketch.
+
+def _block_index(blocks, positions):
+    """The columns of ``blocks``'s blocks at ``positions``, in order."""
+    return [j for b in positions for j in range(*blocks.bounds[b])]
+
+
+def _finish_sketches(Q, B, blocks, ks, ok, redo, ids):
+    """The SVDs of finished sketches (``Q``, ``B`` and ``ok`` of these blocks).
+
+    Batched: one wait for the device (the checks, with the Gram matrices); a
+    rank whose CholeskyQR2 failed at some step is redone by ``redo(ids[i])``.
+    Returns a list of ``(U, S, Vt)``, one per block.
     """
-    widths = [o.shape[1] for o in omegas]
-    blocks = _Blocks(widths, s, batched)
-    omega = _from_host(np.hstack(omegas), s)
-    Q, ok = _orth_blocks(_h_xt((omega * s[:, None]).T, X).T, blocks)
-    checks = [ok]
-    for _ in range(n_iter):
-        Z, ok = _orth_blocks((_w_x(Q.T, X) * s).T, blocks)
-        checks.append(ok)
-        Q, ok = _orth_blocks(_h_xt((Z * s[:, None]).T, X).T, blocks)
-        checks.append(ok)
-    B = _w_x(Q.T, X) * s  # L x p
     C, failed = None, set()
     if blocks.batched:
-        torch = _t()
         C = blocks.grams(B.T)
-        ok = torch.stack(checks).all(dim=0)
         C, ok = C.cpu().numpy(), ok.cpu().tolist()  # the one wait
         failed = {i for i, fine in enumerate(ok) if not fine}
     U, S, Vt = _svd_blocks(Q, B, blocks, ks, C, failed)
     out, at = [], 0
     for i, k in enumerate(ks):
         if i in failed:
-            out.extend(_sketch_group(X, s, [omegas[i]], [k], n_iter, False))
+            out.append(redo(ids[i]))
         else:
             out.append((U[:, at : at + k], S[at : at + k], Vt[at : at + k]))
         at += k
     return out
+
+
+def _sketch_group(X, s, omegas, ks, iters, batched):
+    """The randomized SVDs of ranks ``ks``, rank i with ``iters[i]`` power iterations.
+
+    ``omegas``: each rank's host sketch (p x ell). Returns a list of
+    ``(U, S, Vt)``, one per rank. One schedule for all: the product that ends
+    the ranks with fewer iterations (their ``B``) is the one that starts the
+    next iteration of the others, so every product with X serves every rank
+    still running. Batched, the device is waited for once per set of ranks
+    that end together (the checks of all their orthonormalizations, with the
+    Gram matrices of their SVDs); a rank whose CholeskyQR2 failed at some
+    step is redone alone with Householder QRs, from the same sketch.
+    """
+    act = list(range(len(ks)))  # the ranks still running
+    widths = [o.shape[1] for o in omegas]
+    blocks = _Blocks(widths, s, batched)
+    omega = _from_host(np.hstack(omegas), s)
+    Q, ok = _orth_blocks(_h_xt((omega * s[:, None]).T, X).T, blocks)
+    out = [None] * len(ks)
+
+    def redo(i):
+        return _sketch_group(X, s, [omegas[i]], [ks[i]], [iters[i]], False)[0]
+
+    j = 0
+    while True:
+        M = _w_x(Q.T, X) * s  # B of the ranks that end here; else Z's start
+        done = [b for b, i in enumerate(act) if iters[i] == j]
+        keep = [b for b, i in enumerate(act) if iters[i] > j]
+        if done:
+            if keep:  # the blocks that end here, apart
+                sub = _Blocks([widths[act[b]] for b in done], s, batched)
+                cols = _block_index(blocks, done)
+                Qd, Bd = _take_cols(Q, cols), _rows_take(M, cols)
+                okd = None if ok is None else _rows_take(ok, done)
+            else:
+                sub, Qd, Bd, okd = blocks, Q, M, ok
+            ends = [act[b] for b in done]
+            fin = _finish_sketches(Qd, Bd, sub, [ks[i] for i in ends], okd, redo, ends)
+            for i, part in zip(ends, fin):
+                out[i] = part
+        if not keep:
+            return out
+        if done:  # the stack shrinks to the ranks still running
+            cols = _block_index(blocks, keep)
+            Q, M = _take_cols(Q, cols), _rows_take(M, cols)
+            ok = None if ok is None else _rows_take(ok, keep)
+            act = [act[b] for b in keep]
+            blocks = _Blocks([widths[i] for i in act], s, batched)
+        Z, ok_z = _orth_blocks(M.T, blocks)
+        Q, ok_q = _orth_blocks(_h_xt((Z * s[:, None]).T, X).T, blocks)
+        if ok is not None:
+            ok = ok & ok_z & ok_q
+        j += 1
 
 
 def randomized_svds_weighted(
@@ -1315,14 +1366,7 @@ def randomized_svds_weighted(
     # Drawn by NumPy whatever the array type, so that one random_state gives
     # the same sketch on every backend.
     omegas = [rng.standard_normal(size=(p, ell)) for rng, ell in zip(rngs, ells)]
-    parts = [None] * len(ks)
-    for q in sorted(set(iters)):  # ranks with as many power iterations
-        idx = [i for i, it in enumerate(iters) if it == q]
-        group = _sketch_group(
-            X, s, [omegas[i] for i in idx], [ks[i] for i in idx], q, batched
-        )
-        for i, part in zip(idx, group):
-            parts[i] = part
+    parts = _sketch_group(X, s, omegas, list(ks), iters, batched)
     if len(parts) == 1:
         return parts[0]
     U = _hcat([u for u, _, _ in parts])

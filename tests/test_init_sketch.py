@@ -210,3 +210,27 @@ def test_fit_ranks_float32_torch_matches_separate_fits():
     for m, ref in zip(models, refs):
         assert m.reconstruction_err_ == pytest.approx(ref.reconstruction_err_, rel=1e-3)
         assert abs(m.n_iter_ - ref.n_iter_) <= 2
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_ranks_with_fewer_power_iterations_share_the_passes_over_x(
+    batched, monkeypatch
+):
+    # ranks below 0.1 * min(n, p) = 7 run 7 power iterations, the others 4:
+    # one schedule, so 1 + 2 * 7 + 1 products with X in all (two separate
+    # groups would take 16 + 10)
+    X, s = _data()
+    calls = []
+    for name in ("_h_xt", "_w_x"):
+        real = getattr(_solvers, name)
+
+        def counted(A, B, real=real):
+            calls.append(B.shape)
+            return real(A, B)
+
+        monkeypatch.setattr(_solvers, name, counted)
+    Xt, st = torch.from_numpy(X), torch.from_numpy(s)
+    ks = [5, 1, 9, 3, 12]
+    rngs = [np.random.RandomState(10 + k) for k in ks]
+    _solvers.randomized_svds_weighted(Xt, st, ks, rngs, batched=batched)
+    assert len(calls) == 16 and all(c == X.shape for c in calls)
