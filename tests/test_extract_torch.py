@@ -252,6 +252,8 @@ def test_nonneg_error_names_layer_and_fix(lenet, X):
         err.value.what,
         err.value.minimum,
     )
+    with pytest.raises(ValueError, match="the input X has negative values"):
+        LayerActivationExtractor(lenet, ["pool1"], input_shape=(1, 28, 28)).fit(X - 0.5)
 
 
 def test_nonneg_error_from_a_joblib_worker(lenet, X):
@@ -263,8 +265,6 @@ def test_nonneg_error_from_a_joblib_worker(lenet, X):
     ext = LayerActivationExtractor(lenet, ["fc2"], input_shape=(1, 28, 28))
     with pytest.raises(NegativeActivationError, match=r"'fc2'.*negative values"):
         Parallel(n_jobs=2)(delayed(work)(ext) for _ in range(2))
-    with pytest.raises(ValueError, match="the input X has negative values"):
-        LayerActivationExtractor(lenet, ["pool1"], input_shape=(1, 28, 28)).fit(X - 0.5)
 
 
 def test_nonneg_relu_split(lenet, X):
@@ -408,6 +408,19 @@ def test_images_without_channel_axis(lenet, X):
     # the images do not fit: the error shows the channel axis was added
     with pytest.raises(ValueError, match=r"input of shape \(1, 1, 20, 20\) failed"):
         LayerActivationExtractor(lenet, ["pool2"]).fit(np.zeros((3, 20, 20)))
+
+
+def test_volumes_without_channel_axis_for_a_conv3d_model():
+    # (n, D, H, W) for a model whose first convolution is a Conv3d taking one
+    # channel: the channel axis is added, as for (n, H, W) and a Conv2d
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(1, 2, 3), nn.ReLU()).eval()
+    V = np.random.default_rng(0).random((4, 5, 6, 6), dtype=np.float32)
+    ext = LayerActivationExtractor(net, ["1"])
+    A = ext.fit_transform(V)
+    assert ext.input_shape_ == (1, 5, 6, 6)
+    ref = LayerActivationExtractor(net, ["1"]).fit_transform(V[:, None])
+    np.testing.assert_array_equal(A, ref)
 
 
 class _AddsChannelAxis(nn.Module):

@@ -4,7 +4,7 @@ The estimator validates, plans the blocks and runs the batches; everything
 that depends on the runtime (torch or onnxruntime) lives in one adapter per
 runtime (``_torch.py``, ``_onnx.py``) with the same small interface:
 ``list_layers``, ``auto_layers``, ``resolve``, ``all_names``, ``run``,
-``model_input_shape``, ``expected_channels``.
+``model_input_shape``, ``image_layout``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import difflib
 import math
 import numbers
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -178,8 +179,6 @@ def _caller_stacklevel():
     of the first frame outside sklearn_peek, scikit-learn and joblib (whose
     ``Memory`` wraps a Pipeline's steps): the user's line, also when a
     Pipeline or ``fit_transform`` made the call."""
-    import sys
-
     import joblib
     import sklearn
 
@@ -366,7 +365,8 @@ def _feed_shape(sample_shape, adapter, channel_repeat, no_axis=False):
     to its forward pass). ``no_axis``: the caller's X had no channel axis
     (added as axis 1).
     """
-    want = adapter.expected_channels()
+    layout = adapter.image_layout()
+    want = None if layout is None else layout[1]
     if want is None or len(sample_shape) < 2 or sample_shape[0] == want:
         return sample_shape, 1
     if sample_shape[0] == 1 and channel_repeat:
@@ -378,6 +378,32 @@ def _feed_shape(sample_shape, adapter, channel_repeat, no_axis=False):
         return sample_shape, 1
     shown = sample_shape[1:] if no_axis else sample_shape
     raise ChannelMismatchError(want, shown, no_axis=no_axis)
+
+
+def _to_sample_shape(X, shape):
+    """``X`` as ``(n_samples, *shape)``, or None when its samples do not fit.
+
+    Taken: flat rows of ``prod(shape)`` values, samples of ``shape`` and, when
+    ``shape`` is ``(1, ...)`` (one channel), samples without the channel axis
+    (given the axis, ``X[:, None]``).
+    """
+    if X.ndim == 2 and X.shape[1] == math.prod(shape):
+        return X.reshape(X.shape[0], *shape)
+    if X.shape[1:] == shape:
+        return X
+    if X.ndim >= 3 and shape[0] == 1 and X.shape[1:] == shape[1:]:
+        return X[:, None]
+    return None
+
+
+def _accepted_shapes(shape):
+    """The shapes of X that ``_to_sample_shape`` takes, for messages."""
+    text = (
+        f"(n_samples, {math.prod(shape)}) or (n_samples, {', '.join(map(str, shape))})"
+    )
+    if shape[0] == 1 and len(shape) > 2:
+        text += f" or (n_samples, {', '.join(map(str, shape[1:]))})"
+    return text
 
 
 def available_layers(
@@ -777,22 +803,13 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         shape = _check_input_shape(self.input_shape)
         n = X.shape[0]
         if shape is not None:
-            if X.ndim == 2 and X.shape[1] == math.prod(shape):
-                return X.reshape(n, *shape), shape, None
-            if X.shape[1:] == shape:
-                return X, shape, None
-            if X.ndim >= 3 and shape[0] == 1 and X.shape[1:] == shape[1:]:
-                return X[:, None], shape, "added"
-            raise ValueError(
-                f"X has shape {X.shape}, which does not fit input_shape={shape}: "
-                f"expected (n_samples, {math.prod(shape)}) or (n_samples, "
-                f"{', '.join(map(str, shape))})"
-                + (
-                    f" or (n_samples, {', '.join(map(str, shape[1:]))})."
-                    if shape[0] == 1 and len(shape) > 2
-                    else "."
+            X4 = _to_sample_shape(X, shape)
+            if X4 is None:
+                raise ValueError(
+                    f"X has shape {X.shape}, which does not fit input_shape={shape}: "
+                    f"expected {_accepted_shapes(shape)}."
                 )
-            )
+            return X4, shape, "added" if X.ndim == len(shape) > 2 else None
         if X.ndim > 2:
             layout = adapter.image_layout()
             if layout is not None and X.ndim == layout[0]:
@@ -1143,28 +1160,18 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                     f"expected {list(self.feature_names_in_[:3])}..."
                 )
         shape = self.input_shape_
-        n = arr.shape[0]
-        if arr.ndim == 2 and arr.shape[1] == self.n_features_in_:
-            return arr.reshape(n, *shape)
-        if arr.shape[1:] == shape:
-            return arr
-        if arr.ndim >= 3 and shape[0] == 1 and arr.shape[1:] == shape[1:]:
-            return arr[:, None]  # single-channel images without the channel axis
+        X4 = _to_sample_shape(arr, shape)
+        if X4 is not None:
+            return X4
         if arr.ndim == 2:
             raise ValueError(
                 f"X has {arr.shape[1]} features, but LayerActivationExtractor is "
                 f"expecting {self.n_features_in_} features as input (samples of "
                 f"shape {shape}, seen in fit)."
             )
-        no_axis = (
-            f" or (n_samples, {', '.join(map(str, shape[1:]))})"
-            if shape[0] == 1 and len(shape) > 2
-            else ""
-        )
         raise ValueError(
             f"X has shape {arr.shape}; this extractor was fitted on samples of shape "
-            f"{shape}: expected (n_samples, {self.n_features_in_}) or (n_samples, "
-            f"{', '.join(map(str, shape))}){no_axis}."
+            f"{shape}: expected {_accepted_shapes(shape)}."
         )
 
     def transform(self, X, out=None):

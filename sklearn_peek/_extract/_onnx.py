@@ -404,10 +404,6 @@ class OnnxAdapter:
             return (3, c)
         return None
 
-    def expected_channels(self):
-        layout = self.image_layout()
-        return None if layout is None else layout[1]
-
     def check_sample_shape(self, sample_shape):
         dims = self.input_dims
         if dims is None:

@@ -122,11 +122,6 @@ class TorchAdapter:
                     return rank, mod.in_channels
         return None
 
-    def expected_channels(self):
-        """``in_channels`` of the first convolution, if the model has one."""
-        layout = self.image_layout()
-        return None if layout is None else layout[1]
-
     # -- running ------------------------------------------------------------
     @contextlib.contextmanager
     def _session(self):
