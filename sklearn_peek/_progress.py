@@ -39,3 +39,18 @@ def check_progress(progress):
         raise ValueError(
             f"progress={progress!r} is not understood; expected None, True or False."
         )
+
+
+def collect(results, bar):
+    """``list(results)``, ticking ``bar`` (from :func:`progress_bar`; None for
+    no bar) once per item; the bar is closed at the end, also on an error."""
+    if bar is None:
+        return list(results)
+    out = []
+    try:
+        for item in results:
+            out.append(item)
+            bar.update(1)
+    finally:
+        bar.close()
+    return out

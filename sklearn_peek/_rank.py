@@ -36,7 +36,7 @@ from sklearn_peek._backend import (
     to_numpy,
 )
 from sklearn_peek._coupled_nmf import blocks_from_feature_names, resolve_blocks
-from sklearn_peek._progress import check_progress, progress_bar
+from sklearn_peek._progress import check_progress, collect, progress_bar
 from sklearn_peek._validation import (
     check_finite_nonneg,
     check_weights,
@@ -62,13 +62,8 @@ class SweepLimitError(ValueError):
     def __init__(self, param, limit, message, reason=None, rows=None, columns=None):
         # All in args, so that pickle and copy can rebuild the error.
         super().__init__(param, limit, message, reason, rows, columns)
-        self.param, self.limit, self.message, self.reason = (
-            param,
-            limit,
-            message,
-            reason,
-        )
-        self.rows, self.columns = rows, columns
+        self.param, self.limit, self.message = param, limit, message
+        self.reason, self.rows, self.columns = reason, rows, columns
 
     def __str__(self):
         return self.message
@@ -1130,15 +1125,7 @@ class RankQualityScorer(BaseEstimator):
             parallel = Parallel(n_jobs=1, backend="threading", **kw)
         else:
             parallel = Parallel(n_jobs=self.n_jobs, **kw)
-        outputs = []
-        try:
-            for out in parallel(tasks[i][2] for i in order):
-                outputs.append(out)
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+        outputs = collect(parallel(tasks[i][2] for i in order), bar)
         results = {tasks[i][0]: out for i, out in zip(order, outputs)}
         self.n_tasks_ = len(tasks)
         self.rank_limit_ = limit

@@ -19,7 +19,6 @@ from sklearn.base import _fit_context
 from sklearn.utils._param_validation import (
     Hidden,
     Interval,
-    InvalidParameterError,
     Options,
     StrOptions,
     validate_parameter_constraints,
@@ -30,7 +29,6 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 __all__ = [
     "Hidden",
     "Interval",
-    "InvalidParameterError",
     "Options",
     "StrOptions",
     "_fit_context",
