@@ -28,12 +28,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import subprocess
 import sys
 import time
-import warnings
 
 import numpy as np
 
@@ -43,24 +41,12 @@ N = 4096
 
 def _model_bytes():
     import torch
+    from bench_extract import _export  # same folder: on sys.path as a script
 
     from sklearn_peek._lenet import LeNet
 
     torch.manual_seed(0)
-    net = LeNet((1, 28, 28), 10).eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            torch.zeros(1, 1, 28, 28),
-            buf,
-            dynamo=False,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
-        )
-    return buf.getvalue()
+    return _export(LeNet((1, 28, 28), 10).eval(), (1, 28, 28))
 
 
 def _session(model_bytes, spin, outputs=None):
