@@ -101,12 +101,12 @@ def parse_shape(text):
     return shape
 
 
-def _int_type(ok, expected):
-    """An argparse type: an integer for which ``ok(value)`` holds."""
+def _checked(convert, ok, expected):
+    """An argparse type: ``convert(text)`` (int or float) for which ``ok`` holds."""
 
     def parse(text):
         try:
-            v = int(text)
+            v = convert(text)
         except ValueError:
             v = None
         if v is None or not ok(v):
@@ -116,40 +116,24 @@ def _int_type(ok, expected):
     return parse
 
 
-_positive_int = _int_type(lambda v: v >= 1, "a positive integer")
+_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 #: Bi-cross-validation holds out one fold of rows and columns: >= 2 folds.
-_folds = _int_type(
+_folds = _checked(
+    int,
     lambda v: v >= 2,
     "an integer >= 2 (bi-cross-validation holds out one fold of rows and "
     "columns, so it needs at least 2 folds)",
 )
-_n_jobs = _int_type(
-    lambda v: v != 0, "a non-zero integer (N workers, or -1 for all cores)"
+_n_jobs = _checked(
+    int, lambda v: v != 0, "a non-zero integer (N workers, or -1 for all cores)"
 )
-
-
-def _nonneg_float(text):
-    """A finite float >= 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not (math.isfinite(v) and v >= 0.0):  # also rejects NaN
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected a finite number >= 0 (e.g. 1e-4)."
-        )
-    return v
-
-
-def _fraction(text):
-    """A float in (0, 1]."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not 0.0 < v <= 1.0:  # also rejects NaN
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number in (0, 1].")
-    return v
+# Comparisons with NaN are False: "nan" is rejected too.
+_nonneg_float = _checked(
+    float,
+    lambda v: math.isfinite(v) and v >= 0.0,
+    "a finite number >= 0 (e.g. 1e-4)",
+)
+_fraction = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 
 
 # --------------------------------------------------------------------------
@@ -1037,15 +1021,14 @@ def _channel_error(model, exc, *, source="--data"):
     (:func:`~sklearn_peek._extract._channels.channel_mismatch`), with ``X``
     named as ``source`` (``--data``, or ``--input-shape`` for the layers
     command). Its advice is in Python terms (``np.repeat``, ``X[:, None]``),
-    so the command gives its own, chosen by what the library's says: the
-    phrase ``channel_repeat=True`` appears exactly where that parameter, and
-    so ``--channel-repeat``, fixes the problem.
+    so the command gives its own, chosen from the error's attributes:
+    channels-last samples, or single-channel samples for a model taking
+    several channels (where ``--channel-repeat`` fixes the problem).
     """
     from sklearn_peek._extract._channels import channel_mismatch
 
     want, shape, no_axis = exc.expected, exc.sample_shape, exc.no_axis
-    text = channel_mismatch(want, shape, no_axis=no_axis)
-    head, _, advice = text.partition(": ")
+    head = channel_mismatch(want, shape, no_axis=no_axis).partition(": ")[0]
     head = head.rstrip(".")
     if head.startswith("X "):
         head = source + head[1:]
@@ -1057,7 +1040,7 @@ def _channel_error(model, exc, *, source="--data"):
     def spec(c):
         return ",".join(str(int(v)) for v in (c, *dims))
 
-    if getattr(exc, "channels_last", False) or "np.moveaxis" in advice:
+    if exc.channels_last:
         # (H, W, C) samples, as PIL, TensorFlow and matplotlib keep images.
         last, hw = int(shape[-1]), tuple(int(v) for v in shape[:-1])
         if source == "--input-shape":
@@ -1079,7 +1062,7 @@ def _channel_error(model, exc, *, source="--data"):
                 "the model takes"
             )
         return CLIError(f"{head}. {fix}.")
-    if "channel_repeat=True" in advice:
+    if exc.got == 1 and want > 1:
         fix = f"Add --channel-repeat to feed the single channel {want} times (e.g. "
         fix += "grayscale -> RGB)"
         if no_axis:
@@ -1147,6 +1130,35 @@ def _extractor_error(exc, args, fmt, sample_shape, *, source="--data"):
     if isinstance(exc, ChannelMismatchError):
         return _channel_error(args.model, exc, source=source)
     return None
+
+
+@contextlib.contextmanager
+def _in_cli_terms(args, fmt, sample_shape, *, source="--data"):
+    """Re-raise the ValueErrors :func:`_extractor_error` rewords, reworded."""
+    try:
+        yield
+    except ValueError as exc:
+        new = _extractor_error(exc, args, fmt, sample_shape, source=source)
+        if new is None:
+            raise
+        raise new from exc
+
+
+def _load_args_model(args, sample, workdir, *, source="--data"):
+    """:func:`load_model` with the command's options; ``(model, format)``.
+
+    A TorchScript file's channel mismatch (found while converting it with
+    ``sample``) is worded with the command's options.
+    """
+    shape = None if sample is None else tuple(sample.shape[1:])
+    with _in_cli_terms(args, None, shape, source=source):
+        return load_model(
+            args.model,
+            trust_pickle=args.trust_pickle,
+            sample=sample,
+            workdir=workdir,
+            channel_repeat=args.channel_repeat,
+        )
 
 
 def _split_layers(layers):
@@ -1489,14 +1501,23 @@ def sweep_warnings(scorer, *, ranks, max_iter, tol):
     return out
 
 
-def _single_rank_text(rank):
-    """The warning about a ``--ranks`` of one rank (both commands)."""
-    return (
+def _warn_single_rank(say, ranks):
+    """Warn (kind "single_rank") when ``ranks`` holds one rank; whether it did.
+
+    Shared by both commands.
+    """
+    if len(ranks) != 1:
+        return False
+    rank = int(ranks[0])
+    say.warn(
+        "single_rank",
         f"--ranks {rank} holds a single rank, so nothing was compared: the rank "
         f"reported for every layer is {rank} because it is the only one tried, not "
         f"because it was selected. Give several ranks (e.g. --ranks 1:{max(rank, 2)}) "
-        "to select one."
+        "to select one.",
+        rank=rank,
     )
+    return True
 
 
 def _top_of_grid_notes(warned):
@@ -1661,19 +1682,7 @@ def _cmd_analyze(args, say):
 
     with tempfile.TemporaryDirectory(prefix="sklearn-peek-") as tmp:
         with say.step("model", f"loading {args.model}"):
-            try:
-                model, fmt = load_model(
-                    args.model,
-                    trust_pickle=args.trust_pickle,
-                    sample=X,
-                    workdir=tmp,
-                    channel_repeat=args.channel_repeat,
-                )
-            except ValueError as exc:  # a TorchScript file's channels
-                new = _extractor_error(exc, args, None, X.shape[1:])
-                if new is None:
-                    raise
-                raise new from exc
+            model, fmt = _load_args_model(args, X, tmp)
         layers = _split_layers(args.layers)
         ext = LayerActivationExtractor(
             model,
@@ -1687,7 +1696,10 @@ def _cmd_analyze(args, say):
             progress=False if say.quiet else None,
             channel_repeat=args.channel_repeat,
         )
-        with say.step("extract", f"running the {fmt} model and recording layers"):
+        with (
+            say.step("extract", f"running the {fmt} model and recording layers"),
+            _in_cli_terms(args, fmt, X.shape[1:]),
+        ):
             try:
                 A = ext.fit(X).transform(X)
             except NegativeActivationError as exc:
@@ -1703,11 +1715,6 @@ def _cmd_analyze(args, say):
                     "--nonneg relu (clip at 0), split ([relu(x), relu(-x)]) or shift "
                     f"(subtract the minimum), {other}."
                 ) from exc
-            except ValueError as exc:
-                new = _extractor_error(exc, args, fmt, X.shape[1:])
-                if new is None:
-                    raise
-                raise new from exc
     blocks = [(str(n), int(s)) for n, s in ext.block_sizes_]
     say("blocks: " + ", ".join(f"{n} ({s})" for n, s in blocks))
     with say.step(
@@ -1739,13 +1746,7 @@ def _cmd_analyze(args, say):
     ):
         say.warn(kind, text, **details)
     notes = _top_of_grid_notes(say.warnings)
-    if len(args.ranks) == 1:
-        r = args.ranks[0]
-        say.warn(
-            "single_rank",
-            _single_rank_text(r),
-            rank=r,
-        )
+    if _warn_single_rank(say, args.ranks):
         notes = dict.fromkeys(scorer.rank_, "the only rank tried: not selected")
     r_fig = args.figure_rank or max(int(v) for v in scorer.rank_.values())
     with say.step("figure_model", f"fitting the coupled model at rank {r_fig}"):
@@ -1762,9 +1763,9 @@ def _cmd_analyze(args, say):
             hint=f" Raise --max-iter above {fig_iter} or --tol above {fig_tol:g}.",
         )
 
-    repeat = int(getattr(ext, "_repeat", 1) or 1)
+    repeat = int(getattr(ext, "_repeat", 1))  # > 1 only under --channel-repeat
     shape_text = f"shape {tuple(X.shape[1:])}"
-    if args.channel_repeat and repeat > 1:
+    if repeat > 1:
         shape_text += (
             f", its channel repeated {repeat} times for the model (--channel-repeat)"
         )
@@ -1941,32 +1942,18 @@ def _cmd_layers(args, say):
     sample = None
     if args.input_shape is not None:
         sample = np.zeros((2, *args.input_shape), np.float32)
-    fmt = None
     with tempfile.TemporaryDirectory(prefix="sklearn-peek-") as tmp:
-        try:
-            model, fmt = load_model(
-                args.model,
-                trust_pickle=args.trust_pickle,
-                sample=sample,
-                workdir=tmp,
-                channel_repeat=args.channel_repeat,
+        model, fmt = _load_args_model(args, sample, tmp, source="--input-shape")
+        if fmt == "pickle" and args.input_shape is None:
+            raise CLIError(
+                f"MODEL {str(args.model)!r} is a pickled torch module, which "
+                "must run once to learn its layer shapes: give --input-shape "
+                "C,H,W (the shape of one input, e.g. 1,28,28)."
             )
-            if fmt == "pickle" and args.input_shape is None:
-                raise CLIError(
-                    f"MODEL {str(args.model)!r} is a pickled torch module, which "
-                    "must run once to learn its layer shapes: give --input-shape "
-                    "C,H,W (the shape of one input, e.g. 1,28,28)."
-                )
+        with _in_cli_terms(args, fmt, args.input_shape, source="--input-shape"):
             rows = available_layers(
                 model, input_shape=args.input_shape, channel_repeat=args.channel_repeat
             )
-        except ValueError as exc:
-            new = _extractor_error(
-                exc, args, fmt, args.input_shape, source="--input-shape"
-            )
-            if new is None:
-                raise
-            raise new from exc
     if not rows:
         print("(no layers found)")
         return 0
@@ -2017,22 +2004,27 @@ def _demo_rank_check(settings, layers, cv):
     on the training, so an untrained network gives them. Every network's
     layers are swept coupled with the input (``input`` + layer columns) and
     alone (the layer's columns, the baseline), on the test digits (bcv fits
-    on the training rows of each fold): the narrowest of these sets the
-    limit, as :class:`~sklearn_peek.RankQualityScorer` would find it.
+    on the training rows of each fold): the narrowest of these, a layer
+    alone, sets the limit, computed as :class:`~sklearn_peek.RankQualityScorer`
+    computes it when it fits.
     """
-    from sklearn_peek import LayerActivationExtractor, studies
+    from sklearn_peek import LayerActivationExtractor, RankQualityScorer, studies
     from sklearn_peek._lenet import build_lenet
 
     ranks = sorted(int(r) for r in settings["ranks"])
     X = studies.digits_split().X_test
     n = int(X.shape[0])
-    rows = n - math.ceil(n / cv) if "bcv" in settings["criteria"] else n
     with torch_threads(1):
         net = build_lenet(X.shape[1:], 10).eval()
         ext = LayerActivationExtractor(net, layers=layers).fit(X[:2])
-    widths = {str(k): int(v) for k, v in ext.block_sizes_ if k != "input"}
-    name, width = min(widths.items(), key=lambda kv: kv[1])
-    limit = min(rows, width)
+    alone = RankQualityScorer(
+        criterion="bcv" if "bcv" in settings["criteria"] else "elbow",
+        cv=cv,
+        coupling="none",
+    )
+    limit, _, rows, widths = alone._rank_limit(n, ext.block_sizes_)
+    name = min(widths, key=widths.get)
+    width = widths[name]
     if ranks[-1] <= limit:
         return
     hints = [f"--ranks {ranks[0]}..{ranks[-1]} goes up to {ranks[-1]}, but"]
@@ -2094,9 +2086,7 @@ def _cmd_demo(args, say):
     corr = _records(res.correlations)
     for kind, text, details in demo_warnings(rows, layers, crit, settings["ranks"]):
         say.warn(kind, text, **details)
-    if len(settings["ranks"]) == 1:
-        r = int(settings["ranks"][0])
-        say.warn("single_rank", _single_rank_text(r), rank=r)
+    _warn_single_rank(say, settings["ranks"])
 
     # -- the report ---------------------------------------------------------
     n_train = next(iter(res.studies.values())).settings["n_train"]

@@ -110,6 +110,14 @@ def _run(argv, capsys):
     return code, out, err
 
 
+def _analyze(capsys, d, out, *argv, model="net.onnx", data="x.npy"):
+    """``analyze d/model --data d/data --out out *argv``: (exit code, stderr)."""
+    code, _, err = _run(
+        ["analyze", d / model, "--data", d / data, "--out", out, *argv], capsys
+    )
+    return code, err
+
+
 def _images(html_text):
     return re.findall(r'<img src="([^"]+)"', html_text)
 
@@ -118,10 +126,9 @@ def _images(html_text):
 def test_analyze_onnx_writes_report_and_ranks(files, tmp_path, capsys):
     d, X, _ = files
     out = tmp_path / "report"
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", out,
-         "--ranks", "1:5", "--cv", "3", "--labels", d / "y.npy", "--seed", "0"],
-        capsys,
+    code, err = _analyze(
+        capsys, d, out,
+        "--ranks", "1:5", "--cv", "3", "--labels", d / "y.npy", "--seed", "0",
     )  # fmt: skip
     assert code == 0, err
     assert "wrote" in err and "selected ranks" in err  # progress lines
@@ -214,10 +221,9 @@ def test_analyze_energy_threshold_is_used(files, tmp_path, capsys):
 
     d, X, _ = files
     out = tmp_path / "energy"
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", out,
-         "--ranks", "1:6", "--criterion", "energy", "--energy", "0.5", "-q"],
-        capsys,
+    code, err = _analyze(
+        capsys, d, out,
+        "--ranks", "1:6", "--criterion", "energy", "--energy", "0.5", "-q",
     )  # fmt: skip
     assert code == 0, err
     res = json.loads((out / "results.json").read_text())
@@ -243,11 +249,10 @@ def test_analyze_energy_threshold_is_used(files, tmp_path, capsys):
 def test_analyze_nonneg_split_writes_report(files, tmp_path, capsys):
     d, *_ = files
     out = tmp_path / "split"
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", out,
-         "--ranks", "1:3", "--layers", "/conv1/Conv", "/pool1/MaxPool",
-         "--nonneg", "split", "-q"],
-        capsys,
+    code, err = _analyze(
+        capsys, d, out,
+        "--ranks", "1:3", "--layers", "/conv1/Conv", "/pool1/MaxPool",
+        "--nonneg", "split", "-q",
     )  # fmt: skip
     assert code == 0, err
     res = json.loads((out / "results.json").read_text())
@@ -264,10 +269,7 @@ def test_analyze_out_not_creatable(files, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     bad = blocker / "report"
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", bad, "-q"],
-        capsys,
-    )
+    code, err = _analyze(capsys, d, bad, "-q")
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -595,11 +597,9 @@ def test_max_iter_and_tol_reach_the_scorer_and_warn_in_cli_terms(
 
     d, X, _ = files
     out = tmp_path / "maxiter"
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", out,
-         "--ranks", "1:3", "--max-iter", "2", "--tol", "1e-9"],
-        capsys,
-    )  # fmt: skip
+    code, err = _analyze(
+        capsys, d, out, "--ranks", "1:3", "--max-iter", "2", "--tol", "1e-9"
+    )
     assert code == 0, err
     warn = [ln for ln in err.splitlines() if "stopped at" in ln]
     assert len(warn) == 1, err
@@ -659,11 +659,9 @@ def test_rank_at_top_of_the_grid_warns_and_is_recorded(files, tmp_path, capsys):
     d, *_ = files
     out = tmp_path / "top"
     # Energy 0.99 is not reached by rank 2: every layer selects the top rank.
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", out,
-         "--ranks", "1:2", "--criterion", "energy", "--energy", "0.99"],
-        capsys,
-    )  # fmt: skip
+    code, err = _analyze(
+        capsys, d, out, "--ranks", "1:2", "--criterion", "energy", "--energy", "0.99"
+    )
     assert code == 0, err
     res = _json(out)
     layers = list(res["ranks"])
@@ -689,22 +687,19 @@ def test_rank_at_top_of_the_grid_warns_and_is_recorded(files, tmp_path, capsys):
     assert [ln for ln in err.splitlines() if "warning:" in ln] == top, err
     assert "is not reached" not in err and "energy_threshold" not in err
     # The suggestion can be followed: --ranks 1:4 is within the data's limit.
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path / "t4",
-         "--ranks", "1:4", "--criterion", "energy", "--energy", "0.99", "-q",
-         "--layers", "/relu2/Relu"],
-        capsys,
+    code, err = _analyze(
+        capsys, d, tmp_path / "t4",
+        "--ranks", "1:4", "--criterion", "energy", "--energy", "0.99", "-q",
+        "--layers", "/relu2/Relu",
     )  # fmt: skip
     assert code == 0, err
     assert _json(tmp_path / "t4")["ranks_tried"] == [1, 2, 3, 4]
 
     # No warning when the rank is below the top of the grid.
     out2 = tmp_path / "low"
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", out2,
-         "--ranks", "1:2", "--criterion", "energy", "--energy", "0.01"],
-        capsys,
-    )  # fmt: skip
+    code, err = _analyze(
+        capsys, d, out2, "--ranks", "1:2", "--criterion", "energy", "--energy", "0.01"
+    )
     assert code == 0, err
     assert set(_json(out2)["ranks"].values()) == {1}
     assert "largest rank in --ranks" not in err
@@ -797,11 +792,10 @@ def test_analyze_at_the_data_limit_does_not_suggest_extending(files, tmp_path, c
     # 15 inputs: no layer can take a rank above 15 (the finding's repro).
     d, *_ = files
     out = tmp_path / "limit"
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x15.npy", "--out", out,
-         "--ranks", "14,15", "--criterion", "energy", "--energy", "1",
-         "--layers", "/relu2/Relu", "-q"],
-        capsys,
+    code, err = _analyze(
+        capsys, d, out,
+        "--ranks", "14,15", "--criterion", "energy", "--energy", "1",
+        "--layers", "/relu2/Relu", "-q", data="x15.npy",
     )  # fmt: skip
     assert code == 0, err
     res = _json(out)
@@ -812,17 +806,19 @@ def test_analyze_at_the_data_limit_does_not_suggest_extending(files, tmp_path, c
     assert "largest rank these data allow (15): a lower bound" in html
     assert "extend --ranks" not in html
     # Extending would indeed fail.
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x15.npy", "--out", out,
-         "--ranks", "14:16", "--criterion", "energy", "--layers", "/relu2/Relu",
-         "-q"],
-        capsys,
+    code, err = _analyze(
+        capsys, d, out,
+        "--ranks", "14:16", "--criterion", "energy", "--layers", "/relu2/Relu",
+        "-q", data="x15.npy",
     )  # fmt: skip
     assert code == 1 and "Pass --ranks up to 15" in err
 
 
 def test_demo_suggestion_keeps_the_grid_sparse():
+    from sklearn_peek import studies
+
     quick = (1, 2, 3, 4, 6, 8, 10, 12, 15, 20)
+    assert tuple(studies.PRESETS["quick"]["ranks"]) == quick  # cli.rst's example
     rows = [
         {"degradation": "epochs", "level": lv, "pool1_bcv": r}
         for lv, r in [(1, 20), (2, 12), (4, 20)]
@@ -1251,11 +1247,9 @@ def test_long_error_text_keeps_its_end():
 
 def test_quiet_prints_warnings_and_its_help_says_so(files, tmp_path, capsys):
     d, *_ = files
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path,
-         "--ranks", "1,2", "--max-samples", "60", "-q"],
-        capsys,
-    )  # fmt: skip
+    code, err = _analyze(
+        capsys, d, tmp_path, "--ranks", "1,2", "--max-samples", "60", "-q"
+    )
     assert code == 0, err
     res = _json(tmp_path)
     kinds = [w["kind"] for w in res["warnings"]]
@@ -1271,11 +1265,10 @@ def test_quiet_prints_warnings_and_its_help_says_so(files, tmp_path, capsys):
 
 def test_convergence_warning_compacts_the_ranks(files, tmp_path, capsys):
     d, *_ = files
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path,
-         "--ranks", "1:12", "--max-samples", "60", "--layers", "/relu1/Relu",
-         "--max-iter", "1", "--tol", "0", "-q"],
-        capsys,
+    code, err = _analyze(
+        capsys, d, tmp_path,
+        "--ranks", "1:12", "--max-samples", "60", "--layers", "/relu1/Relu",
+        "--max-iter", "1", "--tol", "0", "-q",
     )  # fmt: skip
     assert code == 0, err
     (w,) = [w for w in _json(tmp_path)["warnings"]
@@ -1288,11 +1281,10 @@ def test_convergence_warning_compacts_the_ranks(files, tmp_path, capsys):
 def test_results_record_the_data_settings_and_scale_255_warns(files, tmp_path, capsys):
     d, X, _ = files
     assert 0 <= X.min() and X.max() <= 1  # float data already in [0, 1]
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path,
-         "--ranks", "1:3", "--max-samples", "60", "--scale", "255",
-         "--pooling", "avg", "--nonneg", "relu", "-q"],
-        capsys,
+    code, err = _analyze(
+        capsys, d, tmp_path,
+        "--ranks", "1:3", "--max-samples", "60", "--scale", "255",
+        "--pooling", "avg", "--nonneg", "relu", "-q",
     )  # fmt: skip
     assert code == 0, err
     res = _json(tmp_path)
@@ -1301,11 +1293,9 @@ def test_results_record_the_data_settings_and_scale_255_warns(files, tmp_path, c
     assert "already within [0, 1]" in w["message"] and w["max"] == pytest.approx(1.0)
     assert "--scale 255 divides --data by 255" in err
     # The default --scale auto does not warn about the same data.
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path / "b",
-         "--ranks", "1:3", "--max-samples", "60", "-q"],
-        capsys,
-    )  # fmt: skip
+    code, err = _analyze(
+        capsys, d, tmp_path / "b", "--ranks", "1:3", "--max-samples", "60", "-q"
+    )
     res = _json(tmp_path / "b")
     assert code == 0 and "scaled_unit_data" not in [w["kind"] for w in res["warnings"]]
     assert (res["scale"], res["pooling"], res["nonneg"]) == ("auto", "none", "error")
@@ -1313,10 +1303,10 @@ def test_results_record_the_data_settings_and_scale_255_warns(files, tmp_path, c
 
 def test_channel_repeat_is_named_in_the_report_header(files, tmp_path, capsys):
     d, *_ = files
-    code, _, err = _run(
-        ["analyze", d / "net_rgb.onnx", "--data", d / "x.npy", "--out", tmp_path,
-         "--ranks", "1:2", "--max-samples", "60", "--channel-repeat", "-q"],
-        capsys,
+    code, err = _analyze(
+        capsys, d, tmp_path,
+        "--ranks", "1:2", "--max-samples", "60", "--channel-repeat", "-q",
+        model="net_rgb.onnx",
     )  # fmt: skip
     assert code == 0, err
     html = (tmp_path / "report.html").read_text()
@@ -1347,11 +1337,9 @@ def test_closed_stdout_exits_quietly(files):
 
 def test_single_rank_grid_says_nothing_was_selected(files, tmp_path, capsys):
     d, *_ = files
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path,
-         "--ranks", "4", "--max-samples", "60", "-q"],
-        capsys,
-    )  # fmt: skip
+    code, err = _analyze(
+        capsys, d, tmp_path, "--ranks", "4", "--max-samples", "60", "-q"
+    )
     assert code == 0, err
     res = _json(tmp_path)
     (w,) = [w for w in res["warnings"] if w["kind"] == "single_rank"]
@@ -1362,11 +1350,9 @@ def test_single_rank_grid_says_nothing_was_selected(files, tmp_path, capsys):
     html = (tmp_path / "report.html").read_text()
     assert "the only rank tried: not selected" in html
     # Several ranks: no such warning.
-    code, _, err = _run(
-        ["analyze", d / "net.onnx", "--data", d / "x.npy", "--out", tmp_path / "b",
-         "--ranks", "3,4", "--max-samples", "60", "-q"],
-        capsys,
-    )  # fmt: skip
+    code, err = _analyze(
+        capsys, d, tmp_path / "b", "--ranks", "3,4", "--max-samples", "60", "-q"
+    )
     assert code == 0 and "single rank" not in err
 
 
