@@ -1077,16 +1077,15 @@ def _held_out_scores(models, X):
                 X_in, Hs, _on(d[held_in], X), max_iter=first.max_iter, tol=first.tol
             )
         ]
+    # One loss for all: several models are stacked only when Frobenius.
+    kl = first.beta_loss == "kullback-leibler"
     d_out = d[held_out].astype(np.float64)
-    if first.beta_loss == "kullback-leibler":
-        den = float(_solvers.column_sums64(X_out, square=False) @ d_out)
-    else:
-        den = float(_solvers.column_sums64(X_out) @ d_out)
+    den = float(_solvers.column_sums64(X_out, square=not kl) @ d_out)
     d_dev = _on(d[held_out], X)
     scores = []
     for m, W in zip(models, Ws):
         H_out = _on(m.components_[:, held_out], X)
-        if m.beta_loss == "kullback-leibler":
+        if kl:
             num = float(_solvers.kl_column_divergence(X_out, W, H_out) @ d_out)
         else:  # in row chunks, without an n x p residual
             num = 2.0 * _solvers._frob_data_exact(X_out, W.T, H_out, d_dev)

@@ -631,11 +631,13 @@ def fit_hals(
     )
 
 
-def _rows_take(a, idx):
-    """Rows ``idx`` (a list of ints) of a NumPy array or tensor, as a copy."""
+def _take(a, idx, axis=0):
+    """Rows ``idx`` (a list of ints; ``axis=1``: columns) of an array, as a copy."""
     if _np(a):
-        return a[np.asarray(idx, dtype=np.intp)]
-    return a[_t().as_tensor(idx, device=a.device)]
+        index = np.asarray(idx, dtype=np.intp)
+    else:
+        index = _t().as_tensor(idx, device=a.device)
+    return a[index] if axis == 0 else a[:, index]
 
 
 def _segment_sums64(parts, S):
@@ -708,8 +710,8 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
     """
     sizes = [int(H.shape[0]) for H in Hs]
     K = len(sizes)
-    Wt = _contig(_concat_rows([W.T for W in Ws]))
-    H = _contig(_concat_rows(list(Hs)))
+    Wt = _contig(_concat([W.T for W in Ws]))
+    H = _contig(_concat(list(Hs)))
     results = [None] * K
     active = list(range(K))
     floor = 10.0 * _eps(H) * xnorm
@@ -782,7 +784,7 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
             if not keep:
                 break
             idx = [j for i in keep for j in range(*bounds[i])]
-            Wt, H = _rows_take(Wt, idx), _rows_take(H, idx)
+            Wt, H = _take(Wt, idx), _take(H, idx)
             active = [active[i] for i in keep]
             bounds, mask, S, stack = layout(active)
             Hd = H * d
@@ -790,19 +792,16 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
     return results
 
 
+def _concat(arrays, axis=0):
+    """The arrays one below the other (``axis=1``: side by side), as a new array."""
+    if _np(arrays[0]):
+        return np.concatenate(arrays, axis=axis)
+    return _t().cat(list(arrays), dim=axis)
+
+
 def _hcat(arrays):
-    """The arrays side by side (columns); one array is returned as it is."""
-    if len(arrays) == 1:
-        return arrays[0]
-    if _np(arrays[0]):
-        return np.hstack(arrays)
-    return _t().cat(list(arrays), dim=1)
-
-
-def _concat_rows(arrays):
-    if _np(arrays[0]):
-        return np.concatenate(arrays, axis=0)
-    return _t().cat(list(arrays), dim=0)
+    """The arrays side by side; one array is returned as it is (no copy)."""
+    return arrays[0] if len(arrays) == 1 else _concat(arrays, axis=1)
 
 
 def fit_mu(
@@ -1027,7 +1026,7 @@ def solve_w_batched(X, Hs, d, *, max_iter=200, tol=1e-4):
     """
     sizes = [int(H.shape[0]) for H in Hs]
     K, n = len(sizes), X.shape[0]
-    H = _contig(_concat_rows(list(Hs)))
+    H = _contig(_concat(list(Hs)))
     if n == 0:
         return [(_zeros((0, r), H), 0) for r in sizes]
     bounds, mask, S, stack = _stack_layout(sizes, H)
@@ -1035,7 +1034,7 @@ def solve_w_batched(X, Hs, d, *, max_iter=200, tol=1e-4):
     G = _block_gram(Hd, H, bounds, mask)
     num = _h_xt(Hd, X)  # R x n
     # Start from each problem's projected unconstrained solution.
-    Wt = _concat_rows(
+    Wt = _concat(
         [
             _relu_(_cast(_pinv(_to64(G[lo:hi, lo:hi])) @ _to64(num[lo:hi]), H))
             for lo, hi in bounds
@@ -1153,12 +1152,20 @@ class _Blocks:
             G += Ab.transpose(1, 2) @ Ab
         return G
 
-    def times(self, A, M):
-        """float64 ``A_i @ M_i`` for every block (M: K x m x m), as rows x L."""
+    def times(self, A, M, *, grams=False):
+        """float64 ``A_i @ M_i`` for every block (M: K x m x m), as rows x L.
+
+        ``grams``: also return :meth:`grams` of the result, from the batches
+        at hand (for a padding kept zero by ``M``, as a Cholesky inverse does).
+        """
         out = _zeros((A.shape[0], self.L), A, float64=True)
+        G = self.pad_eye.clone() if grams else None
         for s, e in self.chunks(A):
-            out[s:e] = self.unbatch(self.batch(A[s:e]) @ M)
-        return out
+            P = self.batch(A[s:e]) @ M
+            if grams:
+                G += P.transpose(1, 2) @ P
+            out[s:e] = self.unbatch(P)
+        return (out, G) if grams else out
 
 
 def _orth_blocks(Y, blocks):
@@ -1180,30 +1187,36 @@ def _orth_blocks(Y, blocks):
         return _hcat([_qr(Y[:, lo:hi]) for lo, hi in blocks.bounds]), None
     torch = _t()
     eye = torch.eye(blocks.m, dtype=torch.float64, device=Y.device)
-    Q, ok = Y, None
-    for _ in range(2):
-        L, info = torch.linalg.cholesky_ex(blocks.grams(Q))
+
+    def inverse_factor(G):
+        """``R^{-1}`` of every block's Cholesky factor, and whether to trust it."""
+        L, info = torch.linalg.cholesky_ex(G)
         diag = L.diagonal(dim1=1, dim2=2)
         hi = torch.where(blocks.valid, diag, 0.0).amax(dim=1)
         lo = torch.where(blocks.valid, diag, float("inf")).amin(dim=1)
         good = (info == 0) & (hi <= _CHOLQR_MAX_RATIO * lo)
-        ok = good if ok is None else ok & good
         Rinv = torch.linalg.solve_triangular(L, eye, upper=False).transpose(1, 2)
-        Q = blocks.times(Q, Rinv)
-    return _cast(Q, Y), ok
+        return Rinv, good
+
+    Rinv, ok1 = inverse_factor(blocks.grams(Y))
+    # the second round's Gram matrices come with the first round's product
+    Q, G = blocks.times(Y, Rinv, grams=True)
+    Rinv, ok2 = inverse_factor(G)
+    return _cast(blocks.times(Q, Rinv), Y), ok1 & ok2
 
 
-def _svd_blocks(Q, B, blocks, ks, C=None, skip=()):
+def _svd_blocks(Q, B, blocks, ks, C, skip=()):
     """Leading ``ks[i]`` singular triplets of ``Q_i @ B_i`` for every block.
 
     ``Q`` (n x L) has orthonormal column blocks, ``B`` (L x p) the matching
     row blocks. Returns U (n x sum(ks)), S (sum(ks),), Vt (sum(ks) x p), the
     ranks one after the other. Not ``blocks.batched``: an SVD per block.
     Batched: the eigenvectors of the float64 Gram matrices ``C_i = B_i B_i.T``
-    (``C``: their host copy, K x m x m; small, solved on the host), then two
-    products for all the blocks; each singular value is the norm of its row
-    ``u_i.T B_i``, which is also normalized to give the row of Vt (a zero
-    row, for an exactly zero singular value, stays zero). Singular values
+    (``C``: their host copy, K x m x m, from :func:`_finish_sketches`; small,
+    solved on the host), then two products for all the blocks; each
+    singular value is the norm of its row ``u_i.T B_i``, which is also
+    normalized to give the row of Vt (a zero row, for an exactly zero
+    singular value, stays zero). Singular values
     below about ``sqrt(eps64) * S[0]`` lose relative accuracy that way, which
     float32 data never had. Blocks in ``skip`` (failed, see
     :func:`_orth_blocks`) give zeros.
@@ -1215,10 +1228,8 @@ def _svd_blocks(Q, B, blocks, ks, C=None, skip=()):
             Us.append((Q[:, lo:hi] @ Ub)[:, :k])
             Ss.append(S[:k])
             Vts.append(Vt[:k])
-        return _hcat(Us), _concat_rows(Ss), _concat_rows(Vts)
+        return _hcat(Us), _concat(Ss), _concat(Vts)
     torch = _t()
-    if C is None:
-        C = blocks.grams(B.T).cpu().numpy()
     M = np.zeros((sum(ks), blocks.L))  # the blocks' leading eigenvectors
     row = 0
     for i, ((lo, hi), k) in enumerate(zip(blocks.bounds, ks)):
@@ -1239,13 +1250,6 @@ def _svd_blocks(Q, B, blocks, ks, C=None, skip=()):
     S = torch.linalg.vector_norm(P, dim=1, dtype=torch.float64)
     scale = torch.where(S > 0, 1.0 / S, 0.0)
     return Q @ M.T, _cast(S, B), P * _cast(scale, B)[:, None]
-
-
-def _take_cols(a, idx):
-    """Columns ``idx`` (a list of ints) of a NumPy array or tensor, as a copy."""
-    if _np(a):
-        return a[:, np.asarray(idx, dtype=np.intp)]
-    return a[:, _t().as_tensor(idx, device=a.device)]
 
 
 def _block_index(blocks, positions):
@@ -1307,8 +1311,8 @@ def _sketch_group(X, s, omegas, ks, iters, batched):
             if keep:  # the blocks that end here, apart
                 sub = _Blocks([widths[act[b]] for b in done], s, batched)
                 cols = _block_index(blocks, done)
-                Qd, Bd = _take_cols(Q, cols), _rows_take(M, cols)
-                okd = None if ok is None else _rows_take(ok, done)
+                Qd, Bd = _take(Q, cols, axis=1), _take(M, cols)
+                okd = None if ok is None else _take(ok, done)
             else:
                 sub, Qd, Bd, okd = blocks, Q, M, ok
             ends = [act[b] for b in done]
@@ -1319,8 +1323,8 @@ def _sketch_group(X, s, omegas, ks, iters, batched):
             return out
         if done:  # the stack shrinks to the ranks still running
             cols = _block_index(blocks, keep)
-            Q, M = _take_cols(Q, cols), _rows_take(M, cols)
-            ok = None if ok is None else _rows_take(ok, keep)
+            Q, M = _take(Q, cols, axis=1), _take(M, cols)
+            ok = None if ok is None else _take(ok, keep)
             act = [act[b] for b in keep]
             blocks = _Blocks([widths[i] for i in act], s, batched)
         Z, ok_z = _orth_blocks(M.T, blocks)
@@ -1345,8 +1349,9 @@ def randomized_svds_weighted(
     ``batched`` (torch only): orthonormalize and take the small SVDs of all
     ranks in a few batched operations (:class:`_Blocks`) instead of one QR
     and one SVD per rank. None: on a CUDA device only; on a CPU the
-    per-rank LAPACK calls are faster (2000 x 2564 float32, ranks 1-30: 2.6 s
-    one rank at a time against 4.3 s batched, ``bench_inits.py``).
+    per-rank LAPACK calls are faster (``bench_inits.py``, 2000 x 2564
+    float32, ranks 1-30 one at a time: about 2.6 s against 4 s batched, as
+    recorded in ``docs/user_guide/gpu.rst``).
 
     The sketches are drawn in the order of ``ks`` before any product: ranks
     that share one generator object draw them one after the other (a
@@ -1370,8 +1375,8 @@ def randomized_svds_weighted(
     if len(parts) == 1:
         return parts[0]
     U = _hcat([u for u, _, _ in parts])
-    S = _concat_rows([sv for _, sv, _ in parts])
-    Vt = _concat_rows([vt for _, _, vt in parts])
+    S = _concat([sv for _, sv, _ in parts])
+    Vt = _concat([vt for _, _, vt in parts])
     return U, S, Vt
 
 
