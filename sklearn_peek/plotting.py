@@ -88,36 +88,24 @@ def _root_figure(fig):
     return fig
 
 
-def _run_layout_engine(fig):
-    """Run ``fig``'s layout engine, if it has one (as ``Figure.draw`` does)."""
-    engine = fig.get_layout_engine()
-    if engine is not None and fig.axes:
-        try:
-            engine.execute(fig)
-        except ValueError:  # as in Figure.draw: a window resized to nothing
-            pass
-
-
 def _layout(fig):
     """Run the figure's layout, without drawing, so that positions are final.
 
     Widths of axes (what the titles and x tick labels must fit in) and
     heights (what the y tick labels must fit in) are only known once the
     layout engine ran; the extents measured after it are in display pixels.
-    Only the layout engine runs (and the axes' aspect is applied), not a
-    draw of every artist.
+    Only the layout engine runs, as in ``Figure.draw`` (and the axes' aspect
+    is applied), not a draw of every artist.
     """
     root = _root_figure(fig)
-    _run_layout_engine(root)
+    engine = root.get_layout_engine()
+    if engine is not None and root.axes:
+        try:
+            engine.execute(root)
+        except ValueError:  # as in Figure.draw: a window resized to nothing
+            pass
     for ax in root.axes:
         ax.apply_aspect()
-
-
-def _renderer(fig):
-    """The renderer of ``fig``'s canvas (text is measured with it)."""
-    root = _root_figure(fig)
-    get = getattr(root.canvas, "get_renderer", None)
-    return get() if get is not None else root._get_renderer()
 
 
 class _TextMeter:
@@ -264,7 +252,21 @@ def _shorten_middle(name, fits):
 
 
 def _choose_title(fits, name, detail, *, sep, fontsize, min_fontsize):
-    """The title text and font size of :func:`_fit_title`, given ``fits(text, fs)``."""
+    """The title text and font size for ``name`` (and ``detail``) in a panel.
+
+    ``fits(text, fs)`` says whether ``text`` at ``fs`` points is no wider than
+    the axes. Tried in turn, the first that fits is kept: ``"name: detail"``
+    on one line at ``fontsize`` then one point smaller; ``name`` and
+    ``detail`` on two lines, down to ``min_fontsize``; ``name`` broken after
+    its separators (``/ _ . : -``) over up to three lines, at a size where
+    ``detail`` fits; last, at ``min_fontsize``, ``name`` broken the same way,
+    else shortened in the middle with an ellipsis. Neighbouring panels'
+    titles then neither run off the figure nor touch each other. When
+    ``detail`` alone is wider than the axes even at ``min_fontsize``, a
+    shorter name would not help: the name is kept whole (on up to three
+    lines) when it fits, and only a name that cannot be broken to fit is
+    shortened. Returns ``(text, fontsize)``.
+    """
     tail = [] if detail is None else [str(detail)]
     sizes = list(range(int(fontsize), int(min_fontsize) - 1, -1)) or [int(fontsize)]
     one = name if detail is None else f"{name}{sep}{detail}"
@@ -272,8 +274,8 @@ def _choose_title(fits, name, detail, *, sep, fontsize, min_fontsize):
         if fits(one, fs):
             return one, fs
     if detail is not None:
+        two = f"{name}\n{detail}"
         for fs in sizes:
-            two = "\n".join([name, *tail])
             if fits(two, fs):
                 return two, fs
     # The name is too long: break it, then shorten it, at a size where the
@@ -321,40 +323,6 @@ def _fitted_title(meter, ax, name, detail, *, sep, fontsize, min_fontsize, avail
             lambda s, fs: _title_fits(exact, ax, s, fs, avail), name, detail, **kw
         )
     return text, fs
-
-
-def _fit_title(
-    ax, name, detail=None, *, sep=": ", fontsize=11, min_fontsize=8, meter=None
-):
-    """Title ``ax`` with ``name`` (and ``detail``) so that it fits the axes width.
-
-    Tried in turn, the first that is no wider than the axes is kept:
-    ``"name: detail"`` on one line at ``fontsize`` then one point smaller;
-    ``name`` and ``detail`` on two lines, down to ``min_fontsize``; ``name``
-    broken after its separators (``/ _ . : -``) over up to three lines, at a
-    size where ``detail`` fits; last, at ``min_fontsize``, ``name`` broken
-    the same way, else shortened in the middle with an ellipsis. Neighbouring
-    panels' titles then neither run off the figure nor touch each other.
-    When ``detail`` alone is wider than the axes even at ``min_fontsize``,
-    a shorter name would not help: the name is kept whole (on up to three
-    lines) when it fits, and only a name that cannot be broken to fit is
-    shortened. The figure's layout must have been run (:func:`_layout`).
-    Returns the title text.
-    """
-    if meter is None:
-        fig = _root_figure(ax.figure)
-        meter = _TextMeter(_renderer(fig), fig.dpi)
-    text, fs = _fitted_title(
-        meter,
-        ax,
-        name,
-        detail,
-        sep=sep,
-        fontsize=fontsize,
-        min_fontsize=min_fontsize,
-        avail=ax.get_window_extent().width,
-    )
-    return ax.set_title(text, fontsize=fs).get_text()
 
 
 def _grid_shape(n, max_cols=6, ncols=None):
@@ -465,10 +433,13 @@ def _components_array(arr, what="model"):
 
 
 def _block_components(model, block, *, what="model"):
-    """The rows of ``components_`` restricted to one block's columns."""
+    """The rows of ``components_`` restricted to one block's columns.
+
+    ``model`` is an array of components, or a model already unwrapped by
+    :func:`_unwrap_model`.
+    """
     if not hasattr(model, "components_") and hasattr(model, "shape"):
         return _components_array(model, what)
-    model = _unwrap_model(model)
     _check_fitted(model, what)
     names = _block_names(model)
     if names is None:
@@ -624,10 +595,8 @@ class _TitleJob:
     def __init__(self, ax, name, detail, kwargs):
         self.ax, self.name, self.detail = ax, name, detail
         self.kwargs = {"sep": ": ", "fontsize": 11, "min_fontsize": 8, **kwargs}
-        if not ax.get_title():
-            one = name if detail is None else f"{name}{self.kwargs['sep']}{detail}"
-            ax.set_title(one, fontsize=self.kwargs["fontsize"])
-        self.text, self.size = ax.get_title(), ax.title.get_fontsize()
+        one = name if detail is None else f"{name}{self.kwargs['sep']}{detail}"
+        self.apply(one, self.kwargs["fontsize"])  # in full until the first draw
         self.fitted_at = None  # (axes width in inches, dpi) of the last fit
         self.fit_avail = 0.0  # axes width (pixels) the title was chosen for
 
@@ -705,6 +674,38 @@ class _TickJob:
         self._paint()
 
 
+class _GroupTickJob:
+    """The group names of a heatmap's y axis (:func:`_group_ticks`).
+
+    Placed now, on the layout already run, so that they can be read before
+    the figure is drawn; placed again when the figure is drawn with its axes
+    at another height (a resized or re-saved figure), where rows that had
+    room for a name may have none.
+    """
+
+    def __init__(self, ax, starts, ends, names):
+        self.ax, self.groups = ax, (starts, ends, names)
+        self._place()
+
+    def _place(self):
+        self.labels = _group_ticks(self.ax, *self.groups)
+        self.ticks = [float(v) for v in self.ax.get_yticks()]
+        self.height = self.ax.get_window_extent().height
+
+    def owned(self, root):
+        """The axes is still drawn and its ticks are the ones set here."""
+        ticks = [float(v) for v in self.ax.get_yticks()]
+        return self.ax in root.axes and ticks == self.ticks
+
+    def fit(self):
+        """Place the names again if the axes' height changed; True if they did."""
+        if abs(self.ax.get_window_extent().height - self.height) < 0.5:
+            return False
+        labels = self.labels
+        self._place()
+        return self.labels != labels
+
+
 def _fit_title_pass(groups, meter, root, *, first):
     """Fit each group's titles to their axes as laid out now.
 
@@ -734,23 +735,21 @@ def _fit_title_pass(groups, meter, root, *, first):
                     meter, ax, job.text, job.size, avail, estimate=False
                 )
             if keep:
-                chosen.append((job.text, job.size))
+                text, fs = job.text, job.size
             else:
                 job.fit_avail = avail
-                chosen.append(
-                    _fitted_title(
-                        meter, ax, job.name, job.detail, avail=avail, **job.kwargs
-                    )
+                text, fs = _fitted_title(
+                    meter, ax, job.name, job.detail, avail=avail, **job.kwargs
                 )
+            chosen.append((text, fs, avail))
         if not chosen:
             continue
         # One font size for the panels of a figure: the smallest one needed
         # (a text that fits at a size fits at a smaller one).
-        size = min(fs for _, fs in chosen)
-        for job, (text, _) in zip(jobs, chosen):
+        size = min(fs for _, fs, _ in chosen)
+        for job, (text, _, avail) in zip(jobs, chosen):
             if (text, size) == (job.text, job.size):
                 continue
-            avail = job.ax.get_window_extent().width
             relayout |= (
                 text.count("\n") != job.text.count("\n")
                 or size != job.size
@@ -768,22 +767,24 @@ def _fit_text_now(fitter, renderer, passes=3):
     which can change the y tick labels and so the axes' width; a title that
     overhung its axes had made the layout narrow it: after titles change the
     layout is run again and the titles are checked again, at most ``passes``
-    times. The tick labels are thinned on the final layout.
+    times. The group names of y axes are placed next (other names leave
+    other room for them: the layout runs again when they changed), and the x
+    tick labels are thinned on the final layout.
     """
     root = _root_figure(fitter.figure)
     meter = _TextMeter(renderer, root.dpi)
     groups = [g for g in fitter.title_groups if any(j.ax in root.axes for j in g)]
     fitter.title_groups = groups
-    axes = [job.ax for group in groups for job in group]
     for i in range(passes):
         if not _fit_title_pass(groups, meter, root, first=i == 0):
             break
-        _run_layout_engine(root)
-        for ax in axes:
-            ax.apply_aspect()
+        _layout(root)
     for group in groups:
         for job in group:
             job.fitted_at = (job.ax.get_window_extent().width / root.dpi, root.dpi)
+    fitter.group_jobs = [job for job in fitter.group_jobs if job.ax in root.axes]
+    if any([job.fit() for job in fitter.group_jobs if job.owned(root)]):
+        _layout(root)
     fitter.tick_jobs = [job for job in fitter.tick_jobs if job.ax in root.axes]
     for job in fitter.tick_jobs:
         if job.owned(root):
@@ -820,6 +821,7 @@ def _fitter_class():
                 super().__init__()
                 self.set_in_layout(False)
                 self.title_groups = []
+                self.group_jobs = []
                 self.tick_jobs = []
 
             def get_window_extent(self, renderer=None):
@@ -855,13 +857,14 @@ def _text_fitter(fig):
 
 
 def _fit_titles(fig, specs):
-    """:func:`_fit_title` for every ``(ax, name, detail, kwargs)`` of ``specs``.
+    """Title each ``ax`` of ``specs``, ``(ax, name, detail, kwargs)``, to fit it.
 
-    Done whenever the figure is drawn (shown, saved, or
-    ``fig.draw_without_rendering()``), on the layout of that draw: until then
-    each title is ``"name: detail"`` (``sep`` between them) unless already
-    set. The titles of one call share a font size, the smallest one needed.
-    A title later set by the caller (other text or size) is left alone.
+    The text is chosen by :func:`_choose_title` (``kwargs``: ``sep``,
+    ``fontsize``, ``min_fontsize``) whenever the figure is drawn (shown,
+    saved, or ``fig.draw_without_rendering()``), on the layout of that draw:
+    until then each title is ``"name: detail"`` (``sep`` between them). The
+    titles of one call share a font size, the smallest one needed. A title
+    later set by the caller (other text or size) is left alone.
     """
     _text_fitter(fig).title_groups.append(
         [
@@ -1178,9 +1181,7 @@ def plot_layer_factors(
         title = "Which units of each layer every latent factor uses"
     fig.suptitle(title, fontsize=12)
     # Long layer names (ONNX: "/pool2/MaxPool_output_0") are fitted to the
-    # width of their panel: smaller, broken over lines, or shortened.
-    for ax, (layer, kind, M) in zip(axes, panels):
-        ax.set_title(f"{layer} ({M.shape[0]} {kind}s)", fontsize=11)
+    # width of their panel when drawn: smaller, broken over lines, or shortened.
     _fit_titles(
         fig,
         [
@@ -1301,7 +1302,8 @@ def plot_sample_loadings(
     sorted by their dominant factor, then by its weight, and the groups are
     marked the same way. Names never overlap: a run of neighbouring groups
     too thin for their own names gets one name, ``"8–13"``, and a group
-    that has no room stays unnamed (its boundaries are still drawn).
+    that has no room stays unnamed (its boundaries are still drawn). The
+    names are placed again when the figure is drawn at another size.
 
     Parameters
     ----------
@@ -1394,9 +1396,11 @@ def plot_sample_loadings(
     if title is None:
         title = f"Sample loadings W ({n} samples x {r} factors{thinned})"
     ax.set_title(title, fontsize=11)
-    # Group names where they fit: the row heights are known after the layout.
+    # Group names where they fit: the row heights are known after the layout
+    # (and placed again when the figure is drawn at another size).
     _layout(fig)
-    _group_ticks(ax, starts, ends, [str(groups[s]) for s in starts])
+    names = [str(groups[s]) for s in starts]
+    _text_fitter(fig).group_jobs.append(_GroupTickJob(ax, starts, ends, names))
     return fig
 
 
@@ -1931,6 +1935,5 @@ def plot_rank_vs_quality(
         return fig
     crit = f", {criterion}" if criterion else ""
     name, detail = f"{layer}{crit}", f"rank vs {quality}, n = {len(x)}\n{stat}"
-    ax.set_title(f"{name}: {detail}", fontsize=11)
     _fit_titles(fig, [(ax, name, detail, {})])
     return fig

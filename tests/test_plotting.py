@@ -661,6 +661,24 @@ def test_sample_loadings_small_classes_are_not_named_on_top_of_each_other():
     assert len(fig.axes[0].lines) == 5
 
 
+def test_sample_loadings_group_names_are_placed_again_when_resized():
+    rng = np.random.default_rng(1)
+    every = ["cat", "cow", "dog", "eel", "fox", "gnu"]
+    y = np.repeat(every, [150, 30, 30, 30, 150, 30])
+    fig = plotting.plot_sample_loadings(rng.random((len(y), 4)), y=y)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == every  # room for all
+    fig.set_size_inches(6.0, 1.5)  # rows too thin now for each name
+    fig.canvas.draw()
+    labels = [t for t in ax.get_yticklabels() if t.get_text()]
+    _assert_apart(_boxes(labels), "y")
+    assert [t.get_text() for t in labels] == ["cat", "cow\u2013eel", "fox"]
+    assert all(fig.bbox.x0 <= t.get_window_extent().x0 for t in labels)
+    fig.set_size_inches(4.6, 5.5)
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_yticklabels()] == every
+
+
 # ------------------------------------------------ case study: what "level" is
 def test_rank_vs_quality_colorbar_names_the_degradation(tmp_path):
     table = {
@@ -859,10 +877,11 @@ def test_shorten_middle_keeps_the_most_that_fits_by_bisection():
 def test_fit_title_breaks_the_name_when_the_detail_is_too_wide_anyway():
     fig = plt.figure(figsize=(2.0, 2.0))
     ax = fig.add_axes([0.1, 0.1, 0.8, 0.8])
-    fig.canvas.draw()
     name = "/features/pool1/MaxPool_output_0"
     detail = "a detail far too wide for this small panel, at any font size"
-    title = plotting._fit_title(ax, name, detail)
+    plotting._fit_titles(fig, [(ax, name, detail, {})])
+    fig.canvas.draw()  # the title is fitted when the figure is drawn
+    title = ax.get_title()
     *head, last = title.split("\n")
     assert last == detail and len(head) > 1  # the name broken, not cut
     assert "".join(head) == name and "\u2026" not in title
