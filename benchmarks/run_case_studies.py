@@ -198,7 +198,12 @@ def main(argv=None):
 
     import pandas as pd
 
-    from sklearn_peek.studies import DEFAULT_LAYERS, correlations, run_paper_studies
+    from sklearn_peek.studies import (
+        DEFAULT_LAYERS,
+        PRESETS,
+        correlations,
+        run_paper_studies,
+    )
 
     docs = ROOT / "docs"
     if args.render_only:
@@ -207,8 +212,8 @@ def main(argv=None):
         corr["note"] = corr["note"].fillna("")
         if args.recompute_correlations:
             # as run_paper_studies: per degradation, then all networks pooled
-            # (its defaults: the three criteria, 2,000 resamples, seed 0)
-            kw = dict(layers=DEFAULT_LAYERS, criteria=["bcv", "elbow", "energy"])
+            # (the full preset's criteria; 2,000 resamples, seed 0 by default)
+            kw = dict(layers=DEFAULT_LAYERS, criteria=list(PRESETS["full"]["criteria"]))
             new = pd.concat(
                 [correlations(table, **kw), correlations(table, group=None, **kw)],
                 ignore_index=True,

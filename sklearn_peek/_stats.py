@@ -71,7 +71,11 @@ def spearman(x, y):
 
     Returns NaN when either sequence is constant (undefined correlation).
     """
-    x, y = _check_pair(x, y)
+    return _rho(*_check_pair(x, y))
+
+
+def _rho(x, y):
+    """Spearman's rho of two checked 1-D arrays."""
     return float(_pearson_rows(rankdata(x)[None], rankdata(y)[None])[0])
 
 
@@ -117,10 +121,10 @@ def spearman_ci(
         raise ValueError(f"n_boot={n_boot!r} must be an integer >= 0.")
     if not isinstance(confidence, Real) or not 0 < confidence < 1:
         raise ValueError(f"confidence={confidence!r} must be a number in (0, 1).")
-    rho = spearman(x, y)
+    rho = _rho(x, y)
     note = ""
     if np.isnan(rho):
-        const = [n for n, v in zip(labels, (x, y)) if np.ptp(v) == 0]
+        const = [name for name, v in zip(labels, (x, y)) if np.ptp(v) == 0]
         verb = "is" if len(const) == 1 else "are"
         note = f"undefined: {' and '.join(const)} {verb} constant"
     n = x.size
@@ -140,8 +144,8 @@ def spearman_ci(
             lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
         elif not note:
             const = [
-                n
-                for n, v in zip(labels, (x[idx], y[idx]))
+                name
+                for name, v in zip(labels, (x[idx], y[idx]))
                 if (np.ptp(v, axis=1) == 0).any()
             ]
             note = (
