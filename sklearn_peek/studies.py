@@ -21,7 +21,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from sklearn_peek._backend import resolve_device, to_numpy
-from sklearn_peek._progress import progress_bar
+from sklearn_peek._progress import collect, progress_bar
 from sklearn_peek._validation import is_integral
 
 __all__ = [
@@ -1104,15 +1104,7 @@ def run_case_study(
     bar = progress_bar(
         progress, total=len(jobs), desc=f"case study {degradation}", unit="network"
     )
-    results = []
-    try:
-        for res in Parallel(n_jobs=n_jobs, return_as="generator")(tasks):
-            results.append(res)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    results = collect(Parallel(n_jobs=n_jobs, return_as="generator")(tasks), bar)
     wall = time.perf_counter() - wall
 
     columns = [*NETWORK_COLUMNS, *_layer_columns(layers, criteria)]
