@@ -34,6 +34,16 @@ __all__ = [
 # --------------------------------------------------------------------------
 # folds
 # --------------------------------------------------------------------------
+
+
+class EnergyThresholdWarning(UserWarning):
+    """``energy_threshold`` is reached by no rank swept: the largest is taken.
+
+    Its own class, so that a caller (the command line, which words the same
+    case its own way) can tell it from other warnings without reading its text.
+    """
+
+
 def row_folds(n_samples, cv, seed):
     """Shuffled K-fold split of the rows.
 
@@ -188,7 +198,7 @@ def select_energy(ranks, energy, threshold, *, layer=None):
         f"{int(ranks[np.argmax(energy)])}; "
         f"selecting the largest rank {int(ranks[-1])}. Extend `ranks` or lower "
         "`energy_threshold`.",
-        UserWarning,
+        EnergyThresholdWarning,
         stacklevel=3,
     )
     return int(ranks[-1])

@@ -1274,6 +1274,7 @@ def analyze_activations(
     from sklearn.exceptions import ConvergenceWarning
 
     from sklearn_peek import RankQualityScorer
+    from sklearn_peek._criteria import EnergyThresholdWarning
     from sklearn_peek._rank import SweepLimitError
 
     ranks = list(ranks)
@@ -1312,12 +1313,7 @@ def analyze_activations(
         if issubclass(w.category, ConvergenceWarning):
             continue  # cv_results_["converged"] has it; see sweep_warnings
         text = str(w.message)
-        if (
-            criterion == "energy"
-            and len(ranks) > 1
-            and text.startswith("energy_threshold=")
-            and "is not reached" in text
-        ):
+        if issubclass(w.category, EnergyThresholdWarning) and len(ranks) > 1:
             continue  # the layer selected the top rank: sweep_warnings says both
 
         for python, option in _OPTION_NAMES:

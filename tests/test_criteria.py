@@ -134,7 +134,9 @@ def test_select_energy_is_the_first_rank_reaching_the_threshold(threshold, expec
 
 
 def test_select_energy_warns_when_never_reached():
-    with pytest.warns(UserWarning, match=r"energy_threshold=0\.99.*layer 'fc1'"):
+    with pytest.warns(
+        _criteria.EnergyThresholdWarning, match=r"energy_threshold=0\.99.*layer 'fc1'"
+    ):
         got = _criteria.select_energy([1, 2, 3], [0.1, 0.5, 0.7], 0.99, layer="fc1")
     assert got == 3
 
