@@ -95,6 +95,27 @@ def _close(name, choices):
     return f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
 
 
+def _check_block_sizes(block_sizes):
+    """``block_sizes`` as a list of (str, int) pairs: unique names, sizes >= 1."""
+    items = list(block_sizes) if isinstance(block_sizes, (list, tuple)) else []
+    ok = bool(items) and all(
+        isinstance(it, (tuple, list))
+        and len(it) == 2
+        and isinstance(it[0], str)
+        and is_integral(it[1])
+        and it[1] >= 1
+        for it in items
+    )
+    names = [it[0] for it in items] if ok else []
+    if not ok or len(set(names)) != len(names):
+        raise ValueError(
+            f"block_sizes={block_sizes!r} is not understood; expected a non-empty "
+            "list of (name, size) pairs with unique names and sizes >= 1, such as "
+            "LayerActivationExtractor.block_sizes_."
+        )
+    return [(str(n), int(s)) for n, s in items]
+
+
 def _rank_chains(ranks, warm_start):
     """Cut the sorted ranks into chains of consecutive ranks.
 
@@ -948,6 +969,70 @@ class RankQualityScorer(BaseEstimator):
             f"{msg}; expected the extractor's include_input=True, or coupling='none'."
         )
 
+    def _check_cv(self, n):
+        """Refuse more bcv folds than the ``n`` samples."""
+        if self.criterion == "bcv" and self.cv > n:
+            raise SweepLimitError(
+                "cv",
+                n,
+                f"cv={self.cv!r} is larger than the {n} samples of X; expected "
+                f"2 <= cv <= {n}.",
+            )
+
+    def rank_limits(self, n_samples, block_sizes):
+        """The largest rank each layer can be swept to, known before fitting.
+
+        Lets a caller check ``ranks`` against the data's shape without
+        extracting or fitting anything: an extractor fitted on a few samples
+        gives ``block_sizes``. :meth:`fit` records the same numbers as
+        :attr:`rank_limits_` and refuses ``ranks`` above their minimum.
+
+        Parameters
+        ----------
+        n_samples : int
+            Number of samples (rows) the scorer will be fitted on.
+        block_sizes : list of (str, int)
+            The data's blocks in column order, as
+            :attr:`LayerActivationExtractor.block_sizes_` (``"input"`` for
+            the raw inputs).
+
+        Returns
+        -------
+        dict of str to int
+            Per analysed layer (as ``layers`` and ``coupling`` choose them;
+            ``"all"`` under ``coupling="all"``), the smaller of the rows one
+            fit sees (the training rows of a fold under ``criterion="bcv"``)
+            and the columns of the layer's coupled matrix.
+
+        Raises
+        ------
+        SweepLimitError
+            With ``param="cv"`` when ``criterion="bcv"`` and ``cv`` exceeds
+            ``n_samples``.
+
+        Examples
+        --------
+        >>> from sklearn_peek import RankQualityScorer
+        >>> RankQualityScorer(cv=3).rank_limits(90, [("input", 64), ("fc1", 20)])
+        {'fc1': 60}
+        >>> RankQualityScorer(coupling="none").rank_limits(
+        ...     90, [("input", 64), ("fc1", 20)])
+        {'fc1': 20}
+        """
+        self._validate_params()
+        if (
+            not isinstance(n_samples, numbers.Integral)
+            or isinstance(n_samples, bool)
+            or n_samples < 1
+        ):
+            raise ValueError(
+                f"n_samples={n_samples!r} is invalid; expected an integer >= 1."
+            )
+        blocks = _check_block_sizes(block_sizes)
+        self._check_cv(int(n_samples))
+        _, _, rows, columns = self._rank_limit(int(n_samples), blocks)
+        return {name: min(rows, m) for name, m in columns.items()}
+
     def _rank_limit(self, n_samples, blocks):
         """The largest rank every layer's coupled matrix supports, and why.
 
@@ -999,13 +1084,7 @@ class RankQualityScorer(BaseEstimator):
             self._check_block_weights([b for b, _ in blocks])
         n = Xa.shape[0]
         criterion = self.criterion
-        if criterion == "bcv" and self.cv > n:
-            raise SweepLimitError(
-                "cv",
-                n,
-                f"cv={self.cv!r} is larger than the {n} samples of X; expected "
-                f"2 <= cv <= {n}.",
-            )
+        self._check_cv(n)
         all_names = [b for b, _ in blocks]
         if self.score_layer is not None and self.score_layer not in [*all_names, _ALL]:
             raise ValueError(

@@ -1759,7 +1759,7 @@ def _cmd_analyze(args, say):
             hint=f" Raise --max-iter above {fig_iter} or --tol above {fig_tol:g}.",
         )
 
-    repeat = int(getattr(ext, "_repeat", 1))  # > 1 only under --channel-repeat
+    repeat = ext.channel_repeat_  # > 1 only under --channel-repeat
     shape_text = f"shape {tuple(X.shape[1:])}"
     if repeat > 1:
         shape_text += (
@@ -2018,15 +2018,17 @@ def _demo_rank_check(settings, layers, cv):
         cv=cv,
         coupling="none",
     )
-    limit, _, rows, widths = alone._rank_limit(n, ext.block_sizes_)
-    name = min(widths, key=widths.get)
-    width = widths[name]
+    limits = alone.rank_limits(n, ext.block_sizes_)
+    limit = min(limits.values())
     if ranks[-1] <= limit:
         return
+    widths = {k: v for k, v in ext.block_sizes_ if k in limits}
+    name = min(widths, key=widths.get)
+    width = widths[name]
     hints = [f"--ranks {ranks[0]}..{ranks[-1]} goes up to {ranks[-1]}, but"]
-    if rows <= width:
+    if limit < width:  # the rows a fit sees set the limit
         how = (
-            f"each of the --cv {cv} folds fits on {rows} of the {n} test digits "
+            f"each of the --cv {cv} folds fits on {limit} of the {n} test digits "
             "the demo analyses"
             if "bcv" in settings["criteria"]
             else f"the demo analyses {n} test digits"

@@ -35,6 +35,8 @@ def _example(rst, expected):
     [
         ("coupled_nmf.rst", "{'n_components': 5}"),
         ("rank.rst", "{'conv1': 4}"),
+        # rank limits from the block layout, before any fit
+        ("rank.rst", "{'2': 36, '5': 5}"),
         # GridSearchCV over LeNet's epochs, scored without labels (the layer
         # alone): the 20-epoch network must win
         ("rank.rst", "{'epochs': 20}"),

@@ -380,7 +380,12 @@ def test_channel_mismatch_and_channel_repeat(X):
     rgb = np.repeat(X.reshape(-1, 1, 28, 28), 3, axis=1)
     B = LayerActivationExtractor(net, include_input=False).fit_transform(rgb)
     assert ext.block_sizes_[0] == ("input", 784)  # the caller's single channel
+    assert (ext.input_shape_, ext.channel_repeat_) == ((1, 28, 28), 3)
     np.testing.assert_allclose(A[:, 784:], B, atol=1e-6)
+    # matching channels: nothing is repeated, with or without the option
+    ext.set_params(input_shape=None)
+    assert ext.fit(rgb).channel_repeat_ == 1
+    assert LayerActivationExtractor(net).fit(rgb).channel_repeat_ == 1
 
 
 def test_images_without_channel_axis(lenet, X):

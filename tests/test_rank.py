@@ -11,7 +11,7 @@ from numpy.testing import assert_array_equal
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
-from sklearn_peek import LayerActivationExtractor, RankQualityScorer
+from sklearn_peek import LayerActivationExtractor, RankQualityScorer, SweepLimitError
 from sklearn_peek._rank import _rank_chains
 
 
@@ -691,8 +691,6 @@ def test_progress_bar_counts_the_tasks(n_jobs, capsys, monkeypatch):
 def test_sweep_limit_error_says_which_setting_and_its_limit():
     import pickle
 
-    from sklearn_peek import SweepLimitError
-
     X = planted(0, 2, n=60, widths=(10, 20, 15))
     kw = dict(blocks=blocks_of((10, 20, 15)), cv=3)
     with pytest.raises(SweepLimitError) as err:
@@ -713,3 +711,36 @@ def test_sweep_limit_error_says_which_setting_and_its_limit():
     with pytest.raises(SweepLimitError) as err:
         RankQualityScorer(ranks=[1, 2], cv=61, blocks=kw["blocks"]).fit(X)
     assert (err.value.param, err.value.limit) == ("cv", 60)
+
+
+def test_rank_limits_before_fitting_match_what_fit_records():
+    widths = (10, 20, 15)
+    X = planted(0, 2, n=60, widths=widths)
+    blocks = blocks_of(widths)  # input 10, conv1 20, fc1 15
+    for kw in (
+        {"cv": 3},  # 40 training rows per fold
+        {"cv": 2, "coupling": "none"},
+        {"criterion": "elbow", "coupling": "all"},
+        {"criterion": "energy", "layers": ["fc1"]},
+    ):
+        sc = RankQualityScorer(ranks=[1, 2], blocks=blocks, **kw)
+        before = sc.rank_limits(60, blocks)
+        assert before == sc.fit(X).rank_limits_
+        assert min(before.values()) == sc.rank_limit_
+    # the rows of a fold bind when they are fewer than the columns
+    assert RankQualityScorer(cv=3).rank_limits(12, blocks) == {"conv1": 8, "fc1": 8}
+    assert RankQualityScorer(coupling="none").rank_limits(60, blocks) == {
+        "conv1": 20,
+        "fc1": 15,
+    }
+    with pytest.raises(SweepLimitError, match=r"cv=5 is larger than the 4") as err:
+        RankQualityScorer(cv=5).rank_limits(4, blocks)
+    assert err.value.param == "cv"
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=rf"n_samples={bad!r} is invalid"):
+            RankQualityScorer().rank_limits(bad, blocks)
+    for bad in ([], [("a", 0)], [("a", 3), ("a", 4)], [3, 4], "input"):
+        with pytest.raises(ValueError, match=r"block_sizes=.* is not understood"):
+            RankQualityScorer().rank_limits(10, bad)
+    with pytest.raises(ValueError, match=r"layers contains 'fc9'"):
+        RankQualityScorer(layers=["fc9"]).rank_limits(10, blocks)

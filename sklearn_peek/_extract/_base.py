@@ -599,7 +599,12 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         block size (pooled conv layer: ``(C,)``; ``nonneg="split"`` adds a
         leading axis of 2: positive part, negative part).
     input_shape_ : tuple of int
-        Shape of one sample as fed to the model.
+        Shape of one sample as fed to the model, before the channel repeat
+        of ``channel_repeat_``.
+    channel_repeat_ : int
+        How many times each input channel is repeated before the model sees
+        it: the model's channel count with ``channel_repeat=True`` and
+        single-channel images, else 1.
     n_features_in_ : int
         Number of values per input sample.
     n_features_out_ : int
@@ -914,7 +919,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             pairs = _resolve_layers(adapter, self.layers, rows)
         else:
             pairs = []
-        self._repeat = repeat
+        self.channel_repeat_ = int(repeat)
         sources = [c for _, c in pairs]
         self.input_shape_ = tuple(int(d) for d in sample_shape)
         self.n_features_in_ = int(math.prod(sample_shape))
@@ -1001,8 +1006,8 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         return self._get_adapter().runner(self._sources)
 
     def _feed(self, batch):
-        if getattr(self, "_repeat", 1) > 1:
-            return np.repeat(batch, self._repeat, axis=1)
+        if self.channel_repeat_ > 1:
+            return np.repeat(batch, self.channel_repeat_, axis=1)
         return batch
 
     def _need_input_min(self):
