@@ -39,9 +39,52 @@ __all__ = [
 class EnergyThresholdWarning(UserWarning):
     """``energy_threshold`` is reached by no rank swept: the largest is taken.
 
-    Its own class, so that a caller (the command line, which words the same
-    case its own way) can tell it from other warnings without reading its text.
+    Its own class, with the facts as attributes, so that a caller (the
+    command line, which words the same case in its own options) needs
+    neither to match nor to rewrite its text.
+
+    Attributes
+    ----------
+    threshold : float
+        The ``energy_threshold`` no rank reached.
+    layer : str or None
+        The layer concerned.
+    best_energy : float
+        The largest explained energy of the ranks swept.
+    best_rank : int
+        The rank that explained it.
+    selected : int
+        The rank returned instead: the largest one swept.
     """
+
+    def __init__(
+        self,
+        message,
+        threshold=None,
+        layer=None,
+        best_energy=None,
+        best_rank=None,
+        selected=None,
+    ):
+        super().__init__(message)
+        self.threshold = threshold
+        self.layer = layer
+        self.best_energy = best_energy
+        self.best_rank = best_rank
+        self.selected = selected
+
+    def __reduce__(self):  # the extra arguments survive pickling
+        return (
+            type(self),
+            (
+                str(self),
+                self.threshold,
+                self.layer,
+                self.best_energy,
+                self.best_rank,
+                self.selected,
+            ),
+        )
 
 
 def row_folds(n_samples, cv, seed):
@@ -169,8 +212,9 @@ def explained_energy(sq_errors, sq_norm):
 def select_energy(ranks, energy, threshold, *, layer=None):
     """Smallest rank whose explained energy reaches ``threshold``.
 
-    When no rank reaches it, the largest rank is returned and a
-    ``UserWarning`` says so (naming the threshold and the best energy seen).
+    When no rank reaches it, the largest rank is returned and an
+    :class:`EnergyThresholdWarning` (a ``UserWarning``) says so, naming the
+    threshold and the best energy seen.
 
     Parameters
     ----------
@@ -192,16 +236,25 @@ def select_energy(ranks, energy, threshold, *, layer=None):
     if ok.size:
         return int(ranks[ok.min()])
     where = f" for layer {layer!r}" if layer is not None else ""
+    best, best_rank, top = (
+        float(energy.max()),
+        int(ranks[np.argmax(energy)]),
+        int(ranks[-1]),
+    )
     warnings.warn(
-        f"energy_threshold={threshold!r} is not reached by any rank{where}: the "
-        f"best explained energy is {energy.max():.4f} at rank "
-        f"{int(ranks[np.argmax(energy)])}; "
-        f"selecting the largest rank {int(ranks[-1])}. Extend `ranks` or lower "
-        "`energy_threshold`.",
-        EnergyThresholdWarning,
+        EnergyThresholdWarning(
+            f"energy_threshold={threshold!r} is not reached by any rank{where}: the "
+            f"best explained energy is {best:.4f} at rank {best_rank}; selecting "
+            f"the largest rank {top}. Extend `ranks` or lower `energy_threshold`.",
+            threshold,
+            layer,
+            best,
+            best_rank,
+            top,
+        ),
         stacklevel=3,
     )
-    return int(ranks[-1])
+    return top
 
 
 # --------------------------------------------------------------------------

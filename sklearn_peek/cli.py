@@ -1312,24 +1312,19 @@ def analyze_activations(
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
             continue  # cv_results_["converged"] has it; see sweep_warnings
-        text = str(w.message)
-        if issubclass(w.category, EnergyThresholdWarning) and len(ranks) > 1:
-            continue  # the layer selected the top rank: sweep_warnings says both
-
-        for python, option in _OPTION_NAMES:
-            text = text.replace(python, option)
-        warnings.warn_explicit(text, w.category, w.filename, w.lineno)
+        message = w.message
+        if isinstance(message, EnergyThresholdWarning):
+            if len(ranks) > 1:
+                continue  # the layer selected the top rank: sweep_warnings says both
+            # One rank: worded in the command's options, from the warning's facts.
+            message = (
+                f"--energy {message.threshold:g} is not reached for layer "
+                f"{message.layer!r} by rank {message.selected}, the only rank "
+                f"tried (explained energy {message.best_energy:.4f}). Lower "
+                "--energy, or give several ranks to select one."
+            )
+        warnings.warn_explicit(message, w.category, w.filename, w.lineno)
     return scorer
-
-
-#: The scorer's parameter names in its warnings, and the command's options.
-#: (Its ConvergenceWarning, which names max_iter, is dropped before this
-#: translation: sweep_warnings words it.)
-_OPTION_NAMES = (
-    ("energy_threshold=", "--energy "),
-    ("`energy_threshold`", "--energy"),
-    ("`ranks`", "--ranks"),
-)
 
 
 def _compact_ranks(ranks):

@@ -1349,6 +1349,21 @@ def test_single_rank_grid_says_nothing_was_selected(files, tmp_path, capsys):
     assert set(res["ranks"].values()) == {4}
     html = (tmp_path / "report.html").read_text()
     assert "the only rank tried: not selected" in html
+    # One rank under --criterion energy: the library's warning about the
+    # threshold is worded in the command's options.
+    code, err = _analyze(
+        capsys, d, tmp_path / "e", "--ranks", "4", "--max-samples", "60", "-q",
+        "--criterion", "energy", "--energy", "0.9999",
+    )  # fmt: skip
+    assert code == 0, err
+    said = [ln for ln in err.splitlines() if "--energy 0.9999 is not reached" in ln]
+    assert len(said) == len(_json(tmp_path / "e")["ranks"]), err
+    assert re.search(
+        r"for layer '[^']+' by rank 4, the only rank tried \(explained energy "
+        r"0\.\d{4}\)\. Lower --energy, or give several ranks",
+        said[0],
+    ), said[0]
+    assert "energy_threshold" not in err and "`ranks`" not in err
     # Several ranks: no such warning.
     code, err = _analyze(
         capsys, d, tmp_path / "b", "--ranks", "3,4", "--max-samples", "60", "-q"

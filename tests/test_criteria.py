@@ -1,5 +1,7 @@
 """Rank-selection criteria on synthetic curves whose right answer is known."""
 
+import pickle
+
 import numpy as np
 import pytest
 from scipy.cluster.hierarchy import cophenet, linkage
@@ -136,9 +138,14 @@ def test_select_energy_is_the_first_rank_reaching_the_threshold(threshold, expec
 def test_select_energy_warns_when_never_reached():
     with pytest.warns(
         _criteria.EnergyThresholdWarning, match=r"energy_threshold=0\.99.*layer 'fc1'"
-    ):
-        got = _criteria.select_energy([1, 2, 3], [0.1, 0.5, 0.7], 0.99, layer="fc1")
+    ) as caught:
+        got = _criteria.select_energy([1, 2, 3], [0.1, 0.7, 0.5], 0.99, layer="fc1")
     assert got == 3
+    w = caught[0].message
+    facts = (w.threshold, w.layer, w.best_energy, w.best_rank, w.selected)
+    assert facts == (0.99, "fc1", 0.7, 2, 3)
+    back = pickle.loads(pickle.dumps(w))
+    assert (str(back), back.best_rank, back.selected) == (str(w), 2, 3)
 
 
 # ----------------------------------------------------------------- stability
