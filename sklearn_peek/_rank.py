@@ -140,6 +140,26 @@ def _rank_chains(ranks, warm_start):
     return chains
 
 
+#: Ranks per stacked task on the host (see _rank_groups).
+_RANKS_PER_GROUP = 5
+
+
+def _rank_groups(ranks):
+    """Cut the sorted ranks into the stacked runs of cold fits on the host.
+
+    One stacked run (:func:`fit_ranks`) shares every pass over X among its
+    ranks, which on the CPU made a cold bcv sweep 1.57x faster than one fit
+    per rank (``benchmarks/bench_rank_sweep.py``); smaller groups leave more tasks
+    for the workers. Ranks are dealt round-robin into
+    ``ceil(len(ranks) / 5)`` groups, so the groups cost about the same; the
+    cut depends on ``ranks`` alone (not on ``n_jobs``), which keeps the
+    results the same for every number of workers.
+    """
+    ranks = [int(r) for r in ranks]
+    n_groups = -(-len(ranks) // _RANKS_PER_GROUP)
+    return [ranks[g::n_groups] for g in range(n_groups)]
+
+
 def _new_components(X, W, H, col_w, k, seed):
     """Initial values for ``k`` new components from the weighted residual.
 
@@ -561,7 +581,10 @@ class RankQualityScorer(BaseEstimator):
         taken from the residual (NNDSVD of the residual), within chains of
         consecutive ranks of about equal cost. The chains are cut from
         ``ranks`` alone. Not used by ``"stability"``, whose restarts must be
-        independent.
+        independent. With False, every rank starts from CoupledNMF's
+        initialisation, and (HALS) the ranks of a (layer, fold) run as
+        stacked solver runs (:func:`fit_ranks`): in groups of up to 5 ranks
+        on the host, all at once on a torch device.
     score_layer : str or None, default=None
         Layer whose selected rank :meth:`__call__` returns; None averages all
         layers.
@@ -1123,18 +1146,18 @@ class RankQualityScorer(BaseEstimator):
             dev = None
         on_device = dev is not None
         params["device"] = dev if on_device else self.device
-        # On a torch device without warm starts, all ranks of a (layer, fold)
-        # run as one stacked solver run, with X moved to the device once.
+        # Without warm starts, the ranks of a (layer, fold) run as stacked
+        # solver runs: on a torch device all of them in one run, with X moved
+        # to the device once; on the host in groups (_rank_groups), so that
+        # the workers still get several tasks.
         batched = (
-            on_device
-            and not self.warm_start
-            and self.solver == "hals"
-            and criterion != "stability"
+            not self.warm_start and self.solver == "hals" and criterion != "stability"
         )
-        if batched:
+        groups = [ranks] if on_device else _rank_groups(ranks)
+        if batched and on_device:
             Xa = compute_tensor(Xa, dev, where="RankQualityScorer.fit")
         elif is_torch_tensor(Xa):
-            # The per-rank tasks slice NumPy arrays (each fit then moves its
+            # The other tasks slice NumPy arrays (each fit then moves its
             # slice to ``device``): one host copy of the data.
             Xa = to_numpy(Xa)
         tasks = []  # (key, cost, delayed call)
@@ -1168,10 +1191,12 @@ class RankQualityScorer(BaseEstimator):
                         else _seed(base, seed_id, li, k)
                     )
                     if batched:
-                        call = delayed(_batched_task)(
-                            Xa, cols, cb, tr, te, ranks, model_seed, params
-                        )
-                        tasks.append(((li, k, 0), sum(ranks) * rows * m, call))
+                        for gi, group in enumerate(groups):
+                            call = delayed(_batched_task)(
+                                Xa, cols, cb, tr, te, group, model_seed, params
+                            )
+                            cost = sum(group) * rows * m
+                            tasks.append(((li, k, gi), cost, call))
                         continue
                     for ci, chain in enumerate(chains):
                         svd_seeds = [_seed(base, seed_id, li, k, r) for r in chain]

@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
 from sklearn_peek import LayerActivationExtractor, RankQualityScorer, SweepLimitError
-from sklearn_peek._rank import _rank_chains
+from sklearn_peek._rank import _batched_task, _chain_task, _rank_chains, _rank_groups
 
 
 def planted(seed, rank, n=150, widths=(40, 120), noise=0.3):
@@ -157,7 +157,48 @@ def test_warm_start_saves_iterations_and_keeps_the_answer():
     cold = RankQualityScorer(warm_start=False, **kw).fit(X)
     assert warm.n_iter_total_ < cold.n_iter_total_
     assert abs(warm.rank_["conv1"] - cold.rank_["conv1"]) <= 1
-    assert cold.n_tasks_ == 3 * 8
+    assert cold.n_tasks_ == 3 * 2  # per fold, two stacked groups of ranks
+
+
+def test_cold_rank_groups_fit_as_one_fit_per_rank():
+    # Without warm starts the host stacks the ranks of a (layer, fold) in
+    # groups (_rank_groups); a group's records equal one fit per rank to
+    # rounding, with the same iteration counts.
+    X = planted(4, 4, n=90)
+    blocks = blocks_of((40, 120))
+    train, test = np.arange(60), np.arange(60, 90)
+    params = dict(block_weights="norm", solver="hals", init=None, max_iter=60)
+    params.update(tol=1e-4, device=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        group = _batched_task(X, None, blocks, train, test, [2, 5, 7], 3, params)
+        alone = [
+            _chain_task(X, None, blocks, train, test, [r], 3, [0], params, False)[0]
+            for r in (2, 5, 7)
+        ]
+    for g, a in zip(group, alone):
+        assert (g["rank"], g["n_iter"], g["converged"]) == (
+            a["rank"],
+            a["n_iter"],
+            a["converged"],
+        )
+        np.testing.assert_allclose(g["score"], a["score"], rtol=1e-9)
+
+
+def test_rank_groups_depend_on_ranks_only():
+    assert _rank_groups(range(1, 31)) == [list(range(g, 31, 6)) for g in range(1, 7)]
+    assert _rank_groups([3, 5, 8]) == [[3, 5, 8]]
+    groups = _rank_groups(range(1, 21))
+    assert len(groups) == 4 and sorted(r for g in groups for r in g) == list(
+        range(1, 21)
+    )
+    cost = [sum(g) for g in groups]
+    assert max(cost) - min(cost) <= len(groups[0]) * (len(groups) - 1)
+    # the cold sweep is the same for any number of workers
+    X = planted(8, 4, n=90, widths=(20, 30, 25))
+    ref = _det_fit(X, n_jobs=1, warm_start=False)
+    assert ref.n_tasks_ == 2 * 3  # two layers, three folds, one group of 5
+    _same(ref, _det_fit(X, n_jobs=2, warm_start=False))
 
 
 def test_rank_chains_depend_on_ranks_only():
@@ -585,7 +626,8 @@ def test_fit_with_extractor_takes_raw_images(small_cnn_and_images):
 def test_torch_device_without_warm_start_batches_the_ranks(criterion):
     # On a torch device (here torch on the CPU) with warm_start=False all ranks
     # of a (layer, fold) share one stacked solver run: one task per fold, and
-    # the same curve and ranks as the NumPy path, which fits rank by rank.
+    # the same curve and ranks as the NumPy path, which stacks them in groups
+    # of up to 5 ranks (here two groups per fold).
     rng = np.random.RandomState(0)
     W = rng.rand(150, 5)
     X = np.hstack([W @ rng.rand(5, 30), 20 * W @ rng.rand(5, 90)])
@@ -611,7 +653,7 @@ def test_torch_device_without_warm_start_batches_the_ranks(criterion):
         for r in (rec_ref, rec)
     ]
     assert n_conv[0] == n_conv[1] == 1
-    assert ref.n_tasks_ == 8 * (3 if criterion == "bcv" else 1)
+    assert ref.n_tasks_ == 2 * (3 if criterion == "bcv" else 1)
     assert sc.n_tasks_ == (3 if criterion == "bcv" else 1)
     assert sc.rank_ == ref.rank_
     np.testing.assert_allclose(
@@ -633,8 +675,9 @@ def test_cpu_tensor_input_takes_the_numpy_path_and_is_validated():
         warnings.simplefilter("ignore")
         ref = RankQualityScorer(**kw).fit(X)
         sc = RankQualityScorer(**kw).fit(torch.from_numpy(X))  # device=None
-    # A CPU tensor runs as NumPy data (parallel per-rank tasks), not stacked.
-    assert sc.n_tasks_ == ref.n_tasks_ == 15
+    # A CPU tensor runs as NumPy data: the host's groups of ranks (one group
+    # of five per fold), not the device's single stack.
+    assert sc.n_tasks_ == ref.n_tasks_ == 3
     assert sc.rank_ == ref.rank_
     np.testing.assert_allclose(
         sc.cv_results_["mean_score"], ref.cv_results_["mean_score"], rtol=1e-7
