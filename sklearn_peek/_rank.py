@@ -149,11 +149,11 @@ def _rank_groups(ranks):
 
     One stacked run (:func:`fit_ranks`) shares every pass over X among its
     ranks, which on the CPU made a cold bcv sweep 1.57x faster than one fit
-    per rank (``benchmarks/bench_rank_sweep.py``); smaller groups leave more tasks
-    for the workers. Ranks are dealt round-robin into
-    ``ceil(len(ranks) / 5)`` groups, so the groups cost about the same; the
-    cut depends on ``ranks`` alone (not on ``n_jobs``), which keeps the
-    results the same for every number of workers.
+    per rank (``benchmarks/bench_rank_sweep.py``); smaller groups leave more
+    tasks for the workers. Ranks are dealt round-robin into
+    ``ceil(len(ranks) / _RANKS_PER_GROUP)`` groups, so the groups cost about
+    the same; the cut depends on ``ranks`` alone (not on ``n_jobs``), which
+    keeps the results the same for every number of workers.
     """
     ranks = [int(r) for r in ranks]
     n_groups = -(-len(ranks) // _RANKS_PER_GROUP)
