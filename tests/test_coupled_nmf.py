@@ -47,6 +47,31 @@ def test_sklearn_compatible(estimator, check):
         check(estimator)
 
 
+def test_array_api_checks_in_their_own_process():
+    # scikit-learn's check_array_api_input needs SCIPY_ARRAY_API=1 before scipy
+    # is imported; conftest.py leaves those checks out of this process, and a
+    # child process runs them (CoupledNMF and LayerActivationExtractor).
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(__file__)
+    env = {**os.environ, "SCIPY_ARRAY_API": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA",
+         "-k", "check_array_api_input",
+         os.path.join(here, "test_coupled_nmf.py"),
+         os.path.join(here, "test_extract_torch.py")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    passed = [ln for ln in proc.stdout.splitlines() if ln.startswith("PASSED")]
+    assert len(passed) == 2, proc.stdout[-3000:]
+    assert any("CoupledNMF" in ln for ln in passed)
+    assert any("LayerActivationExtractor" in ln for ln in passed)
+    assert "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-500:]
+
+
 def test_tags():
     tags = CoupledNMF().__sklearn_tags__()
     assert tags.input_tags.positive_only
