@@ -56,3 +56,44 @@ def fit_quietly(X, **params):
         model = CoupledNMF(**params)
         W = model.fit_transform(X)
     return model, W
+
+
+_SOLVERS = (
+    "fit_hals",
+    "fit_mu",
+    "fit_hals_batched",
+    "solve_w",
+    "solve_w_kl",
+    "solve_w_batched",
+)
+
+
+def spy_solvers(monkeypatch):
+    """Record which kind of array each solver function of ``_solvers`` gets.
+
+    Returns a list that fills with ``(function name, "torch" or "numpy")``
+    for every call, so that a test can tell which code path actually ran
+    (comparing torch results with NumPy results alone would also pass if
+    both ran the NumPy code).
+    """
+    from sklearn_peek import _solvers
+
+    calls = []
+    for name in _SOLVERS:
+        real = getattr(_solvers, name)
+
+        def spy(X, *args, _real=real, _name=name, **kwargs):
+            kind = "numpy" if isinstance(X, np.ndarray) else type(X).__module__
+            calls.append((_name, kind.split(".")[0]))
+            return _real(X, *args, **kwargs)
+
+        monkeypatch.setattr(_solvers, name, spy)
+    return calls
+
+
+def solver_kinds(calls):
+    """The set of array kinds in ``calls`` (see :func:`spy_solvers`), then
+    empty ``calls`` for the next fit."""
+    kinds = {kind for _, kind in calls}
+    calls.clear()
+    return kinds

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from _helpers import solver_kinds, spy_solvers
 from sklearn.base import clone
 from sklearn.decomposition import NMF
 from sklearn.decomposition._nmf import _initialize_nmf
@@ -490,18 +491,23 @@ def test_bad_transform_inputs():
         dfmodel.transform(part)
 
 
-def test_device_dispatch():
+def test_device_dispatch(monkeypatch):
+    import torch
+
+    calls = spy_solvers(monkeypatch)
     X = np.random.RandomState(0).rand(8, 6)
     CoupledNMF(2, device="cpu").fit(X)
+    assert solver_kinds(calls) == {"numpy"}  # "cpu" is the NumPy path
     with pytest.raises(ValueError, match=r"device='tpu' is not understood"):
         CoupledNMF(2, device="tpu").fit(X)
-    torch = pytest.importorskip("torch")
-    # A torch device runs the torch solvers (tests/test_torch_backend.py).
+    # A torch device runs the torch solvers (tests/test_torch_backend.py)...
     model = CoupledNMF(2, device=torch.device("cpu"), random_state=0).fit(X)
-    assert isinstance(model.components_, np.ndarray)
+    assert solver_kinds(calls) == {"torch"}
+    assert isinstance(model.components_, np.ndarray)  # ... attributes stay NumPy
+    # "auto" without a GPU falls back to the NumPy path quietly.
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match=r"device='cuda' asks for a CUDA GPU"):
-            CoupledNMF(2, device="cuda").fit(X)
+        CoupledNMF(2, device="auto").fit(X)
+        assert solver_kinds(calls) == {"numpy"}
 
 
 # ------------------------------------------------------------ fit_ranks

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from _helpers import fit_quietly
+from _helpers import fit_quietly, solver_kinds, spy_solvers
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import make_pipeline
@@ -47,11 +47,14 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c.values())))
-def test_torch_cpu_matches_numpy_float64(case):
+def test_torch_cpu_matches_numpy_float64(case, monkeypatch):
+    calls = spy_solvers(monkeypatch)
     X, blocks = _data()
     kw = dict(n_components=4, blocks=blocks, random_state=0, max_iter=60, **case)
     ref, W_ref = fit_quietly(X, **kw)
+    assert solver_kinds(calls) == {"numpy"}
     mod, W = fit_quietly(X, device=CPU, **kw)
+    assert solver_kinds(calls) == {"torch"}  # the comparison is torch vs NumPy
     # NumPy in: NumPy out, even though the torch solvers ran.
     assert isinstance(W, np.ndarray) and W.dtype == np.float64
     assert mod.n_iter_ == ref.n_iter_
@@ -146,9 +149,11 @@ def test_tensor_dtypes(dtype, expected):
     assert model.components_.dtype == np.dtype(str(expected).split(".")[1])
 
 
-def test_float32_stays_float32_on_torch_cpu():
+def test_float32_stays_float32_on_torch_cpu(monkeypatch):
+    calls = spy_solvers(monkeypatch)
     X, blocks = _data(dtype=np.float32)
     model, W = fit_quietly(X, n_components=3, blocks=blocks, device=CPU, random_state=0)
+    assert solver_kinds(calls) == {"torch"}
     assert W.dtype == np.float32 and model.components_.dtype == np.float32
 
 
@@ -248,7 +253,8 @@ def _net():
     )
 
 
-def test_pipeline_on_torch_device_matches_numpy():
+def test_pipeline_on_torch_device_matches_numpy(monkeypatch):
+    calls = spy_solvers(monkeypatch)
     X = np.random.RandomState(0).rand(30, 64).astype(np.float32)
     ext = LayerActivationExtractor(_net(), input_shape=(1, 8, 8)).fit(X)
     blocks = ext.block_sizes_
@@ -260,6 +266,7 @@ def test_pipeline_on_torch_device_matches_numpy():
             CoupledNMF(device=CPU, **kw),
         )
         W_t = pipe_t.fit_transform(X)
+        assert solver_kinds(calls) == {"torch"}
         pipe_n = make_pipeline(
             LayerActivationExtractor(_net(), input_shape=(1, 8, 8)), CoupledNMF(**kw)
         )
@@ -340,9 +347,10 @@ def test_pipeline_output_torch_stays_torch():
     np.testing.assert_allclose(rec.numpy(), pipe[-1].inverse_transform(W.numpy()))
 
 
-def test_rank_scorer_on_torch_device_matches_numpy():
+def test_rank_scorer_on_torch_device_matches_numpy(monkeypatch):
     from sklearn_peek import RankQualityScorer
 
+    calls = spy_solvers(monkeypatch)
     rng = np.random.default_rng(0)
     W = rng.random((60, 3)) ** 2
     X = W @ rng.random((3, 70)) ** 2
@@ -351,9 +359,11 @@ def test_rank_scorer_on_torch_device_matches_numpy():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         ref = RankQualityScorer(random_state=0, **kw).fit(X)
+        assert solver_kinds(calls) == {"numpy"}
         # n_jobs=2 asks for processes; a torch device runs the fits in this
         # process (one CUDA context on a GPU), with the same results.
         sc = RankQualityScorer(random_state=0, device=CPU, n_jobs=2, **kw).fit(X)
+        assert solver_kinds(calls) == {"torch"}
     assert sc.rank_ == ref.rank_
     np.testing.assert_allclose(
         sc.cv_results_["mean_score"], ref.cv_results_["mean_score"], rtol=1e-7
