@@ -12,11 +12,10 @@ from html import escape as html_escape
 
 import numpy as np
 import pytest
+import torch
 from _helpers import write_idx
 
 from sklearn_peek import cli
-
-torch = pytest.importorskip("torch")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

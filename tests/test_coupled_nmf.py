@@ -524,7 +524,8 @@ def test_fit_ranks_equals_one_fit_per_rank(torch_input, monkeypatch):
 
     X, blocks = _rank_data()
     if torch_input:
-        torch = pytest.importorskip("torch")
+        import torch
+
         X = torch.from_numpy(X)
     # Small batches: the ranks run as two stacked groups (4+1+6, then 3+2).
     monkeypatch.setattr(_coupled_nmf, "_BATCH_ROWS", 11)
@@ -566,7 +567,8 @@ def test_scores_of_several_ranks_in_one_stacked_solve(torch_input):
     X, blocks = _rank_data()
     X_test = X[:30] * 1.1 + 0.05
     if torch_input:
-        torch = pytest.importorskip("torch")
+        import torch
+
         X, X_test = torch.from_numpy(X), torch.from_numpy(X_test)
     est = CoupledNMF(blocks=blocks, random_state=3, max_iter=150)
     with warnings.catch_warnings():

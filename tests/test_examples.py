@@ -98,7 +98,8 @@ def test_plot_pipeline_gridsearch(run_example):
 
 
 def test_plot_onnx_other_framework(run_example, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    import onnx
+
     pytest.importorskip("skl2onnx")
     ns, out, figures = run_example("plot_onnx_other_framework.py")
     for name in ("mlp_digits.onnx", "mlp_digits_1_epoch.onnx"):
@@ -128,7 +129,8 @@ def test_plot_case_study(run_example):
 
 
 def test_plot_gpu_switch(run_example):
-    torch = pytest.importorskip("torch")
+    import torch
+
     ns, out, figures = run_example("plot_gpu_switch.py")
     W = ns["W"]
     assert isinstance(W, np.ndarray) and W.dtype == np.float32
@@ -159,7 +161,10 @@ def test_examples_need_only_the_library_and_its_examples_extra():
     # `pip install "sklearn-peek[examples]"` must be enough to run every
     # example: each third-party module an example imports, or pandas when it
     # asks scikit-learn for DataFrame output, is a dependency or in the extra.
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the dev extra installs tomli
+        import tomli as tomllib
     project = tomllib.loads((EXAMPLES.parent / "pyproject.toml").read_text())["project"]
     allowed = _requirement_names(project["dependencies"])
     allowed |= _requirement_names(project["optional-dependencies"]["examples"])

@@ -11,13 +11,12 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from _helpers import fit_quietly
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import make_pipeline
 
 from sklearn_peek import CoupledNMF, LayerActivationExtractor
-
-torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU"

@@ -16,12 +16,11 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_peek import CoupledNMF, _coupled_nmf, _solvers
-
-torch = pytest.importorskip("torch")
 
 
 def _reference_svd(X, s, k, rng, n_oversamples=10, n_iter="auto"):

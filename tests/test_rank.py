@@ -416,7 +416,6 @@ def test_ranks_none_means_one_to_thirty():
     assert_array_equal(scorer.cv_results_["rank"], np.arange(1, 31))
     assert scorer.score_value() == scorer.rank_["conv1"] / 30
     # a plot of the sweep shows the thirty ranks
-    pytest.importorskip("matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 from _helpers import fit_quietly, solver_kinds, spy_solvers
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
@@ -21,8 +22,6 @@ from sklearn.pipeline import make_pipeline
 
 from sklearn_peek import CoupledNMF, LayerActivationExtractor, _solvers
 from sklearn_peek._backend import select_compute_device
-
-torch = pytest.importorskip("torch")
 
 CPU = torch.device("cpu")
 
