@@ -145,7 +145,14 @@ def test_default_init_rule_and_convergence_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model = CoupledNMF(9, blocks=[3, 5], random_state=0, max_iter=500).fit(X)
+        kw = dict(blocks=[3, 5], random_state=0, max_iter=500)
+        rand = CoupledNMF(9, init="random", **kw).fit(X)
+        # and NNDSVD (nndsvda) within that limit
+        small = CoupledNMF(3, **kw).fit(X)
+        nndsvda = CoupledNMF(3, init="nndsvda", **kw).fit(X)
     assert model.components_.shape == (9, 8)
+    np.testing.assert_array_equal(model.components_, rand.components_)
+    np.testing.assert_array_equal(small.components_, nndsvda.components_)
     with pytest.warns(ConvergenceWarning, match="max_iter=2"):
         CoupledNMF(3, blocks=[3, 5], max_iter=2, tol=0).fit(X)
 
@@ -287,9 +294,16 @@ def test_transform_from_a_subset_of_blocks():
     np.testing.assert_allclose(W_arr, W_full, rtol=0.1, atol=0.05 * W_full.max())
     # Blocks listed in another order than in fit: columns follow the list.
     W_two = model.transform(np.hstack([X[:, 72:], X[:, :12]]), blocks=["fc", "pix"])
-    assert W_two.shape == (120, 4)
+    W_fit_order = model.transform(
+        np.hstack([X[:, :12], X[:, 72:]]), blocks=["pix", "fc"]
+    )
+    np.testing.assert_allclose(W_two, W_fit_order, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(W_two, W_full, rtol=0.1, atol=0.05 * W_full.max())
+    # Swapped columns without saying so give another (worse) answer.
+    W_wrong = model.transform(np.hstack([X[:, 72:], X[:, :12]]), blocks=["pix", "fc"])
+    assert not np.allclose(W_wrong, W_two, rtol=0.1, atol=0.05 * W_full.max())
     rec = model.inverse_transform(W_arr)
-    assert rec.shape == (120, 312)
+    np.testing.assert_allclose(rec, W_arr @ model.components_)
 
 
 def test_pipeline_with_pandas_output_and_auto_blocks():

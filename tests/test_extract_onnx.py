@@ -242,7 +242,10 @@ def test_available_layers_without_static_shape():
     model = make_lenet(CURRENT)
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
     rows = {r["name"]: r for r in available_layers(model)}
-    assert rows["c1"]["shape"][0] == 4  # from shape inference, H unknown
+    # from shape inference: channels and width known, the height not (None,
+    # not shape inference's symbolic name)
+    assert rows["c1"]["shape"] == (4, None, 24)
+    assert rows["f"]["shape"] == (None,) and rows["r3"]["shape"] == (12,)
     rows = {r["name"]: r for r in available_layers(model, input_shape=(1, 28, 28))}
     assert rows["c1"]["shape"] == (4, 24, 24)
 

@@ -675,8 +675,12 @@ def test_auto_caps_number_of_layers():
     ext = LayerActivationExtractor(net, include_input=False).fit(
         np.random.default_rng(0).random((3, 5), dtype=np.float32)
     )
-    assert len(ext.layer_names_) == 8
-    assert ext.layer_names_[0] == "1" and ext.layer_names_[-1] == "23"
+    # The 12 ReLUs are modules "1", "3", ..., "23", each its own top-level
+    # part: 8 evenly spaced ones are kept, the first and the last included.
+    relus = [str(2 * i + 1) for i in range(12)]
+    keep = np.linspace(0, 11, 8).round().astype(int)
+    assert ext.layer_names_ == [relus[i] for i in keep]
+    assert ext.layer_names_ == ["1", "5", "7", "11", "13", "17", "19", "23"]
 
 
 def test_double_underscore_names_are_sanitized(X):

@@ -220,7 +220,7 @@ def test_sparse_input_gives_dense_result():
     np.testing.assert_allclose(dense[1], sparse[1], rtol=1e-10)
 
 
-def test_dead_components_and_zero_data_stay_finite():
+def test_dead_components_and_zero_data_stay_finite_and_zero():
     X = _planted(11)
     X[:5] = 0
     X[:, :4] = 0
@@ -233,7 +233,13 @@ def test_dead_components_and_zero_data_stay_finite():
             X, W0, H0, np.ones(30), xnorm=float((X * X).sum()), max_iter=20, tol=0
         )
         assert np.isfinite(W).all() and np.isfinite(H).all()
-        assert np.isfinite(info["objective"]).all()
+        obj = np.asarray(info["objective"])
+        assert np.isfinite(obj).all()
+        # All-zero rows and columns of X get exactly zero loadings, and the
+        # objective never goes up on the way.
+        assert np.all(W[:5] == 0) and np.all(H[:, :4] == 0), solve.__name__
+        assert np.all(np.diff(obj) <= 1e-12 * obj[0]), solve.__name__
+        assert W[5:].any() and H[:, 4:].any()
     W, _ = _solvers.solve_w(np.zeros((3, 30)), H0, np.ones(30))
     assert np.isfinite(W).all() and np.all(W == 0)
 

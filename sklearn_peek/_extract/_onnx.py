@@ -487,7 +487,12 @@ class OnnxAdapter:
                 shape = shapes[t]
             else:
                 dims = self._types[t][1]
-                shape = None if dims is None else tuple(dims[1:])
+                # A symbolic dimension (shape inference's "unk__3") is unknown.
+                shape = (
+                    None
+                    if dims is None
+                    else tuple(d if isinstance(d, int) else None for d in dims[1:])
+                )
             rows.append(
                 {
                     "name": t,
