@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 from _torch_helpers import torch_to_onnx
-from sklearn.model_selection import GridSearchCV
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import Pipeline, make_pipeline
 
 from sklearn_peek import CoupledNMF, LayerActivationExtractor
@@ -134,10 +135,18 @@ def test_grid_search_clones_share_the_model(X):
             ("nmf", _nmf(blocks=[784, 576, 96, 12])),
         ]
     )
-    search = GridSearchCV(pipe, {"nmf__n_components": [2, 4]}, cv=2).fit(X)
-    assert search.best_params_["nmf__n_components"] in (2, 4)
+    folds = list(KFold(2).split(X))
+    search = GridSearchCV(pipe, {"nmf__n_components": [2, 4]}, cv=folds).fit(X)
+    scores = search.cv_results_["mean_test_score"]
+    assert np.all(np.isfinite(scores))
+    assert search.best_params_["nmf__n_components"] == [2, 4][int(np.argmax(scores))]
     assert search.best_estimator_.named_steps["extract"].model is net
-    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    # A split's score is the pipeline's own score, fitted by hand on that fold.
+    train, test = folds[0]
+    by_hand = clone(pipe).set_params(nmf__n_components=4).fit(X[train])
+    assert search.cv_results_["split0_test_score"][1] == pytest.approx(
+        by_hand.score(X[test]), rel=1e-6
+    )
 
 
 def test_torch_output_refuses_a_pandas_set_output(X):
