@@ -19,6 +19,7 @@ _LAZY = {
     "ChannelMismatchError": "sklearn_peek._extract",
     "RankQualityScorer": "sklearn_peek._rank",
     "SweepLimitError": "sklearn_peek._rank",
+    "EnergyThresholdWarning": "sklearn_peek._criteria",
     "fit_ranks": "sklearn_peek._coupled_nmf",
 }
 

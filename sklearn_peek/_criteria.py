@@ -73,19 +73,6 @@ class EnergyThresholdWarning(UserWarning):
         self.best_rank = best_rank
         self.selected = selected
 
-    def __reduce__(self):  # the extra arguments survive pickling
-        return (
-            type(self),
-            (
-                str(self),
-                self.threshold,
-                self.layer,
-                self.best_energy,
-                self.best_rank,
-                self.selected,
-            ),
-        )
-
 
 def row_folds(n_samples, cv, seed):
     """Shuffled K-fold split of the rows.

@@ -992,14 +992,25 @@ class RankQualityScorer(BaseEstimator):
             f"{msg}; expected the extractor's include_input=True, or coupling='none'."
         )
 
-    def _check_cv(self, n):
-        """Refuse more bcv folds than the ``n`` samples."""
+    def _check_layout(self, n, blocks, samples):
+        """What the data's shape must allow beyond ``ranks``: explicit
+        ``block_weights`` under ``coupling="all"``, a ``score_layer`` among
+        the blocks, and no more bcv folds than the ``n`` samples (worded as
+        ``samples``, e.g. "the 40 samples of X")."""
+        all_names = [b for b, _ in blocks]
+        if self.coupling == _ALL:
+            self._check_block_weights(all_names)
+        if self.score_layer is not None and self.score_layer not in [*all_names, _ALL]:
+            raise ValueError(
+                f"score_layer={self.score_layer!r} is not a layer of the data; "
+                "expected "
+                f"one of {all_names!r}.{_close(self.score_layer, all_names)}"
+            )
         if self.criterion == "bcv" and self.cv > n:
             raise SweepLimitError(
                 "cv",
                 n,
-                f"cv={self.cv!r} is larger than the {n} samples of X; expected "
-                f"2 <= cv <= {n}.",
+                f"cv={self.cv!r} is larger than {samples}; expected 2 <= cv <= {n}.",
             )
 
     def rank_limits(self, n_samples, block_sizes):
@@ -1032,6 +1043,11 @@ class RankQualityScorer(BaseEstimator):
         SweepLimitError
             With ``param="cv"`` when ``criterion="bcv"`` and ``cv`` exceeds
             ``n_samples``.
+        ValueError
+            For the other settings :meth:`fit` would refuse with these
+            blocks: unknown ``layers`` or ``score_layer``, ``block_weights``
+            of the wrong length under ``coupling="all"``, malformed
+            ``block_sizes``.
 
         Examples
         --------
@@ -1052,8 +1068,9 @@ class RankQualityScorer(BaseEstimator):
                 f"n_samples={n_samples!r} is invalid; expected an integer >= 1."
             )
         blocks = _check_block_sizes(block_sizes)
-        self._check_cv(int(n_samples))
-        _, _, rows, columns = self._rank_limit(int(n_samples), blocks)
+        n = int(n_samples)
+        self._check_layout(n, blocks, f"n_samples={n}")
+        _, _, rows, columns = self._rank_limit(n, blocks)
         return {name: min(rows, m) for name, m in columns.items()}
 
     def _rank_limit(self, n_samples, blocks):
@@ -1103,18 +1120,9 @@ class RankQualityScorer(BaseEstimator):
         """
         ranks = self._validate_params()
         Xa, blocks = self._check_data(X)
-        if self.coupling == _ALL:
-            self._check_block_weights([b for b, _ in blocks])
         n = Xa.shape[0]
         criterion = self.criterion
-        self._check_cv(n)
-        all_names = [b for b, _ in blocks]
-        if self.score_layer is not None and self.score_layer not in [*all_names, _ALL]:
-            raise ValueError(
-                f"score_layer={self.score_layer!r} is not a layer of the data; "
-                "expected "
-                f"one of {all_names!r}.{_close(self.score_layer, all_names)}"
-            )
+        self._check_layout(n, blocks, f"the {n} samples of X")
         layer_cols = self._layer_columns(blocks)
         limit, why, n_rows, columns = self._rank_limit(n, blocks)
         if ranks[-1] > limit:

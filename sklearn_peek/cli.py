@@ -1269,7 +1269,9 @@ def analyze_activations(
         ``max_iter`` and (with several ranks) about an ``--energy`` no rank
         reaches are not re-emitted: :func:`sweep_warnings` words them with the
         command's options, the latter in its warning about the top of the
-        grid. Other warnings are re-emitted with the options' names.
+        grid. With a single rank, an ``--energy`` no rank reaches is worded
+        from :class:`~sklearn_peek.EnergyThresholdWarning`'s attributes. Other
+        warnings are re-emitted as they are.
     """
     from sklearn.exceptions import ConvergenceWarning
 
@@ -1999,7 +2001,12 @@ def _demo_rank_check(settings, layers, cv):
     alone, sets the limit, computed as :class:`~sklearn_peek.RankQualityScorer`
     computes it when it fits.
     """
-    from sklearn_peek import LayerActivationExtractor, RankQualityScorer, studies
+    from sklearn_peek import (
+        LayerActivationExtractor,
+        RankQualityScorer,
+        SweepLimitError,
+        studies,
+    )
     from sklearn_peek._lenet import build_lenet
 
     ranks = sorted(int(r) for r in settings["ranks"])
@@ -2013,7 +2020,13 @@ def _demo_rank_check(settings, layers, cv):
         cv=cv,
         coupling="none",
     )
-    limits = alone.rank_limits(n, ext.block_sizes_)
+    try:
+        limits = alone.rank_limits(n, ext.block_sizes_)
+    except SweepLimitError as exc:  # --cv beyond the test digits
+        raise CLIError(
+            f"--cv {cv} is larger than the {n} test digits the demo analyses; "
+            f"expected 2 <= --cv <= {n}."
+        ) from exc
     limit = min(limits.values())
     if ranks[-1] <= limit:
         return

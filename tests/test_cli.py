@@ -1215,6 +1215,14 @@ def test_demo_ranks_beyond_the_data_fail_before_training(tmp_path, capsys):
     )
     assert code == 1 and "layer 'pool1' has 96 units" in err, err
     assert err.strip().endswith("Pass --ranks up to 96.")
+    # Too many folds for the test digits: said in the command's options.
+    code, _, err = _run(["demo", "--out", out, "--cv", "5000", "-q", "--tiny"], capsys)
+    assert code == 1
+    assert err.strip() == (
+        "sklearn-peek: error: --cv 5000 is larger than the 360 test digits the "
+        "demo analyses; expected 2 <= --cv <= 360."
+    )
+    assert not (tmp_path / "new").exists()
 
 
 def test_failed_analyze_removes_only_the_folders_it_made(files, tmp_path, capsys):

@@ -144,8 +144,13 @@ def test_select_energy_warns_when_never_reached():
     w = caught[0].message
     facts = (w.threshold, w.layer, w.best_energy, w.best_rank, w.selected)
     assert facts == (0.99, "fc1", 0.7, 2, 3)
+    w.seen_by = "a caller"  # anything set on it survives too
     back = pickle.loads(pickle.dumps(w))
     assert (str(back), back.best_rank, back.selected) == (str(w), 2, 3)
+    assert back.seen_by == "a caller"
+    from sklearn_peek import EnergyThresholdWarning
+
+    assert EnergyThresholdWarning is _criteria.EnergyThresholdWarning
 
 
 # ----------------------------------------------------------------- stability

@@ -774,9 +774,16 @@ def test_rank_limits_before_fitting_match_what_fit_records():
         "conv1": 20,
         "fc1": 15,
     }
-    with pytest.raises(SweepLimitError, match=r"cv=5 is larger than the 4") as err:
+    with pytest.raises(
+        SweepLimitError, match=r"cv=5 is larger than n_samples=4; expected 2 <= cv"
+    ) as err:
         RankQualityScorer(cv=5).rank_limits(4, blocks)
     assert err.value.param == "cv"
+    # what fit would refuse with these blocks, refused here too
+    with pytest.raises(ValueError, match=r"score_layer='zz' is not a layer"):
+        RankQualityScorer(score_layer="zz").rank_limits(10, blocks)
+    with pytest.raises(ValueError, match=r"block_weights"):
+        RankQualityScorer(coupling="all", block_weights=[1, 2]).rank_limits(10, blocks)
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match=rf"n_samples={bad!r} is invalid"):
             RankQualityScorer().rank_limits(bad, blocks)
