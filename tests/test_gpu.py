@@ -66,8 +66,13 @@ def test_cuda_tensors_stay_on_the_device():
 def test_tf32_left_as_the_user_set_it():
     X, blocks = _data()
     before = torch.backends.cuda.matmul.allow_tf32
-    fit_quietly(X, n_components=3, blocks=blocks, device="cuda", random_state=0)
-    assert torch.backends.cuda.matmul.allow_tf32 == before
+    try:
+        for setting in (True, False):  # the fit neither sets nor clears it
+            torch.backends.cuda.matmul.allow_tf32 = setting
+            fit_quietly(X, n_components=3, blocks=blocks, device="cuda", random_state=0)
+            assert torch.backends.cuda.matmul.allow_tf32 is setting
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def test_auto_picks_the_gpu():
@@ -95,8 +100,17 @@ def test_pipeline_on_gpu_keeps_tensors_there():
             CoupledNMF(3, blocks=blocks, random_state=0),
         )
         W = pipe.fit_transform(X)
+        # the same pipeline on the CPU, for the values
+        cpu = make_pipeline(
+            LayerActivationExtractor(net), CoupledNMF(3, blocks=blocks, random_state=0)
+        )
+        W_cpu = cpu.fit_transform(X)
     assert W.is_cuda
     assert next(net.parameters()).device.type == "cpu"  # moved back
+    err, err_cpu = pipe[-1].reconstruction_err_, cpu[-1].reconstruction_err_
+    assert err == pytest.approx(err_cpu, rel=1e-3)
+    W = W.cpu().numpy()
+    assert np.linalg.norm(W - W_cpu) / np.linalg.norm(W_cpu) < 1e-2
 
 
 def test_rank_scorer_on_cuda_matches_cpu():
