@@ -8,7 +8,7 @@ ranks 1..30 with 3-fold bi-cross-validation:
   the two runs must give identical ``rank_`` and fold scores (checked);
 * warm_start=True vs warm_start=False: total solver iterations;
 * the cold sweep (warm_start=False) with n_jobs=1, its ranks stacked in
-  groups of 5 (what the scorer does) against one fit per rank (groups of 1,
+  groups of 3 (what the scorer does) against one fit per rank (groups of 1,
   what it did before): wall time, and the largest score difference.
 
 BLAS is limited to one thread in every process (threadpoolctl here, joblib

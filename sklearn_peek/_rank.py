@@ -141,19 +141,21 @@ def _rank_chains(ranks, warm_start):
 
 
 #: Ranks per stacked task on the host (see _rank_groups).
-_RANKS_PER_GROUP = 5
+_RANKS_PER_GROUP = 3
 
 
 def _rank_groups(ranks):
     """Cut the sorted ranks into the stacked runs of cold fits on the host.
 
     One stacked run (:func:`fit_ranks`) shares every pass over X among its
-    ranks, which on the CPU made a cold bcv sweep 1.57x faster than one fit
+    ranks, which on the CPU made a cold bcv sweep 1.50x faster than one fit
     per rank (``benchmarks/bench_rank_sweep.py``); smaller groups leave more
-    tasks for the workers. Ranks are dealt round-robin into
-    ``ceil(len(ranks) / _RANKS_PER_GROUP)`` groups, so the groups cost about
-    the same; the cut depends on ``ranks`` alone (not on ``n_jobs``), which
-    keeps the results the same for every number of workers.
+    tasks for the workers (3 keeps most of the gain, and the balance on many
+    workers: ``benchmarks/bench_rank_groups.py``). Ranks are dealt
+    round-robin into ``ceil(len(ranks) / _RANKS_PER_GROUP)`` groups, so the
+    groups cost about the same; the cut depends on ``ranks`` alone (not on
+    ``n_jobs``), which keeps the results the same for every number of
+    workers.
     """
     ranks = [int(r) for r in ranks]
     n_groups = -(-len(ranks) // _RANKS_PER_GROUP)
@@ -583,7 +585,7 @@ class RankQualityScorer(BaseEstimator):
         ``ranks`` alone. Not used by ``"stability"``, whose restarts must be
         independent. With False, every rank starts from CoupledNMF's
         initialisation, and (HALS) the ranks of a (layer, fold) run as
-        stacked solver runs (:func:`fit_ranks`): in groups of up to 5 ranks
+        stacked solver runs (:func:`fit_ranks`): in groups of up to 3 ranks
         on the host, all at once on a torch device.
     score_layer : str or None, default=None
         Layer whose selected rank :meth:`__call__` returns; None averages all

@@ -156,7 +156,7 @@ def test_warm_start_saves_iterations_and_keeps_the_answer():
     cold = RankQualityScorer(warm_start=False, **kw).fit(X)
     assert warm.n_iter_total_ < cold.n_iter_total_
     assert abs(warm.rank_["conv1"] - cold.rank_["conv1"]) <= 1
-    assert cold.n_tasks_ == 3 * 2  # per fold, two stacked groups of ranks
+    assert cold.n_tasks_ == 3 * 3  # per fold, three stacked groups of ranks
 
 
 def test_cold_rank_groups_fit_as_one_fit_per_rank():
@@ -185,10 +185,11 @@ def test_cold_rank_groups_fit_as_one_fit_per_rank():
 
 
 def test_rank_groups_depend_on_ranks_only():
-    assert _rank_groups(range(1, 31)) == [list(range(g, 31, 6)) for g in range(1, 7)]
+    assert _rank_groups(range(1, 31)) == [list(range(g, 31, 10)) for g in range(1, 11)]
     assert _rank_groups([3, 5, 8]) == [[3, 5, 8]]
+    assert _rank_groups([3, 5, 8, 9]) == [[3, 8], [5, 9]]
     groups = _rank_groups(range(1, 21))
-    assert len(groups) == 4 and sorted(r for g in groups for r in g) == list(
+    assert len(groups) == 7 and sorted(r for g in groups for r in g) == list(
         range(1, 21)
     )
     cost = [sum(g) for g in groups]
@@ -196,7 +197,7 @@ def test_rank_groups_depend_on_ranks_only():
     # the cold sweep is the same for any number of workers
     X = planted(8, 4, n=90, widths=(20, 30, 25))
     ref = _det_fit(X, n_jobs=1, warm_start=False)
-    assert ref.n_tasks_ == 2 * 3  # two layers, three folds, one group of 5
+    assert ref.n_tasks_ == 2 * 3 * 2  # two layers, three folds, groups of 3 + 2
     _same(ref, _det_fit(X, n_jobs=2, warm_start=False))
 
 
@@ -625,7 +626,7 @@ def test_torch_device_without_warm_start_batches_the_ranks(criterion):
     # On a torch device (here torch on the CPU) with warm_start=False all ranks
     # of a (layer, fold) share one stacked solver run: one task per fold, and
     # the same curve and ranks as the NumPy path, which stacks them in groups
-    # of up to 5 ranks (here two groups per fold).
+    # of up to 3 ranks (here three groups per fold).
     rng = np.random.RandomState(0)
     W = rng.rand(150, 5)
     X = np.hstack([W @ rng.rand(5, 30), 20 * W @ rng.rand(5, 90)])
@@ -651,7 +652,7 @@ def test_torch_device_without_warm_start_batches_the_ranks(criterion):
         for r in (rec_ref, rec)
     ]
     assert n_conv[0] == n_conv[1] == 1
-    assert ref.n_tasks_ == 2 * (3 if criterion == "bcv" else 1)
+    assert ref.n_tasks_ == 3 * (3 if criterion == "bcv" else 1)
     assert sc.n_tasks_ == (3 if criterion == "bcv" else 1)
     assert sc.rank_ == ref.rank_
     np.testing.assert_allclose(
@@ -673,9 +674,9 @@ def test_cpu_tensor_input_takes_the_numpy_path_and_is_validated():
         warnings.simplefilter("ignore")
         ref = RankQualityScorer(**kw).fit(X)
         sc = RankQualityScorer(**kw).fit(torch.from_numpy(X))  # device=None
-    # A CPU tensor runs as NumPy data: the host's groups of ranks (one group
-    # of five per fold), not the device's single stack.
-    assert sc.n_tasks_ == ref.n_tasks_ == 3
+    # A CPU tensor runs as NumPy data: the host's groups of ranks (3 + 2
+    # per fold), not the device's single stack.
+    assert sc.n_tasks_ == ref.n_tasks_ == 6
     assert sc.rank_ == ref.rank_
     np.testing.assert_allclose(
         sc.cv_results_["mean_score"], ref.cv_results_["mean_score"], rtol=1e-7
