@@ -75,6 +75,13 @@ def test_plot_quickstart_digits(run_example):
     assert len(figures) == 4
     assert _n_images(figures[0]) == model.n_components_
     assert _n_images(figures[1]) == len(layers)
+    # the sample loadings: W's rows grouped by class, each divided by its max
+    y = ns["data"].y_test[: len(ns["X_test"])]
+    M = np.asarray(W)[np.argsort(y, kind="stable")]
+    top = M.max(axis=1, keepdims=True)
+    M = np.divide(M, top, out=np.zeros_like(M), where=top > 0)
+    shown = np.asarray(figures[2].axes[0].images[0].get_array())
+    np.testing.assert_allclose(shown, M, rtol=1e-6)
     # the rank-sweep panels name each layer's selected rank
     titles = [ax.get_title() for ax in figures[3].axes if ax.get_title()]
     assert titles == [f"{k}: selected rank {r}" for k, r in scorer.rank_.items()]
