@@ -805,7 +805,11 @@ def prepare_inputs(X, *, input_shape=None, scale="auto", index=None, say=None):
     with np.errstate(over="ignore"):  # values beyond float32: the error below
         X = X.astype(np.float32, copy=False)
     if scale == "255" or (scale == "auto" and stored.dtype == np.uint8):
-        X = X / np.float32(255.0)  # a new array: the caller's is never changed
+        # The caller's array is never changed, and the data copied only once.
+        if X is stored:  # float32 already: astype made no copy
+            X = X / np.float32(255.0)
+        else:  # astype's copy
+            X /= np.float32(255.0)
     if stored.dtype.kind == "f" and not np.isfinite(X).all():
         # NaN or inf in the file (named with its positions as stored), or
         # values beyond float32's range (inf after the cast). One pass over
