@@ -133,8 +133,9 @@ def spearman_ci(
     if n_boot > 0:
         rng = np.random.default_rng(random_state)
         idx = rng.integers(0, n, size=(n_boot, n))
-        rx = rankdata(x[idx], axis=1)
-        ry = rankdata(y[idx], axis=1)
+        xb, yb = x[idx], y[idx]
+        rx = rankdata(xb, axis=1)
+        ry = rankdata(yb, axis=1)
         boot = _pearson_rows(rx, ry)
         boot = boot[~np.isnan(boot)]
         n_valid = int(boot.size)
@@ -145,7 +146,7 @@ def spearman_ci(
         elif not note:
             const = [
                 name
-                for name, v in zip(labels, (x[idx], y[idx]))
+                for name, v in zip(labels, (xb, yb))
                 if (np.ptp(v, axis=1) == 0).any()
             ]
             note = (
