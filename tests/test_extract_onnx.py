@@ -418,6 +418,16 @@ def test_channels_last_images_get_the_axis_moved(X):
     with pytest.raises(ChannelMismatchError, match=r"np\.moveaxis\(X, -1, 1\), then "
                        r"convert the RGB images to grayscale"):  # fmt: skip
         LayerActivationExtractor(model, ["p1"]).fit(np.repeat(last, 3, axis=-1))
+    # RGB channels last for a 4-channel model: no conversion to name after the
+    # move, only the count to reach
+    rgba = make_lenet(CURRENT, channels=4)
+    with pytest.raises(ChannelMismatchError) as info:
+        LayerActivationExtractor(rgba, ["p1"]).fit(np.repeat(last, 3, axis=-1))
+    assert str(info.value).endswith(
+        "(4 channels): move the channel axis first with np.moveaxis(X, -1, 1), "
+        "then convert it to the 4 channels the model takes."
+    )
+    assert info.value.channels_last and (info.value.got, info.value.expected) == (3, 4)
 
 
 def _image_model(dims, *, transpose=None, conv_in=None, pre=None, seed=0):

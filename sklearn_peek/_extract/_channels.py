@@ -128,7 +128,9 @@ def channel_mismatch(want, sample_shape, *, no_axis=False, layer="first layer"):
         if last == want:
             return f"{head}: {move}."
         first = (last, *shape[:-1])
-        then = channel_mismatch(want, first, layer=layer).split(": ", 1)[1]
+        _, advised, then = channel_mismatch(want, first, layer=layer).partition(": ")
+        if not advised:  # no conversion for these counts (e.g. 3 -> 4)
+            then = f"convert it to the {_plural(want)} the model takes."
         return f"{head}: {move}, then {then}"
     if no_axis:
         what = f"X has samples of shape {shape}, without a channel axis"
