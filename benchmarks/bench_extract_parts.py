@@ -128,13 +128,9 @@ def _one(config, spin, batch_size, repeat):
                     out[i : i + bs, lo : lo + a.shape[1]] = a
                     lo += a.shape[1]
 
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    from bench_extract import _best  # warm-up call, then the best of ``repeat``
+
+    return _best(repeat, fn)[0]
 
 
 def _after_run(spin):
