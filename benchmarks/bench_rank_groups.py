@@ -30,15 +30,9 @@ from bench_rank_sweep import make_data  # same folder: on sys.path as a script
 from threadpoolctl import threadpool_limits
 
 from sklearn_peek import _criteria
-from sklearn_peek._rank import _batched_task
+from sklearn_peek._rank import _batched_task, _rank_groups
 
 WORKERS = (1, 2, 4, 8, 16, 32)
-
-
-def groups(ranks, size):
-    """Round-robin groups of at most ``size`` ranks (as _rank_groups deals)."""
-    n = -(-len(ranks) // size)
-    return [ranks[g::n] for g in range(n)]
 
 
 def wall(durations, workers):
@@ -75,7 +69,7 @@ def main(argv=None):
         for size in sizes:
             durations = []
             for train, test in folds:
-                for group in groups(ranks, size):
+                for group in _rank_groups(ranks, size):
                     t0 = time.perf_counter()
                     _batched_task(X, None, blocks, train, test, group, 7, params)
                     durations.append(time.perf_counter() - t0)

@@ -144,7 +144,7 @@ def _rank_chains(ranks, warm_start):
 _RANKS_PER_GROUP = 3
 
 
-def _rank_groups(ranks):
+def _rank_groups(ranks, per_group=None):
     """Cut the sorted ranks into the stacked runs of cold fits on the host.
 
     One stacked run (:func:`fit_ranks`) shares every pass over X among its
@@ -152,13 +152,16 @@ def _rank_groups(ranks):
     per rank (``benchmarks/bench_rank_sweep.py``); smaller groups leave more
     tasks for the workers (3 keeps most of the gain, and the balance on many
     workers: ``benchmarks/bench_rank_groups.py``). Ranks are dealt
-    round-robin into ``ceil(len(ranks) / _RANKS_PER_GROUP)`` groups, so the
+    round-robin into ``ceil(len(ranks) / per_group)`` groups, so the
     groups cost about the same; the cut depends on ``ranks`` alone (not on
     ``n_jobs``), which keeps the results the same for every number of
-    workers.
+    workers. ``per_group``: at most this many ranks per group (None:
+    ``_RANKS_PER_GROUP``; the benchmark tries others).
     """
+    if per_group is None:
+        per_group = _RANKS_PER_GROUP
     ranks = [int(r) for r in ranks]
-    n_groups = -(-len(ranks) // _RANKS_PER_GROUP)
+    n_groups = -(-len(ranks) // per_group)
     return [ranks[g::n_groups] for g in range(n_groups)]
 
 
