@@ -394,7 +394,7 @@ def _check_consensus_memory(n, workers):
 
 def _stability_task(X, cols, blocks, rank, seeds, params):
     """``len(seeds)`` randomly initialised fits at one rank -> [record]."""
-    Xc = np.asarray(X[:, cols]) if cols is not None else np.asarray(X)
+    Xc = np.asarray(_take(X, None, cols))
     col_sq = _solvers.column_sums64(Xc)
     labels, n_iter, times, conv_all, errs = [], 0, [], True, []
     for seed in seeds:
