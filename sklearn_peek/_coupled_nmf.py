@@ -123,10 +123,8 @@ def _initialize_ranks(models, X, d):
         U, S, Vt = _host_svd(
             _solvers.randomized_svds_weighted(X, _on(scaling[0], X), ks, rngs), dt
         )
-        at = 0
-        for i, k in zip(svd_models, ks):
-            svds[i] = (U[:, at : at + k], S[at : at + k], Vt[at : at + k])
-            at += k
+        for i, (lo, hi) in zip(svd_models, _solvers._bounds(ks)):
+            svds[i] = (U[:, lo:hi], S[lo:hi], Vt[lo:hi])
     return [
         m._initialize(X, None, None, d, False, scaling=scaling, svd=svds.get(i))
         for i, m in enumerate(models)

@@ -652,6 +652,12 @@ def _segment_sums64(parts, S):
     return list(stacked.cpu().numpy())
 
 
+def _bounds(sizes):
+    """``(start, stop)`` of each of consecutive ranges of these sizes."""
+    stops = np.cumsum(sizes, dtype=np.intp)
+    return [(int(b - r), int(b)) for r, b in zip(sizes, stops)]
+
+
 def _stack_layout(sizes, like):
     """How problems of these ranks sit in one stack of factors (``like``'s array type).
 
@@ -661,11 +667,8 @@ def _stack_layout(sizes, like):
     product sums a stacked array per problem (dtype of ``like``); and the GPU
     kernels' layout (None for NumPy).
     """
-    bounds, at = [], 0
-    for r in sizes:
-        bounds.append((at, at + r))
-        at += r
-    S = np.zeros((len(sizes), at))
+    bounds = _bounds(sizes)
+    S = np.zeros((len(sizes), sum(sizes)))
     for k, (lo, hi) in enumerate(bounds):
         S[k, lo:hi] = 1.0
     mask = None
@@ -783,7 +786,7 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
             keep = [i for i in range(len(active)) if i not in done]
             if not keep:
                 break
-            idx = [j for i in keep for j in range(*bounds[i])]
+            idx = _block_index(bounds, keep)
             Wt, H = _take(Wt, idx), _take(H, idx)
             active = [active[i] for i in keep]
             bounds, mask, S, stack = layout(active)
@@ -1111,12 +1114,10 @@ class _Blocks:
         self.batched = bool(batched) and not _np(like)
         self.widths = list(widths)
         self.K, self.m, self.L = len(widths), max(widths), sum(widths)
+        self.bounds = _bounds(self.widths)
         col = np.full((self.K, self.m), self.L)  # L: an appended zero column
-        self.bounds, lo = [], 0
-        for i, w in enumerate(self.widths):
-            col[i, :w] = np.arange(lo, lo + w)
-            self.bounds.append((lo, lo + w))
-            lo += w
+        for i, (lo, hi) in enumerate(self.bounds):
+            col[i, : hi - lo] = np.arange(lo, hi)
         if not self.batched:
             return
         torch = _t()
@@ -1252,9 +1253,9 @@ def _svd_blocks(Q, B, blocks, ks, C, skip=()):
     return Q @ M.T, _cast(S, B), P * _cast(scale, B)[:, None]
 
 
-def _block_index(blocks, positions):
-    """The columns of ``blocks``'s blocks at ``positions``, in order."""
-    return [j for b in positions for j in range(*blocks.bounds[b])]
+def _block_index(bounds, positions):
+    """The indices of the ranges ``bounds[b]`` for b in ``positions``, in order."""
+    return [j for b in positions for j in range(*bounds[b])]
 
 
 def _finish_sketches(Q, B, blocks, ks, ok, redo, ids):
@@ -1270,14 +1271,10 @@ def _finish_sketches(Q, B, blocks, ks, ok, redo, ids):
         C, ok = C.cpu().numpy(), ok.cpu().tolist()  # the one wait
         failed = {i for i, fine in enumerate(ok) if not fine}
     U, S, Vt = _svd_blocks(Q, B, blocks, ks, C, failed)
-    out, at = [], 0
-    for i, k in enumerate(ks):
-        if i in failed:
-            out.append(redo(ids[i]))
-        else:
-            out.append((U[:, at : at + k], S[at : at + k], Vt[at : at + k]))
-        at += k
-    return out
+    return [
+        redo(ids[i]) if i in failed else (U[:, lo:hi], S[lo:hi], Vt[lo:hi])
+        for i, (lo, hi) in enumerate(_bounds(ks))
+    ]
 
 
 def _sketch_group(X, s, omegas, ks, iters, batched):
@@ -1310,7 +1307,7 @@ def _sketch_group(X, s, omegas, ks, iters, batched):
         if done:
             if keep:  # the blocks that end here, apart
                 sub = _Blocks([widths[act[b]] for b in done], s, batched)
-                cols = _block_index(blocks, done)
+                cols = _block_index(blocks.bounds, done)
                 Qd, Bd = _take(Q, cols, axis=1), _take(M, cols)
                 okd = None if ok is None else _take(ok, done)
             else:
@@ -1322,7 +1319,7 @@ def _sketch_group(X, s, omegas, ks, iters, batched):
         if not keep:
             return out
         if done:  # the stack shrinks to the ranks still running
-            cols = _block_index(blocks, keep)
+            cols = _block_index(blocks.bounds, keep)
             Q, M = _take(Q, cols, axis=1), _take(M, cols)
             ok = None if ok is None else _take(ok, keep)
             act = [act[b] for b in keep]
