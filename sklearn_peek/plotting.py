@@ -26,6 +26,7 @@ Function                       What it shows
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from numbers import Integral
@@ -1217,6 +1218,29 @@ def _as_loadings(W):
         ) from exc
 
 
+class _SpacedLabels:
+    """Extents of labels along one axis, kept at least ``pad`` pixels apart.
+
+    Labels are offered in order of priority; :meth:`add` keeps one when it
+    stays ``pad`` away from every label kept so far. Kept extents never
+    overlap, so only the neighbours of a new one, in sorted order, are
+    checked.
+    """
+
+    def __init__(self, pad):
+        self.pad = pad
+        self._spans = []  # kept (lo, hi), sorted
+
+    def add(self, lo, hi):
+        """Keep the label spanning ``lo..hi`` if it has room; True if kept."""
+        i = bisect.bisect_left(self._spans, (lo, hi))
+        for a, b in self._spans[max(0, i - 1) : i + 1]:
+            if not (hi + self.pad <= a or b + self.pad <= lo):
+                return False
+        self._spans.insert(i, (lo, hi))
+        return True
+
+
 def _group_ticks(ax, starts, ends, names, pad_em=0.3):
     """Name the row groups of a heatmap on its y axis, no two names overlapping.
 
@@ -1228,8 +1252,6 @@ def _group_ticks(ax, starts, ends, names, pad_em=0.3):
     its groups are tried one by one. Groups left unnamed still have their
     boundaries drawn. Returns the labels as placed, top to bottom.
     """
-    import bisect
-
     k = len(starts)
     if k == 0:
         return []
@@ -1242,15 +1264,12 @@ def _group_ticks(ax, starts, ends, names, pad_em=0.3):
     def display_y(row):
         return float(ax.transData.transform((0.0, row))[1])
 
-    placed_y = []  # sorted display y of the names placed so far
+    placed = _SpacedLabels(pad_em * height)
     chosen = {}  # centre row -> name
 
     def place(row, name):
         y = display_y(row)
-        i = bisect.bisect_left(placed_y, y)
-        near = placed_y[max(0, i - 1) : i + 1]
-        if all(abs(y - other) >= need for other in near):
-            placed_y.insert(i, y)
+        if placed.add(y - height / 2.0, y + height / 2.0):
             chosen[row] = name
             return True
         return False
@@ -1467,13 +1486,9 @@ def _thin_x_ticks(ax, values, keep, label_width, label_height, pad_em=0.6):
     for v, x in zip(values, xs):
         half = label_width(v) / 2.0
         boxes[v] = (x - half, x + half)
-    pad = pad_em * label_height
-    kept = []
-    for v in sorted(boxes, key=lambda v: _tick_priority(v, keep)):
-        x0, x1 = boxes[v]
-        if all(x1 + pad <= boxes[k][0] or boxes[k][1] + pad <= x0 for k in kept):
-            kept.append(v)
-    return sorted(kept)
+    placed = _SpacedLabels(pad_em * label_height)
+    ordered = sorted(boxes, key=lambda v: _tick_priority(v, keep))
+    return sorted(v for v in ordered if placed.add(*boxes[v]))
 
 
 def _curves_from(obj):
