@@ -8,6 +8,8 @@ import warnings
 
 import torch
 
+from sklearn_peek._extract._onnx import torch_export_opset
+
 nn = torch.nn
 
 
@@ -50,5 +52,6 @@ def torch_to_onnx(net, sample_shape, **kw):
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        kw.setdefault("opset_version", torch_export_opset())
         torch.onnx.export(net, torch.zeros(1, *sample_shape), buf, dynamo=False, **kw)
     return buf.getvalue()

@@ -16,6 +16,7 @@ import torch
 from _helpers import write_idx
 
 from sklearn_peek import cli
+from sklearn_peek._extract._onnx import torch_export_opset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,6 +66,7 @@ def files(tmp_path_factory):
             (xt[:2],),
             str(d / "net.onnx"),
             dynamo=False,
+            opset_version=torch_export_opset(),
             input_names=["x"],
             dynamic_axes={"x": {0: "n"}},
         )
@@ -82,6 +84,7 @@ def files(tmp_path_factory):
             (x3,),
             str(d / "net_rgb.onnx"),
             dynamo=False,
+            opset_version=torch_export_opset(),
             input_names=["x"],
             dynamic_axes={"x": {0: "n"}},
         )
@@ -489,6 +492,7 @@ def test_help_example_layer_names_work_with_torch_onnx(capsys):
             (torch.zeros(2, 1, 8, 8),),
             buf,
             dynamo=False,
+            opset_version=torch_export_opset(),
             input_names=["x"],
             dynamic_axes={"x": {0: "n"}},
         )
@@ -1138,6 +1142,29 @@ def test_script_channels_read_from_the_first_conv(files):
         warnings.simplefilter("ignore", DeprecationWarning)
         rgb, gray = (torch.jit.load(str(d / f)) for f in ("net_rgb_ts.pt", "net_ts.pt"))
     assert cli._script_channels(rgb) == 3 and cli._script_channels(gray) == 1
+
+
+def test_torchscript_is_converted_at_an_opset_onnxruntime_loads(files, tmp_path):
+    # torch stamps its newest default opset (20 with torch 2.13), which older
+    # onnxruntime (1.16: up to 19) refuses; the CLI exports at the newest
+    # opset that torch, onnx and onnxruntime share.
+    import onnx
+    import onnxruntime as ort
+
+    d, X, _ = files
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.load(str(d / "net_ts.pt"))
+    path = cli._script_to_onnx(scripted, d / "net_ts.pt", X[:2], tmp_path)
+    model = onnx.load(path)
+    (opset,) = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    assert opset == torch_export_opset()
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (name,) = [i.name for i in sess.get_inputs()]
+    out = sess.run(None, {name: X[:5].astype(np.float32)})[0]
+    with torch.no_grad():
+        ref = scripted(torch.as_tensor(X[:5], dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------- integer data

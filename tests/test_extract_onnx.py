@@ -17,31 +17,46 @@ from onnx import TensorProto, helper, numpy_helper
 from sklearn.base import clone
 
 from sklearn_peek import LayerActivationExtractor, available_layers
+from sklearn_peek._extract._onnx import newest_opset, torch_export_opset
 
 F32 = TensorProto.FLOAT
 
 
-def _current_opset():
-    """Newest opset that both onnx and the installed onnxruntime handle."""
-    for op in range(onnx.defs.onnx_opset_version(), 17, -1):
-        g = helper.make_graph(
-            [helper.make_node("Relu", ["x"], ["y"])],
-            "probe",
-            [helper.make_tensor_value_info("x", F32, [1])],
-            [helper.make_tensor_value_info("y", F32, [1])],
+# the newest opset that both onnx and the installed onnxruntime load
+CURRENT = newest_opset(onnx.defs.onnx_opset_version())
+
+
+def _loads(opset):
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", F32, [2])],
+        [helper.make_tensor_value_info("y", F32, [2])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8
+    )
+    try:
+        sess = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
         )
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", op)])
-        try:
-            ort.InferenceSession(
-                m.SerializeToString(), providers=["CPUExecutionProvider"]
-            )
-            return op
-        except Exception:
-            continue
-    raise RuntimeError("no usable opset")  # pragma: no cover
+    except Exception:
+        return False
+    y = sess.run(None, {"x": np.array([-1.0, 2.0], dtype=np.float32)})[0]
+    return y.tolist() == [0.0, 2.0]
 
 
-CURRENT = _current_opset()
+def test_newest_opset_is_the_newest_that_onnx_and_onnxruntime_load():
+    top = onnx.defs.onnx_opset_version()
+    assert _loads(CURRENT)
+    if CURRENT < top:
+        assert not _loads(CURRENT + 1)  # onnxruntime is the limit
+    assert newest_opset(CURRENT - 4) == CURRENT - 4
+    assert newest_opset(top + 5) == CURRENT  # capped by the onnx package too
+    # what the CLI gives torch.onnx.export: torch's default, never above these
+    assert 7 <= torch_export_opset() <= CURRENT
+    with pytest.raises(RuntimeError, match="loads no model of opset 7 to 6"):
+        newest_opset(6)
 
 
 def make_lenet(
@@ -129,8 +144,20 @@ def make_lenet(
 
 
 def _cut(model, inputs, outputs):
+    # Only the nodes that ``outputs`` need: post-processing nodes beyond them
+    # (skl2onnx's ZipMap) can defeat older onnx releases' shape inference.
+    need, nodes = set(outputs), []
+    for node in reversed(model.graph.node):
+        if need & set(node.output):
+            nodes.append(node)
+            need.update(node.input)
+    trimmed = onnx.ModelProto()
+    trimmed.CopyFrom(model)
+    del trimmed.graph.node[:]
+    trimmed.graph.node.extend(reversed(nodes))
+    del trimmed.graph.output[:]
     # the Extractor finds intermediate tensors through their inferred types
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(trimmed)
     return onnx.utils.Extractor(inferred).extract_model(inputs, outputs)
 
 

@@ -12,6 +12,7 @@ adapter works on a copy.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import warnings
@@ -101,6 +102,63 @@ def _spin_config(version):
             "session.intra_op.spin_duration_us": str(SPIN_US),
         }
     return {"session.intra_op.allow_spinning": "0"}
+
+
+@functools.cache
+def newest_opset(limit):
+    """Newest default-domain opset ``<= limit`` that onnx and onnxruntime load.
+
+    Each release of onnxruntime refuses models stamped with an opset newer
+    than it knows ("only *guarantees* support for ... opset 19"), and the
+    onnx package's shape inference knows the opsets up to its own release.
+    So a file that a recent exporter writes at its default opset can fail
+    with older onnx or onnxruntime. This asks both: the onnx package's
+    newest opset, and a one-node model loaded by onnxruntime, from ``limit``
+    down. Raises ``RuntimeError`` when no opset from 7 to ``limit`` loads.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    top = min(int(limit), onnx.defs.onnx_opset_version())
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "opset_probe",
+        [vi("x", TensorProto.FLOAT, [1])],
+        [vi("y", TensorProto.FLOAT, [1])],
+    )
+    for opset in range(top, 6, -1):
+        # IR version 7 is older than any onnxruntime this package supports,
+        # so only the opset can make the probe fail.
+        probe = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7
+        )
+        try:
+            ort.InferenceSession(
+                probe.SerializeToString(), providers=["CPUExecutionProvider"]
+            )
+        except Exception:
+            continue
+        return opset
+    raise RuntimeError(
+        f"onnxruntime {ort.__version__} (with onnx {onnx.__version__}) loads no "
+        f"model of opset 7 to {limit}."
+    )
+
+
+def torch_export_opset():
+    """Opset for ``torch.onnx.export``: torch's default, capped by onnx and ORT.
+
+    torch stamps its newest default opset on what it exports (20 with torch
+    2.13), which onnxruntime 1.16 and onnx 1.14 refuse; exporting at the
+    newest opset all three share keeps the file loadable here.
+    """
+    try:
+        from torch.onnx._constants import ONNX_DEFAULT_OPSET as default
+    except ImportError:  # pragma: no cover - torch moved its private constant
+        default = 17
+    return newest_opset(default)
 
 
 def _float_types():
@@ -245,11 +303,7 @@ class OnnxAdapter:
                     RuntimeWarning,
                     stacklevel=3,
                 )
-        try:
-            self.inferred = onnx.shape_inference.infer_shapes(self.proto)
-        except Exception:
-            # Custom ops can defeat shape inference; tensors then lack types.
-            self.inferred = self.proto
+        self.inferred = _infer_shapes(onnx, self.proto)
         g = self.inferred.graph
         init_names = {t.name for t in g.initializer}
         # Old exporters list initializers as graph inputs too: not real inputs.
@@ -742,6 +796,55 @@ class OnnxAdapter:
     def chunked(self):
         """True when the last built session runs in fixed-size chunks."""
         return any(c is not None for _, c in self._sessions.values())
+
+
+def _infer_shapes(onnx, proto):
+    """``proto`` with the types and shapes onnx can infer for its tensors.
+
+    A node that onnx's shape inference cannot handle (a custom op, or a
+    post-processing op such as ``ZipMap`` in older onnx releases) makes it
+    fail for the whole graph. Then the inference runs again on the part of
+    the graph made of standard ONNX nodes fed only by the inputs,
+    initializers and other such nodes (usually the network itself), and its
+    results are added to a copy of ``proto``. Tensors beyond it stay untyped.
+    """
+    try:
+        return onnx.shape_inference.infer_shapes(proto)
+    except Exception:
+        pass
+    g = proto.graph
+    known = {vi.name for vi in g.input} | {t.name for t in g.initializer}
+    kept = []
+    for node in g.node:
+        if node.domain in ("", "ai.onnx") and all(
+            not name or name in known for name in node.input
+        ):
+            kept.append(node)
+            known.update(name for name in node.output if name)
+    part = onnx.helper.make_graph(
+        kept,
+        g.name or "graph",
+        list(g.input),
+        [vi for vi in g.output if vi.name in known],
+        initializer=list(g.initializer),
+    )
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            onnx.helper.make_model(
+                part,
+                opset_imports=list(proto.opset_import),
+                ir_version=proto.ir_version,
+            )
+        )
+    except Exception:
+        return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    have = {vi.name for vi in (*g.input, *g.value_info, *g.output)}
+    out.graph.value_info.extend(
+        vi for vi in inferred.graph.value_info if vi.name not in have
+    )
+    return out
 
 
 def _mismatch(got, want, tol):
