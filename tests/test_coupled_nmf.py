@@ -56,6 +56,16 @@ def test_array_api_checks_in_their_own_process():
     import subprocess
     import sys
 
+    import sklearn
+
+    def check_name(check):
+        return getattr(check, "func", check).__name__
+
+    mark = parametrize_with_checks([CoupledNMF()])
+    if not any(check_name(c) == "check_array_api_input" for _, c in mark.args[1]):
+        # older scikit-learn releases (1.6 among them) yield these checks
+        # only for estimators that declare array API support (ours do not)
+        pytest.skip(f"scikit-learn {sklearn.__version__} yields no array API check")
     here = os.path.dirname(__file__)
     env = {**os.environ, "SCIPY_ARRAY_API": "1"}
     proc = subprocess.run(
