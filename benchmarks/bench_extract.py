@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from sklearn_peek import LayerActivationExtractor
-from sklearn_peek._extract._onnx import SPIN_US, _spin_config, torch_export_opset
+from sklearn_peek._extract._onnx import SPIN_US, _spin_config, torch_export_options
 from sklearn_peek._lenet import LeNet
 
 SPIN = (
@@ -123,8 +123,7 @@ def _export(model, shape):
             model,
             torch.zeros(1, *shape),
             buf,
-            dynamo=False,
-            opset_version=torch_export_opset(),
+            **torch_export_options(),
             input_names=["x"],
             output_names=["logits"],
             dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},

@@ -936,7 +936,7 @@ def _script_to_onnx(scripted, path, sample, workdir, channel_repeat=False):
     import torch
 
     from sklearn_peek import ChannelMismatchError
-    from sklearn_peek._extract._onnx import torch_export_opset
+    from sklearn_peek._extract._onnx import torch_export_options
 
     if sample is None:
         raise CLIError(
@@ -957,8 +957,7 @@ def _script_to_onnx(scripted, path, sample, workdir, channel_repeat=False):
                 scripted.eval(),
                 (x,),
                 str(out),
-                dynamo=False,
-                opset_version=torch_export_opset(),
+                **torch_export_options(),
                 input_names=["input"],
                 dynamic_axes={"input": {0: "batch"}},
             )

@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from sklearn_peek._extract._onnx import torch_export_opset
+from sklearn_peek._extract._onnx import torch_export_options
 
 nn = torch.nn
 
@@ -52,6 +52,6 @@ def torch_to_onnx(net, sample_shape, **kw):
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        kw.setdefault("opset_version", torch_export_opset())
-        torch.onnx.export(net, torch.zeros(1, *sample_shape), buf, dynamo=False, **kw)
+        kw = {**torch_export_options(), **kw}
+        torch.onnx.export(net, torch.zeros(1, *sample_shape), buf, **kw)
     return buf.getvalue()

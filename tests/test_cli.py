@@ -16,7 +16,7 @@ import torch
 from _helpers import write_idx
 
 from sklearn_peek import cli
-from sklearn_peek._extract._onnx import torch_export_opset
+from sklearn_peek._extract._onnx import torch_export_opset, torch_export_options
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,8 +65,7 @@ def files(tmp_path_factory):
             net,
             (xt[:2],),
             str(d / "net.onnx"),
-            dynamo=False,
-            opset_version=torch_export_opset(),
+            **torch_export_options(),
             input_names=["x"],
             dynamic_axes={"x": {0: "n"}},
         )
@@ -83,8 +82,7 @@ def files(tmp_path_factory):
             net3,
             (x3,),
             str(d / "net_rgb.onnx"),
-            dynamo=False,
-            opset_version=torch_export_opset(),
+            **torch_export_options(),
             input_names=["x"],
             dynamic_axes={"x": {0: "n"}},
         )
@@ -491,8 +489,7 @@ def test_help_example_layer_names_work_with_torch_onnx(capsys):
             clf.module_,
             (torch.zeros(2, 1, 8, 8),),
             buf,
-            dynamo=False,
-            opset_version=torch_export_opset(),
+            **torch_export_options(),
             input_names=["x"],
             dynamic_axes={"x": {0: "n"}},
         )

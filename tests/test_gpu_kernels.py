@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-pytest.importorskip("triton")
+pytest.importorskip("triton", minversion="3.0")  # the dev extra's triton>=3.0
 pytest.importorskip("torch")
 
 

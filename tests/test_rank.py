@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
 from sklearn_peek import LayerActivationExtractor, RankQualityScorer, SweepLimitError
-from sklearn_peek._extract._onnx import torch_export_opset
+from sklearn_peek._extract._onnx import torch_export_options
 from sklearn_peek._rank import _batched_task, _chain_task, _rank_chains, _rank_groups
 
 
@@ -601,8 +601,7 @@ def test_scorer_reaches_the_model_every_way(small_cnn_and_images, tmp_path):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             net, torch.zeros(1, 1, 8, 8), str(path), input_names=["x"],
-            dynamic_axes={"x": {0: "batch"}}, dynamo=False,
-            opset_version=torch_export_opset(),
+            dynamic_axes={"x": {0: "batch"}}, **torch_export_options(),
         )  # fmt: skip
     # the same network through onnxruntime: same activations, same number
     onnx_layers = ["/pool1/MaxPool_output_0", "/relu2/Relu_output_0"]

@@ -391,3 +391,14 @@ def test_torch_threads_sets_and_restores_the_count_also_after_an_error():
             assert torch.get_num_threads() == target
             raise RuntimeError("inside")
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    "version, ok",
+    [("2.2.0", False), ("2.3.1", False), ("3.0.0", True), ("3.6.0+git9a1b2c", True),
+     ("10.1", True), ("dev", False)],
+)  # fmt: skip
+def test_gpu_kernels_need_triton_3(version, ok):
+    from sklearn_peek._gpu_kernels import _supported_triton
+
+    assert _supported_triton(version) is ok

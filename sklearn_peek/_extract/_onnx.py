@@ -161,6 +161,25 @@ def torch_export_opset():
     return newest_opset(default)
 
 
+def torch_export_options():
+    """Keywords for ``torch.onnx.export``: the TorchScript exporter, a safe opset.
+
+    ``dynamo=False`` keeps the TorchScript-based exporter, which torch 2.9
+    and later no longer pick by default (the dynamo exporter needs
+    onnxscript and names tensors differently); older torch (2.2, for one)
+    has only that exporter and no ``dynamo`` argument, so it is passed only
+    where it exists. The opset is :func:`torch_export_opset`'s.
+    """
+    import inspect
+
+    import torch
+
+    options = {"opset_version": torch_export_opset()}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        options["dynamo"] = False
+    return options
+
+
 def _float_types():
     global _FLOAT_TYPES
     if _FLOAT_TYPES is None:
