@@ -571,7 +571,7 @@ def test_fit_transform_reads_and_runs_x_once(nonneg, include_input, monkeypatch)
     X = np.random.default_rng(0).random((10, 1, 8, 8), dtype=np.float32)
     kw = dict(nonneg=nonneg, include_input=include_input, batch_size=4)
 
-    reads, scans = [], []
+    reads, scans, layer_mins = [], [], set()
     as_array, check_finite = base._as_array, base._check_finite
 
     def counting_as_array(X, *args, **kwargs):
@@ -581,6 +581,8 @@ def test_fit_transform_reads_and_runs_x_once(nonneg, include_input, monkeypatch)
     def counting_check_finite(a, what, start, need_min=True):
         if what == "X":
             scans.append((start, len(a)))
+        else:
+            layer_mins.add(need_min)
         return check_finite(a, what, start, need_min)
 
     monkeypatch.setattr(base, "_as_array", counting_as_array)
@@ -594,6 +596,8 @@ def test_fit_transform_reads_and_runs_x_once(nonneg, include_input, monkeypatch)
     # and then runs the rest once more with the shifts (fit first runs one
     # sample of zeros to learn the layer shapes)
     assert scans == batches
+    # a layer's minimum is computed only where it can refuse negative values
+    assert layer_mins == {nonneg == "error"}
     rest = [4, 2]
     if nonneg == "shift":
         assert net.calls == [1, 4, *rest, *rest]
@@ -846,3 +850,30 @@ def test_channels_last_images_for_a_torch_model():
     assert "np.moveaxis(X, -1, 1)." in str(info.value)
     A = LayerActivationExtractor(net).fit_transform(np.moveaxis(X, -1, 1))
     assert A.shape[0] == 2
+
+
+class _Exp(nn.Module):
+    def forward(self, x):
+        return torch.exp(100.0 * x)  # inf in float32 once x > 0.89
+
+
+@pytest.mark.parametrize("nonneg", ["error", "relu", "split", "shift"])
+@pytest.mark.parametrize("output", ["numpy", "torch"])
+def test_a_layer_that_overflows_is_refused_under_every_policy(nonneg, output):
+    # the input is finite; the hidden layer is infinite for sample 6 only (in
+    # the second batch). Under relu/split/shift the layer check takes one
+    # pass (no minimum needed), under "error" a min and a max: both find it.
+    net = nn.Sequential(nn.Flatten(), _Exp(), nn.ReLU()).eval()
+    X = np.random.default_rng(0).uniform(0, 0.5, (9, 1, 2, 2)).astype(np.float32)
+    X[6, 0, 1, 0] = 1.0
+    kw = dict(nonneg=nonneg, output=output, batch_size=4)
+    match = r"layer '1' has NaN or infinite values \(first at sample 6\)"
+    with pytest.raises(ValueError, match=match):
+        LayerActivationExtractor(net, ["1"], **kw).fit_transform(X)
+    ext = LayerActivationExtractor(net, ["1"], **kw).fit(np.delete(X, 6, axis=0))
+    with pytest.raises(ValueError, match=match):
+        ext.transform(X)
+    # finite values too large for the one-pass check's dot product pass
+    big = np.full((9, 1, 2, 2), 0.86, np.float32)  # exp(86) ~ 2e37: finite
+    A = ext.transform(big)
+    assert np.isfinite(np.asarray(A)).all()

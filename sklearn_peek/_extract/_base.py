@@ -272,10 +272,10 @@ def _check_finite(a, what, start, need_min=True):
     """Raise on NaN/inf in ``a`` (rows = samples from ``start``); return its min.
 
     Two reductions (min and max) instead of an isfinite mask keep the common,
-    clean case cheap. Without ``need_min`` (NumPy ``a``; returns None) one
-    pass does: the dot product of ``a`` with itself is finite unless ``a``
-    holds NaN or inf (or values so large that it overflows, which the exact
-    check below then clears).
+    clean case cheap. Without ``need_min`` (returns None) one pass does: the
+    dot product of ``a`` with itself is finite unless ``a`` holds NaN or inf
+    (or values so large that it overflows, which the exact check below then
+    clears). NumPy arrays and torch tensors alike.
     """
     if need_min:
         lo, hi = float(a.min()), float(a.max())
@@ -287,7 +287,7 @@ def _check_finite(a, what, start, need_min=True):
             norm2 = float(flat @ flat)
         if np.isfinite(norm2):
             return None
-        if np.isfinite(a).all():
+        if bool((a.isfinite() if is_torch_tensor(a) else np.isfinite(a)).all()):
             return None  # the dot product overflowed: the values are finite
     if is_torch_tensor(a):
         import torch
@@ -1084,8 +1084,12 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                 else:
                     amin = float(a.min())
             else:
+                # the minimum is needed only to refuse negative values
                 amin = _check_finite(
-                    a, f"layer {self.layer_sources_[name]!r}", check_rows
+                    a,
+                    f"layer {self.layer_sources_[name]!r}",
+                    check_rows,
+                    need_min=self.nonneg == "error",
                 )
             if self.nonneg == "error":
                 if amin < 0:
