@@ -280,7 +280,7 @@ def _record(model, fit_time, converged, X_test, col_sq, col_w, score=None):
 # --------------------------------------------------------------------------
 # tasks (module level so that every joblib backend can ship them)
 # --------------------------------------------------------------------------
-def _take(X, rows, cols):
+def _submatrix(X, rows, cols):
     """``X[rows][:, cols]`` in one indexing step, so one copy (None: all).
 
     ``rows``: an index array; ``cols``: an index array or a slice (the same
@@ -306,8 +306,8 @@ def _chain_task(
     given, each rank is scored on the test rows with ``CoupledNMF.score``;
     otherwise the weighted reconstruction error of the fit is recorded.
     """
-    Xtr = np.asarray(_take(X, train, cols))
-    Xte = None if test is None else np.asarray(_take(X, test, cols))
+    Xtr = np.asarray(_submatrix(X, train, cols))
+    Xte = None if test is None else np.asarray(_submatrix(X, test, cols))
     col_sq = _solvers.column_sums64(Xtr) if test is None else None
     out = []
     W = H = col_w = None
@@ -345,8 +345,8 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
             return torch.as_tensor(a, device=X.device)
 
         cols, train, test = index(cols), index(train), index(test)
-    Xtr = _take(X, train, cols)
-    Xte = None if test is None else _take(X, test, cols)
+    Xtr = _submatrix(X, train, cols)
+    Xte = None if test is None else _submatrix(X, test, cols)
     col_sq = _solvers.column_sums64(Xtr) if test is None else None
     t0 = time.perf_counter()
     with _convergence_caught():
@@ -394,7 +394,7 @@ def _check_consensus_memory(n, workers):
 
 def _stability_task(X, cols, blocks, rank, seeds, params):
     """``len(seeds)`` randomly initialised fits at one rank -> [record]."""
-    Xc = np.asarray(_take(X, None, cols))
+    Xc = np.asarray(_submatrix(X, None, cols))
     col_sq = _solvers.column_sums64(Xc)
     labels, n_iter, times, conv_all, errs = [], 0, [], True, []
     for seed in seeds:
