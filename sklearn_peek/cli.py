@@ -859,7 +859,14 @@ def load_model(
 
     if zipfile.is_zipfile(p):
         try:
-            scripted = torch.jit.load(str(p), map_location="cpu")
+            with warnings.catch_warnings():
+                # torch 2.15 deprecates TorchScript: every load warns, also
+                # for the torch.save pickles (zip files too) tried here first.
+                # The format is the user's file; cli.rst says what to expect.
+                warnings.filterwarnings(
+                    "ignore", r"`torch\.jit\.load` is deprecated", FutureWarning
+                )
+                scripted = torch.jit.load(str(p), map_location="cpu")
         except Exception:
             scripted = None
         if scripted is not None:
