@@ -860,12 +860,12 @@ def load_model(
     if zipfile.is_zipfile(p):
         try:
             with warnings.catch_warnings():
-                # torch 2.15 deprecates TorchScript: every load warns, also
-                # for the torch.save pickles (zip files too) tried here first.
-                # The format is the user's file; cli.rst says what to expect.
-                warnings.filterwarnings(
-                    "ignore", r"`torch\.jit\.load` is deprecated", FutureWarning
-                )
+                # torch deprecates TorchScript: from 2.15 every load warns
+                # ("`torch.jit.load` is deprecated", a FutureWarning; "... is
+                # not supported in Python 3.14+" there), also for the
+                # torch.save pickles (zip files too) tried here first. The
+                # format is the user's file; cli.rst says what to expect.
+                warnings.filterwarnings("ignore", r"`torch\.jit\.load` is ", Warning)
                 scripted = torch.jit.load(str(p), map_location="cpu")
         except Exception:
             scripted = None

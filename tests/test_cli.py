@@ -216,6 +216,39 @@ def test_analyze_pickled_module_needs_trust(files, tmp_path, capsys):
     assert res["layer_shapes"]["pool1"] == [4, 4, 4]
 
 
+@pytest.mark.parametrize(
+    "category, message",
+    [(FutureWarning, "`torch.jit.load` is deprecated. Please switch to "
+                     "`torch.export`."),
+     (DeprecationWarning, "`torch.jit.load` is not supported in Python 3.14+ and "
+                          "may break. Please switch to `torch.export`.")],
+)  # fmt: skip
+def test_torch_deprecation_of_torchscript_is_not_repeated(
+    files, tmp_path, monkeypatch, category, message
+):
+    # torch 2.15 warns on every torch.jit.load (the CLI tries it on every zip
+    # file, torch.save pickles included); the real load runs after torch's
+    # warning, as there
+    d, X, _ = files
+    load = torch.jit.load
+
+    def warning_load(*args, **kwargs):
+        warnings.warn(message, category, stacklevel=2)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "load", warning_load)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path, fmt = cli.load_model(d / "net_ts.pt", sample=X[:2], workdir=tmp_path)
+        with pytest.raises(cli.CLIError, match="--trust-pickle"):
+            cli.load_model(d / "net_pickle.pt", sample=X[:2], workdir=tmp_path)
+    assert fmt == "torchscript" and path.endswith(".onnx")
+    assert not [w for w in caught if "torch.jit.load" in str(w.message)]
+    # the filter is local: torch's warning still reaches other callers
+    with pytest.warns(category, match="torch.jit.load"):
+        torch.jit.load(str(d / "net_ts.pt"))
+
+
 def test_analyze_energy_threshold_is_used(files, tmp_path, capsys):
     from sklearn_peek import LayerActivationExtractor, RankQualityScorer
 
