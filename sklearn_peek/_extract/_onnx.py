@@ -820,30 +820,44 @@ class OnnxAdapter:
 def _infer_shapes(onnx, proto):
     """``proto`` with the types and shapes onnx can infer for its tensors.
 
-    A node that onnx's shape inference cannot handle (a custom op, or a
-    post-processing op such as ``ZipMap`` in older onnx releases) makes it
-    fail for the whole graph. Then the inference runs again on the part of
-    the graph made of standard ONNX nodes fed only by the inputs,
-    initializers and other such nodes (usually the network itself), and its
-    results are added to a copy of ``proto``. Tensors beyond it stay untyped.
+    A node whose shape inference raises (skl2onnx's ``ZipMap`` with onnx
+    1.14, for one; nodes onnx has no schema for are skipped, not fatal)
+    makes inference fail for the whole graph. Then it runs again on the part
+    of the graph made of default-domain nodes whose inputs are graph inputs,
+    initializers, outputs of other such nodes, or tensors the model already
+    types in its ``value_info`` (usually the network itself), and the types
+    found are added to a copy of ``proto``. Tensors beyond it stay untyped.
+    Models over protobuf's 2 GB limit, which onnx cannot infer in memory,
+    are returned as they are.
     """
     try:
         return onnx.shape_inference.infer_shapes(proto)
     except Exception:
         pass
+    if proto.ByteSize() >= 2**31:
+        return proto
     g = proto.graph
+    typed = {
+        vi.name: vi
+        for vi in g.value_info
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type
+    }
     known = {vi.name for vi in g.input} | {t.name for t in g.initializer}
-    kept = []
+    kept, fed = [], []
     for node in g.node:
-        if node.domain in ("", "ai.onnx") and all(
-            not name or name in known for name in node.input
-        ):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        missing = [name for name in node.input if name and name not in known]
+        if all(name in typed for name in missing):
+            # a tensor from a node left out, typed by the model: an input here
+            fed.extend(typed[name] for name in dict.fromkeys(missing))
+            known.update(missing)
             kept.append(node)
             known.update(name for name in node.output if name)
     part = onnx.helper.make_graph(
         kept,
         g.name or "graph",
-        list(g.input),
+        [*g.input, *fed],
         [vi for vi in g.output if vi.name in known],
         initializer=list(g.initializer),
     )
