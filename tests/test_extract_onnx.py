@@ -1132,9 +1132,7 @@ def test_inference_fallback_goes_on_past_a_node_the_model_types(monkeypatch):
         nodes,
         "g",
         [vi("x", F32, ["n", 4])],
-        [helper.make_value_info("z", helper.make_sequence_type_proto(
-            helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(
-                F32, [])))), vi("a_relu", F32, ["n", 3])],
+        [helper.make_empty_tensor_value_info("z"), vi("a_relu", F32, ["n", 3])],
         [w],
         value_info=[vi("b", F32, ["n", 3])],
     )  # fmt: skip
