@@ -21,6 +21,23 @@ DEVICE_HELP = (
 )
 
 
+def version_at_least(version, minimum):
+    """Whether the release string ``version`` is at least ``minimum``.
+
+    ``minimum`` is a tuple of ints, compared with the leading number of each
+    of ``version``'s first ``len(minimum)`` dot-separated parts ("3.6.0+git1"
+    and "2.0.0rc1" read as 3.6 and 2.0). A version that does not start with
+    numbers ("dev") is not taken as new enough.
+    """
+    parts = []
+    for piece in str(version).split(".")[: len(minimum)]:
+        match = re.match(r"\d+", piece)
+        if match is None:
+            return False
+        parts.append(int(match.group()))
+    return tuple(parts) >= tuple(minimum)
+
+
 def _torch():
     import torch
 

@@ -65,10 +65,9 @@ def _supported_triton(version):
     module globals, and they are built inside :func:`_build`), so the tests
     cannot check them with it. The eager code runs there, without a warning.
     """
-    try:
-        return int(str(version).split(".")[0]) >= 3
-    except ValueError:
-        return False
+    from sklearn_peek._backend import version_at_least
+
+    return version_at_least(version, (3,))
 
 
 def _build():

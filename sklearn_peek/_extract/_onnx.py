@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from .._backend import resolve_device
+from .._backend import resolve_device, version_at_least
 
 NONNEG_OPS = frozenset({"Relu", "Sigmoid", "Softplus", "HardSigmoid"})
 POOL_OPS = frozenset(
@@ -92,11 +92,7 @@ def _spin_config(version):
     between operators and between batches, then the threads sleep. Older
     versions spin for a time that cannot be set, so spinning stays off there.
     """
-    try:
-        major, minor = (int(v) for v in version.split(".")[:2])
-    except ValueError:
-        major, minor = 0, 0
-    if (major, minor) >= (1, 27):
+    if version_at_least(version, (1, 27)):
         return {
             "session.intra_op.allow_spinning": "1",
             "session.intra_op.spin_duration_us": str(SPIN_US),
