@@ -96,24 +96,26 @@ def _close(name, choices):
 
 
 def _check_block_sizes(block_sizes):
-    """``block_sizes`` as a list of (str, int) pairs: unique names, sizes >= 1."""
+    """``block_sizes`` as a list of (str, int) pairs, checked as ``fit`` checks
+    blocks (:func:`resolve_blocks`: unique names without ``"__"``, sizes >= 1),
+    but named pairs only (a layer's limit is reported under its name)."""
     items = list(block_sizes) if isinstance(block_sizes, (list, tuple)) else []
-    ok = bool(items) and all(
-        isinstance(it, (tuple, list))
-        and len(it) == 2
-        and isinstance(it[0], str)
-        and is_integral(it[1])
-        and it[1] >= 1
-        for it in items
-    )
-    names = [it[0] for it in items] if ok else []
-    if not ok or len(set(names)) != len(names):
+    problem = None
+    if not items or not all(isinstance(it, (tuple, list)) for it in items):
+        problem = "expected a non-empty list of (name, size) pairs"
+    else:
+        try:
+            sizes = [int(it[1]) if is_integral(it[1]) else 0 for it in items]
+            names, _ = resolve_blocks(items, sum(sizes))
+        except (ValueError, IndexError) as exc:
+            problem = str(exc)
+    if problem is not None:
         raise ValueError(
-            f"block_sizes={block_sizes!r} is not understood; expected a non-empty "
-            "list of (name, size) pairs with unique names and sizes >= 1, such as "
+            f"block_sizes={block_sizes!r} is not understood ({problem}); expected "
+            "(name, size) pairs with unique names and sizes >= 1, such as "
             "LayerActivationExtractor.block_sizes_."
         )
-    return [(str(n), int(s)) for n, s in items]
+    return list(zip(names, sizes))
 
 
 def _rank_chains(ranks, warm_start):
@@ -1064,11 +1066,7 @@ class RankQualityScorer(BaseEstimator):
         {'fc1': 20}
         """
         self._validate_params()
-        if (
-            not isinstance(n_samples, numbers.Integral)
-            or isinstance(n_samples, bool)
-            or n_samples < 1
-        ):
+        if not is_integral(n_samples) or n_samples < 1:
             raise ValueError(
                 f"n_samples={n_samples!r} is invalid; expected an integer >= 1."
             )
