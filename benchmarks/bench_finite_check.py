@@ -6,7 +6,8 @@ negative values) and checks finiteness with a min and a max; under
 one pass, the dot product of the block with itself (finite unless the block
 holds NaN or inf; an overflow is cleared by an exact check). This times both
 on blocks of the sizes a LeNet-5 and a ResNet-style layer give, NumPy and
-torch (CPU), best of ``--repeat`` rounds of 200 calls.
+torch (CPU): the two alternately, best of ``--repeat`` rounds of 200 calls
+(20 for the largest block), after one warm-up round each.
 
 Usage::
 
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import platform
-import timeit
 
 import numpy as np
 import torch
+from bench_extract import _best  # same folder: on sys.path as a script
 
 from sklearn_peek._extract._base import _check_finite
 
@@ -30,10 +31,6 @@ SHAPES = {
     "conv map (256 x 3,456)": (256, 3456),
     "ResNet-style layer (2,000 x 16,384)": (2000, 16384),
 }
-
-
-def _best(fn, repeat, number):
-    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number
 
 
 def main(argv=None):
@@ -48,11 +45,15 @@ def main(argv=None):
         a = rng.random(shape, dtype=np.float32)
         number = 20 if a.size > 10**7 else 200
         for kind, block in (("numpy", a), ("torch", torch.from_numpy(a))):
-            both = _best(lambda b=block: _check_finite(b, "x", 0), args.repeat, number)
-            one = _best(
-                lambda b=block: _check_finite(b, "x", 0, need_min=False),
-                args.repeat,
-                number,
+
+            def calls(need_min, b=block, number=number):
+                for _ in range(number):
+                    _check_finite(b, "x", 0, need_min=need_min)
+
+            # alternately, best of --repeat, per call
+            both, one = (
+                t / number
+                for t in _best(args.repeat, lambda: calls(True), lambda: calls(False))
             )
             print(
                 f"| {label} | {kind} | {both * 1e6:.1f} | {one * 1e6:.1f} "

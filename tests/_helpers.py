@@ -7,11 +7,23 @@ Import them with ``from _helpers import ...``: pytest puts ``tests/`` on
 import gzip
 import struct
 import warnings
+from pathlib import Path
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_peek import CoupledNMF
+
+
+def pyproject():
+    """The ``[project]`` table of the repository's ``pyproject.toml``."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the dev extra installs tomli
+        import tomli as tomllib
+    path = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    return tomllib.loads(path.read_text())["project"]
+
 
 _IDX_DTYPES = {
     0x08: ">u1",

@@ -15,6 +15,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
+from _helpers import pyproject
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -190,11 +191,7 @@ def test_examples_need_only_the_library_and_its_examples_extra():
     # `pip install "sklearn-peek[examples]"` must be enough to run every
     # example: each third-party module an example imports, or pandas when it
     # asks scikit-learn for DataFrame output, is a dependency or in the extra.
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the dev extra installs tomli
-        import tomli as tomllib
-    project = tomllib.loads((EXAMPLES.parent / "pyproject.toml").read_text())["project"]
+    project = pyproject()
     allowed = _requirement_names(project["dependencies"])
     allowed |= _requirement_names(project["optional-dependencies"]["examples"])
     needed = {}
