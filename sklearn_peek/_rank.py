@@ -1020,6 +1020,25 @@ class RankQualityScorer(BaseEstimator):
                 f"cv={self.cv!r} is larger than {samples}; expected 2 <= cv <= {n}.",
             )
 
+    def _check_sweep(self, n, blocks, samples, ranks):
+        """What :meth:`fit` checks of the data's shape before any fit:
+        :meth:`_check_layout`, and the largest of ``ranks`` (validated,
+        sorted) against the rank limit (:class:`SweepLimitError`). Returns
+        the rows a fit sees and each layer's columns. Also run by
+        :func:`sklearn_peek.studies.run_case_study` before any training."""
+        self._check_layout(n, blocks, samples)
+        limit, why, n_rows, columns = self._rank_limit(n, blocks)
+        if ranks[-1] > limit:
+            raise SweepLimitError(
+                "ranks",
+                limit,
+                f"{self._ranks_txt()} goes up to {ranks[-1]}, {why}",
+                why,
+                n_rows,
+                columns,
+            )
+        return n_rows, columns
+
     def rank_limits(self, n_samples, block_sizes):
         """The largest rank each layer can be swept to, known before fitting.
 
@@ -1125,18 +1144,8 @@ class RankQualityScorer(BaseEstimator):
         Xa, blocks = self._check_data(X)
         n = Xa.shape[0]
         criterion = self.criterion
-        self._check_layout(n, blocks, f"the {n} samples of X")
+        n_rows, columns = self._check_sweep(n, blocks, f"the {n} samples of X", ranks)
         layer_cols = self._layer_columns(blocks)
-        limit, why, n_rows, columns = self._rank_limit(n, blocks)
-        if ranks[-1] > limit:
-            raise SweepLimitError(
-                "ranks",
-                limit,
-                f"{self._ranks_txt()} goes up to {ranks[-1]}, {why}",
-                why,
-                n_rows,
-                columns,
-            )
 
         rng = check_random_state(self.random_state)
         base = int(rng.randint(np.iinfo(np.int32).max))
@@ -1243,8 +1252,8 @@ class RankQualityScorer(BaseEstimator):
         outputs = collect(parallel(tasks[i][2] for i in order), bar)
         results = {tasks[i][0]: out for i, out in zip(order, outputs)}
         self.n_tasks_ = len(tasks)
-        self.rank_limit_ = limit
         self.rank_limits_ = {name: min(n_rows, m) for name, m in columns.items()}
+        self.rank_limit_ = min(self.rank_limits_.values())
         self._collect(results, layer_cols, ranks, blocks)
         return self
 

@@ -2002,71 +2002,44 @@ def _records(table):
     return [dict(zip(cols, row)) for row in rows]
 
 
-def _demo_rank_check(settings, layers, cv):
-    """Raise a CLIError when the demo's ``--ranks`` exceed what its data allow.
+def _demo_limit_error(exc, settings):
+    """The demo's wording of a SweepLimitError from the case study.
 
-    Checked before any network is trained: the layer widths do not depend
-    on the training, so an untrained network gives them. Every network's
-    layers are swept coupled with the input (``input`` + layer columns) and
-    alone (the layer's columns, the baseline), on the test digits (bcv fits
-    on the training rows of each fold): the narrowest of these, a layer
-    alone, sets the limit, computed as :class:`~sklearn_peek.RankQualityScorer`
-    computes it when it fits.
+    :func:`~sklearn_peek.studies.run_case_study` raises it before any network
+    is trained, from an untrained network's layer widths: ``cv`` beyond the
+    test digits, or ``ranks`` beyond a layer's matrix. The narrowest matrix is
+    a layer alone (its baseline sweep, ``columns``), or the rows a fit sees.
+    The demo has no --data, --max-samples or --layers: only --ranks and --cv
+    can change.
     """
-    from sklearn_peek import (
-        LayerActivationExtractor,
-        RankQualityScorer,
-        SweepLimitError,
-        studies,
-    )
-    from sklearn_peek._lenet import build_lenet
-
-    ranks = sorted(int(r) for r in settings["ranks"])
-    X = studies.digits_split().X_test
-    n = int(X.shape[0])
-    with torch_threads(1):
-        net = build_lenet(X.shape[1:], 10).eval()
-        ext = LayerActivationExtractor(net, layers=layers).fit(X[:2])
-    alone = RankQualityScorer(
-        criterion="bcv" if "bcv" in settings["criteria"] else "elbow",
-        cv=cv,
-        coupling="none",
-    )
-    try:
-        limits = alone.rank_limits(n, ext.block_sizes_)
-    except SweepLimitError as exc:  # --cv beyond the test digits
-        raise CLIError(
-            f"--cv {cv} is larger than the {n} test digits the demo analyses; "
-            f"expected 2 <= --cv <= {n}."
-        ) from exc
-    limit = min(limits.values())
-    if ranks[-1] <= limit:
-        return
-    widths = {k: v for k, v in ext.block_sizes_ if k in limits}
-    name = min(widths, key=widths.get)
-    width = widths[name]
-    hints = [f"--ranks {ranks[0]}..{ranks[-1]} goes up to {ranks[-1]}, but"]
-    if limit < width:  # the rows a fit sees set the limit
-        how = (
-            f"each of the --cv {cv} folds fits on {limit} of the {n} test digits "
-            "the demo analyses"
-            if "bcv" in settings["criteria"]
-            else f"the demo analyses {n} test digits"
+    if exc.param == "cv":
+        return CLIError(
+            f"--cv {settings['cv']} is larger than the {exc.limit} test digits the "
+            f"demo analyses; expected 2 <= --cv <= {exc.limit}."
         )
-        hints.append(f"{how}, so no rank above {limit} fits.")
-    else:
-        hints.append(
-            f"layer {name!r} has {width} units: its layer-alone baseline (the "
-            f"layer's {width} columns, without the input's) allows no rank above "
+    ranks = sorted(int(r) for r in settings["ranks"])
+    limit = int(exc.limit)
+    narrow = [name for name, m in (exc.columns or {}).items() if m == limit]
+    if narrow and exc.rows != limit:
+        why = (
+            f"layer {narrow[0]!r} has {limit} units: its layer-alone baseline (the "
+            f"layer's {limit} columns, without the input's) allows no rank above "
             f"{limit}."
         )
-    hints.append(f"Pass --ranks up to {limit}.")
-    raise CLIError(" ".join(hints))
+    else:
+        why = (
+            f"each sweep fits on {exc.rows} test digits, so no rank above {limit} fits."
+        )
+    return CLIError(
+        f"--ranks {ranks[0]}..{ranks[-1]} goes up to {ranks[-1]}, but {why} "
+        f"Pass --ranks up to {limit}."
+    )
 
 
 def _cmd_demo(args, say):
     from sklearn_peek import (
         LayerActivationExtractor,
+        SweepLimitError,
         __version__,
         plotting,
         studies,
@@ -2085,7 +2058,6 @@ def _cmd_demo(args, say):
     if crit not in settings["criteria"]:
         settings["criteria"] = (*settings["criteria"], crit)
     layers = list(settings.get("layers", studies.DEFAULT_LAYERS))
-    _demo_rank_check(settings, layers, args.cv)  # before any training
     out = _output_dir(args.out, args.created_dirs_)
     n_nets = sum(len(v) for v in settings["studies"].values()) * len(settings["seeds"])
     plan = "; ".join(
@@ -2096,10 +2068,16 @@ def _cmd_demo(args, say):
         f"case study on the digits: {n_nets} networks ({plan}), layers "
         f"{', '.join(layers)}, ranks {_compact_ranks(settings['ranks'])}"
     )
-    with say.step("case_study", "training the networks and sweeping their ranks"):
-        res = studies.run_paper_studies(
-            settings, n_jobs=args.jobs, progress=not say.quiet, random_state=args.seed
-        )
+    try:
+        with say.step("case_study", "training the networks and sweeping their ranks"):
+            res = studies.run_paper_studies(
+                settings,
+                n_jobs=args.jobs,
+                progress=not say.quiet,
+                random_state=args.seed,
+            )
+    except SweepLimitError as exc:  # raised before any training
+        raise _demo_limit_error(exc, settings) from exc
     rows = _records(res.table)
     corr = _records(res.correlations)
     for kind, text, details in demo_warnings(rows, layers, crit, settings["ranks"]):

@@ -719,6 +719,35 @@ def _check_layer_names(layers, data):
             )
 
 
+def _check_rank_limits(layers, data, ranks, criteria, params):
+    """Fail before any training when ``ranks`` or ``cv`` exceed what the data
+    allow (:class:`~sklearn_peek.SweepLimitError`, as the sweeps would raise
+    after training).
+
+    The layer widths do not depend on the training, so an untrained network
+    gives them. Every layer is swept on the test images alone
+    (``coupling="none"``, the baseline; the narrower matrix) and coupled with
+    the input, under each scorer criterion the study runs.
+    """
+    from sklearn_peek._extract import LayerActivationExtractor
+    from sklearn_peek._lenet import build_lenet
+    from sklearn_peek._rank import RankQualityScorer
+
+    X = data.X_test
+    n = int(X.shape[0])
+    net = build_lenet(X.shape[1:], len(np.unique(data.y_train))).eval()
+    blocks = LayerActivationExtractor(net, layers=list(layers)).fit(X[:2]).block_sizes_
+    scorer_criteria = ["bcv"] if "bcv" in criteria else []
+    if {"elbow", "energy"} & set(criteria):
+        scorer_criteria.append("elbow")  # one full-data sweep serves both
+    for criterion in scorer_criteria:
+        for coupling in ("none", "input"):
+            sc = RankQualityScorer(
+                criterion=criterion, coupling=coupling, ranks=list(ranks), **params
+            )
+            sc._check_sweep(n, blocks, f"the {n} test images", sc._validate_params())
+
+
 # Columns describing each trained network, before the per-layer rank columns.
 NETWORK_COLUMNS = ("degradation", "level", "seed", "accuracy", "n_train_seen", "epochs")
 
@@ -1046,6 +1075,14 @@ def run_case_study(
         sweep_alone``) and ``wall``; ``curves``: dict (level, seed) -> dict
         (layer, criterion) -> curve of the coupled sweeps; ``settings``.
 
+    Raises
+    ------
+    SweepLimitError
+        Before any network is trained, when ``cv`` exceeds the test images
+        or the largest of ``ranks`` exceeds what a layer's matrix allows
+        (its columns, or the rows a fit sees); the sweeps would raise it
+        after training otherwise.
+
     Examples
     --------
     >>> from sklearn_peek.studies import run_case_study
@@ -1083,6 +1120,7 @@ def run_case_study(
                 "controls; use its own arguments instead."
             )
         params.update(scorer_params)
+    _check_rank_limits(layers, data, ranks, criteria, params)
     jobs = [(lv, s) for lv in levels for s in seeds]
     wall = time.perf_counter()
     tasks = (

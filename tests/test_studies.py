@@ -462,6 +462,34 @@ def test_run_case_study_bad_arguments(small_data, kwargs, match):
         run_case_study(args.pop("degradation"), args.pop("levels"), **args)
 
 
+def test_run_case_study_refuses_ranks_and_cv_beyond_the_data_before_training(
+    small_data, monkeypatch
+):
+    from sklearn_peek import SweepLimitError, studies
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a network was trained")
+
+    monkeypatch.setattr(studies, "_network_job", no_training)
+    args = dict(seeds=[0], data=small_data, n_jobs=1)
+    # relu4 alone has 84 units, fewer than the 100 training rows of a fold
+    with pytest.raises(SweepLimitError, match=r"has 100 training rows per fold "
+                       r"and 84 columns; expected ranks <= 84") as err:  # fmt: skip
+        studies.run_case_study("epochs", [1], layers=["relu4"], ranks=[1, 85], **args)
+    assert (err.value.param, err.value.limit, err.value.rows) == ("ranks", 84, 100)
+    assert err.value.columns == {"relu4": 84}  # the layer-alone baseline
+    # relu3 has 120: the rows of a fold set the limit
+    with pytest.raises(SweepLimitError, match=r"expected ranks <= 100"):
+        studies.run_case_study("epochs", [1], layers=["relu3"], ranks=[101], **args)
+    # the elbow sweep fits on all 150 test rows: pool2 (64 units) sets its limit
+    with pytest.raises(SweepLimitError, match=r"expected ranks <= 64"):
+        studies.run_case_study(
+            "epochs", [1], layers=["pool2"], ranks=[65], criteria=["elbow"], **args
+        )
+    with pytest.raises(SweepLimitError, match=r"cv=200 is larger than the 150 test"):
+        studies.run_case_study("epochs", [1], layers=["relu3"], cv=200, **args)
+
+
 def test_run_paper_studies_bad_preset():
     from sklearn_peek.studies import PRESETS, run_paper_studies
 
