@@ -790,26 +790,12 @@ def prepare_inputs(X, *, input_shape=None, scale="auto", index=None, say=None):
                 "without this warning."
             )
             _warn_data(say, "unscaled_integers", text, dtype=str(X.dtype), max=int(top))
-    if scale == "255" and X.dtype.kind == "f" and X.size:
-        with warnings.catch_warnings():  # all NaN: the finite check below
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lo, hi = np.nanmin(X), np.nanmax(X)
-        if 0 <= lo and hi <= 1:
-            text = (
-                f"--scale 255 divides --data by 255, but it holds {X.dtype} values "
-                f"already within [0, 1] (max {float(hi):.4g}): the inputs become "
-                "0-0.004. If the network was trained on [0, 1] images, drop "
-                "--scale 255 (--scale auto uses float data as stored)."
-            )
-            _warn_data(say, "scaled_unit_data", text, dtype=str(X.dtype), max=float(hi))
+    divide = scale == "255" or (scale == "auto" and stored.dtype == np.uint8)
     with np.errstate(over="ignore"):  # values beyond float32: the error below
-        X = X.astype(np.float32, copy=False)
-    if scale == "255" or (scale == "auto" and stored.dtype == np.uint8):
         # The caller's array is never changed, and the data copied only once.
-        if X is stored:  # float32 already: astype made no copy
-            X = X / np.float32(255.0)
-        else:  # astype's copy
-            X /= np.float32(255.0)
+        X = X.astype(np.float32, copy=divide)
+    if divide:
+        X /= np.float32(255.0)
     if stored.dtype.kind == "f" and not np.isfinite(X).all():
         # NaN or inf in the file (named with its positions as stored), or
         # values beyond float32's range (inf after the cast). One pass over
@@ -821,6 +807,19 @@ def prepare_inputs(X, *, input_shape=None, scale="auto", index=None, say=None):
             f"largest finite one after conversion is {big:.3g}); expected finite "
             "float32 values: rescale the data."
         )
+    if scale == "255" and stored.dtype.kind == "f":
+        # finite now; float data already within [0, 1] was probably scaled
+        # (v <= 1 gives v / 255 <= 1 / 255 in float32: rounding is monotone)
+        lo, top = X.min(), X.max()
+        if lo >= 0 and top <= np.float32(1.0) / np.float32(255.0):
+            hi = float(top) * 255.0
+            text = (
+                f"--scale 255 divides --data by 255, but it holds {stored.dtype} "
+                f"values already within [0, 1] (max {hi:.4g}): the inputs become "
+                "0-0.004. If the network was trained on [0, 1] images, drop "
+                "--scale 255 (--scale auto uses float data as stored)."
+            )
+            _warn_data(say, "scaled_unit_data", text, dtype=str(stored.dtype), max=hi)
     if input_shape is not None:
         size = math.prod(input_shape)
         if math.prod(X.shape[1:]) != size:
