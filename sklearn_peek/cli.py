@@ -1029,18 +1029,17 @@ def _channel_error(model, exc, *, source="--data"):
     """The command's wording of a :class:`~sklearn_peek.ChannelMismatchError`.
 
     The sentence stating the mismatch is the library's
-    (:func:`~sklearn_peek._extract._channels.channel_mismatch`), with ``X``
+    (:func:`~sklearn_peek._extract._channels.mismatch_parts`), with ``X``
     named as ``source`` (``--data``, or ``--input-shape`` for the layers
     command). Its advice is in Python terms (``np.repeat``, ``X[:, None]``),
     so the command gives its own, chosen from the error's attributes:
     channels-last samples, or single-channel samples for a model taking
     several channels (where ``--channel-repeat`` fixes the problem).
     """
-    from sklearn_peek._extract._channels import channel_mismatch
+    from sklearn_peek._extract._channels import mismatch_parts
 
     want, shape, no_axis = exc.expected, exc.sample_shape, exc.no_axis
-    head = channel_mismatch(want, shape, no_axis=no_axis).partition(": ")[0]
-    head = head.rstrip(".")
+    head, _ = mismatch_parts(want, shape, no_axis=no_axis)
     if head.startswith("X "):
         head = source + head[1:]
     head = head.replace(

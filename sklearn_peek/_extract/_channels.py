@@ -115,6 +115,15 @@ def channel_mismatch(want, sample_shape, *, no_axis=False, layer="first layer"):
     str
         A sentence ending with a full stop.
     """
+    head, advice = mismatch_parts(want, sample_shape, no_axis=no_axis, layer=layer)
+    return f"{head}: {advice}." if advice else f"{head}."
+
+
+def mismatch_parts(want, sample_shape, *, no_axis=False, layer="first layer"):
+    """:func:`channel_mismatch`'s sentence in two parts: ``(statement,
+    advice)``, both without the full stop; ``advice`` is None when no
+    conversion is known for these channel counts. The command line words
+    its own advice after the statement."""
     shape = tuple(int(d) for d in sample_shape)
     got = 1 if no_axis else shape[0]
     if looks_channels_last(want, shape, no_axis=no_axis):
@@ -126,28 +135,26 @@ def channel_mismatch(want, sample_shape, *, no_axis=False, layer="first layer"):
         )
         move = "move the channel axis first with np.moveaxis(X, -1, 1)"
         if last == want:
-            return f"{head}: {move}."
-        first = (last, *shape[:-1])
-        _, advised, then = channel_mismatch(want, first, layer=layer).partition(": ")
-        if not advised:  # no conversion for these counts (e.g. 3 -> 4)
-            then = f"convert it to the {_plural(want)} the model takes."
-        return f"{head}: {move}, then {then}"
+            return head, move
+        _, then = mismatch_parts(want, (last, *shape[:-1]), layer=layer)
+        if then is None:  # no conversion for these counts (e.g. 3 -> 4)
+            then = f"convert it to the {_plural(want)} the model takes"
+        return head, f"{move}, then {then}"
     if no_axis:
         what = f"X has samples of shape {shape}, without a channel axis"
     else:
         what = f"X has samples of shape {shape} ({_plural(got)})"
     head = f"{what}, but the model's {layer} expects {_plural(want)}"
     if no_axis and want == 1:
-        return f"{head}: add the channel axis with X[:, None]."
+        return head, "add the channel axis with X[:, None]"
     if got == 1 and want > 1:
         x = "X[:, None]" if no_axis else "X"
-        return (
-            f"{head}: repeat the single channel with np.repeat({x}, {want}, axis=1), "
-            "or pass channel_repeat=True to repeat it on the fly."
+        return head, (
+            f"repeat the single channel with np.repeat({x}, {want}, axis=1), "
+            "or pass channel_repeat=True to repeat it on the fly"
         )
     if want == 1 and got == 3:
-        return (
-            f"{head}: convert the RGB images to grayscale, e.g. "
-            "X.mean(axis=1, keepdims=True)."
+        return head, (
+            "convert the RGB images to grayscale, e.g. X.mean(axis=1, keepdims=True)"
         )
-    return f"{head}."
+    return head, None
