@@ -118,6 +118,13 @@ def _analyze(capsys, d, out, *argv, model="net.onnx", data="x.npy"):
     return code, err
 
 
+def _analyze_ok(capsys, d, out, *argv, **kw):
+    """:func:`_analyze` that must succeed: (``results.json`` as a dict, stderr)."""
+    code, err = _analyze(capsys, d, out, *argv, **kw)
+    assert code == 0, err
+    return _json(out), err
+
+
 def _images(html_text):
     return re.findall(r'<img src="([^"]+)"', html_text)
 
@@ -254,12 +261,10 @@ def test_analyze_energy_threshold_is_used(files, tmp_path, capsys):
 
     d, X, _ = files
     out = tmp_path / "energy"
-    code, err = _analyze(
+    res, _err = _analyze_ok(
         capsys, d, out,
         "--ranks", "1:6", "--criterion", "energy", "--energy", "0.5", "-q",
     )  # fmt: skip
-    assert code == 0, err
-    res = json.loads((out / "results.json").read_text())
     assert res["energy_threshold"] == 0.5
     A = LayerActivationExtractor(str(d / "net.onnx")).fit_transform(X)
     blocks = [tuple(b) for b in res["blocks"]]
@@ -282,13 +287,11 @@ def test_analyze_energy_threshold_is_used(files, tmp_path, capsys):
 def test_analyze_nonneg_split_writes_report(files, tmp_path, capsys):
     d, *_ = files
     out = tmp_path / "split"
-    code, err = _analyze(
+    res, _err = _analyze_ok(
         capsys, d, out,
         "--ranks", "1:3", "--layers", "/conv1/Conv", "/pool1/MaxPool",
         "--nonneg", "split", "-q",
     )  # fmt: skip
-    assert code == 0, err
-    res = json.loads((out / "results.json").read_text())
     assert res["layer_shapes"]["input"] == [2, 1, 8, 8]
     assert dict(res["blocks"])["input"] == 128
     assert len(res["ranks"]) == 2
@@ -694,11 +697,9 @@ def test_rank_at_top_of_the_grid_warns_and_is_recorded(files, tmp_path, capsys):
     d, *_ = files
     out = tmp_path / "top"
     # Energy 0.99 is not reached by rank 2: every layer selects the top rank.
-    code, err = _analyze(
+    res, err = _analyze_ok(
         capsys, d, out, "--ranks", "1:2", "--criterion", "energy", "--energy", "0.99"
     )
-    assert code == 0, err
-    res = _json(out)
     layers = list(res["ranks"])
     assert set(res["ranks"].values()) == {2}
     top = [ln for ln in err.splitlines() if "largest rank in --ranks" in ln]
@@ -827,13 +828,11 @@ def test_analyze_at_the_data_limit_does_not_suggest_extending(files, tmp_path, c
     # 15 inputs: no layer can take a rank above 15 (the finding's repro).
     d, *_ = files
     out = tmp_path / "limit"
-    code, err = _analyze(
+    res, err = _analyze_ok(
         capsys, d, out,
         "--ranks", "14,15", "--criterion", "energy", "--energy", "1",
         "--layers", "/relu2/Relu", "-q", data="x15.npy",
     )  # fmt: skip
-    assert code == 0, err
-    res = _json(out)
     (w,) = [w for w in res["warnings"] if w["kind"] == "rank_at_top_of_grid"]
     assert w["at_limit"] is True and w["rank"] == 15
     assert "Extend --ranks" not in w["message"]
@@ -1323,11 +1322,9 @@ def test_long_error_text_keeps_its_end():
 
 def test_quiet_prints_warnings_and_its_help_says_so(files, tmp_path, capsys):
     d, *_ = files
-    code, err = _analyze(
+    res, err = _analyze_ok(
         capsys, d, tmp_path, "--ranks", "1,2", "--max-samples", "60", "-q"
     )
-    assert code == 0, err
-    res = _json(tmp_path)
     kinds = [w["kind"] for w in res["warnings"]]
     assert "rank_at_top_of_grid" in kinds
     assert err.splitlines() == [
@@ -1357,13 +1354,11 @@ def test_convergence_warning_compacts_the_ranks(files, tmp_path, capsys):
 def test_results_record_the_data_settings_and_scale_255_warns(files, tmp_path, capsys):
     d, X, _ = files
     assert 0 <= X.min() and X.max() <= 1  # float data already in [0, 1]
-    code, err = _analyze(
+    res, err = _analyze_ok(
         capsys, d, tmp_path,
         "--ranks", "1:3", "--max-samples", "60", "--scale", "255",
         "--pooling", "avg", "--nonneg", "relu", "-q",
     )  # fmt: skip
-    assert code == 0, err
-    res = _json(tmp_path)
     assert (res["scale"], res["pooling"], res["nonneg"]) == ("255", "avg", "relu")
     (w,) = [w for w in res["warnings"] if w["kind"] == "scaled_unit_data"]
     assert "already within [0, 1]" in w["message"] and w["max"] == pytest.approx(1.0)
@@ -1413,11 +1408,9 @@ def test_closed_stdout_exits_quietly(files):
 
 def test_single_rank_grid_says_nothing_was_selected(files, tmp_path, capsys):
     d, *_ = files
-    code, err = _analyze(
+    res, err = _analyze_ok(
         capsys, d, tmp_path, "--ranks", "4", "--max-samples", "60", "-q"
     )
-    assert code == 0, err
-    res = _json(tmp_path)
     (w,) = [w for w in res["warnings"] if w["kind"] == "single_rank"]
     assert w["rank"] == 4
     assert "--ranks 4 holds a single rank, so nothing was compared" in w["message"]
@@ -1448,26 +1441,24 @@ def test_single_rank_grid_says_nothing_was_selected(files, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "model, channels, extra, expect",
+    "model, channels, expect",
     [
-        ("net.onnx", 1, [], "(n, 1, 8, 8), e.g. with np.moveaxis(X, -1, 1)."),
-        ("net_rgb.onnx", 3, [], "(n, 3, 8, 8), e.g. with np.moveaxis(X, -1, 1)."),
-        ("net_rgb.onnx", 1, [],
+        ("net.onnx", 1, "(n, 1, 8, 8), e.g. with np.moveaxis(X, -1, 1)."),
+        ("net_rgb.onnx", 3, "(n, 3, 8, 8), e.g. with np.moveaxis(X, -1, 1)."),
+        ("net_rgb.onnx", 1,
          "np.moveaxis(X, -1, 1), and add --channel-repeat to feed the single "
          "channel 3 times."),
-        ("net_rgb_ts.pt", 3, [], "(n, 3, 8, 8), e.g. with np.moveaxis(X, -1, 1)."),
+        ("net_rgb_ts.pt", 3, "(n, 3, 8, 8), e.g. with np.moveaxis(X, -1, 1)."),
     ],
 )  # fmt: skip
-def test_channels_last_data_is_named(
-    files, tmp_path, capsys, model, channels, extra, expect
-):
+def test_channels_last_data_is_named(files, tmp_path, capsys, model, channels, expect):
     d, X, _ = files
     nhwc = np.repeat(np.moveaxis(X[:30], 1, -1), channels, axis=-1)
     assert nhwc.shape == (30, 8, 8, channels)
     np.save(tmp_path / "nhwc.npy", nhwc)
     code, _, err = _run(
         ["analyze", d / model, "--data", tmp_path / "nhwc.npy", "--out",
-         tmp_path / "o", "-q", *extra],
+         tmp_path / "o", "-q"],
         capsys,
     )  # fmt: skip
     assert code == 1
