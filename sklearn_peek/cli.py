@@ -619,13 +619,13 @@ def _require_file(path, what):
     return p
 
 
-def _output_dir(path, created=None):
+def _output_dir(path, created):
     """Create the ``--out`` folder (and its parents) and check it is writable.
 
     Done before any work, so that a mistyped or read-only ``--out`` is
     reported at once, not after the rank sweep. The folders it creates are
-    appended to ``created`` (deepest last): :func:`main` removes those left
-    empty when the command fails.
+    added to the list ``created``: :func:`main` removes those left
+    empty when the command fails (deepest first).
     """
     out = Path(path)
     new = []
@@ -635,8 +635,7 @@ def _output_dir(path, created=None):
         new.append(p)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        if created is not None:
-            created.extend(reversed(new))
+        created.extend(new)  # deepest first, as (out, *out.parents)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
@@ -2321,8 +2320,8 @@ def main(argv=None):
 
 
 def _remove_empty(folders):
-    """Remove the folders of ``folders`` (deepest last) that are still empty."""
-    for p in reversed(folders):
+    """Remove the folders of ``folders`` (deepest first) that are still empty."""
+    for p in folders:
         try:
             p.rmdir()  # only succeeds on an empty folder
         except OSError:
