@@ -1173,7 +1173,6 @@ class RankQualityScorer(BaseEstimator):
         batched = (
             not self.warm_start and self.solver == "hals" and criterion != "stability"
         )
-        groups = [ranks] if on_device else _rank_groups(ranks)
         if batched and on_device:
             Xa = compute_tensor(Xa, dev, where="RankQualityScorer.fit")
         elif is_torch_tensor(Xa):
@@ -1211,6 +1210,7 @@ class RankQualityScorer(BaseEstimator):
                         else _seed(base, seed_id, li, k)
                     )
                     if batched:
+                        groups = [ranks] if on_device else _rank_groups(ranks)
                         for gi, group in enumerate(groups):
                             call = delayed(_batched_task)(
                                 Xa, cols, cb, tr, te, group, model_seed, params

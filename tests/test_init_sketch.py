@@ -57,8 +57,9 @@ def test_stacked_sketches_equal_one_rank_at_a_time(backend, monkeypatch):
     if backend.endswith("row chunks"):  # 17 rows per batch: 5 batches
         monkeypatch.setattr(_solvers, "_TORCH_CHUNK_ELEMENTS", 7 * 5 * 22)
     X, s = _data()
-    # min(n, p) = 70: ranks below 7 get 7 power iterations, the others 4, so
-    # the stack runs as two groups; the order of ks is kept in the output.
+    # min(n, p) = 70: ranks below 7 get 7 power iterations, the others 4 (one
+    # schedule: the ranks leave the stack as their iterations end); the order
+    # of ks is kept in the output.
     ks = [5, 1, 9, 3, 12]
     rngs = [np.random.RandomState(10 + k) for k in ks]
     Xb, sb = (X, s) if backend == "numpy" else map(torch.from_numpy, (X, s))
