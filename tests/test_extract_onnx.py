@@ -17,11 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sklearn.base import clone
 
 from sklearn_peek import LayerActivationExtractor, available_layers
-from sklearn_peek._extract._onnx import (
-    _infer_shapes,
-    newest_opset,
-    torch_export_opset,
-)
+from sklearn_peek._extract._onnx import newest_opset, torch_export_opset
 
 F32 = TensorProto.FLOAT
 
@@ -183,9 +179,22 @@ def make_lenet(
 
 
 def _cut(model, inputs, outputs):
-    # the Extractor finds intermediate tensors through their inferred types;
-    # _infer_shapes still types them where onnx 1.14 fails on skl2onnx's ZipMap
-    inferred = _infer_shapes(onnx, model)
+    # Only the nodes that ``outputs`` need: post-processing nodes beyond them
+    # (skl2onnx's ZipMap) defeat onnx 1.14's shape inference, which the
+    # Extractor runs again on what it extracts (so typing the whole model
+    # with the library's _infer_shapes first is not enough there).
+    need, nodes = set(outputs), []
+    for node in reversed(model.graph.node):
+        if need & set(node.output):
+            nodes.append(node)
+            need.update(node.input)
+    trimmed = onnx.ModelProto()
+    trimmed.CopyFrom(model)
+    del trimmed.graph.node[:]
+    trimmed.graph.node.extend(reversed(nodes))
+    del trimmed.graph.output[:]
+    # the Extractor finds intermediate tensors through their inferred types
+    inferred = onnx.shape_inference.infer_shapes(trimmed)
     return onnx.utils.Extractor(inferred).extract_model(inputs, outputs)
 
 
