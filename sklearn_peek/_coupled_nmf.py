@@ -750,15 +750,18 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             total = float(np.sqrt(2.0 * max(per_block @ weights, 0.0)))
         else:
             WtW = _solvers._to64(W.T @ W)
-            per_block = np.empty(len(slices))
-            for i, sl in enumerate(slices):
+            terms = []  # lin and quad of every block, read back in one transfer
+            for sl in slices:
                 Hb = H[:, sl]
                 if sp.issparse(X):
                     XbHt = np.asarray(X[:, sl] @ Hb.T)
                 else:
                     XbHt = X[:, sl] @ Hb.T
-                lin = _solvers._sum64(W * XbHt)
-                quad = _solvers._sum64(WtW * _solvers._to64(Hb @ Hb.T))
+                terms += [W * XbHt, WtW * _solvers._to64(Hb @ Hb.T)]
+            sums = _solvers._sums64(*terms)
+            per_block = np.empty(len(slices))
+            for i in range(len(slices)):
+                lin, quad = sums[2 * i], sums[2 * i + 1]
                 per_block[i] = max(sq[i] - 2.0 * lin + quad, 0.0)
             for nm, v in zip(self.block_names_, per_block):
                 errs[nm] = float(np.sqrt(v))

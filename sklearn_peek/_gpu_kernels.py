@@ -364,11 +364,11 @@ def sweep(A, num, G, l1, l2):
 
     def penalty(value):
         # Passed as arrays of A's dtype: a Python float would reach the kernel
-        # as float32 and round a float64 penalty. An all-zero penalty is none
-        # (as in the eager sweep, an empty row is then kept, not zeroed).
+        # as float32 and round a float64 penalty. A zero scalar is no penalty
+        # (an empty row is then kept, not zeroed); a vector is a penalty
+        # without a look at its entries (no host synchronisation), as in the
+        # eager sweep (see _solvers._is_zero).
         if isinstance(value, torch.Tensor) and value.ndim > 0:
-            if not bool(value.any()):
-                return 0, A
             return 2, value.to(device=A.device, dtype=A.dtype).contiguous()
         if float(value) == 0.0:
             return 0, A

@@ -131,12 +131,14 @@ def _sub_relu_into(a, b, out):
 
 
 def _is_zero(x):
-    """True when a penalty (scalar or vector) is exactly zero everywhere."""
-    if np.ndim(x) == 0:
-        return bool(x == 0)
-    if _np(x):
-        return not np.any(x)
-    return not bool(x.any())
+    """True when a penalty is zero: a scalar equal to 0.
+
+    A vector penalty (over the columns) counts as a penalty without looking
+    at its entries, which on a GPU would cost a host synchronisation at every
+    sweep: :func:`_h_penalties`, where vectors come from, returns 0.0 instead
+    of an all-zero vector.
+    """
+    return np.ndim(x) == 0 and bool(x == 0)
 
 
 def _to_float(x):
@@ -336,9 +338,16 @@ def _h_penalties(d, l1_H, l2_H):
     active = d > 0
     safe = _where(active, d, _full(d.shape, 1.0, d))
     zero = _zeros(d.shape, d)
-    l1v = _cast(_where(active, l1_H / safe, zero), d)
-    l2v = _cast(_where(active, l2_H / safe, zero), d)
-    return (l1v if l1_H else 0.0), (l2v if l2_H else 0.0)
+
+    def vector(value):
+        if not value:
+            return 0.0
+        v = _cast(_where(active, value / safe, zero), d)
+        # All zero (no active column, or value / d_j underflows): no penalty.
+        # Checked here, once per fit, so that the sweeps need not (see _is_zero).
+        return v if bool(v.any()) else 0.0
+
+    return vector(l1_H), vector(l2_H)
 
 
 def _penalty_terms(Wt, H, d, l1_W, l2_W, l1_H, l2_H):
@@ -395,15 +404,15 @@ def _frob_data_exact(X, Wt, H, d):
         except Exception as exc:  # compile / launch failure: eager from now on
             _gpu_kernels.disable(exc)
     n, p = X.shape
-    total = 0.0
+    rows = []  # per chunk: sum_j d_j R_ij^2 of each row, read back at the end
     for s, e in _row_steps(n, p, X):
         Xc = X[s:e]
         if sp.issparse(Xc):
             Xc = Xc.toarray()
         R = Wt[:, s:e].T @ H
         R -= Xc
-        total += _sum64((R * R) @ d)
-    return 0.5 * total
+        rows.append((R * R) @ d)
+    return 0.5 * sum(_sums64(*rows))  # one host transfer for all the chunks
 
 
 # ----------------------------------------------------------------- HALS sweep
@@ -971,13 +980,16 @@ def kl_column_divergence(X, W, H):
 def _kl_objective(X, W, H, d, xconst):
     """Weighted generalized KL divergence, using the precomputed constant."""
     n, p = X.shape
-    total = xconst
+    rows = []
     for s, e in _row_steps(n, p, X):
         y = W[s:e] @ H
         _floor_(y, EPSILON)
         c = X[s:e]
         # sum d_j (-x log y + y)
-        total += _sum64((_log(y) * (-c) + y) @ d)
+        rows.append((_log(y) * (-c) + y) @ d)
+    total = xconst
+    for v in _sums64(*rows):  # one host transfer for all the chunks
+        total += v
     return max(total, 0.0)
 
 

@@ -310,3 +310,12 @@ def test_batched_orthonormalization_on_cuda_flags_what_it_cannot_take():
     assert ok.tolist() == [True, False]
     Q6 = Q[:, :6].cpu().numpy()
     np.testing.assert_allclose(Q6.T @ Q6, np.eye(6), atol=1e-13)
+
+
+@needs_kernels
+def test_syncs_per_iteration_on_cuda_within_budget():
+    # The compiled kernels: one host read per iteration (see test_host_syncs.py).
+    from _syncs import KERNEL_BUDGET, rates
+
+    got = rates(torch.device("cuda"))
+    assert {name: rate for name, (rate, _) in got.items()} == KERNEL_BUDGET, got

@@ -196,7 +196,8 @@ print(json.dumps(out))
 
 
 def test_sweep_kernel_penalty_edge_cases_match_eager():
-    # An all-zero penalty vector is no penalty (an empty row is kept), and a
+    # A penalty vector counts as a penalty without a look at its entries (an
+    # empty row is zeroed, even by an all-zero vector) in both sweeps, and a
     # 0-d tensor is one value, not a vector over the columns.
     res = _run(PENALTY_EDGES)
     assert res["zero_vector"] <= 1e-12
@@ -410,3 +411,21 @@ def test_turned_off_restores_the_kernels_afterwards():
     print(json.dumps(seen))
     """
     assert _run(code) == [True, False, True]
+
+
+SYNCS = """
+import json, sys
+import torch
+sys.path.insert(0, {tests!r})
+from _syncs import rates
+
+print(json.dumps(rates(torch.device("cpu"))))
+"""
+
+
+def test_kernel_path_syncs_per_iteration_within_budget():
+    # the budget and the cases are in _syncs.py (and test_host_syncs.py)
+    from _syncs import KERNEL_BUDGET
+
+    got = _run(SYNCS.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    assert {name: rate for name, (rate, _) in got.items()} == KERNEL_BUDGET, got

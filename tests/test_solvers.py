@@ -298,3 +298,21 @@ def test_solve_w_batched_equals_one_solve_per_h(backend):
     assert len(set(sweeps)) > 1  # the problems stopped at different sweeps
     empty = _solvers.solve_w_batched(Xb[:0], Hb, db)
     assert [tuple(W.shape) for W, _ in empty] == [(0, 2), (0, 5), (0, 1), (0, 3)]
+
+
+def test_h_penalties_never_hand_the_sweeps_an_all_zero_vector():
+    # The sweeps count any vector as a penalty without looking at it (no host
+    # synchronisation on a GPU), so an all-zero one must come back as 0.0.
+    passive = np.zeros(4)
+    assert _solvers._h_penalties(passive, 0.5, 0.5) == (0.0, 0.0)
+    d = np.array([0.0, 2.0, 4.0])
+    l1, l2 = _solvers._h_penalties(d, 0.5, 0.0)
+    assert l2 == 0.0
+    np.testing.assert_allclose(l1, [0.0, 0.25, 0.125])
+    # value / d_j underflowing to zero everywhere is no penalty either
+    tiny = _solvers._h_penalties(np.array([1e30, 1e30], dtype=np.float32), 1e-30, 0)
+    assert tiny == (0.0, 0.0)
+    torch = pytest.importorskip("torch")
+    l1, l2 = _solvers._h_penalties(torch.tensor([0.0, 2.0]), 0.0, 1.0)
+    assert l1 == 0.0 and l2.tolist() == [0.0, 0.5]
+    assert _solvers._h_penalties(torch.zeros(3), 1.0, 1.0) == (0.0, 0.0)
