@@ -1208,20 +1208,44 @@ def fit_ranks(estimator, X, ranks):
     if not _batchable(base):
         models = [clone(base).set_params(n_components=r) for r in ranks]
         return models, [m.fit_transform(X) for m in models]
-    base.set_params(n_components=ranks[0])
-    base._validate_params()
-    X_in = X
-    X, slices, weights, d, sq = base._prepare_fit(X)
-    fitted = {k: v for k, v in vars(base).items() if k.endswith("_")}
-    xnorm = float(sq @ weights)
     models = []
     for r in ranks:
         m = clone(base).set_params(n_components=r)
         m._validate_params()
+        models.append(m)
+    return models, _fit_stacked(models, X)
+
+
+def _fit_stacked(models, X, starts=None):
+    """Fit ``models`` on X, sharing the solver runs; returns their W.
+
+    The models differ only in ``n_components`` and ``init`` (HALS, Frobenius,
+    no penalties, distinct ranks, the same blocks, weights, ``random_state``
+    and device: what :func:`_batchable` allows). ``starts[i]``: the start
+    ``(W, H)`` (host arrays) of a model with ``init="custom"``, None for the
+    others, which are initialized as their own fit would (stacked). Each
+    model ends as ``model.fit_transform(X, W=..., H=...)`` leaves it, to
+    float rounding; the Ws are torch tensors when X is one.
+    """
+    X_in = X
+    first = models[0]
+    X, slices, weights, d, sq = first._prepare_fit(X)
+    fitted = {k: v for k, v in vars(first).items() if k.endswith("_")}
+    for m in models[1:]:
         for key, value in fitted.items():  # own copies, as separate fits have
             setattr(m, key, copy.deepcopy(value))
-        models.append(m)
-    starts = [(_on(W0, X), _on(H0, X)) for W0, H0, _ in _initialize_ranks(models, X, d)]
+    xnorm = float(sq @ weights)
+    starts = list(starts or [None] * len(models))
+    cold = [i for i, m in enumerate(models) if m.init != "custom"]
+    if cold:
+        inits = _initialize_ranks([models[i] for i in cold], X, d)
+        for i, start in zip(cold, inits):
+            starts[i] = start
+    for i, m in enumerate(models):
+        if m.init == "custom":
+            starts[i] = m._initialize(X, *starts[i], d, False)
+    starts = [(_on(W0, X), _on(H0, X)) for W0, H0, _ in starts]
+    ranks = [m.n_components for m in models]
     d_dev = _on(d, X)
     Ws = [None] * len(ranks)
     # Consecutive ranks share a run while their stacked rows fit the limit.
@@ -1238,12 +1262,12 @@ def fit_ranks(estimator, X, ranks):
             [starts[j][1] for j in group],
             d_dev,
             xnorm=xnorm,
-            max_iter=base.max_iter,
-            tol=base.tol,
+            max_iter=models[0].max_iter,
+            tol=models[0].tol,
         )
         for j, (Wf, Hf, n_iter, info) in zip(group, out):
             models[j]._finish_fit(
                 X, Wf, Hf, n_iter, info, slices, weights, sq, ranks[j]
             )
             Ws[j] = like_input(Wf, X_in)
-    return models, Ws
+    return Ws

@@ -32,6 +32,7 @@ from sklearn_peek._backend import (
     available_memory,
     compute_tensor,
     is_torch_tensor,
+    numpy_dtype,
     select_compute_device,
     to_numpy,
 )
@@ -142,6 +143,10 @@ def _rank_chains(ranks, warm_start):
     return chains
 
 
+#: Warm-start chains on a torch device run in lockstep (_lockstep_task);
+#: False runs one task per chain there too (for benchmarks and tests).
+_LOCKSTEP = True
+
 #: Ranks per stacked task on the host (see _rank_groups).
 _RANKS_PER_GROUP = 3
 
@@ -180,18 +185,32 @@ def _new_components(X, W, H, col_w, k, seed):
     zeros are filled with a small positive value so that the solver can move
     them.
     """
-    dtype = X.dtype
+    dtype = numpy_dtype(X)
     sw = np.sqrt(col_w).astype(dtype)
-    R = np.array(X, dtype=dtype)
-    if W is not None:
-        R -= W.astype(dtype) @ H.astype(dtype)
-    U, S, Vt = _solvers.randomized_svd_weighted(
-        R, sw, k, np.random.default_rng(seed), n_oversamples=5, n_iter=2
-    )
-    U, S, Vt = (a.astype(np.float64) for a in (U, S, Vt))
+    if is_torch_tensor(X):
+        # On X's device: the residual and the products of the SVD (the
+        # passes over the data); the small factors come back to the host.
+        R = X.clone()
+        if W is not None:
+            R -= _solvers._from_host(W, X) @ _solvers._from_host(H, X)
+        svd = _solvers.randomized_svd_weighted(
+            R, _solvers._from_host(sw, X), k, np.random.default_rng(seed),
+            n_oversamples=5, n_iter=2,
+        )  # fmt: skip
+        U, S, Vt = (_solvers._host(a) for a in svd)
+        col_pos = _solvers._host(R.clamp(min=0).sum(dim=0))
+    else:
+        R = np.array(X, dtype=dtype)
+        if W is not None:
+            R -= W.astype(dtype) @ H.astype(dtype)
+        U, S, Vt = _solvers.randomized_svd_weighted(
+            R, sw, k, np.random.default_rng(seed), n_oversamples=5, n_iter=2
+        )
+        U, S, Vt = (a.astype(np.float64) for a in (U, S, Vt))
+        col_pos = np.clip(R, 0, None).sum(axis=0)
     n, m = R.shape
     # mean of the positive part of the weighted residual: clip(R) * sw
-    pos_mean = float(np.clip(R, 0, None).sum(axis=0) @ sw) / max(R.size, 1)
+    pos_mean = float(col_pos @ sw) / max(n * m, 1)
     avg = np.sqrt(max(pos_mean, 1e-12) / max(k, 1))
     Wn = np.empty((n, k))
     Hn = np.empty((k, m))
@@ -328,16 +347,12 @@ def _chain_task(
     return out
 
 
-def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
-    """:func:`_chain_task` without warm starts, all ranks in one solver run.
+def _task_data(X, cols, train, test):
+    """``(X_train, X_test, col_sq)`` of a task, on X's side (NumPy or device).
 
-    The ranks share every product with X (:func:`fit_ranks`); the models and
-    records are those of one cold ``_chain_task`` per rank, to float rounding.
-    ``X`` may be a torch tensor already on the device. ``fit_time`` of a rank
-    is the run's time apportioned by rank x iterations.
+    ``col_sq``: the squared column norms of X_train when there is no test
+    part (elbow, energy), else None.
     """
-    from sklearn_peek._coupled_nmf import _held_out_scores, fit_ranks
-
     if is_torch_tensor(X):
         import torch
 
@@ -350,6 +365,71 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
     Xtr = _submatrix(X, train, cols)
     Xte = None if test is None else _submatrix(X, test, cols)
     col_sq = _solvers.column_sums64(Xtr) if test is None else None
+    return Xtr, Xte, col_sq
+
+
+def _lockstep_task(X, cols, blocks, train, test, chains, model_seed, svd_seeds, params):
+    """The warm-start chains of one (layer, fold), in lockstep.
+
+    Step j fits the j-th rank of every chain still running, in one stacked
+    solver run (the ranks of a step are distinct, and the chains share
+    X_train): as many runs as the longest chain has ranks, instead of one
+    per rank. Each rank starts as in :func:`_chain_task` (the first of a
+    chain cold, the others from the previous rank's factors and
+    :func:`_new_components`), so the records equal those of one
+    ``_chain_task`` per chain, to float rounding. Used on a torch device,
+    where X is moved there once and small fits are bound by kernel launches;
+    the host keeps one task per chain, for its workers. ``svd_seeds[c]``:
+    the seeds of chain c's ranks. Returns the records of all the chains.
+    """
+    from sklearn_peek._coupled_nmf import _fit_stacked, _held_out_scores
+
+    Xtr, Xte, col_sq = _task_data(X, cols, train, test)
+    prev = {}  # chain -> (W, H, column weights) of its last fitted rank
+    out = []
+    for step in range(max(len(chain) for chain in chains)):
+        live = [c for c, chain in enumerate(chains) if step < len(chain)]
+        models, starts = [], []
+        t0 = time.perf_counter()
+        for c in live:
+            r = chains[c][step]
+            if c not in prev:
+                models.append(_make_model(r, blocks, params, model_seed))
+                starts.append(None)
+                continue
+            W, H, col_w = prev[c]
+            Wn, Hn = _new_components(
+                Xtr, W, H, col_w, r - W.shape[1], svd_seeds[c][step]
+            )
+            models.append(_make_model(r, blocks, params, model_seed, init="custom"))
+            starts.append((np.hstack([W, Wn]), np.vstack([H, Hn])))
+        with _convergence_caught():
+            Ws = _fit_stacked(models, Xtr, starts)
+        elapsed = time.perf_counter() - t0
+        work = [m.n_components_ * max(m.n_iter_, 1) for m in models]
+        scores = [None] * len(models) if Xte is None else _held_out_scores(models, Xte)
+        for c, m, W, w, score in zip(live, models, Ws, work, scores):
+            col_w = m._fitted_column_weights()
+            prev[c] = (to_numpy(W).astype(np.float64), m.components_, col_w)
+            out.append(
+                _record(
+                    m, elapsed * w / sum(work), m._converged, Xte, col_sq, col_w, score
+                )
+            )
+    return out
+
+
+def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
+    """:func:`_chain_task` without warm starts, all ranks in one solver run.
+
+    The ranks share every product with X (:func:`fit_ranks`); the models and
+    records are those of one cold ``_chain_task`` per rank, to float rounding.
+    ``X`` may be a torch tensor already on the device. ``fit_time`` of a rank
+    is the run's time apportioned by rank x iterations.
+    """
+    from sklearn_peek._coupled_nmf import _held_out_scores, fit_ranks
+
+    Xtr, Xte, col_sq = _task_data(X, cols, train, test)
     t0 = time.perf_counter()
     with _convergence_caught():
         models, _ = fit_ranks(
@@ -1170,10 +1250,12 @@ class RankQualityScorer(BaseEstimator):
         # solver runs: on a torch device all of them in one run, with X moved
         # to the device once; on the host in groups (_rank_groups), so that
         # the workers still get several tasks.
-        batched = (
-            not self.warm_start and self.solver == "hals" and criterion != "stability"
-        )
-        if batched and on_device:
+        stackable = self.solver == "hals" and criterion != "stability"
+        batched = stackable and not self.warm_start
+        # With warm starts on a torch device, the chains of a (layer, fold)
+        # run in lockstep: one stacked run per step of the chains.
+        lockstep = stackable and self.warm_start and on_device and _LOCKSTEP
+        if (batched or lockstep) and on_device:
             Xa = compute_tensor(Xa, dev, where="RankQualityScorer.fit")
         elif is_torch_tensor(Xa):
             # The other tasks slice NumPy arrays (each fit then moves its
@@ -1218,8 +1300,17 @@ class RankQualityScorer(BaseEstimator):
                             cost = sum(group) * rows * m
                             tasks.append(((li, k, gi), cost, call))
                         continue
-                    for ci, chain in enumerate(chains):
-                        svd_seeds = [_seed(base, seed_id, li, k, r) for r in chain]
+                    seeds = [
+                        [_seed(base, seed_id, li, k, r) for r in chain]
+                        for chain in chains
+                    ]
+                    if lockstep:
+                        call = delayed(_lockstep_task)(
+                            Xa, cols, cb, tr, te, chains, model_seed, seeds, params
+                        )
+                        tasks.append(((li, k, 0), sum(ranks) * rows * m, call))
+                        continue
+                    for ci, (chain, svd_seeds) in enumerate(zip(chains, seeds)):
                         call = delayed(_chain_task)(
                             Xa,
                             cols,

@@ -5,6 +5,8 @@ device session: a bug found there costs the session. Its ``--cpu-smoke`` mode
 runs every step with small sizes, torch on the CPU standing in for the GPU;
 here it must finish and its correctness checks (torch path against the NumPy
 path) must agree. Its timings mean nothing on a CPU and are not checked.
+``benchmarks/bench_launches.py`` (what a rank sweep would launch on a GPU,
+counted on the CPU) runs at tiny sizes.
 """
 
 import json
@@ -18,17 +20,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_gpu_cpu_smoke_runs_and_its_checks_agree(tmp_path):
+def _run_bench(name, tmp_path, *args):
+    """Run ``benchmarks/<name>.py`` with OUT=tmp_path; return (stdout, JSON)."""
     env = dict(os.environ, OUT=str(tmp_path), PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--cpu-smoke"],
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((tmp_path / "bench_gpu.json").read_text())
+    return proc.stdout, json.loads((tmp_path / f"{name}.json").read_text())
+
+
+def test_bench_gpu_cpu_smoke_runs_and_its_checks_agree(tmp_path):
+    stdout, res = _run_bench("bench_gpu", tmp_path, "--cpu-smoke")
     check = res["cases"]["large"]["check"]
     assert check["err_rel_diff"] < 1e-3 and check["WH_rel_diff"] < 1e-3
     sweep = res["cases"]["small"]["sweep"]
@@ -40,8 +47,29 @@ def test_bench_gpu_cpu_smoke_runs_and_its_checks_agree(tmp_path):
     scorer = res["cases"]["small"]["scorer"]
     assert scorer["rank_gpu"] == scorer["rank_cpu"]
     assert scorer["max_score_abs_diff"] < 1e-4
+    warm = res["cases"]["small"]["scorer_warm"]
+    assert warm["rank_gpu"] == warm["rank_gpu_chains"] == warm["rank_cpu"]
+    assert warm["max_score_abs_diff"] < 1e-4
+    assert warm["max_score_abs_diff_chains"] < 1e-4
     pipe = res["pipeline"]
     assert pipe["torch_err"] == pytest.approx(pipe["numpy_err"], rel=1e-4)
     # the report printed for the note: one table per part
-    for part in ("Per iteration", "Rank sweep", "RankQualityScorer", "Pipeline"):
-        assert part in proc.stdout, part
+    for part in (
+        "Per iteration",
+        "Rank sweep",
+        "RankQualityScorer",
+        "with its defaults",
+        "Pipeline",
+    ):
+        assert part in stdout, part
+
+
+def test_bench_launches_counts_every_configuration(tmp_path):
+    # The counting script behind the lockstep numbers in gpu.rst, tiny sizes.
+    args = ["--ranks=4", "--max-iter=5", "--n=60", "--width=10"]  # 2 chains
+    _, res = _run_bench("bench_launches", tmp_path, *args)
+    assert [r["n_tasks"] for r in res] == [3, 6, 3]  # lockstep: a task per fold
+    assert res[0]["rank"] == res[1]["rank"] == res[2]["rank"]
+    assert res[0]["mean_score"] == pytest.approx(res[1]["mean_score"], rel=1e-4)
+    for r in res:  # the kernel path ran (through the interpreter)
+        assert r["triton_launches"] > 0 and r["torch_ops"] > r["host_syncs"] > 0

@@ -663,6 +663,71 @@ def test_torch_device_without_warm_start_batches_the_ranks(criterion):
     assert_array_equal(sc.cv_results_["converged"], ref.cv_results_["converged"])
 
 
+@pytest.mark.parametrize("criterion", ["bcv", "energy"])
+def test_torch_device_runs_the_warm_chains_in_lockstep(criterion, monkeypatch):
+    # With warm starts (the default) on a torch device, the chains of a
+    # (layer, fold) advance together: step j fits the j-th rank of every chain
+    # in one stacked run. In float64 the records equal those of one chain
+    # after the other (the same starts, updates and stopping rule).
+    from _helpers import spy_solvers
+
+    from sklearn_peek import _rank
+
+    rng = np.random.RandomState(0)
+    W = rng.rand(150, 5)
+    X = np.hstack([W @ rng.rand(5, 30), 20 * W @ rng.rand(5, 90)])
+    X = torch.from_numpy(X * rng.uniform(0.9, 1.1, size=X.shape))
+    ranks = range(1, 13)
+    chains = _rank_chains(ranks, True)
+    assert len(chains) == 4  # [1..6], [7, 8, 9], [10, 11], [12]
+    kw = dict(
+        blocks=[("input", 30), ("layer", 90)],
+        ranks=ranks,
+        cv=3,
+        criterion=criterion,
+        random_state=0,
+        max_iter=60,
+        device=torch.device("cpu"),
+    )
+    folds = 3 if criterion == "bcv" else 1
+    calls = spy_solvers(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sc = RankQualityScorer(**kw).fit(X)
+        runs = [name for name, _ in calls]
+        calls.clear()
+        monkeypatch.setattr(_rank, "_LOCKSTEP", False)
+        ref = RankQualityScorer(**kw).fit(X)
+        ref_runs = [name for name, _ in calls]
+    assert sc.n_tasks_ == folds  # one task per (layer, fold)
+    assert ref.n_tasks_ == folds * len(chains)  # one per chain
+    # one stacked solver run per step of the chains, none per rank
+    assert runs.count("fit_hals_batched") == folds * max(map(len, chains))
+    assert "fit_hals" not in runs
+    assert ref_runs.count("fit_hals") == folds * len(ranks)
+    assert sc.rank_ == ref.rank_
+    np.testing.assert_allclose(
+        sc.cv_results_["mean_score"], ref.cv_results_["mean_score"], rtol=1e-9
+    )
+    assert_array_equal(sc.cv_results_["n_iter"], ref.cv_results_["n_iter"])
+    assert_array_equal(sc.cv_results_["converged"], ref.cv_results_["converged"])
+
+
+def test_new_components_on_a_torch_device_match_numpy():
+    from sklearn_peek._rank import _new_components
+
+    rng = np.random.RandomState(3)
+    X = rng.rand(60, 40)
+    W, H = rng.rand(60, 3), rng.rand(3, 40)
+    col_w = rng.uniform(0.5, 2.0, size=40)
+    for prev in ((None, None), (W, H)):
+        ref = _new_components(X, *prev, col_w, 4, 7)
+        got = _new_components(torch.from_numpy(X), *prev, col_w, 4, 7)
+        for a, b in zip(got, ref):
+            assert isinstance(a, np.ndarray)
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_cpu_tensor_input_takes_the_numpy_path_and_is_validated():
     import scipy.sparse as sp
 
