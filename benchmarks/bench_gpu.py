@@ -326,8 +326,10 @@ def residual_configs(X, rank, device):
     ):
 
         def run(dot=dot, block=block, warps=warps):
-            return _gpu_kernels.weighted_residual(
-                X, Wt, H, d, block=block, num_warps=warps, dot=dot
+            return float(  # the read waits for the kernel
+                _gpu_kernels.weighted_residual(
+                    X, Wt, H, d, block=block, num_warps=warps, dot=dot
+                )
             )
 
         try:

@@ -426,7 +426,8 @@ RESIDUAL_CONFIG = {"block": (64, 128), "num_warps": 4, "dot": True}
 
 
 def weighted_residual(X, Wt, H, d, *, block=None, num_warps=None, dot=None):
-    """``sum_j d_j sum_i (X - Wt.T @ H)_ij^2`` as a Python float (one pass).
+    """``sum_j d_j sum_i (X - Wt.T @ H)_ij^2`` (one pass), as a 0-d float64
+    tensor on the device (nothing is read back).
 
     ``block`` (rows, columns of a tile), ``num_warps`` and ``dot`` (form the
     tile of ``W H`` with ``tl.dot`` rather than rank-one updates) default to
@@ -464,7 +465,7 @@ def weighted_residual(X, Wt, H, d, *, block=None, num_warps=None, dot=None):
         DOT=use_dot,
         num_warps=warps,
     )
-    return float(out.sum())
+    return out.sum()
 
 
 @contextlib.contextmanager
@@ -548,7 +549,8 @@ def weighted_residuals_stacked(X, Wt, H, d, layout):
     """:func:`weighted_residual` of every problem of a stack, one pass over X.
 
     ``Wt`` (R x n) and ``H`` (R x p) hold the problems' rows as ``layout``
-    (:func:`stack_layout`) says. Returns a list of Python floats.
+    (:func:`stack_layout`) says. Returns a float64 tensor of one sum per
+    problem, on the device (nothing is read back).
     """
     import torch
 
@@ -578,4 +580,4 @@ def weighted_residuals_stacked(X, Wt, H, d, layout):
         BM=bm,
         BN=bn,
     )
-    return out.sum(dim=1).tolist()
+    return out.sum(dim=1)

@@ -374,12 +374,32 @@ def _penalty_terms(Wt, H, d, l1_W, l2_W, l1_H, l2_H):
     return coefs, arrays
 
 
-def _with_penalty(data_arrays, terms):
-    """Sums of ``data_arrays`` and the penalty of ``terms``, one transfer."""
+def _sums64_and(arrays, values):
+    """:func:`_sums64` of ``arrays``, and ``values`` (a 1-D float64 array or
+    tensor, or None) as floats, in one host transfer."""
+    if values is None:
+        return _sums64(*arrays), None
+    if _np(values):
+        return _sums64(*arrays), values.tolist()
+    torch = _t()
+    sums = [a.sum(dtype=torch.float64).reshape(1) for a in arrays]
+    out = torch.cat([*sums, values]).tolist()
+    return out[: len(arrays)], out[len(arrays) :]
+
+
+def _with_penalty(data_arrays, terms, values=None):
+    """Sums of ``data_arrays``, the penalty of ``terms`` and ``values`` (see
+    :func:`_sums64_and`; None when not given), one transfer."""
     coefs, arrays = terms
-    sums = _sums64(*data_arrays, *arrays)
+    sums, values = _sums64_and([*data_arrays, *arrays], values)
     k = len(data_arrays)
-    return sums[:k], sum(c * v for c, v in zip(coefs, sums[k:]))
+    return sums[:k], sum(c * v for c, v in zip(coefs, sums[k:])), values
+
+
+def _too_coarse(data, tol, floor):
+    """Whether the Gram form of the data term is too coarse for the stopping
+    test (see :func:`_frob_data`; ``floor`` is ``10 eps ||X||^2_d``)."""
+    return tol > 0 and data * tol < floor
 
 
 def _frob_data(X, Wt, H, d, xnorm, lin, quad, tol):
@@ -391,20 +411,25 @@ def _frob_data(X, Wt, H, d, xnorm, lin, quad, tol):
     is good; then the residual is computed explicitly, in row chunks.
     """
     data = 0.5 * (xnorm - 2.0 * lin + quad)
-    eps = _eps(H)
-    if tol > 0 and data * tol < 10.0 * eps * xnorm:
+    if _too_coarse(data, tol, 10.0 * _eps(H) * xnorm):
         return _frob_data_exact(X, Wt, H, d)
     return max(data, 0.0)
 
 
-def _frob_data_exact(X, Wt, H, d):
+def _residual_sums(X, Wt, H, d):
+    """``sum_j d_j ||x_j - W h_j||^2`` in parts, without reading anything back.
+
+    A 1-D float64 array on X's side (NumPy or X's device) whose entries,
+    added in order, give the weighted squared residual: one entry from the
+    GPU kernel, else one per chunk of rows.
+    """
     if not _np(X) and _gpu_kernels.residual_usable(X, Wt, H, d):
         try:
-            return 0.5 * _gpu_kernels.weighted_residual(X, Wt, H, d)
+            return _gpu_kernels.weighted_residual(X, Wt, H, d).reshape(1)
         except Exception as exc:  # compile / launch failure: eager from now on
             _gpu_kernels.disable(exc)
     n, p = X.shape
-    rows = []  # per chunk: sum_j d_j R_ij^2 of each row, read back at the end
+    rows = []
     for s, e in _row_steps(n, p, X):
         Xc = X[s:e]
         if sp.issparse(Xc):
@@ -412,7 +437,17 @@ def _frob_data_exact(X, Wt, H, d):
         R = Wt[:, s:e].T @ H
         R -= Xc
         rows.append((R * R) @ d)
-    return 0.5 * sum(_sums64(*rows))  # one host transfer for all the chunks
+    if _np(X):
+        return np.array([np.sum(r, dtype=np.float64) for r in rows])
+    torch = _t()
+    if not rows:
+        return torch.zeros(0, dtype=torch.float64, device=X.device)
+    return torch.stack([r.sum(dtype=torch.float64) for r in rows])
+
+
+def _frob_data_exact(X, Wt, H, d):
+    """0.5 * the weighted squared residual, computed explicitly (one read)."""
+    return 0.5 * sum(_sums64_and([], _residual_sums(X, Wt, H, d))[1])
 
 
 # ----------------------------------------------------------------- HALS sweep
@@ -597,12 +632,25 @@ def fit_hals(
     sw_W = _inner_sweeps(n, p, r) if inner else 1
     sw_H = _inner_sweeps(p, n, r) if inner else 1
 
+    floor = 10.0 * _eps(H) * xnorm  # see _stalled and _frob_data
+    exact = [False]  # whether the last objective needed the explicit residual
+
     def objective(lin_terms, quad_terms):
-        # One host transfer for all the sums (each is a synchronisation on a GPU).
-        (lin, quad), pen = _with_penalty(
-            (lin_terms, quad_terms), _penalty_terms(Wt, H, d, l1_W, l2_W, l1_H, l2_H)
-        )
-        return _frob_data(X, Wt, H, d, xnorm, lin, quad, tol) + pen
+        # One host transfer for all the sums (each is a synchronisation on a
+        # GPU). Once the objective has needed the explicit residual (as in
+        # _frob_data), the next one most likely does too: it is computed
+        # before anything is read, and read in the same transfer. The value
+        # is the same as computing it after the test.
+        terms = _penalty_terms(Wt, H, d, l1_W, l2_W, l1_H, l2_H)
+        ahead = _residual_sums(X, Wt, H, d) if exact[0] else None
+        (lin, quad), pen, res = _with_penalty((lin_terms, quad_terms), terms, ahead)
+        data = 0.5 * (xnorm - 2.0 * lin + quad)
+        exact[0] = _too_coarse(data, tol, floor)
+        if not exact[0]:
+            return max(data, 0.0) + pen
+        if res is None:
+            return _frob_data_exact(X, Wt, H, d) + pen
+        return 0.5 * sum(res) + pen
 
     Hd = H * d
     HDHt = Hd @ H.T
@@ -610,7 +658,6 @@ def fit_hals(
     WtW = Wt @ Wt.T
     obj = objective(Wt * num_W, WtW * HDHt)
     history = [obj]
-    floor = 10.0 * _eps(H) * xnorm  # see _stalled
     converged = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
@@ -649,16 +696,25 @@ def _take(a, idx, axis=0):
     return a[index] if axis == 0 else a[:, index]
 
 
-def _segment_sums64(parts, S):
+def _segment_sums64(parts, S, values=None):
     """``S @ row_sums(p)`` for every p in parts, float64, one host transfer.
 
     ``S`` (K x R, float64) sums the rows of each problem of a batch.
+    ``values``: None, or K more float64 values (an array on S's side) read
+    back in the same transfer. Returns the list of sums and the values as a
+    list of floats (None when not given).
     """
     if _np(S):
-        return [S @ p.sum(axis=1, dtype=np.float64) for p in parts]
+        sums = [S @ p.sum(axis=1, dtype=np.float64) for p in parts]
+        return sums, None if values is None else np.asarray(values).tolist()
     torch = _t()
-    stacked = torch.stack([S @ p.sum(dim=1, dtype=torch.float64) for p in parts])
-    return list(stacked.cpu().numpy())
+    rows = [S @ p.sum(dim=1, dtype=torch.float64) for p in parts]
+    if values is not None:
+        rows.append(values.to(torch.float64))
+    stacked = list(torch.stack(rows).cpu().numpy())
+    if values is None:
+        return stacked, None
+    return stacked[:-1], stacked[-1].tolist()
 
 
 def _bounds(sizes):
@@ -736,22 +792,36 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
     def gram(A, B):
         return _block_gram(A, B, bounds, mask)
 
-    def objectives(lin, quad):
-        """Objective of every active problem (as fit_hals computes it)."""
+    was_exact = set()  # problems whose last objective needed the residual
+
+    def stacked_residuals():
+        """Every active problem's residual in one pass over X (the GPU
+        kernel; a tensor on the device), or None where it cannot run."""
+        if stack is None or not _gpu_kernels.residual_usable(X, Wt, H, d, stacked=True):
+            return None
+        try:
+            return _gpu_kernels.weighted_residuals_stacked(X, Wt, H, d, stack)
+        except Exception as exc:  # compile / launch failure: eager
+            _gpu_kernels.disable(exc)
+            return None
+
+    def objectives(parts):
+        """Objective of every active problem (as fit_hals computes it) from
+        the products in ``parts``. As in fit_hals, the residuals are computed
+        before the read when a problem needed them last time, and read in
+        the same transfer."""
+        ahead = stacked_residuals() if was_exact.intersection(active) else None
+        (lin, quad), res = _segment_sums64(parts, S, ahead)
         data = [0.5 * (xnorm - 2.0 * lin[i] + quad[i]) for i in range(len(active))]
-        exact = [tol > 0 and v * tol < floor for v in data]  # as _frob_data
-        if (
-            any(exact)
-            and stack is not None
-            and _gpu_kernels.residual_usable(X, Wt, H, d, stacked=True)
-        ):
-            # One pass over X for all the problems (the GPU kernel).
-            try:
-                sums = _gpu_kernels.weighted_residuals_stacked(X, Wt, H, d, stack)
-                data = [0.5 * v if e else g for v, e, g in zip(sums, exact, data)]
-                exact = [False] * len(data)
-            except Exception as exc:  # compile / launch failure: eager
-                _gpu_kernels.disable(exc)
+        exact = [_too_coarse(v, tol, floor) for v in data]  # as _frob_data
+        was_exact.clear()
+        was_exact.update(k for k, e in zip(active, exact) if e)
+        if any(exact) and res is None:
+            res = stacked_residuals()
+            res = None if res is None else res.tolist()
+        if res is not None:
+            data = [0.5 * v if e else g for v, e, g in zip(res, exact, data)]
+            exact = [False] * len(data)
         out = []
         for i, (lo, hi) in enumerate(bounds):
             if exact[i]:
@@ -764,9 +834,7 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
     HDHt = gram(Hd, H)
     num_W = _h_xt(Hd, X)
     WtW = gram(Wt, Wt)
-    history = [
-        [obj] for obj in objectives(*_segment_sums64([Wt * num_W, WtW * HDHt], S))
-    ]
+    history = [[obj] for obj in objectives([Wt * num_W, WtW * HDHt])]
     for n_iter in range(1, max_iter + 1):
         if n_iter > 1:
             num_W = _h_xt(Hd, X)
@@ -776,7 +844,7 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
         _hals_sweep(H, num_H, WtW, 0.0, 0.0, False, stack, bounds)
         Hd = H * d
         HDHt = gram(Hd, H)
-        objs = objectives(*_segment_sums64([num_H * Hd, WtW * HDHt], S))
+        objs = objectives([num_H * Hd, WtW * HDHt])
         done = []
         for i, (k, (lo, hi)) in enumerate(zip(active, bounds)):
             obj = objs[i]
@@ -861,7 +929,7 @@ def fit_mu(
 
     def frob_obj(num_H, WtW):
         Hd = H * d
-        (lin, quad), penalty = _with_penalty(
+        (lin, quad), penalty, _ = _with_penalty(
             ((num_H * H) @ d, WtW * (Hd @ H.T)), terms()
         )
         return _frob_data(X, W.T, H, d, xnorm, lin, quad, tol) + penalty

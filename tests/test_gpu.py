@@ -182,7 +182,9 @@ def test_compiled_residual_kernel_matches_float64():
         assert _gpu_kernels.residual_usable(X, Wt, H, d)
         for dot in (True, False):
             for block in ((64, 128), (128, 128), (64, 256)):
-                got = _gpu_kernels.weighted_residual(X, Wt, H, d, dot=dot, block=block)
+                got = float(
+                    _gpu_kernels.weighted_residual(X, Wt, H, d, dot=dot, block=block)
+                )
                 assert got == pytest.approx(ref, rel=1e-5)
 
 
@@ -235,7 +237,7 @@ def test_compiled_stacked_residuals_match_float64():
     assert _gpu_kernels.residual_usable(X, Wt, H, d, stacked=True)
     got = _gpu_kernels.weighted_residuals_stacked(
         X, Wt, H, d, _gpu_kernels.stack_layout(sizes, X)
-    )
+    ).tolist()
     at = 0
     for s, value in zip(sizes, got):
         R = X.double() - Wt[at : at + s].T.double() @ H[at : at + s].double()

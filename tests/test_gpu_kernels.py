@@ -152,7 +152,7 @@ H = torch.rand(sum(sizes), p)
 d = torch.rand(p)
 got = _gpu_kernels.weighted_residuals_stacked(
     X, Wt, H, d, _gpu_kernels.stack_layout(sizes, X)
-)
+).tolist()
 ref, at = [], 0
 for s in sizes:
     R = X.double() - Wt[at : at + s].T.double() @ H[at : at + s].double()
@@ -278,7 +278,7 @@ for n, p, r in ((5, 7, 1), (130, 300, 20), (70, 200, 40), (64, 128, 16)):
             out.append({
                 "case": f"{n}x{p} r={r} {name} dot={dot}",
                 "usable": _gpu_kernels.residual_usable(X, Wt, H, d),
-                "got": _gpu_kernels.weighted_residual(X, Wt, H, d, dot=dot),
+                "got": float(_gpu_kernels.weighted_residual(X, Wt, H, d, dot=dot)),
                 "ref": ref,
             })
 out.append({"float64_usable": _gpu_kernels.residual_usable(

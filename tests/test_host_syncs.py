@@ -35,7 +35,7 @@ def test_counter_counts_reads_made_by_the_library_only():
         _solvers._sum64(t)  # float(tensor)
         _solvers._diag_list(G)  # tolist
         _solvers._host(G)  # .to("cpu").numpy()
-        _solvers._segment_sums64([G], torch.ones(1, 3, dtype=torch.float64))
+        _solvers._segment_sums64([G], torch.ones(1, 3, dtype=torch.float64), None)
         float(t.sum())  # the test's own read: not the library's
         t[t > 2].sum()
     assert counts == {
