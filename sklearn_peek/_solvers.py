@@ -700,21 +700,20 @@ def _segment_sums64(parts, S, values=None):
     """``S @ row_sums(p)`` for every p in parts, float64, one host transfer.
 
     ``S`` (K x R, float64) sums the rows of each problem of a batch.
-    ``values``: None, or K more float64 values (an array on S's side) read
-    back in the same transfer. Returns the list of sums and the values as a
-    list of floats (None when not given).
+    ``values``: None, or a 1-D float64 array on S's side, read back in the
+    same transfer. Returns the list of sums and the values as a list of
+    floats (None when not given).
     """
     if _np(S):
         sums = [S @ p.sum(axis=1, dtype=np.float64) for p in parts]
         return sums, None if values is None else np.asarray(values).tolist()
     torch = _t()
-    rows = [S @ p.sum(dim=1, dtype=torch.float64) for p in parts]
-    if values is not None:
-        rows.append(values.to(torch.float64))
-    stacked = list(torch.stack(rows).cpu().numpy())
+    rows = torch.stack([S @ p.sum(dim=1, dtype=torch.float64) for p in parts])
     if values is None:
-        return stacked, None
-    return stacked[:-1], stacked[-1].tolist()
+        return list(rows.cpu().numpy()), None
+    flat = torch.cat([rows.reshape(-1), values.to(torch.float64)]).cpu().numpy()
+    k = rows.numel()
+    return list(flat[:k].reshape(tuple(rows.shape))), flat[k:].tolist()
 
 
 def _bounds(sizes):
@@ -810,13 +809,31 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
         the products in ``parts``. As in fit_hals, the residuals are computed
         before the read when a problem needed them last time, and read in
         the same transfer."""
-        ahead = stacked_residuals() if was_exact.intersection(active) else None
+        ahead, pieces = None, {}
+        if was_exact.intersection(active):
+            ahead = stacked_residuals()
+            if ahead is None:  # no kernel: each of those problems, in chunks
+                pieces = {
+                    i: _residual_sums(X, Wt[lo:hi], H[lo:hi], d)
+                    for i, (lo, hi) in enumerate(bounds)
+                    if active[i] in was_exact
+                }
+                ahead = _concat(list(pieces.values()))
         (lin, quad), res = _segment_sums64(parts, S, ahead)
         data = [0.5 * (xnorm - 2.0 * lin[i] + quad[i]) for i in range(len(active))]
         exact = [_too_coarse(v, tol, floor) for v in data]  # as _frob_data
         was_exact.clear()
         was_exact.update(k for k, e in zip(active, exact) if e)
-        if any(exact) and res is None:
+        if pieces:  # the residual of problem i: its chunks' sums, in order
+            at = 0
+            for i, piece in pieces.items():
+                n_chunks = int(piece.shape[0])
+                if exact[i]:
+                    data[i] = 0.5 * sum(res[at : at + n_chunks])
+                    exact[i] = False
+                at += n_chunks
+            res = None
+        if any(exact) and res is None and not pieces:
             res = stacked_residuals()
             res = None if res is None else res.tolist()
         if res is not None:
