@@ -757,7 +757,9 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                     XbHt = np.asarray(X[:, sl] @ Hb.T)
                 else:
                     XbHt = X[:, sl] @ Hb.T
-                terms += [W * XbHt, WtW * _solvers._to64(Hb @ Hb.T)]
+                # summed on the device at once: no product of a block waits
+                quad = WtW * _solvers._to64(Hb @ Hb.T)
+                terms += [_solvers._sum64_lazy(t) for t in (W * XbHt, quad)]
             sums = _solvers._sums64(*terms)
             per_block = np.empty(len(slices))
             for i in range(len(slices)):

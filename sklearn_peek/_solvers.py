@@ -112,11 +112,19 @@ def _zero_diag(G):
 
 
 def _inv_or_zero(diag, l2, like):
-    """1 / (diag + l2) as an array like ``like``, 0 where diag == 0."""
-    vals = [1.0 / (g + l2) if g > 0 else 0.0 for g in diag]
+    """1 / (diag + l2) as an array like ``like``, 0 where diag <= 0.
+
+    ``diag`` is the Gram diagonal as Python floats (NumPy) or, for torch,
+    the diagonal tensor itself: a list copied to a GPU would synchronise.
+    Both divide in float64 and round once to ``like``'s dtype.
+    """
     if _np(like):
+        vals = [1.0 / (g + l2) if g > 0 else 0.0 for g in diag]
         return np.array(vals, dtype=like.dtype)
-    return _t().tensor(vals, dtype=like.dtype, device=like.device)
+    torch = _t()
+    g = diag.to(torch.float64)
+    inv = torch.where(g > 0, 1.0 / (g + l2), torch.zeros_like(g))
+    return inv.to(like.dtype)
 
 
 def _sub_relu_into(a, b, out):
@@ -151,6 +159,14 @@ def _sum64(a):
     if _np(a):
         return float(np.sum(a, dtype=np.float64))
     return float(a.sum(dtype=_t().float64))
+
+
+def _sum64_lazy(a):
+    """Sum of all entries (float64 accumulation) as a 0-d array, not read
+    back (NumPy: a 0-d float64 array)."""
+    if _np(a):
+        return np.asarray(np.sum(a, dtype=np.float64))
+    return a.sum(dtype=_t().float64)
 
 
 def _sums64(*arrays):
@@ -500,7 +516,7 @@ def _hals_sweep_eager(A, num, G, l1, l2, bounds=None):
         # / (G[t, t] + l2)). Scaling num and the off-diagonal of G once per
         # sweep leaves three array operations per row: this loop is pure
         # Python overhead on small problems.
-        inv = _inv_or_zero(diag, float(l2), G)
+        inv = _inv_or_zero(diag if _np(G) else G.diagonal(), float(l2), G)
         Gs = _zero_diag(G) * inv[:, None]
         num_s = (num - l1) * inv[:, None] if has_l1 else num * inv[:, None]
         rows = bounds or [(0, A.shape[0])]
@@ -642,7 +658,8 @@ def fit_hals(
         # before anything is read, and read in the same transfer. The value
         # is the same as computing it after the test.
         terms = _penalty_terms(Wt, H, d, l1_W, l2_W, l1_H, l2_H)
-        ahead = _residual_sums(X, Wt, H, d) if exact[0] else None
+        # (Not on NumPy: nothing to save there.)
+        ahead = _residual_sums(X, Wt, H, d) if exact[0] and not _np(X) else None
         (lin, quad), pen, res = _with_penalty((lin_terms, quad_terms), terms, ahead)
         data = 0.5 * (xnorm - 2.0 * lin + quad)
         exact[0] = _too_coarse(data, tol, floor)
@@ -810,7 +827,7 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
         before the read when a problem needed them last time, and read in
         the same transfer."""
         ahead, pieces = None, {}
-        if was_exact.intersection(active):
+        if was_exact.intersection(active) and not _np(X):
             ahead = stacked_residuals()
             if ahead is None:  # no kernel: each of those problems, in chunks
                 pieces = {

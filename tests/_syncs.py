@@ -11,7 +11,11 @@ Only calls made directly by sklearn_peek code are counted (the first caller
 outside torch is a module of ``sklearn_peek``): the copies that Triton's
 interpreter makes to run a kernel on the CPU are not synchronisations on a
 GPU. A ``.to(device)`` is not counted: on the CPU the tests cannot tell a
-copy to the host from a move to the data's own device.
+copy to the host from a move to the data's own device. Nor is a copy from
+the host to the device (``torch.tensor(values, device=...)``), which torch
+also synchronises when it is not ``non_blocking``: on the CPU it is no copy
+at all. ``tests/test_gpu.py`` counts every synchronisation on CUDA with
+``torch.cuda.set_sync_debug_mode``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import sys
+import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -90,32 +95,32 @@ def count_host_syncs():
     Keys are ``"<operator or method> in <module>:<function>"``.
     """
     counts = collections.Counter()
-    originals = {m: getattr(torch.Tensor, m) for m in _HOST_METHODS}
-    # A counted .cpu() marks its result: reading it again (.numpy(),
-    # .tolist()) is the same transfer, not a second one.
-    mark = "_counted_host_copy"
+    # A counted .cpu() marks its result: the next .numpy() or .tolist() of it
+    # is the same transfer, not a second one (the mark is used up then; on
+    # the CPU, .cpu() returns the tensor itself).
+    marked = weakref.WeakValueDictionary()
 
     def counted(method, orig):
         def wrapper(self, *args, **kwargs):
             where = _caller()
-            again = method != "cpu" and getattr(self, mark, False)
+            again = method != "cpu" and marked.pop(id(self), None) is self
             if where is not None and not again:
                 counts[f"{method} in {where}"] += 1
             out = orig(self, *args, **kwargs)
-            if method == "cpu":  # on the CPU, out is self
-                setattr(out, mark, True)
+            if method == "cpu":
+                marked[id(out)] = out
             return out
 
         return wrapper
 
-    for method, orig in originals.items():
-        setattr(torch.Tensor, method, counted(method, orig))
+    for method in _HOST_METHODS:  # inherited from TensorBase, not in Tensor
+        setattr(torch.Tensor, method, counted(method, getattr(torch.Tensor, method)))
     try:
         with _Mode(counts):
             yield counts
     finally:
-        for method, orig in originals.items():
-            setattr(torch.Tensor, method, orig)
+        for method in _HOST_METHODS:
+            delattr(torch.Tensor, method)
 
 
 def syncs_per_iteration(fit, few=10, many=30):

@@ -321,3 +321,26 @@ def test_syncs_per_iteration_on_cuda_within_budget():
 
     got = rates(torch.device("cuda"))
     assert {name: rate for name, (rate, _) in got.items()} == KERNEL_BUDGET, got
+
+
+@needs_kernels
+def test_cuda_sync_debug_mode_sees_one_sync_per_hals_iteration():
+    # torch's own count of the synchronisations (every read back and every
+    # blocking copy, both ways), which the CPU counter cannot all see.
+    from _syncs import _data
+
+    X = _data(torch.device("cuda"))
+
+    def syncs(n):
+        fit = CoupledNMF(6, max_iter=n, blocks=[40, 80], random_state=0, tol=0.0)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fit.fit(X)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchronizing" in str(w.message) for w in rec)
+
+    syncs(2)  # compile the kernels first
+    assert (syncs(12) - syncs(2)) / 10 == 1
