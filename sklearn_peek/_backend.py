@@ -283,6 +283,22 @@ def like_input(result, X):
     return to_numpy(result)
 
 
+def fmt_bytes(n):
+    """A byte count for messages: ``"1.5 GiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def device_free_memory(dev):
+    """Free bytes on a CUDA device now; None for other devices."""
+    if getattr(dev, "type", None) != "cuda":
+        return None
+    return int(_torch().cuda.mem_get_info(dev)[0])
+
+
 def available_memory():
     """Bytes of host memory available now (None when it cannot be told)."""
     try:

@@ -31,6 +31,8 @@ from sklearn_peek import _criteria, _solvers
 from sklearn_peek._backend import (
     available_memory,
     compute_tensor,
+    device_free_memory,
+    fmt_bytes,
     is_torch_tensor,
     numpy_dtype,
     select_compute_device,
@@ -190,15 +192,20 @@ def _new_components(X, W, H, col_w, k, seed):
     if is_torch_tensor(X):
         # On X's device: the residual and the products of the SVD (the
         # passes over the data); the small factors come back to the host.
-        R = X.clone()
+        # One n x m temporary: X - W @ H in one product (X itself without W).
+        R = X
         if W is not None:
-            R -= _solvers._from_host(W, X) @ _solvers._from_host(H, X)
+            Wd, Hd = _solvers._from_host(W, X), _solvers._from_host(H, X)
+            R = X.addmm(Wd, Hd, alpha=-1)
         svd = _solvers.randomized_svd_weighted(
             R, _solvers._from_host(sw, X), k, np.random.default_rng(seed),
             n_oversamples=5, n_iter=2,
         )  # fmt: skip
         U, S, Vt = (_solvers._host(a) for a in svd)
-        col_pos = _solvers._host(R.clamp(min=0).sum(dim=0))
+        pos = [
+            R[a:b].clamp(min=0).sum(dim=0) for a, b in _solvers._row_steps(*R.shape, R)
+        ]
+        col_pos = _solvers._host(_solvers._t().stack(pos).sum(dim=0))
     else:
         R = np.array(X, dtype=dtype)
         if W is not None:
@@ -366,6 +373,34 @@ def _task_data(X, cols, train, test):
     Xte = None if test is None else _submatrix(X, test, cols)
     col_sq = _solvers.column_sums64(Xtr) if test is None else None
     return Xtr, Xte, col_sq
+
+
+def _check_device_memory(dev, n, p, layer_cols, lockstep):
+    """Raise MemoryError when a sweep's data would not fit on ``dev``.
+
+    The stacked sweeps keep X (n x p, float32) on the device for the whole
+    fit, and a task adds its layer's training and test rows (n x m) and,
+    with warm starts, the residual of the training rows (at most n x m).
+    Only CUDA devices are checked (``device_free_memory``).
+    """
+    free = device_free_memory(dev)
+
+    def width(cols):  # None (all), a slice or an index array
+        if cols is None or isinstance(cols, slice):
+            return len(range(p)[cols or slice(None)])
+        return int(np.size(cols))
+
+    m = max(width(cols) for _, cols, _ in layer_cols)
+    need = 4 * n * (p + (2 if lockstep else 1) * m)
+    if free is not None and need > 0.9 * free:
+        raise MemoryError(
+            f"RankQualityScorer.fit: the sweep on device={str(dev)!r} needs about "
+            f"{fmt_bytes(need)} (X of {n} x {p} float32 and, per task, a layer's "
+            f"{n} x {m} columns{' twice' if lockstep else ''}), more than 90% of "
+            f"the {fmt_bytes(free)} free there. Ways out: device=None "
+            "(the CPU, with n_jobs), pooling='avg' or 'max' in the extractor, "
+            "fewer layers or fewer samples."
+        )
 
 
 def _lockstep_task(X, cols, blocks, train, test, chains, model_seed, svd_seeds, params):
@@ -668,10 +703,12 @@ class RankQualityScorer(BaseEstimator):
         taken from the residual (NNDSVD of the residual), within chains of
         consecutive ranks of about equal cost. The chains are cut from
         ``ranks`` alone. Not used by ``"stability"``, whose restarts must be
-        independent. With False, every rank starts from CoupledNMF's
-        initialisation, and (HALS) the ranks of a (layer, fold) run as
-        stacked solver runs (:func:`fit_ranks`): in groups of up to 3 ranks
-        on the host, all at once on a torch device.
+        independent. On a torch device (HALS) the chains of a (layer, fold)
+        run in lockstep, one stacked solver run per step of the chains. With
+        False, every rank starts from CoupledNMF's initialisation, and (HALS)
+        the ranks of a (layer, fold) run as stacked solver runs
+        (:func:`fit_ranks`): in groups of up to 3 ranks on the host, all at
+        once on a torch device.
     score_layer : str or None, default=None
         Layer whose selected rank :meth:`__call__` returns; None averages all
         layers.
@@ -691,7 +728,8 @@ class RankQualityScorer(BaseEstimator):
         Passed to :class:`joblib.Parallel`.
     progress : bool or None, default=None
         A tqdm progress bar over the fit tasks (one per layer, fold and chain
-        of ranks; see ``n_tasks_``) as they finish. None draws it when
+        or group of ranks on the host, one per layer and fold on a torch
+        device; see ``n_tasks_``) as they finish. None draws it when
         standard error is a terminal and the ``CI`` environment variable is
         unset.
 
@@ -1256,6 +1294,7 @@ class RankQualityScorer(BaseEstimator):
         # run in lockstep: one stacked run per step of the chains.
         lockstep = stackable and self.warm_start and on_device and _LOCKSTEP
         if (batched or lockstep) and on_device:
+            _check_device_memory(dev, n, Xa.shape[1], layer_cols, lockstep)
             Xa = compute_tensor(Xa, dev, where="RankQualityScorer.fit")
         elif is_torch_tensor(Xa):
             # The other tasks slice NumPy arrays (each fit then moves its

@@ -861,3 +861,39 @@ def test_rank_limits_before_fitting_match_what_fit_records():
             RankQualityScorer().rank_limits(10, bad)
     with pytest.raises(ValueError, match=r"layers contains 'fc9'"):
         RankQualityScorer(layers=["fc9"]).rank_limits(10, blocks)
+
+
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_device_sweep_that_would_not_fit_raises_before_moving_data(
+    warm_start, monkeypatch
+):
+    # The stacked sweeps keep X on the device: a CUDA device without room
+    # for it is refused up front, with the size and the ways out.
+    from sklearn_peek import _rank
+
+    seen = []
+
+    def free(dev):
+        seen.append(dev)
+        return 12_000  # bytes
+
+    monkeypatch.setattr(_rank, "device_free_memory", free)
+    X = np.random.RandomState(0).rand(40, 30)
+    sc = RankQualityScorer(
+        blocks=[("input", 10), ("layer", 20)],
+        ranks=[1, 2],
+        cv=2,
+        warm_start=warm_start,
+        device=torch.device("cpu"),
+    )
+    # The layer's matrix holds the input too (30 columns): 4 bytes x 40 x
+    # (30 + 30) = 9,600 bytes without warm starts, 4 x 40 x (30 + 2 x 30) =
+    # 14,400 with them; 90% of 12,000 is 10,800.
+    if warm_start:
+        with pytest.raises(
+            MemoryError, match=r"needs about 14.1 KiB .*twice.*11.7 KiB free.*None"
+        ):
+            sc.fit(X)
+    else:
+        sc.fit(X)
+    assert seen == [torch.device("cpu")]

@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from .._backend import available_memory as _available_memory
-from .._backend import is_torch_tensor, resolve_device, to_numpy
+from .._backend import fmt_bytes, is_torch_tensor, resolve_device, to_numpy
 from .._progress import check_progress, progress_bar
 from .._validation import is_integral, transform_output
 from ._channels import ChannelMismatchError, UnknownLayerError
@@ -323,23 +323,15 @@ def _tensor_like(a, like):
     return torch.as_tensor(np.asarray(a), device=dev).to(torch.float32)
 
 
-def _fmt_bytes(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def _check_memory(n, n_out, avail, where, ways_out):
     """Raise MemoryError when an (n, n_out) float32 matrix would take more than
     ``MEMORY_FRACTION`` of ``avail`` bytes (None: unknown, no check)."""
     need = n * n_out * 4
     if avail is not None and need > MEMORY_FRACTION * avail:
         raise MemoryError(
-            f"the activation matrix needs {_fmt_bytes(need)} ({n} samples x "
+            f"the activation matrix needs {fmt_bytes(need)} ({n} samples x "
             f"{n_out} features x 4 bytes), more than {MEMORY_FRACTION:.0%} of "
-            f"the {where} memory ({_fmt_bytes(avail)}). Ways out: {ways_out}."
+            f"the {where} memory ({fmt_bytes(avail)}). Ways out: {ways_out}."
         )
 
 
