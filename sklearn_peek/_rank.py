@@ -201,11 +201,16 @@ def _new_components(X, W, H, col_w, k, seed):
             R, _solvers._from_host(sw, X), k, np.random.default_rng(seed),
             n_oversamples=5, n_iter=2,
         )  # fmt: skip
-        U, S, Vt = (_solvers._host(a) for a in svd)
-        pos = [
-            R[a:b].clamp(min=0).sum(dim=0) for a, b in _solvers._row_steps(*R.shape, R)
-        ]
-        col_pos = _solvers._host(_solvers._t().stack(pos).sum(dim=0))
+        steps = _solvers._row_steps(*R.shape, R)
+        pos = [R[a:b].clamp(min=0).sum(dim=0) for a, b in steps]
+        parts = [*svd, _solvers._t().stack(pos).sum(dim=0)]
+        # one read back for U, S, Vt and the positive column sums
+        flat = _solvers._host(_solvers._concat([a.reshape(-1) for a in parts]))
+        ends = np.cumsum([a.numel() for a in parts])[:-1]
+        U, S, Vt, col_pos = (
+            chunk.reshape(tuple(a.shape))
+            for a, chunk in zip(parts, np.split(flat, ends))
+        )
     else:
         R = np.array(X, dtype=dtype)
         if W is not None:

@@ -118,3 +118,18 @@ def test_fixed_syncs_of_a_fit_do_not_grow_with_the_blocks():
                 fit.fit(X)
         totals.append(sum(counts.values()))
     assert totals[0] == totals[1]
+
+
+def test_warm_start_components_on_a_device_are_read_back_once():
+    # _rank._new_components (lockstep warm starts) works on the device and
+    # reads U, S, Vt and the positive column sums back in one transfer.
+    import numpy as np
+
+    from sklearn_peek._rank import _new_components
+
+    rng = np.random.RandomState(3)
+    X = torch.from_numpy(rng.rand(60, 40).astype(np.float32))
+    with count_host_syncs() as counts:
+        Wn, Hn = _new_components(X, rng.rand(60, 3), rng.rand(3, 40), np.ones(40), 4, 7)
+    assert sum(counts.values()) == 1, counts
+    assert Wn.shape == (60, 4) and Hn.shape == (4, 40)
