@@ -289,7 +289,6 @@ def fmt_bytes(n):
         if n < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def device_free_memory(dev):

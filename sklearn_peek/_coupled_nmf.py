@@ -757,14 +757,13 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                     XbHt = np.asarray(X[:, sl] @ Hb.T)
                 else:
                     XbHt = X[:, sl] @ Hb.T
-                # summed on the device at once: no product of a block waits
-                quad = WtW * _solvers._to64(Hb @ Hb.T)
-                terms += [_solvers._sum64_lazy(t) for t in (W * XbHt, quad)]
-            sums = _solvers._sums64(*terms)
-            per_block = np.empty(len(slices))
-            for i in range(len(slices)):
-                lin, quad = sums[2 * i], sums[2 * i + 1]
-                per_block[i] = max(sq[i] - 2.0 * lin + quad, 0.0)
+                # Reduced per block and not read back (each n x r product is
+                # freed at once); one read at the end.
+                HbHbt = _solvers._to64(Hb @ Hb.T)
+                terms += [_solvers._sum64_lazy(t) for t in (W * XbHt, WtW * HbHbt)]
+            sums = np.array(_solvers._sums64(*terms))
+            lin, quad = sums[0::2], sums[1::2]
+            per_block = np.maximum(np.asarray(sq) - 2.0 * lin + quad, 0.0)
             for nm, v in zip(self.block_names_, per_block):
                 errs[nm] = float(np.sqrt(v))
             total = float(np.sqrt(max(per_block @ weights, 0.0)))
@@ -1238,14 +1237,16 @@ def _fit_stacked(models, X, starts=None):
             setattr(m, key, copy.deepcopy(value))
     xnorm = float(sq @ weights)
     starts = list(starts or [None] * len(models))
-    cold = [i for i, m in enumerate(models) if m.init != "custom"]
+    cold = []
+    for i, m in enumerate(models):
+        if m.init == "custom":
+            starts[i] = m._initialize(X, *starts[i], d, False)
+        else:
+            cold.append(i)
     if cold:
         inits = _initialize_ranks([models[i] for i in cold], X, d)
         for i, start in zip(cold, inits):
             starts[i] = start
-    for i, m in enumerate(models):
-        if m.init == "custom":
-            starts[i] = m._initialize(X, *starts[i], d, False)
     starts = [(_on(W0, X), _on(H0, X)) for W0, H0, _ in starts]
     ranks = [m.n_components for m in models]
     d_dev = _on(d, X)
@@ -1264,8 +1265,8 @@ def _fit_stacked(models, X, starts=None):
             [starts[j][1] for j in group],
             d_dev,
             xnorm=xnorm,
-            max_iter=models[0].max_iter,
-            tol=models[0].tol,
+            max_iter=first.max_iter,
+            tol=first.tol,
         )
         for j, (Wf, Hf, n_iter, info) in zip(group, out):
             models[j]._finish_fit(

@@ -507,8 +507,8 @@ def _check_consensus_memory(n, workers):
         raise MemoryError(
             f"criterion='stability' builds n_samples x n_samples matrices for "
             f"every rank: with n_samples={n} and {workers} parallel task(s) that "
-            f"needs about {need / 2**30:.1f} GiB, more than half of the "
-            f"{avail / 2**30:.1f} GiB of memory available. Expected fewer samples "
+            f"needs about {fmt_bytes(need)}, more than half of the "
+            f"{fmt_bytes(avail)} of memory available. Expected fewer samples "
             "(fit on a random subset of the rows), a smaller n_jobs, or "
             "criterion='bcv', whose memory grows linearly with n_samples."
         )

@@ -115,8 +115,10 @@ def _inv_or_zero(diag, l2, like):
     """1 / (diag + l2) as an array like ``like``, 0 where diag <= 0.
 
     ``diag`` is the Gram diagonal as Python floats (NumPy) or, for torch,
-    the diagonal tensor itself: a list copied to a GPU would synchronise.
-    Both divide in float64 and round once to ``like``'s dtype.
+    the diagonal tensor itself: copying a list to a GPU is a blocking copy
+    (a cheap one here, right after the sweep has read the diagonal back, but
+    a wait all the same). Both divide in float64 and round once to
+    ``like``'s dtype.
     """
     if _np(like):
         vals = [1.0 / (g + l2) if g > 0 else 0.0 for g in diag]
@@ -418,18 +420,23 @@ def _too_coarse(data, tol, floor):
     return tol > 0 and data * tol < floor
 
 
-def _frob_data(X, Wt, H, d, xnorm, lin, quad, tol):
-    """Weighted data term 0.5 * sum_j d_j ||x_j - W h_j||^2.
+def _frob_data(X, Wt, H, d, xnorm, lin, quad, tol, res=None):
+    """Weighted data term 0.5 * sum_j d_j ||x_j - W h_j||^2, and whether it
+    needed the explicit residual.
 
     Normally from the Gram products (``xnorm - 2 lin + quad``, no extra pass
     over X). That form loses about ``eps * xnorm`` to cancellation, which in
     float32 is too coarse to test a relative decrease of ``tol`` once the fit
     is good; then the residual is computed explicitly, in row chunks.
+    ``res``: the residual's parts (:func:`_residual_sums`) already read back
+    by the caller, used instead of computing them again.
     """
     data = 0.5 * (xnorm - 2.0 * lin + quad)
-    if _too_coarse(data, tol, 10.0 * _eps(H) * xnorm):
-        return _frob_data_exact(X, Wt, H, d)
-    return max(data, 0.0)
+    if not _too_coarse(data, tol, 10.0 * _eps(H) * xnorm):
+        return max(data, 0.0), False
+    if res is None:
+        return _frob_data_exact(X, Wt, H, d), True
+    return 0.5 * sum(res), True
 
 
 def _residual_sums(X, Wt, H, d):
@@ -463,7 +470,7 @@ def _residual_sums(X, Wt, H, d):
 
 def _frob_data_exact(X, Wt, H, d):
     """0.5 * the weighted squared residual, computed explicitly (one read)."""
-    return 0.5 * sum(_sums64_and([], _residual_sums(X, Wt, H, d))[1])
+    return 0.5 * sum(_residual_sums(X, Wt, H, d).tolist())
 
 
 # ----------------------------------------------------------------- HALS sweep
@@ -649,25 +656,20 @@ def fit_hals(
     sw_H = _inner_sweeps(p, n, r) if inner else 1
 
     floor = 10.0 * _eps(H) * xnorm  # see _stalled and _frob_data
-    exact = [False]  # whether the last objective needed the explicit residual
+    exact = False  # whether the last objective needed the explicit residual
 
     def objective(lin_terms, quad_terms):
         # One host transfer for all the sums (each is a synchronisation on a
-        # GPU). Once the objective has needed the explicit residual (as in
-        # _frob_data), the next one most likely does too: it is computed
-        # before anything is read, and read in the same transfer. The value
-        # is the same as computing it after the test.
+        # GPU). Once the objective has needed the explicit residual (see
+        # _frob_data), the next one most likely does too: on the torch path
+        # it is computed before anything is read, and read in the same
+        # transfer (the same value as computing it after the test).
+        nonlocal exact
         terms = _penalty_terms(Wt, H, d, l1_W, l2_W, l1_H, l2_H)
-        # (Not on NumPy: nothing to save there.)
-        ahead = _residual_sums(X, Wt, H, d) if exact[0] and not _np(X) else None
+        ahead = _residual_sums(X, Wt, H, d) if exact and not _np(X) else None
         (lin, quad), pen, res = _with_penalty((lin_terms, quad_terms), terms, ahead)
-        data = 0.5 * (xnorm - 2.0 * lin + quad)
-        exact[0] = _too_coarse(data, tol, floor)
-        if not exact[0]:
-            return max(data, 0.0) + pen
-        if res is None:
-            return _frob_data_exact(X, Wt, H, d) + pen
-        return 0.5 * sum(res) + pen
+        data, exact = _frob_data(X, Wt, H, d, xnorm, lin, quad, tol, res)
+        return data + pen
 
     Hd = H * d
     HDHt = Hd @ H.T
@@ -810,58 +812,52 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
 
     was_exact = set()  # problems whose last objective needed the residual
 
-    def stacked_residuals():
-        """Every active problem's residual in one pass over X (the GPU
-        kernel; a tensor on the device), or None where it cannot run."""
-        if stack is None or not _gpu_kernels.residual_usable(X, Wt, H, d, stacked=True):
-            return None
-        try:
-            return _gpu_kernels.weighted_residuals_stacked(X, Wt, H, d, stack)
-        except Exception as exc:  # compile / launch failure: eager
-            _gpu_kernels.disable(exc)
-            return None
+    def residuals(which):
+        """The residuals of problems ``which`` (positions in ``active``), not
+        read back: ``(values, spans)``, the residual of problem i being the
+        sum of ``values[a:b]`` for ``(a, b) = spans[i]``. The GPU kernel
+        computes every active problem in one pass over X; otherwise each
+        problem of ``which`` is computed in chunks of rows."""
+        if stack is not None and _gpu_kernels.residual_usable(
+            X, Wt, H, d, stacked=True
+        ):
+            try:
+                values = _gpu_kernels.weighted_residuals_stacked(X, Wt, H, d, stack)
+                return values, {i: (i, i + 1) for i in range(len(active))}
+            except Exception as exc:  # compile / launch failure: eager
+                _gpu_kernels.disable(exc)
+        parts = [_residual_sums(X, Wt[lo:hi], H[lo:hi], d) for lo, hi in
+                 (bounds[i] for i in which)]  # fmt: skip
+        spans = _bounds([int(part.shape[0]) for part in parts])
+        return _concat(parts), dict(zip(which, spans))
 
     def objectives(parts):
         """Objective of every active problem (as fit_hals computes it) from
         the products in ``parts``. As in fit_hals, the residuals are computed
-        before the read when a problem needed them last time, and read in
-        the same transfer."""
-        ahead, pieces = None, {}
-        if was_exact.intersection(active) and not _np(X):
-            ahead = stacked_residuals()
-            if ahead is None:  # no kernel: each of those problems, in chunks
-                pieces = {
-                    i: _residual_sums(X, Wt[lo:hi], H[lo:hi], d)
-                    for i, (lo, hi) in enumerate(bounds)
-                    if active[i] in was_exact
-                }
-                ahead = _concat(list(pieces.values()))
-        (lin, quad), res = _segment_sums64(parts, S, ahead)
+        before the read (torch path) when a problem needed them last time,
+        and read in the same transfer."""
+        ahead, spans = None, {}
+        before = [i for i, k in enumerate(active) if k in was_exact]
+        if before and not _np(X):
+            ahead, spans = residuals(before)
+        (lin, quad), values = _segment_sums64(parts, S, ahead)
         data = [0.5 * (xnorm - 2.0 * lin[i] + quad[i]) for i in range(len(active))]
         exact = [_too_coarse(v, tol, floor) for v in data]  # as _frob_data
         was_exact.clear()
         was_exact.update(k for k, e in zip(active, exact) if e)
-        if pieces:  # the residual of problem i: its chunks' sums, in order
-            at = 0
-            for i, piece in pieces.items():
-                n_chunks = int(piece.shape[0])
+
+        def use(values, spans):
+            for i, (a, b) in spans.items():
                 if exact[i]:
-                    data[i] = 0.5 * sum(res[at : at + n_chunks])
+                    data[i] = 0.5 * sum(values[a:b])
                     exact[i] = False
-                at += n_chunks
-            res = None
-        if any(exact) and res is None and not pieces:
-            res = stacked_residuals()
-            res = None if res is None else res.tolist()
-        if res is not None:
-            data = [0.5 * v if e else g for v, e, g in zip(res, exact, data)]
-            exact = [False] * len(data)
-        out = []
-        for i, (lo, hi) in enumerate(bounds):
-            if exact[i]:
-                data[i] = _frob_data_exact(X, Wt[lo:hi], H[lo:hi], d)
-            out.append(max(data[i], 0.0))
-        return out
+
+        use(values, spans)
+        late = [i for i, e in enumerate(exact) if e]
+        if late:  # needed now and not computed ahead: one more read
+            ahead, spans = residuals(late)
+            use(ahead.tolist(), spans)
+        return [max(v, 0.0) for v in data]
 
     bounds, mask, S, stack = layout(active)
     Hd = H * d
@@ -966,7 +962,7 @@ def fit_mu(
         (lin, quad), penalty, _ = _with_penalty(
             ((num_H * H) @ d, WtW * (Hd @ H.T)), terms()
         )
-        return _frob_data(X, W.T, H, d, xnorm, lin, quad, tol) + penalty
+        return _frob_data(X, W.T, H, d, xnorm, lin, quad, tol)[0] + penalty
 
     if kl:
         obj = _kl_objective(X, W, H, d, xnorm) + pen()

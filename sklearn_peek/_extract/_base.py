@@ -24,7 +24,13 @@ from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from .._backend import available_memory as _available_memory
-from .._backend import fmt_bytes, is_torch_tensor, resolve_device, to_numpy
+from .._backend import (
+    device_free_memory,
+    fmt_bytes,
+    is_torch_tensor,
+    resolve_device,
+    to_numpy,
+)
 from .._progress import check_progress, progress_bar
 from .._validation import is_integral, transform_output
 from ._channels import ChannelMismatchError, UnknownLayerError
@@ -1244,7 +1250,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         dev = self._output_device()
         n, n_out = X4.shape[0], self.n_features_out_
         if dev.type == "cuda":
-            avail, where = torch.cuda.mem_get_info(dev)[0], f"free GPU {dev}"
+            avail, where = device_free_memory(dev), f"free GPU {dev}"
         else:
             avail, where = _available_memory(), "free host"
         _check_memory(
