@@ -380,22 +380,16 @@ def _task_data(X, cols, train, test):
     return Xtr, Xte, col_sq
 
 
-def _check_device_memory(dev, n, p, layer_cols, lockstep):
+def _check_device_memory(dev, n, p, m, lockstep):
     """Raise MemoryError when a sweep's data would not fit on ``dev``.
 
     The stacked sweeps keep X (n x p, float32) on the device for the whole
-    fit, and a task adds its layer's training and test rows (n x m) and,
-    with warm starts, the residual of the training rows (at most n x m).
-    Only CUDA devices are checked (``device_free_memory``).
+    fit, and a task adds at most its layer's training and test rows (n x m,
+    m the widest layer's matrix) and, with warm starts, the residual of the
+    training rows (at most n x m). Only CUDA devices are checked
+    (``device_free_memory``).
     """
     free = device_free_memory(dev)
-
-    def width(cols):  # None (all), a slice or an index array
-        if cols is None or isinstance(cols, slice):
-            return len(range(p)[cols or slice(None)])
-        return int(np.size(cols))
-
-    m = max(width(cols) for _, cols, _ in layer_cols)
     need = 4 * n * (p + (2 if lockstep else 1) * m)
     if free is not None and need > 0.9 * free:
         raise MemoryError(
@@ -422,7 +416,7 @@ def _lockstep_task(X, cols, blocks, train, test, chains, model_seed, svd_seeds, 
     the host keeps one task per chain, for its workers. ``svd_seeds[c]``:
     the seeds of chain c's ranks. Returns the records of all the chains.
     """
-    from sklearn_peek._coupled_nmf import _fit_stacked, _held_out_scores
+    from sklearn_peek._coupled_nmf import _fit_stacked
 
     Xtr, Xte, col_sq = _task_data(X, cols, train, test)
     prev = {}  # chain -> (W, H, column weights) of its last fitted rank
@@ -445,39 +439,22 @@ def _lockstep_task(X, cols, blocks, train, test, chains, model_seed, svd_seeds, 
             starts.append((np.hstack([W, Wn]), np.vstack([H, Hn])))
         with _convergence_caught():
             Ws = _fit_stacked(models, Xtr, starts)
-        elapsed = time.perf_counter() - t0
-        work = [m.n_components_ * max(m.n_iter_, 1) for m in models]
-        scores = [None] * len(models) if Xte is None else _held_out_scores(models, Xte)
-        for c, m, W, w, score in zip(live, models, Ws, work, scores):
-            col_w = m._fitted_column_weights()
-            prev[c] = (to_numpy(W).astype(np.float64), m.components_, col_w)
-            out.append(
-                _record(
-                    m, elapsed * w / sum(work), m._converged, Xte, col_sq, col_w, score
-                )
-            )
+        out += _stacked_records(models, time.perf_counter() - t0, Xte, col_sq)
+        for c, m, W in zip(live, models, Ws):
+            if step + 1 < len(chains[c]):  # the chain goes on from this rank
+                prev[c] = (to_numpy(W), m.components_, m._fitted_column_weights())
     return out
 
 
-def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
-    """:func:`_chain_task` without warm starts, all ranks in one solver run.
+def _stacked_records(models, elapsed, Xte, col_sq):
+    """The records of models fitted in one stacked run taking ``elapsed`` s.
 
-    The ranks share every product with X (:func:`fit_ranks`); the models and
-    records are those of one cold ``_chain_task`` per rank, to float rounding.
-    ``X`` may be a torch tensor already on the device. ``fit_time`` of a rank
-    is the run's time apportioned by rank x iterations.
+    ``fit_time`` of a model is its share of the run by rank x iterations;
+    the held-out solves of bcv (``Xte``) share one stacked run too.
     """
-    from sklearn_peek._coupled_nmf import _held_out_scores, fit_ranks
+    from sklearn_peek._coupled_nmf import _held_out_scores
 
-    Xtr, Xte, col_sq = _task_data(X, cols, train, test)
-    t0 = time.perf_counter()
-    with _convergence_caught():
-        models, _ = fit_ranks(
-            _make_model(ranks[0], blocks, params, model_seed), Xtr, ranks
-        )
-    elapsed = time.perf_counter() - t0
     work = [m.n_components_ * max(m.n_iter_, 1) for m in models]
-    # The held-out solves of all ranks share one stacked run too.
     scores = [None] * len(models) if Xte is None else _held_out_scores(models, Xte)
     return [
         _record(
@@ -491,6 +468,25 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
         )
         for m, w, score in zip(models, work, scores)
     ]
+
+
+def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
+    """:func:`_chain_task` without warm starts, all ranks in one solver run.
+
+    The ranks share every product with X (:func:`fit_ranks`); the models and
+    records are those of one cold ``_chain_task`` per rank, to float rounding.
+    ``X`` may be a torch tensor already on the device. ``fit_time`` of a rank
+    is the run's time apportioned by rank x iterations.
+    """
+    from sklearn_peek._coupled_nmf import fit_ranks
+
+    Xtr, Xte, col_sq = _task_data(X, cols, train, test)
+    t0 = time.perf_counter()
+    with _convergence_caught():
+        models, _ = fit_ranks(
+            _make_model(ranks[0], blocks, params, model_seed), Xtr, ranks
+        )
+    return _stacked_records(models, time.perf_counter() - t0, Xte, col_sq)
 
 
 # Bytes per pair of samples at the peak of one stability task: the float64
@@ -1299,7 +1295,8 @@ class RankQualityScorer(BaseEstimator):
         # run in lockstep: one stacked run per step of the chains.
         lockstep = stackable and self.warm_start and on_device and _LOCKSTEP
         if (batched or lockstep) and on_device:
-            _check_device_memory(dev, n, Xa.shape[1], layer_cols, lockstep)
+            widest = max(columns.values())
+            _check_device_memory(dev, n, Xa.shape[1], widest, lockstep)
             Xa = compute_tensor(Xa, dev, where="RankQualityScorer.fit")
         elif is_torch_tensor(Xa):
             # The other tasks slice NumPy arrays (each fit then moves its
@@ -1326,6 +1323,7 @@ class RankQualityScorer(BaseEstimator):
                 folds = [(None, None)]
                 seed_id = 1
             chains = _rank_chains(ranks, self.warm_start)
+            groups = [ranks] if on_device else _rank_groups(ranks)  # if batched
             for li, (_name, cols, cb) in enumerate(layer_cols):
                 m = sum(s for _, s in cb)
                 for k, (tr, te) in enumerate(folds):
@@ -1336,7 +1334,6 @@ class RankQualityScorer(BaseEstimator):
                         else _seed(base, seed_id, li, k)
                     )
                     if batched:
-                        groups = [ranks] if on_device else _rank_groups(ranks)
                         for gi, group in enumerate(groups):
                             call = delayed(_batched_task)(
                                 Xa, cols, cb, tr, te, group, model_seed, params
