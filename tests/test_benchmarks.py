@@ -66,7 +66,7 @@ def test_bench_gpu_cpu_smoke_runs_and_its_checks_agree(tmp_path):
 
 def test_bench_launches_counts_every_configuration(tmp_path):
     # The counting script behind the lockstep numbers in gpu.rst, tiny sizes.
-    args = ["--ranks=4", "--max-iter=5", "--n=60", "--width=10"]  # 2 chains
+    args = ["--ranks=4", "--max-iter=2", "--n=60", "--width=10"]  # 2 chains
     _, res = _run_bench("bench_launches", tmp_path, *args)
     assert [r["n_tasks"] for r in res] == [3, 6, 3]  # lockstep: a task per fold
     assert res[0]["rank"] == res[1]["rank"] == res[2]["rank"]

@@ -133,11 +133,10 @@ def _images(html_text):
 def test_analyze_onnx_writes_report_and_ranks(files, tmp_path, capsys):
     d, X, _ = files
     out = tmp_path / "report"
-    code, err = _analyze(
+    _, err = _analyze_ok(
         capsys, d, out,
         "--ranks", "1:5", "--cv", "3", "--labels", d / "y.npy", "--seed", "0",
     )  # fmt: skip
-    assert code == 0, err
     assert "wrote" in err and "selected ranks" in err  # progress lines
     html = (out / "report.html").read_text()
     srcs = _images(html)
@@ -635,10 +634,9 @@ def test_max_iter_and_tol_reach_the_scorer_and_warn_in_cli_terms(
 
     d, X, _ = files
     out = tmp_path / "maxiter"
-    code, err = _analyze(
+    _, err = _analyze_ok(
         capsys, d, out, "--ranks", "1:3", "--max-iter", "2", "--tol", "1e-9"
     )
-    assert code == 0, err
     warn = [ln for ln in err.splitlines() if "stopped at" in ln]
     assert len(warn) == 1, err
     assert warn[0].startswith(
@@ -723,20 +721,18 @@ def test_rank_at_top_of_the_grid_warns_and_is_recorded(files, tmp_path, capsys):
     assert [ln for ln in err.splitlines() if "warning:" in ln] == top, err
     assert "is not reached" not in err and "energy_threshold" not in err
     # The suggestion can be followed: --ranks 1:4 is within the data's limit.
-    code, err = _analyze(
+    _, err = _analyze_ok(
         capsys, d, tmp_path / "t4",
         "--ranks", "1:4", "--criterion", "energy", "--energy", "0.99", "-q",
         "--layers", "/relu2/Relu",
     )  # fmt: skip
-    assert code == 0, err
     assert _json(tmp_path / "t4")["ranks_tried"] == [1, 2, 3, 4]
 
     # No warning when the rank is below the top of the grid.
     out2 = tmp_path / "low"
-    code, err = _analyze(
+    _, err = _analyze_ok(
         capsys, d, out2, "--ranks", "1:2", "--criterion", "energy", "--energy", "0.01"
     )
-    assert code == 0, err
     assert set(_json(out2)["ranks"].values()) == {1}
     assert "largest rank in --ranks" not in err
     assert not [w for w in _json(out2)["warnings"]
@@ -1338,12 +1334,11 @@ def test_quiet_prints_warnings_and_its_help_says_so(files, tmp_path, capsys):
 
 def test_convergence_warning_compacts_the_ranks(files, tmp_path, capsys):
     d, *_ = files
-    code, err = _analyze(
+    _analyze_ok(
         capsys, d, tmp_path,
         "--ranks", "1:12", "--max-samples", "60", "--layers", "/relu1/Relu",
         "--max-iter", "1", "--tol", "0", "-q",
     )  # fmt: skip
-    assert code == 0, err
     (w,) = [w for w in _json(tmp_path)["warnings"]
             if w["kind"] == "convergence" and "where" not in w]  # fmt: skip
     assert w["unconverged_ranks"] == {"/relu1/Relu": list(range(1, 13))}
@@ -1364,22 +1359,20 @@ def test_results_record_the_data_settings_and_scale_255_warns(files, tmp_path, c
     assert "already within [0, 1]" in w["message"] and w["max"] == pytest.approx(1.0)
     assert "--scale 255 divides --data by 255" in err
     # The default --scale auto does not warn about the same data.
-    code, err = _analyze(
+    res, err = _analyze_ok(
         capsys, d, tmp_path / "b", "--ranks", "1:3", "--max-samples", "60", "-q"
     )
-    res = _json(tmp_path / "b")
-    assert code == 0 and "scaled_unit_data" not in [w["kind"] for w in res["warnings"]]
+    assert "scaled_unit_data" not in [w["kind"] for w in res["warnings"]]
     assert (res["scale"], res["pooling"], res["nonneg"]) == ("auto", "none", "error")
 
 
 def test_channel_repeat_is_named_in_the_report_header(files, tmp_path, capsys):
     d, *_ = files
-    code, err = _analyze(
+    _analyze_ok(
         capsys, d, tmp_path,
         "--ranks", "1:2", "--max-samples", "60", "--channel-repeat", "-q",
         model="net_rgb.onnx",
     )  # fmt: skip
-    assert code == 0, err
     html = (tmp_path / "report.html").read_text()
     assert (
         "shape (1, 8, 8), its channel repeated 3 times for the model "
@@ -1420,11 +1413,10 @@ def test_single_rank_grid_says_nothing_was_selected(files, tmp_path, capsys):
     assert "the only rank tried: not selected" in html
     # One rank under --criterion energy: the library's warning about the
     # threshold is worded in the command's options.
-    code, err = _analyze(
+    _, err = _analyze_ok(
         capsys, d, tmp_path / "e", "--ranks", "4", "--max-samples", "60", "-q",
         "--criterion", "energy", "--energy", "0.9999",
     )  # fmt: skip
-    assert code == 0, err
     said = [ln for ln in err.splitlines() if "--energy 0.9999 is not reached" in ln]
     assert len(said) == len(_json(tmp_path / "e")["ranks"]), err
     assert re.search(

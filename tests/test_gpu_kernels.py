@@ -191,6 +191,8 @@ for name, l1, l2 in (
     _gpu_kernels.sweep(fused, num, G, l1, l2)
     _solvers._hals_sweep_eager(eager, num, G, l1, l2)
     out[name] = float((fused - eager).abs().max())
+    out[name + "_empty_row"] = float(fused[2].abs().max())
+out["start_row"] = float(A[2].abs().max())
 print(json.dumps(out))
 """
 
@@ -202,6 +204,9 @@ def test_sweep_kernel_penalty_edge_cases_match_eager():
     res = _run(PENALTY_EDGES)
     assert res["zero_vector"] <= 1e-12
     assert res["zero_dim"] <= 1e-12
+    assert res["start_row"] > 0
+    assert res["zero_vector_empty_row"] == 0.0  # zeroed: a vector is a penalty
+    assert res["zero_dim_empty_row"] == 0.0  # 0.2: a penalty
 
 
 # Start of the scripts that count kernel calls: after count(name),

@@ -9,10 +9,9 @@ kernel path through Triton's interpreter, and ``test_gpu.py`` on CUDA.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
+from _helpers import fit_quietly
 from _syncs import (
     EAGER_BUDGET,
     _cases,
@@ -21,9 +20,8 @@ from _syncs import (
     rates,
     syncs_per_iteration,
 )
-from sklearn.exceptions import ConvergenceWarning
 
-from sklearn_peek import CoupledNMF, _solvers
+from sklearn_peek import _solvers
 
 CPU = torch.device("cpu")
 
@@ -94,12 +92,10 @@ def test_kl_objective_is_read_once_however_many_chunks(monkeypatch):
     X = _data(CPU)
 
     def fit(n):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            CoupledNMF(
-                4, solver="mu", beta_loss="kullback-leibler", max_iter=n,
-                tol=1e-30, blocks=[40, 80], random_state=0,
-            ).fit(X)  # fmt: skip
+        fit_quietly(
+            X, n_components=4, solver="mu", beta_loss="kullback-leibler",
+            max_iter=n, tol=1e-30, blocks=[40, 80], random_state=0,
+        )  # fmt: skip
 
     monkeypatch.setattr(_solvers, "_TORCH_CHUNK_ELEMENTS", 480)
     rate, by_caller = syncs_per_iteration(fit)
@@ -112,10 +108,7 @@ def test_fixed_syncs_of_a_fit_do_not_grow_with_the_blocks():
     totals = []
     for blocks in ([60, 60], [24] * 5):
         with count_host_syncs() as counts:
-            fit = CoupledNMF(6, max_iter=5, blocks=blocks, random_state=0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                fit.fit(X)
+            fit_quietly(X, n_components=6, max_iter=5, blocks=blocks, random_state=0)
         totals.append(sum(counts.values()))
     assert totals[0] == totals[1]
 

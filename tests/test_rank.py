@@ -869,6 +869,8 @@ def test_device_sweep_that_would_not_fit_raises_before_moving_data(
 ):
     # The stacked sweeps keep X on the device: a CUDA device without room
     # for it is refused up front, with the size and the ways out.
+    from _helpers import spy_solvers
+
     from sklearn_peek import _rank
 
     seen = []
@@ -878,6 +880,7 @@ def test_device_sweep_that_would_not_fit_raises_before_moving_data(
         return 12_000  # bytes
 
     monkeypatch.setattr(_rank, "device_free_memory", free)
+    calls = spy_solvers(monkeypatch)
     X = np.random.RandomState(0).rand(40, 30)
     sc = RankQualityScorer(
         blocks=[("input", 10), ("layer", 20)],
@@ -894,6 +897,8 @@ def test_device_sweep_that_would_not_fit_raises_before_moving_data(
             MemoryError, match=r"needs about 14.1 KiB .*twice.*11.7 KiB free.*None"
         ):
             sc.fit(X)
+        assert calls == []  # refused before any fit
     else:
         sc.fit(X)
+        assert calls
     assert seen == [torch.device("cpu")]
