@@ -1180,6 +1180,15 @@ def _split_layers(layers):
 # --------------------------------------------------------------------------
 # the analysis of one network (shared by demo and analyze)
 # --------------------------------------------------------------------------
+def _limit_cause(exc):
+    """What bounds the ranks of a SweepLimitError: ``(limit, rows, by_rows,
+    narrow)``, ``by_rows`` when the rows a fit sees set the limit, ``narrow``
+    the layers whose matrix width sets it."""
+    limit = int(exc.limit)
+    narrow = [name for name, m in (exc.columns or {}).items() if m == limit]
+    return limit, exc.rows, exc.rows == limit, narrow
+
+
 def _rank_limit_error(exc, ranks, n, *, criterion, cv, n_available):
     """The CLI's wording of a SweepLimitError about ``ranks``.
 
@@ -1188,10 +1197,7 @@ def _rank_limit_error(exc, ranks, n, *, criterion, cv, n_available):
     inputs would help; raising --max-samples only when it left inputs out)
     or a narrow layer (more inputs would not help).
     """
-    limit = int(exc.limit)
-    rows = exc.rows
-    narrow = [name for name, m in (exc.columns or {}).items() if m == limit]
-    by_rows = rows == limit
+    limit, rows, by_rows, narrow = _limit_cause(exc)
     hints = [f"--ranks {ranks[0]}..{ranks[-1]} goes up to {ranks[-1]}, {exc.reason}"]
     if by_rows:
         if criterion == "bcv":
@@ -2014,22 +2020,21 @@ def _demo_limit_error(exc, settings):
             f"--cv {settings['cv']} is larger than the {exc.limit} test digits the "
             f"demo analyses; expected 2 <= --cv <= {exc.limit}."
         )
-    ranks = sorted(int(r) for r in settings["ranks"])
-    limit = int(exc.limit)
-    narrow = [name for name, m in (exc.columns or {}).items() if m == limit]
-    if narrow and exc.rows != limit:
+    low, high = min(settings["ranks"]), max(settings["ranks"])
+    limit, rows, by_rows, narrow = _limit_cause(exc)
+    if by_rows:
+        why = f"but each sweep fits on {rows} test digits, so no rank above {limit}"
+        why += " fits."
+    elif narrow:
         why = (
-            f"layer {narrow[0]!r} has {limit} units: its layer-alone baseline (the "
-            f"layer's {limit} columns, without the input's) allows no rank above "
-            f"{limit}."
+            f"but layer {narrow[0]!r} has {limit} units: its layer-alone baseline "
+            f"(the layer's {limit} columns, without the input's) allows no rank "
+            f"above {limit}."
         )
-    else:
-        why = (
-            f"each sweep fits on {exc.rows} test digits, so no rank above {limit} fits."
-        )
+    else:  # the library's bound changed: say only what is sure
+        why = exc.reason or f"but no rank above {limit} fits."
     return CLIError(
-        f"--ranks {ranks[0]}..{ranks[-1]} goes up to {ranks[-1]}, but {why} "
-        f"Pass --ranks up to {limit}."
+        f"--ranks {low}..{high} goes up to {high}, {why} Pass --ranks up to {limit}."
     )
 
 
