@@ -192,11 +192,9 @@ def _new_components(X, W, H, col_w, k, seed):
     if is_torch_tensor(X):
         # On X's device: the residual and the products of the SVD (the
         # passes over the data); the small factors come back to the host.
-        # One n x m temporary: X - W @ H in one product (X itself without W).
-        R = X
-        if W is not None:
-            Wd, Hd = _solvers._from_host(W, X), _solvers._from_host(H, X)
-            R = X.addmm(Wd, Hd, alpha=-1)
+        # One n x m temporary: X - W @ H in one product.
+        Wd, Hd = _solvers._from_host(W, X), _solvers._from_host(H, X)
+        R = X.addmm(Wd, Hd, alpha=-1)
         svd = _solvers.randomized_svd_weighted(
             R, _solvers._from_host(sw, X), k, np.random.default_rng(seed),
             n_oversamples=5, n_iter=2,
@@ -213,8 +211,7 @@ def _new_components(X, W, H, col_w, k, seed):
         )
     else:
         R = np.array(X, dtype=dtype)
-        if W is not None:
-            R -= W.astype(dtype) @ H.astype(dtype)
+        R -= W.astype(dtype) @ H.astype(dtype)
         U, S, Vt = _solvers.randomized_svd_weighted(
             R, sw, k, np.random.default_rng(seed), n_oversamples=5, n_iter=2
         )

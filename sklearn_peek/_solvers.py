@@ -173,12 +173,22 @@ def _sum64_lazy(a):
 
 def _sums64(*arrays):
     """Sums of several arrays (float64 accumulation) with one device transfer."""
-    if not arrays:
-        return []
-    if _np(arrays[0]):
-        return [_sum64(a) for a in arrays]
+    return _sums64_and(arrays)[0]
+
+
+def _sums64_and(arrays, values=None):
+    """Sums of ``arrays`` (as :func:`_sums64`), and ``values`` (a 1-D float64
+    array or tensor, or None) as floats, in one host transfer."""
+    first = arrays[0] if arrays else values
+    if first is None:
+        return [], None
+    if _np(first):
+        return [_sum64(a) for a in arrays], None if values is None else values.tolist()
     torch = _t()
-    return torch.stack([a.sum(dtype=torch.float64) for a in arrays]).tolist()
+    parts = [a.sum(dtype=torch.float64).reshape(1) for a in arrays]
+    out = torch.cat(parts if values is None else [*parts, values]).tolist()
+    k = len(arrays)
+    return out[:k], None if values is None else out[k:]
 
 
 def _pinv(a):
@@ -390,19 +400,6 @@ def _penalty_terms(Wt, H, d, l1_W, l2_W, l1_H, l2_H):
             coefs.append(0.5 * l2_H)
             arrays.append((H * H) @ active)
     return coefs, arrays
-
-
-def _sums64_and(arrays, values):
-    """:func:`_sums64` of ``arrays``, and ``values`` (a 1-D float64 array or
-    tensor, or None) as floats, in one host transfer."""
-    if values is None:
-        return _sums64(*arrays), None
-    if _np(values):
-        return _sums64(*arrays), values.tolist()
-    torch = _t()
-    sums = [a.sum(dtype=torch.float64).reshape(1) for a in arrays]
-    out = torch.cat([*sums, values]).tolist()
-    return out[: len(arrays)], out[len(arrays) :]
 
 
 def _with_penalty(data_arrays, terms, values=None):

@@ -720,12 +720,11 @@ def test_new_components_on_a_torch_device_match_numpy():
     X = rng.rand(60, 40)
     W, H = rng.rand(60, 3), rng.rand(3, 40)
     col_w = rng.uniform(0.5, 2.0, size=40)
-    for prev in ((None, None), (W, H)):
-        ref = _new_components(X, *prev, col_w, 4, 7)
-        got = _new_components(torch.from_numpy(X), *prev, col_w, 4, 7)
-        for a, b in zip(got, ref):
-            assert isinstance(a, np.ndarray)
-            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    ref = _new_components(X, W, H, col_w, 4, 7)
+    got = _new_components(torch.from_numpy(X), W, H, col_w, 4, 7)
+    for a, b in zip(got, ref):
+        assert isinstance(a, np.ndarray)
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_cpu_tensor_input_takes_the_numpy_path_and_is_validated():
