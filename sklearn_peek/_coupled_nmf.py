@@ -955,7 +955,8 @@ def resolve_blocks(blocks, n_features):
     ``blocks``: None (one block), or a list of sizes and ``(name, size)``
     pairs; plain sizes are named ``"block<i>"`` after their position. Names
     must be unique, non-empty and free of ``"__"``; sizes >= 1, summing to
-    ``n_features``. Shared by CoupledNMF and RankQualityScorer.
+    ``n_features`` (not checked when it is None: sizes given without data).
+    Shared by CoupledNMF and RankQualityScorer.
     """
     if blocks is None:
         return ["block0"], [slice(0, n_features)]
@@ -1000,7 +1001,7 @@ def resolve_blocks(blocks, n_features):
             f"blocks: block names {dup} are repeated; expected unique names."
         )
     total = sum(sizes)
-    if total != n_features:
+    if n_features is not None and total != n_features:
         raise ValueError(
             f"blocks={given!r} add up to {total} columns, but X has "
             f"n_features={n_features}; expected block sizes that sum to "

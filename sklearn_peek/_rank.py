@@ -108,9 +108,8 @@ def _check_block_sizes(block_sizes):
         problem = "expected a non-empty list of (name, size) pairs"
     else:
         try:
-            sizes = [int(it[1]) if is_integral(it[1]) else 0 for it in items]
-            names, _ = resolve_blocks(items, sum(sizes))
-        except (ValueError, IndexError) as exc:
+            names, slices = resolve_blocks(items, None)
+        except ValueError as exc:
             problem = str(exc)
     if problem is not None:
         raise ValueError(
@@ -118,7 +117,7 @@ def _check_block_sizes(block_sizes):
             "(name, size) pairs with unique names and sizes >= 1, such as "
             "LayerActivationExtractor.block_sizes_."
         )
-    return list(zip(names, sizes))
+    return [(name, sl.stop - sl.start) for name, sl in zip(names, slices)]
 
 
 def _rank_chains(ranks, warm_start):
