@@ -854,8 +854,8 @@ def test_rank_limits_before_fitting_match_what_fit_records():
         with pytest.raises(ValueError, match=rf"n_samples={bad!r} is invalid"):
             RankQualityScorer().rank_limits(bad, blocks)
     # as fit refuses them (resolve_blocks), names with "__" and empty names too
-    for bad in ([], [("a", 0)], [("a", 3), ("a", 4)], [3, 4], "input",
-                [("a__b", 3)], [("", 3)], [("a", 2.5)], [("a", 3, 1)], [("a",)]):  # fmt: skip
+    for bad in ([], [("a", 0)], [("a", 3), ("a", 4)], [3, 4], "input", [("a",)],
+                [("a__b", 3)], [("", 3)], [("a", 2.5)], [("a", 3, 1)]):  # fmt: skip
         with pytest.raises(ValueError, match=r"block_sizes=.* is not understood"):
             RankQualityScorer().rank_limits(10, bad)
     with pytest.raises(ValueError, match=r"layers contains 'fc9'"):
