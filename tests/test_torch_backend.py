@@ -370,7 +370,7 @@ def test_rank_scorer_on_torch_device_matches_numpy(monkeypatch):
 
 
 def test_extractor_output_torch_onnx_model():
-    from test_extract_onnx import CURRENT, make_lenet
+    from _onnx_helpers import CURRENT, make_lenet
 
     X = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
     kw = dict(layers=["p1", "r3"], batch_size=2)
