@@ -1365,6 +1365,14 @@ def _block_index(bounds, positions):
     return [j for b in positions for j in range(*bounds[b])]
 
 
+def _take_blocks(Q, M, ok, bounds, positions):
+    """The column blocks ``positions`` of ``Q``, the matching row blocks of
+    ``M`` and entries of ``ok`` (None stays None)."""
+    cols = _block_index(bounds, positions)
+    okp = None if ok is None else _take(ok, positions)
+    return _take(Q, cols, axis=1), _take(M, cols), okp
+
+
 def _finish_sketches(Q, B, blocks, ks, ok, redo, ids):
     """The SVDs of finished sketches (``Q``, ``B`` and ``ok`` of these blocks).
 
@@ -1414,9 +1422,7 @@ def _sketch_group(X, s, omegas, ks, iters, batched):
         if done:
             if keep:  # the blocks that end here, apart
                 sub = _Blocks([widths[act[b]] for b in done], s, batched)
-                cols = _block_index(blocks.bounds, done)
-                Qd, Bd = _take(Q, cols, axis=1), _take(M, cols)
-                okd = None if ok is None else _take(ok, done)
+                Qd, Bd, okd = _take_blocks(Q, M, ok, blocks.bounds, done)
             else:
                 sub, Qd, Bd, okd = blocks, Q, M, ok
             ends = [act[b] for b in done]
@@ -1426,9 +1432,7 @@ def _sketch_group(X, s, omegas, ks, iters, batched):
         if not keep:
             return out
         if done:  # the stack shrinks to the ranks still running
-            cols = _block_index(blocks.bounds, keep)
-            Q, M = _take(Q, cols, axis=1), _take(M, cols)
-            ok = None if ok is None else _take(ok, keep)
+            Q, M, ok = _take_blocks(Q, M, ok, blocks.bounds, keep)
             act = [act[b] for b in keep]
             blocks = _Blocks([widths[i] for i in act], s, batched)
         Z, ok_z = _orth_blocks(M.T, blocks)
