@@ -586,6 +586,7 @@ def test_fit_ranks_equals_one_fit_per_rank(torch_input, monkeypatch):
     assert models[1].block_names_ == refs[1].block_names_
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("torch_input", [False, True])
 def test_scores_of_several_ranks_in_one_stacked_solve(torch_input):
     from sklearn_peek import _coupled_nmf
@@ -597,9 +598,7 @@ def test_scores_of_several_ranks_in_one_stacked_solve(torch_input):
 
         X, X_test = torch.from_numpy(X), torch.from_numpy(X_test)
     est = CoupledNMF(blocks=blocks, random_state=3, max_iter=150)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        models, _ = _coupled_nmf.fit_ranks(est, X, [4, 1, 6, 3])
+    models, _ = _coupled_nmf.fit_ranks(est, X, [4, 1, 6, 3])
     want = [m.score(X_test) for m in models]
     got = _coupled_nmf._held_out_scores(models, X_test)
     np.testing.assert_allclose(got, want, rtol=1e-10)

@@ -754,6 +754,7 @@ def test_input_factors_given_W_say_a_model_is_expected(coupled):
         plotting.plot_layer_factors(model.components_)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_input_factors_of_a_pipeline_use_its_factorization(digits):
     from sklearn.exceptions import NotFittedError
     from sklearn.pipeline import make_pipeline

@@ -31,6 +31,7 @@ def blocks_of(widths, names=("input", "conv1", "fc1")):
 
 
 # ---------------------------------------------------------------- planted rank
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_bcv_recovers_planted_rank_for_nine_of_ten_seeds():
     hits, got = 0, []
     for seed in range(10):
@@ -61,6 +62,7 @@ def test_bcv_curve_peaks_then_falls():
     assert res["rank"][res["selected"]][0] == sc.rank_["conv1"]
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("threshold", [0.8, 0.95])
 def test_energy_selects_first_rank_reaching_threshold(threshold):
     X = planted(1, 5, noise=0.2)
@@ -94,6 +96,7 @@ def test_energy_never_reached_warns_and_takes_largest_rank():
     assert sc.rank_["conv1"] == 2
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_elbow_is_the_knee_of_the_relative_error_curve():
     X = planted(3, 4, noise=0.05)
     sc = RankQualityScorer(
