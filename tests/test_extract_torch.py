@@ -142,6 +142,26 @@ def test_inplace_relu_does_not_change_captured_output(lenet, X):
     assert np.all(relu[:, relu.shape[1] // 2 :] == 0)
 
 
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_model_that_changes_its_input_in_place_leaves_x_alone(as_tensor):
+    # The first op clips its input in place. A float32 X on the CPU reaches
+    # torch without a copy, so the model must get its own: neither the
+    # caller's X nor the input block read from it may be clipped.
+    net = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(1, 2, 3), nn.ReLU())
+    X0 = np.random.default_rng(0).random((6, 1, 6, 6), dtype=np.float32) - 0.5
+    X = torch.from_numpy(X0.copy()) if as_tensor else X0.copy()
+    ext = LayerActivationExtractor(net, ["1", "2"], nonneg="split", batch_size=4)
+    A = ext.fit_transform(X)
+    np.testing.assert_array_equal(np.asarray(X), X0)
+    inp = _block(ext, A, "input")
+    np.testing.assert_array_equal(inp[:, :36] - inp[:, 36:], X0.reshape(6, -1))
+    with torch.inference_mode():
+        ref = net[1](torch.from_numpy(X0).relu()).numpy().reshape(6, -1)
+    conv = _block(ext, A, "1")
+    half = conv.shape[1] // 2
+    np.testing.assert_allclose(conv[:, :half] - conv[:, half:], ref, atol=1e-6)
+
+
 def test_batch_size_does_not_change_result(lenet, X):
     a = LayerActivationExtractor(lenet, input_shape=(1, 28, 28), batch_size=1)
     b = LayerActivationExtractor(lenet, input_shape=(1, 28, 28), batch_size=256)

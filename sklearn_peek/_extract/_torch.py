@@ -156,9 +156,14 @@ class TorchAdapter:
 
     def _call(self, batch):
         torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(
-            device=self.device, dtype=self.dtype
-        )
+        src = torch.from_numpy(np.ascontiguousarray(batch))
+        x = src.to(device=self.device, dtype=self.dtype)
+        if x.data_ptr() == src.data_ptr():
+            # No copy was made: x is the caller's memory (a float32 X on the
+            # CPU). A model that changes its input in place (a first
+            # ReLU(inplace=True), x.relu_()) would change the caller's X and
+            # the input block read from it, so the model gets its own copy.
+            x = x.clone()
         try:
             self.model(x)
         except LayerOutputError:
