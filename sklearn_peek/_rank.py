@@ -376,6 +376,71 @@ def _task_data(X, cols, train, test):
     return Xtr, Xte, col_sq
 
 
+def _row_block_sq(X, sizes):
+    """Squared norm of every block in every row: ``(n, len(sizes))`` float64
+    NumPy, one pass over X (NumPy or tensor; a tensor is read back once)."""
+    bounds = _solvers._bounds(sizes)
+    n, p = X.shape
+    parts = []
+    for s, e in _solvers._row_steps(n, p, X):
+        c = _solvers._to64(X[s:e])
+        c = c * c
+        sums = [c[:, a:b].sum(1) for a, b in bounds]
+        if is_torch_tensor(X):
+            import torch
+
+            parts.append(torch.stack(sums, dim=1))
+        else:
+            parts.append(np.stack(sums, axis=1))
+    if not parts:
+        return np.zeros((0, len(sizes)))
+    return _solvers._host(_solvers._concat(parts))
+
+
+def _check_live_blocks(sq, blocks, used, n, block_weights):
+    """Under ``block_weights="norm"``, refuse a block used by the sweep that
+    is all zeros on all ``n`` rows (``sq``: :func:`_row_block_sq`): a dead
+    layer has no norm to divide by (and nothing to factorize)."""
+    if not (isinstance(block_weights, str) and block_weights == "norm"):
+        return
+    totals = sq.sum(axis=0)
+    dead = [nm for (nm, _), t in zip(blocks, totals) if nm in used and not t > 0]
+    if dead:
+        live = [nm for nm, _ in blocks if nm in used and nm not in dead]
+        layers = [nm for nm in live if nm != _INPUT]
+        fix = ""
+        if layers and _INPUT not in dead:
+            fix = f" Leave it out: layers={layers!r}."
+        raise ValueError(
+            f"RankQualityScorer.fit: block(s) {dead!r} of X are all zeros on the "
+            f"{n} samples (a dead layer: nothing to factorize), and "
+            "block_weights='norm' divides every block by its squared norm; "
+            f"expected every block the sweep uses to have a non-zero entry.{fix}"
+        )
+
+
+def _fold_weights(sq, blocks, cb, train, block_weights):
+    """Explicit block weights for a bcv fold whose training rows leave a block
+    all zeros, or None when ``"norm"`` can be used as it is.
+
+    ``"norm"`` divides each block by its squared norm on the training rows,
+    which is zero for a layer that fires on a few samples only, none of them
+    in this fold. Such a block gets the weight the other folds give it on
+    average, ``n / (n_train ||X_b||^2)`` (its norm on all the rows), and
+    the other blocks their ``"norm"`` weight; other weights need nothing.
+    """
+    if not (isinstance(block_weights, str) and block_weights == "norm"):
+        return None
+    index = {nm: i for i, (nm, _) in enumerate(blocks)}
+    cols = [index[nm] for nm, _ in cb]
+    on_train = sq[train][:, cols].sum(axis=0)
+    if (on_train > 0).all():
+        return None
+    full = sq[:, cols].sum(axis=0)
+    scale = sq.shape[0] / len(train)
+    return [1.0 / t if t > 0 else scale / f for t, f in zip(on_train, full)]
+
+
 def _check_device_memory(dev, n, p, m, lockstep):
     """Raise MemoryError when a sweep's data would not fit on ``dev``.
 
@@ -1261,6 +1326,9 @@ class RankQualityScorer(BaseEstimator):
         criterion = self.criterion
         n_rows, columns = self._check_sweep(n, blocks, f"the {n} samples of X", ranks)
         layer_cols = self._layer_columns(blocks)
+        sq = _row_block_sq(Xa, [size for _, size in blocks])
+        used = {nm for _, _, cb in layer_cols for nm, _ in cb}
+        _check_live_blocks(sq, blocks, used, n, self.block_weights)
 
         rng = check_random_state(self.random_state)
         base = int(rng.randint(np.iinfo(np.int32).max))
@@ -1324,6 +1392,12 @@ class RankQualityScorer(BaseEstimator):
                 m = sum(s for _, s in cb)
                 for k, (tr, te) in enumerate(folds):
                     rows = n if tr is None else len(tr)
+                    weights = None
+                    if tr is not None:
+                        weights = _fold_weights(sq, blocks, cb, tr, self.block_weights)
+                    task_params = params
+                    if weights is not None:
+                        task_params = {**params, "block_weights": weights}
                     model_seed = (
                         _seed(base, seed_id, li)
                         if tr is None
@@ -1332,7 +1406,7 @@ class RankQualityScorer(BaseEstimator):
                     if batched:
                         for gi, group in enumerate(groups):
                             call = delayed(_batched_task)(
-                                Xa, cols, cb, tr, te, group, model_seed, params
+                                Xa, cols, cb, tr, te, group, model_seed, task_params
                             )
                             cost = sum(group) * rows * m
                             tasks.append(((li, k, gi), cost, call))
@@ -1343,7 +1417,7 @@ class RankQualityScorer(BaseEstimator):
                     ]
                     if lockstep:
                         call = delayed(_lockstep_task)(
-                            Xa, cols, cb, tr, te, chains, model_seed, seeds, params
+                            Xa, cols, cb, tr, te, chains, model_seed, seeds, task_params
                         )
                         tasks.append(((li, k, 0), sum(ranks) * rows * m, call))
                         continue
@@ -1357,7 +1431,7 @@ class RankQualityScorer(BaseEstimator):
                             chain,
                             model_seed,
                             svd_seeds,
-                            params,
+                            task_params,
                             self.warm_start,
                         )
                         tasks.append(((li, k, ci), sum(chain) * rows * m, call))

@@ -865,6 +865,75 @@ def test_rank_limits_before_fitting_match_what_fit_records():
         RankQualityScorer(layers=["fc9"]).rank_limits(10, blocks)
 
 
+def _sparse_layer_data(active_rows, seed=0):
+    """60 samples: an input block of 10 columns, a layer 'l1' of 20 columns
+    that is non-zero on ``active_rows`` only, and a dense layer 'l2'."""
+    rng = np.random.RandomState(seed)
+    X = rng.rand(60, 45)
+    X[:, 10:30] = 0
+    X[active_rows, 10:30] = rng.rand(len(active_rows), 20)
+    return X, [("input", 10), ("l1", 20), ("l2", 15)]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("device", [None, torch.device("cpu")])
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_bcv_with_a_layer_that_fires_on_a_few_samples(device, warm_start):
+    # With one active row, some fold trains without it: "norm" cannot divide
+    # 'l1' by its (zero) training norm there. The sweep still runs, and that
+    # fold weighs 'l1' as the other folds do on average.
+    from sklearn_peek._criteria import row_folds
+    from sklearn_peek._rank import _fold_weights, _row_block_sq
+
+    X, blocks = _sparse_layer_data([3])
+    kw = dict(blocks=blocks, ranks=[1, 2, 3], cv=5, random_state=11)
+    sc = RankQualityScorer(device=device, warm_start=warm_start, **kw).fit(X)
+    assert set(sc.rank_) == {"l1", "l2"}
+    assert np.isfinite(sc.cv_results_["mean_score"]).all()
+    sq = _row_block_sq(X, [s for _, s in blocks])
+    np.testing.assert_allclose(sq, np.stack([
+        (X[:, a:b] ** 2).sum(axis=1) for a, b in ((0, 10), (10, 30), (30, 45))
+    ], axis=1))  # fmt: skip
+    cb = blocks[:2]
+    special = 0
+    for train, _ in row_folds(60, 5, 0):
+        w = _fold_weights(sq, blocks, cb, train, "norm")
+        if 3 in train:
+            assert w is None  # "norm" as it is
+            continue
+        special += 1
+        want_in = 1 / (X[train, :10] ** 2).sum()
+        want_l1 = 60 / (len(train) * (X[:, 10:30] ** 2).sum())
+        np.testing.assert_allclose(w, [want_in, want_l1], rtol=1e-12)
+        assert _fold_weights(sq, blocks, cb, train, "none") is None
+    assert special == 1  # the fold that tests on row 3
+    # a layer that fires on two samples: the same as seeds change the folds
+    X2, _ = _sparse_layer_data([3, 7])
+    for seed in range(6):
+        kw["random_state"] = seed
+        RankQualityScorer(**kw).fit(X2)
+
+
+@pytest.mark.parametrize("device", [None, torch.device("cpu")])
+def test_a_dead_layer_is_refused_and_can_be_left_out(device):
+    X, blocks = _sparse_layer_data([])
+    kw = dict(blocks=blocks, ranks=[1, 2], cv=3, random_state=0, device=device)
+    Xd = X if device is None else torch.from_numpy(X)
+    for criterion in ("bcv", "elbow"):
+        with pytest.raises(
+            ValueError,
+            match=r"block\(s\) \['l1'\] of X are all zeros on the 60 samples "
+            r"\(a dead layer.*'norm'.*Leave it out: layers=\['l2'\]",
+        ):
+            RankQualityScorer(criterion=criterion, **kw).fit(Xd)
+    sc = RankQualityScorer(layers=["l2"], **kw).fit(Xd)
+    assert list(sc.rank_) == ["l2"]
+    with pytest.raises(ValueError, match=r"\['input'\] of X are all zeros"):
+        X0 = X.copy()
+        X0[:, :10] = 0
+        RankQualityScorer(layers=["l2"], **kw).fit(X0)
+
+
 @pytest.mark.parametrize("warm_start", [True, False])
 def test_device_sweep_that_would_not_fit_raises_before_moving_data(
     warm_start, monkeypatch
