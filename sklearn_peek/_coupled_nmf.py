@@ -485,15 +485,13 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                     f"{tuple(X.shape)}; expected (n_samples, n_components_="
                     f"{self.n_components_})."
                 )
-            H = _solvers._t().from_numpy(self.components_).to(X.device)
+            torch = _solvers._t()
+            if not bool(torch.isfinite(X).all()):  # as the NumPy path: named
+                _check_w_finite(X.detach().cpu().to(torch.float64).numpy())
+            H = torch.from_numpy(self.components_).to(X.device)
             return X.to(H.dtype) @ H
         W = check_array(X, dtype=[np.float64, np.float32], ensure_all_finite=False)
-        check_finite(
-            W,
-            name="X",
-            where="CoupledNMF.inverse_transform",
-            what="the sample factor W",
-        )
+        _check_w_finite(W)
         if W.shape[1] != self.n_components_:
             raise ValueError(
                 f"inverse_transform: argument X (the sample factor W) has "
@@ -947,6 +945,12 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 # taller: all ranks of a sweep in one run, one pass over X per iteration.
 _BATCH_ROWS = 256
 _BATCH_ROWS_GPU = 2048
+
+
+def _check_w_finite(W):
+    check_finite(
+        W, name="X", where="CoupledNMF.inverse_transform", what="the sample factor W"
+    )
 
 
 def resolve_blocks(blocks, n_features):

@@ -184,6 +184,15 @@ def test_bad_tensor_shapes_and_sparse():
         model.transform(torch.rand(6, 2), blocks=["block1"])
     with pytest.raises(ValueError, match=r"inverse_transform: .*shape \(3, 5\)"):
         model.inverse_transform(torch.ones(3, 5))
+    # a tensor W is checked as an array is: the first bad entry named
+    W_bad = torch.ones(4, 2)
+    W_bad[3, 1] = float("inf")
+    with pytest.raises(
+        ValueError,
+        match=r"CoupledNMF.inverse_transform argument X \(the sample factor W\) "
+        r"has X\[3, 1\] = inf",
+    ):
+        model.inverse_transform(W_bad)
     Xs = sp.random(20, 8, density=0.5, format="csr", random_state=0)
     with pytest.raises(ValueError, match=r"scipy sparse matrix .* dense"):
         CoupledNMF(2, device=CPU).fit(Xs)
