@@ -834,6 +834,11 @@ class RankQualityScorer(BaseEstimator):
         only a lower bound.
     extractor_ : LayerActivationExtractor
         The extractor used by fit, when ``extractor`` was given.
+    n_features_in_ : int
+        Number of columns of ``X`` when it was 2-D (images given to an
+        ``extractor`` as 4-D arrays set none).
+    feature_names_in_ : ndarray of str
+        Column names of ``X`` when it was a DataFrame with string names.
 
     Raises
     ------
@@ -976,6 +981,13 @@ class RankQualityScorer(BaseEstimator):
         if not isinstance(self.warm_start, (bool, np.bool_)):
             raise ValueError(
                 f"warm_start={self.warm_start!r} is invalid; expected a bool."
+            )
+        ext = self.extractor
+        if ext is not None and not (hasattr(ext, "fit") and hasattr(ext, "transform")):
+            raise ValueError(
+                f"extractor={ext!r} is not understood; expected None or a "
+                "LayerActivationExtractor (an estimator with fit, transform and, "
+                "once fitted, block_sizes_)."
             )
         if self.n_jobs is not None and (
             not isinstance(self.n_jobs, numbers.Integral) or self.n_jobs == 0
@@ -1457,7 +1469,23 @@ class RankQualityScorer(BaseEstimator):
         self.rank_limits_ = {name: min(n_rows, m) for name, m in columns.items()}
         self.rank_limit_ = min(self.rank_limits_.values())
         self._collect(results, layer_cols, ranks, blocks)
+        self._record_input_features(X)
         return self
+
+    def _record_input_features(self, X):
+        """``n_features_in_`` (a 2-D X) and ``feature_names_in_`` (a DataFrame
+        with string column names), as scikit-learn records them; neither is
+        kept from an earlier fit."""
+        from sklearn.utils.validation import _get_feature_names
+
+        for attr in ("n_features_in_", "feature_names_in_"):
+            self.__dict__.pop(attr, None)
+        shape = getattr(X, "shape", None)
+        if shape is not None and len(shape) == 2:
+            self.n_features_in_ = int(shape[1])
+        names = _get_feature_names(X)
+        if names is not None:
+            self.feature_names_in_ = names
 
     def _collect(self, results, layer_cols, ranks, blocks):
         crit = self.criterion

@@ -379,6 +379,11 @@ def test_random_state_reproducible_and_matters():
         ),
         ({"block_weights": [1, -1]}, r"entry 1 \(block '<layer>'\) is -1\.0"),
         ({"progress": "yes"}, r"progress='yes' is not understood; expected None"),
+        (
+            {"extractor": "foo"},
+            r"extractor='foo' is not understood; expected None or a "
+            r"LayerActivationExtractor",
+        ),
     ],
 )
 def test_bad_parameters(params, match):
@@ -387,6 +392,21 @@ def test_bad_parameters(params, match):
     kw.update(params)
     with pytest.raises(ValueError, match=match):
         RankQualityScorer(**kw).fit(X)
+
+
+def test_input_features_are_recorded_as_scikit_learn_does():
+    import pandas as pd
+
+    X = planted(0, 2, n=60, widths=(10, 20, 15))
+    blocks = blocks_of((10, 20, 15))
+    kw = dict(ranks=range(1, 3), cv=3, random_state=0)
+    cols = [f"{name}__f{i}" for name, size in blocks for i in range(size)]
+    sc = RankQualityScorer(**kw).fit(pd.DataFrame(X, columns=cols))
+    assert sc.n_features_in_ == 45
+    assert_array_equal(sc.feature_names_in_, cols)
+    # refitted on an ndarray: the names of the earlier fit are not kept
+    sc.set_params(blocks=blocks).fit(X)
+    assert sc.n_features_in_ == 45 and not hasattr(sc, "feature_names_in_")
 
 
 def test_passed_on_parameters_are_checked_before_the_network_runs(
