@@ -775,6 +775,16 @@ def test_clone_shares_model_pickle_and_pandas(lenet, X):
     assert e2.feature_names_in_[0] == "px0"
     with pytest.raises(ValueError, match="column names"):
         e2.transform(Xdf.rename(columns={"px0": "other"}))
+    # names on one side only: scikit-learn's warnings, the result unchanged
+    ref = e2.transform(Xdf)
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        np.testing.assert_array_equal(e2.transform(X), ref)
+    e3 = clone(e2).fit(X)
+    with pytest.warns(UserWarning, match="X has feature names, but Layer"):
+        np.testing.assert_array_equal(e3.transform(Xdf), ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        e2.transform(Xdf), e3.transform(X)
 
 
 def test_double_precision_model_gives_float32(X):

@@ -1157,7 +1157,19 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         arr = _as_array(
             X, warn_integers=not self._model_takes_integers(self._get_adapter())
         )
-        if hasattr(self, "feature_names_in_") and hasattr(X, "columns"):
+        fitted_names = hasattr(self, "feature_names_in_")
+        has_names = hasattr(X, "columns")
+        if fitted_names != has_names:  # as scikit-learn's estimators warn
+            warnings.warn(
+                "X does not have valid feature names, but LayerActivationExtractor "
+                "was fitted with feature names"
+                if fitted_names
+                else "X has feature names, but LayerActivationExtractor was fitted "
+                "without feature names",
+                UserWarning,
+                stacklevel=3,
+            )
+        if fitted_names and has_names:
             cols = np.asarray([str(c) for c in X.columns], dtype=object)
             if len(cols) != len(self.feature_names_in_) or not np.all(
                 cols == self.feature_names_in_
