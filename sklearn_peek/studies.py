@@ -374,6 +374,13 @@ class LeNetClassifier(ClassifierMixin, BaseEstimator):
         return shape
 
     def _validate_X(self, X, *, fitting):
+        import scipy.sparse as sp
+
+        if sp.issparse(X):
+            raise ValueError(
+                f"X is a scipy sparse matrix of shape {X.shape}; expected dense "
+                "images (X.toarray())."
+            )
         X = to_numpy(X)
         if getattr(X, "dtype", None) is not None and X.dtype == object:
             X = np.asarray(X, dtype=np.float32)
@@ -431,7 +438,7 @@ class LeNetClassifier(ClassifierMixin, BaseEstimator):
         return np.ascontiguousarray(X), shape
 
     # -- fit / predict ------------------------------------------------------
-    def fit(self, X, y):
+    def fit(self, X, y=None):
         """Train the network on images ``X`` with labels ``y``.
 
         Parameters
@@ -452,6 +459,11 @@ class LeNetClassifier(ClassifierMixin, BaseEstimator):
         start = time.perf_counter()
         level = self._check_params()
         dev = resolve_device(self.device) or torch.device("cpu")
+        if y is None:
+            raise ValueError(
+                "LeNetClassifier.fit requires y (one class label per image), but "
+                "y is None."
+            )
         X, shape = self._validate_X(X, fitting=True)
         y = to_numpy(y)
         y = np.asarray(y)
@@ -463,7 +475,13 @@ class LeNetClassifier(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         lenet_feature_shape(shape)  # clear error for too-small images
 
-        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        classes, y_idx = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"y holds a single class ({classes.tolist()[0]!r}); expected at "
+                "least 2 classes to train a classifier."
+            )
+        self.classes_ = classes
         self.input_shape_ = shape
         self.n_features_in_ = math.prod(shape)
         seed_data, seed_torch = _seeds(self.random_state)

@@ -220,6 +220,16 @@ def test_bad_inputs(digits_split):
         LeNetClassifier().fit(Xtr, ytr + 0.5)
     with pytest.raises(ValueError, match=r"too small"):
         LeNetClassifier().fit(np.zeros((4, 1, 2, 2), np.float32), [0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"fit requires y .*but y is None"):
+        LeNetClassifier().fit(Xtr)
+    with pytest.raises(ValueError, match=r"y holds a single class \(3\); expected"):
+        LeNetClassifier().fit(Xtr, np.full(len(Xtr), 3))
+    import scipy.sparse as sp
+
+    with pytest.raises(ValueError, match=r"X is a scipy sparse matrix of shape"):
+        LeNetClassifier(input_shape=(1, 8, 8)).fit(
+            sp.csr_matrix(Xtr.reshape(len(Xtr), -1)), ytr
+        )
     clf = LeNetClassifier(epochs=0, random_state=0).fit(Xtr, ytr)
     with pytest.raises(ValueError, match=r"fitted on images of shape \(1, 8, 8\)"):
         clf.predict(np.zeros((2, 1, 28, 28), np.float32))
