@@ -417,6 +417,8 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         kl = self.beta_loss == "kullback-leibler"
         self._check_solver_loss(X)
         sq = None if kl else _block_sums(X, slices)
+        if sq is not None:
+            _check_scale(sq, X.shape, numpy_dtype(X))
         weights = self._resolve_weights(X, names, slices, sq)
         self.block_weights_ = weights
         d = self._column_weights(weights, slices, p, numpy_dtype(X))
@@ -945,6 +947,34 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 # taller: all ranks of a sweep in one run, one pass over X per iteration.
 _BATCH_ROWS = 256
 _BATCH_ROWS_GPU = 2048
+
+
+def _check_scale(sq, shape, dtype):
+    """Refuse X whose squares leave the range of its dtype.
+
+    ``sq``: the blocks' squared norms (float64, exact for float32 data). The
+    solvers form sums of squares and products of X in X's dtype: float32 data
+    with a root-mean-square below about 1e-19 underflow to zero (the fit
+    becomes NaN or the SVD of the start fails), and a squared norm near
+    float32's maximum (3.4e38) overflows. Such data are refused, with the
+    way out, rather than fitted to NaN.
+    """
+    info = np.finfo(dtype)
+    total = float(np.sum(sq))
+    size = max(int(shape[0]) * int(shape[1]), 1)
+    rms = np.sqrt(total / size)
+    low = np.sqrt(float(info.tiny))
+    high = np.sqrt(float(info.max) / 16.0 / size)
+    if total > 0 and not low <= rms <= high:
+        what = "small" if rms < low else "large"
+        raise ValueError(
+            f"CoupledNMF.fit: X has a root-mean-square value of {rms:.3g}, too "
+            f"{what} for {np.dtype(dtype).name} arithmetic (its squares would "
+            f"{'underflow' if what == 'small' else 'overflow'}); expected a "
+            f"root-mean-square between {low:.1e} and {high:.1e} for an X of "
+            f"shape {tuple(int(v) for v in shape)}. Rescale X (e.g. X / X.max())"
+            f"{', or pass float64 data' if info.bits < 64 else ''}."
+        )
 
 
 def _check_w_finite(W):

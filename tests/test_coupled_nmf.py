@@ -419,6 +419,31 @@ def test_bad_blocks():
     _fit_err(X, r"'blocks' parameter", blocks=5)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_data_whose_squares_leave_the_dtype_range_are_refused():
+    # float32 squares underflow below about 1e-19 and a squared norm above
+    # float32's maximum overflows: refused with the scale and the way out,
+    # where the fit used to end in NaN or an SVD failure.
+    base = np.random.RandomState(0).rand(20, 10)
+    for scale, what in ((1e-20, "small"), (1e20, "large")):
+        X = (base * scale).astype(np.float32)
+        for bw in ("norm", "none"):
+            _fit_err(
+                X,
+                rf"root-mean-square value of \S+, too {what} for float32.*"
+                r"Rescale X \(e\.g\. X / X\.max\(\)\), or pass float64 data\.",
+                n_components=2, blocks=[4, 6], block_weights=bw,
+            )  # fmt: skip
+        # the same data in float64 are within range and fit
+        m = CoupledNMF(2, blocks=[4, 6], random_state=0).fit(X.astype(np.float64))
+        assert np.isfinite(m.reconstruction_err_) and m.reconstruction_err_ < 1
+    # the edges of the accepted range still give finite fits in float32
+    for scale in (3e-19, 1e16):
+        X = (base * scale).astype(np.float32)
+        m = CoupledNMF(2, blocks=[4, 6], random_state=0).fit(X)
+        assert np.isfinite(m.reconstruction_err_) and np.isfinite(m.components_).all()
+
+
 def test_bad_block_weights():
     X = np.random.RandomState(0).rand(8, 6)
     kw = dict(blocks=[("a", 2), ("b", 4)])
