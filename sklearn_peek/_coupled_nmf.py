@@ -515,7 +515,9 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
         (KL: weighted divergence over weighted sum). A rank that is too high
         fits noise in the held-in columns and predicts the held-out ones
-        worse, so the score does not simply grow with rank.
+        worse, so the score does not simply grow with rank. When every block
+        has a single column nothing can be held out: the score is then the
+        in-sample fit, with a warning.
 
         Parameters
         ----------
@@ -1094,6 +1096,13 @@ def _held_out_scores(models, X):
         )
     held_in, held_out = first._score_split()
     if held_out.size == 0:
+        warnings.warn(
+            "score: every block has a single column, so none can be held out; "
+            "the score is the in-sample fit of X (W solved and scored on the "
+            "same columns), not a held-out estimate.",
+            UserWarning,
+            stacklevel=3,
+        )
         held_in = held_out = np.arange(X.shape[1])
     if is_torch_tensor(X):
         torch = _solvers._t()

@@ -291,6 +291,20 @@ def test_score_does_not_grow_with_rank():
     assert all(-1.5 < s <= 0 for s in scores.values())
 
 
+def test_score_with_nothing_to_hold_out_warns_that_it_is_in_sample():
+    X = np.random.RandomState(0).rand(30, 2) + 0.1
+    model = CoupledNMF(1, blocks=[1, 1], random_state=0).fit(X)
+    with pytest.warns(UserWarning, match=r"single column, so none can be held out"):
+        s = model.score(X)
+    W = model.transform(X)  # the in-sample fit, W solved on all the columns
+    d = model._fitted_column_weights()
+    err = ((X - W @ model.components_) ** 2) @ d
+    np.testing.assert_allclose(s, -err.sum() / ((X**2) @ d).sum(), rtol=1e-6)
+    with warnings.catch_warnings():  # a block of two columns holds one out
+        warnings.simplefilter("error", UserWarning)
+        CoupledNMF(1, random_state=0).fit(X).score(X)
+
+
 # ------------------------------------------------------------ subsets of blocks
 def test_transform_from_a_subset_of_blocks():
     X, _ = _planted(5, r=4, noise=0.01)
