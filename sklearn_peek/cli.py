@@ -2075,7 +2075,7 @@ def _cmd_demo(args, say):
             res = studies.run_paper_studies(
                 settings,
                 n_jobs=args.jobs,
-                progress=not say.quiet,
+                progress=False if say.quiet else None,
                 random_state=args.seed,
             )
     except SweepLimitError as exc:  # raised before any training

@@ -1078,8 +1078,10 @@ def run_case_study(
         the network's seed: network ``s`` is swept with seed
         ``random_state * 1000003 + s``) and the bootstrap. The networks
         themselves depend only on ``seeds``.
-    progress : bool, default=False
-        Show a tqdm progress bar over the networks.
+    progress : bool or None, default=False
+        Show a tqdm progress bar over the networks. None: only when standard
+        error is a terminal (and the ``CI`` environment variable is unset),
+        as the estimators do.
 
     Returns
     -------

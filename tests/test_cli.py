@@ -849,6 +849,18 @@ def test_analyze_at_the_data_limit_does_not_suggest_extending(files, tmp_path, c
     assert code == 1 and "Pass --ranks up to 15" in err
 
 
+def test_demo_draws_no_progress_bars_when_stderr_is_not_a_terminal(
+    tmp_path, capsys, monkeypatch
+):
+    # as analyze and the estimators: bars only on a terminal (capsys is not)
+    monkeypatch.delenv("CI", raising=False)
+    argv = ["demo", "--out", tmp_path / "d", "--tiny", "--seed", "0", "--jobs", "1"]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    assert "case study on the digits" in out + err  # it still talks
+    assert "\r" not in err and "network/s" not in err and "it/s" not in err
+
+
 def test_demo_suggestion_keeps_the_grid_sparse():
     from sklearn_peek import studies
 
