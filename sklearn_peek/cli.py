@@ -183,8 +183,9 @@ examples:
 
 'sklearn-peek layers MODEL' lists the names --layers accepts: node or tensor
 names for ONNX and TorchScript files (/pool1/MaxPool or
-/pool1/MaxPool_output_0 in a file exported by torch.onnx.export), module names
-(pool1) for a pickled torch module (add --input-shape C,H,W).
+/pool1/MaxPool_output_0 from torch.onnx.export(..., dynamo=False), max_pool2d
+from its dynamo exporter), module names (pool1) for a pickled torch module
+(add --input-shape C,H,W).
 
 exit codes: 0 success, 1 bad input or failure (one line on stderr, starting
 'sklearn-peek: error:'; add --debug for the full traceback), 2 bad command line,
@@ -1098,7 +1099,7 @@ def _channel_error(model, exc, *, source="--data"):
 
 
 _FORMAT_LAYERS = {
-    "onnx": "an ONNX model (layers are tensor or node names such as /relu1/Relu)",
+    "onnx": "an ONNX model (layers are its tensor or node names)",
     "torchscript": "a TorchScript file, converted to ONNX to read its layers (so "
     "layers have ONNX names such as /relu1/Relu)",
     "pickle": "a pickled torch module (layers are module names such as relu1)",

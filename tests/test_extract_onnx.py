@@ -652,6 +652,34 @@ def test_torch_and_its_onnx_export_agree(dynamic, X):
     assert [s for _, s in t2.block_sizes_] == [s for _, s in o2.block_sizes_]
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_a_model_from_torchs_default_exporter(dynamic):
+    # torch >= 2.9 exports with dynamo=True by default (it needs onnxscript,
+    # which .ci/run installs): tensors are named after the torch operations
+    # (max_pool2d, relu_2, ...) and the batch dimension is the sample's (2)
+    # unless dynamic_shapes frees it. The same layers as the torch module's.
+    pytest.importorskip("onnxscript")
+    from sklearn_peek._lenet import build_lenet
+
+    torch.manual_seed(0)
+    net = build_lenet((1, 28, 28), 10).eval()
+    kw = {"dynamic_shapes": ({0: torch.export.Dim("batch")},)} if dynamic else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            net, (torch.zeros(2, 1, 28, 28),), dynamo=True, verbose=False, **kw
+        )
+    model = program.model_proto
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert (batch.dim_param != "") == dynamic and (dynamic or batch.dim_value == 2)
+    X = np.random.default_rng(0).random((11, 1, 28, 28), dtype=np.float32)
+    ext = LayerActivationExtractor(model, batch_size=4).fit(X)
+    ref = LayerActivationExtractor(net).fit(X)
+    assert ext.layer_names_[1:3] == ["max_pool2d", "max_pool2d_1"]
+    assert [s for _, s in ext.block_sizes_] == [s for _, s in ref.block_sizes_]
+    np.testing.assert_allclose(ext.transform(X), ref.transform(X), rtol=1e-5, atol=1e-6)
+
+
 def _skl2onnx_mlp():
     """An MLP trained on 40 samples, its ONNX export (skl2onnx) and X."""
     skl2onnx = pytest.importorskip("skl2onnx")
