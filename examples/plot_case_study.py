@@ -16,8 +16,9 @@ reproduces one of their case studies, *too few epochs*, on the digits with
 
 Four networks and one seed make a demonstration, not evidence: the intervals
 are wide. :func:`sklearn_peek.studies.run_paper_studies` runs all four of the
-paper's studies with several seeds (``preset="full"``, about ten minutes on
-two cores), and :doc:`/user_guide/case_studies` reports what we found.
+paper's studies with several seeds (``preset="full"``, 60 networks, 137 s on
+an idle 2-core machine), and :doc:`/user_guide/case_studies` reports what we
+found.
 
 Set ``SKLEARN_PEEK_EXAMPLE_QUICK=1`` to run it on smaller settings.
 """
@@ -72,8 +73,8 @@ print()
 corr = pd.DataFrame(result.correlations)
 # ``note`` says why rho or its interval is missing (NaN): e.g. the rank was
 # the same for every network, or in too many bootstrap resamples
-with pd.option_context("display.max_colwidth", 90, "display.width", 160):
-    print(corr[["layer", "measure", "rho", "ci_low", "ci_high", "note"]].round(2))
+cols = ["layer", "measure", "rho", "ci_low", "ci_high", "note"]
+print(corr[cols].round(2).to_string(index=False, max_colwidth=90))
 print(f"\nwall time {result.timings['wall']:.1f} s")
 
 # %%
