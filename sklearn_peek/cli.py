@@ -546,6 +546,8 @@ def build_parser():
     )
     _add_common(ly)
     ly.set_defaults(func=_cmd_layers)
+    # main() reports an unknown option with its command's usage line
+    parser.commands = sub.choices
     return parser
 
 
@@ -841,6 +843,17 @@ def prepare_inputs(X, *, input_shape=None, scale="auto", index=None, say=None):
     return np.ascontiguousarray(X, dtype=np.float32)
 
 
+def _checked_onnx(p):
+    """The path of an ONNX file that parses; else a CLIError naming MODEL."""
+    from sklearn_peek._extract._onnx import load_model as load_onnx
+
+    try:
+        load_onnx(str(p), subject=f"MODEL {str(p)!r}")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    return str(p)
+
+
 def load_model(
     path, *, trust_pickle=False, sample=None, workdir=None, channel_repeat=False
 ):
@@ -853,7 +866,7 @@ def load_model(
     """
     p = _require_file(path, "MODEL")
     if p.suffix.lower() == ".onnx":
-        return str(p), "onnx"
+        return _checked_onnx(p), "onnx"
     import torch
 
     if zipfile.is_zipfile(p):
@@ -872,7 +885,7 @@ def load_model(
             onnx_path = _script_to_onnx(scripted, p, sample, workdir, channel_repeat)
             return onnx_path, "torchscript"
     elif _looks_like_onnx(p):
-        return str(p), "onnx"
+        return _checked_onnx(p), "onnx"
     if not trust_pickle:
         raise CLIError(
             f"MODEL {str(p)!r} is neither ONNX nor TorchScript. If it is a torch "
@@ -2293,7 +2306,10 @@ def main(argv=None):
     parser = build_parser()
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # as parse_args would, with the command's own usage line
+            command = parser.commands.get(getattr(args, "command", None), parser)
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     args.argv_ = [str(a) for a in argv]

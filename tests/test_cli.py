@@ -321,7 +321,8 @@ def test_analyze_out_not_creatable(files, tmp_path, capsys):
     [
         ("missing model", ["nothere.onnx", "--data", "x.npy"], "does not exist"),
         ("missing data", ["net.onnx", "--data", "nothere.npy"], "does not exist"),
-        ("not onnx", ["bad.onnx", "--data", "x.npy"], "could not be read as an ONNX"),
+        ("not onnx", ["bad.onnx", "--data", "x.npy"],
+         r"MODEL '[^']*bad\.onnx' could not be read as an ONNX model"),
         ("shape", ["net.onnx", "--data", "x10.npy"], r"\(1, 8, 8\).*\(1, 10, 10\)"),
         ("layer", ["net.onnx", "--data", "x.npy", "--layers", "relu9"], "relu9"),
         ("flat", ["net.onnx", "--data", "y.npy"],
@@ -429,6 +430,13 @@ def test_help_explains_every_option(capsys):
          "argument --jobs/-j: '0': expected a non-zero integer"),
         (["demo", "--out", "o", "-j", "0"],
          "argument --jobs/-j: '0': expected a non-zero integer"),
+        # an unknown option: the command's own usage line and error
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--bogus", "1"],
+         "usage: sklearn-peek analyze [-h] --data FILE"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--bogus", "1"],
+         "sklearn-peek analyze: error: unrecognized arguments: --bogus 1"),
+        (["layers", "m.onnx", "--bogus"],
+         "sklearn-peek layers: error: unrecognized arguments: --bogus"),
     ],
 )  # fmt: skip
 def test_bad_command_line_exit_code_2(capsys, argv, message):

@@ -200,8 +200,12 @@ def is_onnx_model(model):
     return isinstance(model, onnx.ModelProto)
 
 
-def load_model(model):
-    """Return ``(ModelProto copy, description)``; clear errors for bad files."""
+def load_model(model, *, subject=None):
+    """Return ``(ModelProto copy, description)``; clear errors for bad files.
+
+    ``subject``: how the messages name a model file (the CLI's ``MODEL
+    'path'``); by default the argument, ``model='path'``.
+    """
     import onnx
 
     if isinstance(model, onnx.ModelProto):
@@ -220,19 +224,20 @@ def load_model(model):
     else:
         path = os.fspath(model)
         source = repr(path)
+        name = f"model={path!r}" if subject is None else subject
         if not os.path.exists(path):
             raise FileNotFoundError(
-                f"model={path!r}: no such file. Expected a torch.nn.Module, or an "
+                f"{name}: no such file. Expected a torch.nn.Module, or an "
                 "ONNX model as a file path, bytes or onnx.ModelProto."
             )
         if os.path.isdir(path):
-            raise ValueError(f"model={path!r} is a directory, not an ONNX file.")
+            raise ValueError(f"{name} is a directory, not an ONNX file.")
         try:
             # Loads weights stored as external data from the model's folder.
             proto = onnx.load(path)
         except Exception as exc:
             raise ValueError(
-                f"model={path!r} could not be read as an ONNX model (truncated, "
+                f"{name} could not be read as an ONNX model (truncated, "
                 "corrupt, not ONNX, or its external data files are missing): "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
@@ -250,8 +255,9 @@ def load_model(model):
                 "with onnx.load_external_data_for_model(model, base_dir)."
             )
     if proto.ir_version <= 0 or len(proto.graph.node) == 0:
+        name = f"model={source}" if subject is None else subject
         raise ValueError(
-            f"model={source} is not an ONNX model: it parsed without an IR version "
+            f"{name} is not an ONNX model: it parsed without an IR version "
             f"or without any graph nodes (ir_version={proto.ir_version}, "
             f"{len(proto.graph.node)} nodes)."
         )
