@@ -1910,7 +1910,7 @@ def demo_warnings(rows, layers, criterion, ranks):
     for layer in layers:
         selected = {i: r[f"{layer}_{criterion}"] for i, r in enumerate(rows)}
         top, at_top = _top_of_grid(ranks, selected)
-        nets = [f"{rows[i]['degradation']}={rows[i]['level']}" for i in at_top]
+        nets = [f"{rows[i]['degradation']}={rows[i]['level']:g}" for i in at_top]
         if nets:
             out.append(
                 (

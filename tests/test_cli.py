@@ -891,6 +891,12 @@ def test_demo_suggestion_keeps_the_grid_sparse():
     assert cli._extended_grid(range(1, 16), cap=22) == "1:22"
     assert cli._extended_grid([3, 4], cap=4) is None
     assert cli.demo_warnings(rows, ["pool1"], "bcv", [20]) == []
+    # levels as a DataFrame gives them (float64 when a study's are fractions)
+    # read as the study wrote them, with or without pandas
+    for row, level in zip(rows, (1.0, 0.1, 4.0)):
+        row["level"] = level
+    ((_, _, details),) = cli.demo_warnings(rows, ["pool1"], "bcv", quick)
+    assert details["networks"] == ["epochs=1", "epochs=4"]
 
 
 @pytest.mark.parametrize(
