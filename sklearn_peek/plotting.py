@@ -72,6 +72,21 @@ def _plt():
 _H_PAD = 0.1
 
 
+def _wrapped(text, width_in, fontsize):
+    """``text`` broken at spaces into lines about ``width_in`` inches wide
+    (0.5 em per character, about DejaVu Sans' average: an estimate)."""
+    import textwrap
+
+    chars = max(12, int(width_in * 72 / (0.5 * fontsize)))
+    return "\n".join(textwrap.wrap(text, chars)) if len(text) > chars else text
+
+
+def _suptitle(fig, title, fontsize=12):
+    """The figure title, broken over lines that fit the figure's width."""
+    width = fig.bbox.width / _root_figure(fig).dpi
+    fig.suptitle(_wrapped(title, width - 0.2, fontsize), fontsize=fontsize)
+
+
 def _new_figure(fig, figsize):
     """``fig`` as given, or a fresh constrained-layout figure of ``figsize``."""
     if fig is not None:
@@ -930,8 +945,9 @@ def plot_input_factors(
         Tiles per row; by default at most 6, rows as even as possible.
     cmap : str, optional
         Colormap for single-channel tiles. By default ``"gray_r"`` (dark =
-        strong weight), and ``"RdBu_r"`` for a ``nonneg="split"`` block (red =
-        positive part, blue = negative part, white = 0).
+        strong weight), and ``"RdBu_r"`` for a ``nonneg="split"`` block or
+        signed components such as PCA's (red = positive part, blue = negative
+        part, white = 0).
     components : sequence of int, optional
         Which factors to draw; all by default.
     fig : matplotlib Figure, optional
@@ -969,8 +985,11 @@ def plot_input_factors(
     if split:
         half = H.shape[1] // 2
         H = H[:, :half] - H[:, half:]  # positive part minus negative part
+    # Signed patterns (a split block, or components of PCA, ICA, ...) are
+    # drawn around zero with a diverging map; non-negative ones from zero up.
+    signed = split or bool(np.any(H < 0))
     if cmap is None:
-        cmap = "RdBu_r" if split else "gray_r"
+        cmap = "RdBu_r" if signed else "gray_r"
     idx = (
         list(range(H.shape[0])) if components is None else [int(k) for k in components]
     )
@@ -984,11 +1003,16 @@ def plot_input_factors(
     if n == 0:
         raise ValueError("components=[]: nothing to draw.")
     n_rows, n_cols = _grid_shape(n, ncols=ncols)
+    # Tiles of 1.7 x 1.7 in for square images; others keep that area, each
+    # side within 1 to 4 in, and the whole figure at most 16 in wide.
     aspect = shape[-1] / shape[-2]
-    tile = 1.7
-    fig = _new_figure(fig, (max(3.5, n_cols * tile * aspect), n_rows * tile + 0.6))
+    tile_w = float(np.clip(1.7 * np.sqrt(aspect), 1.0, 4.0))
+    tile_h = float(np.clip(1.7 / np.sqrt(aspect), 1.0, 4.0))
+    scale = min(1.0, 16.0 / (n_cols * tile_w))
+    tile_w, tile_h = tile_w * scale, tile_h * scale
+    fig = _new_figure(fig, (max(3.5, n_cols * tile_w), n_rows * tile_h + 0.6))
     for ax, k in zip(_panels(fig, n, n_rows, n_cols), idx):
-        if split:
+        if signed:
             img = _signed_tile_image(H[k], shape)
             lo = -1.0
         else:
@@ -1003,7 +1027,9 @@ def plot_input_factors(
         title = f"Input patterns of the latent factors (block {block!r})"
         if split:
             title += ", positive minus negative part"
-    fig.suptitle(title, fontsize=12)
+        elif signed:
+            title += ", signed: red positive, blue negative"
+    _suptitle(fig, title)
     return fig
 
 
@@ -1171,7 +1197,10 @@ def plot_layer_factors(
             M, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0.0, vmax=vmax
         )
         ax.set_xlabel("latent factor")
-        ax.set_ylabel(f"{layer} {kind}")
+        # the panel title names the layer; a long name (ONNX tensors) would
+        # not fit along the axis
+        ylabel = f"{layer} {kind}"
+        ax.set_ylabel(ylabel if len(ylabel) <= 30 else kind)
         step = max(1, math.ceil(M.shape[1] / 12))
         ax.set_xticks(np.arange(0, M.shape[1], step))
         if M.shape[0] <= 24:
@@ -1180,7 +1209,7 @@ def plot_layer_factors(
         cb.set_label(label)
     if title is None:
         title = "Which units of each layer every latent factor uses"
-    fig.suptitle(title, fontsize=12)
+    _suptitle(fig, title)
     # Long layer names (ONNX: "/pool2/MaxPool_output_0") are fitted to the
     # width of their panel when drawn: smaller, broken over lines, or shortened.
     _fit_titles(
@@ -1366,6 +1395,13 @@ def plot_sample_loadings(
         )
     if not np.all(np.isfinite(W)):
         raise ValueError("W contains NaN or infinite values.")
+    if W.min() < 0:
+        i, j = np.unravel_index(int(np.argmin(W)), W.shape)
+        raise ValueError(
+            f"W has negative values (W[{i}, {j}] = {W[i, j]:.4g}); expected "
+            "non-negative loadings such as CoupledNMF's or NMF's W (signed "
+            "scores, e.g. PCA's, have no 'share of a sample' to draw)."
+        )
     if normalize not in ("row", None):
         raise ValueError(f"normalize={normalize!r}: expected 'row' or None.")
     n, r = W.shape
@@ -1391,14 +1427,17 @@ def plot_sample_loadings(
     if max_samples is not None and n > max_samples:
         keep = np.linspace(0, n - 1, int(max_samples)).round().astype(int)
         M, groups = M[keep], groups[keep]
-        thinned = f", every {n / len(keep):.1f}th of {n} shown"
+        thinned = f", {len(keep)} of the {n} rows shown"
 
     if ax is None:
-        fig = _new_figure(None, (min(9.0, 3.2 + 0.35 * r), 5.5))
+        fig = _new_figure(None, (min(9.0, max(5.0, 3.2 + 0.35 * r)), 5.5))
         ax = fig.add_subplot()
     else:
         fig = ax.figure
-    im = ax.imshow(M, aspect="auto", cmap=cmap, interpolation="nearest")
+    vmax = 1.0 if normalize == "row" else max(float(M.max()), 1e-300)
+    im = ax.imshow(
+        M, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0.0, vmax=vmax
+    )
     ax.set_xlabel("latent factor")
     ax.set_ylabel(f"samples grouped by {group_label}")
     step = max(1, math.ceil(r / 15))
@@ -1413,8 +1452,11 @@ def plot_sample_loadings(
     cb = fig.colorbar(im, ax=ax, shrink=0.9)
     cb.set_label("loading / row max" if normalize == "row" else "loading")
     if title is None:
-        title = f"Sample loadings W ({n} samples x {r} factors{thinned})"
-    ax.set_title(title, fontsize=11)
+        factors = "factor" if r == 1 else "factors"
+        title = f"Sample loadings W ({n} samples x {r} {factors}{thinned})"
+    # the axes take the figure's width less the colorbar and the labels
+    width = ax.figure.bbox.width / _root_figure(ax.figure).dpi
+    ax.set_title(_wrapped(title, max(width - 1.4, 1.5), 11), fontsize=11)
     # Group names where they fit: the row heights are known after the layout
     # (and placed again when the figure is drawn at another size).
     _layout(fig)
@@ -1499,8 +1541,12 @@ def _curves_from(obj):
         isinstance(obj, dict) and {"layer", "rank", "mean_score"} <= set(obj)
     ):
         res = obj.cv_results_ if hasattr(obj, "cv_results_") else obj
-        sel = getattr(obj, "rank_", {}) or {}
+        sel = dict(getattr(obj, "rank_", {}) or {})
         layers = np.asarray(res["layer"])
+        if not sel and "selected" in res:  # a cv_results_ dict on its own
+            chosen = np.asarray(res["selected"], dtype=bool)
+            for layer, rank in zip(layers[chosen], np.asarray(res["rank"])[chosen]):
+                sel.setdefault(layer, int(rank))
         curves = {}
         for layer in dict.fromkeys(layers.tolist()):
             m = layers == layer
@@ -1608,15 +1654,24 @@ def plot_rank_sweep(
     for ax, layer in zip(_panels(fig, n, n_rows, n_cols), layers):
         c = curves[layer]
         ranks = np.asarray(c["ranks"], dtype=float)
-        mean = np.asarray(c["mean"], dtype=float)
+        order = np.argsort(ranks, kind="stable")  # a line from rank to rank
+        ranks = ranks[order]
+        mean = np.asarray(c["mean"], dtype=float)[order]
         std = c.get("std")
-        label = criterion or c.get("criterion") or crit or "criterion"
-        label = _CRITERION_LABELS.get(label, label)
-        ax.plot(
-            ranks, mean, "-o", color="tab:blue", ms=3.5, lw=1.6, label="mean over folds"
-        )
+        name = criterion or c.get("criterion") or crit
+        label = _CRITERION_LABELS.get(name, name or "criterion")
+        # bcv's curve is a mean over folds; the other criteria fit once per
+        # rank (stability: its restarts give one value), so no spread
+        over = " over folds" if name == "bcv" else ""
         if std is not None:
-            std = np.asarray(std, dtype=float)
+            std = np.asarray(std, dtype=float)[order]
+            if not np.any(std > 0):
+                std = None
+        ax.plot(
+            ranks, mean, "-o", color="tab:blue", ms=3.5, lw=1.6,
+            label=f"mean{over}" if std is not None or over else str(label),
+        )  # fmt: skip
+        if std is not None:
             ax.fill_between(
                 ranks,
                 mean - std,
@@ -1624,7 +1679,7 @@ def plot_rank_sweep(
                 color="tab:blue",
                 alpha=0.2,
                 lw=0,
-                label="± 1 std over folds",
+                label=f"± 1 std{over}",
             )
         sel = c.get("selected")
         if sel is not None and not (isinstance(sel, float) and np.isnan(sel)):
@@ -1658,7 +1713,7 @@ def plot_rank_sweep(
         drawn.append((ax, layer, sel, grid, cands))
     if title is None:
         title = "Rank sweep per layer"
-    fig.suptitle(title, fontsize=12)
+    _suptitle(fig, title)
     # Titles and tick labels are fitted to the space the layout gives them,
     # whenever the figure is drawn.
     _fit_titles(

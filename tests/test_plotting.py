@@ -282,7 +282,7 @@ def test_sample_loadings_thins_and_validates():
     W = np.random.default_rng(0).random((300, 3))
     fig = plotting.plot_sample_loadings(W, max_samples=100)
     assert fig.axes[0].images[0].get_array().shape == (100, 3)
-    assert "of 300 shown" in fig.axes[0].get_title()
+    assert "100 of the 300 rows shown" in fig.axes[0].get_title().replace("\n", " ")
     with pytest.raises(ValueError, match=r"y: expected shape \(300,\)"):
         plotting.plot_sample_loadings(W, y=np.zeros(10))
     with pytest.raises(ValueError, match="NaN"):
@@ -950,3 +950,108 @@ def test_rank_sweep_figure_pickles_and_still_fits_its_text():
         assert ax.get_title().replace("\n", "").startswith(names[fig.axes.index(ax)])
         labels = [t for t in ax.get_xticklabels() if t.get_text()]
         _assert_apart(_boxes(labels), "x")
+
+
+def test_input_factors_of_signed_components_are_drawn_around_zero(digits):
+    from sklearn.decomposition import PCA
+
+    X, _ = digits
+    pca = PCA(4).fit(X)
+    fig = plotting.plot_input_factors(pca, image_shape=(8, 8))
+    for ax, row in zip(fig.axes, pca.components_):
+        (im,) = ax.images
+        assert im.get_cmap().name == "RdBu_r" and im.get_clim() == (-1.0, 1.0)
+        img = im.get_array()
+        # each tile divided by its largest absolute value: zero stays white
+        np.testing.assert_allclose(img, (row / np.abs(row).max()).reshape(8, 8))
+    title = fig._suptitle.get_text().replace("\n", " ")
+    assert "signed: red positive, blue negative" in title
+    # non-negative components keep the sequential map from zero
+    nmf = NMF(4, init="nndsvda", max_iter=300, random_state=0).fit(X)
+    im = plotting.plot_input_factors(nmf, image_shape=(8, 8)).axes[0].images[0]
+    assert im.get_cmap().name == "gray_r" and im.get_clim() == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("shape", [(1, 50), (4, 60), (60, 4), (8, 8)])
+def test_input_factors_figure_size_stays_sensible_for_any_image_shape(shape):
+    rng = np.random.default_rng(0)
+    H = rng.random((6, shape[0] * shape[1]))
+    fig = plotting.plot_input_factors(H, image_shape=shape)
+    w, h = fig.get_size_inches()
+    assert 3.5 <= w <= 16.0 and h <= 9.0
+    if shape == (8, 8):  # square tiles: 1.7 in, as before
+        assert (w, h) == pytest.approx((6 * 1.7, 1.7 + 0.6))
+    fig.canvas.draw()
+    # tile titles side by side never overlap
+    boxes = [ax.title.get_window_extent() for ax in fig.axes]
+    for a, b in itertools.pairwise(boxes):
+        assert a.x1 <= b.x0 + 1
+
+
+def test_figure_titles_are_broken_to_fit_narrow_figures(coupled):
+    model, *_ = coupled
+    fig = plotting.plot_input_factors(model, components=[0])
+    fig.canvas.draw()
+    title = fig._suptitle
+    assert "\n" in title.get_text()
+    box = title.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+    fig = plotting.plot_sample_loadings(np.random.default_rng(0).random((50, 1)))
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert ax.get_title().startswith("Sample loadings W (50 samples x 1 factor)")
+    box = ax.title.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+
+
+def test_sample_loadings_scale_and_sign():
+    rng = np.random.default_rng(0)
+    W = rng.random((40, 3))
+    fig = plotting.plot_sample_loadings(W)
+    assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)  # shares of the row max
+    one = plotting.plot_sample_loadings(np.full((10, 1), 2.0))
+    assert one.axes[0].images[0].get_clim() == (0.0, 1.0)  # not 0.9 to 1.1
+    raw = plotting.plot_sample_loadings(W * 3, normalize=None)
+    assert raw.axes[0].images[0].get_clim() == (0.0, pytest.approx((W * 3).max()))
+    W[4, 2] = -0.25
+    with pytest.raises(ValueError, match=r"W has negative values \(W\[4, 2\] = -0\.25"):
+        plotting.plot_sample_loadings(W)
+
+
+def test_layer_factors_long_names_leave_the_y_axis_to_the_unit_kind():
+    name = "/layer1/layer1.0/relu/Relu_output_0"
+    H = np.random.default_rng(0).random((3, 14))
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(
+        components_=H,
+        block_names_=["input", name, "fc1"],
+        block_slices_={"input": slice(0, 4), name: slice(4, 10), "fc1": slice(10, 14)},
+    )
+    fig = plotting.plot_layer_factors(model)
+    assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["unit", "fc1 unit"]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_rank_sweep_sorts_ranks_reads_cv_results_and_names_its_spread():
+    from sklearn_peek import RankQualityScorer
+
+    curves = {"l": {"ranks": [3, 1, 2], "mean": [0.3, 0.1, 0.2],
+                    "std": [0.0, 0.0, 0.0], "selected": 2}}  # fmt: skip
+    fig = plotting.plot_rank_sweep(curves, criterion="elbow")
+    line = fig.axes[0].lines[0]
+    assert list(line.get_xdata()) == [1, 2, 3] and list(line.get_ydata()) == [
+        0.1, 0.2, 0.3]  # fmt: skip
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert not any("fold" in t for t in labels) and "minus relative error" in labels
+    rng = np.random.default_rng(0)
+    A = rng.random((60, 4)) @ rng.random((4, 30)) + 0.01
+    sc = RankQualityScorer(blocks=[("input", 10), ("l", 20)], ranks=range(1, 5),
+                           cv=3, random_state=0).fit(A)  # fmt: skip
+    fig = plotting.plot_rank_sweep(dict(sc.cv_results_))
+    title = fig.axes[0].get_title()
+    assert title.endswith(f"selected rank {sc.rank_['l']}")
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "mean" in labels and "± 1 std" in labels
+    labels = plotting.plot_rank_sweep(sc).axes[0].get_legend_handles_labels()[1]
+    assert "mean over folds" in labels
