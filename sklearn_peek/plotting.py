@@ -90,11 +90,64 @@ def _suptitle(fig, title, fontsize=12):
 def _new_figure(fig, figsize):
     """``fig`` as given, or a fresh constrained-layout figure of ``figsize``."""
     if fig is not None:
+        from matplotlib.figure import FigureBase
+
+        if not isinstance(fig, FigureBase):
+            raise TypeError(
+                f"fig={type(fig).__name__}: expected a matplotlib Figure or "
+                "SubFigure (an Axes goes to the functions that take ax=)."
+            )
         return fig
     plt = _plt()
     fig = plt.figure(figsize=figsize, layout="constrained")
     fig.get_layout_engine().set(h_pad=_H_PAD)
     return fig
+
+
+def _check_axes(ax):
+    """``ax`` unless it is something other than None or a matplotlib Axes."""
+    from matplotlib.axes import Axes
+
+    if ax is not None and not isinstance(ax, Axes):
+        raise TypeError(
+            f"ax={type(ax).__name__}: expected a matplotlib Axes (e.g. "
+            "fig.add_subplot()); a Figure goes to the functions that take fig=."
+        )
+    return ax
+
+
+def _shape_tuple(image_shape):
+    """``image_shape`` as a tuple of ints, or a ValueError naming it."""
+    items = None
+    if not isinstance(image_shape, (str, bytes)) and np.iterable(image_shape):
+        items = list(image_shape)
+    if items is None or not all(
+        isinstance(s, Integral) and not isinstance(s, (bool, np.bool_)) for s in items
+    ):
+        raise ValueError(
+            f"image_shape={image_shape!r} is not understood; expected a tuple of "
+            "ints, (H, W) or (C, H, W)."
+        )
+    return tuple(int(s) for s in items)
+
+
+def _component_indices(components, n):
+    """The factor indices ``components`` asks for (all when None), checked."""
+    if components is None:
+        return list(range(n))
+    items = None
+    if not isinstance(components, (str, bytes)) and np.iterable(components):
+        items = list(components)
+    if items is None or not all(
+        isinstance(k, Integral) and not isinstance(k, (bool, np.bool_)) for k in items
+    ):
+        mask = items is not None and any(isinstance(k, (bool, np.bool_)) for k in items)
+        raise TypeError(
+            f"components={components!r}: expected a sequence of factor indices "
+            "(ints), e.g. [0, 2]"
+            + ("; for a boolean mask pass np.flatnonzero(mask)." if mask else ".")
+        )
+    return [int(k) for k in items]
 
 
 def _root_figure(fig):
@@ -501,7 +554,7 @@ def _infer_image_shape(n_features):
 def _as_image_shape(image_shape, n_features):
     if image_shape is None:
         return _infer_image_shape(n_features)
-    shape = tuple(int(s) for s in image_shape)
+    shape = _shape_tuple(image_shape)
     if len(shape) not in (2, 3) or any(s < 1 for s in shape):
         raise ValueError(
             f"image_shape={image_shape!r} is not understood; expected (H, W) or "
@@ -540,7 +593,7 @@ def _input_image_shape(image_shape, n_features, feature_names=None):
         if _is_split_names(feature_names):
             return _infer_image_shape(n_features // 2), True
         return _infer_image_shape(n_features), False
-    shape = tuple(int(s) for s in image_shape)
+    shape = _shape_tuple(image_shape)
     if len(shape) == 4:
         if shape[0] != 2 or any(s < 1 for s in shape):
             raise ValueError(
@@ -990,9 +1043,7 @@ def plot_input_factors(
     signed = split or bool(np.any(H < 0))
     if cmap is None:
         cmap = "RdBu_r" if signed else "gray_r"
-    idx = (
-        list(range(H.shape[0])) if components is None else [int(k) for k in components]
-    )
+    idx = _component_indices(components, H.shape[0])
     bad = [k for k in idx if not 0 <= k < H.shape[0]]
     if bad:
         raise ValueError(
@@ -1404,6 +1455,15 @@ def plot_sample_loadings(
         )
     if normalize not in ("row", None):
         raise ValueError(f"normalize={normalize!r}: expected 'row' or None.")
+    if max_samples is not None and (
+        not isinstance(max_samples, Integral)
+        or isinstance(max_samples, bool)
+        or max_samples < 1
+    ):
+        raise ValueError(
+            f"max_samples={max_samples!r}: expected None or an integer >= 1."
+        )
+    _check_axes(ax)
     n, r = W.shape
     if y is not None:
         y = np.asarray(to_numpy(y))
@@ -1429,7 +1489,7 @@ def plot_sample_loadings(
         M, groups = M[keep], groups[keep]
         thinned = f", {len(keep)} of the {n} rows shown"
 
-    if ax is None:
+    if _check_axes(ax) is None:
         fig = _new_figure(None, (min(9.0, max(5.0, 3.2 + 0.35 * r)), 5.5))
         ax = fig.add_subplot()
     else:
@@ -1927,7 +1987,7 @@ def plot_rank_vs_quality(
     else:
         rho, lo, hi = (float(v) for v in spearman)
 
-    if ax is None:
+    if _check_axes(ax) is None:
         fig = _new_figure(None, (6.2, 4.6))
         ax = fig.add_subplot()
     else:

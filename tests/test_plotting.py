@@ -169,12 +169,42 @@ def test_input_factors_split_block_from_feature_names_and_layer_channels():
         ({"image_shape": (2, 1, 8, 8)}, r"holds 128 values.*64 features"),
         ({"image_shape": (8, 8), "components": [9]}, r"components=\[9\].*3 factors"),
         ({"image_shape": (8, 8), "ncols": 0}, "ncols=0"),
+        ({"image_shape": "8x8"}, r"image_shape='8x8' is not understood; expected a "),
+        ({"image_shape": 64}, r"image_shape=64 is not understood"),
+        ({"image_shape": (8.0, 8)}, r"image_shape=\(8\.0, 8\) is not understood"),
     ],
 )
 def test_input_factors_bad_arguments(kwargs, match):
     H = np.ones((3, 64))
     with pytest.raises(ValueError, match=match):
         plotting.plot_input_factors(H, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "components, match",
+    [("12", r"components='12': expected a sequence of factor indices \(ints\)"),
+     ([1.9], r"components=\[1\.9\]: expected"),
+     (np.array([True, False, True]), r"for a boolean mask pass np\.flatnonzero"),
+     (2, r"components=2: expected a sequence")],
+)  # fmt: skip
+def test_input_factors_components_must_be_indices(components, match):
+    with pytest.raises(TypeError, match=match):
+        plotting.plot_input_factors(np.ones((3, 64)), image_shape=(8, 8),
+                                    components=components)  # fmt: skip
+    fig = plotting.plot_input_factors(np.ones((3, 64)), image_shape=(8, 8),
+                                      components=np.array([2, 0]))  # fmt: skip
+    assert [ax.get_title() for ax in fig.axes] == ["factor 2", "factor 0"]
+
+
+def test_wrong_figure_and_axes_objects_are_named():
+    W = np.random.default_rng(0).random((30, 3))
+    with pytest.raises(TypeError, match=r"ax=Figure: expected a matplotlib Axes"):
+        plotting.plot_sample_loadings(W, ax=plt.figure())
+    with pytest.raises(TypeError, match=r"fig=Axes: expected a matplotlib Figure"):
+        plotting.plot_input_factors(np.ones((3, 64)), fig=plt.figure().add_subplot())
+    for bad in (0, "100", 2.5):
+        with pytest.raises(ValueError, match=r"max_samples=.*expected None or an"):
+            plotting.plot_sample_loadings(W, max_samples=bad)
 
 
 def test_input_factors_need_a_shape_or_a_fitted_model(coupled):
