@@ -122,6 +122,11 @@ def read_idx(path):
     [7, 2, 1]
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"IDX file {str(path)!r} is a folder; expected an IDX file such as "
+            "t10k-images-idx3-ubyte.gz."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"IDX file {str(path)!r} does not exist.")
     try:
@@ -171,6 +176,8 @@ def read_idx(path):
             f"header (shape {dims}, {expected} data bytes) declares; it is not a "
             "valid IDX file."
         )
+    if count == 0:  # a valid, empty file (a dimension of 0)
+        return np.zeros(dims, dtype=dtype.newbyteorder("="))
     arr = np.frombuffer(raw, dtype=dtype, count=count, offset=header)
     return arr.reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -325,6 +332,12 @@ def load_mnist(path=None, *, kind="train", cache_dir=None, download=True):
 
     if path is not None:
         folder = Path(os.fspath(path))
+        if folder.is_file():
+            raise NotADirectoryError(
+                f"path={str(folder)!r} is a file; expected the folder that holds "
+                f"the MNIST IDX files (load_mnist(path={str(folder.parent)!r}) if "
+                "they are there)."
+            )
         if not folder.is_dir():
             raise FileNotFoundError(
                 f"path={str(folder)!r} is not an existing folder. "
@@ -370,6 +383,13 @@ def _fetch_openml(cache, kind):
 
     try:
         cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # before any download: not a network problem
+        raise type(exc)(
+            f"The cache folder {str(cache)!r} (cache_dir) could not be created: "
+            f"{type(exc).__name__}: {exc}. Pass cache_dir= a writable folder, or "
+            "path= a folder that holds the MNIST IDX files."
+        ) from exc
+    try:
         X, y = fetch_openml(
             "mnist_784",
             version=1,

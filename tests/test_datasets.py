@@ -1,6 +1,7 @@
 """Tests of sklearn_peek.datasets: digits images, the IDX reader, MNIST loading."""
 
 import gzip
+import re
 import urllib.error
 
 import numpy as np
@@ -99,6 +100,12 @@ def test_read_idx_errors(tmp_path):
     gz.write_bytes(buf[: len(buf) // 2])
     with pytest.raises(ValueError, match=r"could not be decompressed"):
         read_idx(gz)
+    with pytest.raises(IsADirectoryError, match=r"IDX file .* is a folder; expected"):
+        read_idx(tmp_path)
+    # a dimension of 0: a valid, empty array of the declared shape
+    p.write_bytes(idx_bytes(np.zeros((0, 28, 28), dtype=np.uint8)))
+    empty = read_idx(p)
+    assert empty.shape == (0, 28, 28) and empty.dtype == np.uint8
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -130,6 +137,15 @@ def test_load_mnist_errors(tmp_path):
         load_mnist(tmp_path, kind="val")
     with pytest.raises(FileNotFoundError, match=r"not an existing folder"):
         load_mnist(tmp_path / "absent")
+    idx = tmp_path / "t10k-images-idx3-ubyte"
+    idx.write_bytes(b"")
+    with pytest.raises(
+        NotADirectoryError,
+        match=rf"path='.*t10k-images-idx3-ubyte' is a file; expected the folder .*"
+        rf"load_mnist\(path='{re.escape(str(tmp_path))}'\)",
+    ):
+        load_mnist(idx)
+    idx.unlink()
     with pytest.raises(
         FileNotFoundError, match=r"lacks the MNIST file.*train-images-idx3"
     ):
@@ -181,3 +197,13 @@ def test_load_mnist_offline_messages(tmp_path, monkeypatch):
     msg = str(info.value)
     assert "t10k-labels-idx1-ubyte.gz" in msg and str(empty) in msg
     assert isinstance(info.value.__cause__, urllib.error.URLError)
+    # a cache folder that cannot be made is said so, before any download
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(
+        OSError,
+        match=r"cache folder .*file/sub' \(cache_dir\) could "
+        r"not be created: .*Pass cache_dir= a writable folder",
+    ) as info:
+        load_mnist(cache_dir=blocker / "sub")  # fmt: skip
+    assert not isinstance(info.value, ConnectionError)
