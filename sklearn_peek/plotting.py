@@ -511,8 +511,9 @@ def _block_components(model, block, *, what="model"):
         return _components_array(model, what)
     _check_fitted(model, what)
     names = _block_names(model)
-    if names is None:
-        # Plain NMF or PCA: the whole of components_ is the only block.
+    if names is None or (block == "input" and len(names) == 1 and block not in names):
+        # Plain NMF or PCA, or a CoupledNMF fitted without blocks (one block,
+        # "block0"): the whole of components_ is the input.
         return np.asarray(to_numpy(model.components_), dtype=float)
     if block not in names:
         raise ValueError(

@@ -1085,3 +1085,18 @@ def test_rank_sweep_sorts_ranks_reads_cv_results_and_names_its_spread():
     assert "mean" in labels and "± 1 std" in labels
     labels = plotting.plot_rank_sweep(sc).axes[0].get_legend_handles_labels()[1]
     assert "mean over folds" in labels
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_input_factors_of_a_coupled_model_without_blocks_draw_it_whole(digits):
+    from sklearn_peek import CoupledNMF
+
+    X, _ = digits
+    model = CoupledNMF(3, random_state=0, max_iter=50).fit(X)  # one block, "block0"
+    fig = plotting.plot_input_factors(model, image_shape=(8, 8))
+    for ax, row in zip(fig.axes, model.components_):
+        np.testing.assert_allclose(
+            ax.images[0].get_array(), (row / row.max()).reshape(8, 8), rtol=1e-6
+        )
+    with pytest.raises(ValueError, match=r"block='conv' is not a block.*\['block0'\]"):
+        plotting.plot_input_factors(model, block="conv")
