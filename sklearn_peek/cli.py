@@ -1680,7 +1680,14 @@ def _cmd_analyze(args, say):
         keep = None
         y = None
         if args.labels:
-            y = np.asarray(load_array(args.labels, what="--labels")).ravel()
+            y = np.asarray(load_array(args.labels, what="--labels"))
+            if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
+                raise CLIError(
+                    f"--labels has shape {y.shape}; expected one label per input, "
+                    f"shape ({X.shape[0] if X.ndim >= 1 else 'n'},) (is it the "
+                    "images file?)."
+                )
+            y = y.ravel()
             if X.ndim >= 1 and y.shape[0] != X.shape[0]:
                 raise CLIError(
                     f"--labels has {y.shape[0]} entries but --data has "
@@ -2178,11 +2185,17 @@ def _cmd_demo(args, say):
                 res.table, layer=layer, criterion=crit, spearman=sp, ax=ax
             )
         fig.suptitle(f"Selected rank ({crit}) vs test accuracy, one point per network")
+        studies_run = list(dict.fromkeys(r["degradation"] for r in rows))
+        colours = (
+            "colours are the degradations"
+            if len(studies_run) > 1
+            else f"colours are the levels of the {studies_run[0]!r} study"
+        )
         report.add_figure(
             fig,
             "Rank vs training quality: every point is one network, placed by its "
             f"test accuracy and the rank selected ({crit}, coupled with the input) "
-            "for that layer; colours are the degradations. The title of each panel "
+            f"for that layer; {colours}. The title of each panel "
             "gives Spearman's rho pooled over all networks with its 95% interval, "
             "or '(no interval)' when the bootstrap gives none, or 'undefined' with "
             "the reason (e.g. the same rank for every network); the summary "

@@ -2018,7 +2018,14 @@ def plot_rank_vs_quality(
                 lw=0.5,
                 alpha=0.9,
             )
-            fig.colorbar(sc, ax=ax, shrink=0.9).set_label(_hue_label(hue, sub))
+            cb = fig.colorbar(sc, ax=ax, shrink=0.9)
+            cb.set_label(_hue_label(hue, sub))
+            values = h.astype(float)
+            if np.all(values == np.round(values)):  # epochs, classes: whole ticks
+                from matplotlib.ticker import MaxNLocator
+
+                cb.locator = MaxNLocator(integer=True)
+                cb.update_ticks()
         else:
             import matplotlib as mpl
 

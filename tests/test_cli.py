@@ -328,6 +328,9 @@ def test_analyze_out_not_creatable(files, tmp_path, capsys):
         ("flat", ["net.onnx", "--data", "y.npy"],
          r"--data has shape \(200,\); expected at least 2 dimensions "
          r"\(n_samples, \.\.\.\)"),
+        ("labels are images", ["net.onnx", "--data", "x.npy", "--labels", "x.npy"],
+         r"--labels has shape \(200, 1, 8, 8\); expected one label per input, "
+         r"shape \(200,\) \(is it the images file\?\)"),
         ("data key", ["net.onnx", "--data", "x.npy", "--data-key", "foo"],
          r"--data-key 'foo' applies to \.npz files only.*x\.npy"),
         ("cv too large", ["net.onnx", "--data", "x.npy", "--cv", "500"],
@@ -588,6 +591,9 @@ def test_demo_tiny_study_writes_report(tmp_path, capsys):
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
     assert html.count("<figcaption>") == 5
     assert "Spearman summary" in html and "effective rank (RankMe)" in html
+    assert "colours are the levels of the &#x27;epochs&#x27; study" in html or (
+        "colours are the levels of the 'epochs' study" in html
+    )
 
     res = json.loads((out / "results.json").read_text())
     table = res["table"]

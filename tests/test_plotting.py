@@ -725,6 +725,13 @@ def test_rank_vs_quality_colorbar_names_the_degradation(tmp_path):
     fig.savefig(tmp_path / "rank_quality.png")
     cbar = fig.axes[1]
     assert cbar.get_ylabel() == "epochs: number of training epochs"
+    # whole epochs get whole ticks, also over a short range (not 0.5 steps)
+    short = {**table, "level": [0, 0, 1, 1, 1, 2, 2, 2]}
+    cbar = plotting.plot_rank_vs_quality(short, layer="relu3", criterion="bcv").axes[1]
+    cbar.figure.canvas.draw()
+    lo, hi = cbar.get_ylim()
+    ticks = [t for t in cbar.get_yticks() if lo <= t <= hi]
+    assert ticks == [0.0, 1.0, 2.0]
     table["degradation"] = ["blur"] * 8
     fig = plotting.plot_rank_vs_quality(table, layer="relu3", criterion="bcv")
     assert fig.axes[1].get_ylabel() == "blur level"
