@@ -1621,6 +1621,23 @@ def _curves_from(obj):
             }
         return curves, getattr(obj, "criterion", None)
     if isinstance(obj, dict):
+        want = (
+            "expected a dict with 'ranks' and 'mean' (and optionally 'std', "
+            "'selected'), as RankQualityScorer.curves_ holds."
+        )
+        for layer, c in obj.items():
+            if not isinstance(c, dict):
+                raise ValueError(
+                    f"scorer_or_curves[{layer!r}] is a {type(c).__name__}; {want}"
+                )
+            missing = [k for k in ("ranks", "mean") if k not in c]
+            if missing:
+                raise ValueError(f"scorer_or_curves[{layer!r}] lacks {missing}; {want}")
+            if len(c["ranks"]) != len(c["mean"]):
+                raise ValueError(
+                    f"scorer_or_curves[{layer!r}] has {len(c['ranks'])} ranks but "
+                    f"{len(c['mean'])} mean values; expected one per rank."
+                )
         return dict(obj), None
     raise TypeError(
         f"scorer_or_curves={type(obj).__name__}: expected a fitted RankQualityScorer "
@@ -1835,7 +1852,7 @@ def _rank_column(cols, layer, criterion, rank_col):
         if not mask.any():
             raise ValueError(
                 f"layer={layer!r}, criterion={criterion!r}: no rows in table "
-                f"(layers {sorted(set(cols['layer'].astype(str)))})."
+                f"(layers {sorted(set(cols['layer'].astype(str).tolist()))})."
             )
         return mask, col
     # Wide format: a column per layer (and criterion).
@@ -1986,7 +2003,13 @@ def plot_rank_vs_quality(
     if spearman is None:
         rho, lo, hi = _spearman(x, yv, n_boot=n_boot, random_state=random_state)
     else:
-        rho, lo, hi = (float(v) for v in spearman)
+        try:
+            rho, lo, hi = (float(v) for v in spearman)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"spearman={spearman!r}: expected (rho, low, high), e.g. a row of "
+                "studies' correlations table, or None to compute it."
+            ) from None
 
     if _check_axes(ax) is None:
         fig = _new_figure(None, (6.2, 4.6))

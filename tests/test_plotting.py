@@ -480,6 +480,17 @@ def test_rank_vs_quality_errors():
         plotting.plot_rank_vs_quality(t, layer="fc1", quality="loss")
     with pytest.raises(TypeError, match="DataFrame or a dict"):
         plotting.plot_rank_vs_quality([1, 2], layer="fc1")
+    with pytest.raises(ValueError, match=r"spearman=0\.5: expected \(rho, low, high\)"):
+        plotting.plot_rank_vs_quality(t, layer="fc1", criterion="bcv", spearman=0.5)
+
+
+def test_rank_sweep_curves_dict_errors_name_the_layer():
+    with pytest.raises(ValueError, match=r"scorer_or_curves\['l'\] lacks \['mean'\]"):
+        plotting.plot_rank_sweep({"l": {"ranks": [1, 2]}})
+    with pytest.raises(ValueError, match=r"\['l'\] is a list; expected a dict"):
+        plotting.plot_rank_sweep({"l": [1, 2]})
+    with pytest.raises(ValueError, match=r"has 2 ranks but 3 mean values"):
+        plotting.plot_rank_sweep({"l": {"ranks": [1, 2], "mean": [1, 2, 3]}})
     fig = plotting.plot_rank_vs_quality(
         {"accuracy": [0.5, 0.6], "rank_fc1": [2, 3]}, layer="fc1"
     )
