@@ -1329,8 +1329,9 @@ def _group_ticks(ax, starts, ends, names, pad_em=0.3):
     must have been run. A name goes at its group's centre when it stays at
     least ``pad_em`` of its height away from the names already placed, the
     largest groups first. Neighbouring groups each too thin for a name get
-    one name for the run, ``"first–last"``; when that does not fit either,
-    its groups are tried one by one. Groups left unnamed still have their
+    one name for the run, ``"first–last"`` (a run is cut into pieces about
+    two names tall); when that does not fit either, its groups are tried one
+    by one. Groups left unnamed still have their
     boundaries drawn. Returns the labels as placed, top to bottom.
     """
     k = len(starts)
@@ -1356,15 +1357,18 @@ def _group_ticks(ax, starts, ends, names, pad_em=0.3):
         return False
 
     # Groups tall enough for their own name stand alone; runs of smaller
-    # neighbours form one candidate "first–last" spanning the run.
+    # neighbours form candidates "first–last", each run cut once it is two
+    # names tall (60 thin classes get "0–3", "4–7", ..., not one "0–59").
     px_per_row = abs(display_y(1.0) - display_y(0.0))
-    small = (np.asarray(ends) - np.asarray(starts)) * px_per_row < need
+    tall = (np.asarray(ends) - np.asarray(starts)) * px_per_row
+    small = tall < need
     spans = []  # (first group, last group)
     i = 0
     while i < k:
-        j = i
-        while small[i] and j + 1 < k and small[j + 1]:
+        j, run = i, tall[i]
+        while small[i] and j + 1 < k and small[j + 1] and run < 2 * need:
             j += 1
+            run += tall[j]
         spans.append((i, j))
         i = j + 1
 

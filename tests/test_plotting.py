@@ -1118,3 +1118,18 @@ def test_input_factors_of_a_coupled_model_without_blocks_draw_it_whole(digits):
         )
     with pytest.raises(ValueError, match=r"block='conv' is not a block.*\['block0'\]"):
         plotting.plot_input_factors(model, block="conv")
+
+
+def test_sample_loadings_many_thin_classes_are_named_in_ranges():
+    # 60 classes of 6 rows: each too thin for its own name, but the axis has
+    # room for a dozen names: consecutive ranges, not one "0–59"
+    W = np.random.default_rng(0).random((360, 6))
+    fig = plotting.plot_sample_loadings(W, y=np.arange(360) % 60)
+    fig.canvas.draw()
+    labels = [t for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    _assert_apart(_boxes(labels), "y")
+    spans = [tuple(int(v) for v in t.get_text().split("\u2013")) for t in labels]
+    assert len(spans) >= 8
+    assert spans[0][0] == 0 and spans[-1][-1] == 59
+    for (_, b), (a, _) in itertools.pairwise(spans):
+        assert a == b + 1  # the ranges follow each other
