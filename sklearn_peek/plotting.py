@@ -1476,7 +1476,13 @@ def plot_sample_loadings(
             raise ValueError(
                 f"y: expected shape ({n},) to match W's {n} rows, got {y.shape}."
             )
-        order = np.argsort(y, kind="stable")
+        try:
+            order = np.argsort(y, kind="stable")
+        except TypeError as exc:  # labels of mixed types (None among ints, ...)
+            raise ValueError(
+                f"y: the labels cannot be sorted into groups ({exc}); expected "
+                "labels of one type, e.g. all ints or all strings."
+            ) from None
         groups = y[order]
         group_label = "class"
     else:

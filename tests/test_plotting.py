@@ -317,6 +317,9 @@ def test_sample_loadings_thins_and_validates():
         plotting.plot_sample_loadings(W, y=np.zeros(10))
     with pytest.raises(ValueError, match="NaN"):
         plotting.plot_sample_loadings(np.full((3, 2), np.nan))
+    y = np.array([1, None, 2] * 100, dtype=object)
+    with pytest.raises(ValueError, match=r"y: the labels cannot be sorted into groups"):
+        plotting.plot_sample_loadings(W, y=y)
 
 
 # -------------------------------------------------------------------- rank sweep
