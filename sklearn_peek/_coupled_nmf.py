@@ -48,6 +48,9 @@ from ._validation import (
     validate_data,
 )
 
+# Final block errors below this many eps of the block's squared norm are
+# computed from the explicit residual (see CoupledNMF._set_errors).
+_EXACT_ERRORS = 1e4
 # Fraction of each block's columns held out by ``score`` (bi-cross-validation).
 _SCORE_HOLDOUT = 0.5
 # Seed of the held-in / held-out column split when random_state is not an int.
@@ -224,7 +227,8 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     reconstruction_err_ : float
         ``sqrt(sum_b w_b ||X_b - W H_b||_F^2)`` on the training data (for KL:
         ``sqrt(2 sum_b w_b KL(X_b | W H_b))``); with one block of weight 1 it
-        is scikit-learn's ``reconstruction_err_``.
+        is scikit-learn's ``reconstruction_err_``. Computed from the explicit
+        residual where the Gram form would cancel (a good float32 fit).
     block_reconstruction_err_ : dict of str to float
         Unweighted ``||X_b - W H_b||_F`` per block (KL: ``sqrt(2 KL)``).
     n_iter_ : int
@@ -765,7 +769,17 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 terms += [_solvers._sum64_lazy(t) for t in (W * XbHt, WtW * HbHbt)]
             sums = np.array(_solvers._sums64(*terms))
             lin, quad = sums[0::2], sums[1::2]
-            per_block = np.maximum(np.asarray(sq) - 2.0 * lin + quad, 0.0)
+            sq = np.asarray(sq, dtype=np.float64)
+            per_block = np.maximum(sq - 2.0 * lin + quad, 0.0)
+            # The Gram form loses about eps * ||X_b||^2 to cancellation: once
+            # a block's error is within 1e4 eps of its norm (float32: a
+            # relative error below about 3%) it is computed explicitly, one
+            # more pass over X, so that the error is good to about 1e-4.
+            coarse = per_block < _EXACT_ERRORS * _solvers._eps(H) * sq
+            if coarse.any():
+                col = _solvers.residual_column_sums64(X, W, H)
+                exact = np.array([col[sl].sum() for sl in slices])
+                per_block = np.where(coarse, exact, per_block)
             for nm, v in zip(self.block_names_, per_block):
                 errs[nm] = float(np.sqrt(v))
             total = float(np.sqrt(max(per_block @ weights, 0.0)))

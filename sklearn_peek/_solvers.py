@@ -354,6 +354,29 @@ def column_sums64(X, *, square=True):
     return _host(col)
 
 
+def residual_column_sums64(X, W, H):
+    """Per-column squared residual ``||x_j - W h_j||^2``, float64 NumPy.
+
+    Computed explicitly, in row chunks (one chunk-sized temporary, squared in
+    place and summed in float64), with one read back: the Gram form
+    ``||x_j||^2 - 2 lin + quad`` cancels to noise in float32 once the fit is
+    good.
+    """
+    n, p = X.shape
+    col = _zeros(p, X, float64=True)
+    for s, e in _row_steps(n, p, X):
+        Xc = X[s:e]
+        if sp.issparse(Xc):
+            Xc = Xc.toarray()
+        R = W[s:e] @ H
+        R -= Xc
+        if _np(R):
+            col += np.square(R, out=R).sum(axis=0, dtype=np.float64)
+        else:
+            col += R.square_().sum(dim=0, dtype=_t().float64)
+    return _host(col)
+
+
 def _h_penalties(d, l1_H, l2_H):
     """Per-column H penalties divided by the column weight.
 
