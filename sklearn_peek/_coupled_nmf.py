@@ -1179,10 +1179,26 @@ def _batchable(model):
     )
 
 
+def rank_items(ranks):
+    """The items of ``ranks`` as a list, or None when it is not iterable.
+
+    A torch tensor of ranks counts as its values (a 1-D tensor iterates as
+    0-d tensors, which are no ``numbers.Integral``), as a NumPy array does.
+    """
+    if isinstance(ranks, (str, bytes)) or not np.iterable(ranks):
+        return None
+    return [to_numpy(r).item() if is_torch_tensor(r) else r for r in ranks]
+
+
 def _check_ranks(ranks):
     """``ranks`` of :func:`fit_ranks` as a list of distinct ints >= 1."""
     given = ranks
-    ranks = list(ranks)
+    ranks = rank_items(ranks)
+    if ranks is None:
+        raise ValueError(
+            f"fit_ranks: ranks={given!r} is not an iterable of integers; expected "
+            "distinct integers >= 1, e.g. range(1, 31)."
+        )
     if not ranks:
         raise ValueError(
             f"fit_ranks: ranks={given!r} is empty; expected at least one integer >= 1."

@@ -38,7 +38,11 @@ from sklearn_peek._backend import (
     select_compute_device,
     to_numpy,
 )
-from sklearn_peek._coupled_nmf import blocks_from_feature_names, resolve_blocks
+from sklearn_peek._coupled_nmf import (
+    blocks_from_feature_names,
+    rank_items,
+    resolve_blocks,
+)
 from sklearn_peek._progress import check_progress, collect, progress_bar
 from sklearn_peek._validation import (
     check_finite_nonneg,
@@ -1002,13 +1006,12 @@ class RankQualityScorer(BaseEstimator):
     def _check_ranks(self):
         """``ranks`` (None: ``range(1, 31)``) as a sorted list of distinct ints."""
         given = _DEFAULT_RANKS if self.ranks is None else self.ranks
-        try:
-            ranks = list(given)
-        except TypeError:
+        ranks = rank_items(given)
+        if ranks is None:
             raise ValueError(
                 f"ranks={self.ranks!r} is not an iterable of integers; expected e.g. "
                 "range(1, 31), or None for that range."
-            ) from None
+            )
         if not ranks:
             raise ValueError(
                 f"ranks={self.ranks!r} is empty; expected at least one positive "

@@ -685,6 +685,8 @@ def test_fit_ranks_without_a_stackable_solver_fits_one_by_one():
             (CoupledNMF(), [2, 3, 2]),
             r"ranks=\[2, 3, 2\] contains rank 2 more than once; expected distinct",
         ),
+        ((CoupledNMF(), None), r"ranks=None is not an iterable of integers"),
+        ((CoupledNMF(), 3), r"ranks=3 is not an iterable of integers"),
     ],
 )
 def test_fit_ranks_bad_input(args, match):
@@ -693,6 +695,27 @@ def test_fit_ranks_bad_input(args, match):
     X, _ = _rank_data()
     with pytest.raises((ValueError, TypeError), match=match):
         fit_ranks(args[0], X, args[1])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_ranks_as_a_torch_tensor_count_as_their_values():
+    import torch
+
+    from sklearn_peek import RankQualityScorer, fit_ranks
+
+    X, blocks = _rank_data()
+    est = CoupledNMF(blocks=blocks, random_state=0, max_iter=30)
+    models, _ = fit_ranks(est, X, torch.tensor([3, 1]))
+    assert [m.n_components_ for m in models] == [3, 1]
+    with pytest.raises(ValueError, match=r"ranks contains 1\.5; expected integers"):
+        fit_ranks(est, X, torch.tensor([1.5]))
+    kw = dict(blocks=blocks, cv=3, max_iter=30, random_state=0)
+    sc = RankQualityScorer(ranks=torch.arange(1, 4), **kw).fit(X)
+    ref = RankQualityScorer(ranks=np.arange(1, 4), **kw).fit(X)
+    np.testing.assert_array_equal(sc.ranks_, [1, 2, 3])
+    np.testing.assert_array_equal(
+        sc.cv_results_["mean_score"], ref.cv_results_["mean_score"]
+    )
 
 
 @pytest.mark.parametrize("as_tensor", [False, True])
