@@ -169,7 +169,14 @@ def select_compute_device(device, X=None, *, param="device"):
     device(type='cpu')
     """
     if device is None:
-        return X.device if is_torch_tensor(X) else None
+        if not is_torch_tensor(X):
+            return None
+        if X.device.type not in ("cpu", "cuda"):
+            raise ValueError(
+                f"X is a tensor on device {str(X.device)!r}; expected a CPU or "
+                "CUDA tensor (the torch code runs on those only)."
+            )
+        return X.device
     dev = resolve_device(device, param=param)
     if dev is None and is_torch_tensor(X):
         return _torch().device("cpu")

@@ -485,11 +485,11 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         """
         check_is_fitted(self)
         if is_torch_tensor(X):
-            if X.dim() != 2 or X.shape[1] != self.n_components_:
+            if X.dim() != 2 or X.shape[1] != self.n_components_ or X.shape[0] == 0:
                 raise ValueError(
                     f"inverse_transform: argument X (the sample factor W) has shape "
                     f"{tuple(X.shape)}; expected (n_samples, n_components_="
-                    f"{self.n_components_})."
+                    f"{self.n_components_}) with n_samples >= 1."
                 )
             torch = _solvers._t()
             if not bool(torch.isfinite(X).all()):  # as the NumPy path: named

@@ -184,6 +184,11 @@ def test_bad_tensor_shapes_and_sparse():
         model.transform(torch.rand(6, 2), blocks=["block1"])
     with pytest.raises(ValueError, match=r"inverse_transform: .*shape \(3, 5\)"):
         model.inverse_transform(torch.ones(3, 5))
+    with pytest.raises(ValueError, match=r"shape \(0, 2\); expected .*n_samples >= 1"):
+        model.inverse_transform(torch.ones(0, 2))
+    meta = torch.empty(6, 5, device="meta")
+    with pytest.raises(ValueError, match=r"tensor on device 'meta'; expected a CPU"):
+        CoupledNMF(2).fit(meta)
     # a tensor W is checked as an array is: the first bad entry named
     W_bad = torch.ones(4, 2)
     W_bad[3, 1] = float("inf")
