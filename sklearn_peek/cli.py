@@ -1604,9 +1604,12 @@ def fit_figure_model(
 
 
 def network_figures(
-    report, curves, selected, criterion, model, W, *, y, input_shape, layer_shapes
+    report, curves, selected, criterion, model, W, *, y, input_shape, extractor
 ):
-    """Add the four per-network figures to ``report``, each with its meaning."""
+    """Add the four per-network figures to ``report``, each with its meaning.
+
+    ``extractor``: the fitted extractor of the activations (its layer shapes,
+    and whether its layers are split into positive and negative parts)."""
     from sklearn_peek import plotting
 
     ranks = ", ".join(f"{k}: {v}" for k, v in selected.items())
@@ -1622,7 +1625,7 @@ def network_figures(
     )
     # With --nonneg split the input block is [relu(x), relu(-x)], of shape
     # (2, C, H, W); plot_input_factors then draws positive minus negative.
-    image_shape = tuple((layer_shapes or {}).get("input", input_shape))
+    image_shape = tuple(extractor.layer_shapes_.get("input", input_shape))
     split = len(image_shape) == 4
     pattern = (
         "positive minus negative part of its input pattern (--nonneg split: red = "
@@ -1639,7 +1642,7 @@ def network_figures(
         name="input-factors",
     )
     report.add_figure(
-        plotting.plot_layer_factors(model, layer_shapes=layer_shapes),
+        plotting.plot_layer_factors(model, layer_shapes=extractor),
         "Layer factors: for each probed layer, how strongly each unit (conv "
         "layers: each channel, summed over positions) takes part in each latent "
         "factor, scaled per factor. A column with a few bright rows means the "
@@ -1833,7 +1836,7 @@ def _cmd_analyze(args, say):
             W,
             y=y,
             input_shape=ext.input_shape_,
-            layer_shapes=ext.layer_shapes_,
+            extractor=ext,
         )
     results = {
         "command": "analyze",
@@ -2257,7 +2260,7 @@ def _cmd_demo(args, say):
             W,
             y=data.y_test,
             input_shape=ext.input_shape_,
-            layer_shapes=ext.layer_shapes_,
+            extractor=ext,
         )
 
     report.add_heading("All networks")

@@ -1089,29 +1089,52 @@ def plot_input_factors(
 # layer factors
 # --------------------------------------------------------------------------
 def _layer_shape_for(layer_shapes, layer):
+    """``(shape, split)`` of ``layer``: its per-sample shape (None when not
+    given) and whether it holds ``nonneg="split"`` parts (None: not known,
+    when ``layer_shapes`` is a dict rather than the extractor)."""
     if layer_shapes is None:
-        return None
+        return None, None
+    split = None
     if hasattr(layer_shapes, "layer_shapes_"):
+        split = getattr(layer_shapes, "nonneg", None) == "split"
         layer_shapes = layer_shapes.layer_shapes_
-    shape = dict(layer_shapes).get(layer)
-    return None if shape is None else tuple(int(s) for s in shape)
+    if not hasattr(layer_shapes, "get"):
+        raise ValueError(
+            f"layer_shapes={layer_shapes!r}: expected a dict layer -> shape, such "
+            "as extractor.layer_shapes_, or the fitted extractor."
+        )
+    shape = layer_shapes.get(layer)
+    if shape is None:
+        return None, split
+    return _shape_tuple(shape), split
 
 
-def _reduce_to_channels(H, layer, shape, feature_names):
+def _reduce_to_channels(H, layer, shape, feature_names, split=None):
     """Sum a conv layer's factor loadings over spatial positions.
 
     Returns ``(H_channels, "channel")`` or ``(H, "unit")`` when the layer has
-    no channel structure (a flat layer, or one already pooled).
+    no channel structure (a flat layer, or one already pooled). A
+    ``nonneg="split"`` layer (``split``; when None, read from ``_pos`` /
+    ``_neg`` feature names, or from a ``(2, C, H, W)`` shape) first has its
+    positive and negative parts summed, so that a unit is drawn once.
     """
-    if shape is not None and (len(shape) == 3 or (len(shape) == 4 and shape[0] == 2)):
-        if math.prod(shape) != H.shape[1]:
-            raise ValueError(
-                f"layer_shapes[{layer!r}]={shape} holds {math.prod(shape)} values, but "
-                f"the layer block has {H.shape[1]} features."
-            )
-        if len(shape) == 4:
-            # nonneg="split": (2, C, H, W), both parts of a channel are summed.
-            return H.reshape(H.shape[0], 2, shape[1], -1).sum(axis=(1, 3)), "channel"
+    if shape is not None and math.prod(shape) != H.shape[1]:
+        raise ValueError(
+            f"layer_shapes[{layer!r}]={shape} holds {math.prod(shape)} values, but "
+            f"the layer block has {H.shape[1]} features."
+        )
+    if split is None:
+        if feature_names is not None:
+            split = _is_split_names(feature_names)
+        else:
+            split = shape is not None and len(shape) == 4 and shape[0] == 2
+    if split and shape is not None and shape[0] == 2 and len(shape) >= 2:
+        H = H.reshape(H.shape[0], 2, -1).sum(axis=1)  # both parts of a unit
+        shape = shape[1:]
+    elif split and shape is None and feature_names is not None:
+        H = H.reshape(H.shape[0], 2, -1).sum(axis=1)
+        feature_names = [n[: -len("_pos")] for n in feature_names[: H.shape[1]]]
+    if shape is not None and len(shape) == 3:
         return H.reshape(H.shape[0], shape[0], -1).sum(axis=2), "channel"
     if shape is None and feature_names is not None:
         matches = [_CHANNEL_RE.match(n) for n in feature_names]
@@ -1155,7 +1178,10 @@ def plot_layer_factors(
         the extractor itself. With ``reduce="channel"``, a layer of shape
         ``(C, H, W)`` is summed over its ``H * W`` positions so one row is one
         channel; a ``nonneg="split"`` layer of shape ``(2, C, H, W)`` is also
-        summed over its positive and negative parts. Without it, channels are
+        summed over its positive and negative parts. Given the extractor, a
+        split flat or pooled layer, ``(2, N)``, is summed over its parts too
+        (one row per unit); a dict of shapes cannot tell that shape from a
+        1-D convolution's ``(C, L)``. Without it, channels are
         read from feature names such as ``"conv1__c2_y5_x7"`` when the model
         saw them.
     reduce : {"channel", None}, default="channel"
@@ -1222,11 +1248,9 @@ def plot_layer_factors(
         H = _block_components(model, layer)
         kind = "unit"
         if reduce == "channel":
+            shape, split = _layer_shape_for(layer_shapes, layer)
             H, kind = _reduce_to_channels(
-                H,
-                layer,
-                _layer_shape_for(layer_shapes, layer),
-                _block_feature_names(model, layer),
+                H, layer, shape, _block_feature_names(model, layer), split
             )
         M = H.T  # units x factors
         if normalize is not None:

@@ -1136,3 +1136,38 @@ def test_sample_loadings_many_thin_classes_are_named_in_ranges():
     assert spans[0][0] == 0 and spans[-1][-1] == 59
     for (_, b), (a, _) in itertools.pairwise(spans):
         assert a == b + 1  # the ranges follow each other
+
+
+def test_layer_factors_split_flat_and_pooled_layers_draw_each_unit_once():
+    # nonneg="split" flat (2, N) and pooled (2, C) layers: the positive and
+    # negative parts of a unit are summed, as for split conv maps, when the
+    # extractor says the layers are split (a dict of shapes cannot tell a
+    # split (2, N) from a Conv1d's (C, L)).
+    import torch
+
+    from sklearn_peek import CoupledNMF, LayerActivationExtractor
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(3 * 6 * 6, 5),
+    ).eval()  # fmt: skip
+    X = np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32)
+    ext = LayerActivationExtractor(
+        net, ["0", "3"], nonneg="split", include_input=False, pooling="avg"
+    ).fit(X)
+    assert ext.layer_shapes_ == {"0": (2, 3), "3": (2, 5)}
+    A = ext.transform(X)
+    model = CoupledNMF(2, blocks=ext.block_sizes_, random_state=0).fit(A)
+    fig = plotting.plot_layer_factors(model, layer_shapes=ext, normalize=None)
+    for ax, name, n in zip(fig.axes[:2], ["0", "3"], [3, 5]):
+        H = model.block_components(name)
+        np.testing.assert_allclose(
+            ax.images[0].get_array(), (H[:, :n] + H[:, n:]).T, rtol=1e-6
+        )
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["0 (3 units)", "3 (5 units)"]
+    # the shapes alone: drawn as given, 2 x the units
+    fig = plotting.plot_layer_factors(model, layer_shapes=ext.layer_shapes_)
+    assert fig.axes[0].images[0].get_array().shape == (6, 2)
+    with pytest.raises(ValueError, match=r"layer_shapes=\[1, 2\]: expected a dict"):
+        plotting.plot_layer_factors(model, layer_shapes=[1, 2])
