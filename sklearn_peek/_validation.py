@@ -245,15 +245,13 @@ def column_block_sq_norms(X, slices, *, ord="fro"):
     array([2., 4.])
     """
     if sp.issparse(X):
-        X = X.tocsc()
+        X = X.tocoo()
         vals = X.data.astype(np.float64)
         if ord == "fro":
             vals = vals * vals
-        col = np.add.reduceat(vals, X.indptr[:-1]) if vals.size else None
-        per_col = np.zeros(X.shape[1])
-        if col is not None:
-            nonempty = np.diff(X.indptr) > 0
-            per_col[nonempty] = col[nonempty]
+        # (np.add.reduceat over the CSC pointers fails when the last columns
+        # are empty: their start equals the number of stored values)
+        per_col = np.bincount(X.col, weights=vals, minlength=X.shape[1])
     else:
         per_col = np.zeros(X.shape[1])
         for start, stop in _row_chunks(X.shape[0], X.shape[1]):
