@@ -422,7 +422,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self._check_solver_loss(X)
         sq = None if kl else _block_sums(X, slices)
         if sq is not None:
-            _check_scale(sq, X.shape, numpy_dtype(X))
+            _check_scale(X, sq, numpy_dtype(X))
         weights = self._resolve_weights(X, names, slices, sq)
         self.block_weights_ = weights
         d = self._column_weights(weights, slices, p, numpy_dtype(X))
@@ -965,30 +965,37 @@ _BATCH_ROWS = 256
 _BATCH_ROWS_GPU = 2048
 
 
-def _check_scale(sq, shape, dtype):
+def _check_scale(X, sq, dtype):
     """Refuse X whose squares leave the range of its dtype.
 
     ``sq``: the blocks' squared norms (float64, exact for float32 data). The
-    solvers form sums of squares and products of X in X's dtype: float32 data
-    with a root-mean-square below about 1e-19 underflow to zero (the fit
-    becomes NaN or the SVD of the start fails), and a squared norm near
-    float32's maximum (3.4e38) overflows. Such data are refused, with the
-    way out, rather than fitted to NaN.
+    solvers form squares and products of X in X's dtype. When even the
+    largest entry's square underflows (float32: every entry below about
+    1.1e-19), or the squared norm itself is beyond the dtype's largest number
+    (float32: 3.4e38), the fit can only end in NaN or a failed SVD; such data
+    are refused, with the way out. The largest entry is read (one pass) only
+    when the root-mean-square is that small already.
     """
     info = np.finfo(dtype)
     total = float(np.sum(sq))
-    size = max(int(shape[0]) * int(shape[1]), 1)
-    rms = np.sqrt(total / size)
     low = np.sqrt(float(info.tiny))
-    high = np.sqrt(float(info.max) / 16.0 / size)
-    if total > 0 and not low <= rms <= high:
-        what = "small" if rms < low else "large"
+    size = max(int(X.shape[0]) * int(X.shape[1]), 1)
+    problem = None
+    if total >= float(info.max):
+        problem = (
+            f"a squared norm of {total:.3g}, beyond the largest "
+            f"{np.dtype(dtype).name} ({float(info.max):.3g}): its squares overflow"
+        )
+    elif 0 < total and np.sqrt(total / size) < low:
+        top = float(X.max())
+        if top < low:
+            problem = (
+                f"a largest value of {top:.3g}, below {low:.2g}: the squares of "
+                f"all its values underflow in {np.dtype(dtype).name}"
+            )
+    if problem is not None:
         raise ValueError(
-            f"CoupledNMF.fit: X has a root-mean-square value of {rms:.3g}, too "
-            f"{what} for {np.dtype(dtype).name} arithmetic (its squares would "
-            f"{'underflow' if what == 'small' else 'overflow'}); expected a "
-            f"root-mean-square between {low:.1e} and {high:.1e} for an X of "
-            f"shape {tuple(int(v) for v in shape)}. Rescale X (e.g. X / X.max())"
+            f"CoupledNMF.fit: X has {problem}. Rescale X (e.g. X / X.max())"
             f"{', or pass float64 data' if info.bits < 64 else ''}."
         )
 

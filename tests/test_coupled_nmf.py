@@ -447,26 +447,33 @@ def test_bad_blocks():
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_data_whose_squares_leave_the_dtype_range_are_refused():
-    # float32 squares underflow below about 1e-19 and a squared norm above
+    # float32 squares underflow below about 1.1e-19 and a squared norm above
     # float32's maximum overflows: refused with the scale and the way out,
     # where the fit used to end in NaN or an SVD failure.
     base = np.random.RandomState(0).rand(20, 10)
-    for scale, what in ((1e-20, "small"), (1e20, "large")):
+    for scale, what in (
+        (1e-20, r"a largest value of 1e-20, below 1\.1e-19: the squares of all"),
+        (1e20, r"a squared norm of \S+, beyond the largest float32"),
+    ):
         X = (base * scale).astype(np.float32)
+        X[0, 0] = scale  # the largest value, exactly
         for bw in ("norm", "none"):
             _fit_err(
                 X,
-                rf"root-mean-square value of \S+, too {what} for float32.*"
-                r"Rescale X \(e\.g\. X / X\.max\(\)\), or pass float64 data\.",
+                rf"X has {what}.*Rescale X \(e\.g\. X / X\.max\(\)\), or pass "
+                r"float64 data\.",
                 n_components=2, blocks=[4, 6], block_weights=bw,
             )  # fmt: skip
         # the same data in float64 are within range and fit
         m = CoupledNMF(2, blocks=[4, 6], random_state=0).fit(X.astype(np.float64))
         assert np.isfinite(m.reconstruction_err_) and m.reconstruction_err_ < 1
-    # the edges of the accepted range still give finite fits in float32
-    for scale in (3e-19, 1e16):
-        X = (base * scale).astype(np.float32)
-        m = CoupledNMF(2, blocks=[4, 6], random_state=0).fit(X)
+    # the edges of the accepted range still give finite fits in float32, and
+    # so does sparse data whose few values are tiny (its root-mean-square
+    # over all entries is below the limit, its values are not)
+    sparse_tiny = np.zeros((300, 200))
+    sparse_tiny.flat[np.random.RandomState(1).choice(60000, 30)] = 1e-18
+    for X in (base * 3e-19, base * 1e18, sparse_tiny):
+        m = CoupledNMF(2, random_state=0).fit(X.astype(np.float32))
         assert np.isfinite(m.reconstruction_err_) and np.isfinite(m.components_).all()
 
 
