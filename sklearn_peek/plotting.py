@@ -116,17 +116,28 @@ def _check_axes(ax):
     return ax
 
 
-def _shape_tuple(image_shape):
-    """``image_shape`` as a tuple of ints, or a ValueError naming it."""
-    items = None
-    if not isinstance(image_shape, (str, bytes)) and np.iterable(image_shape):
-        items = list(image_shape)
-    if items is None or not all(
-        isinstance(s, Integral) and not isinstance(s, (bool, np.bool_)) for s in items
-    ):
+def _is_int(v):
+    """An integer (Python, NumPy), not a bool."""
+    return isinstance(v, Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def _int_items(value):
+    """The items of ``value`` when it is a sequence of integers (a 1-D tensor
+    or array of them included), else None."""
+    value = to_numpy(value)
+    if isinstance(value, (str, bytes)) or not np.iterable(value):
+        return None
+    items = [v.item() if getattr(v, "ndim", None) == 0 else v for v in value]
+    return items if all(_is_int(v) for v in items) else None
+
+
+def _shape_tuple(shape, name="image_shape"):
+    """``shape`` as a tuple of ints, or a ValueError naming it as ``name``."""
+    items = _int_items(shape)
+    if items is None:
         raise ValueError(
-            f"image_shape={image_shape!r} is not understood; expected a tuple of "
-            "ints, (H, W) or (C, H, W)."
+            f"{name}={shape!r} is not understood; expected a tuple of ints, "
+            "such as (H, W) or (C, H, W)."
         )
     return tuple(int(s) for s in items)
 
@@ -135,13 +146,9 @@ def _component_indices(components, n):
     """The factor indices ``components`` asks for (all when None), checked."""
     if components is None:
         return list(range(n))
-    items = None
-    if not isinstance(components, (str, bytes)) and np.iterable(components):
-        items = list(components)
-    if items is None or not all(
-        isinstance(k, Integral) and not isinstance(k, (bool, np.bool_)) for k in items
-    ):
-        mask = items is not None and any(isinstance(k, (bool, np.bool_)) for k in items)
+    items = _int_items(components)
+    if items is None:
+        mask = to_numpy(components).dtype == bool
         raise TypeError(
             f"components={components!r}: expected a sequence of factor indices "
             "(ints), e.g. [0, 2]"
@@ -511,7 +518,7 @@ def _block_components(model, block, *, what="model"):
         return _components_array(model, what)
     _check_fitted(model, what)
     names = _block_names(model)
-    if names is None or (block == "input" and len(names) == 1 and block not in names):
+    if names is None or (block == "input" and names == ["block0"]):
         # Plain NMF or PCA, or a CoupledNMF fitted without blocks (one block,
         # "block0"): the whole of components_ is the input.
         return np.asarray(to_numpy(model.components_), dtype=float)
@@ -1098,15 +1105,17 @@ def _layer_shape_for(layer_shapes, layer):
     if hasattr(layer_shapes, "layer_shapes_"):
         split = getattr(layer_shapes, "nonneg", None) == "split"
         layer_shapes = layer_shapes.layer_shapes_
-    if not hasattr(layer_shapes, "get"):
+    try:
+        layer_shapes = dict(layer_shapes)  # a dict, or (name, shape) pairs
+    except (TypeError, ValueError):
         raise ValueError(
             f"layer_shapes={layer_shapes!r}: expected a dict layer -> shape, such "
             "as extractor.layer_shapes_, or the fitted extractor."
-        )
+        ) from None
     shape = layer_shapes.get(layer)
     if shape is None:
         return None, split
-    return _shape_tuple(shape), split
+    return _shape_tuple(shape, f"layer_shapes[{layer!r}]"), split
 
 
 def _reduce_to_channels(H, layer, shape, feature_names, split=None):
@@ -1382,7 +1391,7 @@ def _group_ticks(ax, starts, ends, names, pad_em=0.3):
 
     # Groups tall enough for their own name stand alone; runs of smaller
     # neighbours form candidates "first–last", each run cut once it is two
-    # names tall (60 thin classes get "0–3", "4–7", ..., not one "0–59").
+    # names tall (60 thin classes get "0–4", "5–9", ..., not one "0–59").
     px_per_row = abs(display_y(1.0) - display_y(0.0))
     tall = (np.asarray(ends) - np.asarray(starts)) * px_per_row
     small = tall < need
@@ -1476,7 +1485,7 @@ def plot_sample_loadings(
     if not np.all(np.isfinite(W)):
         raise ValueError("W contains NaN or infinite values.")
     if W.min() < 0:
-        i, j = np.unravel_index(int(np.argmin(W)), W.shape)
+        i, j = np.unravel_index(int(np.argmax(W < 0)), W.shape)  # the first
         raise ValueError(
             f"W has negative values (W[{i}, {j}] = {W[i, j]:.4g}); expected "
             "non-negative loadings such as CoupledNMF's or NMF's W (signed "
@@ -1484,15 +1493,10 @@ def plot_sample_loadings(
         )
     if normalize not in ("row", None):
         raise ValueError(f"normalize={normalize!r}: expected 'row' or None.")
-    if max_samples is not None and (
-        not isinstance(max_samples, Integral)
-        or isinstance(max_samples, bool)
-        or max_samples < 1
-    ):
+    if max_samples is not None and (not _is_int(max_samples) or max_samples < 1):
         raise ValueError(
             f"max_samples={max_samples!r}: expected None or an integer >= 1."
         )
-    _check_axes(ax)
     n, r = W.shape
     if y is not None:
         y = np.asarray(to_numpy(y))

@@ -191,9 +191,16 @@ def test_input_factors_components_must_be_indices(components, match):
     with pytest.raises(TypeError, match=match):
         plotting.plot_input_factors(np.ones((3, 64)), image_shape=(8, 8),
                                     components=components)  # fmt: skip
-    fig = plotting.plot_input_factors(np.ones((3, 64)), image_shape=(8, 8),
-                                      components=np.array([2, 0]))  # fmt: skip
-    assert [ax.get_title() for ax in fig.axes] == ["factor 2", "factor 0"]
+    for given in (np.array([2, 0]), torch_tensor([2, 0])):
+        fig = plotting.plot_input_factors(np.ones((3, 64)), image_shape=(8, 8),
+                                          components=given)  # fmt: skip
+        assert [ax.get_title() for ax in fig.axes] == ["factor 2", "factor 0"]
+
+
+def torch_tensor(values):
+    import torch
+
+    return torch.tensor(values)
 
 
 def test_wrong_figure_and_axes_objects_are_named():
@@ -1064,9 +1071,9 @@ def test_sample_loadings_scale_and_sign():
     assert one.axes[0].images[0].get_clim() == (0.0, 1.0)  # not 0.9 to 1.1
     raw = plotting.plot_sample_loadings(W * 3, normalize=None)
     assert raw.axes[0].images[0].get_clim() == (0.0, pytest.approx((W * 3).max()))
-    W[4, 2] = -0.25
+    W[4, 2], W[9, 0] = -0.25, -0.5
     with pytest.raises(ValueError, match=r"W has negative values \(W\[4, 2\] = -0\.25"):
-        plotting.plot_sample_loadings(W)
+        plotting.plot_sample_loadings(W)  # the first one, as the other checks
 
 
 def test_layer_factors_long_names_leave_the_y_axis_to_the_unit_kind():
@@ -1121,6 +1128,10 @@ def test_input_factors_of_a_coupled_model_without_blocks_draw_it_whole(digits):
         )
     with pytest.raises(ValueError, match=r"block='conv' is not a block.*\['block0'\]"):
         plotting.plot_input_factors(model, block="conv")
+    # a single block that has a name of its own is not taken for the input
+    named = CoupledNMF(3, blocks=[("conv1", 64)], random_state=0, max_iter=50).fit(X)
+    with pytest.raises(ValueError, match=r"block='input' is not a block.*'conv1'"):
+        plotting.plot_input_factors(named, image_shape=(8, 8))
 
 
 def test_sample_loadings_many_thin_classes_are_named_in_ranges():
@@ -1171,3 +1182,9 @@ def test_layer_factors_split_flat_and_pooled_layers_draw_each_unit_once():
     assert fig.axes[0].images[0].get_array().shape == (6, 2)
     with pytest.raises(ValueError, match=r"layer_shapes=\[1, 2\]: expected a dict"):
         plotting.plot_layer_factors(model, layer_shapes=[1, 2])
+    with pytest.raises(ValueError, match=r"layer_shapes\['3'\]=\(2\.0, 5\) is not"):
+        plotting.plot_layer_factors(model, layer_shapes={"3": (2.0, 5)})
+    # (name, shape) pairs are a dict too
+    pairs = list(ext.layer_shapes_.items())
+    fig = plotting.plot_layer_factors(model, layer_shapes=pairs)
+    assert fig.axes[0].images[0].get_array().shape == (6, 2)
