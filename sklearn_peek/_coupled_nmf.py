@@ -1194,7 +1194,9 @@ def rank_items(ranks):
     """
     if isinstance(ranks, (str, bytes)) or not np.iterable(ranks):
         return None
-    return [to_numpy(r).item() if is_torch_tensor(r) else r for r in ranks]
+    return [
+        to_numpy(r).item() if is_torch_tensor(r) and r.ndim == 0 else r for r in ranks
+    ]
 
 
 def _check_ranks(ranks):

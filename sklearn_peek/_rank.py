@@ -401,12 +401,26 @@ def _row_block_sq(X, sizes):
     return _solvers._host(_solvers._concat(parts))
 
 
-def _check_live_blocks(sq, blocks, used, n, block_weights):
+def _input_features(X):
+    """``n_features_in_`` (a 2-D X) and ``feature_names_in_`` (a DataFrame
+    whose column names are all strings), as scikit-learn records them, as a
+    dict of the attributes to set. Column names of mixed types, which
+    scikit-learn refuses, are simply not recorded (the block layout reads
+    them as strings)."""
+    out = {}
+    shape = getattr(X, "shape", None)
+    if shape is not None and len(shape) == 2:
+        out["n_features_in_"] = int(shape[1])
+    columns = getattr(X, "columns", None)
+    if columns is not None and all(isinstance(c, str) for c in columns):
+        out["feature_names_in_"] = np.asarray(list(columns), dtype=object)
+    return out
+
+
+def _check_live_blocks(sq, blocks, used, n):
     """Under ``block_weights="norm"``, refuse a block used by the sweep that
-    is all zeros on all ``n`` rows (``sq``: :func:`_row_block_sq`): a dead
-    layer has no norm to divide by (and nothing to factorize)."""
-    if not (isinstance(block_weights, str) and block_weights == "norm"):
-        return
+    is all zeros on all ``n`` rows (``sq``: :func:`_row_block_sq`): it has no
+    norm to divide by (and a dead layer nothing to factorize)."""
     totals = sq.sum(axis=0)
     dead = [nm for (nm, _), t in zip(blocks, totals) if nm in used and not t > 0]
     if dead:
@@ -415,15 +429,16 @@ def _check_live_blocks(sq, blocks, used, n, block_weights):
         fix = ""
         if layers and _INPUT not in dead:
             fix = f" Leave it out: layers={layers!r}."
+        what = "an input with nothing in it" if _INPUT in dead else "a dead layer"
         raise ValueError(
             f"RankQualityScorer.fit: block(s) {dead!r} of X are all zeros on the "
-            f"{n} samples (a dead layer: nothing to factorize), and "
+            f"{n} samples ({what}: nothing to factorize), and "
             "block_weights='norm' divides every block by its squared norm; "
             f"expected every block the sweep uses to have a non-zero entry.{fix}"
         )
 
 
-def _fold_weights(sq, blocks, cb, train, block_weights):
+def _fold_weights(sq, blocks, cb, train):
     """Explicit block weights for a bcv fold whose training rows leave a block
     all zeros, or None when ``"norm"`` can be used as it is.
 
@@ -431,10 +446,9 @@ def _fold_weights(sq, blocks, cb, train, block_weights):
     which is zero for a layer that fires on a few samples only, none of them
     in this fold. Such a block gets the weight the other folds give it on
     average, ``n / (n_train ||X_b||^2)`` (its norm on all the rows), and
-    the other blocks their ``"norm"`` weight; other weights need nothing.
+    the other blocks their ``"norm"`` weight (other weights need nothing:
+    the caller asks only under ``"norm"``).
     """
-    if not (isinstance(block_weights, str) and block_weights == "norm"):
-        return None
     index = {nm: i for i, (nm, _) in enumerate(blocks)}
     cols = [index[nm] for nm, _ in cb]
     on_train = sq[train][:, cols].sum(axis=0)
@@ -1336,14 +1350,17 @@ class RankQualityScorer(BaseEstimator):
             The fitted scorer.
         """
         ranks = self._validate_params()
+        input_features = _input_features(X)  # before the sweep: nothing fails late
         Xa, blocks = self._check_data(X)
         n = Xa.shape[0]
         criterion = self.criterion
         n_rows, columns = self._check_sweep(n, blocks, f"the {n} samples of X", ranks)
         layer_cols = self._layer_columns(blocks)
-        sq = _row_block_sq(Xa, [size for _, size in blocks])
-        used = {nm for _, _, cb in layer_cols for nm, _ in cb}
-        _check_live_blocks(sq, blocks, used, n, self.block_weights)
+        norm = isinstance(self.block_weights, str) and self.block_weights == "norm"
+        sq = _row_block_sq(Xa, [size for _, size in blocks]) if norm else None
+        if norm:
+            used = {nm for _, _, cb in layer_cols for nm, _ in cb}
+            _check_live_blocks(sq, blocks, used, n)
 
         rng = check_random_state(self.random_state)
         base = int(rng.randint(np.iinfo(np.int32).max))
@@ -1408,8 +1425,8 @@ class RankQualityScorer(BaseEstimator):
                 for k, (tr, te) in enumerate(folds):
                     rows = n if tr is None else len(tr)
                     weights = None
-                    if tr is not None:
-                        weights = _fold_weights(sq, blocks, cb, tr, self.block_weights)
+                    if norm and tr is not None:
+                        weights = _fold_weights(sq, blocks, cb, tr)
                     task_params = params
                     if weights is not None:
                         task_params = {**params, "block_weights": weights}
@@ -1472,23 +1489,10 @@ class RankQualityScorer(BaseEstimator):
         self.rank_limits_ = {name: min(n_rows, m) for name, m in columns.items()}
         self.rank_limit_ = min(self.rank_limits_.values())
         self._collect(results, layer_cols, ranks, blocks)
-        self._record_input_features(X)
-        return self
-
-    def _record_input_features(self, X):
-        """``n_features_in_`` (a 2-D X) and ``feature_names_in_`` (a DataFrame
-        with string column names), as scikit-learn records them; neither is
-        kept from an earlier fit."""
-        from sklearn.utils.validation import _get_feature_names
-
         for attr in ("n_features_in_", "feature_names_in_"):
-            self.__dict__.pop(attr, None)
-        shape = getattr(X, "shape", None)
-        if shape is not None and len(shape) == 2:
-            self.n_features_in_ = int(shape[1])
-        names = _get_feature_names(X)
-        if names is not None:
-            self.feature_names_in_ = names
+            self.__dict__.pop(attr, None)  # nothing kept from an earlier fit
+        self.__dict__.update(input_features)
+        return self
 
     def _collect(self, results, layer_cols, ranks, blocks):
         crit = self.criterion

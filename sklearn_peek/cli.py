@@ -2324,7 +2324,13 @@ def main(argv=None):
         argv = list(sys.argv[1:] if argv is None else argv)
         args, extra = parser.parse_known_args(argv)
         if extra:  # as parse_args would, with the command's own usage line
-            command = parser.commands.get(getattr(args, "command", None), parser)
+            name = getattr(args, "command", None)
+            before = (
+                name in argv
+                and extra[0] in argv
+                and argv.index(extra[0]) < argv.index(name)
+            )
+            command = parser if before else parser.commands.get(name, parser)
             command.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)

@@ -440,6 +440,9 @@ def test_help_explains_every_option(capsys):
          "sklearn-peek analyze: error: unrecognized arguments: --bogus 1"),
         (["layers", "m.onnx", "--bogus"],
          "sklearn-peek layers: error: unrecognized arguments: --bogus"),
+        # before the command: the top-level usage, as parse_args gave
+        (["--bogus", "layers", "m.onnx"],
+         "sklearn-peek: error: unrecognized arguments: --bogus"),
     ],
 )  # fmt: skip
 def test_bad_command_line_exit_code_2(capsys, argv, message):

@@ -726,6 +726,8 @@ def test_ranks_as_a_torch_tensor_count_as_their_values():
     assert [m.n_components_ for m in models] == [3, 1]
     with pytest.raises(ValueError, match=r"ranks contains 1\.5; expected integers"):
         fit_ranks(est, X, torch.tensor([1.5]))
+    with pytest.raises(ValueError, match=r"ranks contains tensor\(\[1, 2\]\)"):
+        fit_ranks(est, X, torch.tensor([[1, 2], [3, 4]]))
     kw = dict(blocks=blocks, cv=3, max_iter=30, random_state=0)
     sc = RankQualityScorer(ranks=torch.arange(1, 4), **kw).fit(X)
     ref = RankQualityScorer(ranks=np.arange(1, 4), **kw).fit(X)
