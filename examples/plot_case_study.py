@@ -16,9 +16,9 @@ reproduces one of their case studies, *too few epochs*, on the digits with
 
 Four networks and one seed make a demonstration, not evidence: the intervals
 are wide. :func:`sklearn_peek.studies.run_paper_studies` runs all four of the
-paper's studies with several seeds (``preset="full"``, 60 networks, 133 s with
-``n_jobs=2`` on an idle 2-core machine), and :doc:`/user_guide/case_studies` reports what we
-found.
+paper's studies with several seeds (``preset="full"``, 60 networks, 133 s
+with ``n_jobs=2`` on an idle 2-core machine), and
+:doc:`/user_guide/case_studies` reports what we found.
 
 Set ``SKLEARN_PEEK_EXAMPLE_QUICK=1`` to run it on smaller settings.
 """
