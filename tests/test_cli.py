@@ -1204,7 +1204,9 @@ def test_torchscript_channels_without_a_conv_module(files, tmp_path, capsys):
 def test_script_channels_read_from_the_first_conv(files):
     d, *_ = files
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        # torch deprecates TorchScript: a DeprecationWarning (2.13) or a
+        # FutureWarning (2.15) on every load
+        warnings.filterwarnings("ignore", "`torch.jit.load` is ")
         rgb, gray = (torch.jit.load(str(d / f)) for f in ("net_rgb_ts.pt", "net_ts.pt"))
     assert cli._script_channels(rgb) == 3 and cli._script_channels(gray) == 1
 
@@ -1218,7 +1220,7 @@ def test_torchscript_is_converted_at_an_opset_onnxruntime_loads(files, tmp_path)
 
     d, X, _ = files
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", "`torch.jit.load` is ")
         scripted = torch.jit.load(str(d / "net_ts.pt"))
     path = cli._script_to_onnx(scripted, d / "net_ts.pt", X[:2], tmp_path)
     model = onnx.load(path)
