@@ -354,6 +354,19 @@ def column_sums64(X, *, square=True):
     return _host(col)
 
 
+def _residual_chunks(X, W, H):
+    """``W[s:e] @ H - X[s:e]`` for consecutive row chunks (dense, X's side):
+    the explicit residual, one chunk-sized temporary at a time."""
+    n, p = X.shape
+    for s, e in _row_steps(n, p, X):
+        Xc = X[s:e]
+        if sp.issparse(Xc):
+            Xc = Xc.toarray()
+        R = W[s:e] @ H
+        R -= Xc
+        yield R
+
+
 def residual_column_sums64(X, W, H):
     """Per-column squared residual ``||x_j - W h_j||^2``, float64 NumPy.
 
@@ -362,14 +375,8 @@ def residual_column_sums64(X, W, H):
     ``||x_j||^2 - 2 lin + quad`` cancels to noise in float32 once the fit is
     good.
     """
-    n, p = X.shape
-    col = _zeros(p, X, float64=True)
-    for s, e in _row_steps(n, p, X):
-        Xc = X[s:e]
-        if sp.issparse(Xc):
-            Xc = Xc.toarray()
-        R = W[s:e] @ H
-        R -= Xc
+    col = _zeros(X.shape[1], X, float64=True)
+    for R in _residual_chunks(X, W, H):
         if _np(R):
             col += np.square(R, out=R).sum(axis=0, dtype=np.float64)
         else:
@@ -471,15 +478,7 @@ def _residual_sums(X, Wt, H, d):
             return _gpu_kernels.weighted_residual(X, Wt, H, d).reshape(1)
         except Exception as exc:  # compile / launch failure: eager from now on
             _gpu_kernels.disable(exc)
-    n, p = X.shape
-    rows = []
-    for s, e in _row_steps(n, p, X):
-        Xc = X[s:e]
-        if sp.issparse(Xc):
-            Xc = Xc.toarray()
-        R = Wt[:, s:e].T @ H
-        R -= Xc
-        rows.append((R * R) @ d)
+    rows = [(R * R) @ d for R in _residual_chunks(X, Wt.T, H)]
     if _np(X):
         return np.array([np.sum(r, dtype=np.float64) for r in rows])
     torch = _t()
