@@ -169,14 +169,7 @@ def select_compute_device(device, X=None, *, param="device"):
     device(type='cpu')
     """
     if device is None:
-        if not is_torch_tensor(X):
-            return None
-        if X.device.type not in ("cpu", "cuda"):
-            raise ValueError(
-                f"X is a tensor on device {str(X.device)!r}; expected a CPU or "
-                "CUDA tensor (the torch code runs on those only)."
-            )
-        return X.device
+        return X.device if is_torch_tensor(X) else None
     dev = resolve_device(device, param=param)
     if dev is None and is_torch_tensor(X):
         return _torch().device("cpu")
@@ -236,6 +229,11 @@ def compute_tensor(X, device, *, dtype=None, param="X", where=None):
         raise ValueError(
             f"Complex data not supported: {caller}argument {param} has dtype "
             f"{X.dtype}; expected real floats."
+        )
+    if X.device.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"{caller}argument {param} is a tensor on device {str(X.device)!r}; "
+            "expected a CPU or CUDA tensor (the torch code runs on those only)."
         )
     if X.is_sparse or X.layout != torch.strided:
         raise ValueError(

@@ -187,8 +187,9 @@ def test_bad_tensor_shapes_and_sparse():
     with pytest.raises(ValueError, match=r"shape \(0, 2\); expected .*n_samples >= 1"):
         model.inverse_transform(torch.ones(0, 2))
     meta = torch.empty(6, 5, device="meta")
-    with pytest.raises(ValueError, match=r"tensor on device 'meta'; expected a CPU"):
-        CoupledNMF(2).fit(meta)
+    for est in (CoupledNMF(2), CoupledNMF(2, device="cpu")):
+        with pytest.raises(ValueError, match=r"on device 'meta'; expected a CPU"):
+            est.fit(meta)
     # a tensor W is checked as an array is: the first bad entry named
     W_bad = torch.ones(4, 2)
     W_bad[3, 1] = float("inf")
