@@ -134,6 +134,21 @@ def to_numpy(x):
 _SCAN_ELEMENTS = 1 << 24
 
 
+def sequence_items(value):
+    """The items of ``value`` as a list, or None when it is not a sequence.
+
+    NumPy scalars become Python numbers, and a 1-D torch tensor counts as its
+    values (read in one transfer; it iterates as 0-d tensors, which are no
+    ``numbers.Integral``), as a NumPy array does. Strings are not sequences
+    here.
+    """
+    if is_torch_tensor(value) and value.ndim == 1:
+        value = to_numpy(value)
+    if isinstance(value, (str, bytes)) or not np.iterable(value):
+        return None
+    return [v.item() if isinstance(v, np.generic) else v for v in value]
+
+
 def select_compute_device(device, X=None, *, param="device"):
     """Where the numerics run: ``None`` (NumPy) or a torch.device.
 

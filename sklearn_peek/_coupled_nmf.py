@@ -33,6 +33,7 @@ from ._backend import (
     like_input,
     numpy_dtype,
     select_compute_device,
+    sequence_items,
     to_numpy,
 )
 from ._validation import (
@@ -1186,23 +1187,10 @@ def _batchable(model):
     )
 
 
-def rank_items(ranks):
-    """The items of ``ranks`` as a list, or None when it is not iterable.
-
-    A torch tensor of ranks counts as its values (a 1-D tensor iterates as
-    0-d tensors, which are no ``numbers.Integral``), as a NumPy array does.
-    """
-    if isinstance(ranks, (str, bytes)) or not np.iterable(ranks):
-        return None
-    return [
-        to_numpy(r).item() if is_torch_tensor(r) and r.ndim == 0 else r for r in ranks
-    ]
-
-
 def _check_ranks(ranks):
     """``ranks`` of :func:`fit_ranks` as a list of distinct ints >= 1."""
     given = ranks
-    ranks = rank_items(ranks)
+    ranks = sequence_items(ranks)
     if ranks is None:
         raise ValueError(
             f"fit_ranks: ranks={given!r} is not an iterable of integers; expected "

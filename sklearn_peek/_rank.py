@@ -36,11 +36,11 @@ from sklearn_peek._backend import (
     is_torch_tensor,
     numpy_dtype,
     select_compute_device,
+    sequence_items,
     to_numpy,
 )
 from sklearn_peek._coupled_nmf import (
     blocks_from_feature_names,
-    rank_items,
     resolve_blocks,
 )
 from sklearn_peek._progress import check_progress, collect, progress_bar
@@ -1020,7 +1020,7 @@ class RankQualityScorer(BaseEstimator):
     def _check_ranks(self):
         """``ranks`` (None: ``range(1, 31)``) as a sorted list of distinct ints."""
         given = _DEFAULT_RANKS if self.ranks is None else self.ranks
-        ranks = rank_items(given)
+        ranks = sequence_items(given)
         if ranks is None:
             raise ValueError(
                 f"ranks={self.ranks!r} is not an iterable of integers; expected e.g. "

@@ -34,7 +34,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from sklearn_peek._backend import to_numpy
+from sklearn_peek._backend import sequence_items, to_numpy
+from sklearn_peek._validation import is_integral
 
 __all__ = [
     "plot_input_factors",
@@ -116,19 +117,13 @@ def _check_axes(ax):
     return ax
 
 
-def _is_int(v):
-    """An integer (Python, NumPy), not a bool."""
-    return isinstance(v, Integral) and not isinstance(v, (bool, np.bool_))
-
-
 def _int_items(value):
     """The items of ``value`` when it is a sequence of integers (a 1-D tensor
     or array of them included), else None."""
-    value = to_numpy(value)
-    if isinstance(value, (str, bytes)) or not np.iterable(value):
+    items = sequence_items(value)
+    if items is None or not all(is_integral(v) for v in items):
         return None
-    items = [v.item() if getattr(v, "ndim", None) == 0 else v for v in value]
-    return items if all(_is_int(v) for v in items) else None
+    return items
 
 
 def _shape_tuple(shape, name="image_shape"):
@@ -1493,7 +1488,7 @@ def plot_sample_loadings(
         )
     if normalize not in ("row", None):
         raise ValueError(f"normalize={normalize!r}: expected 'row' or None.")
-    if max_samples is not None and (not _is_int(max_samples) or max_samples < 1):
+    if max_samples is not None and (not is_integral(max_samples) or max_samples < 1):
         raise ValueError(
             f"max_samples={max_samples!r}: expected None or an integer >= 1."
         )
