@@ -380,11 +380,11 @@ def test_sparse_csr_matches_dense():
     assert sparse.score(sp.csr_matrix(X)) == pytest.approx(dense.score(X))
     # empty last columns (np.add.reduceat over the CSC pointers failed there)
     X[:, -3:] = 0
+    est = CoupledNMF(3, blocks=BLOCKS, block_weights="none", random_state=0,
+                     max_iter=20, tol=0)  # fmt: skip
+    ref = clone(est).fit(X)
     for sparse_type in (sp.csr_matrix, sp.csc_matrix, sp.coo_matrix):
-        model = CoupledNMF(3, blocks=BLOCKS, block_weights="none", random_state=0,
-                           max_iter=20, tol=0).fit(sparse_type(X))  # fmt: skip
-        ref = CoupledNMF(3, blocks=BLOCKS, block_weights="none", random_state=0,
-                         max_iter=20, tol=0).fit(X)  # fmt: skip
+        model = clone(est).fit(sparse_type(X))
         np.testing.assert_allclose(model.components_, ref.components_, rtol=1e-6,
                                    atol=1e-9)  # fmt: skip
     kl = CoupledNMF(3, solver="mu", beta_loss="kullback-leibler")

@@ -1040,6 +1040,11 @@ def test_input_factors_figure_size_stays_sensible_for_any_image_shape(shape):
     if shape == (8, 8):  # square tiles: 1.7 in, as before
         assert (w, h) == pytest.approx((6 * 1.7, 1.7 + 0.6))
     fig.canvas.draw()
+    # each tile keeps the image's aspect ratio, its longer side 1 to 4 in
+    for ax in fig.axes:
+        box = ax.images[0].get_window_extent()
+        assert box.width / box.height == pytest.approx(shape[1] / shape[0], rel=0.02)
+        assert 1.0 - 1e-6 <= max(box.width, box.height) / fig.dpi <= 4.0
     # tile titles side by side never overlap
     boxes = [ax.title.get_window_extent() for ax in fig.axes]
     for a, b in itertools.pairwise(boxes):

@@ -935,11 +935,23 @@ def test_bcv_with_a_layer_that_fires_on_a_few_samples(device, warm_start):
         want_l1 = 60 / (len(train) * (X[:, 10:30] ** 2).sum())
         np.testing.assert_allclose(w, [want_in, want_l1], rtol=1e-12)
     assert special == 1  # the fold that tests on row 3
-    # a layer that fires on two samples: the same as seeds change the folds
+    # a layer that fires on two samples: the fallback runs only for seeds
+    # whose folds put both in one test fold (16 and 19 do, 0 does not)
+    from sklearn_peek import _rank
+
     X2, _ = _sparse_layer_data([3, 7])
-    for seed in range(6):
-        kw["random_state"] = seed
-        sc = RankQualityScorer(**kw).fit(X2)
+    for seed, fallback in ((0, False), (16, True), (19, True)):
+        used = []
+
+        def spy(*args, used=used):
+            weights = _fold_weights(*args)
+            used.append(weights is not None)
+            return weights
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_rank, "_fold_weights", spy)
+            sc = RankQualityScorer(**{**kw, "random_state": seed}).fit(X2)
+        assert any(used) == fallback
         assert np.isfinite(sc.cv_results_["mean_score"]).all()
 
 
