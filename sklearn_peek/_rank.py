@@ -383,19 +383,15 @@ def _task_data(X, cols, train, test):
 def _row_block_sq(X, sizes):
     """Squared norm of every block in every row: ``(n, len(sizes))`` float64
     NumPy, one pass over X (NumPy or tensor; a tensor is read back once)."""
-    bounds = _solvers._bounds(sizes)
     n, p = X.shape
+    member = np.zeros((p, len(sizes)))  # column j belongs to block b
+    for b, (lo, hi) in enumerate(_solvers._bounds(sizes)):
+        member[lo:hi, b] = 1.0
+    member = _solvers._from_host(member, _solvers._to64(X[:0]))
     parts = []
     for s, e in _solvers._row_steps(n, p, X):
         c = _solvers._to64(X[s:e])
-        c = c * c
-        sums = [c[:, a:b].sum(1) for a, b in bounds]
-        if is_torch_tensor(X):
-            import torch
-
-            parts.append(torch.stack(sums, dim=1))
-        else:
-            parts.append(np.stack(sums, axis=1))
+        parts.append((c * c) @ member)
     if not parts:
         return np.zeros((0, len(sizes)))
     return _solvers._host(_solvers._concat(parts))

@@ -1132,12 +1132,13 @@ def _reduce_to_channels(H, layer, shape, feature_names, split=None):
             split = _is_split_names(feature_names)
         else:
             split = shape is not None and len(shape) == 4 and shape[0] == 2
-    if split and shape is not None and shape[0] == 2 and len(shape) >= 2:
+    with_shape = shape is not None and len(shape) >= 2 and shape[0] == 2
+    if split and (with_shape or (shape is None and feature_names is not None)):
         H = H.reshape(H.shape[0], 2, -1).sum(axis=1)  # both parts of a unit
-        shape = shape[1:]
-    elif split and shape is None and feature_names is not None:
-        H = H.reshape(H.shape[0], 2, -1).sum(axis=1)
-        feature_names = [n[: -len("_pos")] for n in feature_names[: H.shape[1]]]
+        if with_shape:
+            shape = shape[1:]
+        else:  # the positive parts' names, without "_pos"
+            feature_names = [n[: -len("_pos")] for n in feature_names[: H.shape[1]]]
     if shape is not None and len(shape) == 3:
         return H.reshape(H.shape[0], shape[0], -1).sum(axis=2), "channel"
     if shape is None and feature_names is not None:
