@@ -48,6 +48,7 @@ from sklearn_peek._validation import (
     check_finite_nonneg,
     check_weights,
     is_integral,
+    string_feature_names,
     validate_parameter_constraints,
 )
 
@@ -398,18 +399,16 @@ def _row_block_sq(X, sizes):
 
 
 def _input_features(X):
-    """``n_features_in_`` (a 2-D X) and ``feature_names_in_`` (a DataFrame
-    whose column names are all strings), as scikit-learn records them, as a
-    dict of the attributes to set. Column names of mixed types, which
-    scikit-learn refuses, are simply not recorded (the block layout reads
-    them as strings)."""
+    """``n_features_in_`` (a 2-D X) and ``feature_names_in_``
+    (:func:`~sklearn_peek._validation.string_feature_names`), as a dict of the
+    attributes to set."""
     out = {}
     shape = getattr(X, "shape", None)
     if shape is not None and len(shape) == 2:
         out["n_features_in_"] = int(shape[1])
-    columns = getattr(X, "columns", None)
-    if columns is not None and all(isinstance(c, str) for c in columns):
-        out["feature_names_in_"] = np.asarray(list(columns), dtype=object)
+    names = string_feature_names(X)
+    if names is not None:
+        out["feature_names_in_"] = names
     return out
 
 

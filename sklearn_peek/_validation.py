@@ -315,3 +315,15 @@ def check_weights(weights, n_blocks, *, name="block_weights", block_names=None):
 def is_integral(x):
     """True for Python/NumPy integers (not bools)."""
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def string_feature_names(X):
+    """The column names of a DataFrame ``X`` as ``feature_names_in_`` records
+    them (an object array), or None: scikit-learn records names only when all
+    of them are strings (a DataFrame made from an array, with integer column
+    labels, has none). Estimators that read blocks from mixed names use them
+    as strings without recording them."""
+    columns = getattr(X, "columns", None)
+    if columns is None or not all(isinstance(c, str) for c in columns):
+        return None
+    return np.asarray(list(columns), dtype=object)

@@ -785,6 +785,12 @@ def test_clone_shares_model_pickle_and_pandas(lenet, X):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         e2.transform(Xdf), e3.transform(X)
+        # integer column labels (a DataFrame made from an array) are no
+        # feature names, as in scikit-learn: none recorded, no warning
+        e4 = clone(e2).fit(pd.DataFrame(X))
+        assert not hasattr(e4, "feature_names_in_")
+        np.testing.assert_array_equal(e4.transform(X), ref)
+        np.testing.assert_array_equal(e3.transform(pd.DataFrame(X)), ref)
 
 
 def test_double_precision_model_gives_float32(X):

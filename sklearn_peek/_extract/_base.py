@@ -32,7 +32,7 @@ from .._backend import (
     to_numpy,
 )
 from .._progress import check_progress, progress_bar
-from .._validation import is_integral, transform_output
+from .._validation import is_integral, string_feature_names, transform_output
 from ._channels import ChannelMismatchError, UnknownLayerError
 
 #: At most this many layers are picked by ``layers="auto"``.
@@ -616,7 +616,9 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         Only with ``nonneg="shift"``: block name -> float32 array subtracted
         from each feature (0 where the minimum seen in fit was >= 0).
     feature_names_in_ : ndarray of str
-        Only when ``X`` in fit was a DataFrame.
+        Only when ``X`` in fit was a DataFrame whose column names are all
+        strings (as scikit-learn records them); :meth:`transform` checks a
+        DataFrame's names against them.
 
     Notes
     -----
@@ -892,10 +894,9 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         self.__dict__.pop("_adapter", None)
         self.__dict__.pop("feature_names_in_", None)
         self.__dict__.pop("shifts_", None)
-        if hasattr(X, "columns"):
-            self.feature_names_in_ = np.asarray(
-                [str(c) for c in X.columns], dtype=object
-            )
+        names = string_feature_names(X)
+        if names is not None:
+            self.feature_names_in_ = names
         adapter = self._get_adapter()
         arr = _as_array(X, warn_integers=not self._model_takes_integers(adapter))
         X4, sample_shape, how = self._sample_shape(arr, adapter)
@@ -1158,7 +1159,8 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             X, warn_integers=not self._model_takes_integers(self._get_adapter())
         )
         fitted_names = hasattr(self, "feature_names_in_")
-        has_names = hasattr(X, "columns")
+        names = string_feature_names(X)
+        has_names = names is not None
         if fitted_names != has_names:  # as scikit-learn's estimators warn
             warnings.warn(
                 "X does not have valid feature names, but LayerActivationExtractor "
@@ -1170,9 +1172,8 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                 stacklevel=3,
             )
         if fitted_names and has_names:
-            cols = np.asarray([str(c) for c in X.columns], dtype=object)
-            if len(cols) != len(self.feature_names_in_) or not np.all(
-                cols == self.feature_names_in_
+            if len(names) != len(self.feature_names_in_) or not np.all(
+                names == self.feature_names_in_
             ):
                 raise ValueError(
                     "X has different column names from the DataFrame seen in fit; "
