@@ -865,7 +865,8 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         cols = np.concatenate([np.arange(p)[self.block_slices_[nm]] for nm in subset])
         if hasattr(X, "columns") and hasattr(self, "feature_names_in_"):
             want = list(self.feature_names_in_[cols])
-            missing = [c for c in want if c not in set(map(str, X.columns))]
+            have = set(map(str, X.columns))
+            missing = [c for c in want if c not in have]
             if missing:
                 raise ValueError(
                     f"transform: X lacks {len(missing)} column(s) of blocks "

@@ -177,13 +177,15 @@ def _sums64(*arrays):
 
 
 def _sums64_and(arrays, values=None):
-    """Sums of ``arrays`` (as :func:`_sums64`), and ``values`` (a 1-D float64
-    array or tensor, or None) as floats, in one host transfer."""
+    """Sums of ``arrays`` (as :func:`_sums64`), and ``values`` (None, or a
+    1-D float64 tensor: values read ahead on the torch path; the NumPy
+    solvers read nothing ahead) as floats, in one host transfer."""
     first = arrays[0] if arrays else values
     if first is None:
         return [], None
     if _np(first):
-        return [_sum64(a) for a in arrays], None if values is None else values.tolist()
+        assert values is None, "values are read ahead on the torch path only"
+        return [_sum64(a) for a in arrays], None
     torch = _t()
     parts = [a.sum(dtype=torch.float64).reshape(1) for a in arrays]
     out = torch.cat(parts if values is None else [*parts, values]).tolist()
@@ -738,13 +740,14 @@ def _segment_sums64(parts, S, values=None):
     """``S @ row_sums(p)`` for every p in parts, float64, one host transfer.
 
     ``S`` (K x R, float64) sums the rows of each problem of a batch.
-    ``values``: None, or a 1-D float64 array on S's side, read back in the
-    same transfer. Returns the list of sums and the values as a list of
-    floats (None when not given).
+    ``values``: None, or a 1-D float64 tensor on S's device (torch only: the
+    NumPy solvers read nothing ahead), read back in the same transfer.
+    Returns the list of sums and the values as a list of floats (None when
+    not given).
     """
     if _np(S):
-        sums = [S @ p.sum(axis=1, dtype=np.float64) for p in parts]
-        return sums, None if values is None else np.asarray(values).tolist()
+        assert values is None, "values are read ahead on the torch path only"
+        return [S @ p.sum(axis=1, dtype=np.float64) for p in parts], None
     torch = _t()
     rows = torch.stack([S @ p.sum(dim=1, dtype=torch.float64) for p in parts])
     if values is None:
@@ -962,6 +965,7 @@ def fit_mu(
     are the block weights themselves (a divergence of order 1 scales linearly).
     """
     kl = beta_loss == "kullback-leibler"
+    assert kl or update_H, "update_H=False is for KL only (solve_w_kl)"
     if kl and sp.issparse(X):
         raise ValueError("beta_loss='kullback-leibler' needs a dense X.")
     W = _copy(W)
@@ -1025,10 +1029,9 @@ def fit_mu(
         if n_iter % check_every == 0 or n_iter == max_iter:
             if kl:
                 obj = _kl_objective(X, W, H, d, xnorm) + pen()
-            elif update_H:  # num and WtW of the H update are those of this W
+            else:  # num and WtW of the H update are those of this W
+                # (update_H=False only comes with KL: solve_w_kl)
                 obj = frob_obj(num, WtW)
-            else:
-                obj = frob_obj(_w_x(W.T, X), W.T @ W)
             history.append(obj)
             if verbose:
                 print(f"CoupledNMF[mu] iteration {n_iter}: objective {obj:.6g}")

@@ -503,15 +503,15 @@ def _components_array(arr, what="model"):
     return H
 
 
-def _block_components(model, block, *, what="model"):
+def _block_components(model, block):
     """The rows of ``components_`` restricted to one block's columns.
 
     ``model`` is an array of components, or a model already unwrapped by
     :func:`_unwrap_model`.
     """
     if not hasattr(model, "components_") and hasattr(model, "shape"):
-        return _components_array(model, what)
-    _check_fitted(model, what)
+        return _components_array(model)
+    _check_fitted(model)
     names = _block_names(model)
     if names is None or (block == "input" and names == ["block0"]):
         # Plain NMF or PCA, or a CoupledNMF fitted without blocks (one block,
