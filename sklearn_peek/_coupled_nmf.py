@@ -9,7 +9,6 @@ initialization, then dispatches to the solver functions of
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import warnings
 from numbers import Integral, Real
@@ -45,6 +44,7 @@ from ._validation import (
     check_is_fitted,
     check_weights,
     column_block_sq_norms,
+    did_you_mean,
     is_integral,
     validate_data,
 )
@@ -789,8 +789,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     def _block_slice(self, name, param):
         if name not in self.block_slices_:
-            close = difflib.get_close_matches(str(name), self.block_names_, n=3)
-            hint = f" Did you mean {close}?" if close else ""
+            hint = did_you_mean(name, self.block_names_)
             raise ValueError(
                 f"{param}={name!r} is not a block of this model; expected one of "
                 f"{self.block_names_}.{hint}"
@@ -1188,33 +1187,34 @@ def _batchable(model):
     )
 
 
-def _check_ranks(ranks):
-    """``ranks`` of :func:`fit_ranks` as a list of distinct ints >= 1."""
-    given = ranks
-    ranks = sequence_items(ranks)
-    if ranks is None:
+def check_ranks(ranks, *, where=""):
+    """``ranks`` as a list of distinct ints >= 1, in the given order (a torch
+    tensor counts as its values); else a ValueError that starts with
+    ``where`` (e.g. ``"fit_ranks: "``) and names the value."""
+    items = sequence_items(ranks)
+    if items is None:
         raise ValueError(
-            f"fit_ranks: ranks={given!r} is not an iterable of integers; expected "
+            f"{where}ranks={ranks!r} is not an iterable of integers; expected "
             "distinct integers >= 1, e.g. range(1, 31)."
         )
-    if not ranks:
+    if not items:
         raise ValueError(
-            f"fit_ranks: ranks={given!r} is empty; expected at least one integer >= 1."
+            f"{where}ranks={ranks!r} is empty; expected at least one integer >= 1."
         )
-    for r in ranks:
+    for r in items:
         if not is_integral(r) or int(r) < 1:
             raise ValueError(
-                f"fit_ranks: ranks contains {r!r}; expected integers >= 1."
+                f"{where}ranks={ranks!r} contains {r!r}; expected integers >= 1."
             )
-    ranks = [int(r) for r in ranks]
-    dup = sorted({r for r in ranks if ranks.count(r) > 1})
-    if dup:
+    items = [int(r) for r in items]
+    seen = set()
+    dup = next((r for r in items if r in seen or seen.add(r)), None)
+    if dup is not None:
         raise ValueError(
-            f"fit_ranks: ranks={given!r} contains rank {dup[0]} more than once; "
-            "expected distinct ranks (each would be fitted again, to the same "
-            "model)."
+            f"{where}ranks={ranks!r} contains rank {dup} more than once; expected "
+            "distinct ranks (each would be fitted again, to the same model)."
         )
-    return ranks
+    return items
 
 
 def fit_ranks(estimator, X, ranks):
@@ -1270,7 +1270,7 @@ def fit_ranks(estimator, X, ranks):
             f"fit_ranks: argument estimator is a {type(estimator).__name__}; "
             "expected a CoupledNMF."
         )
-    ranks = _check_ranks(ranks)
+    ranks = check_ranks(ranks, where="fit_ranks: ")
     base = clone(estimator)
     base._validate_params()
     if base.init == "custom":

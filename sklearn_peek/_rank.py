@@ -15,7 +15,6 @@ or on the joblib backend, so neither do the results.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import numbers
 import time
 import warnings
@@ -36,17 +35,18 @@ from sklearn_peek._backend import (
     is_torch_tensor,
     numpy_dtype,
     select_compute_device,
-    sequence_items,
     to_numpy,
 )
 from sklearn_peek._coupled_nmf import (
     blocks_from_feature_names,
+    check_ranks,
     resolve_blocks,
 )
 from sklearn_peek._progress import check_progress, collect, progress_bar
 from sklearn_peek._validation import (
     check_finite_nonneg,
     check_weights,
+    did_you_mean,
     is_integral,
     string_feature_names,
     validate_parameter_constraints,
@@ -96,11 +96,6 @@ def _seed(base, *keys):
     """A 31-bit seed from a base seed and non-negative integer keys."""
     ss = np.random.SeedSequence([int(base), *(int(k) for k in keys)])
     return int(ss.generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def _close(name, choices):
-    near = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3)
-    return f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
 
 
 def _check_block_sizes(block_sizes):
@@ -961,7 +956,8 @@ class RankQualityScorer(BaseEstimator):
             if not isinstance(value, str) or value not in allowed:
                 raise ValueError(
                     f"{name}={value!r} is not supported; expected one of "
-                    f"{', '.join(repr(a) for a in allowed)}.{_close(value, allowed)}"
+                    f"{', '.join(repr(a) for a in allowed)}."
+                    + did_you_mean(value, allowed)
                 )
 
         choice("criterion", self.criterion, _CRITERIA)
@@ -1015,28 +1011,7 @@ class RankQualityScorer(BaseEstimator):
     def _check_ranks(self):
         """``ranks`` (None: ``range(1, 31)``) as a sorted list of distinct ints."""
         given = _DEFAULT_RANKS if self.ranks is None else self.ranks
-        ranks = sequence_items(given)
-        if ranks is None:
-            raise ValueError(
-                f"ranks={self.ranks!r} is not an iterable of integers; expected e.g. "
-                "range(1, 31), or None for that range."
-            )
-        if not ranks:
-            raise ValueError(
-                f"ranks={self.ranks!r} is empty; expected at least one positive "
-                "integer."
-            )
-        bad = [r for r in ranks if not is_integral(r) or r < 1]
-        if bad:
-            raise ValueError(
-                f"ranks={self.ranks!r} contains {bad[0]!r}; expected positive integers."
-            )
-        ranks = sorted(int(r) for r in ranks)
-        if len(set(ranks)) != len(ranks):
-            raise ValueError(
-                f"ranks={self.ranks!r} contains duplicates; expected distinct ranks."
-            )
-        return ranks
+        return sorted(check_ranks(given))
 
     def _ranks_txt(self):
         """``ranks=...`` for messages (None is spelt out)."""
@@ -1160,7 +1135,8 @@ class RankQualityScorer(BaseEstimator):
                 if name not in names or name == _INPUT:
                     raise ValueError(
                         f"layers contains {name!r}, which is not a layer of the data; "
-                        f"expected some of {non_input!r}.{_close(name, non_input)}"
+                        f"expected some of {non_input!r}."
+                        + did_you_mean(name, non_input)
                     )
         if self.coupling == _ALL:
             return [(_ALL, None, blocks)]
@@ -1215,7 +1191,7 @@ class RankQualityScorer(BaseEstimator):
             raise ValueError(
                 f"score_layer={self.score_layer!r} is not a layer of the data; "
                 "expected "
-                f"one of {all_names!r}.{_close(self.score_layer, all_names)}"
+                f"one of {all_names!r}.{did_you_mean(self.score_layer, all_names)}"
             )
         if self.criterion == "bcv" and self.cv > n:
             raise SweepLimitError(
@@ -1631,7 +1607,7 @@ class RankQualityScorer(BaseEstimator):
                 raise ValueError(
                     f"score_layer={self.score_layer!r} was not analysed; expected one "
                     f"of {list(self.rank_)!r}."
-                    f"{_close(self.score_layer, list(self.rank_))}"
+                    f"{did_you_mean(self.score_layer, list(self.rank_))}"
                 )
             return self.rank_[self.score_layer] / top
         return float(np.mean([self.rank_[n] / top for n in self.layers_]))

@@ -11,6 +11,7 @@ received (and where, for arrays) and what was expected.
 
 from __future__ import annotations
 
+import difflib
 import numbers
 
 import numpy as np
@@ -327,3 +328,20 @@ def string_feature_names(X):
     if columns is None or not all(isinstance(c, str) for c in columns):
         return None
     return np.asarray(list(columns), dtype=object)
+
+
+def close_matches(name, choices, *, n=3, cutoff=0.6):
+    """Up to ``n`` of ``choices`` close to ``name`` (difflib); failing that,
+    those that contain it (case-insensitive). Names compare as strings."""
+    name, choices = str(name), [str(c) for c in choices]
+    near = difflib.get_close_matches(name, choices, n=n, cutoff=cutoff)
+    if not near and name:
+        near = [c for c in choices if name.lower() in c.lower()][:n]
+    return near
+
+
+def did_you_mean(name, choices):
+    """`` Did you mean 'a', 'b'?`` (:func:`close_matches`), or ``""``: the end
+    of an error message about an unknown name."""
+    near = close_matches(name, choices)
+    return f" Did you mean {', '.join(repr(c) for c in near)}?" if near else ""

@@ -35,7 +35,7 @@ from typing import ClassVar
 import numpy as np
 
 from sklearn_peek._backend import sequence_items, to_numpy
-from sklearn_peek._validation import is_integral
+from sklearn_peek._validation import did_you_mean, is_integral
 
 __all__ = [
     "plot_input_factors",
@@ -1240,9 +1240,14 @@ def plot_layer_factors(
     layers = list(layers)
     unknown = [lay for lay in layers if lay not in names]
     if unknown:
-        raise ValueError(f"layers={unknown!r} not in the model's blocks {names}.")
+        raise ValueError(
+            f"layers contains {unknown[0]!r}, which is not a block of the model; "
+            f"expected some of {names}.{did_you_mean(unknown[0], names)}"
+        )
     if not layers:
-        raise ValueError("layers=[]: nothing to draw.")
+        raise ValueError(
+            f"layers=[]: nothing to draw; expected some of the model's blocks {names}."
+        )
     if reduce not in ("channel", None):
         raise ValueError(f"reduce={reduce!r}: expected 'channel' or None.")
     if normalize not in ("factor", "unit", None):
@@ -1755,11 +1760,14 @@ def plot_rank_sweep(
     unknown = [lay for lay in layers if lay not in curves]
     if unknown:
         raise ValueError(
-            f"layers={unknown!r} not among the curves' layers {list(curves)}."
+            f"layers contains {unknown[0]!r}, which has no curve; expected some of "
+            f"{list(curves)}.{did_you_mean(unknown[0], list(curves))}"
         )
     n = len(layers)
     if n == 0:
-        raise ValueError("layers=[]: nothing to draw.")
+        raise ValueError(
+            f"layers=[]: nothing to draw; expected some of {list(curves)}."
+        )
     n_rows, n_cols = _grid_shape(n, max_cols=3, ncols=ncols)
     fig = _new_figure(fig, (max(4.5, 3.9 * n_cols), 3.2 * n_rows + 0.5))
     drawn = []

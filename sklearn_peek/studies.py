@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from sklearn_peek._backend import resolve_device, to_numpy
 from sklearn_peek._progress import collect, progress_bar
-from sklearn_peek._validation import is_integral
+from sklearn_peek._validation import did_you_mean, is_integral
 
 __all__ = [
     "CASE_STUDIES",
@@ -722,18 +722,14 @@ def _check_study_args(degradation, levels, seeds, layers, ranks, criteria, epoch
 
 def _check_layer_names(layers, data):
     """Fail before any training when a layer is not in the network."""
-    import difflib
-
     from sklearn_peek._lenet import build_lenet
 
     names = [n for n, _ in build_lenet(data.X_train.shape[1:], 2).named_modules() if n]
     for layer in layers:
         if layer not in names:
-            near = difflib.get_close_matches(layer, names, n=3)
-            hint = f" Did you mean {near}?" if near else ""
             raise ValueError(
                 f"layers contains {layer!r}, which is not a layer of the LeNet-style "
-                f"network; expected names from {names}.{hint}"
+                f"network; expected names from {names}.{did_you_mean(layer, names)}"
             )
 
 

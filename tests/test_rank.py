@@ -328,9 +328,9 @@ def test_random_state_reproducible_and_matters():
     "params, match",
     [
         ({"ranks": []}, r"ranks=\[\] is empty"),
-        ({"ranks": [0, 1, 2]}, r"ranks=\[0, 1, 2\] contains 0; expected positive"),
+        ({"ranks": [0, 1, 2]}, r"ranks=\[0, 1, 2\] contains 0; expected integers >= 1"),
         ({"ranks": [1, 2.5]}, r"contains 2.5"),
-        ({"ranks": [2, 2]}, "duplicates"),
+        ({"ranks": [2, 2]}, r"ranks=\[2, 2\] contains rank 2 more than once"),
         ({"ranks": 5}, "not an iterable"),
         (
             {"ranks": range(1, 60)},

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import math
 import numbers
 import os
@@ -32,7 +31,12 @@ from .._backend import (
     to_numpy,
 )
 from .._progress import check_progress, progress_bar
-from .._validation import is_integral, string_feature_names, transform_output
+from .._validation import (
+    close_matches,
+    is_integral,
+    string_feature_names,
+    transform_output,
+)
 from ._channels import ChannelMismatchError, UnknownLayerError
 
 #: At most this many layers are picked by ``layers="auto"``.
@@ -99,14 +103,6 @@ def _block_name(name):
     return name
 
 
-def _close_matches(name, names):
-    matches = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    if not matches:
-        lowered = name.lower()
-        matches = [n for n in names if lowered in n.lower()][:5]
-    return matches
-
-
 def _resolve_layers(adapter, layers, rows):
     """Turn ``layers`` into a list of (requested name, canonical name) pairs."""
     if isinstance(layers, str) and layers == "auto":
@@ -148,7 +144,8 @@ def _resolve_layers(adapter, layers, rows):
             )
         canon = adapter.resolve(name)
         if canon is None:
-            raise UnknownLayerError(name, _close_matches(name, known), adapter.kind)
+            near = close_matches(name, known, n=5, cutoff=0.5)
+            raise UnknownLayerError(name, near, adapter.kind)
         out.append((name, canon))
     canons = [c for _, c in out]
     dup = sorted({n for n, c in out if canons.count(c) > 1})
