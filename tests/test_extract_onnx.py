@@ -774,6 +774,113 @@ def test_resnet_auto_layers_agree_across_runtimes():
     np.testing.assert_allclose(t.transform(X), o.transform(X), rtol=1e-4, atol=1e-5)
 
 
+def test_resnet_auto_layers_from_torchs_default_exporter():
+    # dynamo=True names tensors after torch operations (relu_4, mean) with no
+    # module path; the parts come from each node's name_scopes metadata, and
+    # the global pool is a ReduceMean: the same picks as the torch module's
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    net = _ResNet().eval()
+    X = np.random.default_rng(0).random((5, 3, 32, 32), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            net, (torch.zeros(2, 3, 32, 32),), dynamo=True, verbose=False
+        )
+    o = LayerActivationExtractor(program.model_proto, pooling="max").fit(X)
+    t = LayerActivationExtractor(net, pooling="max").fit(X)
+    assert len(o.layer_names_) == len(t.layer_names_) == 6
+    assert o.layer_names_[-1] == "mean"
+    np.testing.assert_allclose(t.transform(X), o.transform(X), rtol=1e-4, atol=1e-5)
+
+
+def _constants_model(batch):
+    """x -> Conv -> Mul by a Constant scalar -> Clip(min, max from Constant
+    nodes, as torch's TorchScript exporter writes ReLU6 from opset 11) ->
+    Conv with DequantizeLinear'd weights. Batch fixed at ``batch`` or dynamic
+    (None)."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.5, (3, 1, 3, 3)).astype(np.float32)
+    W = numpy_helper.from_array(w, "W")
+    Wq = numpy_helper.from_array(rng.integers(-20, 20, (2, 3, 1, 1), np.int8), "Wq")
+    scale = numpy_helper.from_array(np.array(0.05, np.float32), "scale")
+    zero = numpy_helper.from_array(np.array(0, np.int8), "zero")
+    const = helper.make_node(
+        "Constant", [], ["two"], value=numpy_helper.from_array(np.array(2, np.float32))
+    )
+    lo = helper.make_node("Constant", [], ["lo"], value_float=0.0)
+    hi = helper.make_node("Constant", [], ["hi"], value_float=6.0)
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["conv"]),
+        const,
+        helper.make_node("Mul", ["conv", "two"], ["scaled"]),
+        lo,
+        hi,
+        helper.make_node("Clip", ["scaled", "lo", "hi"], ["relu6"]),
+        helper.make_node("DequantizeLinear", ["Wq", "scale", "zero"], ["Wdq"]),
+        helper.make_node("Conv", ["relu6", "Wdq"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "constants",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        initializer=[W, Wq, scale, zero],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("batch", [1, 4, None])
+def test_constants_are_no_layers(batch):
+    # Constant nodes and weights dequantized from initializers are the same
+    # for every sample (no batch axis): not listed, and a fixed-batch model
+    # holding them runs (they were sliced per chunk and failed)
+    model = _constants_model(batch)
+    X = np.random.default_rng(1).random((6, 1, 8, 8), dtype=np.float32)
+    rows = available_layers(model, (1, 8, 8))
+    assert [r["name"] for r in rows] == ["conv", "scaled", "relu6", "out"]
+    # a Clip whose lower bound 0 comes from a Constant node is a ReLU6
+    assert [r["name"] for r in rows if r["auto"]] == ["relu6"]
+    ext = LayerActivationExtractor(model, batch_size=4).fit(X)
+    assert ext.layer_names_ == ["input", "relu6"]
+    for name in ("two", "Wdq"):
+        with pytest.raises(ValueError, match=f"{name!r} is not a layer"):
+            LayerActivationExtractor(model, layers=[name]).fit(X)
+    cut = _cut(_constants_model(None), ["x"], ["relu6"])  # the same, any batch
+    sess = ort.InferenceSession(
+        cut.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    want = sess.run(None, {"x": X})[0].reshape(6, -1)
+    assert want.min() == 0 and want.max() > 0
+    np.testing.assert_allclose(ext.transform(X)[:, 64:], want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_integer_image_input_refuses_values_the_cast_would_change():
+    # A uint8 input (raw pixels): float X is cast on the way in. Whole numbers
+    # in range pass unchanged; 0.5 (scaled pixels) would become 0 and -1
+    # would wrap to 255, silently, so both are refused naming the value.
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Relu", ["xf"], ["r"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 1, 4, 4])
+    graph = helper.make_graph(
+        nodes, "u8", [x], [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 1, 4, 4))
+    ext = LayerActivationExtractor(model, layers=["r"], include_input=False)
+    np.testing.assert_array_equal(
+        ext.fit_transform(pixels.astype(np.float32)), pixels.reshape(3, -1)
+    )
+    with pytest.raises(ValueError, match=r"X holds 0\.[0-9]+ .*input 'x' is uint8"):
+        ext.transform(pixels / 255.0)
+    signed = pixels.astype(np.float32)
+    signed[2, 0, 1, 3] = -1.0
+    with pytest.raises(ValueError, match=r"X holds -1\.0 \(sample 2 .*\(0, 1, 3\)"):
+        ext.transform(signed)
+
+
 # -- onnx_optimization ---------------------------------------------------------
 def make_conv_bn_net(seed=0):
     """conv -> BatchNormalization -> relu -> maxpool -> conv -> relu -> gap -> fc,

@@ -278,7 +278,7 @@ def test_layer_factors_raw_units_and_channel_names_from_feature_names():
     fig = plotting.plot_layer_factors(model, reduce=None, layers="conv1")
     assert fig.axes[0].images[0].get_array().shape == (8, 3)
     assert fig.axes[0].get_ylabel() == "conv1 unit"
-    with pytest.raises(ValueError, match=r"layers contains 'conv9'.*'conv1'.*Did you mean 'conv1'"):
+    with pytest.raises(ValueError, match=r"'conv9'.*'conv1'.*Did you mean 'conv1'"):
         plotting.plot_layer_factors(model, layers=["conv9"])
     with pytest.raises(ValueError, match="reduce='space'"):
         plotting.plot_layer_factors(model, reduce="space")
@@ -377,7 +377,7 @@ def test_rank_sweep_marks_the_selected_rank(tmp_path):
     assert len(fig.axes) == 1 and fig.axes[0].get_ylabel() == "my score"
     fig = plotting.plot_rank_sweep(_curves(), layers=["fc1"], criterion="energy")
     assert fig.axes[0].get_ylabel() == "explained energy"
-    with pytest.raises(ValueError, match=r"layers contains 'relu9', which has no curve"):
+    with pytest.raises(ValueError, match=r"contains 'relu9', which has no curve"):
         plotting.plot_rank_sweep(_curves(), layers=["relu9"])
     with pytest.raises(TypeError, match="RankQualityScorer"):
         plotting.plot_rank_sweep([1, 2, 3])

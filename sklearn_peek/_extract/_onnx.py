@@ -11,6 +11,7 @@ adapter works on a copy.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import math
@@ -25,6 +26,10 @@ NONNEG_OPS = frozenset({"Relu", "Sigmoid", "Softplus", "HardSigmoid"})
 POOL_OPS = frozenset(
     {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"}
 )
+#: Ops that summarise a non-negative map they read into a smaller one that
+#: stays non-negative: the pools, and the reductions torch's dynamo exporter
+#: writes for global pooling (AdaptiveAvgPool2d(1) -> ReduceMean).
+SUMMARY_OPS = POOL_OPS | {"ReduceMean", "ReduceMax"}
 #: Ops that ONNX defines on channels-first data: their first input is
 #: ``(N, C, ...)``. An image input that reaches one of them proves its layout.
 CHANNELS_FIRST_OPS = frozenset(
@@ -342,6 +347,7 @@ class OnnxAdapter:
                     self.producer[out] = node
             if node.name and node.output and node.output[0]:
                 self.alias.setdefault(node.name, node.output[0])
+        self.constants = _constant_tensors(onnx, g, init_names)
         self._choose_inputs(input_name, extra_inputs)
         self._sessions = {}
         #: outputs -> the optimization level their session runs at
@@ -520,15 +526,18 @@ class OnnxAdapter:
 
     # -- layers ---------------------------------------------------------------
     def _float_outputs(self):
-        """Node outputs of a floating type, in graph order."""
+        """Node outputs of a floating type that depend on the inputs and are
+        not known to be scalars (no batch axis), in graph order. Constants
+        (``Constant`` nodes, weights dequantized or cast from initializers)
+        are the same for every sample: no layer."""
         out = []
         input_names = {vi.name for vi in self.inputs}
         for node in self.nodes:
             for t in node.output:
-                if not t or t in input_names:
+                if not t or t in input_names or t in self.constants:
                     continue
                 info = self._types.get(t)
-                if info is not None and info[0] in _float_types():
+                if info is not None and info[0] in _float_types() and info[1] != []:
                     out.append(t)
         return out
 
@@ -580,16 +589,56 @@ class OnnxAdapter:
         return rows
 
     def _clip_nonneg(self, node):
-        """Clip whose lower bound is a constant >= 0 (ReLU6 exports as Clip)."""
+        """Clip whose lower bound is a constant >= 0 (ReLU6 exports as Clip):
+        the ``min`` attribute (opset < 11), or a ``min`` input held by an
+        initializer or a ``Constant`` node (through ``Cast``/``Identity``)."""
         for a in node.attribute:
             if a.name == "min":
                 return a.f >= 0
         if len(node.input) > 1 and node.input[1]:
-            for init in self.proto.graph.initializer:
-                if init.name == node.input[1]:
-                    val = self.onnx.numpy_helper.to_array(init)
-                    return bool(np.all(val >= 0))
+            val = self._constant_value(node.input[1])
+            return val is not None and bool(np.all(val >= 0))
         return False
+
+    def _constant_value(self, name, depth=0):
+        """The value of tensor ``name`` when an initializer, a ``Constant``
+        node or a ``Cast``/``Identity`` of one gives it; else None."""
+        for init in self.proto.graph.initializer:
+            if init.name == name:
+                return self.onnx.numpy_helper.to_array(init)
+        node = self.producer.get(name)
+        if node is None or depth > 4:
+            return None
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    return self.onnx.numpy_helper.to_array(a.t)
+                if a.name in ("value_float", "value_int"):
+                    return np.asarray(a.f if a.name == "value_float" else a.i)
+                if a.name in ("value_floats", "value_ints"):
+                    return np.asarray(a.floats if a.name == "value_floats" else a.ints)
+            return None
+        if node.op_type in ("Cast", "Identity") and node.input:
+            return self._constant_value(node.input[0], depth + 1)
+        return None
+
+    def _group(self, node, t):
+        """The top-level part of the model a node belongs to: the first module
+        of torch's dynamo exporter's ``name_scopes`` (``['', 'layer1',
+        'layer1.0', ...]``), else the first component of the node name
+        (``/layer1/...``, as torch's TorchScript exporter names nodes)."""
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes":
+                try:
+                    scopes = ast.literal_eval(prop.value)
+                except (ValueError, SyntaxError):
+                    break
+                if isinstance(scopes, list) and len(scopes) > 2:
+                    return str(scopes[1])
+                break
+        name = node.name or t
+        parts = name.strip("/").split("/")
+        return parts[0] if len(parts) > 1 else name
 
     def auto_layers(self, rows):
         out = []
@@ -597,10 +646,8 @@ class OnnxAdapter:
             op, t = row["op_type"], row["name"]
             node = self.producer[t]
             if op in NONNEG_OPS or (op == "Clip" and self._clip_nonneg(node)):
-                name = node.name or t
-                parts = name.strip("/").split("/")
-                out.append((t, parts[0] if len(parts) > 1 else name))
-            elif op in POOL_OPS and out and row["reads"] == out[-1][0]:
+                out.append((t, self._group(node, t)))
+            elif op in SUMMARY_OPS and out and row["reads"] == out[-1][0]:
                 # the pooled map summarises it; it stays in the same group
                 out[-1] = (t, out[-1][1])
         return out
@@ -647,6 +694,8 @@ class OnnxAdapter:
             ) from exc
 
     def _feed(self, batch):
+        if not np.issubdtype(self.input_dtype, np.floating):
+            _check_whole(batch, self.input_dtype, self.input_name)
         feed = {self.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
         n = batch.shape[0]
         for name, (value, batched) in self.extra.items():
@@ -658,8 +707,9 @@ class OnnxAdapter:
         return feed
 
     def _run_session(self, sess, batch, outputs):
+        feed = self._feed(batch)  # its own errors name X, not onnxruntime
         try:
-            res = sess.run(list(outputs), self._feed(batch))
+            res = sess.run(list(outputs), feed)
         except Exception as exc:
             raise ValueError(
                 f"onnxruntime failed to run the ONNX model {self.source} on input "
@@ -695,6 +745,8 @@ class OnnxAdapter:
             # hard-coded batch size either fails here or mixes the samples up.
             rng = np.random.default_rng(0)
             probe = rng.random((fixed + 1, *sample_shape), dtype=np.float32)
+            if not np.issubdtype(self.input_dtype, np.floating):
+                probe = np.floor(probe * 2)  # whole numbers for an integer input
             together = self._run_session(dyn, probe, outputs)
             alone = self._run_entry((plain, fixed), probe, outputs)
             if all(
@@ -880,6 +932,42 @@ def _infer_shapes(onnx, proto):
         vi for vi in inferred.graph.value_info if vi.name not in have
     )
     return out
+
+
+def _check_whole(batch, dtype, input_name):
+    """Refuse values an integer model input would change: casting 0.5 to
+    uint8 gives 0, and -1 gives 255, silently."""
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    arr = np.asarray(batch)
+    if info is None or np.issubdtype(arr.dtype, np.integer):
+        return  # bool inputs take any value as truth; integers are exact
+    bad = arr != np.floor(arr)
+    bad |= (arr < info.min) | (arr > info.max)
+    if bad.any():
+        i = np.unravel_index(int(np.flatnonzero(bad)[0]), arr.shape)
+        raise ValueError(
+            f"X holds {float(arr[i])!r} (sample {int(i[0])} of the batch, position "
+            f"{tuple(int(k) for k in i[1:])}), but the ONNX model's input "
+            f"{input_name!r} is {np.dtype(dtype).name}, which would change it "
+            f"when cast; expected whole numbers in [{info.min}, {info.max}] "
+            "(e.g. pixel values before scaling to [0, 1])."
+        )
+
+
+def _constant_tensors(onnx, graph, init_names):
+    """Names of the tensors of ``graph`` that do not depend on its inputs:
+    initializers and the outputs of nodes all of whose inputs are such
+    tensors (``Constant``, a ``DequantizeLinear`` of weights, ...). A node
+    with a subgraph (``If``, ``Loop``, ``Scan``) may read any outer tensor:
+    its outputs count as input-dependent."""
+    subgraph = {onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS}
+    const = set(init_names)
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        if any(a.type in subgraph for a in node.attribute):
+            continue
+        if all(i in const for i in node.input if i):
+            const.update(o for o in node.output if o)
+    return const
 
 
 def _mismatch(got, want, tol):

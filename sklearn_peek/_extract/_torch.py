@@ -74,6 +74,15 @@ class TorchAdapter:
     def __init__(self, model, device=None, *, param="device"):
         import torch
 
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ValueError(
+                f"model is a TorchScript module ({type(model).__name__}, from "
+                "torch.jit.script or torch.jit.trace): its submodules do not run "
+                "as Python modules, so their outputs cannot be read with forward "
+                "hooks. Expected the eager nn.Module it was made from, or the "
+                "network exported to ONNX (torch.onnx.export; the command line "
+                "exports a TorchScript file itself)."
+            )
         self.torch = torch
         self.model = model
         self.modules = dict(model.named_modules())
@@ -187,8 +196,9 @@ class TorchAdapter:
                         detail=what,
                     ) from exc
             raise ValueError(
-                f"{what} Check input_shape (the per-sample shape, e.g. (1, 28, 28)) "
-                "and the number of channels."
+                f"{what} If the input does not fit the model, check input_shape "
+                "(the per-sample shape, e.g. (1, 28, 28)) and the number of "
+                "channels."
             ) from exc
 
     def list_layers(self, sample_shape):
@@ -203,11 +213,15 @@ class TorchAdapter:
         # non-negative activation.
         produced_by = {}
         reads = {}
+        # Tensors are told apart by address: every output is kept alive until
+        # the pass ends, so that no later tensor reuses a freed one's memory.
+        alive = []
 
         def make_hook(name):
             def hook(module, args, output):
                 if not torch.is_tensor(output):
                     return
+                alive.append(output)
                 if name not in seen:
                     order.append(name)
                     seen[name] = {"calls": 0}
