@@ -39,6 +39,7 @@ from ._validation import (
     Interval,
     StrOptions,
     _fit_context,
+    aligned,
     check_finite,
     check_finite_nonneg,
     check_is_fitted,
@@ -578,6 +579,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             reset=True,
         )
         check_finite_nonneg(X, name="X", where=where)
+        X = aligned(X)
         if dev is not None:
             X = compute_tensor(X, dev, where=where)
         return X
@@ -859,8 +861,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 reset=False,
             )
             check_finite_nonneg(X, name="X", where=f"{type(self).__name__}.transform")
-            X = X.astype(dtype, copy=False)
-            return X, np.arange(p), d_full
+            return aligned(X.astype(dtype, copy=False)), np.arange(p), d_full
         cols = np.concatenate([np.arange(p)[self.block_slices_[nm]] for nm in subset])
         if hasattr(X, "columns") and hasattr(self, "feature_names_in_"):
             want = list(self.feature_names_in_[cols])
@@ -887,7 +888,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 "those columns, in that order."
             )
         check_finite_nonneg(X, name="X", where=f"{type(self).__name__}.transform")
-        X = X.astype(dtype, copy=False)
+        X = aligned(X.astype(dtype, copy=False))
         d = d_full[cols]
         if not (d > 0).any():  # only passive blocks: weigh them equally
             d = np.ones_like(d)

@@ -44,6 +44,7 @@ from sklearn_peek._coupled_nmf import (
 )
 from sklearn_peek._progress import check_progress, collect, progress_bar
 from sklearn_peek._validation import (
+    aligned,
     check_finite_nonneg,
     check_weights,
     did_you_mean,
@@ -1116,7 +1117,7 @@ class RankQualityScorer(BaseEstimator):
         )
         # chunked: no temporary the size of X (as for a tensor above)
         check_finite_nonneg(Xa, name=name, where="RankQualityScorer.fit")
-        return Xa
+        return aligned(Xa)
 
     def _layer_columns(self, blocks):
         """Return list of (layer_name, column index array or None, coupled blocks)."""
@@ -1660,5 +1661,10 @@ class RankQualityScorer(BaseEstimator):
         if shape is not None:
             kwargs["input_shape"] = tuple(shape)
         return LayerActivationExtractor(
-            model, layers=layers, include_input=True, device=self.device, **kwargs
+            model,
+            layers=layers,
+            include_input=True,
+            device=self.device,
+            progress=self.progress,
+            **kwargs,
         )

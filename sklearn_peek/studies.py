@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from numbers import Integral, Real
 
@@ -40,6 +41,11 @@ __all__ = [
 ]
 
 DEGRADATIONS = (None, "fraction", "classes", "unshuffled", "epochs", "label_noise")
+
+# torch's global generator is seeded to build a network: fits running in
+# threads at once (GridSearchCV under joblib's threading backend) would
+# interleave their draws, so they build one at a time.
+_SEEDED_BUILD = threading.Lock()
 
 _LEVEL_HELP = {
     "fraction": "a fraction in (0, 1] of the training images kept per class",
@@ -495,7 +501,7 @@ class LeNetClassifier(ClassifierMixin, BaseEstimator):
         self.n_train_seen_ = int(kept.index.size)
         self.n_epochs_ = int(n_epochs)
 
-        with torch.random.fork_rng(devices=[]):
+        with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_torch)
             module = build_lenet(shape, self.classes_.size)
         module = module.to(dev)

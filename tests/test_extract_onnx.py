@@ -881,6 +881,19 @@ def test_an_integer_image_input_refuses_values_the_cast_would_change():
         ext.transform(signed)
 
 
+@pytest.mark.parametrize("value, threads", [("1", 1), ("3", 3), ("", 0), ("x", 0)])
+def test_sessions_follow_omp_num_threads(monkeypatch, value, threads):
+    # onnxruntime ignores OMP_NUM_THREADS (joblib sets it in its workers);
+    # unset or not a positive integer: onnxruntime's own default (0)
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    X = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    ext = LayerActivationExtractor(_constants_model(None), layers=["relu6"]).fit(X)
+    sessions = [sess for sess, _ in ext._adapter._sessions.values()]
+    assert sessions
+    for sess in sessions:
+        assert sess.get_session_options().intra_op_num_threads == threads
+
+
 # -- onnx_optimization ---------------------------------------------------------
 def make_conv_bn_net(seed=0):
     """conv -> BatchNormalization -> relu -> maxpool -> conv -> relu -> gap -> fc,

@@ -807,6 +807,37 @@ def test_torchscript_modules_are_refused_with_a_way_out(lenet, X):
             available_layers(scripted, (1, 28, 28))
 
 
+def test_clones_sharing_a_module_extract_in_threads(X):
+    # clone shares the model; two passes at once over one module (threads:
+    # GridSearchCV under joblib's threading backend) read each other's
+    # outputs through the hooks unless they take turns
+    import threading
+
+    torch.manual_seed(0)
+    net = LeNet().eval()
+    X2 = X[::-1] * 3
+    base = LayerActivationExtractor(net, input_shape=(1, 28, 28), batch_size=4)
+    pair = [(clone(base).fit(X), X), (clone(base).fit(X2), X2)]
+    refs = [ext.transform(data) for ext, data in pair]
+    out = {}
+
+    def run(k, ext, data):
+        out[k] = ext.transform(data)
+
+    for _ in range(3):
+        out.clear()
+        threads = [
+            threading.Thread(target=run, args=(k, e, d))
+            for k, (e, d) in enumerate(pair)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for k, ref in enumerate(refs):
+            np.testing.assert_array_equal(out[k], ref)
+
+
 class _FreedRelu(torch.nn.Module):
     """A pool that reads a signed tensor made after the ReLU's output was
     freed: the new tensor may reuse the ReLU output's memory."""

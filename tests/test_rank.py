@@ -827,6 +827,17 @@ def test_progress_bar_counts_the_tasks(n_jobs, capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
+def test_scorer_progress_reaches_the_extractor_it_builds(small_cnn_and_images, capsys):
+    net, images = small_cnn_and_images
+    kw = dict(layers=["pool1"], ranks=[1, 2], cv=3, random_state=0)
+    quiet = RankQualityScorer(progress=False, **kw)(net, images)
+    assert capsys.readouterr().err == ""
+    loud = RankQualityScorer(progress=True, **kw)(net, images)
+    err = capsys.readouterr().err
+    assert "extract" in err and "rank sweep" in err
+    assert loud == quiet
+
+
 def test_sweep_limit_error_says_which_setting_and_its_limit():
     import pickle
 

@@ -511,3 +511,31 @@ def test_run_paper_studies_bad_preset():
     assert set(full["studies"]) == {"fraction", "unshuffled", "classes", "epochs"}
     assert all(len(v) >= 5 for v in full["studies"].values())
     assert len(full["seeds"]) >= 3
+
+
+def test_lenet_classifier_seeds_hold_in_threads():
+    # the network's initial weights come from torch's global generator,
+    # seeded per fit: fits in threads at once must not mix their draws
+    import threading
+
+    import torch
+
+    data = load_digits_images()
+    X, y = data.images[:100], data.target[:100]
+
+    def weights():
+        net = LeNetClassifier(epochs=0, random_state=0).fit(X, y).module_
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    ref = weights()
+    out = []
+    for _ in range(10):
+        threads = [
+            threading.Thread(target=lambda: out.append(weights())) for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(out) == 40
+    assert all(torch.equal(w, ref) for w in out)

@@ -621,8 +621,11 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
     -----
     The model is a trained network, not a hyper-parameter: ``clone`` (and so
     ``GridSearchCV`` and ``cross_validate``) hands the same object to the
-    copy instead of deep-copying it. A fitted extractor pickles; onnxruntime
-    sessions are rebuilt after unpickling. scikit-learn's estimator checks
+    copy instead of deep-copying it; passes over one torch module take turns,
+    also from several threads. A fitted extractor pickles; onnxruntime
+    sessions are rebuilt after unpickling, from the model as given (a file
+    path is read again: pass the file's bytes to carry the model inside the
+    pickle). scikit-learn's estimator checks
     pass for a network that accepts any input width (they feed arbitrary
     2-D data).
 

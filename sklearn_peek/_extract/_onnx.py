@@ -681,6 +681,9 @@ class OnnxAdapter:
         # Failures come back as exceptions with ORT's message; the rewrite probe
         # of a fixed batch dim may fail on purpose, so keep the log quiet.
         opts.log_severity_level = 4
+        threads = _env_threads()
+        if threads is not None:
+            opts.intra_op_num_threads = threads
         for key, value in _spin_config(self.ort.__version__).items():
             opts.add_session_config_entry(key, value)
         try:
@@ -932,6 +935,17 @@ def _infer_shapes(onnx, proto):
         vi for vi in inferred.graph.value_info if vi.name not in have
     )
     return out
+
+
+def _env_threads():
+    """``OMP_NUM_THREADS`` as a positive int, or None (unset or not one).
+
+    onnxruntime sizes its thread pool to the machine's cores and ignores the
+    variable; joblib sets it in its workers (cores / workers), and so do
+    users who limit a process's threads: sessions follow it like torch does.
+    """
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _check_whole(batch, dtype, input_name):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+import weakref
 
 import numpy as np
 
@@ -41,6 +43,22 @@ POOLING = frozenset(
 )
 
 _CALL_RE = re.compile(r"^(.*):(\d+)$")
+
+# One lock per module: extraction hooks every hooked submodule and switches
+# the whole model to eval mode (and maybe another device) for its pass, so
+# two passes over one module at once (clones share it; GridSearchCV under
+# the threading backend) would read each other's outputs and undo each
+# other's mode. They take turns instead.
+_LOCKS = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model):
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 def is_torch_module(model):
@@ -134,22 +152,24 @@ class TorchAdapter:
     # -- running ------------------------------------------------------------
     @contextlib.contextmanager
     def _session(self):
-        """Eval mode, inference mode and the right device, undone afterwards."""
+        """Eval mode, inference mode and the right device, undone afterwards;
+        one pass over a module at a time (see ``_LOCKS``)."""
         torch = self.torch
-        flags = [(m, m.training) for m in self.model.modules()]
-        original = self._model_device()
-        moved = original != self.device
-        try:
-            if moved:
-                self.model.to(self.device)
-            self.model.eval()
-            with torch.inference_mode():
-                yield
-        finally:
-            for m, flag in flags:
-                m.training = flag
-            if moved:
-                self.model.to(original)
+        with _model_lock(self.model):
+            flags = [(m, m.training) for m in self.model.modules()]
+            original = self._model_device()
+            moved = original != self.device
+            try:
+                if moved:
+                    self.model.to(self.device)
+                self.model.eval()
+                with torch.inference_mode():
+                    yield
+            finally:
+                for m, flag in flags:
+                    m.training = flag
+                if moved:
+                    self.model.to(original)
 
     @contextlib.contextmanager
     def _hooked(self, hooks_for):
