@@ -38,10 +38,18 @@ def version_at_least(version, minimum):
     return tuple(parts) >= tuple(minimum)
 
 
-def _torch():
-    import torch
+_TORCH = None
 
-    return torch
+
+def _torch():
+    """The torch module, imported on first use (the NumPy path never needs
+    it) and kept: the solvers ask for it in their inner loops."""
+    global _TORCH
+    if _TORCH is None:
+        import torch
+
+        _TORCH = torch
+    return _TORCH
 
 
 def resolve_device(device, *, param="device"):

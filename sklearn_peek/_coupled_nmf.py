@@ -27,6 +27,7 @@ from sklearn.utils import check_array, check_random_state
 
 from . import _solvers
 from ._backend import (
+    _torch,
     compute_tensor,
     is_torch_tensor,
     like_input,
@@ -493,7 +494,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                     f"{tuple(X.shape)}; expected (n_samples, n_components_="
                     f"{self.n_components_}) with n_samples >= 1."
                 )
-            torch = _solvers._t()
+            torch = _torch()
             if not bool(torch.isfinite(X).all()):  # as the NumPy path: named
                 _check_w_finite(X.detach().cpu().to(torch.float64).numpy())
             H = torch.from_numpy(self.components_).to(X.device)
@@ -1128,7 +1129,7 @@ def _held_out_scores(models, X):
         )
         held_in = held_out = np.arange(X.shape[1])
     if is_torch_tensor(X):
-        torch = _solvers._t()
+        torch = _torch()
         idx_in = torch.as_tensor(held_in, device=X.device)
         idx_out = torch.as_tensor(held_out, device=X.device)
     else:

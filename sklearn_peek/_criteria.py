@@ -19,6 +19,9 @@ import warnings
 
 import numpy as np
 
+#: The rank-selection criteria RankQualityScorer knows, in its order.
+CRITERIA = ("bcv", "elbow", "energy", "stability")
+
 __all__ = [
     "consensus_matrix",
     "cophenetic_correlation",

@@ -28,6 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from sklearn_peek import _criteria, _solvers
 from sklearn_peek._backend import (
+    _torch,
     available_memory,
     compute_tensor,
     device_free_memory,
@@ -53,7 +54,7 @@ from sklearn_peek._validation import (
     validate_parameter_constraints,
 )
 
-_CRITERIA = ("bcv", "elbow", "energy", "stability")
+_CRITERIA = _criteria.CRITERIA
 
 
 class SweepLimitError(ValueError):
@@ -201,7 +202,7 @@ def _new_components(X, W, H, col_w, k, seed):
         )  # fmt: skip
         steps = _solvers._row_steps(*R.shape, R)
         pos = [R[a:b].clamp(min=0).sum(dim=0) for a, b in steps]
-        parts = [*svd, _solvers._t().stack(pos).sum(dim=0)]
+        parts = [*svd, _torch().stack(pos).sum(dim=0)]
         # one read back for U, S, Vt and the positive column sums
         flat = _solvers._host(_solvers._concat([a.reshape(-1) for a in parts]))
         ends = np.cumsum([a.numel() for a in parts])[:-1]

@@ -40,6 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _gpu_kernels
+from ._backend import _torch as _t
 
 # Same floor as scikit-learn's NMF (used to keep denominators positive).
 EPSILON = float(np.finfo(np.float32).eps)
@@ -61,17 +62,6 @@ _INNER_MAX = 10
 
 
 # ---------------------------------------------------------------- tiny helpers
-_TORCH = None
-
-
-def _t():
-    """The torch module (imported on first use: the NumPy path never needs it)."""
-    global _TORCH
-    if _TORCH is None:
-        import torch
-
-        _TORCH = torch
-    return _TORCH
 
 
 def _np(a):

@@ -36,13 +36,12 @@ from pathlib import Path
 import numpy as np
 
 from sklearn_peek._backend import torch_threads
+from sklearn_peek._criteria import CRITERIA as _CRITERIA
 from sklearn_peek._report import Report, _rows, write_json
 
 __all__ = ["build_parser", "main"]
 
 PROG = "sklearn-peek"
-
-_CRITERIA = ("bcv", "elbow", "energy", "stability")
 
 
 class CLIError(Exception):

@@ -21,7 +21,9 @@ from sklearn.utils import Bunch, check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from sklearn_peek import _criteria
 from sklearn_peek._backend import resolve_device, to_numpy
+from sklearn_peek._coupled_nmf import check_ranks
 from sklearn_peek._progress import collect, progress_bar
 from sklearn_peek._validation import did_you_mean, is_integral
 
@@ -572,7 +574,8 @@ class LeNetClassifier(ClassifierMixin, BaseEstimator):
 # ==========================================================================
 DEFAULT_LAYERS = ("pool1", "pool2", "relu3", "relu4")
 DEFAULT_RANKS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25)
-_CRITERIA_OK = ("bcv", "elbow", "energy")
+# The studies' criteria: stability (n_restarts fits per rank) is left out.
+_CRITERIA_OK = tuple(c for c in _criteria.CRITERIA if c != "stability")
 
 #: Levels of each paper case study on the digits (worst first).
 CASE_STUDIES = {
@@ -707,11 +710,7 @@ def _check_study_args(degradation, levels, seeds, layers, ranks, criteria, epoch
     layers = list(layers)
     if not layers or not all(isinstance(name, str) for name in layers):
         raise ValueError(f"layers={layers!r} must be a non-empty list of layer names.")
-    given = ranks
-    ranks = list(ranks) if ranks is not None and hasattr(ranks, "__iter__") else []
-    if not ranks or not all(is_integral(r) and r >= 1 for r in ranks):
-        raise ValueError(f"ranks={given!r} must be a non-empty list of integers >= 1.")
-    ranks = sorted({int(r) for r in ranks})
+    ranks = sorted(check_ranks(ranks))
     if isinstance(criteria, str):
         criteria = [criteria]
     criteria = list(criteria)

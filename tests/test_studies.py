@@ -457,6 +457,7 @@ def test_run_case_study_parallel_matches_serial(small_data):
         ({"epochs": -1}, "epochs=-1"),
         ({"random_state": None}, "random_state=None"),
         ({"ranks": [1, 2.5]}, r"ranks=\[1, 2\.5\]"),
+        ({"ranks": [3, 1, 3]}, r"ranks=\[3, 1, 3\] contains rank 3 more than once"),
         ({"layers": ["pool3"]}, r"'pool3'.*Did you mean"),
         ({"data": "digits"}, "data of type str"),
         ({"data": {"X_train": 1}}, "data is missing"),
