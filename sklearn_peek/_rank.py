@@ -833,6 +833,9 @@ class RankQualityScorer(BaseEstimator):
         Seconds spent in fits, summed over workers.
     n_tasks_ : int
         Number of joblib tasks the work was cut into.
+    ranks_ : ndarray of int
+        The ranks swept, sorted (``ranks``, or 1 to 30 for None); the
+        ``"rank"`` column of :attr:`cv_results_` takes these values.
     rank_limit_ : int
         The largest rank these data allow for every layer: the smallest, over
         the layers, of :attr:`rank_limits_`.

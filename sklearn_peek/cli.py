@@ -270,7 +270,21 @@ def _add_analysis_options(p, *, ranks_default):
 
 
 def build_parser():
-    """The :class:`argparse.ArgumentParser` of the ``sklearn-peek`` command."""
+    """The :class:`argparse.ArgumentParser` of the ``sklearn-peek`` command.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        With one sub-command per entry of :ref:`cli` (``analyze``, ``demo``,
+        ...); :func:`main` runs what it parses.
+
+    Examples
+    --------
+    >>> from sklearn_peek.cli import build_parser
+    >>> args = build_parser().parse_args(["demo", "--out", "report", "--cv", "5"])
+    >>> args.command, args.out, args.cv, args.preset
+    ('demo', 'report', 5, 'quick')
+    """
     from sklearn_peek import __version__
 
     fmt = _Formatter

@@ -35,7 +35,7 @@ from typing import ClassVar
 import numpy as np
 
 from sklearn_peek._backend import sequence_items, to_numpy
-from sklearn_peek._validation import did_you_mean, is_integral
+from sklearn_peek._validation import check_finite, did_you_mean, is_integral
 
 __all__ = [
     "plot_input_factors",
@@ -1483,8 +1483,7 @@ def plot_sample_loadings(
             f"W: expected a non-empty 2-D array (n_samples, n_factors), got shape "
             f"{W.shape}."
         )
-    if not np.all(np.isfinite(W)):
-        raise ValueError("W contains NaN or infinite values.")
+    check_finite(W, name="W", where="plot_sample_loadings", what="the sample loadings")
     if W.min() < 0:
         i, j = np.unravel_index(int(np.argmax(W < 0)), W.shape)  # the first
         raise ValueError(

@@ -25,7 +25,7 @@ from sklearn_peek import _criteria
 from sklearn_peek._backend import resolve_device, to_numpy
 from sklearn_peek._coupled_nmf import check_ranks
 from sklearn_peek._progress import collect, progress_bar
-from sklearn_peek._validation import did_you_mean, is_integral
+from sklearn_peek._validation import check_finite, did_you_mean, is_integral
 
 __all__ = [
     "CASE_STUDIES",
@@ -439,10 +439,7 @@ class LeNetClassifier(ClassifierMixin, BaseEstimator):
                 f"X holds images of shape {X.shape[1:]}; this classifier was fitted on "
                 f"images of shape {shape}."
             )
-        if not np.all(np.isfinite(X)):
-            raise ValueError(
-                "X contains NaN or infinite values; expected finite pixels."
-            )
+        check_finite(X.reshape(len(X), -1), name="X", what="images, a row per image")
         return np.ascontiguousarray(X), shape
 
     # -- fit / predict ------------------------------------------------------
@@ -551,14 +548,37 @@ class LeNetClassifier(ClassifierMixin, BaseEstimator):
         return np.concatenate(out)
 
     def predict_proba(self, X):
-        """Class probabilities (softmax of the output), float32 (n, n_classes)."""
+        """Class probabilities: the softmax of the network's output.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, C, H, W), (n, H, W) or (n, C*H*W)
+            Images of the shape seen in fit.
+
+        Returns
+        -------
+        ndarray of shape (n, n_classes), float32
+            One row per image, summing to 1; columns in the order of
+            ``classes_``.
+        """
         logits = self._logits(X)
         logits = logits - logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
 
     def predict(self, X):
-        """Most probable class of each image."""
+        """Most probable class of each image.
+
+        Parameters
+        ----------
+        X : array-like
+            Images, as for :meth:`predict_proba`.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            Labels from ``classes_``.
+        """
         check_is_fitted(self, "module_")
         return self.classes_[np.argmax(self._logits(X), axis=1)]
 
@@ -606,6 +626,13 @@ PRESETS = {
 
 def digits_split(*, test_size=0.2, random_state=0):
     """The fixed train/test split of the digits used by the case studies.
+
+    Parameters
+    ----------
+    test_size : float, default=0.2
+        Fraction of the 1,797 images held out for testing.
+    random_state : int, default=0
+        Seeds the stratified split (0 gives the split the case studies use).
 
     Returns
     -------
@@ -959,6 +986,20 @@ def correlations(
         ``ci_low``, ``ci_high``, ``n``, ``note`` (why rho or its interval is
         undefined, if it is: e.g. "undefined: the selected rank is constant",
         the same for every network of the group).
+
+    Examples
+    --------
+    >>> from sklearn_peek.studies import correlations
+    >>> table = {
+    ...     "degradation": ["epochs"] * 4,
+    ...     "accuracy": [0.2, 0.5, 0.8, 0.9],
+    ...     "pool1_bcv": [1, 2, 4, 5],
+    ...     "pool1_bcv_alone": [2, 2, 3, 6],
+    ...     "pool1_rankme": [3.0, 2.5, 4.1, 4.0],
+    ... }
+    >>> out = correlations(table, layers=["pool1"], criteria=["bcv"], n_boot=200)
+    >>> list(out["measure"]), [round(float(r), 2) for r in out["rho"]]
+    (['bcv', 'bcv_alone', 'rankme'], [1.0, 0.95, 0.6])
     """
     from sklearn_peek._stats import SpearmanResult, spearman_ci
 

@@ -322,8 +322,10 @@ def test_sample_loadings_thins_and_validates():
     assert "100 of the 300 rows shown" in fig.axes[0].get_title().replace("\n", " ")
     with pytest.raises(ValueError, match=r"y: expected shape \(300,\)"):
         plotting.plot_sample_loadings(W, y=np.zeros(10))
-    with pytest.raises(ValueError, match="NaN"):
-        plotting.plot_sample_loadings(np.full((3, 2), np.nan))
+    bad = np.ones((3, 2))
+    bad[2, 1] = np.inf
+    with pytest.raises(ValueError, match=r"W contains infinity.*W\[2, 1\] = inf"):
+        plotting.plot_sample_loadings(bad)
     y = np.array([1, None, 2] * 100, dtype=object)
     with pytest.raises(ValueError, match=r"y: the labels cannot be sorted into groups"):
         plotting.plot_sample_loadings(W, y=y)

@@ -212,7 +212,8 @@ def test_bad_inputs(digits_split):
         )
     bad = Xtr.copy()
     bad[3, 0, 2, 2] = np.nan
-    with pytest.raises(ValueError, match=r"NaN or infinite"):
+    # pixel (0, 2, 2) of an 8 x 8 image is column 2 * 8 + 2 of its row
+    with pytest.raises(ValueError, match=r"X contains NaN: .* X\[3, 18\] = nan"):
         LeNetClassifier().fit(bad, ytr)
     with pytest.raises(ValueError, match=r"one label per image"):
         LeNetClassifier().fit(Xtr, ytr[:-1])

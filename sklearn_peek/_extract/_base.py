@@ -292,15 +292,14 @@ def _check_finite(a, what, start, need_min=True):
             return None
         if bool((a.isfinite() if is_torch_tensor(a) else np.isfinite(a)).all()):
             return None  # the dot product overflowed: the values are finite
-    if is_torch_tensor(a):
-        import torch
-
-        bad = start + int(torch.nonzero(~torch.isfinite(a.reshape(len(a), -1)))[0][0])
-    else:
-        bad = start + int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)))[0][0])
+    flat = (
+        to_numpy(a.reshape(len(a), -1)) if is_torch_tensor(a) else a.reshape(len(a), -1)
+    )
+    row, col = (int(k) for k in np.argwhere(~np.isfinite(flat))[0])
     raise ValueError(
-        f"{what} has NaN or infinite values (first at sample {bad}); the extractor "
-        "does not drop or replace them."
+        f"{what} has NaN or infinite values (first at sample {start + row}, "
+        f"feature {col}: {float(flat[row, col])!r}); expected finite values: the "
+        "extractor does not drop or replace them."
     )
 
 
@@ -760,7 +759,8 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         if not self.include_input and isinstance(self.layers, (list, tuple)):
             if len(self.layers) == 0:
                 raise ValueError(
-                    "layers=[] with include_input=False leaves no features to extract."
+                    "layers=[] with include_input=False leaves no features to "
+                    "extract; expected at least one layer, or include_input=True."
                 )
 
     def _check_output_container(self):
