@@ -579,7 +579,8 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             ensure_min_features=1,
             reset=True,
         )
-        check_finite_nonneg(X, name="X", where=where)
+        names = getattr(self, "feature_names_in_", None)  # a DataFrame's columns
+        check_finite_nonneg(X, name="X", where=where, col_names=names)
         X = aligned(X)
         if dev is not None:
             X = compute_tensor(X, dev, where=where)

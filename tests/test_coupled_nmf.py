@@ -423,6 +423,9 @@ def test_bad_data_values_name_argument_value_and_position():
     _fit_err(X, r"NaN.*X\[2, 3\].*row 2, column 3.*expected finite")
     X[2, 3] = np.inf
     _fit_err(X, r"infinity.*row 2, column 3")
+    # a DataFrame's column names: the message names the column too
+    cols = ["input__p0", "input__p1", "fc__u0", "fc__u1", "fc__u2"]
+    _fit_err(pd.DataFrame(X, columns=cols), r"row 2, column 3 \(column 'fc__u1'\)")
     model = CoupledNMF(2, blocks=[2, 3]).fit(np.ones((6, 5)))
     bad = np.ones((3, 5))
     bad[1, 4] = -1
