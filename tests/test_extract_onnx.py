@@ -243,6 +243,13 @@ def test_several_inputs(X):
             model, ["r3"], input_name="x", extra_inputs={"offset": 0, "bias": 1}
         ).fit(X)
     offset = np.linspace(-1, 1, 12).astype(np.float32)
+    # one sample's value is wanted: a value with the batch axis is refused
+    # (it ran while the batch happened to match, and failed when not)
+    match = r"\['offset'\] has shape \(12, 12\).*one sample's value, of shape \(12\)"
+    with pytest.raises(ValueError, match=match):
+        LayerActivationExtractor(
+            model, ["r3"], input_name="x", extra_inputs={"offset": np.ones((12, 12))}
+        ).fit(X)
     ext = LayerActivationExtractor(
         model, ["r3"], input_name="x", extra_inputs={"offset": offset}, batch_size=4
     )
@@ -588,6 +595,13 @@ def test_bad_files(tmp_path, X):
         LayerActivationExtractor(b"\x00\x01garbage" * 5).fit(X)
     with pytest.raises(ValueError, match="directory"):
         LayerActivationExtractor(str(tmp_path)).fit(X)
+    # a torch file given as a path: how to pass the network instead
+    saved = tmp_path / "net.pt"
+    torch.save(torch.nn.Sequential(torch.nn.ReLU()), str(saved))
+    with pytest.raises(ValueError, match=r"net\.pt.*looks like a torch file.*Module"):
+        LayerActivationExtractor(str(saved)).fit(X)
+    with pytest.raises(ValueError, match=r"notes\.onnx' could not .*\.$"):
+        LayerActivationExtractor(str(text)).fit(X)  # no such hint for text
 
 
 def test_cuda_requested_without_gpu_onnx(X):

@@ -17,6 +17,7 @@ import functools
 import math
 import os
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -241,10 +242,18 @@ def load_model(model, *, subject=None):
             # Loads weights stored as external data from the model's folder.
             proto = onnx.load(path)
         except Exception as exc:
+            hint = ""
+            if zipfile.is_zipfile(path) or path.lower().endswith((".pt", ".pth")):
+                hint = (
+                    " It looks like a torch file (torch.save or TorchScript): "
+                    "load the network in Python and pass the nn.Module itself "
+                    "(a TorchScript file: export it to ONNX, or give it to the "
+                    "sklearn-peek command, which does)."
+                )
             raise ValueError(
                 f"{name} could not be read as an ONNX model (truncated, "
                 "corrupt, not ONNX, or its external data files are missing): "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc}.{hint}"
             ) from exc
     if source.startswith("<"):
         external = [
@@ -406,6 +415,20 @@ class OnnxAdapter:
             value = np.asarray(extra[vi.name], dtype=dt)
             dims = _dims(vi.type)
             batched = dims is not None and len(dims) == value.ndim + 1
+            batch_dim = self.input_dims[0] if self.input_dims else None
+            if (
+                not batched
+                and dims
+                and isinstance(batch_dim, str)
+                and dims[0] == batch_dim
+            ):
+                raise ValueError(
+                    f"extra_inputs[{vi.name!r}] has shape {value.shape}, but the "
+                    f"input {vi.name!r} takes {_show(dims)}, whose first axis is "
+                    f"the batch axis of {input_name!r}; expected one sample's "
+                    f"value, of shape {_show(dims[1:])} (it is repeated along "
+                    "the batch axis)."
+                )
             self.extra[vi.name] = (value, batched)
 
     def model_input_shape(self):
