@@ -862,7 +862,12 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 ensure_all_finite=False,
                 reset=False,
             )
-            check_finite_nonneg(X, name="X", where=f"{type(self).__name__}.transform")
+            check_finite_nonneg(
+                X,
+                name="X",
+                where=f"{type(self).__name__}.transform",
+                col_names=getattr(self, "feature_names_in_", None),
+            )
             return aligned(X.astype(dtype, copy=False)), np.arange(p), d_full
         cols = np.concatenate([np.arange(p)[self.block_slices_[nm]] for nm in subset])
         if hasattr(X, "columns") and hasattr(self, "feature_names_in_"):
@@ -889,7 +894,13 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 f"{cols.size} columns together ({sizes}); expected X with exactly "
                 "those columns, in that order."
             )
-        check_finite_nonneg(X, name="X", where=f"{type(self).__name__}.transform")
+        names = getattr(self, "feature_names_in_", None)
+        check_finite_nonneg(
+            X,
+            name="X",
+            where=f"{type(self).__name__}.transform",
+            col_names=None if names is None else names[cols],
+        )
         X = aligned(X.astype(dtype, copy=False))
         d = d_full[cols]
         if not (d > 0).any():  # only passive blocks: weigh them equally

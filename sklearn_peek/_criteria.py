@@ -21,6 +21,9 @@ import numpy as np
 
 #: The rank-selection criteria RankQualityScorer knows, in its order.
 CRITERIA = ("bcv", "elbow", "energy", "stability")
+#: Those the case studies (and the command's demo) compute for every
+#: network: stability, n_restarts fits per rank, is left out.
+STUDY_CRITERIA = ("bcv", "elbow", "energy")
 
 __all__ = [
     "consensus_matrix",

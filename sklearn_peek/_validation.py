@@ -353,7 +353,11 @@ def aligned(X):
     products leave BLAS out on such arrays: slower (about 1.9x for a float32
     fit) and rounded differently, so results would depend on where the array
     came from."""
-    data = X.data if sp.issparse(X) else X
-    if isinstance(data, np.ndarray) and not data.flags.aligned:
-        return X.copy()
+    if sp.issparse(X):
+        parts = [getattr(X, k, None) for k in ("data", "indices", "indptr")]
+        if any(isinstance(a, np.ndarray) and not a.flags.aligned for a in parts):
+            return X.copy()  # the same format, its arrays new
+        return X
+    if isinstance(X, np.ndarray) and not X.flags.aligned:
+        return X.copy(order="K")  # C or Fortran order kept: it changes rounding
     return X

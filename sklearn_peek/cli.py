@@ -37,6 +37,7 @@ import numpy as np
 
 from sklearn_peek._backend import torch_threads
 from sklearn_peek._criteria import CRITERIA as _CRITERIA
+from sklearn_peek._criteria import STUDY_CRITERIA
 from sklearn_peek._report import Report, _rows, write_json
 
 __all__ = ["build_parser", "main"]
@@ -337,7 +338,7 @@ def build_parser():
     )
     g.add_argument(
         "--criterion",
-        choices=("bcv", "elbow", "energy"),
+        choices=STUDY_CRITERIA,
         default="bcv",
         help="criterion shown in the figures and the summary: 'bcv' "
         "bi-cross-validation (default), 'elbow' knee of the error curve, 'energy' "
@@ -2013,7 +2014,7 @@ def _cmd_layers(args, say):
 _TINY = {
     "studies": {"epochs": (0, 1, 4)},
     "ranks": (1, 2, 3, 4),
-    "criteria": ("bcv", "elbow", "energy"),
+    "criteria": STUDY_CRITERIA,
     "layers": ("pool1", "relu3"),
 }
 

@@ -426,6 +426,12 @@ def test_bad_data_values_name_argument_value_and_position():
     # a DataFrame's column names: the message names the column too
     cols = ["input__p0", "input__p1", "fc__u0", "fc__u1", "fc__u2"]
     _fit_err(pd.DataFrame(X, columns=cols), r"row 2, column 3 \(column 'fc__u1'\)")
+    ones = pd.DataFrame(np.ones((6, 5)), columns=cols)
+    named = CoupledNMF(2, blocks="auto").fit(ones)
+    with pytest.raises(ValueError, match=r"column 3 \(column 'fc__u1'\)"):
+        named.transform(pd.DataFrame(X, columns=cols))
+    with pytest.raises(ValueError, match=r"column 1 \(column 'fc__u1'\)"):
+        named.transform(pd.DataFrame(X[:, 2:], columns=cols[2:]), blocks=["fc"])
     model = CoupledNMF(2, blocks=[2, 3]).fit(np.ones((6, 5)))
     bad = np.ones((3, 5))
     bad[1, 4] = -1
@@ -803,3 +809,14 @@ def test_results_do_not_depend_on_the_arrays_alignment():
     np.testing.assert_array_equal(
         got.cv_results_["mean_score"], ref.cv_results_["mean_score"]
     )
+
+
+def test_an_unaligned_fortran_array_gives_the_aligned_arrays_result():
+    # the copy keeps the memory order, which changes the rounding too
+    X = np.asfortranarray(np.random.default_rng(1).random((50, 30)))
+    odd = _at_odd_offset(X.T).T  # Fortran order, unaligned
+    assert odd.flags.f_contiguous and not odd.flags.aligned
+    kw = dict(n_components=3, init="random", random_state=0, max_iter=40)
+    ref = CoupledNMF(**kw).fit(X)
+    got = CoupledNMF(**kw).fit(odd)
+    np.testing.assert_array_equal(got.components_, ref.components_)

@@ -869,30 +869,69 @@ def test_constants_are_no_layers(batch):
     np.testing.assert_allclose(ext.transform(X)[:, 64:], want, rtol=1e-5, atol=1e-6)
 
 
-def test_an_integer_image_input_refuses_values_the_cast_would_change():
-    # A uint8 input (raw pixels): float X is cast on the way in. Whole numbers
-    # in range pass unchanged; 0.5 (scaled pixels) would become 0 and -1
-    # would wrap to 255, silently, so both are refused naming the value.
+@pytest.mark.parametrize("opset", [13, 18])  # axes: an attribute, then an input
+@pytest.mark.parametrize(
+    "axes, picked", [([2, 3], "m"), ([-1, -2], "m"), ([1], "r"), ([0], "r"), ([], "r")]
+)
+def test_a_reduction_replaces_the_relu_only_over_spatial_axes(opset, axes, picked):
+    # a global pool written as ReduceMean (torch's default exporter) stands
+    # for the ReLU it reads; a mean over channels (attention maps), over the
+    # batch or over everything does not
+    rng = np.random.default_rng(0)
+    W = numpy_helper.from_array(rng.normal(size=(8, 1, 3, 3)).astype(np.float32), "W")
+    inits = [W]
+    if opset >= 18:
+        inits.append(numpy_helper.from_array(np.array(axes, np.int64), "axes"))
+        reduce = helper.make_node("ReduceMean", ["r", "axes"] if axes else ["r"], ["m"])
+    else:
+        kw = {"axes": axes} if axes else {}
+        reduce = helper.make_node("ReduceMean", ["r"], ["m"], **kw)
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        reduce,
+        helper.make_node("Mul", ["r", "m"], ["out"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "reduce", [x], [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    X = rng.random((6, 1, 8, 8), dtype=np.float32)
+    ext = LayerActivationExtractor(model, batch_size=4).fit(X)
+    assert ext.layer_names_ == ["input", picked]
+
+
+@pytest.mark.parametrize("elem", [TensorProto.UINT8, TensorProto.INT32])
+def test_an_integer_image_input_refuses_values_the_cast_would_change(elem):
+    # An integer input (raw pixels): float X is cast on the way in. Whole
+    # numbers in range pass unchanged; 0.5 (scaled pixels) would become 0,
+    # -1 would wrap to 255 for uint8 and 2**31 to -2**31 for int32, silently,
+    # so all are refused naming the value and where it is in X.
     nodes = [
         helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
         helper.make_node("Relu", ["xf"], ["r"]),
     ]
-    x = helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 1, 4, 4])
+    x = helper.make_tensor_value_info("x", elem, ["N", 1, 4, 4])
     graph = helper.make_graph(
-        nodes, "u8", [x], [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)]
+        nodes, "int", [x], [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)]
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    pixels = np.random.default_rng(0).integers(0, 256, (3, 1, 4, 4))
-    ext = LayerActivationExtractor(model, layers=["r"], include_input=False)
+    pixels = np.random.default_rng(0).integers(0, 256, (7, 1, 4, 4))
+    ext = LayerActivationExtractor(model, ["r"], include_input=False, batch_size=2)
     np.testing.assert_array_equal(
-        ext.fit_transform(pixels.astype(np.float32)), pixels.reshape(3, -1)
+        ext.fit_transform(pixels.astype(np.float32)), pixels.reshape(7, -1)
     )
-    with pytest.raises(ValueError, match=r"X holds 0\.[0-9]+ .*input 'x' is uint8"):
+    with pytest.raises(ValueError, match=r"X holds 0\.[0-9]+ .*input 'x' is "):
         ext.transform(pixels / 255.0)
-    signed = pixels.astype(np.float32)
-    signed[2, 0, 1, 3] = -1.0
-    with pytest.raises(ValueError, match=r"X holds -1\.0 \(sample 2 .*\(0, 1, 3\)"):
-        ext.transform(signed)
+    low = -1.0 if elem == TensorProto.UINT8 else -(2.0**31) - 256
+    high = 256.0 if elem == TensorProto.UINT8 else 2.0**31
+    for value in (low, high):
+        bad = pixels.astype(np.float64)
+        bad[5, 0, 1, 3] = value  # the third batch of two
+        with pytest.raises(ValueError, match=r"\(sample 5, position \(0, 1, 3\)\)"):
+            ext.transform(bad)
+        with pytest.raises(ValueError, match=r"\(sample 5, position \(0, 1, 3\)\)"):
+            clone(ext).fit(bad)
 
 
 @pytest.mark.parametrize("value, threads", [("1", 1), ("3", 3), ("", 0), ("x", 0)])

@@ -807,35 +807,74 @@ def test_torchscript_modules_are_refused_with_a_way_out(lenet, X):
             available_layers(scripted, (1, 28, 28))
 
 
-def test_clones_sharing_a_module_extract_in_threads(X):
-    # clone shares the model; two passes at once over one module (threads:
-    # GridSearchCV under joblib's threading backend) read each other's
-    # outputs through the hooks unless they take turns
+class _Overlap(torch.nn.Module):
+    """Identity that records the most passes running through it at once
+    (each stays 20 ms, so that passes started together overlap)."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = self.most = 0
+
+    def forward(self, x):
+        import time
+
+        self.now += 1
+        self.most = max(self.most, self.now)
+        time.sleep(0.02)
+        self.now -= 1
+        return x
+
+
+def _in_threads(jobs):
+    """Run the callables in ``jobs`` in threads started together; their results."""
     import threading
 
+    start = threading.Barrier(len(jobs))
+    out = [None] * len(jobs)
+
+    def run(k):
+        start.wait()
+        out[k] = jobs[k]()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def _gated_net():
     torch.manual_seed(0)
-    net = LeNet().eval()
+    gate = _Overlap()
+    body = nn.Sequential(gate, nn.Conv2d(1, 4, 3), nn.ReLU())
+    return gate, body
+
+
+def test_extractors_sharing_modules_take_turns_in_threads():
+    # clone shares the model; two passes at once over one module (threads:
+    # GridSearchCV under joblib's threading backend) read each other's
+    # outputs through the hooks and undo each other's eval mode. Also when
+    # one extractor reads a network and another one of its blocks.
+    gate, inner = _gated_net()
+    outer = nn.Sequential(inner, nn.MaxPool2d(2)).eval()
+    X = np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)
     X2 = X[::-1] * 3
-    base = LayerActivationExtractor(net, input_shape=(1, 28, 28), batch_size=4)
-    pair = [(clone(base).fit(X), X), (clone(base).fit(X2), X2)]
-    refs = [ext.transform(data) for ext, data in pair]
-    out = {}
-
-    def run(k, ext, data):
-        out[k] = ext.transform(data)
-
-    for _ in range(3):
-        out.clear()
-        threads = [
-            threading.Thread(target=run, args=(k, e, d))
-            for k, (e, d) in enumerate(pair)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for k, ref in enumerate(refs):
-            np.testing.assert_array_equal(out[k], ref)
+    base = LayerActivationExtractor(outer, ["0.2", "1"], batch_size=4)
+    pairs = [
+        (clone(base).fit(X), X),  # two clones
+        (clone(base).fit(X2), X2),
+        (LayerActivationExtractor(inner, ["2"], batch_size=4).fit(X), X),  # a block
+    ]
+    refs = [ext.transform(data) for ext, data in pairs]
+    for chosen in ([0, 1], [0, 2]):
+        gate.most = 0
+        got = _in_threads(
+            [lambda k=k: pairs[k][0].transform(pairs[k][1]) for k in chosen]
+        )
+        assert gate.most == 1  # one pass at a time
+        for k, out in zip(chosen, got):
+            np.testing.assert_array_equal(out, refs[k])
 
 
 class _FreedRelu(torch.nn.Module):

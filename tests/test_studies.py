@@ -515,12 +515,16 @@ def test_run_paper_studies_bad_preset():
     assert len(full["seeds"]) >= 3
 
 
-def test_lenet_classifier_seeds_hold_in_threads():
+def test_lenet_classifier_seeds_hold_in_threads(monkeypatch):
     # the network's initial weights come from torch's global generator,
-    # seeded per fit: fits in threads at once must not mix their draws
+    # seeded per fit: fits in threads at once must not mix their draws, so
+    # the seeded builds take turns (each build here lasts 20 ms longer)
     import threading
+    import time
 
     import torch
+
+    from sklearn_peek import _lenet
 
     data = load_digits_images()
     X, y = data.images[:100], data.target[:100]
@@ -530,14 +534,29 @@ def test_lenet_classifier_seeds_hold_in_threads():
         return torch.cat([p.detach().flatten() for p in net.parameters()])
 
     ref = weights()
+    build, busy = _lenet.build_lenet, {"now": 0, "most": 0}
+
+    def slow_build(*args, **kwargs):
+        busy["now"] += 1
+        busy["most"] = max(busy["most"], busy["now"])
+        time.sleep(0.02)
+        try:
+            return build(*args, **kwargs)
+        finally:
+            busy["now"] -= 1
+
+    monkeypatch.setattr(_lenet, "build_lenet", slow_build)
+    start = threading.Barrier(4)
     out = []
-    for _ in range(10):
-        threads = [
-            threading.Thread(target=lambda: out.append(weights())) for _ in range(4)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert len(out) == 40
-    assert all(torch.equal(w, ref) for w in out)
+
+    def fit():
+        start.wait()
+        out.append(weights())
+
+    threads = [threading.Thread(target=fit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert busy["most"] == 1
+    assert len(out) == 4 and all(torch.equal(w, ref) for w in out)

@@ -620,7 +620,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
     -----
     The model is a trained network, not a hyper-parameter: ``clone`` (and so
     ``GridSearchCV`` and ``cross_validate``) hands the same object to the
-    copy instead of deep-copying it; passes over one torch module take turns,
+    copy instead of deep-copying it; passes over shared torch modules take turns,
     also from several threads. A fitted extractor pickles; onnxruntime
     sessions are rebuilt after unpickling, from the model as given (a file
     path is read again: pass the file's bytes to carry the model inside the
@@ -899,6 +899,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             self.feature_names_in_ = names
         adapter = self._get_adapter()
         arr = _as_array(X, warn_integers=not self._model_takes_integers(adapter))
+        adapter.check_values(arr)
         X4, sample_shape, how = self._sample_shape(arr, adapter)
         feed_shape, repeat = _feed_shape(
             sample_shape, adapter, self.channel_repeat, no_axis=how is not None
@@ -1155,9 +1156,9 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         return {k: np.minimum(v, 0).astype(np.float32) for k, v in mins.items()}
 
     def _check_X(self, X):
-        arr = _as_array(
-            X, warn_integers=not self._model_takes_integers(self._get_adapter())
-        )
+        adapter = self._get_adapter()
+        arr = _as_array(X, warn_integers=not self._model_takes_integers(adapter))
+        adapter.check_values(arr)
         fitted_names = hasattr(self, "feature_names_in_")
         names = string_feature_names(X)
         has_names = names is not None

@@ -27,10 +27,10 @@ NONNEG_OPS = frozenset({"Relu", "Sigmoid", "Softplus", "HardSigmoid"})
 POOL_OPS = frozenset(
     {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"}
 )
-#: Ops that summarise a non-negative map they read into a smaller one that
-#: stays non-negative: the pools, and the reductions torch's dynamo exporter
-#: writes for global pooling (AdaptiveAvgPool2d(1) -> ReduceMean).
-SUMMARY_OPS = POOL_OPS | {"ReduceMean", "ReduceMax"}
+#: Reductions torch's dynamo exporter writes for global pooling
+#: (AdaptiveAvgPool2d(1) -> ReduceMean over the spatial axes): a summary of
+#: the map they read only when they keep the batch and channel axes.
+SPATIAL_REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax"})
 #: Ops that ONNX defines on channels-first data: their first input is
 #: ``(N, C, ...)``. An image input that reaches one of them proves its layout.
 CHANNELS_FIRST_OPS = frozenset(
@@ -670,10 +670,30 @@ class OnnxAdapter:
             node = self.producer[t]
             if op in NONNEG_OPS or (op == "Clip" and self._clip_nonneg(node)):
                 out.append((t, self._group(node, t)))
-            elif op in SUMMARY_OPS and out and row["reads"] == out[-1][0]:
+            elif out and row["reads"] == out[-1][0] and self._summarises(node):
                 # the pooled map summarises it; it stays in the same group
                 out[-1] = (t, out[-1][1])
         return out
+
+    def _summarises(self, node):
+        """A pool, or a ReduceMean/ReduceMax over spatial axes only (not the
+        batch axis 0 nor the channel axis 1)."""
+        if node.op_type in POOL_OPS:
+            return True
+        if node.op_type not in SPATIAL_REDUCE_OPS or not node.input:
+            return False
+        axes = None
+        for a in node.attribute:
+            if a.name == "axes":  # opset < 18
+                axes = list(a.ints)
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            value = self._constant_value(node.input[1])  # opset 18 on
+            axes = None if value is None else [int(v) for v in np.ravel(value)]
+        dims = self._types.get(node.input[0], (None, None))[1]
+        if not axes or dims is None:  # no axes: every axis, the batch too
+            return False
+        rank = len(dims)
+        return all(2 <= (a % rank) for a in axes if -rank <= a < rank)
 
     # -- running ----------------------------------------------------------------
     def _build(self, outputs, dynamic_batch, level="disable"):
@@ -719,9 +739,13 @@ class OnnxAdapter:
                 f"(with outputs {list(outputs)[:5]}...): {type(exc).__name__}: {exc}"
             ) from exc
 
+    def check_values(self, X):
+        """Refuse values of ``X`` (one sample per row) that the cast to an
+        integer image input would change (none for float inputs)."""
+        if np.issubdtype(self.input_dtype, np.integer):
+            _check_whole(X, self.input_dtype, self.input_name)
+
     def _feed(self, batch):
-        if not np.issubdtype(self.input_dtype, np.floating):
-            _check_whole(batch, self.input_dtype, self.input_name)
         feed = {self.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
         n = batch.shape[0]
         for name, (value, batched) in self.extra.items():
@@ -971,24 +995,26 @@ def _env_threads():
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def _check_whole(batch, dtype, input_name):
+def _check_whole(X, dtype, input_name, chunk=4096):
     """Refuse values an integer model input would change: casting 0.5 to
-    uint8 gives 0, and -1 gives 255, silently."""
-    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
-    arr = np.asarray(batch)
-    if info is None or np.issubdtype(arr.dtype, np.integer):
-        return  # bool inputs take any value as truth; integers are exact
-    bad = arr != np.floor(arr)
-    bad |= (arr < info.min) | (arr > info.max)
-    if bad.any():
-        i = np.unravel_index(int(np.flatnonzero(bad)[0]), arr.shape)
-        raise ValueError(
-            f"X holds {float(arr[i])!r} (sample {int(i[0])} of the batch, position "
-            f"{tuple(int(k) for k in i[1:])}), but the ONNX model's input "
-            f"{input_name!r} is {np.dtype(dtype).name}, which would change it "
-            f"when cast; expected whole numbers in [{info.min}, {info.max}] "
-            "(e.g. pixel values before scaling to [0, 1])."
-        )
+    uint8 gives 0, -1 gives 255 and 2**31 gives -2**31 for int32, silently.
+    ``X``: float samples, one per row (checked ``chunk`` rows at a time)."""
+    info = np.iinfo(dtype)
+    # the bounds as floats: info.max + 1 is exact in float64 (2**31, 2**63)
+    # where info.max itself may not be
+    lo, hi = float(info.min), float(info.max) + 1.0
+    for start in range(0, len(X), chunk):
+        part = np.asarray(X[start : start + chunk], dtype=np.float64)
+        bad = (part != np.floor(part)) | (part < lo) | (part >= hi)
+        if bad.any():
+            i = np.unravel_index(int(np.flatnonzero(bad)[0]), part.shape)
+            raise ValueError(
+                f"X holds {float(part[i])!r} (sample {start + int(i[0])}, position "
+                f"{tuple(int(k) for k in i[1:])}), but the ONNX model's input "
+                f"{input_name!r} is {np.dtype(dtype).name}, which would change "
+                f"it when cast; expected whole numbers in [{info.min}, "
+                f"{info.max}] (e.g. pixel values before scaling to [0, 1])."
+            )
 
 
 def _constant_tensors(onnx, graph, init_names):

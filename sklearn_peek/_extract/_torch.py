@@ -44,21 +44,31 @@ POOLING = frozenset(
 
 _CALL_RE = re.compile(r"^(.*):(\d+)$")
 
-# One lock per module: extraction hooks every hooked submodule and switches
-# the whole model to eval mode (and maybe another device) for its pass, so
-# two passes over one module at once (clones share it; GridSearchCV under
-# the threading backend) would read each other's outputs and undo each
-# other's mode. They take turns instead.
+# One lock per module: extraction hooks submodules and switches every module
+# of the model to eval mode (and maybe another device) for its pass, so two
+# passes over one module at once (clones share it; GridSearchCV under the
+# threading backend; a network and, in another extractor, one of its
+# blocks) would read each other's outputs and undo each other's mode. A pass
+# holds the locks of all the modules it runs, taken in one global order (by
+# id) so that two passes never wait for each other in a cycle.
 _LOCKS = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
-def _model_lock(model):
+@contextlib.contextmanager
+def _modules_locked(model):
+    modules = {id(m): m for m in model.modules()}
     with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-        return lock
+        locks = []
+        for key in sorted(modules):
+            lock = _LOCKS.get(modules[key])
+            if lock is None:
+                lock = _LOCKS[modules[key]] = threading.RLock()
+            locks.append(lock)
+    with contextlib.ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        yield
 
 
 def is_torch_module(model):
@@ -126,6 +136,9 @@ class TorchAdapter:
                 return p.dtype
         return self.torch.float32
 
+    def check_values(self, X):
+        """Nothing to refuse: the batch is cast to the model's float dtype."""
+
     def model_input_shape(self):
         """Per-sample input shape known from the model: unknown for torch."""
         return None
@@ -155,7 +168,7 @@ class TorchAdapter:
         """Eval mode, inference mode and the right device, undone afterwards;
         one pass over a module at a time (see ``_LOCKS``)."""
         torch = self.torch
-        with _model_lock(self.model):
+        with _modules_locked(self.model):
             flags = [(m, m.training) for m in self.model.modules()]
             original = self._model_device()
             moved = original != self.device
