@@ -426,6 +426,8 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         sq = None if kl else _block_sums(X, slices)
         if sq is not None:
             _check_scale(X, sq, numpy_dtype(X))
+        else:
+            _check_kl_scale(X)
         weights = self._resolve_weights(X, names, slices, sq)
         self.block_weights_ = weights
         d = self._column_weights(weights, slices, p, numpy_dtype(X))
@@ -1012,6 +1014,22 @@ def _check_scale(X, sq, dtype):
         raise ValueError(
             f"CoupledNMF.fit: X has {problem}. Rescale X (e.g. X / X.max())"
             f"{', or pass float64 data' if info.bits < 64 else ''}."
+        )
+
+
+def _check_kl_scale(X):
+    """Refuse data the Kullback-Leibler updates cannot fit: they floor
+    ``W @ H`` at ``EPSILON`` (float32 eps, as scikit-learn does), so when
+    every value of X is below it the fit only reproduces the floor and
+    reports a meaningless error (about 1/sqrt(scale) of the data)."""
+    top = X.max()
+    top = float(top.item() if hasattr(top, "item") else top)
+    if 0 < top < _solvers.EPSILON:
+        raise ValueError(
+            f"CoupledNMF.fit: X has a largest value of {top:.3g}, below "
+            f"{_solvers.EPSILON:.3g}, the floor beta_loss='kullback-leibler' "
+            "puts under W @ H: nothing in X is above it. Rescale X (e.g. "
+            "X / X.max())."
         )
 
 

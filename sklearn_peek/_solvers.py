@@ -184,9 +184,13 @@ def _sums64_and(arrays, values=None):
 
 
 def _pinv(a):
+    """Pseudo-inverse cutting singular values below 1e-15 of the largest,
+    NumPy's default, on both paths (torch's default, max(m, n) eps, keeps
+    fewer: a rank-deficient W-solve then started elsewhere and ended at
+    another solution)."""
     if _np(a):
-        return np.linalg.pinv(a)
-    return _t().linalg.pinv(a)
+        return np.linalg.pinv(a, rcond=1e-15)
+    return _t().linalg.pinv(a, rtol=1e-15)
 
 
 def _qr(a):

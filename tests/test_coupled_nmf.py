@@ -392,6 +392,21 @@ def test_sparse_csr_matches_dense():
         kl.fit(sp.csr_matrix(X))
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_kullback_leibler_refuses_data_below_its_floor(as_tensor):
+    # W @ H is floored at float32 eps: data all below it cannot be fitted
+    # (the error came out as 1/sqrt(scale), 4.6e6 for a scale of 1e-15)
+    import torch
+
+    X = np.random.default_rng(0).random((20, 12)) * 1e-9
+    kl = CoupledNMF(2, solver="mu", beta_loss="kullback-leibler", max_iter=50)
+    data = torch.from_numpy(X) if as_tensor else X
+    with pytest.raises(ValueError, match=r"largest value of 9.97e-10, below .*X / X"):
+        kl.fit(data)
+    kl.fit(X / X.max())  # rescaled as the message says: no error
+
+
 @pytest.mark.parametrize("solver", ["hals", "mu"])
 def test_dead_units_and_zero_rows_give_finite_results(solver):
     X, _ = _planted(8, r=3)
