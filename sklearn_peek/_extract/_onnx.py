@@ -650,7 +650,8 @@ class OnnxAdapter:
         of torch's dynamo exporter's ``name_scopes`` (``['', 'layer1',
         'layer1.0', ...]``), else the first component of the node name
         (``/layer1/...``, as torch's TorchScript exporter names nodes)."""
-        for prop in node.metadata_props:
+        # (NodeProto has metadata_props from onnx 1.16 on)
+        for prop in getattr(node, "metadata_props", ()):
             if prop.key == "pkg.torch.onnx.name_scopes":
                 try:
                     scopes = ast.literal_eval(prop.value)
