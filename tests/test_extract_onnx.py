@@ -901,6 +901,46 @@ def test_a_reduction_replaces_the_relu_only_over_spatial_axes(opset, axes, picke
     assert ext.layer_names_ == ["input", picked]
 
 
+def test_tensors_after_an_op_without_schema_are_typed_by_a_run():
+    # onnx's shape inference skips com.microsoft's Gelu and cannot type the
+    # Relu and MaxPool after it; one run of the model types them, so they
+    # are layers ("auto" found none and asked for a list before)
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.5, (3, 1, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"]),
+        helper.make_node("Gelu", ["c"], ["ge"], domain="com.microsoft"),
+        helper.make_node("Relu", ["ge"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])
+    out = helper.make_tensor_value_info("p", TensorProto.FLOAT, None)
+    graph = helper.make_graph(
+        nodes, "contrib", [x], [out], initializer=[numpy_helper.from_array(w, "W")]
+    )
+    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    rows = available_layers(model, (1, 8, 8))
+    assert [(r["name"], r["shape"], r["auto"]) for r in rows] == [
+        ("c", (3, 6, 6), False),
+        ("ge", (3, 6, 6), False),
+        ("r", (3, 6, 6), False),
+        ("p", (3, 3, 3), True),
+    ]
+    X = rng.random((5, 1, 8, 8), dtype=np.float32)
+    ext = LayerActivationExtractor(model, batch_size=2).fit(X)
+    assert ext.layer_names_ == ["input", "p"]
+    with torch.no_grad():
+        conv = torch.nn.functional.conv2d(torch.from_numpy(X), torch.from_numpy(w))
+        ref = torch.nn.functional.max_pool2d(
+            torch.relu(torch.nn.functional.gelu(conv)), 2
+        )
+    np.testing.assert_allclose(ext.transform(X)[:, 64:], ref.reshape(5, -1), atol=1e-5)
+    # unpickled, the extractor's new session types them again
+    again = pickle.loads(pickle.dumps(ext))
+    np.testing.assert_array_equal(again.transform(X), ext.transform(X))
+
+
 @pytest.mark.parametrize("elem", [TensorProto.UINT8, TensorProto.INT32])
 def test_an_integer_image_input_refuses_values_the_cast_would_change(elem):
     # An integer input (raw pixels): float X is cast on the way in. Whole

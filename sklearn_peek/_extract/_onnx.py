@@ -576,7 +576,36 @@ class OnnxAdapter:
             return alias
         return None
 
+    def _type_by_running(self, sample_shape):
+        """Type the node outputs shape inference left untyped (those after an
+        op onnx has no schema for, e.g. ``com.microsoft`` ones) from one run
+        of the model on zeros: the floating ones with a batch axis become
+        layers like the others. A model onnxruntime cannot run this way
+        leaves them untyped."""
+        skip = {vi.name for vi in self.inputs} | self.constants
+        untyped = [
+            t
+            for node in self.nodes
+            for t in node.output
+            if t and t not in skip and t not in self._types
+        ]
+        if not untyped:
+            return
+        n = self.fixed_batch or 1
+        batch = np.zeros((n, *sample_shape), dtype=np.float32)
+        try:
+            got = self._run_session(self._build(untyped, False), batch, untyped)
+        except ValueError:
+            return
+        for t, v in got.items():
+            v = np.asarray(v)
+            if np.issubdtype(v.dtype, np.floating) and v.ndim >= 1 and len(v) == n:
+                elem = self.onnx.helper.np_dtype_to_tensor_dtype(v.dtype)
+                self._types[t] = (elem, [None, *v.shape[1:]])
+
     def list_layers(self, sample_shape):
+        if sample_shape is not None:
+            self._type_by_running(sample_shape)
         tensors = self._float_outputs()
         shapes = {}
         if sample_shape is not None and tensors:
@@ -713,8 +742,11 @@ class OnnxAdapter:
                         dims[0].dim_param = "batch"
         del g.output[:]
         for t in outputs:
-            elem = self._types[t][0]
-            g.output.append(onnx.helper.make_tensor_value_info(t, elem, None))
+            if t in self._types:
+                elem = self._types[t][0]
+                g.output.append(onnx.helper.make_tensor_value_info(t, elem, None))
+            else:  # typed by the run itself (_type_by_running)
+                g.output.append(onnx.helper.make_empty_tensor_value_info(t))
         opts = self.ort.SessionOptions()
         # A tensor listed as a graph output is kept by every fusion; an
         # optimized session is checked against the unoptimized one anyway
@@ -888,6 +920,9 @@ class OnnxAdapter:
         key = (tuple(outputs), optimize)
         if key in self._sessions:
             return self._sessions[key]
+        if any(t not in self._types for t in outputs):
+            # an adapter rebuilt (after unpickling) for layers a run typed
+            self._type_by_running(batch.shape[1:])
         entry, dynamic = self._batch_entry(outputs, batch.shape[1:])
         used = "disable"
         if optimize and self.optimization != "disable":
