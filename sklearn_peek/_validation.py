@@ -246,13 +246,15 @@ def column_block_sq_norms(X, slices, *, ord="fro"):
     array([2., 4.])
     """
     if sp.issparse(X):
-        X = X.tocoo()
-        vals = X.data.astype(np.float64)
+        # the column of every stored value: CSR holds them, other formats
+        # through COO (np.add.reduceat over CSC pointers fails when the last
+        # columns are empty: their start equals the number of stored values)
+        coo = X if X.format == "csr" else X.tocoo()
+        cols = X.indices if X.format == "csr" else coo.col
+        vals = coo.data.astype(np.float64)  # a copy: squared in place below
         if ord == "fro":
-            vals = vals * vals
-        # (np.add.reduceat over the CSC pointers fails when the last columns
-        # are empty: their start equals the number of stored values)
-        per_col = np.bincount(X.col, weights=vals, minlength=X.shape[1])
+            np.square(vals, out=vals)
+        per_col = np.bincount(cols, weights=vals, minlength=X.shape[1])
     else:
         per_col = np.zeros(X.shape[1])
         for start, stop in _row_chunks(X.shape[0], X.shape[1]):
