@@ -344,9 +344,14 @@ class OnnxAdapter:
         # Old exporters list initializers as graph inputs too: not real inputs.
         self.inputs = [vi for vi in g.input if vi.name not in init_names]
         self._types = {}
+        #: tensors typed as something other than a tensor (skl2onnx's ZipMap
+        #: gives a sequence of maps): no layers, nothing to type by a run
+        self._not_tensors = set()
         for vi in [*g.input, *g.value_info, *g.output]:
             if vi.type.HasField("tensor_type"):
                 self._types[vi.name] = (vi.type.tensor_type.elem_type, _dims(vi.type))
+            elif vi.type.WhichOneof("value") is not None:
+                self._not_tensors.add(vi.name)
         self.nodes = list(g.node)
         self.alias = {}
         self.producer = {}
@@ -582,7 +587,7 @@ class OnnxAdapter:
         of the model on zeros: the floating ones with a batch axis become
         layers like the others. A model onnxruntime cannot run this way
         leaves them untyped."""
-        skip = {vi.name for vi in self.inputs} | self.constants
+        skip = {vi.name for vi in self.inputs} | self.constants | self._not_tensors
         untyped = [
             t
             for node in self.nodes
@@ -1036,11 +1041,12 @@ def _check_whole(X, dtype, input_name, chunk=4096):
     uint8 gives 0, -1 gives 255 and 2**31 gives -2**31 for int32, silently.
     ``X``: float samples, one per row (checked ``chunk`` rows at a time)."""
     info = np.iinfo(dtype)
-    # the bounds as floats: info.max + 1 is exact in float64 (2**31, 2**63)
-    # where info.max itself may not be
-    lo, hi = float(info.min), float(info.max) + 1.0
+    # the bounds as floats: info.max + 1 (2**8, 2**31, 2**63) is exact where
+    # info.max itself may not be
+    lo, hi = float(info.min), float(info.max) + 1.0  # powers of two: exact in
+    # float32 too, so X (float32 from the extractor) is compared as it is
     for start in range(0, len(X), chunk):
-        part = np.asarray(X[start : start + chunk], dtype=np.float64)
+        part = X[start : start + chunk]
         bad = (part != np.floor(part)) | (part < lo) | (part >= hi)
         if bad.any():
             i = np.unravel_index(int(np.flatnonzero(bad)[0]), part.shape)
