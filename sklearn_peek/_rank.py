@@ -45,7 +45,6 @@ from sklearn_peek._coupled_nmf import (
 )
 from sklearn_peek._progress import check_progress, collect, progress_bar
 from sklearn_peek._validation import (
-    aligned,
     check_finite_nonneg,
     check_weights,
     did_you_mean,
@@ -1121,7 +1120,7 @@ class RankQualityScorer(BaseEstimator):
         )
         # chunked: no temporary the size of X (as for a tensor above)
         check_finite_nonneg(Xa, name=name, where="RankQualityScorer.fit")
-        return aligned(Xa)
+        return Xa  # (an unaligned X is copied by CoupledNMF, which fits it)
 
     def _layer_columns(self, blocks):
         """Return list of (layer_name, column index array or None, coupled blocks)."""
