@@ -827,7 +827,8 @@ def test_results_do_not_depend_on_the_arrays_alignment():
 
 
 def test_an_unaligned_fortran_array_gives_the_aligned_arrays_result():
-    # the copy keeps the memory order, which changes the rounding too
+    # the copy keeps the memory order, which changes the rounding too (this
+    # guards order="K" of the copy; the alignment itself is the test above)
     X = np.asfortranarray(np.random.default_rng(1).random((50, 30)))
     odd = _at_odd_offset(X.T).T  # Fortran order, unaligned
     assert odd.flags.f_contiguous and not odd.flags.aligned
