@@ -204,6 +204,24 @@ def test_available_layers_without_static_shape():
     assert rows["c1"]["shape"] == (4, 24, 24)
 
 
+def test_a_fitted_extractor_pickles_a_path_as_the_path_and_bytes_as_the_model(
+    tmp_path, X
+):
+    # extraction.rst: a path is read again after unpickling (the file must
+    # stay); the file's bytes travel inside the pickle
+    path = tmp_path / "net.onnx"
+    onnx.save(make_lenet(CURRENT), str(path))
+    by_path = LayerActivationExtractor(str(path), ["p2"]).fit(X)
+    by_bytes = LayerActivationExtractor(path.read_bytes(), ["p2"]).fit(X)
+    ref = by_path.transform(X)
+    saved = [pickle.dumps(e) for e in (by_path, by_bytes)]
+    assert len(saved[0]) < 2_000 < len(saved[1])  # the path, or the model
+    path.unlink()
+    np.testing.assert_array_equal(pickle.loads(saved[1]).transform(X), ref)
+    with pytest.raises(FileNotFoundError, match=r"net\.onnx"):
+        pickle.loads(saved[0]).transform(X)
+
+
 def test_external_data_beside_model(tmp_path, X):
     model = make_lenet(CURRENT)
     ref = LayerActivationExtractor(model, ["p2", "r3"]).fit_transform(X)

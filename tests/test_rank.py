@@ -845,6 +845,12 @@ def test_scorer_progress_reaches_the_extractor_it_builds(small_cnn_and_images, c
     err = capsys.readouterr().err
     assert "extract" in err and "rank sweep" in err
     assert loud == quiet
+    # an extractor passed in keeps its own setting
+    own = LayerActivationExtractor(net, layers=["pool1"], progress=False)
+    mixed = RankQualityScorer(progress=True, extractor=own, **kw)(net, images)
+    err = capsys.readouterr().err
+    assert "rank sweep" in err and "extract" not in err
+    assert mixed == quiet
 
 
 def test_sweep_limit_error_says_which_setting_and_its_limit():
