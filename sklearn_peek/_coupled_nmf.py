@@ -64,7 +64,11 @@ def _block_sums(X, slices, *, ord="fro"):
     """Per-block squared norms (or sums) in float64, NumPy arrays or tensors."""
     if not is_torch_tensor(X):
         return column_block_sq_norms(X, slices, ord=ord)
-    col = _solvers.column_sums64(X, square=(ord == "fro"))
+    return _per_block(_solvers.column_sums64(X, square=(ord == "fro")), slices)
+
+
+def _per_block(col, slices):
+    """Per-column sums ``col`` summed over each block's columns."""
     return np.array([col[sl].sum() for sl in slices])
 
 
@@ -757,7 +761,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         errs = {}
         if sq is None:
             col = _solvers.kl_column_divergence(X, W, H)
-            per_block = np.array([col[sl].sum() for sl in slices])
+            per_block = _per_block(col, slices)
             for nm, v in zip(self.block_names_, per_block):
                 errs[nm] = float(np.sqrt(2.0 * max(v, 0.0)))
             total = float(np.sqrt(2.0 * max(per_block @ weights, 0.0)))
@@ -785,7 +789,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             coarse = per_block < _EXACT_ERRORS * _solvers._eps(H) * sq
             if coarse.any():
                 col = _solvers.residual_column_sums64(X, W, H)
-                exact = np.array([col[sl].sum() for sl in slices])
+                exact = _per_block(col, slices)
                 per_block = np.where(coarse, exact, per_block)
             for nm, v in zip(self.block_names_, per_block):
                 errs[nm] = float(np.sqrt(v))
