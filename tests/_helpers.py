@@ -6,6 +6,7 @@ Import them with ``from _helpers import ...``: pytest puts ``tests/`` on
 
 import gzip
 import struct
+import threading
 import warnings
 from pathlib import Path
 
@@ -109,3 +110,20 @@ def solver_kinds(calls):
     kinds = {kind for _, kind in calls}
     calls.clear()
     return kinds
+
+
+def in_threads(jobs):
+    """Run the callables in ``jobs`` in threads started together; their results."""
+    start = threading.Barrier(len(jobs))
+    out = [None] * len(jobs)
+
+    def run(k):
+        start.wait()
+        out[k] = jobs[k]()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out

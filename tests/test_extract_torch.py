@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _helpers import in_threads
 from _torch_helpers import BasicBlock
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -825,25 +826,6 @@ class _Overlap(torch.nn.Module):
         return x
 
 
-def _in_threads(jobs):
-    """Run the callables in ``jobs`` in threads started together; their results."""
-    import threading
-
-    start = threading.Barrier(len(jobs))
-    out = [None] * len(jobs)
-
-    def run(k):
-        start.wait()
-        out[k] = jobs[k]()
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
-
-
 def _gated_net():
     torch.manual_seed(0)
     gate = _Overlap()
@@ -851,7 +833,7 @@ def _gated_net():
     return gate, body
 
 
-def test_extractors_sharing_modules_take_turns_in_threads():
+def test_extractors_sharing_modules_take_turnsin_threads():
     # clone shares the model; two passes at once over one module (threads:
     # GridSearchCV under joblib's threading backend) read each other's
     # outputs through the hooks and undo each other's eval mode. Also when
@@ -869,7 +851,7 @@ def test_extractors_sharing_modules_take_turns_in_threads():
     refs = [ext.transform(data) for ext, data in pairs]
     for chosen in ([0, 1], [0, 2]):
         gate.most = 0
-        got = _in_threads(
+        got = in_threads(
             [lambda k=k: pairs[k][0].transform(pairs[k][1]) for k in chosen]
         )
         assert gate.most == 1  # one pass at a time

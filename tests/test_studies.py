@@ -4,6 +4,7 @@ and of the statistics helpers in sklearn_peek._stats."""
 import numpy as np
 import pytest
 import scipy.stats
+from _helpers import in_threads
 
 from sklearn_peek._stats import effective_rank, spearman, spearman_ci
 from sklearn_peek.datasets import load_digits_images
@@ -519,7 +520,6 @@ def test_lenet_classifier_seeds_hold_in_threads(monkeypatch):
     # the network's initial weights come from torch's global generator,
     # seeded per fit: fits in threads at once must not mix their draws, so
     # the seeded builds take turns (each build here lasts 20 ms longer)
-    import threading
     import time
 
     import torch
@@ -546,17 +546,6 @@ def test_lenet_classifier_seeds_hold_in_threads(monkeypatch):
             busy["now"] -= 1
 
     monkeypatch.setattr(_lenet, "build_lenet", slow_build)
-    start = threading.Barrier(4)
-    out = []
-
-    def fit():
-        start.wait()
-        out.append(weights())
-
-    threads = [threading.Thread(target=fit) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    out = in_threads([weights] * 4)
     assert busy["most"] == 1
     assert len(out) == 4 and all(torch.equal(w, ref) for w in out)
