@@ -1001,6 +1001,32 @@ def test_a_dead_layer_is_refused_and_can_be_left_out(device):
         RankQualityScorer(layers=["l2"], **kw).fit(X0)
 
 
+@pytest.mark.parametrize("criterion", ["bcv", "elbow"])
+def test_a_dead_layer_under_block_weights_none_scores_the_input_alone(criterion):
+    # docs/user_guide/rank.rst: block_weights="none" lets a dead layer in, and
+    # its rank then reflects the input block only. Coupled with an all-zero
+    # layer, the sweep scores as the input block fitted on its own does (up
+    # to the data's rank, 3: above it the fits only place noise).
+    rng = np.random.RandomState(0)
+    X_in = rng.rand(60, 3) @ rng.rand(3, 10) + 0.05 * rng.rand(60, 10)
+    kw = dict(
+        ranks=[1, 2, 3],
+        cv=3,
+        criterion=criterion,
+        block_weights="none",
+        random_state=0,
+    )
+    dead = RankQualityScorer(blocks=[("input", 10), ("dead", 20)], **kw)
+    dead.fit(np.hstack([X_in, np.zeros((60, 20))]))
+    alone = RankQualityScorer(
+        blocks=[("input", 10), ("pixels", 10)], coupling="none", layers=["pixels"], **kw
+    ).fit(np.hstack([X_in, X_in]))
+    assert dead.rank_ == {"dead": alone.rank_["pixels"]}
+    np.testing.assert_allclose(
+        dead.cv_results_["mean_score"], alone.cv_results_["mean_score"], rtol=1e-4
+    )
+
+
 @pytest.mark.parametrize("warm_start", [True, False])
 def test_device_sweep_that_would_not_fit_raises_before_moving_data(
     warm_start, monkeypatch
