@@ -49,6 +49,7 @@ from ._validation import (
     did_you_mean,
     is_integral,
     validate_data,
+    validate_params,
 )
 
 # Final block errors below this many eps of the block's squared norm are
@@ -339,6 +340,11 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         tags.input_tags.sparse = self.beta_loss != "kullback-leibler"
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+    def _validate_params(self):
+        # scikit-learn's check (run by _fit_context), with close matches for
+        # a misspelt option
+        validate_params(self)
 
     @property
     def _n_features_out(self):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
-
 
 def show_progress(progress):
     """Whether to draw a progress bar.
@@ -31,14 +29,6 @@ def progress_bar(progress, *, total, desc, unit):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit)
-
-
-def check_progress(progress):
-    """Raise a ValueError unless ``progress`` is None, True or False."""
-    if progress is not None and not isinstance(progress, (bool, np.bool_)):
-        raise ValueError(
-            f"progress={progress!r} is not understood; expected None, True or False."
-        )
 
 
 def collect(results, bar):

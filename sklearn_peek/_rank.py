@@ -15,9 +15,10 @@ or on the joblib backend, so neither do the results.
 from __future__ import annotations
 
 import contextlib
-import numbers
 import time
 import warnings
+from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
@@ -39,18 +40,22 @@ from sklearn_peek._backend import (
     to_numpy,
 )
 from sklearn_peek._coupled_nmf import (
+    CoupledNMF,
     blocks_from_feature_names,
     check_ranks,
     resolve_blocks,
 )
-from sklearn_peek._progress import check_progress, collect, progress_bar
+from sklearn_peek._progress import collect, progress_bar
 from sklearn_peek._validation import (
+    HasMethods,
+    Interval,
+    StrOptions,
     check_finite_nonneg,
     check_weights,
     did_you_mean,
     is_integral,
     string_feature_names,
-    validate_parameter_constraints,
+    validate_params,
 )
 
 _CRITERIA = _criteria.CRITERIA
@@ -84,10 +89,10 @@ _INPUT = "input"
 _ALL = "all"
 # ranks=None: the ranks swept by default
 _DEFAULT_RANKS = range(1, 31)
-# Parameters the scorer passes on (to every CoupledNMF, or to joblib for
-# verbose), checked up front with CoupledNMF's constraints under the scorer's
-# name. max_iter and init have their own, stricter checks.
-_PASSED_ON = ("block_weights", "solver", "tol", "random_state", "verbose")
+# Parameters the scorer passes on to every CoupledNMF, checked up front with
+# CoupledNMF's own constraints under the scorer's name (max_iter and init have
+# stricter ones here: no "custom" init, which the warm starts use).
+_PASSED_ON = ("block_weights", "solver", "tol")
 
 
 # --------------------------------------------------------------------------
@@ -856,14 +861,16 @@ class RankQualityScorer(BaseEstimator):
     ------
     ValueError
         For bad parameters or data, naming the argument, the value and what is
-        allowed: empty, non-positive or repeated ``ranks``; a rank above the
-        rows (training rows for ``"bcv"``) or the columns of a coupled matrix
-        (the layer is named); ``cv < 2`` or ``cv > n_samples``; a layer that
-        does not exist (close matches are listed); an unknown ``criterion``;
-        a ``block_weights``, ``solver``, ``tol``, ``random_state`` or
-        ``verbose`` that CoupledNMF or joblib would refuse (checked before
-        any work, also before ``extractor`` runs; an invalid one raises
-        scikit-learn's ``InvalidParameterError``, a ValueError).
+        allowed, before any work (also before ``extractor`` runs). A value
+        outside a parameter's own rules (a type, a range, one of a set of
+        strings, with close matches for a misspelt one) raises
+        scikit-learn's ``InvalidParameterError``, a ValueError and a
+        TypeError; the parameters passed on to CoupledNMF (``block_weights``,
+        ``solver``, ``tol``) follow its rules. Then: empty, non-positive or
+        repeated ``ranks``; a rank above the rows (training rows for
+        ``"bcv"``) or the columns of a coupled matrix (the layer is named);
+        ``cv > n_samples``; a layer that does not exist (close matches are
+        listed).
 
     Notes
     -----
@@ -896,6 +903,33 @@ class RankQualityScorer(BaseEstimator):
     >>> scorer.fit(X).rank_
     {'conv1': 4}
     """
+
+    _parameter_constraints: ClassVar[dict] = {
+        "layers": [None, str, "array-like"],
+        "extractor": [None, HasMethods(["fit", "transform"])],
+        "blocks": "no_validation",  # with X: resolve_blocks
+        "ranks": "no_validation",  # check_ranks
+        "criterion": [StrOptions(set(_CRITERIA))],
+        "cv": [Interval(Integral, 2, None, closed="left")],
+        "coupling": [StrOptions(set(_COUPLINGS))],
+        **{k: CoupledNMF._parameter_constraints[k] for k in _PASSED_ON},
+        "init": [StrOptions({"nndsvd", "nndsvda", "nndsvdar", "random"}), None],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "selection": [StrOptions(set(_SELECTIONS))],
+        "energy_threshold": [Interval(Real, 0, 1, closed="right")],
+        "n_restarts": [Interval(Integral, 2, None, closed="left")],
+        "warm_start": ["boolean"],
+        "score_layer": [None, str],  # a layer of the data: in fit
+        "n_jobs": [
+            None,
+            Interval(Integral, None, -1, closed="right"),
+            Interval(Integral, 1, None, closed="left"),
+        ],
+        "device": "no_validation",  # resolve_device
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "progress": [None, "boolean"],
+    }
 
     def __init__(
         self,
@@ -953,63 +987,17 @@ class RankQualityScorer(BaseEstimator):
 
     # ------------------------------------------------------------ validation
     def _validate_params(self):
-        """Check the parameters before any work; return the sorted ranks."""
-        check_progress(self.progress)
+        """Check the parameters before any work; return the sorted ranks.
 
-        def choice(name, value, allowed):
-            if not isinstance(value, str) or value not in allowed:
-                raise ValueError(
-                    f"{name}={value!r} is not supported; expected one of "
-                    f"{', '.join(repr(a) for a in allowed)}."
-                    + did_you_mean(value, allowed)
-                )
-
-        choice("criterion", self.criterion, _CRITERIA)
-        choice("coupling", self.coupling, _COUPLINGS)
-        choice("selection", self.selection, _SELECTIONS)
-        if self.init is not None:
-            # "custom" is what the warm starts use internally
-            choice("init", self.init, ("nndsvd", "nndsvda", "nndsvdar", "random"))
-
+        The declared rules (``_parameter_constraints``, where the parameters
+        passed on to CoupledNMF take its own), then the ranks and the block
+        weights, whose rules involve more than one value.
+        """
+        validate_params(self)
         ranks = self._check_ranks()
-
-        def integer(name, value, low):
-            if (
-                not isinstance(value, numbers.Integral)
-                or isinstance(value, bool)
-                or value < low
-            ):
-                raise ValueError(
-                    f"{name}={value!r} is invalid; expected an integer >= {low}."
-                )
-
-        integer("cv", self.cv, 2)
-        integer("n_restarts", self.n_restarts, 2)
-        integer("max_iter", self.max_iter, 1)
-        thr = self.energy_threshold
-        if not isinstance(thr, numbers.Real) or not (0 < thr <= 1):
-            raise ValueError(
-                f"energy_threshold={thr!r} is invalid; expected a number in (0, 1]."
-            )
-        if not isinstance(self.warm_start, (bool, np.bool_)):
-            raise ValueError(
-                f"warm_start={self.warm_start!r} is invalid; expected a bool."
-            )
-        ext = self.extractor
-        if ext is not None and not (hasattr(ext, "fit") and hasattr(ext, "transform")):
-            raise ValueError(
-                f"extractor={ext!r} is not understood; expected None or a "
-                "LayerActivationExtractor (an estimator with fit, transform and, "
-                "once fitted, block_sizes_)."
-            )
-        if self.n_jobs is not None and (
-            not isinstance(self.n_jobs, numbers.Integral) or self.n_jobs == 0
-        ):
-            raise ValueError(
-                f"n_jobs={self.n_jobs!r} is invalid; expected None or a non-zero "
-                "integer."
-            )
-        self._check_passed_on()
+        names = {_INPUT: [_INPUT, "<layer>"], "none": ["<layer>"]}
+        if self.coupling in names:
+            self._check_block_weights(names[self.coupling])
         return ranks
 
     def _check_ranks(self):
@@ -1022,31 +1010,6 @@ class RankQualityScorer(BaseEstimator):
         if self.ranks is None:
             return "ranks=None (ranks 1 to 30)"
         return f"ranks={self.ranks!r}"
-
-    def _check_passed_on(self):
-        """Check what goes on to CoupledNMF and joblib, naming the scorer.
-
-        The constraints are CoupledNMF's own (scikit-learn's for ``verbose``
-        and ``random_state``), so what passes here passes there; explicit
-        block weights are checked for values, and for length where the
-        coupling fixes the number of blocks (one or two; ``coupling="all"``:
-        in :meth:`fit`, once the data gives it).
-        """
-        from sklearn_peek._coupled_nmf import CoupledNMF
-
-        own = CoupledNMF._parameter_constraints
-        constraints = {
-            k: own[k] if k not in ("verbose", "random_state") else [k]
-            for k in _PASSED_ON
-        }
-        validate_parameter_constraints(
-            constraints,
-            {k: getattr(self, k) for k in _PASSED_ON},
-            caller_name=type(self).__name__,
-        )
-        names = {_INPUT: [_INPUT, "<layer>"], "none": ["<layer>"]}
-        if self.coupling in names:
-            self._check_block_weights(names[self.coupling])
 
     def _check_block_weights(self, block_names):
         """Explicit ``block_weights``: one finite weight >= 0 per block."""

@@ -18,8 +18,10 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import _fit_context
 from sklearn.utils._param_validation import (
+    HasMethods,
     Hidden,
     Interval,
+    InvalidParameterError,
     Options,
     StrOptions,
     validate_parameter_constraints,
@@ -28,8 +30,10 @@ from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = [
+    "HasMethods",
     "Hidden",
     "Interval",
+    "InvalidParameterError",
     "Options",
     "StrOptions",
     "_fit_context",
@@ -41,6 +45,7 @@ __all__ = [
     "transform_output",
     "validate_data",
     "validate_parameter_constraints",
+    "validate_params",
 ]
 
 # Rows per chunk when scanning a dense array: bounds the temporary boolean /
@@ -347,6 +352,36 @@ def did_you_mean(name, choices):
     of an error message about an unknown name."""
     near = close_matches(name, choices)
     return f" Did you mean {', '.join(repr(c) for c in near)}?" if near else ""
+
+
+def validate_params(estimator):
+    """Check ``estimator``'s parameters against its ``_parameter_constraints``.
+
+    scikit-learn's validator (:class:`InvalidParameterError`, a ``ValueError``
+    and a ``TypeError``, naming the parameter, what it allows and the value
+    received), one parameter at a time in declaration order, so that a
+    misspelt string option can also be given its close matches.
+    """
+    params = estimator.get_params(deep=False)
+    for name, allowed in type(estimator)._parameter_constraints.items():
+        if allowed == "no_validation":
+            continue
+        value = params[name]
+        try:
+            validate_parameter_constraints(
+                {name: allowed}, {name: value}, caller_name=type(estimator).__name__
+            )
+        except InvalidParameterError as exc:
+            options = [
+                o
+                for c in allowed
+                if isinstance(c, StrOptions)  # Hidden(...) options stay unnamed
+                for o in sorted(c.options)
+            ]
+            hint = did_you_mean(value, options) if isinstance(value, str) else ""
+            if not hint:
+                raise
+            raise InvalidParameterError(f"{exc}{hint}") from None
 
 
 def aligned(X):

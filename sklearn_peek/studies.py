@@ -14,6 +14,7 @@ import math
 import threading
 import time
 from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -25,7 +26,13 @@ from sklearn_peek import _criteria
 from sklearn_peek._backend import resolve_device, to_numpy
 from sklearn_peek._coupled_nmf import check_ranks
 from sklearn_peek._progress import collect, progress_bar
-from sklearn_peek._validation import check_finite, did_you_mean, is_integral
+from sklearn_peek._validation import (
+    Interval,
+    check_finite,
+    did_you_mean,
+    is_integral,
+    validate_params,
+)
 
 __all__ = [
     "CASE_STUDIES",
@@ -331,6 +338,18 @@ class LeNetClassifier(ClassifierMixin, BaseEstimator):
     True
     """
 
+    _parameter_constraints: ClassVar[dict] = {
+        "epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "input_shape": "no_validation",  # with X
+        "degradation": "no_validation",  # with level: _check_degradation
+        "level": "no_validation",
+        "random_state": ["random_state"],
+        "device": "no_validation",  # resolve_device
+        "verbose": ["verbose"],
+    }
+
     def __init__(
         self,
         *,
@@ -356,14 +375,7 @@ class LeNetClassifier(ClassifierMixin, BaseEstimator):
 
     # -- validation ---------------------------------------------------------
     def _check_params(self):
-        if not is_integral(self.epochs) or self.epochs < 0:
-            raise ValueError(f"epochs={self.epochs!r} must be an integer >= 0.")
-        if not is_integral(self.batch_size) or self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size!r} must be an integer >= 1.")
-        if not _is_real(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr={self.lr!r} must be a positive finite number.")
-        if not is_integral(self.verbose) and not isinstance(self.verbose, bool):
-            raise ValueError(f"verbose={self.verbose!r} must be an integer.")
+        validate_params(self)
         return _check_degradation(self.degradation, self.level)
 
     def _shape_from_param(self):

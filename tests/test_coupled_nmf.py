@@ -17,6 +17,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_peek import CoupledNMF
@@ -521,8 +522,16 @@ def test_bad_rank_init_and_parameters():
     _fit_err(X, r"n_components=7 is larger than min\(n_samples, n_features\)=6.*"
              r"init='nndsvd'", n_components=7, init="nndsvd")  # fmt: skip
     _fit_err(
-        X, r"'solver' parameter of CoupledNMF must be .*Got 'lbfgs'", solver="lbfgs"
-    )
+        X, r"'solver' parameter of CoupledNMF must be .*Got 'lbfgs' instead\.$",
+        solver="lbfgs",
+    )  # fmt: skip
+    # a misspelt option: scikit-learn's message, then the close matches
+    _fit_err(
+        X, r"'beta_loss'.*Got 'kullback' instead\. Did you mean 'kullback-leibler'\?$",
+        beta_loss="kullback",
+    )  # fmt: skip
+    with pytest.raises(InvalidParameterError, match=r"Did you mean 'hals'\?"):
+        CoupledNMF(2, solver="HALS").fit(X)
     _fit_err(X, r"solver='hals' does not support beta_loss='kullback-leibler'",
              beta_loss="kullback-leibler")  # fmt: skip
     _fit_err(X, r"'n_components' parameter.*Got 0", n_components=0)

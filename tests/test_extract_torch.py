@@ -369,11 +369,21 @@ def test_transform_checks_shape_and_finite(lenet, X):
 @pytest.mark.parametrize(
     "param, value, match",
     [
-        ("pooling", "mean", r"pooling='mean'.*'avg' or 'max'"),
-        ("nonneg", "clip", r"nonneg='clip'"),
-        ("batch_size", 0, r"batch_size=0"),
+        (
+            "pooling",
+            "mean",
+            r"'pooling' parameter of LayerActivationExtractor must be a str among "
+            r"\{'(avg|max)', '(avg|max)'\} or None\. Got 'mean' instead\.",
+        ),
+        ("pooling", "Max", r"'pooling'.*Got 'Max'.*Did you mean 'max'\?"),
+        ("nonneg", "clip", r"'nonneg'.*Got 'clip'"),
+        ("batch_size", 0, r"'batch_size'.*range \[1, inf\)\. Got 0 "),
+        ("batch_size", 8.0, r"'batch_size'.*Got 8\.0 "),
+        ("include_input", "no", r"'include_input'.*Got 'no'"),
+        ("channel_repeat", 1, r"'channel_repeat'.*Got 1 "),
+        ("extra_inputs", [1], r"'extra_inputs'.*dict.*Got \[1\]"),
         ("layers", 3, r"layers=3"),
-        ("progress", "yes", r"progress='yes'"),
+        ("progress", "yes", r"'progress'.*Got 'yes'"),
         ("input_shape", (1, -28, 28), r"input_shape=\(1, -28, 28\)"),
         ("device", "tpu", r"device='tpu'"),
         ("input_name", "x", "ONNX models only"),

@@ -178,10 +178,16 @@ def test_epochs_and_label_noise(digits_split):
 @pytest.mark.parametrize(
     "params, match",
     [
-        ({"epochs": -1}, "epochs=-1"),
-        ({"epochs": 2.5}, "epochs=2.5"),
-        ({"batch_size": 0}, "batch_size=0"),
-        ({"lr": 0}, "lr=0"),
+        (
+            {"epochs": -1},
+            r"'epochs' parameter of LeNetClassifier.*\[0, inf\)\. Got -1 ",
+        ),
+        ({"epochs": 2.5}, r"'epochs'.*Got 2\.5 "),
+        ({"batch_size": 0}, r"'batch_size'.*Got 0 "),
+        ({"lr": 0}, r"'lr'.*range \(0\.0, inf\)\. Got 0 "),
+        ({"lr": float("inf")}, r"'lr'.*Got inf "),
+        ({"verbose": "loud"}, r"'verbose'.*Got 'loud'"),
+        ({"random_state": "seed"}, r"'random_state'.*Got 'seed'"),
         ({"degradation": "dropout"}, "degradation='dropout'"),
         ({"level": 0.5}, "level=0.5 was given but degradation=None"),
         ({"degradation": "fraction"}, "needs a level"),

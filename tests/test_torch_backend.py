@@ -337,7 +337,7 @@ def test_extractor_output_torch_matches_numpy(nonneg, pooling):
 def test_extractor_output_torch_errors():
     X = np.random.RandomState(0).rand(5, 64).astype(np.float32)
     ext = LayerActivationExtractor(_net(), input_shape=(1, 8, 8), output="tensor")
-    with pytest.raises(ValueError, match=r"output='tensor' is not understood"):
+    with pytest.raises(ValueError, match=r"'output' parameter.*Got 'tensor'"):
         ext.fit(X)
     ext.set_params(output="torch").fit(X)
     with pytest.raises(ValueError, match=r"out= is a NumPy buffer"):

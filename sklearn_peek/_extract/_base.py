@@ -16,6 +16,8 @@ import numbers
 import os
 import sys
 import warnings
+from numbers import Integral
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,12 +32,14 @@ from .._backend import (
     resolve_device,
     to_numpy,
 )
-from .._progress import check_progress, progress_bar
+from .._progress import progress_bar
 from .._validation import (
+    Interval,
+    StrOptions,
     close_matches,
-    is_integral,
     string_feature_names,
     transform_output,
+    validate_params,
 )
 from ._channels import ChannelMismatchError, UnknownLayerError
 
@@ -43,10 +47,6 @@ from ._channels import ChannelMismatchError, UnknownLayerError
 MAX_AUTO_LAYERS = 8
 #: transform refuses to allocate more than this fraction of available memory.
 MEMORY_FRACTION = 0.5
-
-_POOLING = (None, "avg", "max")
-_NONNEG = ("error", "relu", "split", "shift")
-_ONNX_OPTIMIZATION = ("disable", "basic", "extended", "all")
 
 
 # -- helpers shared by the estimator and available_layers ----------------------
@@ -653,6 +653,24 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
     ['input__p0', '2__c0_y0_x0', '5__u0']
     """
 
+    _parameter_constraints: ClassVar[dict] = {
+        "model": "no_validation",  # by the adapter that runs it
+        "layers": "no_validation",  # against the model's layers
+        "include_input": ["boolean"],
+        "input_shape": "no_validation",  # _check_input_shape, with X
+        "pooling": [StrOptions({"avg", "max"}), None],
+        "nonneg": [StrOptions({"error", "relu", "split", "shift"})],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": "no_validation",  # resolve_device
+        "progress": [None, "boolean"],
+        "input_name": [None, str],
+        "extra_inputs": [None, dict],
+        "channel_repeat": ["boolean"],
+        "output": [StrOptions({"numpy", "torch"})],
+        # onnxruntime's graph optimization level (ONNX models only)
+        "onnx_optimization": [StrOptions({"disable", "basic", "extended", "all"})],
+    }
+
     def __init__(
         self,
         model,
@@ -715,47 +733,9 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
 
     # -- validation --------------------------------------------------------------
     def _validate_params(self):
-        if self.pooling not in _POOLING:
-            raise ValueError(
-                f"pooling={self.pooling!r} is not understood; expected None, 'avg' "
-                "or 'max'."
-            )
-        if not isinstance(self.nonneg, str) or self.nonneg not in _NONNEG:
-            raise ValueError(
-                f"nonneg={self.nonneg!r} is not understood; expected one of {_NONNEG}."
-            )
-        bs = self.batch_size
-        if not is_integral(bs) or bs < 1:
-            raise ValueError(
-                f"batch_size={bs!r} is not understood; expected an int >= 1."
-            )
-        for name in ("include_input", "channel_repeat"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(
-                    f"{name}={getattr(self, name)!r} is not understood; expected "
-                    "True or False."
-                )
-        check_progress(self.progress)
-        if self.extra_inputs is not None and not isinstance(self.extra_inputs, dict):
-            raise ValueError(
-                f"extra_inputs={type(self.extra_inputs).__name__} is not understood; "
-                "expected a dict {input name: array}."
-            )
-        if not isinstance(self.output, str) or self.output not in ("numpy", "torch"):
-            raise ValueError(
-                f"output={self.output!r} is not understood; expected 'numpy' or "
-                "'torch'."
-            )
+        # the declared rules, then those between two parameters
+        validate_params(self)
         self._check_output_container()
-        if (
-            not isinstance(self.onnx_optimization, str)
-            or self.onnx_optimization not in _ONNX_OPTIMIZATION
-        ):
-            raise ValueError(
-                f"onnx_optimization={self.onnx_optimization!r} is not understood; "
-                f"expected one of {_ONNX_OPTIMIZATION} (onnxruntime's graph "
-                "optimization level for ONNX models)."
-            )
         if not self.include_input and isinstance(self.layers, (list, tuple)):
             if len(self.layers) == 0:
                 raise ValueError(
