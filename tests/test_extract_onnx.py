@@ -223,6 +223,25 @@ def test_a_fitted_extractor_pickles_a_path_as_the_path_and_bytes_as_the_model(
         pickle.loads(saved[0]).transform(X)
 
 
+def test_another_onnx_model_after_fit_is_refused_an_equal_path_is_not(tmp_path, X):
+    path = tmp_path / "net.onnx"
+    onnx.save(make_lenet(CURRENT), str(path))
+    ext = LayerActivationExtractor(str(path), ["p2"]).fit(X)
+    ref = ext.transform(X)
+    ext.set_params(model=path)  # the same file, as a Path
+    np.testing.assert_array_equal(ext.transform(X), ref)
+    other = make_lenet(CURRENT, seed=1).SerializeToString()
+    ext.set_params(model=other)
+    with pytest.raises(
+        ValueError,
+        match=r"model=<\d+ bytes> differs from the value fit saw \('.*net\.onnx'\)",
+    ):
+        ext.transform(X)
+    expected = LayerActivationExtractor(other, ["p2"]).fit_transform(X)
+    np.testing.assert_array_equal(ext.fit(X).transform(X), expected)
+    assert not np.allclose(expected, ref)
+
+
 def test_external_data_beside_model(tmp_path, X):
     model = make_lenet(CURRENT)
     ref = LayerActivationExtractor(model, ["p2", "r3"]).fit_transform(X)

@@ -903,6 +903,49 @@ def test_double_precision_model_gives_float32(X):
     np.testing.assert_allclose(A[:, -12:], ref, atol=1e-5)
 
 
+def test_parameters_changed_after_fit_are_refused_not_ignored(lenet, X):
+    # transform under a model, layers or policy other than fit's would run
+    # the old network, or fail deep in NumPy: it says so and asks for a fit
+    ext = LayerActivationExtractor(lenet, input_shape=(1, 28, 28)).fit(X)
+    A = ext.transform(X)
+    torch.manual_seed(1)
+    other = LeNet().eval()
+    ext.set_params(model=other)
+    with pytest.raises(ValueError, match=r"model=<LeNet object at 0x.*differs "
+                       r"from the value fit saw.*call fit again"):  # fmt: skip
+        ext.transform(X)
+    B = ext.fit(X).transform(X)  # now the other network's activations
+    ref = _manual(other, X)
+    np.testing.assert_allclose(_block(ext, B, "relu3"), ref["relu3"], atol=1e-5)
+    assert not np.allclose(_block(ext, B, "relu3"), _block(ext, A, "relu3"))
+    for param, value in [
+        ("pooling", "avg"),
+        ("nonneg", "split"),
+        ("layers", ["pool2"]),
+        ("include_input", False),
+        ("input_shape", (1, 14, 56)),
+    ]:
+        changed = clone(ext).set_params(model=other)
+        changed.__dict__.update(ext.__dict__)  # the fitted state, as after fit
+        changed.set_params(**{param: value})
+        with pytest.raises(ValueError, match=rf"^{param}=.*differs from the value"):
+            changed.transform(X)
+    # what fit did not use may change; equal plain values count as the same
+    ext.set_params(batch_size=5, progress=False, layers="auto", input_shape=[1, 28, 28])
+    np.testing.assert_allclose(ext.transform(X), B, atol=1e-6)
+
+
+def test_device_changed_after_fit_is_where_transform_runs(lenet, X):
+    ext = LayerActivationExtractor(lenet, input_shape=(1, 28, 28)).fit(X[:4])
+    ext.set_params(device="cpu", output="torch")
+    assert ext.transform(X[:4]).device.type == "cpu"
+    if not torch.cuda.is_available():
+        # not the session fit built: asking for CUDA now asks the machine
+        ext.set_params(device="cuda")
+        with pytest.raises(ValueError, match=r"device='cuda'.*no"):
+            ext.transform(X[:4])
+
+
 def test_cuda_requested_without_gpu(lenet, X):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

@@ -43,6 +43,53 @@ from .._validation import (
 )
 from ._channels import ChannelMismatchError, UnknownLayerError
 
+#: Parameters that fit turns into the fitted extractor (see _check_unchanged).
+_LAYOUT_PARAMS = (
+    "model",
+    "layers",
+    "include_input",
+    "input_shape",
+    "pooling",
+    "nonneg",
+    "channel_repeat",
+    "input_name",
+    "extra_inputs",
+    "onnx_optimization",
+)
+
+
+def _same(now, was):
+    """``now`` is ``was``, or equal to it when both are plain values (a path,
+    bytes, names, a shape; a list equals the tuple of its items, a Path its
+    string); a network or a dict of arrays counts as the same only when it is
+    the same object."""
+    if now is was:
+        return True
+    plain = (str, bytes, os.PathLike, numbers.Number, tuple, list, np.bool_)
+    if not (isinstance(now, plain) and isinstance(was, plain)):
+        return False
+
+    def canonical(v):
+        if isinstance(v, os.PathLike):
+            return os.fspath(v)
+        return tuple(v) if isinstance(v, list) else v
+
+    try:
+        return bool(canonical(now) == canonical(was))
+    except (TypeError, ValueError):  # e.g. arrays inside a list
+        return False
+
+
+def _short(value):
+    """A parameter value for a message: networks and bytes by type and size."""
+    if isinstance(value, (str, os.PathLike, numbers.Number, tuple, list, type(None))):
+        text = repr(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    return f"<{type(value).__name__} object at {id(value):#x}>"
+
+
 #: At most this many layers are picked by ``layers="auto"``.
 MAX_AUTO_LAYERS = 8
 #: transform refuses to allocate more than this fraction of available memory.
@@ -764,6 +811,8 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
 
     def _get_adapter(self):
         adapter = getattr(self, "_adapter", None)
+        if adapter is not None and not _same(self._adapter_device, self.device):
+            adapter = None  # device changed after fit: run there from now on
         if adapter is None:
             adapter = _make_adapter(
                 self.model,
@@ -773,7 +822,26 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                 self.onnx_optimization,
             )
             self._adapter = adapter
+            self._adapter_device = self.device
         return adapter
+
+    def _check_unchanged(self):
+        """Refuse to transform with parameters that changed since ``fit``.
+
+        ``block_sizes_``, ``layer_shapes_``, ``shifts_`` and the model run
+        were set by fit from these; a transform under other values would
+        run the old network, or fail deep inside NumPy. ``batch_size``,
+        ``progress``, ``output`` and ``device`` may change freely.
+        """
+        for name, was in getattr(self, "_fitted_with", {}).items():
+            now = getattr(self, name)
+            if not _same(now, was):
+                raise ValueError(
+                    f"{name}={_short(now)} differs from the value fit saw "
+                    f"({_short(was)}): the fitted extractor (block_sizes_, "
+                    "layer_shapes_, the model it runs) follows the parameters at "
+                    "fit. Expected the same value, or call fit again."
+                )
 
     def _sample_shape(self, X, adapter):
         """Reshape X to (n, *sample); return it, the sample shape and how.
@@ -957,6 +1025,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             checked = len(X4)
         elif self.nonneg == "error":
             self._postprocess(self._pooled(probe, raw), check_rows=0, input_min=xmin)
+        self._fitted_with = {k: getattr(self, k) for k in _LAYOUT_PARAMS}
         return X4, (checked, xmin, raw)
 
     @staticmethod
@@ -1195,9 +1264,19 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         A : ndarray or torch.Tensor of shape (n_samples, ``n_features_out_``), float32
             The activations (``out`` itself when given); a tensor on the
             model's device with ``output="torch"``.
+
+        Raises
+        ------
+        ValueError
+            If ``X`` does not fit the per-sample shape seen in fit, holds NaN
+            or infinite values, or (under ``nonneg="error"``) negative
+            activations; or if a parameter that shaped the fitted extractor
+            (``model``, ``layers``, ``pooling``, ``nonneg``, ...) was set to
+            another value after fit (call fit again).
         """
         check_is_fitted(self, "block_sizes_")
         self._validate_params()
+        self._check_unchanged()
         return self._transform_checked(self._check_X(X), out)
 
     def _transform_checked(self, X4, out, seen=None):
