@@ -106,6 +106,12 @@ def row_folds(n_samples, cv, seed):
 # --------------------------------------------------------------------------
 # bcv
 # --------------------------------------------------------------------------
+#: bcv scores (minus a held-out relative squared error) closer than this
+#: count as equal: a millionth of the held-out data's energy, above the
+#: rounding of float32 fits and far below any difference a rank makes.
+SCORE_TIE = 1e-6
+
+
 def select_bcv(ranks, fold_scores, rule="one_se"):
     """Select a rank from bi-cross-validation scores.
 
@@ -121,6 +127,12 @@ def select_bcv(ranks, fold_scores, rule="one_se"):
         best rank (paired over folds, so that a fold that is harder for every
         rank does not widen the band).
 
+        Under both rules, mean scores within ``SCORE_TIE`` of the best count
+        as ties, and the smallest tied rank is taken: on data of lower rank
+        than the sweep (duplicated rows, say) the scores past that rank
+        differ by rounding alone, and their standard error is as small as
+        those differences, so it cannot settle them.
+
     Returns
     -------
     int
@@ -129,14 +141,12 @@ def select_bcv(ranks, fold_scores, rule="one_se"):
     s = np.asarray(fold_scores, dtype=np.float64)
     mean = s.mean(axis=1)
     best = int(np.argmax(mean))
-    if rule == "max":
-        return int(ranks[best])
+    band = np.full(mean.shape, SCORE_TIE)
     n_folds = s.shape[1]
-    if n_folds < 2:
-        return int(ranks[best])
-    diff = s[best][None, :] - s  # >= 0 on average
-    se = diff.std(axis=1, ddof=1) / np.sqrt(n_folds)
-    ok = np.flatnonzero(mean[best] - mean <= se)
+    if rule == "one_se" and n_folds >= 2:
+        diff = s[best][None, :] - s  # >= 0 on average
+        band = np.maximum(band, diff.std(axis=1, ddof=1) / np.sqrt(n_folds))
+    ok = np.flatnonzero(mean[best] - mean <= band)
     return int(ranks[ok.min()])
 
 

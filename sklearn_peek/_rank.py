@@ -769,7 +769,9 @@ class RankQualityScorer(BaseEstimator):
         Rule of ``"bcv"``: ``"max"`` takes the best mean score; ``"one_se"``
         the smallest rank whose mean score is within one (paired) standard
         error of the best one. ``"one_se"`` is the default because beyond the
-        true rank the curve is flat and ``"max"`` wanders up by noise.
+        true rank the curve is flat and ``"max"`` wanders up by noise. Under
+        both, mean scores within 1e-6 of the best count as ties (the smallest
+        tied rank is taken), so rounding cannot pick a rank.
     energy_threshold : float in (0, 1], default=0.9
         Target of ``"energy"``.
     n_restarts : int, default=10

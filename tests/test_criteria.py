@@ -81,6 +81,22 @@ def test_select_bcv_paired_se_ignores_shared_fold_offsets():
     assert _criteria.select_bcv(ranks, scores, "one_se") == 3
 
 
+@pytest.mark.parametrize("rule", ["one_se", "max"])
+def test_select_bcv_takes_the_smallest_of_ranks_tied_within_rounding(rule):
+    # past the data's rank (2) the held-out errors are rounding: the folds
+    # agree to 1e-15, so no standard error separates rank 5's "best" score
+    rng = np.random.RandomState(0)
+    ranks = np.arange(1, 8)
+    mean = np.array([-0.2, -3e-15, -2e-15, -1.5e-15, -1e-16, -4e-8, -2e-11])
+    scores = mean[:, None] + 1e-17 * rng.rand(7, 3)
+    assert _criteria.select_bcv(ranks, scores, rule) == 2
+    # a real gain, if only 2e-6 of the held-out energy, is not a tie
+    mean[4] = mean[1] + 2e-6
+    scores = mean[:, None] + 1e-17 * rng.rand(7, 3)
+    assert _criteria.select_bcv(ranks, scores, rule) == 5
+    assert 1e-6 == _criteria.SCORE_TIE  # as docs/user_guide/rank.rst says
+
+
 # --------------------------------------------------------------------- elbow
 @pytest.mark.parametrize("knee", [3, 6, 12])
 def test_knee_point_on_piecewise_linear_curve(knee):

@@ -1010,6 +1010,23 @@ def test_a_dead_layer_is_refused_and_can_be_left_out(device):
         RankQualityScorer(layers=["l2"], **kw).fit(X0)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("selection", ["one_se", "max"])
+def test_bcv_on_two_distinct_rows_selects_rank_two(selection):
+    # 60 rows, two distinct ones: every rank past 2 fits the held-out cells to
+    # rounding, and rounding must not pick among them
+    rng = np.random.RandomState(0)
+    X = rng.rand(2, 45)[np.arange(60) % 2]
+    sc = RankQualityScorer(
+        blocks=blocks_of((10, 20, 15)),
+        ranks=range(1, 9),
+        cv=3,
+        selection=selection,
+        random_state=0,
+    ).fit(X)
+    assert sc.rank_ == {"conv1": 2, "fc1": 2}
+
+
 @pytest.mark.parametrize("criterion", ["bcv", "elbow"])
 def test_a_dead_layer_under_block_weights_none_scores_the_input_alone(criterion):
     # docs/user_guide/rank.rst: block_weights="none" lets a dead layer in, and
