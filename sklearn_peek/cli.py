@@ -134,6 +134,8 @@ _nonneg_float = _checked(
     "a finite number >= 0 (e.g. 1e-4)",
 )
 _fraction = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+#: A seed numpy's RandomState takes: 0 to 2**32 - 1.
+_seed = _checked(int, lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295")
 
 
 # --------------------------------------------------------------------------
@@ -247,7 +249,7 @@ def _add_analysis_options(p, *, ranks_default):
     )
     g.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=0,
         help="random seed of the folds and fits; the same seed gives the same "
         "report (default: 0)",
@@ -354,7 +356,7 @@ def build_parser():
     )
     g.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=0,
         help="seed of the networks, the folds, the fits and the bootstrap; the "
         "same seed gives the same report (default: 0)",
@@ -838,12 +840,14 @@ def prepare_inputs(X, *, input_shape=None, scale="auto", index=None, say=None):
             _warn_data(say, "scaled_unit_data", text, dtype=str(stored.dtype), max=hi)
     if input_shape is not None:
         size = math.prod(input_shape)
+        given = ",".join(map(str, input_shape))
         if math.prod(X.shape[1:]) != size:
             raise CLIError(
-                f"--input-shape {','.join(map(str, input_shape))} holds {size} values "
+                f"--input-shape {given} holds {size} values "
                 f"per input, but the data has shape {X.shape} "
                 f"({math.prod(X.shape[1:])} values per input)."
             )
+        _check_sample_shape(X.shape[1:], tuple(input_shape), given)
         X = X.reshape((X.shape[0], *input_shape))
     elif X.ndim == 3:
         X = X[:, None]
@@ -855,6 +859,34 @@ def prepare_inputs(X, *, input_shape=None, scale="auto", index=None, say=None):
             )
         X = X.reshape(X.shape[0], 1, side, side)
     return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _check_sample_shape(sample, shape, given):
+    """Images whose own shape contradicts --input-shape are not reshaped.
+
+    Flat rows, flat inputs (an --input-shape of one number) and shapes that
+    differ only in axes of length one (``(H, W)`` for ``--input-shape
+    1,H,W``) are reshaped; anything else would regroup the pixels into other
+    rows and columns.
+    """
+
+    def squeezed(dims):
+        return tuple(d for d in dims if d != 1)
+
+    if len(sample) == 1 or len(shape) == 1 or squeezed(sample) == squeezed(shape):
+        return
+    own = ",".join(map(str, sample))
+    hint = f"Give --input-shape {own}, or flat rows (n, {math.prod(sample)})."
+    if len(shape) == 3 and sample == (*shape[1:], shape[0]):
+        hint = (
+            "It looks channels-last (H, W, C): save the data as (n, C, H, W) "
+            "(np.moveaxis(X, -1, 1)) for a channels-first network."
+        )
+    raise CLIError(
+        f"--input-shape {given} does not match the data's samples of shape "
+        f"{sample}: reshaping them would regroup the pixels into other rows and "
+        f"columns. {hint}"
+    )
 
 
 def _checked_onnx(p):
@@ -1763,6 +1795,13 @@ def _cmd_analyze(args, say):
                 ) from exc
     blocks = [(str(n), int(s)) for n, s in ext.block_sizes_]
     say("blocks: " + ", ".join(f"{n} ({s})" for n, s in blocks))
+    if args.figure_rank is not None and args.figure_rank > len(A):
+        # before the sweep: a model of more components than inputs has
+        # components that describe no input, and would be drawn as if they did
+        raise CLIError(
+            f"--figure-rank {args.figure_rank} is larger than the {len(A)} inputs "
+            f"analysed; expected --figure-rank <= {len(A)}, or more inputs."
+        )
     with say.step(
         "sweep",
         f"sweeping ranks {args.ranks[0]}..{args.ranks[-1]} "

@@ -335,8 +335,15 @@ def test_analyze_out_not_creatable(files, tmp_path, capsys):
          r"--data-key 'foo' applies to \.npz files only.*x\.npy"),
         ("cv too large", ["net.onnx", "--data", "x.npy", "--cv", "500"],
          r"--cv 500 is larger than the 200 inputs"),
+        ("figure rank", ["net.onnx", "--data", "x.npy", "--figure-rank", "201"],
+         r"--figure-rank 201 is larger than the 200 inputs analysed; expected "
+         r"--figure-rank <= 200, or more inputs\.$"),
         ("input shape", ["net.onnx", "--data", "x.npy", "--input-shape", "1,9,9"],
          "--input-shape 1,9,9 holds 81 values"),
+        ("input shape", ["net.onnx", "--data", "x.npy", "--input-shape", "1,4,16"],
+         r"--input-shape 1,4,16 does not match the data's samples of shape "
+         r"\(1, 8, 8\): reshaping them would regroup the pixels.*Give "
+         r"--input-shape 1,8,8, or flat rows \(n, 64\)\.$"),
         ("rank", ["net.onnx", "--data", "x.npy", "--ranks", "1:500"],
          r"--ranks 1..500 goes up to 500.*expected ranks <= 88\. The limit is the "
          r"width of layer '/relu2/Relu_output_0': 88 columns .*which more inputs "
@@ -433,6 +440,11 @@ def test_help_explains_every_option(capsys):
          "argument --jobs/-j: '0': expected a non-zero integer"),
         (["demo", "--out", "o", "-j", "0"],
          "argument --jobs/-j: '0': expected a non-zero integer"),
+        # what numpy's RandomState takes, said as the option, not as random_state
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--seed", "-1"],
+         "argument --seed: '-1': expected an integer from 0 to 4294967295"),
+        (["demo", "--out", "o", "--seed", "4294967296"],
+         "argument --seed: '4294967296': expected an integer from 0 to 4294967295"),
         # an unknown option: the command's own usage line and error
         (["analyze", "m.onnx", "--data", "x", "--out", "o", "--bogus", "1"],
          "usage: sklearn-peek analyze [-h] --data FILE"),
@@ -483,6 +495,24 @@ def test_parse_ranks_and_shapes():
     for bad in ["0:3", "", "x", "1:2:0"]:
         with pytest.raises(Exception, match="rank"):
             cli.parse_ranks(bad)
+
+
+def test_input_shape_reshapes_flat_rows_only_not_images_of_another_shape():
+    imgs = np.random.default_rng(0).random((3, 1, 4, 6), dtype=np.float32)
+    prep = cli.prepare_inputs
+    # flat rows, a flat input, axes of length one: the pixels keep their places
+    np.testing.assert_array_equal(
+        prep(imgs.reshape(3, -1), input_shape=(1, 4, 6)), imgs
+    )
+    assert prep(imgs, input_shape=(24,)).shape == (3, 24)
+    np.testing.assert_array_equal(prep(imgs[:, 0], input_shape=(1, 4, 6)), imgs)
+    assert prep(imgs, input_shape=(4, 6, 1)).shape == (3, 4, 6, 1)
+    with pytest.raises(cli.CLIError, match=r"--input-shape 1,6,4 does not match .*"
+                       r"shape \(1, 4, 6\).*Give --input-shape 1,4,6"):  # fmt: skip
+        prep(imgs, input_shape=(1, 6, 4))
+    rgb_last = np.random.default_rng(0).random((3, 4, 6, 3), dtype=np.float32)
+    with pytest.raises(cli.CLIError, match=r"channels-last.*np\.moveaxis\(X, -1, 1\)"):
+        prep(rgb_last, input_shape=(3, 4, 6))
 
 
 def test_load_array_and_prepare_inputs(tmp_path):
