@@ -1199,6 +1199,15 @@ def _held_out_scores(models, X):
             num = float(_solvers.kl_column_divergence(X_out, W, H_out) @ d_out)
         else:  # in row chunks, without an n x p residual
             num = 2.0 * _solvers._frob_data_exact(X_out, W.T, H_out, d_dev)
+        if not (np.isfinite(num) and np.isfinite(den)):
+            # fit refuses such data up front (_check_scale); here it shows
+            # in the sums, which are float64 whatever X's dtype
+            raise ValueError(
+                "score: X's held-out squared error or squared norm is not finite "
+                f"in float64 (error {num:.3g}, norm {den:.3g}): its values or "
+                "their predictions are too large to square. Rescale X as it was "
+                "for fit (e.g. X / X.max())."
+            )
         scores.append(-num / den if den > 0 else -num)
     return scores
 

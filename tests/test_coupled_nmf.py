@@ -306,6 +306,25 @@ def test_score_with_nothing_to_hold_out_warns_that_it_is_in_sample():
         CoupledNMF(1, random_state=0).fit(X).score(X)
 
 
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_score_of_data_too_large_to_square_is_an_error_not_nan(as_tensor):
+    # fit refuses such X up front; score saw it only as a NaN
+    X = np.random.RandomState(0).rand(30, 20)
+    model = CoupledNMF(3, blocks=[10, 10], random_state=0, max_iter=500).fit(X)
+    big = X * 1e200
+    if as_tensor:
+        import torch
+
+        big = torch.from_numpy(big)
+    with (
+        np.errstate(over="ignore", invalid="ignore"),
+        pytest.raises(ValueError, match=r"score: X's held-out squared error or "
+                      r"squared norm is not finite.*norm inf.*Rescale X"),
+    ):  # fmt: skip
+        model.score(big)
+    assert np.isfinite(model.score(X * 1e150))
+
+
 # ------------------------------------------------------------ subsets of blocks
 def test_transform_from_a_subset_of_blocks():
     X, _ = _planted(5, r=4, noise=0.01)
