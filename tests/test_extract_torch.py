@@ -222,6 +222,32 @@ def test_layer_returning_tuple_is_refused(X):
     assert all(not m._forward_hooks for m in net.modules())
 
 
+class _SamplesSecond(nn.Module):
+    def forward(self, x):
+        return x.flatten(2).permute(2, 0, 1)  # (positions, N, C): batch_first=False
+
+
+class _MeanOverSamples(nn.Module):
+    def forward(self, x):
+        return x.mean(0)
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [(_SamplesSecond(), r"\(676, 23, 2\)"), (_MeanOverSamples(), r"\(2, 26, 26\)")],
+)
+def test_layer_without_the_samples_first_is_refused_by_name(X, layer, shape):
+    # it used to fail inside NumPy (broadcast or reshape), naming no layer
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), layer)
+    ext = LayerActivationExtractor(net, ["2"], input_shape=(1, 28, 28))
+    with pytest.raises(
+        ValueError,
+        match=rf"layer '2' gave an output of shape {shape} for a batch of 23 "
+        r"samples; expected the samples on its first axis \(23, \.\.\.\)",
+    ):
+        ext.fit(X)
+
+
 def test_pooling_avg_and_max(lenet, X):
     ref = _manual(lenet, X)
     for pooling, fn in (("avg", np.mean), ("max", np.max)):

@@ -998,6 +998,15 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             shapes["input"] = self.input_shape_
         for name, src in zip(names, sources):
             arr_l = raw[src]
+            if arr_l.ndim == 0 or arr_l.shape[0] != len(probe):
+                raise ValueError(
+                    f"layer {src!r} gave an output of shape {tuple(arr_l.shape)} "
+                    f"for a batch of {len(probe)} samples; expected the samples "
+                    f"on its first axis ({len(probe)}, ...). A layer that puts them "
+                    "elsewhere (a sequence layer with batch_first=False) or "
+                    "reduces over them has no per-sample features to read: "
+                    "choose another layer."
+                )
             shapes[name] = tuple(int(d) for d in arr_l.shape[1:])
         self._raw_shapes = shapes
         self.layer_names_ = (["input"] if self.include_input else []) + names
