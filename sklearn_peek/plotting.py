@@ -82,6 +82,28 @@ def _wrapped(text, width_in, fontsize):
     return "\n".join(textwrap.wrap(text, chars)) if len(text) > chars else text
 
 
+def _check_title(title):
+    """``title``: None (the default title) or a string."""
+    if title is not None and not isinstance(title, str):
+        raise TypeError(
+            f"title={title!r} is not understood; expected a string, or None for "
+            "the default title."
+        )
+
+
+def _name_list(value, name="layers"):
+    """``value`` (a name or an iterable of names) as a list."""
+    if isinstance(value, str):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(
+            f"{name}={value!r} is not understood; expected a layer name or a "
+            "list of layer names."
+        ) from None
+
+
 def _suptitle(fig, title, fontsize=12):
     """The figure title, broken over lines that fit the figure's width."""
     width = fig.bbox.width / _root_figure(fig).dpi
@@ -510,8 +532,19 @@ def _block_components(model, block):
     :func:`_unwrap_model`.
     """
     if not hasattr(model, "components_") and hasattr(model, "shape"):
-        return _components_array(model)
-    _check_fitted(model)
+        H = _components_array(model)
+        what = "the components"
+    else:
+        _check_fitted(model)
+        H = _fitted_block_components(model, block)
+        what = f"components_ of block {block!r}"
+    if H.ndim == 2:  # other shapes: the callers say what they expected
+        # NaN or inf would be drawn as blank or saturated pixels, unremarked
+        check_finite(H, name="model", what=what)
+    return H
+
+
+def _fitted_block_components(model, block):
     names = _block_names(model)
     if names is None or (block == "input" and names == ["block0"]):
         # Plain NMF or PCA, or a CoupledNMF fitted without blocks (one block,
@@ -1028,6 +1061,7 @@ def plot_input_factors(
     >>> sum(len(ax.images) for ax in fig.axes)
     6
     """
+    _check_title(title)
     model = _unwrap_model(model)
     H = _block_components(model, block)
     if H.ndim != 2:
@@ -1225,6 +1259,7 @@ def plot_layer_factors(
     >>> fig.axes[0].get_ylabel()
     'fc1 unit'
     """
+    _check_title(title)
     model = _unwrap_model(model)
     _check_fitted(model)
     names = _block_names(model)
@@ -1235,9 +1270,7 @@ def plot_layer_factors(
         )
     if layers is None:
         layers = [b for b in names if b != "input"] or list(names)
-    elif isinstance(layers, str):
-        layers = [layers]
-    layers = list(layers)
+    layers = _name_list(layers)
     unknown = [lay for lay in layers if lay not in names]
     if unknown:
         raise ValueError(
@@ -1477,6 +1510,7 @@ def plot_sample_loadings(
     >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
     ['0', '1', '2']
     """
+    _check_title(title)
     W = _as_loadings(W)
     if W.ndim != 2 or W.shape[0] == 0 or W.shape[1] == 0:
         raise ValueError(
@@ -1749,13 +1783,11 @@ def plot_rank_sweep(
     >>> fig.axes[0].get_title()
     'fc1: selected rank 4'
     """
+    _check_title(title)
     curves, crit = _curves_from(scorer_or_curves)
     if not curves:
         raise ValueError("scorer_or_curves holds no curves.")
-    if layers is None:
-        layers = list(curves)
-    elif isinstance(layers, str):
-        layers = [layers]
+    layers = list(curves) if layers is None else _name_list(layers)
     unknown = [lay for lay in layers if lay not in curves]
     if unknown:
         raise ValueError(
@@ -2028,6 +2060,7 @@ def plot_rank_vs_quality(
     >>> "rho = +0.97" in fig.axes[0].get_title()
     True
     """
+    _check_title(title)
     cols = _as_columns(table)
     if quality not in cols:
         raise ValueError(f"quality={quality!r} is not a column of table: {list(cols)}.")

@@ -515,6 +515,51 @@ def test_rank_sweep_curves_dict_errors_name_the_layer():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["3", "4", "5"]
 
 
+def test_a_title_or_layers_of_the_wrong_type_is_named_before_a_figure_opens(coupled):
+    model, W, _, shapes = coupled
+    calls = {
+        "plot_input_factors": lambda **kw: plotting.plot_input_factors(model, **kw),
+        "plot_layer_factors": lambda **kw: plotting.plot_layer_factors(
+            model, layer_shapes=shapes, **kw
+        ),
+        "plot_sample_loadings": lambda **kw: plotting.plot_sample_loadings(W, **kw),
+        "plot_rank_sweep": lambda **kw: plotting.plot_rank_sweep(_curves(), **kw),
+        "plot_rank_vs_quality": lambda **kw: plotting.plot_rank_vs_quality(
+            _study_table(), layer="fc1", criterion="bcv", **kw
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=r"^title=3 is not understood; expected"):
+            call(title=3)
+        assert plt.get_fignums() == [], name
+        call(title="ok")  # a string is drawn
+        plt.close("all")
+    for name in ("plot_layer_factors", "plot_rank_sweep"):
+        with pytest.raises(TypeError, match=r"^layers=5 is not understood; expected a"):
+            calls[name](layers=5)
+        assert calls[name](layers=("fc",) if "factors" in name else ("fc1",))
+
+
+def test_components_with_nan_or_inf_are_refused_not_drawn_blank(coupled):
+    from sklearn.base import clone
+
+    model, _, _, shapes = coupled
+    H = np.ones((3, 64))
+    H[1, 5] = np.inf
+    with pytest.raises(ValueError, match=r"model \(the components\) has "
+                       r"model\[1, 5\] = inf"):  # fmt: skip
+        plotting.plot_input_factors(H, image_shape=(8, 8))
+    broken = clone(model)
+    broken.__dict__.update(model.__dict__)
+    broken.components_ = model.components_.copy()
+    broken.components_[2, 64 + 7] = np.nan  # in the "conv" block
+    plotting.plot_input_factors(broken)  # the input block is fine
+    with pytest.raises(ValueError, match=r"components_ of block 'conv'\) has "
+                       r"model\[2, 7\] = nan"):  # fmt: skip
+        plotting.plot_layer_factors(broken, layer_shapes=shapes)
+    assert plt.get_fignums() == [1]  # the input factors only
+
+
 def test_functions_draw_on_given_axes_and_figures():
     fig, (a1, a2) = plt.subplots(1, 2)
     W = np.diag([1.0, 2.0, 3.0])
