@@ -355,6 +355,25 @@ def test_images_without_channel_axis(kw, axes, X):
         np.testing.assert_array_equal(ext.transform(X.reshape(len(X), -1)), A)
 
 
+def test_an_input_shape_without_the_channel_axis_adds_it_as_x_without_one_does(X):
+    # input_shape=(28, 28) for (N, 1, 28, 28) images: it used to be read as
+    # 28 channels of 28 values ("Give --input-shape 1,28" in the CLI)
+    model = make_lenet(CURRENT)
+    ref = LayerActivationExtractor(model, ["p1", "r3"]).fit(X)
+    ext = LayerActivationExtractor(model, ["p1", "r3"], input_shape=(28, 28))
+    A = ext.fit_transform(X.reshape(len(X), -1))  # flat rows, as the CLI's
+    assert ext.input_shape_ == (1, 28, 28)
+    np.testing.assert_array_equal(A, ref.transform(X))
+    np.testing.assert_array_equal(ext.transform(X[:, 0]), A)
+    rows = available_layers(model, input_shape=(28, 28))
+    assert rows == available_layers(model, input_shape=(1, 28, 28))
+    # three channels: the single channel's advice, not a 28-channel one
+    with pytest.raises(ValueError, match=r"without a channel axis.*3 channels"):
+        LayerActivationExtractor(
+            make_lenet(CURRENT, channels=3), ["p1"], input_shape=(28, 28)
+        ).fit(X[:, 0])
+
+
 def test_images_without_channel_axis_three_channel_model(X):
     model = make_lenet(CURRENT, channels=3)
     msg = (

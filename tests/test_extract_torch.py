@@ -496,6 +496,13 @@ class _AddsChannelAxis(nn.Module):
         return self.net(x.unsqueeze(1))
 
 
+def test_an_input_shape_without_the_channel_axis_adds_it(lenet, X):
+    ref = LayerActivationExtractor(lenet, input_shape=(1, 28, 28)).fit(X)
+    ext = LayerActivationExtractor(lenet, input_shape=(28, 28)).fit(X)
+    assert ext.input_shape_ == (1, 28, 28)
+    np.testing.assert_array_equal(ext.transform(X), ref.transform(X))
+
+
 def test_module_that_adds_the_channel_axis_itself(lenet, X):
     X4 = X.reshape(-1, 1, 28, 28)
     ext = LayerActivationExtractor(_AddsChannelAxis(lenet), ["net.pool2"])

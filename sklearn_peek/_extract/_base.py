@@ -398,6 +398,13 @@ def _feature_suffixes(shape, pooled):
     return [f"u{i}" for i in range(size)]
 
 
+def _lacks_channel_axis(sample_shape, adapter):
+    """Samples of ``sample_shape`` are (H, W) images for a model that takes
+    (C, H, W) ones: one axis short, the channel axis."""
+    layout = adapter.image_layout()
+    return layout is not None and len(sample_shape) == layout[0] - 1
+
+
 def _feed_shape(sample_shape, adapter, channel_repeat, no_axis=False):
     """Shape given to the model and the channel repeat factor.
 
@@ -501,6 +508,8 @@ def available_layers(
             "shapes; pass input_shape=(C, H, W) (one sample's shape)."
         )
     if shape is not None:
+        if adapter.kind == "onnx" and _lacks_channel_axis(shape, adapter):
+            shape = (1, *shape)  # as fit does
         shape, _ = _feed_shape(tuple(shape), adapter, channel_repeat)
     rows = adapter.list_layers(shape)
     try:
@@ -559,7 +568,8 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         convolution is a ``Conv2d`` (``Conv3d`` for ``(n_samples, D, H, W)``)
         taking one channel (or any number, with ``channel_repeat=True``); a
         torch module on which that fails to run but ``X`` as given runs is fed
-        ``X`` as given.
+        ``X`` as given. Under the same conditions ``input_shape=(H, W)``
+        reads as ``(1, H, W)``.
     pooling : {None, "avg", "max"}, default=None
         None keeps every unit (C x H x W features per conv layer). "avg" or
         "max" reduce each channel over its spatial positions (one feature per
@@ -862,6 +872,13 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
                     f"X has shape {X.shape}, which does not fit input_shape={shape}: "
                     f"expected {_accepted_shapes(shape)}."
                 )
+            if _lacks_channel_axis(shape, adapter):
+                # input_shape (H, W) for a model taking (C, H, W) images: as
+                # for X given without the channel axis
+                if adapter.kind == "onnx":
+                    return X4[:, None], (1, *shape), "added"
+                if adapter.image_layout()[1] == 1 or self.channel_repeat:
+                    return X4[:, None], (1, *shape), "tentative"
             return X4, shape, "added" if X.ndim == len(shape) > 2 else None
         if X.ndim > 2:
             layout = adapter.image_layout()
