@@ -127,7 +127,10 @@ def degraded_training_set(y, degradation=None, level=None, *, random_state=None)
         sample but gives a fraction ``level`` of them (chosen at random) a
         label drawn uniformly from the *other* classes. ``None``,
         ``"unshuffled"`` and ``"epochs"`` keep everything (they act on the
-        order and the number of passes; see :func:`epoch_order`).
+        order and the number of passes; see :func:`epoch_order`). A level
+        that keeps every sample (``fraction`` 1.0, ``classes`` all of them,
+        ``label_noise`` 0.0) draws nothing, so the network trained is the one
+        ``degradation=None`` trains.
     level : float or int, default=None
         The strength of the degradation; see :class:`LeNetClassifier`.
     random_state : int, RandomState, Generator or None
@@ -166,7 +169,11 @@ def degraded_training_set(y, degradation=None, level=None, *, random_state=None)
         for c in classes:
             members = np.flatnonzero(y == c)
             k = max(1, math.ceil(level * members.size - 1e-9))
-            keep.append(rng.choice(members, size=k, replace=False))
+            # all of a class: no draw, so that level=1.0 leaves the random
+            # stream, hence the epoch order, as degradation=None does
+            keep.append(
+                members if k >= members.size else rng.choice(members, k, replace=False)
+            )
         index = np.sort(np.concatenate(keep))
         target = y[index]
         noisy = noisy[index]
@@ -177,7 +184,11 @@ def degraded_training_set(y, degradation=None, level=None, *, random_state=None)
                 f"has only {classes.size} classes; expected 1 <= level <= "
                 f"{classes.size}."
             )
-        chosen = np.sort(rng.choice(classes, size=level, replace=False))
+        chosen = (
+            classes
+            if level == classes.size  # all of them: no draw, as for fraction
+            else np.sort(rng.choice(classes, size=level, replace=False))
+        )
         index = np.flatnonzero(np.isin(y, chosen))
         target = y[index]
         noisy = noisy[index]

@@ -121,6 +121,23 @@ def test_fraction_keeps_per_class_counts(digits_split):
     np.testing.assert_array_equal(np.bincount(ytr[kept.index]), np.ones(10, int))
 
 
+@pytest.mark.parametrize(
+    "degradation, level",
+    [("fraction", 1.0), ("classes", 10), ("label_noise", 0.0), ("epochs", 2)],
+)
+def test_a_degradation_at_its_mildest_trains_the_undegraded_network(
+    digits_split, degradation, level
+):
+    # fraction=1.0 drew its (full) sample at random, which moved the random
+    # stream: another epoch order, another network than degradation=None
+    Xtr, ytr, Xte, _ = digits_split
+    kw = dict(epochs=2, batch_size=32, random_state=0)
+    plain = LeNetClassifier(**kw).fit(Xtr, ytr)
+    mild = LeNetClassifier(degradation=degradation, level=level, **kw).fit(Xtr, ytr)
+    np.testing.assert_array_equal(mild.train_order_, plain.train_order_)
+    np.testing.assert_array_equal(mild.predict_proba(Xte), plain.predict_proba(Xte))
+
+
 def test_classes_keeps_a_subset_of_classes(digits_split):
     Xtr, ytr, Xte, yte = digits_split
     clf = LeNetClassifier(epochs=3, degradation="classes", level=3, random_state=0)
