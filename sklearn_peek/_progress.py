@@ -10,8 +10,9 @@ def show_progress(progress):
     """Whether to draw a progress bar.
 
     ``progress``: True or False as given; None (the estimators' default)
-    draws one when standard error is a terminal and the ``CI`` environment
-    variable is unset, so logs and test runs stay clean.
+    draws one when a person is watching: standard error is a terminal, or
+    the code runs in a Jupyter kernel (whose stderr is no terminal); and the
+    ``CI`` environment variable is unset, so logs and test runs stay clean.
     """
     if progress is not None:
         return bool(progress)
@@ -19,7 +20,18 @@ def show_progress(progress):
         tty = sys.stderr.isatty()
     except (AttributeError, ValueError):
         tty = False
-    return tty and not os.environ.get("CI")
+    return (tty or _in_jupyter_kernel()) and not os.environ.get("CI")
+
+
+def _in_jupyter_kernel():
+    """Whether this runs in a Jupyter kernel (IPython's shell has a kernel);
+    IPython is only looked at when something has imported it already."""
+    ipython = sys.modules.get("IPython")
+    try:
+        shell = ipython.get_ipython() if ipython is not None else None
+    except Exception:  # a half-initialised IPython: no notebook
+        return False
+    return getattr(shell, "kernel", None) is not None
 
 
 def progress_bar(progress, *, total, desc, unit):

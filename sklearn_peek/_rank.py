@@ -808,8 +808,8 @@ class RankQualityScorer(BaseEstimator):
         A tqdm progress bar over the fit tasks (one per layer, fold and chain
         or group of ranks on the host, one per layer and fold on a torch
         device; see ``n_tasks_``) as they finish. None draws it when
-        standard error is a terminal and the ``CI`` environment variable is
-        unset.
+        standard error is a terminal or the code runs in a Jupyter notebook,
+        unless the ``CI`` environment variable is set.
 
     Attributes
     ----------

@@ -1094,7 +1094,7 @@ def run_case_study(
     n_boot=2000,
     n_jobs=None,
     random_state=0,
-    progress=False,
+    progress=None,
 ):
     """Train degraded networks, select the rank of their layers, relate it to accuracy.
 
@@ -1141,10 +1141,11 @@ def run_case_study(
         the network's seed: network ``s`` is swept with seed
         ``random_state * 1000003 + s``) and the bootstrap. The networks
         themselves depend only on ``seeds``.
-    progress : bool or None, default=False
-        Show a tqdm progress bar over the networks. None: only when standard
-        error is a terminal (and the ``CI`` environment variable is unset),
-        as the estimators do.
+    progress : bool or None, default=None
+        Show a tqdm progress bar over the networks: True always, False never,
+        None (as the estimators) when standard error is a terminal or the
+        code runs in a Jupyter notebook, unless the ``CI`` environment
+        variable is set.
 
     Returns
     -------
@@ -1265,7 +1266,7 @@ def run_case_study(
 
 
 def run_paper_studies(
-    preset="quick", *, data=None, n_jobs=None, progress=False, random_state=0
+    preset="quick", *, data=None, n_jobs=None, progress=None, random_state=0
 ):
     """Run the paper's case studies with a preset.
 

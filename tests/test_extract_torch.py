@@ -799,6 +799,31 @@ def test_progress_bar(lenet, X, capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
+def test_progress_bar_by_default_in_a_jupyter_kernel(lenet, X, capsys, monkeypatch):
+    # A notebook's stderr is no terminal; its IPython shell has a kernel.
+    # IPython itself is not installed here: a module standing in for it
+    # gives the shell the check reads.
+    import sys
+    import types
+
+    def run():
+        LayerActivationExtractor(
+            lenet, input_shape=(1, 28, 28), batch_size=5
+        ).fit_transform(X)
+        return capsys.readouterr().err
+
+    monkeypatch.delenv("CI", raising=False)
+    assert run() == ""  # pytest's captured stderr: no terminal, no kernel
+    fake = types.ModuleType("IPython")
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    fake.get_ipython = lambda: types.SimpleNamespace(kernel=None)  # a terminal
+    assert run() == ""
+    fake.get_ipython = lambda: types.SimpleNamespace(kernel=object())
+    assert "5/5" in run()
+    monkeypatch.setenv("CI", "1")
+    assert run() == ""
+
+
 def test_clone_shares_model_pickle_and_pandas(lenet, X):
     pd = pytest.importorskip("pandas")
     ext = LayerActivationExtractor(lenet, input_shape=(1, 28, 28)).set_output(

@@ -594,8 +594,9 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         back afterwards. ONNX models use onnxruntime's CUDAExecutionProvider
         when it is installed (onnxruntime-gpu), else the CPU with a warning.
     progress : bool or None, default=None
-        Show a tqdm bar over the batches. None: only when stderr is a terminal
-        and the environment variable ``CI`` is not set.
+        Show a tqdm bar over the batches. None: when stderr is a terminal or
+        the code runs in a Jupyter notebook, unless the environment variable
+        ``CI`` is set.
     input_name : str, default=None
         ONNX models with several inputs: the one that takes the images.
     extra_inputs : dict, default=None
