@@ -138,6 +138,26 @@ _fraction = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 _seed = _checked(int, lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295")
 
 
+def _device(text):
+    """--device, checked before any work and answered in the command's words
+    (the library's message speaks of device=... arguments)."""
+    if text not in ("cpu", "auto") and not re.fullmatch(r"cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected cpu, auto, cuda or cuda:N (N: a GPU index)."
+        )
+    if text.startswith("cuda"):
+        from sklearn_peek._backend import resolve_device
+
+        try:
+            resolve_device(text)
+        except ValueError as exc:
+            reason = str(exc).split(" asks for ", 1)[-1]
+            reason = reason.replace("Use device='auto'", "Use --device auto")
+            reason = reason.replace("or device=None.", "or --device cpu.")
+            raise argparse.ArgumentTypeError(f"{text!r} asks for {reason}") from None
+    return text
+
+
 # --------------------------------------------------------------------------
 # the parser
 # --------------------------------------------------------------------------
@@ -264,6 +284,7 @@ def _add_analysis_options(p, *, ranks_default):
     )
     g.add_argument(
         "--device",
+        type=_device,
         default=None,
         help="where factorizations (and torch models) run: 'cpu' (NumPy, "
         "default), 'auto' (a CUDA GPU if torch sees one), 'cuda' or 'cuda:N' "

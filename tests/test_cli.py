@@ -375,6 +375,18 @@ def test_bad_input_one_line_error(files, tmp_path, capsys, case, extra, message)
     assert "Traceback" not in err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_device_cuda_without_a_gpu_is_an_argument_error_in_cli_words(capsys):
+    argv = ["analyze", "m.onnx", "--data", "x", "--out", "o", "--device", "cuda"]
+    code, _, err = _run(argv, capsys)
+    assert code == 2
+    assert "argument --device: 'cuda' asks for a CUDA GPU, but torch sees none" in err
+    assert err.rstrip().endswith(
+        "Use --device auto to fall back to the CPU quietly, or --device cpu."
+    )
+    assert "device=" not in err
+
+
 def test_debug_reraises(files, tmp_path):
     d, *_ = files
     with pytest.raises(FileNotFoundError, match=r"nothere\.npy"):
@@ -440,6 +452,11 @@ def test_help_explains_every_option(capsys):
          "argument --jobs/-j: '0': expected a non-zero integer"),
         (["demo", "--out", "o", "-j", "0"],
          "argument --jobs/-j: '0': expected a non-zero integer"),
+        # the device, before any work, in the command's words
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--device", "tpu"],
+         "argument --device: 'tpu': expected cpu, auto, cuda or cuda:N"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--device", "cuda:x"],
+         "argument --device: 'cuda:x': expected cpu, auto, cuda or cuda:N"),
         # what numpy's RandomState takes, said as the option, not as random_state
         (["analyze", "m.onnx", "--data", "x", "--out", "o", "--seed", "-1"],
          "argument --seed: '-1': expected an integer from 0 to 4294967295"),
