@@ -1945,14 +1945,30 @@ def _rank_column(cols, layer, criterion, rank_col):
     for c in cands:
         if c in cols:
             return np.ones(len(cols[c]), bool), c
-    if criterion is None:
+    # The columns of this layer under some criterion: rank_<layer>_<criterion>
+    # or <layer>_<criterion> (run_case_study's tables).
+    prefixes = [f"rank_{layer}_", f"rank_{layer}__", f"{layer}__", f"{layer}_"]
+    mine = {}
+    for c in map(str, cols):
+        for pre in prefixes:
+            if c.startswith(pre) and len(c) > len(pre):
+                mine.setdefault(c, c[len(pre) :])
+                break
+    if criterion is None and len(mine) == 1:
         # One rank column for this layer (under any criterion) is unambiguous.
-        hits = [c for c in cols if c.startswith(f"rank_{layer}")]
-        if len(hits) == 1:
-            return np.ones(len(cols[hits[0]]), bool), hits[0]
+        (only,) = mine
+        return np.ones(len(cols[only]), bool), only
+    if criterion is None and mine:
+        raise ValueError(
+            f"layer={layer!r}, criterion=None: table has {len(mine)} rank columns "
+            f"for this layer ({list(mine)}); pass criterion= one of "
+            f"{list(dict.fromkeys(mine.values()))}, or rank_col=..."
+        )
+    names = list(map(str, cols))
     raise ValueError(
         f"layer={layer!r}, criterion={criterion!r}: cannot find the selected-rank "
-        f"column in table (columns {list(cols)}); pass rank_col=..."
+        f"column in table (columns {names}); pass rank_col=..."
+        + did_you_mean(f"{layer}_{criterion}" if criterion else str(layer), names)
     )
 
 

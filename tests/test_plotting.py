@@ -496,6 +496,26 @@ def test_rank_vs_quality_errors():
         plotting.plot_rank_vs_quality(t, layer="fc1", criterion="bcv", spearman=0.5)
 
 
+def test_rank_vs_quality_on_several_criteria_asks_for_one_by_name():
+    # run_case_study's columns: <layer>_<criterion>, several per layer
+    t = {"accuracy": [0.2, 0.5, 0.9], "fc1_bcv": [2, 3, 5], "fc1_elbow": [2, 2, 4],
+         "fc1_bcv_alone": [1, 3, 3], "pool2_bcv": [4, 4, 6]}  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"layer='fc1', criterion=None: table has 3 rank columns for this "
+        r"layer \(\['fc1_bcv', 'fc1_elbow', 'fc1_bcv_alone'\]\); pass criterion= "
+        r"one of \['bcv', 'elbow', 'bcv_alone'\], or rank_col=",
+    ):
+        plotting.plot_rank_vs_quality(t, layer="fc1")
+    fig = plotting.plot_rank_vs_quality(t, layer="fc1", criterion="elbow")
+    np.testing.assert_array_equal(fig.axes[0].collections[0].get_offsets()[:, 1],
+                                  t["fc1_elbow"])  # fmt: skip
+    # one column for the layer: no criterion needed
+    fig = plotting.plot_rank_vs_quality(t, layer="pool2")
+    np.testing.assert_array_equal(fig.axes[0].collections[0].get_offsets()[:, 1],
+                                  t["pool2_bcv"])  # fmt: skip
+
+
 def test_rank_sweep_curves_dict_errors_name_the_layer():
     with pytest.raises(ValueError, match=r"scorer_or_curves\['l'\] lacks \['mean'\]"):
         plotting.plot_rank_sweep({"l": {"ranks": [1, 2]}})
