@@ -529,7 +529,8 @@ def test_blocks_as_plain_sizes_are_named_as_coupled_nmf_names_them():
 
 
 def test_parallel_backends_snippet_of_the_guide_runs():
-    """The "Any joblib backend works" block of rank.rst, up to its dask part.
+    """The "Any joblib backend works" block of rank.rst, up to its dask part
+    (under ``if __name__ == "__main__":``).
 
     (The dask backend itself is checked by
     test_results_identical_for_n_jobs_and_backends.)
@@ -541,7 +542,7 @@ def test_parallel_backends_snippet_of_the_guide_runs():
     lines = rst.read_text().splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith("Any joblib backend"))
     start = next(i for i in range(start, len(lines)) if lines[i].endswith("::")) + 2
-    stop = next(i for i in range(start, len(lines)) if "dask" in lines[i])
+    stop = next(i for i in range(start, len(lines)) if "__main__" in lines[i])
     code = textwrap.dedent("\n".join(lines[start:stop]))
     namespace = {}
     exec(compile(code, "rank.rst", "exec"), namespace)
