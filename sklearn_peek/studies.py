@@ -239,6 +239,10 @@ def epoch_order(target, degradation=None, level=None, *, random_state=None):
     [1, 3, 2, 0]
     """
     target = np.asarray(target)
+    if target.ndim != 1 or target.size == 0:
+        raise ValueError(
+            f"target must be a non-empty 1-D array of labels; got shape {target.shape}."
+        )
     level = _check_degradation(degradation, level)
     rng = _as_generator(random_state)
     n = target.size
@@ -547,6 +551,14 @@ class LeNetClassifier(ClassifierMixin, BaseEstimator):
                 optimizer.step()
                 total += float(loss.detach()) * batch.numel()
             history.append(total / order.size)
+            if not math.isfinite(history[-1]):
+                # the weights are NaN or inf from here on: predictions would be
+                raise ValueError(
+                    f"LeNetClassifier.fit: training diverged, the loss of epoch "
+                    f"{epoch + 1} is {history[-1]} with lr={self.lr!r}; expected a "
+                    f"finite loss. Lower lr (e.g. lr={self.lr / 10:g}; the "
+                    "default is 3e-3)."
+                )
             if self.verbose:
                 print(
                     f"[LeNetClassifier] epoch {epoch + 1}/{self.n_epochs_} "

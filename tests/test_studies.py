@@ -1,6 +1,8 @@
 """Tests of sklearn_peek.studies (LeNetClassifier, degradations, case-study runner)
 and of the statistics helpers in sklearn_peek._stats."""
 
+import re
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -224,6 +226,24 @@ def test_bad_parameters(digits_split, params, match):
     Xtr, ytr, _, _ = digits_split
     with pytest.raises(ValueError, match=match):
         LeNetClassifier(**params).fit(Xtr[:50], ytr[:50])
+
+
+@pytest.mark.parametrize("target", [None, 3, [], [[0, 1], [1, 0]]])
+def test_epoch_order_needs_a_1d_array_of_labels(target):
+    shape = np.asarray(target).shape
+    with pytest.raises(ValueError, match=rf"target must be a non-empty 1-D array "
+                       rf"of labels; got shape {re.escape(str(shape))}"):  # fmt: skip
+        epoch_order(target, "unshuffled", 0.5, random_state=0)
+
+
+def test_training_that_diverges_is_an_error_not_a_nan_network(digits_split):
+    Xtr, ytr, _, _ = digits_split
+    clf = LeNetClassifier(epochs=2, lr=1e10, random_state=0)
+    with pytest.raises(ValueError, match=r"training diverged, the loss of epoch 1 "
+                       r"is nan with lr=10000000000\.0; expected a finite loss\. "
+                       r"Lower lr"):  # fmt: skip
+        clf.fit(Xtr[:200], ytr[:200])
+    assert not hasattr(clf, "module_")  # no half-fitted network left behind
 
 
 def test_bad_inputs(digits_split):
