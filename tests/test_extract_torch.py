@@ -248,6 +248,24 @@ def test_layer_without_the_samples_first_is_refused_by_name(X, layer, shape):
         ext.fit(X)
 
 
+class _Spectrum(nn.Module):
+    def forward(self, x):
+        return torch.fft.fft2(x)
+
+
+def test_layer_returning_complex_values_is_refused(X):
+    # cast to float32, the imaginary part was dropped (torch's own warning)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), _Spectrum())
+    ext = LayerActivationExtractor(net, ["1", "2"], input_shape=(1, 28, 28))
+    with pytest.raises(
+        TypeError,
+        match=r"layer '2' \(_Spectrum\) returns complex values "
+        r"\(torch\.complex64\), not real activations",
+    ):
+        ext.fit(X)
+    assert all(not m._forward_hooks for m in net.modules())
+
+
 def test_pooling_avg_and_max(lenet, X):
     ref = _manual(lenet, X)
     for pooling, fn in (("avg", np.mean), ("max", np.max)):

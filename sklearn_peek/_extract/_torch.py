@@ -331,6 +331,12 @@ class TorchAdapter:
                         f"{type(output).__name__}, not a tensor; pick a submodule "
                         "that returns a tensor."
                     )
+                if output.is_complex():  # float32 would drop the imaginary part
+                    raise LayerOutputError(
+                        f"layer {base!r} ({type(module).__name__}) returns complex "
+                        f"values ({output.dtype}), not real activations; pick a "
+                        "layer after the complex part (e.g. after abs())."
+                    )
                 idx = calls[base]
                 calls[base] += 1
                 for name, k in wanted[base]:
@@ -369,7 +375,7 @@ class TorchAdapter:
 
 
 class LayerOutputError(TypeError):
-    """A hooked module returned something other than a tensor."""
+    """A hooked module returned something other than a real tensor."""
 
 
 def _tensor_key(t):
