@@ -1982,6 +1982,9 @@ def _spearman(x, y, *, n_boot, random_state):
     return res.rho, res.ci_low, res.ci_high
 
 
+#: At most this many distinct levels get a stepped colorbar, one colour each.
+_DISCRETE_LEVELS = 10
+
 # What the "level" of each case-study degradation counts (see
 # sklearn_peek.studies.LeNetClassifier), for the colorbar of the levels.
 _LEVEL_LABELS = {
@@ -2121,24 +2124,47 @@ def plot_rank_vs_quality(
         if hue == "level" and np.issubdtype(h.dtype, np.number):
             numeric = True
         if numeric:
-            sc = ax.scatter(
-                x,
-                yv,
-                c=h.astype(float),
-                cmap="viridis",
-                s=45,
-                edgecolor="k",
-                lw=0.5,
-                alpha=0.9,
-            )
-            cb = fig.colorbar(sc, ax=ax, shrink=0.9)
-            cb.set_label(_hue_label(hue, sub))
             values = h.astype(float)
-            if np.all(values == np.round(values)):  # epochs, classes: whole ticks
-                from matplotlib.ticker import MaxNLocator
+            levels = np.unique(values)
+            if len(levels) <= _DISCRETE_LEVELS:
+                # A case study's few levels (epochs 0, 1, 3, 10): one evenly
+                # spaced colour each, as a stepped colorbar labelled with the
+                # levels; on a linear scale 0 and 1 would look alike.
+                import matplotlib as mpl
 
-                cb.locator = MaxNLocator(integer=True)
-                cb.update_ticks()
+                k = len(levels)
+                sc = ax.scatter(
+                    x,
+                    yv,
+                    c=np.searchsorted(levels, values),
+                    cmap=mpl.colormaps["viridis"].resampled(k),
+                    norm=mpl.colors.BoundaryNorm(np.arange(k + 1) - 0.5, k),
+                    s=45,
+                    edgecolor="k",
+                    lw=0.5,
+                    alpha=0.9,
+                )
+                cb = fig.colorbar(sc, ax=ax, shrink=0.9, ticks=np.arange(k))
+                cb.set_ticklabels([f"{v:g}" for v in levels])
+                cb.minorticks_off()
+            else:
+                sc = ax.scatter(
+                    x,
+                    yv,
+                    c=values,
+                    cmap="viridis",
+                    s=45,
+                    edgecolor="k",
+                    lw=0.5,
+                    alpha=0.9,
+                )
+                cb = fig.colorbar(sc, ax=ax, shrink=0.9)
+                if np.all(values == np.round(values)):  # whole epochs: whole ticks
+                    from matplotlib.ticker import MaxNLocator
+
+                    cb.locator = MaxNLocator(integer=True)
+                    cb.update_ticks()
+            cb.set_label(_hue_label(hue, sub))
         else:
             import matplotlib as mpl
 

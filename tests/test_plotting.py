@@ -813,6 +813,14 @@ def test_rank_vs_quality_colorbar_names_the_degradation(tmp_path):
     fig.savefig(tmp_path / "rank_quality.png")
     cbar = fig.axes[1]
     assert cbar.get_ylabel() == "epochs: number of training epochs"
+    # few levels: a stepped colorbar, one tick per level, evenly spaced
+    # colours (on a linear 0-10 scale epochs 0 and 1 were near the same)
+    assert [t.get_text() for t in cbar.get_yticklabels()] == ["0", "1", "3", "10"]
+    import matplotlib as mpl
+
+    faces = fig.axes[0].collections[0].get_facecolors()[::2, :3]
+    even = mpl.colormaps["viridis"](np.linspace(0, 1, 4))[:, :3]
+    np.testing.assert_allclose(faces, even, atol=1e-6)
     # whole epochs get whole ticks, also over a short range (not 0.5 steps)
     short = {**table, "level": [0, 0, 1, 1, 1, 2, 2, 2]}
     cbar = plotting.plot_rank_vs_quality(short, layer="relu3", criterion="bcv").axes[1]
