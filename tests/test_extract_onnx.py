@@ -191,6 +191,10 @@ def test_node_name_alias_and_available_layers(X):
     assert not rows["c1"]["auto"]
     with pytest.raises(ValueError, match=r"'pol1' is not a layer.*'pool1'"):
         LayerActivationExtractor(model, ["pol1"]).fit(X)
+    # a shape the model does not take: said as fit says it, not by onnxruntime
+    with pytest.raises(ValueError, match=r"input 'x' expects per-sample shape "
+                       r"\(1, 28, 28\), got \(1, 20, 20\)\.$"):  # fmt: skip
+        available_layers(model, input_shape=(1, 20, 20))
 
 
 def test_available_layers_without_static_shape():

@@ -511,6 +511,8 @@ def available_layers(
         if adapter.kind == "onnx" and _lacks_channel_axis(shape, adapter):
             shape = (1, *shape)  # as fit does
         shape, _ = _feed_shape(tuple(shape), adapter, channel_repeat)
+        if adapter.kind == "onnx":  # named, before onnxruntime's own message
+            adapter.check_sample_shape(shape)
     rows = adapter.list_layers(shape)
     try:
         auto = {c for _, c in _resolve_layers(adapter, "auto", rows)}
