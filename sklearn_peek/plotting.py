@@ -1666,6 +1666,42 @@ def _thin_x_ticks(ax, values, keep, label_width, label_height, pad_em=0.6):
     return sorted(v for v in ordered if placed.add(*boxes[v]))
 
 
+def _checked_curve(layer, c):
+    """One curve of a ``curves_``-like dict, its arrays checked and converted."""
+    where = f"scorer_or_curves[{layer!r}]"
+    out = dict(c)
+    for key in ("ranks", "mean", "std"):
+        if key not in c or (key == "std" and c[key] is None):
+            continue
+        try:
+            values = np.asarray(to_numpy(c[key]), dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{where}[{key!r}]={c[key]!r} is not understood; expected a 1-D "
+                "sequence of numbers."
+            ) from None
+        if values.ndim != 1:
+            raise ValueError(
+                f"{where}[{key!r}] has shape {values.shape}; expected a 1-D "
+                "sequence of numbers, one per rank."
+            )
+        out[key] = values
+    n = len(out["ranks"])
+    for key in ("mean", "std"):
+        if key in out and out[key] is not None and len(out[key]) != n:
+            raise ValueError(
+                f"{where} has {n} ranks but {len(out[key])} {key} values; expected "
+                "one per rank."
+            )
+    sel = c.get("selected")
+    if sel is not None and not (is_integral(sel) and int(sel) in out["ranks"]):
+        raise ValueError(
+            f"{where}['selected']={sel!r} is not one of its ranks; expected None or "
+            f"one of {[int(r) for r in out['ranks']]}."
+        )
+    return out
+
+
 def _curves_from(obj):
     """``{layer: {"ranks", "mean", "std", "selected"}}`` from a scorer or dict."""
     if hasattr(obj, "curves_"):
@@ -1705,12 +1741,7 @@ def _curves_from(obj):
             missing = [k for k in ("ranks", "mean") if k not in c]
             if missing:
                 raise ValueError(f"scorer_or_curves[{layer!r}] lacks {missing}; {want}")
-            if len(c["ranks"]) != len(c["mean"]):
-                raise ValueError(
-                    f"scorer_or_curves[{layer!r}] has {len(c['ranks'])} ranks but "
-                    f"{len(c['mean'])} mean values; expected one per rank."
-                )
-        return dict(obj), None
+        return {layer: _checked_curve(layer, c) for layer, c in obj.items()}, None
     raise TypeError(
         f"scorer_or_curves={type(obj).__name__}: expected a fitted RankQualityScorer "
         "(with curves_) or a dict layer -> {'ranks', 'mean', 'std', 'selected'}."

@@ -523,6 +523,22 @@ def test_rank_sweep_curves_dict_errors_name_the_layer():
         plotting.plot_rank_sweep({"l": [1, 2]})
     with pytest.raises(ValueError, match=r"has 2 ranks but 3 mean values"):
         plotting.plot_rank_sweep({"l": {"ranks": [1, 2], "mean": [1, 2, 3]}})
+    # these failed inside NumPy (IndexError, "could not convert string")
+    with pytest.raises(ValueError, match=r"has 2 ranks but 1 std values"):
+        plotting.plot_rank_sweep({"l": {"ranks": [1, 2], "mean": [1, 2], "std": [1]}})
+    with pytest.raises(ValueError, match=r"\['l'\]\['ranks'\]=\['x', 'y'\] is not "
+                       r"understood; expected a 1-D sequence of numbers"):  # fmt: skip
+        plotting.plot_rank_sweep({"l": {"ranks": ["x", "y"], "mean": [1, 2]}})
+    with pytest.raises(ValueError, match=r"\['l'\]\['ranks'\] has shape \(\)"):
+        plotting.plot_rank_sweep({"l": {"ranks": 1, "mean": 2}})
+    with pytest.raises(ValueError, match=r"\['selected'\]='x' is not one of its "
+                       r"ranks; expected None or one of \[1, 2\]"):  # fmt: skip
+        plotting.plot_rank_sweep({"l": {"ranks": [1, 2], "mean": [1, 2],
+                                        "selected": "x"}})  # fmt: skip
+    fig = plotting.plot_rank_sweep(
+        {"l": {"ranks": (1, 2), "mean": [0.5, 0.7], "std": None, "selected": 2}}
+    )
+    assert fig.axes[0].lines
     fig = plotting.plot_rank_vs_quality(
         {"accuracy": [0.5, 0.6], "rank_fc1": [2, 3]}, layer="fc1"
     )
