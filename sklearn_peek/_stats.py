@@ -121,6 +121,14 @@ def spearman_ci(
         raise ValueError(f"n_boot={n_boot!r} must be an integer >= 0.")
     if not isinstance(confidence, Real) or not 0 < confidence < 1:
         raise ValueError(f"confidence={confidence!r} must be a number in (0, 1).")
+    seed_ok = random_state is None or isinstance(random_state, np.random.Generator)
+    if isinstance(random_state, Integral) and not isinstance(random_state, bool):
+        seed_ok = random_state >= 0
+    if not seed_ok:
+        raise ValueError(
+            f"random_state={random_state!r} must be None, an integer >= 0 or a "
+            "numpy Generator."
+        )
     rho = _rho(x, y)
     note = ""
     if np.isnan(rho):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
+import warnings
 from numbers import Integral
 from typing import ClassVar
 
@@ -1939,6 +1940,17 @@ def _as_columns(table):
     )
 
 
+def _numbers(column, name):
+    """A table column as float values; a column that is not numbers is named."""
+    try:
+        return np.asarray(column, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"column {name!r} of table holds {column[:3].tolist()!r}...; expected "
+            "numbers."
+        ) from None
+
+
 def _rank_column(cols, layer, criterion, rank_col):
     """Find the selected-rank values for ``layer`` (and ``criterion``)."""
     if rank_col is not None:
@@ -2115,11 +2127,18 @@ def plot_rank_vs_quality(
     if quality not in cols:
         raise ValueError(f"quality={quality!r} is not a column of table: {list(cols)}.")
     mask, rcol = _rank_column(cols, layer, criterion, rank_col)
-    x = cols[quality][mask].astype(float)
-    yv = cols[rcol][mask].astype(float)
+    x, yv = (_numbers(cols[c][mask], c) for c in (quality, rcol))
     ok = np.isfinite(x) & np.isfinite(yv)
     if not ok.any():
         raise ValueError(f"layer={layer!r}: no finite (quality, rank) pairs in table.")
+    if not ok.all():
+        warnings.warn(
+            f"plot_rank_vs_quality: {int((~ok).sum())} of {ok.size} rows have a NaN "
+            f"or infinite {quality!r} or {rcol!r} and are not drawn nor counted in "
+            "Spearman's rho.",
+            UserWarning,
+            stacklevel=2,
+        )
     sub = {
         k: v[mask][ok] for k, v in cols.items() if v.ndim == 1 and len(v) == len(mask)
     }

@@ -496,6 +496,24 @@ def test_rank_vs_quality_errors():
         plotting.plot_rank_vs_quality(t, layer="fc1", criterion="bcv", spearman=0.5)
 
 
+def test_rank_vs_quality_names_what_it_leaves_out_or_cannot_read():
+    t = {"accuracy": [0.2, np.nan, 0.5, 0.9], "fc1_bcv": [2, 3, 3, 5]}
+    with pytest.warns(UserWarning, match=r"1 of 4 rows have a NaN or infinite "
+                      r"'accuracy' or 'fc1_bcv' and are not drawn"):  # fmt: skip
+        fig = plotting.plot_rank_vs_quality(t, layer="fc1")
+    assert len(fig.axes[0].collections[0].get_offsets()) == 3
+    words = {**t, "accuracy": ["low", "mid", "high", "top"]}
+    with pytest.raises(
+        ValueError,
+        match=r"column 'accuracy' of table holds \['low', 'mid', 'high'\]\.\.\.; "
+        r"expected numbers",
+    ):
+        plotting.plot_rank_vs_quality(words, layer="fc1")
+    finite = {"accuracy": [0.2, 0.5, 0.9], "fc1_bcv": [2, 3, 5]}
+    with pytest.raises(ValueError, match=r"random_state='x' must be None"):
+        plotting.plot_rank_vs_quality(finite, layer="fc1", random_state="x")
+
+
 def test_rank_vs_quality_on_several_criteria_asks_for_one_by_name():
     # run_case_study's columns: <layer>_<criterion>, several per layer
     t = {"accuracy": [0.2, 0.5, 0.9], "fc1_bcv": [2, 3, 5], "fc1_elbow": [2, 2, 4],

@@ -358,6 +358,12 @@ def test_spearman_constant_and_errors():
         spearman_ci([1, 2, 3], [1, 2, 3], confidence=1.5)
     with pytest.raises(ValueError, match=r"n_boot=-1"):
         spearman_ci([1, 2, 3], [1, 2, 3], n_boot=-1)
+    for bad in ("x", -1, 1.5, True):
+        with pytest.raises(ValueError, match=rf"random_state={bad!r} must be None, "
+                           r"an integer >= 0 or a numpy Generator"):  # fmt: skip
+            spearman_ci([1, 2, 3], [1, 2, 3], random_state=bad)
+    gen = np.random.default_rng(5)
+    assert spearman_ci([1, 2, 3, 5], [1, 3, 2, 4], n_boot=50, random_state=gen)
 
 
 def test_effective_rank():
