@@ -423,6 +423,7 @@ def test_transform_checks_shape_and_finite(lenet, X):
         ("nonneg", "clip", r"'nonneg'.*Got 'clip'"),
         ("batch_size", 0, r"'batch_size'.*range \[1, inf\)\. Got 0 "),
         ("batch_size", 8.0, r"'batch_size'.*Got 8\.0 "),
+        ("batch_size", True, r"'batch_size'.*must be a number, not a bool\. Got True"),
         ("include_input", "no", r"'include_input'.*Got 'no'"),
         ("channel_repeat", 1, r"'channel_repeat'.*Got 1 "),
         ("extra_inputs", [1], r"'extra_inputs'.*dict.*Got \[1\]"),
@@ -438,6 +439,16 @@ def test_bad_parameters(lenet, X, param, value, match):
     ext.set_params(**{param: value})
     with pytest.raises(ValueError, match=match):
         ext.fit(X)
+
+
+def test_parameter_checks_follow_scikit_learns_skip_setting(lenet, X):
+    import sklearn
+
+    ext = LayerActivationExtractor(lenet, input_shape=(1, 28, 28), batch_size=True)
+    with pytest.raises(ValueError, match=r"'batch_size'.*not a bool"):
+        ext.fit(X)
+    with sklearn.config_context(skip_parameter_validation=True):
+        assert ext.fit(X).transform(X[:3]).shape[0] == 3  # batches of True == 1
 
 
 def test_not_a_model():
@@ -519,6 +530,21 @@ def test_an_input_shape_without_the_channel_axis_adds_it(lenet, X):
     ext = LayerActivationExtractor(lenet, input_shape=(28, 28)).fit(X)
     assert ext.input_shape_ == (1, 28, 28)
     np.testing.assert_array_equal(ext.transform(X), ref.transform(X))
+    X4 = X.reshape(-1, 1, 28, 28)  # images with the axis fit it too
+    np.testing.assert_array_equal(ext.transform(X4), ref.transform(X))
+    ext = LayerActivationExtractor(lenet, input_shape=(28, 28)).fit(X4)
+    np.testing.assert_array_equal(ext.transform(X), ref.transform(X))
+    # available_layers reads (28, 28) as fit does
+    assert available_layers(lenet, (28, 28)) == available_layers(lenet, (1, 28, 28))
+    # a module that adds the axis itself is fed X shaped by input_shape
+    wrapped = _AddsChannelAxis(lenet)
+    ext = LayerActivationExtractor(wrapped, ["net.pool2"], input_shape=(28, 28))
+    A = ext.fit_transform(X)  # flat rows
+    assert ext.input_shape_ == (28, 28)
+    ref = LayerActivationExtractor(lenet, ["pool2"], input_shape=(1, 28, 28))
+    np.testing.assert_array_equal(A, ref.fit_transform(X))
+    shapes = {r["name"]: r["shape"] for r in available_layers(wrapped, (28, 28))}
+    assert shapes["net.pool2"] == ext.layer_shapes_["net.pool2"]
 
 
 def test_module_that_adds_the_channel_axis_itself(lenet, X):
@@ -1009,6 +1035,35 @@ def test_parameters_changed_after_fit_are_refused_not_ignored(lenet, X):
     # what fit did not use may change; equal plain values count as the same
     ext.set_params(batch_size=5, progress=False, layers="auto", input_shape=[1, 28, 28])
     np.testing.assert_allclose(ext.transform(X), B, atol=1e-6)
+
+
+def test_array_parameters_survive_a_joblib_round_trip(lenet, X, tmp_path):
+    # joblib stores arrays outside the pickle's memo: after load, the
+    # parameter and the value fit saw are equal copies, not one object
+    import joblib
+
+    ext = LayerActivationExtractor(
+        lenet, layers=np.array(["pool2", "relu3"]), input_shape=np.array([1, 28, 28])
+    ).fit(X)
+    joblib.dump(ext, tmp_path / "ext.joblib")
+    back = joblib.load(tmp_path / "ext.joblib")
+    np.testing.assert_array_equal(back.transform(X), ext.transform(X))
+    back.set_params(layers=np.array(["pool2"]))
+    with pytest.raises(ValueError, match=r"^layers=\['pool2'\] differs from the "
+                       r"value fit saw \(\['pool2', 'relu3'\]\)"):  # fmt: skip
+        back.transform(X)
+
+
+def test_a_failed_refit_leaves_an_unfitted_extractor(lenet, X):
+    from sklearn.exceptions import NotFittedError
+
+    ext = LayerActivationExtractor(lenet, ["pool2"], input_shape=(1, 28, 28)).fit(X)
+    ext.set_params(layers=["nope"])
+    with pytest.raises(ValueError, match=r"nope"):
+        ext.fit(X)
+    ext.set_params(layers=["pool2"])  # back to what the first fit saw
+    with pytest.raises(NotFittedError):
+        ext.transform(X)  # not the first fit's state under the second's sources
 
 
 def test_device_changed_after_fit_is_where_transform_runs(lenet, X):

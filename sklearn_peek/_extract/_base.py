@@ -59,29 +59,37 @@ _LAYOUT_PARAMS = (
 
 
 def _same(now, was):
-    """``now`` is ``was``, or equal to it when both are plain values (a path,
-    bytes, names, a shape; a list equals the tuple of its items, a Path its
-    string); a network or a dict of arrays counts as the same only when it is
-    the same object."""
+    """``now`` is ``was``, or equal to it when both are plain values: a path
+    (a Path equals its string), bytes, names, a shape (a list equals the
+    tuple of its items), an array of those (a joblib round trip copies it), a
+    torch.device. A network or a dict of arrays counts as the same only when
+    it is the same object."""
     if now is was:
         return True
+    if type(now).__name__ == type(was).__name__ == "device":  # torch.device
+        return now == was
     plain = (str, bytes, os.PathLike, numbers.Number, tuple, list, np.bool_)
-    if not (isinstance(now, plain) and isinstance(was, plain)):
-        return False
 
     def canonical(v):
+        if isinstance(v, np.ndarray) and v.ndim <= 1 and v.dtype != object:
+            return tuple(v.tolist())
         if isinstance(v, os.PathLike):
             return os.fspath(v)
         return tuple(v) if isinstance(v, list) else v
 
+    now, was = canonical(now), canonical(was)
+    if not (isinstance(now, plain) and isinstance(was, plain)):
+        return False
     try:
-        return bool(canonical(now) == canonical(was))
+        return bool(now == was)
     except (TypeError, ValueError):  # e.g. arrays inside a list
         return False
 
 
 def _short(value):
     """A parameter value for a message: networks and bytes by type and size."""
+    if isinstance(value, np.ndarray) and value.ndim <= 1 and value.size <= 20:
+        return repr(value.tolist())
     if isinstance(value, (str, os.PathLike, numbers.Number, tuple, list, type(None))):
         text = repr(value)
         return text if len(text) <= 80 else text[:77] + "..."
@@ -398,11 +406,21 @@ def _feature_suffixes(shape, pooled):
     return [f"u{i}" for i in range(size)]
 
 
-def _lacks_channel_axis(sample_shape, adapter):
-    """Samples of ``sample_shape`` are (H, W) images for a model that takes
-    (C, H, W) ones: one axis short, the channel axis."""
+def _channel_axis_rule(sample_shape, adapter, channel_repeat):
+    """Whether samples of ``sample_shape`` get a channel axis in front.
+
+    None: they keep their shape. ``"added"``: they are (H, W) images for an
+    ONNX model that takes (C, H, W) ones. ``"tentative"``: the same for a
+    torch model whose first convolution takes one channel (any number with
+    ``channel_repeat``); a module that adds the axis itself does not run on
+    them, and is then fed the samples as given (see ``_fit``).
+    """
     layout = adapter.image_layout()
-    return layout is not None and len(sample_shape) == layout[0] - 1
+    if layout is None or len(sample_shape) != layout[0] - 1:
+        return None
+    if adapter.kind == "onnx":
+        return "added"
+    return "tentative" if layout[1] == 1 or channel_repeat else None
 
 
 def _feed_shape(sample_shape, adapter, channel_repeat, no_axis=False):
@@ -507,13 +525,22 @@ def available_layers(
             "input_shape=None: a torch model must be run once to learn its layer "
             "shapes; pass input_shape=(C, H, W) (one sample's shape)."
         )
+    given, how = shape, None
     if shape is not None:
-        if adapter.kind == "onnx" and _lacks_channel_axis(shape, adapter):
-            shape = (1, *shape)  # as fit does
-        shape, _ = _feed_shape(tuple(shape), adapter, channel_repeat)
+        how = _channel_axis_rule(shape, adapter, channel_repeat)
+        if how is not None:  # (H, W) read as (1, H, W), as fit does
+            shape = (1, *shape)
+        shape, _ = _feed_shape(
+            tuple(shape), adapter, channel_repeat, no_axis=how is not None
+        )
         if adapter.kind == "onnx":  # named, before onnxruntime's own message
             adapter.check_sample_shape(shape)
-    rows = adapter.list_layers(shape)
+    try:
+        rows = adapter.list_layers(shape)
+    except ValueError:
+        if how != "tentative":
+            raise
+        rows = adapter.list_layers(tuple(given))  # a module adding the axis itself
     try:
         auto = {c for _, c in _resolve_layers(adapter, "auto", rows)}
     except ValueError:
@@ -869,29 +896,23 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         shape = _check_input_shape(self.input_shape)
         n = X.shape[0]
         if shape is not None:
-            X4 = _to_sample_shape(X, shape)
+            # input_shape (H, W) for a model taking (C, H, W) images reads as
+            # (1, H, W), as X given without the channel axis does below
+            how = _channel_axis_rule(shape, adapter, self.channel_repeat)
+            full = shape if how is None else (1, *shape)
+            X4 = _to_sample_shape(X, full)
             if X4 is None:
                 raise ValueError(
                     f"X has shape {X.shape}, which does not fit input_shape={shape}: "
-                    f"expected {_accepted_shapes(shape)}."
+                    f"expected {_accepted_shapes(full)}."
                 )
-            if _lacks_channel_axis(shape, adapter):
-                # input_shape (H, W) for a model taking (C, H, W) images: as
-                # for X given without the channel axis
-                if adapter.kind == "onnx":
-                    return X4[:, None], (1, *shape), "added"
-                if adapter.image_layout()[1] == 1 or self.channel_repeat:
-                    return X4[:, None], (1, *shape), "tentative"
-            return X4, shape, "added" if X.ndim == len(shape) > 2 else None
+            if how is None and X.ndim == len(shape) > 2:
+                how = "added"  # (n, H, W) for input_shape (1, H, W)
+            return X4, full, how
         if X.ndim > 2:
-            layout = adapter.image_layout()
-            if layout is not None and X.ndim == layout[0]:
-                # (n, H, W) for a model taking (n, C, H, W): no channel axis
-                sample = (1, *X.shape[1:])
-                if adapter.kind == "onnx":
-                    return X[:, None], sample, "added"
-                if layout[1] == 1 or self.channel_repeat:
-                    return X[:, None], sample, "tentative"
+            how = _channel_axis_rule(X.shape[1:], adapter, self.channel_repeat)
+            if how is not None:  # (n, H, W) for a model taking (n, C, H, W)
+                return X[:, None], (1, *X.shape[1:]), how
             return X, tuple(X.shape[1:]), None
         model_shape = adapter.model_input_shape()
         if model_shape is not None:
@@ -959,9 +980,9 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         fit learnt of it: ``(rows checked for NaN, input minimum or None,
         raw activations)``, the last two of the first batch."""
         self._validate_params()
-        self.__dict__.pop("_adapter", None)
-        self.__dict__.pop("feature_names_in_", None)
-        self.__dict__.pop("shifts_", None)
+        # a fit that fails leaves an unfitted extractor, not one half refitted
+        for name in ("_adapter", "feature_names_in_", "shifts_", "block_sizes_"):
+            self.__dict__.pop(name, None)
         names = string_feature_names(X)
         if names is not None:
             self.feature_names_in_ = names
@@ -980,9 +1001,14 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             except ValueError as exc:
                 if how != "tentative":
                     raise
-                # A module that adds the channel axis itself: X as given.
-                rows = self._list_layers_as_given(adapter, arr, exc)
-                X4, sample_shape = arr, tuple(arr.shape[1:])
+                # A module that adds the channel axis itself: X as given
+                # (shaped by input_shape when there is one).
+                given = _check_input_shape(self.input_shape)
+                X4 = arr if given is None else _to_sample_shape(arr, given)
+                if X4 is None:  # (n, 1, H, W) under input_shape (H, W)
+                    raise exc
+                rows = self._list_layers_as_given(adapter, X4, exc)
+                sample_shape = tuple(X4.shape[1:])
                 feed_shape, repeat = sample_shape, 1
             pairs = _resolve_layers(adapter, self.layers, rows)
         else:
