@@ -362,6 +362,10 @@ def validate_params(estimator):
     received), one parameter at a time in declaration order, so that a
     misspelt string option can also be given its close matches.
     """
+    from sklearn import get_config
+
+    if get_config().get("skip_parameter_validation", False):
+        return  # as scikit-learn's own estimators do under this setting
     params = estimator.get_params(deep=False)
     for name, allowed in type(estimator)._parameter_constraints.items():
         if allowed == "no_validation":
@@ -382,6 +386,13 @@ def validate_params(estimator):
             if not hint:
                 raise
             raise InvalidParameterError(f"{exc}{hint}") from None
+        numeric = any(isinstance(c, Interval) for c in allowed)
+        if numeric and isinstance(value, (bool, np.bool_)) and "boolean" not in allowed:
+            # scikit-learn's Interval(Integral) takes True as 1
+            raise InvalidParameterError(
+                f"The {name!r} parameter of {type(estimator).__name__} must be a "
+                f"number, not a bool. Got {value!r} instead."
+            )
 
 
 def aligned(X):

@@ -554,6 +554,7 @@ def test_bad_rank_init_and_parameters():
     _fit_err(X, r"solver='hals' does not support beta_loss='kullback-leibler'",
              beta_loss="kullback-leibler")  # fmt: skip
     _fit_err(X, r"'n_components' parameter.*Got 0", n_components=0)
+    _fit_err(X, r"'n_components'.*a number, not a bool\. Got True", n_components=True)
     with pytest.raises(ValueError, match=r"init='custom' needs both W and H.*W=None"):
         CoupledNMF(2, init="custom").fit_transform(X, H=np.ones((2, 6)))
     with pytest.raises(

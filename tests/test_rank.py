@@ -364,6 +364,8 @@ def test_random_state_reproducible_and_matters():
         # "custom" is what the warm starts pass on; not the user's to give
         ({"init": "custom"}, r"'init'.*Got 'custom'"),
         ({"warm_start": "yes"}, r"'warm_start'.*Got 'yes'"),
+        # scikit-learn's Interval(Integral) would take True as 1
+        ({"max_iter": True}, r"'max_iter' parameter.*must be a number, not a bool"),
         ({"n_jobs": 0}, r"'n_jobs'.*Got 0 "),
         ({"score_layer": 1}, r"'score_layer'.*Got 1 "),
         ({"score_layer": "fc"}, r"score_layer='fc'.*Did you mean 'fc1'"),

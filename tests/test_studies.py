@@ -202,6 +202,7 @@ def test_epochs_and_label_noise(digits_split):
             r"'epochs' parameter of LeNetClassifier.*\[0, inf\)\. Got -1 ",
         ),
         ({"epochs": 2.5}, r"'epochs'.*Got 2\.5 "),
+        ({"epochs": True}, r"'epochs'.*must be a number, not a bool\. Got True"),
         ({"batch_size": 0}, r"'batch_size'.*Got 0 "),
         ({"lr": 0}, r"'lr'.*range \(0\.0, inf\)\. Got 0 "),
         ({"lr": float("inf")}, r"'lr'.*Got inf "),
@@ -406,6 +407,28 @@ def _relu3_activations(clf, X):
         clf.module_(torch.from_numpy(X))
     handle.remove()
     return store["a"]
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_run_case_study_draws_its_own_bar_only(small_data, progress, capsys,
+                                               monkeypatch):  # fmt: skip
+    # in a notebook (a kernel: no terminal) the extractors and scorers inside
+    # drew bars of their own, also under progress=False
+    import sys
+    import types
+
+    from sklearn_peek.studies import run_case_study
+
+    fake = types.ModuleType("IPython")  # IPython is not installed here
+    fake.get_ipython = lambda: types.SimpleNamespace(kernel=object())
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    monkeypatch.delenv("CI", raising=False)
+    run_case_study("epochs", [0, 1], seeds=[0], data=small_data, layers=["relu3"],
+                   ranks=[1, 2], criteria=["bcv", "elbow"], n_boot=10,
+                   progress=progress)  # fmt: skip
+    bars = [ln for ln in capsys.readouterr().err.split("\r") if "%|" in ln]
+    names = {ln.split(":")[0].strip() for ln in bars}
+    assert names == ({"case study epochs"} if progress else set()), names
 
 
 def test_run_case_study_table(small_data):
