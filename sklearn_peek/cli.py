@@ -141,9 +141,10 @@ _seed = _checked(int, lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295
 def _device(text):
     """--device, checked before any work and answered in the command's words
     (the library's message speaks of device=... arguments)."""
+    given, text = text, text.strip().lower()  # as the library reads it
     if text not in ("cpu", "auto") and not re.fullmatch(r"cuda(:\d+)?", text):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected cpu, auto, cuda or cuda:N (N: a GPU index)."
+            f"{given!r}: expected cpu, auto, cuda or cuda:N (N: a GPU index)."
         )
     if text.startswith("cuda"):
         from sklearn_peek._backend import resolve_device
@@ -1777,6 +1778,13 @@ def _cmd_analyze(args, say):
             X, input_shape=args.input_shape, scale=args.scale, index=keep, say=say
         )
     say(f"{X.shape[0]} inputs of shape {X.shape[1:]}")
+    if args.figure_rank is not None and args.figure_rank > len(X):
+        # before any work: a model of more components than inputs has
+        # components that describe no input, and would be drawn as if they did
+        raise CLIError(
+            f"--figure-rank {args.figure_rank} is larger than the {len(X)} inputs "
+            f"analysed; expected --figure-rank <= {len(X)}, or more inputs."
+        )
     out = _output_dir(args.out, args.created_dirs_)
 
     with tempfile.TemporaryDirectory(prefix="sklearn-peek-") as tmp:
@@ -1816,13 +1824,6 @@ def _cmd_analyze(args, say):
                 ) from exc
     blocks = [(str(n), int(s)) for n, s in ext.block_sizes_]
     say("blocks: " + ", ".join(f"{n} ({s})" for n, s in blocks))
-    if args.figure_rank is not None and args.figure_rank > len(A):
-        # before the sweep: a model of more components than inputs has
-        # components that describe no input, and would be drawn as if they did
-        raise CLIError(
-            f"--figure-rank {args.figure_rank} is larger than the {len(A)} inputs "
-            f"analysed; expected --figure-rank <= {len(A)}, or more inputs."
-        )
     with say.step(
         "sweep",
         f"sweeping ranks {args.ranks[0]}..{args.ranks[-1]} "
@@ -2150,7 +2151,8 @@ def _cmd_demo(args, say):
     settings["seeds"] = (
         (args.seed,)
         if args.preset == "quick" or args.tiny
-        else tuple(args.seed + s for s in settings["seeds"])
+        # wrapped: --seed 4294967295 is allowed, and seeds stop at 2**32 - 1
+        else tuple((args.seed + s) % 2**32 for s in settings["seeds"])
     )
     settings["cv"] = args.cv
     if args.ranks is not None:
@@ -2304,7 +2306,7 @@ def _cmd_demo(args, say):
                 random_state=seed,
             ).fit(data.X_train, data.y_train)
         acc = float(clf.score(data.X_test, data.y_test))
-        ext = LayerActivationExtractor(clf.module_, layers=layers)
+        ext = LayerActivationExtractor(clf.module_, layers=layers, progress=False)
         A = ext.fit(data.X_test).transform(data.X_test)
         rank = max(selected.values())
         cmodel, W = fit_figure_model(

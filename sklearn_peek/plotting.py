@@ -1695,11 +1695,22 @@ def _checked_curve(layer, c):
                 "one per rank."
             )
     sel = c.get("selected")
-    if sel is not None and not (is_integral(sel) and int(sel) in out["ranks"]):
-        raise ValueError(
-            f"{where}['selected']={sel!r} is not one of its ranks; expected None or "
-            f"one of {[int(r) for r in out['ranks']]}."
-        )
+    if sel is None or isinstance(sel, str):
+        value = sel
+    else:
+        try:
+            value = float(to_numpy(sel))  # 2.0 from a table, NaN for none
+        except (TypeError, ValueError):
+            value = sel
+    if isinstance(value, float) and math.isnan(value):
+        out["selected"] = None
+    elif value is not None:
+        if not (isinstance(value, float) and value in out["ranks"]):
+            raise ValueError(
+                f"{where}['selected']={sel!r} is not one of its ranks; expected None "
+                f"(or NaN) or one of {[int(r) for r in out['ranks']]}."
+            )
+        out["selected"] = int(value)
     return out
 
 

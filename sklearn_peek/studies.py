@@ -815,7 +815,8 @@ def _check_rank_limits(layers, data, ranks, criteria, params):
     X = data.X_test
     n = int(X.shape[0])
     net = build_lenet(X.shape[1:], len(np.unique(data.y_train))).eval()
-    blocks = LayerActivationExtractor(net, layers=list(layers)).fit(X[:2]).block_sizes_
+    ext = LayerActivationExtractor(net, layers=list(layers), progress=False)
+    blocks = ext.fit(X[:2]).block_sizes_
     scorer_criteria = ["bcv"] if "bcv" in criteria else []
     if {"elbow", "energy"} & set(criteria):
         scorer_criteria.append("elbow")  # one full-data sweep serves both
@@ -855,6 +856,7 @@ def _sweep(A, blocks, layers, ranks, criteria, coupling, params, seed):
         coupling=coupling,
         n_jobs=1,
         random_state=seed,
+        progress=False,  # the study's own bar counts the networks
         **params,
     )
     with warnings.catch_warnings():
@@ -909,7 +911,7 @@ def _network_job(
         ).fit(data.X_train, data.y_train)
         t1, c1 = time.perf_counter(), time.process_time()
         accuracy = float(clf.score(data.X_test, data.y_test))
-        ext = LayerActivationExtractor(clf.module_, layers=list(layers))
+        ext = LayerActivationExtractor(clf.module_, layers=list(layers), progress=False)
         A = ext.fit(data.X_test).transform(data.X_test)
         t2, c2 = time.perf_counter(), time.process_time()
         blocks = ext.block_sizes_

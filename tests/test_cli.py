@@ -375,6 +375,15 @@ def test_bad_input_one_line_error(files, tmp_path, capsys, case, extra, message)
     assert "Traceback" not in err
 
 
+def test_device_is_read_as_the_library_reads_it():
+    # case and spaces do not matter (resolve_device strips and lowers)
+    for text, read in [("CPU", "cpu"), (" Auto ", "auto"), ("cpu", "cpu")]:
+        args = cli.build_parser().parse_args(
+            ["analyze", "m.onnx", "--data", "x", "--out", "o", "--device", text]
+        )
+        assert args.device == read
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_device_cuda_without_a_gpu_is_an_argument_error_in_cli_words(capsys):
     argv = ["analyze", "m.onnx", "--data", "x", "--out", "o", "--device", "cuda"]
