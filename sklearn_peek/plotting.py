@@ -57,6 +57,8 @@ _CRITERION_LABELS = {
 # Pattern of the extractor's conv feature names: "c<c>_y<y>_x<x>" or "c<c>",
 # with "_pos" / "_neg" appended under nonneg="split".
 _CHANNEL_RE = re.compile(r"^c(\d+)(?:_y\d+_x\d+)?(?:_pos|_neg)?$")
+# ... and of a conv layer pooled over space by the extractor: "c<c>".
+_POOLED_RE = re.compile(r"^c\d+(?:_pos|_neg)?$")
 
 
 # --------------------------------------------------------------------------
@@ -562,9 +564,15 @@ def _fitted_block_components(model, block):
     return np.asarray(to_numpy(model.components_), dtype=float)[:, sl]
 
 
-def _block_feature_names(model, block):
-    """Feature names of ``block`` without the ``"<block>__"`` prefix, or None."""
+def _block_feature_names(model, block, extractor=None):
+    """Feature names of ``block`` without the ``"<block>__"`` prefix, or None.
+
+    From the model's ``feature_names_in_`` (fitted on a DataFrame), else from
+    a fitted ``extractor``'s ``get_feature_names_out``.
+    """
     names = getattr(model, "feature_names_in_", None)
+    if names is None and hasattr(extractor, "block_sizes_"):
+        names = extractor.get_feature_names_out()
     if names is None:
         return None
     prefix = f"{block}__"
@@ -1184,6 +1192,10 @@ def _reduce_to_channels(H, layer, shape, feature_names, split=None):
             out = np.zeros((H.shape[0], n_ch))
             np.add.at(out.T, ch, H.T)
             return out, "channel"
+    if feature_names is not None and all(
+        _POOLED_RE.match(n) for n in feature_names
+    ):  # a pooled conv layer: one feature per channel already
+        return H, "channel"
     return H, "unit"
 
 
@@ -1293,9 +1305,8 @@ def plot_layer_factors(
         kind = "unit"
         if reduce == "channel":
             shape, split = _layer_shape_for(layer_shapes, layer)
-            H, kind = _reduce_to_channels(
-                H, layer, shape, _block_feature_names(model, layer), split
-            )
+            names = _block_feature_names(model, layer, layer_shapes)
+            H, kind = _reduce_to_channels(H, layer, shape, names, split)
         M = H.T  # units x factors
         if normalize is not None:
             top = M.max(axis=0 if normalize == "factor" else 1, keepdims=True)
@@ -1311,16 +1322,17 @@ def plot_layer_factors(
     label = {"factor": "weight / factor max", "unit": "weight / unit max"}.get(
         normalize, "weight"
     )
+    # The panel titles name the layers; the axes repeat the names only when
+    # every one fits along an axis (ONNX tensor names do not), so that the
+    # panels are labelled alike.
+    named = all(len(f"{layer} {kind}") <= 30 for layer, kind, _ in panels)
     for ax, (layer, kind, M) in zip(axes, panels):
         vmax = 1.0 if normalize is not None else None
         im = ax.imshow(
             M, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0.0, vmax=vmax
         )
         ax.set_xlabel("latent factor")
-        # the panel title names the layer; a long name (ONNX tensors) would
-        # not fit along the axis
-        ylabel = f"{layer} {kind}"
-        ax.set_ylabel(ylabel if len(ylabel) <= 30 else kind)
+        ax.set_ylabel(f"{layer} {kind}" if named else kind)
         step = max(1, math.ceil(M.shape[1] / 12))
         ax.set_xticks(np.arange(0, M.shape[1], step))
         if M.shape[0] <= 24:

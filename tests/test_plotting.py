@@ -1214,7 +1214,17 @@ def test_layer_factors_long_names_leave_the_y_axis_to_the_unit_kind():
         block_slices_={"input": slice(0, 4), name: slice(4, 10), "fc1": slice(10, 14)},
     )
     fig = plotting.plot_layer_factors(model)
-    assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["unit", "fc1 unit"]
+    # one long name: every panel's axis says the kind alone, so that the
+    # panels read alike (the titles name the layers)
+    assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["unit", "unit"]
+    short = SimpleNamespace(**{**vars(model), "block_names_": ["input", "c", "fc1"]})
+    short.block_slices_ = {
+        "input": slice(0, 4),
+        "c": slice(4, 10),
+        "fc1": slice(10, 14),
+    }
+    fig = plotting.plot_layer_factors(short)
+    assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["c unit", "fc1 unit"]
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -1303,7 +1313,11 @@ def test_layer_factors_split_flat_and_pooled_layers_draw_each_unit_once():
         np.testing.assert_allclose(
             ax.images[0].get_array(), (H[:, :n] + H[:, n:]).T, rtol=1e-6
         )
-    assert [ax.get_title() for ax in fig.axes[:2]] == ["0 (3 units)", "3 (5 units)"]
+    # the pooled conv layer's rows are its channels (the extractor's names
+    # say so: "0__c1_pos"), the linear layer's its units
+    titles = [ax.get_title() for ax in fig.axes[:2]]
+    assert titles == ["0 (3 channels)", "3 (5 units)"]
+    assert fig.axes[0].get_ylabel() == "0 channel"
     # the shapes alone: drawn as given, 2 x the units
     fig = plotting.plot_layer_factors(model, layer_shapes=ext.layer_shapes_)
     assert fig.axes[0].images[0].get_array().shape == (6, 2)
