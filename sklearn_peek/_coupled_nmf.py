@@ -634,6 +634,15 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         if isinstance(bw, str) and bw == "norm":
             size = _block_sums(X, slices, ord="sum") if kl else sq
             zero = [nm for nm, s in zip(names, size) if not s > 0]
+            for nm, sl in zip(names, slices):
+                top = _largest_abs(X[:, sl]) if nm in zero and not kl else 0.0
+                if top > 0:  # not zeros: values whose squares underflow
+                    raise ValueError(
+                        f"block_weights='norm' divides every block by its squared "
+                        f"Frobenius norm, but that of block {nm!r} of X underflows "
+                        f"to 0 in float64 (its largest value is {top:.3g}). Rescale "
+                        "X (e.g. X / X.max()), or pass explicit block_weights."
+                    )
             if zero:
                 raise ValueError(
                     f"block_weights='norm' divides every block by its "
@@ -721,6 +730,12 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                         f"{tuple(X.shape)})."
                     )
                 check_finite_nonneg(arr, name=nm, where="CoupledNMF.fit_transform")
+                if not arr.any():  # as scikit-learn's NMF refuses it
+                    raise ValueError(
+                        f"init='custom': argument {nm} is all zeros; the updates "
+                        "scale it, so the fit would stay at zero. Expected a start "
+                        "with non-zero entries (or another init, e.g. 'nndsvda')."
+                    )
             return W, H, k
         if W is not None or H is not None:
             warnings.warn(
@@ -990,6 +1005,15 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 # taller: all ranks of a sweep in one run, one pass over X per iteration.
 _BATCH_ROWS = 256
 _BATCH_ROWS_GPU = 2048
+
+
+def _largest_abs(Xb):
+    """The largest absolute value of a block (NumPy, scipy sparse or torch)."""
+    if is_torch_tensor(Xb):
+        return float(Xb.abs().max()) if Xb.numel() else 0.0
+    if sp.issparse(Xb):
+        return float(abs(Xb).max()) if Xb.nnz else 0.0
+    return float(np.abs(Xb).max()) if Xb.size else 0.0
 
 
 def _check_scale(X, sq, dtype):

@@ -528,6 +528,11 @@ def test_bad_block_weights():
     _fit_err(X, r"entry 1 \(block 'b'\) is -1\.0", block_weights=[1, -1], **kw)
     _fit_err(X, r"entry 0 \(block 'a'\) is nan", block_weights=[np.nan, 1], **kw)
     _fit_err(X, r"all weights are zero", block_weights=[0, 0], **kw)
+    tiny = X.copy()
+    tiny[:, 2:] *= 1e-300  # not zeros: their squares underflow
+    _fit_err(tiny, r"that of block 'b' of X underflows to 0 in float64 \(its "
+             r"largest value is \d\.\d+e-30\d\)\. Rescale X", **kw)  # fmt: skip
+    _fit_err(sp.csr_matrix(tiny), r"block 'b' of X underflows", **kw)
     X[:, 2:] = 0
     _fit_err(X, r"block 'b' of X is all zeros", **kw)
     # Explicit weights accept the all-zero block.
@@ -583,6 +588,15 @@ def test_bad_rank_init_and_parameters():
         RuntimeWarning, match="W and H passed to fit_transform are ignored"
     ):
         CoupledNMF(2).fit_transform(X, W=np.ones((8, 2)), H=np.ones((2, 6)))
+    # an all-zero start stays at zero (it returned an all-zero model)
+    for solver in ("hals", "mu"):
+        with pytest.raises(ValueError, match=r"init='custom': argument W is all "
+                           r"zeros; the updates scale it"):  # fmt: skip
+            CoupledNMF(2, init="custom", solver=solver).fit_transform(
+                X, W=np.zeros((8, 2)), H=np.ones((2, 6))
+            )
+    with pytest.raises(ValueError, match=r"argument H is all zeros"):
+        CoupledNMF(2, init="custom").fit(X, W=np.ones((8, 2)), H=np.zeros((2, 6)))
 
 
 def test_bad_transform_inputs():
