@@ -48,6 +48,7 @@ from ._validation import (
     column_block_sq_norms,
     did_you_mean,
     is_integral,
+    largest_abs,
     validate_data,
     validate_params,
 )
@@ -635,7 +636,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             size = _block_sums(X, slices, ord="sum") if kl else sq
             zero = [nm for nm, s in zip(names, size) if not s > 0]
             for nm, sl in zip(names, slices):
-                top = _largest_abs(X[:, sl]) if nm in zero and not kl else 0.0
+                top = largest_abs(X[:, sl]) if nm in zero and not kl else 0.0
                 if top > 0:  # not zeros: values whose squares underflow
                     raise ValueError(
                         f"block_weights='norm' divides every block by its squared "
@@ -1005,15 +1006,6 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 # taller: all ranks of a sweep in one run, one pass over X per iteration.
 _BATCH_ROWS = 256
 _BATCH_ROWS_GPU = 2048
-
-
-def _largest_abs(Xb):
-    """The largest absolute value of a block (NumPy, scipy sparse or torch)."""
-    if is_torch_tensor(Xb):
-        return float(Xb.abs().max()) if Xb.numel() else 0.0
-    if sp.issparse(Xb):
-        return float(abs(Xb).max()) if Xb.nnz else 0.0
-    return float(np.abs(Xb).max()) if Xb.size else 0.0
 
 
 def _check_scale(X, sq, dtype):

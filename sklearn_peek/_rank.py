@@ -54,6 +54,7 @@ from sklearn_peek._validation import (
     check_weights,
     did_you_mean,
     is_integral,
+    largest_abs,
     string_feature_names,
     validate_params,
 )
@@ -413,12 +414,23 @@ def _input_features(X):
     return out
 
 
-def _check_live_blocks(sq, blocks, used, n):
+def _check_live_blocks(sq, blocks, used, n, X):
     """Under ``block_weights="norm"``, refuse a block used by the sweep that
     is all zeros on all ``n`` rows (``sq``: :func:`_row_block_sq`): it has no
-    norm to divide by (and a dead layer nothing to factorize)."""
+    norm to divide by (and a dead layer nothing to factorize). A block of
+    values whose squares underflow is said to, not called zeros."""
     totals = sq.sum(axis=0)
     dead = [nm for (nm, _), t in zip(blocks, totals) if nm in used and not t > 0]
+    starts = np.cumsum([0] + [size for _, size in blocks])
+    for k, (nm, _) in enumerate(blocks):
+        top = largest_abs(X[:, starts[k] : starts[k + 1]]) if nm in dead else 0.0
+        if top > 0:
+            raise ValueError(
+                f"RankQualityScorer.fit: the squared norm of block {nm!r} of X "
+                f"underflows to 0 in float64 (its largest value is {top:.3g}), "
+                "and block_weights='norm' divides every block by it. Rescale X "
+                "(e.g. X / X.max()), or pass explicit block_weights."
+            )
     if dead:
         live = [nm for nm, _ in blocks if nm in used and nm not in dead]
         layers = [nm for nm in live if nm != _INPUT]
@@ -1300,7 +1312,7 @@ class RankQualityScorer(BaseEstimator):
         sq = _row_block_sq(Xa, [size for _, size in blocks]) if norm else None
         if norm:
             used = {nm for _, _, cb in layer_cols for nm, _ in cb}
-            _check_live_blocks(sq, blocks, used, n)
+            _check_live_blocks(sq, blocks, used, n, Xa)
 
         rng = check_random_state(self.random_state)
         base = int(rng.randint(np.iinfo(np.int32).max))

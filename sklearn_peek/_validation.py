@@ -395,6 +395,16 @@ def validate_params(estimator):
             )
 
 
+def largest_abs(X):
+    """The largest absolute value in ``X`` (NumPy, scipy sparse or torch; 0.0
+    when empty): for messages about data whose squares underflow."""
+    if type(X).__module__.startswith("torch"):
+        return float(X.abs().max()) if X.numel() else 0.0
+    if sp.issparse(X):
+        return float(abs(X).max()) if X.nnz else 0.0
+    return float(np.abs(X).max()) if X.size else 0.0
+
+
 def aligned(X):
     """``X``, or a copy of it when its data buffer is not aligned to its
     dtype (dask hands workers arrays at odd byte offsets). NumPy's matrix

@@ -1011,6 +1011,16 @@ def test_a_dead_layer_is_refused_and_can_be_left_out(device):
         X0 = X.copy()
         X0[:, :10] = 0
         RankQualityScorer(layers=["l2"], **kw).fit(X0)
+    # values whose squares underflow are no dead layer: said as they are
+    tiny = X.copy()
+    tiny[:, 30:] = 1e-300 * np.random.RandomState(1).rand(60, 15)
+    tiny = tiny if device is None else torch.from_numpy(tiny)
+    with pytest.raises(
+        ValueError,
+        match=r"the squared norm of block 'l2' of X underflows to 0 in float64 "
+        r"\(its largest value is ",
+    ):
+        RankQualityScorer(layers=["l2"], **kw).fit(tiny)
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
