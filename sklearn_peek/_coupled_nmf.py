@@ -44,6 +44,7 @@ from ._validation import (
     check_finite,
     check_finite_nonneg,
     check_is_fitted,
+    check_numeric_columns,
     check_weights,
     column_block_sq_norms,
     did_you_mean,
@@ -583,6 +584,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 "take dense data; expected a dense array (X.toarray()) or "
                 "device=None for the NumPy solvers (which accept sparse X)."
             )
+        check_numeric_columns(X, where=where)
         X = validate_data(
             self,
             X,
@@ -882,6 +884,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 d = np.ones_like(d)
             return X, cols, d
         if subset is None:
+            check_numeric_columns(X, where=f"{type(self).__name__}.transform")
             X = validate_data(
                 self,
                 X,

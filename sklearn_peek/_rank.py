@@ -51,6 +51,7 @@ from sklearn_peek._validation import (
     Interval,
     StrOptions,
     check_finite_nonneg,
+    check_numeric_columns,
     check_weights,
     did_you_mean,
     is_integral,
@@ -1057,6 +1058,7 @@ class RankQualityScorer(BaseEstimator):
                     f"blocks={self.blocks!r} disagrees with the column names of X, "
                     f"which give {inferred!r}."
                 )
+            check_numeric_columns(X, where="RankQualityScorer.fit")
             return self._as_array(X.to_numpy(), "X"), inferred
 
         Xa = self._as_array(X, "X")

@@ -395,6 +395,32 @@ def validate_params(estimator):
             )
 
 
+def check_numeric_columns(X, *, where):
+    """Refuse a DataFrame with a column that does not hold numbers, naming it.
+
+    scikit-learn's conversion says only ``could not convert string to float:
+    'x'``. Called before it; anything that is not a pandas DataFrame passes.
+    """
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is None or not hasattr(dtypes, "items") or getattr(X, "ndim", 0) != 2:
+        return
+    for col, dt in dtypes.items():
+        kind = getattr(dt, "kind", None)  # NumPy and pandas' extension dtypes
+        if kind is None or kind in "biuf":
+            continue
+        if kind == "O":  # objects: numbers pass, as scikit-learn converts them
+            try:
+                np.asarray(X[col], dtype=np.float64)
+                continue
+            except (TypeError, ValueError):
+                pass
+        first = X[col].iloc[0] if len(X) else None
+        raise ValueError(
+            f"{where}: X has column {col!r} of dtype {dt} (first value "
+            f"{first!r}); expected numbers in every column."
+        )
+
+
 def largest_abs(X):
     """The largest absolute value in ``X`` (NumPy, scipy sparse or torch; 0.0
     when empty): for messages about data whose squares underflow."""

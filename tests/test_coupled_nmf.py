@@ -521,6 +521,25 @@ def test_data_whose_squares_leave_the_dtype_range_are_refused():
         assert np.isfinite(m.reconstruction_err_) and np.isfinite(m.components_).all()
 
 
+def test_a_dataframe_column_of_words_is_named():
+    pd = pytest.importorskip("pandas")
+    X = np.random.RandomState(0).rand(12, 4)
+    df = pd.DataFrame(X, columns=["a__0", "a__1", "b__0", "b__1"])
+    model = CoupledNMF(2, blocks="auto", random_state=0, max_iter=500)
+    model.fit(df.astype(object))  # numbers held as objects convert, as before
+    words = df.assign(b__1=["x"] * 12)
+    for call, where in [(model.fit, "fit"), (model.transform, "transform")]:
+        with pytest.raises(ValueError, match=rf"CoupledNMF\.{where}: X has column "
+                           r"'b__1' of dtype .* \(first value 'x'\); expected "
+                           r"numbers in every column"):  # fmt: skip
+            call(words)
+    from sklearn_peek import RankQualityScorer
+
+    layers = words.rename(columns=lambda c: c.replace("a__", "input__"))
+    with pytest.raises(ValueError, match=r"RankQualityScorer\.fit: X has column 'b"):
+        RankQualityScorer(ranks=[1, 2], cv=2).fit(layers)
+
+
 def test_bad_block_weights():
     X = np.random.RandomState(0).rand(8, 6)
     kw = dict(blocks=[("a", 2), ("b", 4)])
