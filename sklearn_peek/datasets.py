@@ -370,6 +370,11 @@ def _load_from_folder(folder, splits, kind):
                 f"The {split} images in {str(folder)!r} have shape {images.shape[1:]}; "
                 "expected 28x28 MNIST images."
             )
+        if images.shape[0] == 0:  # a truncated download, say
+            raise ValueError(
+                f"The {split} images file in {str(folder)!r} holds no images; "
+                "expected the MNIST images (delete it to download it again)."
+            )
     images = np.concatenate([p[0] for p in parts])
     target = np.concatenate([p[1] for p in parts])
     n_train = parts[0][0].shape[0] if splits[0] == "train" else 0

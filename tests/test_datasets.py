@@ -160,6 +160,15 @@ def test_load_mnist_errors(tmp_path):
     assert load_mnist(tmp_path, kind="test").images.shape == (3, 1, 28, 28)
     with pytest.raises(FileNotFoundError, match=r"train-labels-idx1-ubyte.gz"):
         load_mnist(tmp_path, kind="both")
+    # Valid IDX files of no images (it failed inside a NumPy reshape).
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    with pytest.raises(ValueError, match=r"test images file in .* holds no images"):
+        load_mnist(tmp_path, kind="test")
+    write_idx(
+        tmp_path / "t10k-images-idx3-ubyte",
+        rng.integers(0, 255, (3, 28, 28)),
+    )
     # Images and labels that disagree.
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([1, 2]))
     with pytest.raises(ValueError, match=r"3 images but .* 2 labels"):
