@@ -284,6 +284,11 @@ def test_several_inputs(X):
         LayerActivationExtractor(
             model, ["r3"], input_name="x", extra_inputs={"offset": 0, "bias": 1}
         ).fit(X)
+    with pytest.raises(ValueError, match=r"extra_inputs\['offset'\]='abc' cannot be "
+                       r"read as the model input's float32 values"):  # fmt: skip
+        LayerActivationExtractor(
+            model, ["r3"], input_name="x", extra_inputs={"offset": "abc"}
+        ).fit(X)
     offset = np.linspace(-1, 1, 12).astype(np.float32)
     # one sample's value is wanted: a value with the batch axis is refused
     # (it ran while the batch happened to match, and failed when not)

@@ -417,7 +417,14 @@ class OnnxAdapter:
             dt = self.onnx.helper.tensor_dtype_to_np_dtype(
                 vi.type.tensor_type.elem_type
             )
-            value = np.asarray(extra[vi.name], dtype=dt)
+            try:
+                value = np.asarray(extra[vi.name], dtype=dt)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(
+                    f"extra_inputs[{vi.name!r}]={extra[vi.name]!r} cannot be read as "
+                    f"the model input's {np.dtype(dt).name} values ({exc}); "
+                    "expected numbers (one sample's value)."
+                ) from None
             dims = _dims(vi.type)
             batched = dims is not None and len(dims) == value.ndim + 1
             batch_dim = self.input_dims[0] if self.input_dims else None
