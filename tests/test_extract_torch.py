@@ -1032,6 +1032,14 @@ def test_parameters_changed_after_fit_are_refused_not_ignored(lenet, X):
         changed.set_params(**{param: value})
         with pytest.raises(ValueError, match=rf"^{param}=.*differs from the value"):
             changed.transform(X)
+    # a list changed in place after fit is a change too; so are the names
+    layers = ["pool2"]
+    inplace = LayerActivationExtractor(lenet, layers, input_shape=(1, 28, 28)).fit(X)
+    layers.append("relu3")
+    with pytest.raises(ValueError, match=r"^layers=\['pool2', 'relu3'\] differs"):
+        inplace.transform(X)
+    with pytest.raises(ValueError, match=r"^layers=\['pool2', 'relu3'\] differs"):
+        inplace.get_feature_names_out()
     # what fit did not use may change; equal plain values count as the same
     ext.set_params(batch_size=5, progress=False, layers="auto", input_shape=[1, 28, 28])
     np.testing.assert_allclose(ext.transform(X), B, atol=1e-6)

@@ -1080,7 +1080,11 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             checked = len(X4)
         elif self.nonneg == "error":
             self._postprocess(self._pooled(probe, raw), check_rows=0, input_min=xmin)
-        self._fitted_with = {k: getattr(self, k) for k in _LAYOUT_PARAMS}
+        # copies of lists and arrays: one changed in place after fit differs
+        self._fitted_with = {
+            k: (v.copy() if isinstance(v, (list, np.ndarray)) else v)
+            for k, v in ((k, getattr(self, k)) for k in _LAYOUT_PARAMS)
+        }
         return X4, (checked, xmin, raw)
 
     @staticmethod
@@ -1453,6 +1457,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         feature_names_out : ndarray of str objects
         """
         check_is_fitted(self, "block_sizes_")
+        self._check_unchanged()  # the names transform would give
         if input_features is not None and len(input_features) != self.n_features_in_:
             raise ValueError(
                 f"input_features has {len(input_features)} names; expected "
