@@ -41,6 +41,7 @@ from ._validation import (
     StrOptions,
     _fit_context,
     aligned,
+    caller_stacklevel,
     check_finite,
     check_finite_nonneg,
     check_is_fitted,
@@ -453,7 +454,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 f"reached before convergence (tol={self.tol}); increase max_iter "
                 "or tol.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=caller_stacklevel(),  # the user's line, not sklearn's
             )
         self._set_errors(X, Wf, Hf, slices, weights, sq)
         self.components_ = _host_array(Hf, numpy_dtype(X))

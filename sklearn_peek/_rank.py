@@ -50,6 +50,7 @@ from sklearn_peek._validation import (
     HasMethods,
     Interval,
     StrOptions,
+    caller_stacklevel,
     check_finite_nonneg,
     check_numeric_columns,
     check_weights,
@@ -1567,7 +1568,7 @@ class RankQualityScorer(BaseEstimator):
                 f"tol={self.tol} (ranks {sorted(set(bad.tolist()))[:10]}); the curves "
                 "may be noisier. Raise max_iter or tol.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=caller_stacklevel(),
             )
 
     # ------------------------------------------------------------- scoring

@@ -395,6 +395,31 @@ def validate_params(estimator):
             )
 
 
+def caller_stacklevel():
+    """``stacklevel`` (for a warning issued by the function calling this one)
+    of the first frame outside sklearn_peek, scikit-learn and joblib (whose
+    ``Memory`` wraps a Pipeline's steps): the user's line, also when a
+    Pipeline, ``fit_transform`` or scikit-learn's ``_fit_context`` made the
+    call."""
+    import os
+    import sys
+
+    import joblib
+    import sklearn
+
+    inside = (
+        os.path.dirname(os.path.abspath(__file__)) + os.sep,
+        os.path.dirname(os.path.abspath(sklearn.__file__)) + os.sep,
+        os.path.dirname(os.path.abspath(joblib.__file__)) + os.sep,
+    )
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        inside
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def check_numeric_columns(X, *, where):
     """Refuse a DataFrame with a column that does not hold numbers, naming it.
 

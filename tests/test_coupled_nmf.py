@@ -540,6 +540,22 @@ def test_a_dataframe_column_of_words_is_named():
         RankQualityScorer(ranks=[1, 2], cv=2).fit(layers)
 
 
+def test_convergence_warning_points_at_the_callers_line():
+    # it pointed into scikit-learn (base.py, _fit_context's wrapper)
+    X = np.random.RandomState(0).rand(30, 12)
+    model = CoupledNMF(3, max_iter=1, random_state=0)
+    pipe = make_pipeline(FunctionTransformer(), CoupledNMF(3, max_iter=1))
+    from sklearn_peek import RankQualityScorer
+
+    scorer = RankQualityScorer(
+        blocks=[("input", 6), ("l", 6)], ranks=[1, 2], cv=2, max_iter=1
+    )
+    for call in (model.fit, model.fit_transform, pipe.fit, scorer.fit):
+        with pytest.warns(ConvergenceWarning, match="max_iter=1") as rec:
+            call(X)
+        assert {w.filename for w in rec} == {__file__}, call
+
+
 def test_bad_block_weights():
     X = np.random.RandomState(0).rand(8, 6)
     kw = dict(blocks=[("a", 2), ("b", 4)])

@@ -14,7 +14,6 @@ import copy
 import math
 import numbers
 import os
-import sys
 import warnings
 from numbers import Integral
 from typing import ClassVar
@@ -36,6 +35,7 @@ from .._progress import progress_bar
 from .._validation import (
     Interval,
     StrOptions,
+    caller_stacklevel,
     close_matches,
     string_feature_names,
     transform_output,
@@ -228,29 +228,8 @@ def _warn_unscaled(arr, param="X"):
         "unless --scale none); pass a float array, e.g. X.astype(np.float32), to "
         "use the values as they are without this warning.",
         UserWarning,
-        stacklevel=_caller_stacklevel(),
+        stacklevel=caller_stacklevel(),
     )
-
-
-def _caller_stacklevel():
-    """``stacklevel`` (for a warning issued by the function calling this one)
-    of the first frame outside sklearn_peek, scikit-learn and joblib (whose
-    ``Memory`` wraps a Pipeline's steps): the user's line, also when a
-    Pipeline or ``fit_transform`` made the call."""
-    import joblib
-    import sklearn
-
-    inside = (
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
-        os.path.dirname(os.path.abspath(sklearn.__file__)) + os.sep,
-        os.path.dirname(os.path.abspath(joblib.__file__)) + os.sep,
-    )
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
-        inside
-    ):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _as_array(X, param="X", *, warn_integers=True):
