@@ -45,12 +45,12 @@ from ._validation import (
     check_finite,
     check_finite_nonneg,
     check_is_fitted,
+    check_no_underflow,
     check_numeric_columns,
     check_weights,
     column_block_sq_norms,
     did_you_mean,
     is_integral,
-    largest_abs,
     validate_data,
     validate_params,
 )
@@ -638,15 +638,12 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         if isinstance(bw, str) and bw == "norm":
             size = _block_sums(X, slices, ord="sum") if kl else sq
             zero = [nm for nm, s in zip(names, size) if not s > 0]
-            for nm, sl in zip(names, slices):
-                top = largest_abs(X[:, sl]) if nm in zero and not kl else 0.0
-                if top > 0:  # not zeros: values whose squares underflow
-                    raise ValueError(
-                        f"block_weights='norm' divides every block by its squared "
-                        f"Frobenius norm, but that of block {nm!r} of X underflows "
-                        f"to 0 in float64 (its largest value is {top:.3g}). Rescale "
-                        "X (e.g. X / X.max()), or pass explicit block_weights."
-                    )
+            if not kl:  # sums of values do not underflow as squares do
+                check_no_underflow(
+                    X,
+                    [(nm, sl) for nm, sl in zip(names, slices) if nm in zero],
+                    where=f"{type(self).__name__}.fit",
+                )
             if zero:
                 raise ValueError(
                     f"block_weights='norm' divides every block by its "

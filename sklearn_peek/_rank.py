@@ -52,11 +52,11 @@ from sklearn_peek._validation import (
     StrOptions,
     caller_stacklevel,
     check_finite_nonneg,
+    check_no_underflow,
     check_numeric_columns,
     check_weights,
     did_you_mean,
     is_integral,
-    largest_abs,
     string_feature_names,
     validate_params,
 )
@@ -423,16 +423,12 @@ def _check_live_blocks(sq, blocks, used, n, X):
     values whose squares underflow is said to, not called zeros."""
     totals = sq.sum(axis=0)
     dead = [nm for (nm, _), t in zip(blocks, totals) if nm in used and not t > 0]
-    starts = np.cumsum([0] + [size for _, size in blocks])
-    for k, (nm, _) in enumerate(blocks):
-        top = largest_abs(X[:, starts[k] : starts[k + 1]]) if nm in dead else 0.0
-        if top > 0:
-            raise ValueError(
-                f"RankQualityScorer.fit: the squared norm of block {nm!r} of X "
-                f"underflows to 0 in float64 (its largest value is {top:.3g}), "
-                "and block_weights='norm' divides every block by it. Rescale X "
-                "(e.g. X / X.max()), or pass explicit block_weights."
-            )
+    names, spans = resolve_blocks(blocks, None)
+    check_no_underflow(
+        X,
+        [(nm, sl) for nm, sl in zip(names, spans) if nm in dead],
+        where="RankQualityScorer.fit",
+    )
     if dead:
         live = [nm for nm, _ in blocks if nm in used and nm not in dead]
         layers = [nm for nm in live if nm != _INPUT]

@@ -29,6 +29,8 @@ from sklearn.utils._param_validation import (
 from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from sklearn_peek._backend import is_torch_tensor
+
 __all__ = [
     "HasMethods",
     "Hidden",
@@ -446,14 +448,26 @@ def check_numeric_columns(X, *, where):
         )
 
 
-def largest_abs(X):
-    """The largest absolute value in ``X`` (NumPy, scipy sparse or torch; 0.0
-    when empty): for messages about data whose squares underflow."""
-    if type(X).__module__.startswith("torch"):
-        return float(X.abs().max()) if X.numel() else 0.0
-    if sp.issparse(X):
-        return float(abs(X).max()) if X.nnz else 0.0
-    return float(np.abs(X).max()) if X.size else 0.0
+def check_no_underflow(X, blocks, *, where):
+    """Raise for the first of ``blocks`` (``(name, column slice)`` pairs whose
+    squared norm came out 0) that holds non-zero values: their squares
+    underflow, which ``block_weights="norm"`` cannot divide by. Blocks of
+    zeros pass (the callers say those are zeros). NumPy, sparse or torch."""
+    for name, sl in blocks:
+        Xb = X[:, sl]
+        if is_torch_tensor(Xb):
+            top = float(Xb.abs().max()) if Xb.numel() else 0.0
+        elif sp.issparse(Xb):
+            top = float(abs(Xb).max()) if Xb.nnz else 0.0
+        else:
+            top = float(np.abs(Xb).max()) if Xb.size else 0.0
+        if top > 0:
+            raise ValueError(
+                f"{where}: the squared norm of block {name!r} of X underflows to 0 "
+                f"in float64 (its largest value is {top:.3g}). Rescale X (e.g. "
+                "X / X.max()), or pass explicit block_weights: "
+                "block_weights='norm' divides every block by its squared norm."
+            )
 
 
 def aligned(X):

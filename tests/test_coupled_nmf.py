@@ -565,7 +565,8 @@ def test_bad_block_weights():
     _fit_err(X, r"all weights are zero", block_weights=[0, 0], **kw)
     tiny = X.copy()
     tiny[:, 2:] *= 1e-300  # not zeros: their squares underflow
-    _fit_err(tiny, r"that of block 'b' of X underflows to 0 in float64 \(its "
+    _fit_err(tiny, r"fit: the squared norm of block 'b' of X underflows to 0 in "
+             r"float64 \(its "
              r"largest value is \d\.\d+e-30\d\)\. Rescale X", **kw)  # fmt: skip
     _fit_err(sp.csr_matrix(tiny), r"block 'b' of X underflows", **kw)
     X[:, 2:] = 0
