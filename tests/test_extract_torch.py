@@ -945,7 +945,7 @@ def _gated_net():
     return gate, body
 
 
-def test_extractors_sharing_modules_take_turnsin_threads():
+def test_extractors_sharing_modules_take_turns_in_threads():
     # clone shares the model; two passes at once over one module (threads:
     # GridSearchCV under joblib's threading backend) read each other's
     # outputs through the hooks and undo each other's eval mode. Also when

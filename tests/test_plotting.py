@@ -875,6 +875,14 @@ def test_rank_vs_quality_colorbar_names_the_degradation(tmp_path):
     lo, hi = cbar.get_ylim()
     ticks = [t for t in cbar.get_yticks() if lo <= t <= hi]
     assert len(ticks) >= 3 and all(t == round(t) for t in ticks), ticks
+    # the cut: 10 levels are stepped (a BoundaryNorm), 11 continuous
+    import matplotlib as mpl
+
+    for k, stepped in [(10, True), (11, False), (21, False)]:
+        few = {key: v[:k] for key, v in many.items()}
+        fig = plotting.plot_rank_vs_quality(few, layer="relu3", criterion="bcv")
+        norm = fig.axes[0].collections[0].norm
+        assert isinstance(norm, mpl.colors.BoundaryNorm) == stepped, k
     table["degradation"] = ["blur"] * 8
     fig = plotting.plot_rank_vs_quality(table, layer="relu3", criterion="bcv")
     assert fig.axes[1].get_ylabel() == "blur level"

@@ -125,7 +125,9 @@ def test_fraction_keeps_per_class_counts(digits_split):
 
 @pytest.mark.parametrize(
     "degradation, level",
-    [("fraction", 1.0), ("classes", 10), ("label_noise", 0.0), ("epochs", 2)],
+    # (label_noise 0.0 and epochs at the full count drew nothing before the
+    # fix either: no cases here, they could not fail)
+    [("fraction", 1.0), ("classes", 10)],
 )
 def test_a_degradation_at_its_mildest_trains_the_undegraded_network(
     digits_split, degradation, level
