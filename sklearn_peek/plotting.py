@@ -2081,6 +2081,32 @@ def _hue_label(hue, sub):
     return _LEVEL_LABELS.get(deg, f"{deg} level")
 
 
+def _count_overlaps(ax, x, y):
+    """Label each point that several rows share with how many share it.
+
+    Networks trained the same way (a degradation at its mildest level is the
+    undegraded network) give the same (quality, rank) pair; drawn on top of
+    each other they would look like one. A small "×k" beside the point says
+    how many there are.
+    """
+    pairs, counts = np.unique(np.column_stack([x, y]), axis=0, return_counts=True)
+    lo, hi = sorted(ax.get_xlim())
+    for (px, py), k in zip(pairs, counts):
+        if k > 1:
+            # up and to the right, or to the left near the right edge
+            left = px > lo + 0.85 * (hi - lo)
+            ax.annotate(
+                f"\u00d7{k}",
+                (px, py),
+                xytext=(-5 if left else 5, 5),
+                textcoords="offset points",
+                ha="right" if left else "left",
+                fontsize=8,
+                color="0.2",
+                gid="overlap-count",
+            )
+
+
 def plot_rank_vs_quality(
     table,
     *,
@@ -2097,7 +2123,9 @@ def plot_rank_vs_quality(
 ):
     """Scatter of each network's selected rank against its test accuracy.
 
-    One point per trained network. The title gives Spearman's rho between
+    One point per trained network; a point that several networks share
+    (same quality, same rank) is labelled with their count, "×3". The title
+    gives Spearman's rho between
     rank and ``quality`` with its 95% bootstrap interval: the paper's claim is
     that it is positive (networks trained worse support a lower rank).
 
@@ -2257,6 +2285,7 @@ def plot_rank_vs_quality(
             ax.legend(
                 title=_hue_label(hue, sub), fontsize=8, title_fontsize=8, loc="best"
             )
+    _count_overlaps(ax, x, yv)
     ax.set_xlabel(f"test {quality}" if quality == "accuracy" else quality)
     ax.set_ylabel(f"selected rank ({layer})")
     ax.grid(alpha=0.3)

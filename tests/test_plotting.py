@@ -484,6 +484,27 @@ def test_rank_vs_quality_long_dataframe_with_numeric_hue():
     assert "rho = +0.61 (no interval)" in fig.axes[0].get_title()
 
 
+def test_rank_vs_quality_counts_networks_drawn_on_one_point():
+    # Three networks at (0.9, 6) and two at (0.5, 3): drawn on top of each
+    # other, each pile gets its count; the single points get none.
+    t = {
+        "accuracy": [0.9, 0.9, 0.9, 0.5, 0.5, 0.7, 0.2],
+        "rank_fc1": [6, 6, 6, 3, 3, 4, 2],
+    }
+    ax = plotting.plot_rank_vs_quality(t, layer="fc1").axes[0]
+    counts = {
+        tuple(a.xy): a.get_text() for a in ax.texts if a.get_gid() == "overlap-count"
+    }
+    assert counts == {(0.9, 6.0): "\u00d73", (0.5, 3.0): "\u00d72"}
+    # the same accuracy at another rank is another point
+    t["rank_fc1"][2] = 7
+    ax = plotting.plot_rank_vs_quality(t, layer="fc1").axes[0]
+    counts = {
+        tuple(a.xy): a.get_text() for a in ax.texts if a.get_gid() == "overlap-count"
+    }
+    assert counts == {(0.9, 6.0): "\u00d72", (0.5, 3.0): "\u00d72"}
+
+
 def test_rank_vs_quality_errors():
     t = _study_table()
     with pytest.raises(ValueError, match="cannot find the selected-rank column"):
