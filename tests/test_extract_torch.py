@@ -920,6 +920,23 @@ def test_torchscript_modules_are_refused_with_a_way_out(lenet, X):
             available_layers(scripted, (1, 28, 28))
 
 
+def test_model_without_weights_on_the_meta_device_is_refused(lenet, X):
+    # built under torch.device("meta") (shapes only): torch said "Cannot copy
+    # out of meta tensor; no data!" from inside the first batch
+    with torch.device("meta"):
+        empty = type(lenet)()
+    with pytest.raises(ValueError, match=r"model has \d+ parameters.*'meta' device"):
+        LayerActivationExtractor(empty, input_shape=(1, 28, 28)).fit(X[:2])
+    with pytest.raises(ValueError, match=r"to_empty\(device='cpu'\)"):
+        available_layers(empty, (1, 28, 28))
+    # the way out the message gives works
+    empty.to_empty(device="cpu").load_state_dict(lenet.state_dict())
+    np.testing.assert_array_equal(
+        LayerActivationExtractor(empty, input_shape=(1, 28, 28)).fit_transform(X[:4]),
+        LayerActivationExtractor(lenet, input_shape=(1, 28, 28)).fit_transform(X[:4]),
+    )
+
+
 class _Overlap(torch.nn.Module):
     """Identity that records the most passes running through it at once
     (each stays 20 ms, so that passes started together overlap)."""

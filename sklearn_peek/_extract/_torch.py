@@ -111,6 +111,17 @@ class TorchAdapter:
                 "network exported to ONNX (torch.onnx.export; the command line "
                 "exports a TorchScript file itself)."
             )
+        tensors = [*model.named_parameters(), *model.named_buffers()]
+        empty = [name for name, t in tensors if t.is_meta]
+        if empty:
+            names = ", ".join(empty[:3]) + (", ..." if len(empty) > 3 else "")
+            raise ValueError(
+                f"model has {len(empty)} parameters or buffers on torch's 'meta' "
+                f"device ({names}): they have shapes but no values, so "
+                "the network cannot run. Expected a model with its weights: "
+                "e.g. model.to_empty(device='cpu') and then "
+                "model.load_state_dict(state_dict)."
+            )
         self.torch = torch
         self.model = model
         self.modules = dict(model.named_modules())
