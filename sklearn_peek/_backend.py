@@ -108,21 +108,35 @@ def resolve_device(device, *, param="device"):
     raise ValueError(f"{param}={device!r} is not understood; expected {DEVICE_HELP}.")
 
 
-def _check_cuda(torch, dev, original, param):
+def cuda_shortfall(torch, dev):
+    """What the CUDA device ``dev`` lacks, worded to follow "asks for", or None.
+
+    The wording is shared by :func:`resolve_device` and the command line's
+    ``--device``, which add their own advice (``device='auto'`` or
+    ``--device auto``) when torch sees no GPU at all.
+    """
     if not torch.cuda.is_available():
-        raise ValueError(
-            f"{param}={original!r} asks for a CUDA GPU, but torch sees none "
-            f"(torch {torch.__version__}, CUDA build: "
-            f"{torch.version.cuda is not None}). "
-            "Use device='auto' to fall back to the CPU quietly, or device=None."
+        return (
+            f"a CUDA GPU, but torch sees none (torch {torch.__version__}, CUDA "
+            f"build: {torch.version.cuda is not None})"
         )
     index = dev.index if dev.index is not None else 0
     count = torch.cuda.device_count()
     if index >= count:
-        raise ValueError(
-            f"{param}={original!r} asks for GPU {index}, but torch sees only {count} "
-            f"GPU(s) (indices 0..{count - 1})."
+        return (
+            f"GPU {index}, but torch sees only {count} GPU(s) (indices 0..{count - 1})"
         )
+    return None
+
+
+def _check_cuda(torch, dev, original, param):
+    shortfall = cuda_shortfall(torch, dev)
+    if shortfall is None:
+        return
+    advice = ""
+    if not torch.cuda.is_available():
+        advice = " Use device='auto' to fall back to the CPU quietly, or device=None."
+    raise ValueError(f"{param}={original!r} asks for {shortfall}.{advice}")
 
 
 def is_torch_tensor(x):

@@ -147,15 +147,19 @@ def _device(text):
             f"{given!r}: expected cpu, auto, cuda or cuda:N (N: a GPU index)."
         )
     if text.startswith("cuda"):
-        from sklearn_peek._backend import resolve_device
+        import torch
 
-        try:
-            resolve_device(text)
-        except ValueError as exc:
-            reason = str(exc).split(" asks for ", 1)[-1]
-            reason = reason.replace("Use device='auto'", "Use --device auto")
-            reason = reason.replace("or device=None.", "or --device cpu.")
-            raise argparse.ArgumentTypeError(f"{text!r} asks for {reason}") from None
+        from sklearn_peek._backend import cuda_shortfall
+
+        shortfall = cuda_shortfall(torch, torch.device(text))
+        if shortfall is not None:
+            advice = ""
+            if not torch.cuda.is_available():
+                advice = (
+                    " Use --device auto to fall back to the CPU quietly, or "
+                    "--device cpu."
+                )
+            raise argparse.ArgumentTypeError(f"{text!r} asks for {shortfall}.{advice}")
     return text
 
 
