@@ -128,6 +128,25 @@ def test_pipeline_on_gpu_keeps_tensors_there():
     assert np.linalg.norm(W - W_cpu) / np.linalg.norm(W_cpu) < 1e-2
 
 
+def test_extractor_device_changed_after_fit_is_where_transform_runs():
+    # extraction.rst: device may change after fit, and transform runs there
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten()
+    )
+    X = np.random.RandomState(0).rand(10, 1, 8, 8).astype(np.float32)
+    ext = LayerActivationExtractor(net, output="torch").fit(X)
+    on_cpu = ext.transform(X)
+    assert on_cpu.device.type == "cpu"
+    ext.set_params(device="cuda")
+    on_gpu = ext.transform(X)
+    assert on_gpu.is_cuda
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-4, atol=1e-5)
+    ext.set_params(device="cpu")
+    assert ext.transform(X).device.type == "cpu"
+    assert next(net.parameters()).device.type == "cpu"  # moved back each time
+
+
 def test_rank_scorer_on_cuda_matches_cpu():
     from sklearn_peek import RankQualityScorer
 
