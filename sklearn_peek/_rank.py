@@ -696,7 +696,9 @@ class RankQualityScorer(BaseEstimator):
     ----------
     layers : str, list of str or None, default=None
         Blocks (layer names) to analyse; None means every block except
-        ``"input"``. When the scorer is called on an estimator, these are also
+        ``"input"``. With ``coupling="all"``, the input block and these
+        layers are factored together (the other blocks are left out). When
+        the scorer is called on an estimator, these are also
         the layers given to the extractor it builds (None: the extractor's
         ``"auto"``).
     extractor : LayerActivationExtractor or None, default=None
@@ -704,9 +706,14 @@ class RankQualityScorer(BaseEstimator):
         extractor (fitting a clone of it first when it is not fitted) and uses
         its ``block_sizes_``. When the scorer is *called* on an estimator, the
         extractor serves as a template (pooling, nonneg, input_shape, ...)
-        whose ``model`` is replaced by the estimator's model.
+        whose ``model`` is replaced by the estimator's model (and whose
+        ``layers``, ``device`` and ``progress`` by the scorer's, where the
+        scorer sets them and, for ``device`` and ``progress``, the template
+        leaves them at None).
     blocks : list of (name, size) or of int, or None, default=None
-        Block layout of an ndarray ``X``, e.g. ``extractor.block_sizes_``. A
+        Block layout of an ndarray ``X``, e.g. ``extractor.block_sizes_``
+        (with ``extractor`` given, the extractor's layout is used, and
+        ``blocks``, when set, must agree with it). A
         plain size is named ``"block<i>"`` (``i``: its position), as
         :class:`~sklearn_peek.CoupledNMF` names it; since no plain size is
         named ``"input"``, ``coupling="input"`` needs the input block given
@@ -760,11 +767,15 @@ class RankQualityScorer(BaseEstimator):
         Number of row folds (and column groups) for ``"bcv"``.
     coupling : {"input", "none", "all"}, default="input"
         ``"input"``: each layer with the input block, ``[input | layer]``.
-        ``"none"``: each layer alone (baseline). ``"all"``: every block at once,
-        reported as one layer named ``"all"``.
+        ``"none"``: each layer alone (baseline). ``"all"``: every block at once
+        (the input and ``layers``, when given), reported as one layer named
+        ``"all"``.
     block_weights : "norm", "none" or array-like, default="norm"
         Passed to every :class:`~sklearn_peek.CoupledNMF`; with "norm" each
-        block counts as much as the others.
+        block counts as much as the others. An array gives one weight per
+        block of a coupled matrix: two (input, layer) under
+        ``coupling="input"``, one under ``"none"``, and under ``"all"`` one
+        per block factored together (the input and ``layers``, or all).
     solver : {"hals", "mu"}, default="hals"
         Passed to every CoupledNMF.
     init : {"nndsvd", "nndsvda", "nndsvdar", "random"} or None, default=None
@@ -799,13 +810,17 @@ class RankQualityScorer(BaseEstimator):
         once on a torch device.
     score_layer : str or None, default=None
         Layer whose selected rank :meth:`__call__` returns; None averages all
-        layers.
+        layers. It must be a layer the scorer analyses (one of ``layers``;
+        ``"all"`` under ``coupling="all"``): :meth:`fit` checks it before
+        any fit, and :meth:`__call__` before the network runs when
+        ``layers`` or ``coupling="all"`` tells which layers those are.
     n_jobs : int or None, default=None
         Number of joblib workers; None defers to the active
         ``joblib.parallel_config`` (one worker outside of one).
     device : None, str or torch.device, default=None
         Passed to every CoupledNMF and, when the scorer is called on an
-        estimator, to the extractor it builds. When it selects a torch
+        estimator, to the extractor it builds (or to the ``extractor``
+        template's copy, unless the template sets its own). When it selects a torch
         device (``"cuda"``, ``"cuda:N"``, ``"auto"`` with a GPU, a
         ``torch.device``), the fits run in this process one after the other,
         whatever ``n_jobs`` and the joblib backend say: one CUDA context
@@ -819,7 +834,8 @@ class RankQualityScorer(BaseEstimator):
         or group of ranks on the host, one per layer and fold on a torch
         device; see ``n_tasks_``) as they finish. None draws it when
         standard error is a terminal or the code runs in a Jupyter notebook,
-        unless the ``CI`` environment variable is set.
+        unless the ``CI`` environment variable is set. When the scorer is
+        called on an estimator, the extractor gets it too (as ``device``).
 
     Attributes
     ----------
@@ -1043,6 +1059,12 @@ class RankQualityScorer(BaseEstimator):
             self.extractor_ = ext
             Z = ext.transform(X)
             blocks = [(str(n), int(s)) for n, s in ext.block_sizes_]
+            if self.blocks is not None and self._blocks_param(Z.shape[1]) != blocks:
+                raise ValueError(
+                    f"blocks={self.blocks!r} disagrees with the blocks of "
+                    f"`extractor`, {blocks!r}; expected blocks=None (the "
+                    "extractor gives the layout) or the same blocks."
+                )
             return self._as_array(Z, "X (activations from `extractor`)"), blocks
 
         if hasattr(X, "columns") and hasattr(X, "to_numpy"):
@@ -1119,7 +1141,14 @@ class RankQualityScorer(BaseEstimator):
                         + did_you_mean(name, non_input)
                     )
         if self.coupling == _ALL:
-            return [(_ALL, None, blocks)]
+            if self.layers is None:
+                return [(_ALL, None, blocks)]
+            # the input (when there is one) and the chosen layers, in data order
+            keep = [n for n in names if n == _INPUT or n in layers]
+            cols = np.concatenate([span[n] for n in keep])
+            if np.array_equal(cols, np.arange(cols[0], cols[-1] + 1)):
+                cols = slice(int(cols[0]), int(cols[-1]) + 1)  # a view, not a copy
+            return [(_ALL, cols, [(n, size[n]) for n in keep])]
         if not layers:
             raise ValueError(
                 f"the data has no block other than 'input' (blocks={blocks!r}); "
@@ -1162,23 +1191,34 @@ class RankQualityScorer(BaseEstimator):
     def _check_layout(self, n, blocks, samples):
         """What the data's shape must allow beyond ``ranks``: explicit
         ``block_weights`` under ``coupling="all"``, a ``score_layer`` among
-        the blocks, and no more bcv folds than the ``n`` samples (worded as
+        the layers analysed, and no more bcv folds than the ``n`` samples (worded as
         ``samples``, e.g. "the 40 samples of X")."""
-        all_names = [b for b, _ in blocks]
+        analysed = self._layer_columns(blocks)
         if self.coupling == _ALL:
-            self._check_block_weights(all_names)
-        if self.score_layer is not None and self.score_layer not in [*all_names, _ALL]:
-            raise ValueError(
-                f"score_layer={self.score_layer!r} is not a layer of the data; "
-                "expected "
-                f"one of {all_names!r}.{did_you_mean(self.score_layer, all_names)}"
-            )
+            self._check_block_weights([b for b, _ in analysed[0][2]])
+        self._check_score_layer([name for name, _, _ in analysed])
         if self.criterion == "bcv" and self.cv > n:
             raise SweepLimitError(
                 "cv",
                 n,
                 f"cv={self.cv!r} is larger than {samples}; expected 2 <= cv <= {n}.",
             )
+
+    def _check_score_layer(self, analysed):
+        """``score_layer`` is one of the ``analysed`` layers (the keys
+        :attr:`rank_` will have), or None."""
+        if self.score_layer is None or self.score_layer in analysed:
+            return
+        why = ""
+        if self.coupling == _ALL:
+            why = " (coupling='all' reports one layer, 'all')"
+        elif self.score_layer == _INPUT:
+            why = " (the input block is not analysed as a layer of its own)"
+        raise ValueError(
+            f"score_layer={self.score_layer!r} is not a layer the scorer "
+            f"analyses{why}; expected one of {analysed!r}."
+            + did_you_mean(self.score_layer, analysed)
+        )
 
     def _check_sweep(self, n, blocks, samples, ranks):
         """What :meth:`fit` checks of the data's shape before any fit:
@@ -1614,6 +1654,11 @@ class RankQualityScorer(BaseEstimator):
             See :meth:`score_value`; higher is better.
         """
         self._validate_params()  # before the network runs
+        if self.coupling == _ALL:
+            self._check_score_layer([_ALL])
+        elif self.layers is not None:
+            given = [self.layers] if isinstance(self.layers, str) else self.layers
+            self._check_score_layer(list(given))
         model, ext, Xm = _resolve_model(estimator, X)
         if ext is None:
             ext = self._build_extractor(model, estimator)
@@ -1632,6 +1677,15 @@ class RankQualityScorer(BaseEstimator):
             ext = clone(self.extractor).set_params(model=model)
             if self.layers is not None:
                 ext.set_params(layers=layers)
+            # what the template leaves at None follows the scorer
+            own = ext.get_params(deep=False)
+            ext.set_params(
+                **{
+                    k: getattr(self, k)
+                    for k in ("device", "progress")
+                    if own[k] is None and getattr(self, k) is not None
+                }
+            )
             return ext
         kwargs = {}
         shape = getattr(estimator, "input_shape_", None) or getattr(

@@ -7,7 +7,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from numpy.testing import assert_array_equal
+from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
@@ -253,6 +253,31 @@ def test_coupling_and_layers(coupling, layers, expected):
     assert set(sc.curves_) == set(expected)
 
 
+@pytest.mark.parametrize("criterion", ["bcv", "elbow"])
+def test_coupling_all_with_layers_factors_the_input_and_those_layers(criterion):
+    # fit ignored layers under coupling="all" (every block was factored),
+    # while __call__ gave them to the extractor; it now factors [input | fc1],
+    # the same sweep as on those columns alone
+    X = planted(6, 3, widths=(10, 20, 15))
+    kw = dict(ranks=range(1, 5), cv=2, coupling="all", random_state=0)
+    kw["criterion"] = criterion
+    blocks = blocks_of((10, 20, 15))
+    chosen = RankQualityScorer(layers=["fc1"], blocks=blocks, **kw).fit(X)
+    alone = RankQualityScorer(blocks=[blocks[0], blocks[2]], **kw).fit(
+        np.hstack([X[:, :10], X[:, 30:]])
+    )
+    every = RankQualityScorer(blocks=blocks, **kw).fit(X)
+    assert chosen.rank_limits_ == alone.rank_limits_ == {"all": 25}
+    assert every.rank_limits_ == {"all": 45}
+    assert chosen.rank_ == alone.rank_
+    assert_allclose(
+        chosen.cv_results_["mean_score"], alone.cv_results_["mean_score"], rtol=1e-10
+    )
+    assert not np.allclose(
+        chosen.cv_results_["mean_score"], every.cv_results_["mean_score"]
+    )
+
+
 def test_coupling_none_uses_the_layer_alone():
     # the layer block is pure noise, the input is rank 3: coupled with the
     # input it supports structure, alone it does not fit better than noise
@@ -369,6 +394,27 @@ def test_random_state_reproducible_and_matters():
         ({"n_jobs": 0}, r"'n_jobs'.*Got 0 "),
         ({"score_layer": 1}, r"'score_layer'.*Got 1 "),
         ({"score_layer": "fc"}, r"score_layer='fc'.*Did you mean 'fc1'"),
+        # a block of the data, but not a layer the sweep analyses: fit said
+        # nothing and score_value raised after the whole sweep
+        (
+            {"score_layer": "input"},
+            r"score_layer='input' is not a layer the scorer analyses \(the input "
+            r"block is not analysed.*expected one of \['conv1', 'fc1'\]",
+        ),
+        (
+            {"score_layer": "fc1", "layers": ["conv1"]},
+            r"score_layer='fc1' is not a layer the scorer analyses; expected one "
+            r"of \['conv1'\]",
+        ),
+        (
+            {"score_layer": "fc1", "coupling": "all"},
+            r"score_layer='fc1'.*coupling='all' reports one layer, 'all'",
+        ),
+        (
+            {"block_weights": [1, 2, 3], "coupling": "all", "layers": ["fc1"]},
+            r"block_weights=\[1, 2, 3\] gives 3 value\(s\); expected 2 \(one per "
+            r"block: input, fc1\)",
+        ),
         (
             {"blocks": [("input", 10), ("conv1", 10)]},
             r"add up to 20 columns, but X has n_features=45",
@@ -436,6 +482,23 @@ def test_input_features_are_recorded_as_scikit_learn_does():
     sc = RankQualityScorer(extractor=ext, **kw).fit(raw)
     assert sc.n_features_in_ == 9 and not hasattr(sc, "feature_names_in_")
     assert list(sc.rank_) == ["1"]
+
+
+def test_blocks_that_disagree_with_the_extractor_are_refused():
+    # they were ignored: the extractor's layout was used without a word
+    net = nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU()).eval()
+    raw = np.random.default_rng(0).random((40, 1, 3, 3), dtype=np.float32)
+    ext = LayerActivationExtractor(net, ["1"]).fit(raw)
+    kw = dict(extractor=ext, ranks=[1, 2], cv=3, random_state=0)
+    with pytest.raises(
+        ValueError,
+        match=r"blocks=\[\('input', 9\), \('x', 8\)\] disagrees with the blocks "
+        r"of `extractor`, \[\('input', 9\), \('1', 8\)\]",
+    ):
+        RankQualityScorer(blocks=[("input", 9), ("x", 8)], **kw).fit(raw)
+    # the same layout is accepted
+    same = RankQualityScorer(blocks=ext.block_sizes_, **kw).fit(raw)
+    assert same.rank_ == RankQualityScorer(**kw).fit(raw).rank_
 
 
 def test_passed_on_parameters_are_checked_before_the_network_runs(
@@ -863,6 +926,56 @@ def test_scorer_progress_reaches_the_extractor_it_builds(small_cnn_and_images, c
     err = capsys.readouterr().err
     assert "rank sweep" in err and "extract" not in err
     assert mixed == quiet
+    # ... and one that leaves it at None follows the scorer (before, the
+    # template's None drew no bar: stderr is captured here, no terminal)
+    template = LayerActivationExtractor(net, layers=["pool1"])
+    assert RankQualityScorer(progress=True, extractor=template, **kw)(
+        net, images
+    ) == pytest.approx(quiet)
+    err = capsys.readouterr().err
+    assert "extract" in err and "rank sweep" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_scorer_device_reaches_an_extractor_template_that_leaves_it_unset(
+    small_cnn_and_images,
+):
+    # the template's copy ran on the CPU and only the fits asked for CUDA,
+    # after the whole extraction
+    net, images = small_cnn_and_images
+    calls = []
+    hook = net.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        template = LayerActivationExtractor(net, layers=["pool1"])
+        scorer = RankQualityScorer(device="cuda", extractor=template, ranks=[1, 2])
+        with pytest.raises(ValueError, match=r"device='cuda' asks for a CUDA GPU"):
+            scorer(net, images)
+        assert calls == []
+        # a template with a device of its own keeps it (the fits still ask)
+        template.set_params(device="cpu")
+        with pytest.raises(ValueError, match=r"device='cuda' asks for a CUDA GPU"):
+            scorer(net, images)
+        assert calls != []
+    finally:
+        hook.remove()
+
+
+def test_score_layer_not_among_the_given_layers_is_refused_before_the_network_runs(
+    small_cnn_and_images,
+):
+    net, images = small_cnn_and_images
+    calls = []
+    hook = net.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        for kw in (
+            dict(layers=["pool1"], score_layer="relu2"),
+            dict(coupling="all", score_layer="relu2"),
+        ):
+            with pytest.raises(ValueError, match="score_layer='relu2' is not a layer"):
+                RankQualityScorer(ranks=[1, 2], **kw)(net, images)
+        assert calls == []
+    finally:
+        hook.remove()
 
 
 def test_sweep_limit_error_says_which_setting_and_its_limit():
