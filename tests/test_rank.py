@@ -1,6 +1,7 @@
 """RankQualityScorer: planted ranks, determinism across joblib backends, the
 scorer on trained networks, and bad input."""
 
+import contextlib
 import warnings
 
 import joblib
@@ -501,13 +502,22 @@ def test_blocks_that_disagree_with_the_extractor_are_refused():
     assert same.rank_ == RankQualityScorer(**kw).fit(raw).rank_
 
 
+@contextlib.contextmanager
+def _forward_calls(net):
+    """A list that grows by one each time ``net`` runs, while in the block."""
+    calls = []
+    hook = net.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        yield calls
+    finally:
+        hook.remove()
+
+
 def test_passed_on_parameters_are_checked_before_the_network_runs(
     small_cnn_and_images,
 ):
     net, images = small_cnn_and_images
-    calls = []
-    hook = net.register_forward_hook(lambda *args: calls.append(1))
-    try:
+    with _forward_calls(net) as calls:
         ext = LayerActivationExtractor(net, layers=["pool1"])
         for bad in ({"tol": -1}, {"solver": "cd"}, {"verbose": "x"}):
             scorer = RankQualityScorer(ranks=[1, 2], **bad)
@@ -516,8 +526,6 @@ def test_passed_on_parameters_are_checked_before_the_network_runs(
             with pytest.raises(ValueError, match="parameter of RankQualityScorer"):
                 scorer.set_params(extractor=None)(net, images)
         assert calls == []
-    finally:
-        hook.remove()
 
 
 def test_ranks_none_means_one_to_thirty():
@@ -943,9 +951,7 @@ def test_scorer_device_reaches_an_extractor_template_that_leaves_it_unset(
     # the template's copy ran on the CPU and only the fits asked for CUDA,
     # after the whole extraction
     net, images = small_cnn_and_images
-    calls = []
-    hook = net.register_forward_hook(lambda *args: calls.append(1))
-    try:
+    with _forward_calls(net) as calls:
         template = LayerActivationExtractor(net, layers=["pool1"])
         scorer = RankQualityScorer(device="cuda", extractor=template, ranks=[1, 2])
         with pytest.raises(ValueError, match=r"device='cuda' asks for a CUDA GPU"):
@@ -956,17 +962,13 @@ def test_scorer_device_reaches_an_extractor_template_that_leaves_it_unset(
         with pytest.raises(ValueError, match=r"device='cuda' asks for a CUDA GPU"):
             scorer(net, images)
         assert calls != []
-    finally:
-        hook.remove()
 
 
 def test_score_layer_not_among_the_given_layers_is_refused_before_the_network_runs(
     small_cnn_and_images,
 ):
     net, images = small_cnn_and_images
-    calls = []
-    hook = net.register_forward_hook(lambda *args: calls.append(1))
-    try:
+    with _forward_calls(net) as calls:
         for kw in (
             dict(layers=["pool1"], score_layer="relu2"),
             dict(coupling="all", score_layer="relu2"),
@@ -974,8 +976,6 @@ def test_score_layer_not_among_the_given_layers_is_refused_before_the_network_ru
             with pytest.raises(ValueError, match="score_layer='relu2' is not a layer"):
                 RankQualityScorer(ranks=[1, 2], **kw)(net, images)
         assert calls == []
-    finally:
-        hook.remove()
 
 
 def test_sweep_limit_error_says_which_setting_and_its_limit():
