@@ -13,7 +13,9 @@ import re
 
 import numpy as np
 
-_CUDA_RE = re.compile(r"^cuda(:\d+)?$")
+#: "cuda" or "cuda:N": N without leading zeros, at most 6 digits (torch.device
+#: refuses "cuda:00" and indices beyond int64 with a RuntimeError)
+CUDA_RE = re.compile(r"^cuda(:(0|[1-9]\d{0,5}))?$")
 
 DEVICE_HELP = (
     "None or 'cpu' (NumPy on the CPU), 'auto' (a CUDA GPU when torch sees one, "
@@ -86,7 +88,7 @@ def resolve_device(device, *, param="device"):
         if name == "auto":
             torch = _torch()
             return torch.device("cuda") if torch.cuda.is_available() else None
-        if _CUDA_RE.match(name):
+        if CUDA_RE.match(name):
             torch = _torch()
             _check_cuda(torch, torch.device(name), device, param)
             return torch.device(name)

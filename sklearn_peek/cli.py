@@ -52,6 +52,10 @@ class CLIError(Exception):
 # --------------------------------------------------------------------------
 # argument types
 # --------------------------------------------------------------------------
+#: The most ranks --ranks may list: a sweep fits every one of them.
+_MAX_RANKS = 10_000
+
+
 def parse_ranks(text):
     """Parse ``"1:20"`` (inclusive), ``"2:30:2"``, ``"1,2,4,8"`` or mixtures.
 
@@ -73,7 +77,14 @@ def parse_ranks(text):
                 step = bits[2] if len(bits) == 3 else 1
                 if step < 1 or bits[1] < bits[0]:
                     raise ValueError
-                out.extend(range(bits[0], bits[1] + 1, step))
+                grid = range(bits[0], bits[1] + 1, step)
+                if len(out) + len(grid) > _MAX_RANKS:
+                    raise argparse.ArgumentTypeError(
+                        f"{text!r} gives {len(out) + len(grid):,} ranks; expected "
+                        f"at most {_MAX_RANKS:,} (each is a factorization; a rank "
+                        "is also at most the inputs and features of a layer)."
+                    )
+                out.extend(grid)
             else:
                 out.append(int(part))
     except ValueError:
@@ -141,8 +152,10 @@ _seed = _checked(int, lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295
 def _device(text):
     """--device, checked before any work and answered in the command's words
     (the library's message speaks of device=... arguments)."""
+    from sklearn_peek._backend import CUDA_RE
+
     given, text = text, text.strip().lower()  # as the library reads it
-    if text not in ("cpu", "auto") and not re.fullmatch(r"cuda(:\d+)?", text):
+    if text not in ("cpu", "auto") and not CUDA_RE.match(text):
         raise argparse.ArgumentTypeError(
             f"{given!r}: expected cpu, auto, cuda or cuda:N (N: a GPU index)."
         )
@@ -237,6 +250,12 @@ def _add_common(p):
     )
 
 
+#: analyze's --energy and --cv when not given (they default to None, so that a
+#: value given with another criterion, which would have no effect, is refused)
+_ENERGY_DEFAULT = 0.9
+_CV_DEFAULT = 3
+
+
 def _add_analysis_options(p, *, ranks_default):
     g = p.add_argument_group("rank selection")
     g.add_argument(
@@ -261,16 +280,18 @@ def _add_analysis_options(p, *, ranks_default):
     g.add_argument(
         "--energy",
         type=_fraction,
-        default=0.9,
+        default=None,
         metavar="FRACTION",
-        help="target explained energy of --criterion energy, in (0, 1] (default: 0.9)",
+        help="target explained energy of --criterion energy, in (0, 1] (default: "
+        f"{_ENERGY_DEFAULT}; an error with another criterion)",
     )
     g.add_argument(
         "--cv",
         type=_folds,
-        default=3,
+        default=None,
         metavar="K",
-        help="folds for --criterion bcv, at least 2 (default: 3)",
+        help=f"folds for --criterion bcv, at least 2 (default: {_CV_DEFAULT}; an "
+        "error with another criterion)",
     )
     g.add_argument(
         "--seed",
@@ -455,8 +476,15 @@ def build_parser():
     g.add_argument(
         "--labels",
         metavar="FILE",
-        help="optional labels (.npy or IDX) used only to group the sample-loadings "
-        "figure by class; nothing is fitted with them",
+        help="optional labels (.npy, .npz or IDX) used only to group the "
+        "sample-loadings figure by class; nothing is fitted with them",
+    )
+    g.add_argument(
+        "--labels-key",
+        metavar="KEY",
+        help="array to use inside an .npz --labels file (default: its only array, "
+        "or 'y'/'labels'/'label'/'targets'/'target' if present), e.g. y_test "
+        "with --data-key x_test for a Keras-style mnist.npz",
     )
     g.add_argument(
         "--layers",
@@ -538,8 +566,10 @@ def build_parser():
         type=_nonneg_float,
         default=1e-4,
         metavar="T",
-        help="stopping tolerance of each factorization (relative decrease of the "
-        "objective), a number >= 0 (default: 1e-4; larger stops sooner)",
+        help="stopping tolerance of each factorization of the rank sweep "
+        "(relative decrease of the objective), a number >= 0 (default: 1e-4; "
+        "larger stops sooner). The model drawn in the figures uses this or 1e-3, "
+        "whichever is larger, and up to max(300, --max-iter) iterations",
     )
     g = an.add_argument_group("figures")
     g.add_argument(
@@ -703,14 +733,26 @@ def _is_idx(path):
     return len(head) == 4 and head[:2] == b"\x00\x00" and head[2] in _IDX_DTYPES
 
 
-def load_array(path, *, key=None, what="--data"):
-    """Read an array from .npy, .npz (``key``) or an IDX file (gzipped or not)."""
+#: The array of an .npz file that --data and --labels take when the file
+#: holds several and no --data-key / --labels-key is given (the first found).
+_NPZ_GUESSES = {
+    "--data": ("x", "X", "images", "data"),
+    "--labels": ("y", "labels", "label", "targets", "target"),
+}
+
+
+def load_array(path, *, key=None, what="--data", key_option="--data-key"):
+    """Read an array from .npy, .npz (``key``) or an IDX file (gzipped or not).
+
+    ``what`` names the option that gave ``path`` and ``key_option`` the one
+    that gave ``key``, for the messages.
+    """
     p = _require_file(path, what)
     name = p.name.lower()
     if key is not None and not name.endswith(".npz"):
         raise CLIError(
-            f"--data-key {key!r} applies to .npz files only, but {what} "
-            f"{str(p)!r} is not an .npz file; drop --data-key."
+            f"{key_option} {key!r} applies to .npz files only, but {what} "
+            f"{str(p)!r} is not an .npz file; drop {key_option}."
         )
     if name.endswith(".npy"):
         try:
@@ -727,16 +769,17 @@ def load_array(path, *, key=None, what="--data"):
                     if len(keys) == 1:
                         key = keys[0]
                     else:
-                        common = [k for k in ("x", "X", "images", "data") if k in keys]
+                        guesses = _NPZ_GUESSES.get(what, ())
+                        common = [k for k in guesses if k in keys]
                         if not common:
                             raise CLIError(
                                 f"{what} {str(p)!r} holds several arrays {keys}; "
-                                "choose one with --data-key."
+                                f"choose one with {key_option}."
                             )
                         key = common[0]
                 if key not in keys:
                     raise CLIError(
-                        f"--data-key {key!r} is not in {str(p)!r}; "
+                        f"{key_option} {key!r} is not in {str(p)!r}; "
                         f"its arrays are {keys}."
                     )
                 return z[key]
@@ -1256,6 +1299,30 @@ def _load_args_model(args, sample, workdir, *, source="--data"):
         )
 
 
+def _warn_idle_options(args, ext, say):
+    """Warn about --pooling and --channel-repeat where the model (known only
+    once the extractor is fitted) leaves them without effect."""
+    if args.pooling != "none":
+        # the extractor pools the layers with a spatial axis (C, H, W), (C, L)
+        spatial = [
+            n for n, shape in ext._raw_shapes.items() if n != "input" and len(shape) > 1
+        ]
+        if not spatial:
+            say.warn(
+                "pooling",
+                f"--pooling {args.pooling} has no effect: none of the probed layers "
+                f"({', '.join(n for n, _ in ext.block_sizes_ if n != 'input')}) has "
+                "feature maps to pool over (it pools conv outputs; flat layers are "
+                "used as they are).",
+            )
+    if args.channel_repeat and ext.channel_repeat_ == 1:
+        say.warn(
+            "channel_repeat",
+            "--channel-repeat has no effect: the model takes the data's "
+            f"{ext.input_shape_[0]} channel(s) as they are.",
+        )
+
+
 def _split_layers(layers):
     if not layers:
         return None
@@ -1755,7 +1822,14 @@ def _cmd_analyze(args, say):
         keep = None
         y = None
         if args.labels:
-            y = np.asarray(load_array(args.labels, what="--labels"))
+            y = np.asarray(
+                load_array(
+                    args.labels,
+                    key=args.labels_key,
+                    what="--labels",
+                    key_option="--labels-key",
+                )
+            )
             if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
                 raise CLIError(
                     f"--labels has shape {y.shape}; expected one label per input, "
@@ -1828,6 +1902,7 @@ def _cmd_analyze(args, say):
                 ) from exc
     blocks = [(str(n), int(s)) for n, s in ext.block_sizes_]
     say("blocks: " + ", ".join(f"{n} ({s})" for n, s in blocks))
+    _warn_idle_options(args, ext, say)
     with say.step(
         "sweep",
         f"sweeping ranks {args.ranks[0]}..{args.ranks[-1]} "
@@ -1931,7 +2006,7 @@ def _cmd_analyze(args, say):
         "energy_threshold": args.energy,
         "max_iter": args.max_iter,
         "tol": args.tol,
-        "channel_repeat": bool(args.channel_repeat),
+        "channel_repeat": bool(repeat > 1),  # what was done (argv: what was asked)
         "channels_fed": int(X.shape[1]) * repeat if X.ndim == 4 else None,
         "scale": args.scale,
         "pooling": args.pooling,
@@ -2412,6 +2487,9 @@ def main(argv=None):
             )
             command = parser if before else parser.commands.get(name, parser)
             command.error(f"unrecognized arguments: {' '.join(extra)}")
+        conflict = _option_conflict(args)
+        if conflict:
+            parser.commands[args.command].error(conflict)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     args.argv_ = [str(a) for a in argv]
@@ -2441,6 +2519,41 @@ def main(argv=None):
             raise
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr, flush=True)
         return 1
+
+
+def _option_conflict(args):
+    """A usage error for options the rest of the command line leaves without
+    effect, or None; fills in analyze's --energy and --cv defaults."""
+    command = getattr(args, "command", None)
+    if command == "layers" and args.channel_repeat and args.input_shape is None:
+        return (
+            "--channel-repeat applies to a single-channel --input-shape (e.g. "
+            "--input-shape 1,28,28 for a model that takes 3 channels); give "
+            "--input-shape too, or leave --channel-repeat out."
+        )
+    if command != "analyze":
+        return None
+    if args.labels_key is not None and args.labels is None:
+        return "--labels-key chooses an array of the --labels file; give --labels too."
+    for option, value, criterion in (
+        ("--energy", args.energy, "energy"),
+        ("--cv", args.cv, "bcv"),
+    ):
+        if value is not None and args.criterion != criterion:
+            return (
+                f"{option} {value:g} applies to --criterion {criterion} only, and "
+                f"the criterion is {args.criterion}; add --criterion {criterion}, "
+                f"or leave {option} out."
+            )
+    if args.layers is not None and _split_layers(args.layers) is None:
+        return (
+            f"--layers is empty ({' '.join(map(repr, args.layers))}); expected "
+            "layer names (see 'sklearn-peek layers MODEL'), or no --layers for "
+            "the automatic choice."
+        )
+    args.energy = _ENERGY_DEFAULT if args.energy is None else args.energy
+    args.cv = _CV_DEFAULT if args.cv is None else args.cv
+    return None
 
 
 def _remove_empty(folders):

@@ -471,6 +471,40 @@ def test_help_explains_every_option(capsys):
          "argument --seed: '-1': expected an integer from 0 to 4294967295"),
         (["demo", "--out", "o", "--seed", "4294967296"],
          "argument --seed: '4294967296': expected an integer from 0 to 4294967295"),
+        # options the rest of the command line leaves without effect: they
+        # were ignored silently
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--energy", "0.5"],
+         "sklearn-peek analyze: error: --energy 0.5 applies to --criterion energy "
+         "only, and the criterion is bcv; add --criterion energy, or leave "
+         "--energy out."),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--criterion", "elbow",
+          "--cv", "4"],
+         "--cv 4 applies to --criterion bcv only, and the criterion is elbow"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--criterion",
+          "stability", "--cv", "3"],
+         "--cv 3 applies to --criterion bcv only, and the criterion is stability"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--layers", ""],
+         "--layers is empty (''); expected layer names"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--layers", ",", " "],
+         "--layers is empty (',' ' ')"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--labels-key", "y"],
+         "--labels-key chooses an array of the --labels file; give --labels too."),
+        (["layers", "m.onnx", "--channel-repeat"],
+         "sklearn-peek layers: error: --channel-repeat applies to a single-channel "
+         "--input-shape"),
+        # torch.device refuses these with a RuntimeError (it was a traceback)
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--device", "cuda:00"],
+         "argument --device: 'cuda:00': expected cpu, auto, cuda or cuda:N"),
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--device",
+          "cuda:99999999999999999999"],
+         "expected cpu, auto, cuda or cuda:N"),
+        # the whole list was built first (a MemoryError with a traceback)
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--ranks",
+          "1:1000000000000000"],
+         "argument --ranks: '1:1000000000000000' gives 1,000,000,000,000,000 "
+         "ranks; expected at most 10,000"),
+        (["demo", "--out", "o", "--ranks", "1:5000,6000:11000"],
+         "gives 10,001 ranks; expected at most 10,000"),
         # an unknown option: the command's own usage line and error
         (["analyze", "m.onnx", "--data", "x", "--out", "o", "--bogus", "1"],
          "usage: sklearn-peek analyze [-h] --data FILE"),
@@ -1478,6 +1512,63 @@ def test_channel_repeat_is_named_in_the_report_header(files, tmp_path, capsys):
     )
     res = _json(tmp_path)
     assert res["channel_repeat"] is True and res["channels_fed"] == 3
+
+
+def test_options_the_model_leaves_without_effect_warn(files, tmp_path, capsys):
+    # --pooling on flat layers only, and --channel-repeat where the model takes
+    # the data's one channel, ran as if they were not given (results.json said
+    # channel_repeat: true)
+    d, *_ = files
+    res, err = _analyze_ok(
+        capsys, d, tmp_path,
+        "--ranks", "1:2", "--max-samples", "60", "--layers", "/relu2/Relu",
+        "--pooling", "max", "--channel-repeat", "-q",
+    )  # fmt: skip
+    kinds = {w["kind"]: w["message"] for w in res["warnings"]}
+    assert kinds["pooling"].startswith("--pooling max has no effect: none of the ")
+    assert "(/relu2/Relu)" in kinds["pooling"]
+    assert kinds["channel_repeat"] == (
+        "--channel-repeat has no effect: the model takes the data's 1 channel(s) "
+        "as they are."
+    )
+    assert "warning: --pooling max has no effect" in err
+    assert res["channel_repeat"] is False and res["channels_fed"] == 1
+    # a conv layer is pooled: no warning
+    res, _ = _analyze_ok(
+        capsys, d, tmp_path / "b",
+        "--ranks", "1:2", "--max-samples", "60", "--layers", "/pool1/MaxPool",
+        "--pooling", "max", "-q",
+    )  # fmt: skip
+    assert "pooling" not in {w["kind"] for w in res["warnings"]}
+    assert res["blocks"][1][1] == 4  # one value per channel
+
+
+def test_labels_from_an_npz_with_several_arrays(files, tmp_path, capsys):
+    # a Keras-style mnist.npz: no command line could pick the labels before
+    d, X, y = files
+    npz = tmp_path / "mnist.npz"
+    np.savez(npz, x_train=X[:5], y_train=y[:5], x_test=X[:60], y_test=y[:60])
+    base = ["--ranks", "1:2", "--data-key", "x_test", "-q"]
+    code, err = _analyze(capsys, d, tmp_path / "a", *base, "--labels", npz, data=npz)
+    assert code == 1
+    assert "--labels " in err and "choose one with --labels-key." in err
+    code, err = _analyze(
+        capsys, d, tmp_path / "b", *base, "--labels", npz, "--labels-key", "y",
+        data=npz,
+    )  # fmt: skip
+    assert code == 1 and "--labels-key 'y' is not in" in err
+    _analyze_ok(
+        capsys, d, tmp_path / "c", *base, "--labels", npz, "--labels-key", "y_test",
+        data=npz,
+    )  # fmt: skip
+    html = (tmp_path / "c" / "report.html").read_text()
+    assert "class" in html  # the loadings figure is grouped by the labels
+    # the usual names are found without a key
+    np.savez(tmp_path / "xy.npz", images=X[:60], labels=y[:60])
+    _analyze_ok(
+        capsys, d, tmp_path / "d", "--ranks", "1:2", "-q",
+        "--labels", tmp_path / "xy.npz", data=tmp_path / "xy.npz",
+    )  # fmt: skip
 
 
 def test_closed_stdout_exits_quietly(files):

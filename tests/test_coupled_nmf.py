@@ -687,6 +687,10 @@ def test_device_dispatch(monkeypatch):
     assert solver_kinds(calls) == {"numpy"}  # "cpu" is the NumPy path
     with pytest.raises(ValueError, match=r"device='tpu' is not understood"):
         CoupledNMF(2, device="tpu").fit(X)
+    # strings torch.device itself refuses, with a RuntimeError (uncaught before)
+    for bad in ("cuda:00", "cuda:99999999999999999999"):
+        with pytest.raises(ValueError, match=rf"device='{bad}' is not understood"):
+            CoupledNMF(2, device=bad).fit(X)
     # A torch device runs the torch solvers (tests/test_torch_backend.py)...
     model = CoupledNMF(2, device=torch.device("cpu"), random_state=0).fit(X)
     assert solver_kinds(calls) == {"torch"}
