@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 from numbers import Integral, Real
 from typing import ClassVar
 
@@ -28,6 +29,7 @@ from sklearn_peek._coupled_nmf import check_ranks
 from sklearn_peek._progress import collect, progress_bar
 from sklearn_peek._validation import (
     Interval,
+    caller_stacklevel,
     check_finite,
     did_you_mean,
     is_integral,
@@ -130,7 +132,8 @@ def degraded_training_set(y, degradation=None, level=None, *, random_state=None)
         order and the number of passes; see :func:`epoch_order`). A level
         that keeps every sample (``fraction`` 1.0, ``classes`` all of them,
         ``label_noise`` 0.0) draws nothing, so the network trained is the one
-        ``degradation=None`` trains.
+        ``degradation=None`` trains. A ``label_noise`` level that rounds to
+        no label replaced (``round(level * n) == 0``) warns.
     level : float or int, default=None
         The strength of the degradation; see :class:`LeNetClassifier`.
     random_state : int, RandomState, Generator or None
@@ -196,6 +199,13 @@ def degraded_training_set(y, degradation=None, level=None, *, random_state=None)
         if classes.size < 2:
             raise ValueError("degradation='label_noise' needs at least 2 classes in y.")
         n_noisy = round(level * y.size)
+        if n_noisy == 0:
+            warnings.warn(
+                f"degradation='label_noise', level={level!r} of {y.size} labels "
+                "rounds to 0 labels replaced: the training set is not degraded.",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
         flip = rng.choice(y.size, size=n_noisy, replace=False)
         pos = np.searchsorted(classes, y[flip])
         # shift by 1..n_classes-1: uniformly one of the *other* classes.
@@ -222,8 +232,10 @@ def epoch_order(target, degradation=None, level=None, *, random_state=None):
         order: the samples are sorted by class (stable, so within a class the
         original order is kept) and then a fraction ``1 - level`` of the
         positions, chosen at random, are shuffled among themselves. ``level=1``
-        (or None) is fully class-sorted, ``level=0`` a plain shuffle. Every
-        other case is a plain random permutation.
+        (or None) is fully class-sorted, ``level=0`` a plain shuffle; a level
+        below 1 that leaves fewer than 2 positions to shuffle warns (the order
+        is then fully class-sorted). Every other case is a plain random
+        permutation.
     random_state : int, RandomState, Generator or None
         Seed of the shuffle.
 
@@ -250,6 +262,14 @@ def epoch_order(target, degradation=None, level=None, *, random_state=None):
         return rng.permutation(n)
     order = np.argsort(target, kind="stable")
     n_free = round((1.0 - level) * n)
+    if n_free <= 1 and level < 1:
+        warnings.warn(
+            f"degradation='unshuffled', level={level!r} of {n} samples leaves "
+            f"{n_free} position(s) to shuffle: the order is fully class-sorted, "
+            "as at level=1.",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
     if n_free > 1:
         pos = np.sort(rng.choice(n, size=n_free, replace=False))
         order[pos] = order[pos[rng.permutation(n_free)]]
@@ -1145,7 +1165,10 @@ def run_case_study(
         fast; rank selection is insensitive to them on these data).
     scorer_params : dict, default=None
         More :class:`~sklearn_peek.RankQualityScorer` parameters
-        (e.g. ``{"energy_threshold": 0.95, "solver": "mu"}``).
+        (e.g. ``{"energy_threshold": 0.95, "solver": "mu"}``). Those the
+        study sets itself (``blocks``, ``layers``, ``ranks``, ``criterion``,
+        ``coupling``, ``n_jobs``, ``random_state``, ``progress``,
+        ``extractor``) raise a ValueError before any training.
     n_boot : int, default=2000
         Bootstrap resamples of the correlation intervals.
     n_jobs : int or None, default=None
@@ -1210,6 +1233,8 @@ def run_case_study(
                 "coupling",
                 "n_jobs",
                 "random_state",
+                "progress",  # the study's bar counts the networks
+                "extractor",  # the sweeps take activations (blocks), not images
             }
         )
         if clash:

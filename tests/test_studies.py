@@ -2,6 +2,7 @@
 and of the statistics helpers in sklearn_peek._stats."""
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -229,6 +230,26 @@ def test_bad_parameters(digits_split, params, match):
     Xtr, ytr, _, _ = digits_split
     with pytest.raises(ValueError, match=match):
         LeNetClassifier(**params).fit(Xtr[:50], ytr[:50])
+
+
+def test_levels_that_round_to_no_degradation_warn():
+    # they trained the undegraded network without a word
+    from sklearn_peek.studies import degraded_training_set
+
+    y = np.arange(1437) % 10
+    with pytest.warns(UserWarning, match=r"level=0\.0003 of 1437 labels rounds to 0"):
+        kept = degraded_training_set(y, "label_noise", 0.0003, random_state=0)
+    assert not kept.noisy.any()
+    with pytest.warns(UserWarning, match=r"level=0\.99 of 100 samples leaves 1 "):
+        order = epoch_order(y[:100], "unshuffled", 0.99, random_state=0)
+    np.testing.assert_array_equal(order, np.argsort(y[:100], kind="stable"))
+    # one more label or position than that is a degradation: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = degraded_training_set(y, "label_noise", 0.0007, random_state=0)
+        assert kept.noisy.sum() == 1
+        epoch_order(y[:100], "unshuffled", 0.98, random_state=0)  # 2 positions
+        epoch_order(y[:100], "unshuffled", 1.0, random_state=0)  # sorted, as asked
 
 
 @pytest.mark.parametrize("target", [None, 3, [], [[0, 1], [1, 0]]])
@@ -538,6 +559,8 @@ def test_run_case_study_parallel_matches_serial(small_data):
         ({"data": "digits"}, "data of type str"),
         ({"data": {"X_train": 1}}, "data is missing"),
         ({"scorer_params": {"criterion": "bcv"}}, r"sets \['criterion'\]"),
+        # a TypeError in the first sweep, after a network was trained
+        ({"scorer_params": {"progress": True}}, r"sets \['progress'\]"),
     ],
 )
 def test_run_case_study_bad_arguments(small_data, kwargs, match):
