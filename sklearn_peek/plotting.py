@@ -1503,7 +1503,8 @@ def plot_sample_loadings(
         Colormap (dark = strong loading).
     max_samples : int, default=2000
         Rows beyond this are thinned evenly (every k-th row after sorting) so
-        the image stays readable; the title says so.
+        the image stays readable; the title says so (the y label, when
+        ``title`` is given).
     ax : matplotlib Axes, optional
         Axes to draw on; a new figure by default.
     title : str, optional
@@ -1585,7 +1586,10 @@ def plot_sample_loadings(
         M, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0.0, vmax=vmax
     )
     ax.set_xlabel("latent factor")
-    ax.set_ylabel(f"samples grouped by {group_label}")
+    ylabel = f"samples grouped by {group_label}"
+    if thinned and title is not None:  # the default title says it
+        ylabel += f"\n({thinned[2:]})"
+    ax.set_ylabel(ylabel)
     step = max(1, math.ceil(r / 15))
     ax.set_xticks(np.arange(0, r, step))
     # Group boundaries and centres, in display rows.
@@ -1975,16 +1979,23 @@ def _numbers(column, name):
 
 
 def _rank_column(cols, layer, criterion, rank_col):
-    """Find the selected-rank values for ``layer`` (and ``criterion``)."""
-    if rank_col is not None:
-        if rank_col not in cols:
-            raise ValueError(
-                f"rank_col={rank_col!r} is not a column of table: {list(cols)}."
-            )
-        return np.ones(len(cols[rank_col]), bool), rank_col
+    """Find the selected-rank values for ``layer`` (and ``criterion``).
+
+    Returns ``(mask, column)``: the rows of ``layer`` (all rows of a wide
+    table) and the column that holds their ranks. In a long table (a
+    ``"layer"`` column) the rows are those of ``layer`` and, when the table
+    has a ``"criterion"`` column and ``criterion`` is given, of that
+    criterion, also when ``rank_col`` names the rank column.
+    """
+    if rank_col is not None and rank_col not in cols:
+        raise ValueError(
+            f"rank_col={rank_col!r} is not a column of table: {list(cols)}."
+        )
     # Long format: one row per (network, layer[, criterion]) with a "rank" column.
-    if "layer" in cols and ("rank" in cols or "selected_rank" in cols):
-        col = "rank" if "rank" in cols else "selected_rank"
+    if "layer" in cols and (
+        rank_col is not None or "rank" in cols or "selected_rank" in cols
+    ):
+        col = rank_col or ("rank" if "rank" in cols else "selected_rank")
         mask = cols["layer"].astype(str) == str(layer)
         if criterion is not None and "criterion" in cols:
             mask &= cols["criterion"].astype(str) == str(criterion)
@@ -1994,6 +2005,8 @@ def _rank_column(cols, layer, criterion, rank_col):
                 f"(layers {sorted(set(cols['layer'].astype(str).tolist()))})."
             )
         return mask, col
+    if rank_col is not None:  # wide: the column holds one layer's ranks
+        return np.ones(len(cols[rank_col]), bool), rank_col
     # Wide format: a column per layer (and criterion).
     cands = []
     if criterion is not None:
@@ -2138,7 +2151,9 @@ def plot_rank_vs_quality(
     layer : str
         Layer whose selected rank is drawn.
     criterion : str, optional
-        Rank criterion, when the table has several.
+        Rank criterion, when the table has several (a ``"criterion"`` column
+        of a long table, or columns such as ``"rank_fc1_bcv"``); also named
+        in the title.
     quality : str, default="accuracy"
         Column with the training-quality measure (x axis).
     hue : str, optional
@@ -2148,7 +2163,8 @@ def plot_rank_vs_quality(
         degradation, the colorbar of ``"level"`` names it and what its level
         counts (``"epochs: number of training epochs"``).
     rank_col : str, optional
-        Name of the rank column, when it cannot be guessed.
+        Name of the rank column, when it cannot be guessed. In a long table
+        the rows are still those of ``layer`` (and ``criterion``).
     spearman : tuple (rho, low, high), optional
         Precomputed correlation (e.g. from the case-study runner); computed
         here otherwise (seeded percentile bootstrap of the pairs).

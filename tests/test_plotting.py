@@ -320,6 +320,13 @@ def test_sample_loadings_thins_and_validates():
     fig = plotting.plot_sample_loadings(W, max_samples=100)
     assert fig.axes[0].images[0].get_array().shape == (100, 3)
     assert "100 of the 300 rows shown" in fig.axes[0].get_title().replace("\n", " ")
+    assert fig.axes[0].get_ylabel() == "samples grouped by dominant factor"
+    # a title of the caller's own: the y label says it (it was said nowhere)
+    ax = plotting.plot_sample_loadings(W, max_samples=100, title="mine").axes[0]
+    assert ax.get_title() == "mine"
+    assert ax.get_ylabel() == (
+        "samples grouped by dominant factor\n(100 of the 300 rows shown)"
+    )
     with pytest.raises(ValueError, match=r"y: expected shape \(300,\)"):
         plotting.plot_sample_loadings(W, y=np.zeros(10))
     bad = np.ones((3, 2))
@@ -503,6 +510,30 @@ def test_rank_vs_quality_counts_networks_drawn_on_one_point():
         tuple(a.xy): a.get_text() for a in ax.texts if a.get_gid() == "overlap-count"
     }
     assert counts == {(0.9, 6.0): "\u00d72", (0.5, 3.0): "\u00d72"}
+
+
+def test_rank_vs_quality_rank_col_keeps_the_rows_of_the_layer():
+    # rank_col in a long table drew every row: both layers under one label,
+    # and rho of the mixture
+    long = {
+        "layer": ["fc1", "conv1"] * 4,
+        "criterion": ["bcv"] * 8,
+        "sel": [2, 20, 3, 21, 5, 22, 6, 23],
+        "accuracy": [0.2, 0.2, 0.5, 0.5, 0.7, 0.7, 0.9, 0.9],
+    }
+    ax = plotting.plot_rank_vs_quality(long, layer="fc1", rank_col="sel").axes[0]
+    np.testing.assert_array_equal(ax.collections[0].get_offsets()[:, 1], [2, 3, 5, 6])
+    assert "n = 4" in ax.get_title()
+    with pytest.raises(ValueError, match=r"layer='fc2', criterion=None: no rows"):
+        plotting.plot_rank_vs_quality(long, layer="fc2", rank_col="sel")
+    with pytest.raises(ValueError, match=r"criterion='elbow': no rows"):
+        plotting.plot_rank_vs_quality(
+            long, layer="fc1", criterion="elbow", rank_col="sel"
+        )
+    # a wide table: the named column is the layer's
+    wide = {"accuracy": long["accuracy"], "mine": long["sel"]}
+    ax = plotting.plot_rank_vs_quality(wide, layer="fc1", rank_col="mine").axes[0]
+    assert len(ax.collections[0].get_offsets()) == 8
 
 
 def test_rank_vs_quality_errors():
