@@ -195,18 +195,30 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         descent, the iterates of scikit-learn's ``"cd"``). ``"mu"``:
         multiplicative updates (the only solver for Kullback-Leibler).
     beta_loss : {"frobenius", "kullback-leibler"}, default="frobenius"
+        The data term: squared Frobenius distance, or the (generalized)
+        Kullback-Leibler divergence, which needs ``solver="mu"`` and dense
+        ``X``.
     init : {"nndsvd", "nndsvda", "nndsvdar", "random", "custom"} or None, default=None
         None: ``"nndsvda"`` if ``n_components <= min(n_samples, n_features)``,
         else ``"random"``. NNDSVD variants factor the weighted matrix.
         ``"custom"``: the ``W`` and ``H`` passed to :meth:`fit_transform`
         (warm start).
     max_iter : int, default=200
+        Most iterations (one update of ``W`` and one of ``H`` each); a fit
+        that reaches it before ``tol`` warns (ConvergenceWarning).
     tol : float, default=1e-4
         Stop when the objective decreases by less than ``tol`` times its
         value over one iteration (``"hals"``) or ten iterations (``"mu"``).
     alpha_W : float, default=0.0
+        Strength of the penalty on ``W`` (``alpha_W`` in the objective
+        above); 0 means none.
     alpha_H : float or "same", default="same"
+        Strength of the penalty on ``H``; ``"same"`` takes ``alpha_W``.
     l1_ratio : float, default=0.0
+        Share of the L1 part of both penalties, in [0, 1] (``rho`` above): 0
+        is a pure squared-Frobenius (ridge) penalty, 1 a pure L1 (sparsity)
+        penalty. Without a penalty (``alpha_W`` and ``alpha_H`` 0) it has no
+        effect, as in scikit-learn's NMF.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialization. ``score`` uses a fixed column split seeded
         by ``random_state`` when it is an int, else by 0.
@@ -224,6 +236,10 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         guide). Torch tensors in give torch tensors out (on the input's
         device); ``components_`` and the other attributes are always NumPy.
     verbose : int, default=0
+        When > 0, print the objective every 10 iterations and a last line
+        saying whether the fit converged or stopped at ``max_iter``, and
+        after how many iterations. Stacked
+        fits (:func:`fit_ranks`) print the same, with the rank in the tag.
 
     Attributes
     ----------
@@ -1407,6 +1423,7 @@ def _fit_stacked(models, X, starts=None):
             xnorm=xnorm,
             max_iter=first.max_iter,
             tol=first.tol,
+            verbose=first.verbose,
         )
         for j, (Wf, Hf, n_iter, info) in zip(group, out):
             models[j]._finish_fit(

@@ -710,6 +710,8 @@ def fit_hals(
         if _stalled(history[-2], obj, tol, floor):
             converged = True
             break
+    if verbose:
+        _say_done("CoupledNMF[hals]", n_iter, history[-1], converged)
     return (
         _contig(Wt.T),
         H,
@@ -791,7 +793,13 @@ def _block_gram(A, B, bounds, mask):
     return G
 
 
-def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
+def _say_done(tag, n_iter, obj, converged):
+    """The last line of a verbose fit: why it stopped, and where."""
+    why = "converged" if converged else "stopped at max_iter"
+    print(f"{tag} {why} after {n_iter} iterations: objective {obj:.6g}")
+
+
+def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4, verbose=0):
     """:func:`fit_hals` for several problems on the same X and d at once.
 
     Problem k has its own start ``Ws[k]`` (n x r_k), ``Hs[k]`` (r_k x p). The
@@ -805,7 +813,9 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
     and sums round differently: in float64 the results agree with
     :func:`fit_hals` to about 1e-12 with the same iteration counts; in
     float32 a run whose objective creeps down near ``tol`` may stop a few
-    iterations earlier or later.
+    iterations earlier or later. ``verbose`` prints what :func:`fit_hals`
+    prints, for each problem, its rank in the tag (``CoupledNMF[hals, rank
+    3]``).
 
     Returns a list of ``(W, H, n_iter, info)``, one per problem, as
     :func:`fit_hals` returns them.
@@ -897,6 +907,11 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4):
             prev = history[k][-1]
             history[k].append(obj)
             stop = _stalled(prev, obj, tol, floor)
+            tag = f"CoupledNMF[hals, rank {sizes[k]}]"
+            if verbose and n_iter % 10 == 0:
+                print(f"{tag} iteration {n_iter}: objective {obj:.6g}")
+            if verbose and (stop or n_iter == max_iter):
+                _say_done(tag, n_iter, obj, stop)
             if stop or n_iter == max_iter:
                 results[k] = (
                     _contig(Wt[lo:hi].T),
@@ -1033,6 +1048,8 @@ def fit_mu(
                 converged = True
                 break
             last_checked = obj
+    if verbose:
+        _say_done("CoupledNMF[mu]", n_iter, history[-1], converged)
     return W, H, n_iter, {"objective": history, "converged": converged}
 
 

@@ -796,6 +796,45 @@ def test_fit_ranks_without_a_stackable_solver_fits_one_by_one():
     np.testing.assert_array_equal(models[1].components_, ref.components_)
 
 
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+def test_verbose_prints_the_objective_and_how_the_fit_ended(solver, capsys):
+    from sklearn_peek import fit_ranks
+
+    X, blocks = _rank_data(1)
+    est = CoupledNMF(3, blocks=blocks, solver=solver, random_state=0, verbose=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        short = clone(est).set_params(max_iter=8).fit(X)
+    # fewer than 10 iterations printed nothing at all (MU also prints the
+    # objective it checks at max_iter)
+    lines = capsys.readouterr().out.splitlines()
+    assert short.n_iter_ == 8 and len(lines) == (1 if solver == "hals" else 2)
+    assert lines[-1].startswith(
+        f"CoupledNMF[{solver}] stopped at max_iter after 8 iterations: objective "
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        full = clone(est).set_params(max_iter=300).fit(X)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"CoupledNMF[{solver}] iteration 10: objective ")
+    why = "converged" if full.n_iter_ < 300 else "stopped at max_iter"
+    assert lines[-1].startswith(
+        f"CoupledNMF[{solver}] {why} after {full.n_iter_} iterations: objective "
+    )
+    assert len(lines) == full.n_iter_ // 10 + 1
+    # stacked fits (HALS) printed nothing; each rank says how it ended
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        models, _ = fit_ranks(clone(est).set_params(max_iter=30), X, [2, 3])
+    out = capsys.readouterr().out
+    tag = "CoupledNMF[hals, rank {}]" if solver == "hals" else "CoupledNMF[mu]"
+    for m in models:
+        end = f" after {m.n_iter_} iterations: objective "
+        assert (tag.format(m.n_components_) + " converged" + end in out) or (
+            tag.format(m.n_components_) + " stopped at max_iter" + end in out
+        )
+
+
 @pytest.mark.parametrize(
     "args, match",
     [
