@@ -1256,14 +1256,28 @@ def _extractor_error(exc, args, fmt, sample_shape, *, source="--data"):
     (analyze) or ``--input-shape`` (layers).
     """
     from sklearn_peek import ChannelMismatchError, UnknownLayerError
+    from sklearn_peek._extract._base import NoAutoLayersError, RepeatedLayerError
 
+    layers_cmd = f"'{_layers_command(args, fmt, sample_shape)}'"
+    if isinstance(exc, NoAutoLayersError):
+        return CLIError(
+            f"MODEL {str(args.model)!r} has no ReLU-like activation or pooling "
+            "layer for the automatic choice of layers; give --layers (run "
+            f"{layers_cmd} to list them) with --nonneg relu, split or shift."
+        )
+    if isinstance(exc, RepeatedLayerError):
+        alias = " (a node and its output are one layer)" if len(exc.names) > 1 else ""
+        return CLIError(
+            f"--layers names the same layer more than once: {exc.names}{alias}; "
+            "give each once."
+        )
     if isinstance(exc, UnknownLayerError):
         close = exc.close_matches
         hint = f" Close matches: {close}." if close else ""
         return CLIError(
             f"--layers {exc.name!r} is not a layer of MODEL "
             f"{str(args.model)!r}, {_FORMAT_LAYERS.get(fmt, 'the model')}.{hint} "
-            f"Run '{_layers_command(args, fmt, sample_shape)}' for the full list."
+            f"Run {layers_cmd} for the full list."
         )
     if isinstance(exc, ChannelMismatchError):
         return _channel_error(args.model, exc, source=source)
@@ -1854,6 +1868,12 @@ def _cmd_analyze(args, say):
             y = None if y is None else y[keep]
         X = prepare_inputs(
             X, input_shape=args.input_shape, scale=args.scale, index=keep, say=say
+        )
+    if X.shape[0] < 2:
+        cap = " (--max-samples)" if args.max_samples < 2 else ""
+        raise CLIError(
+            f"{X.shape[0]} input analysed{cap}; expected at least 2 (the analysis "
+            "factorizes what the inputs share)."
         )
     say(f"{X.shape[0]} inputs of shape {X.shape[1:]}")
     if args.figure_rank is not None and args.figure_rank > len(X):

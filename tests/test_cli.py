@@ -88,6 +88,18 @@ def files(tmp_path_factory):
         )
         torch.jit.save(torch.jit.trace(net3, x3), str(d / "net_rgb_ts.pt"))
     torch.save(net3, str(d / "net_rgb_pickle.pt"))
+    # no ReLU-like activation or pooling layer: nothing for layers='auto'
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            lin,
+            (xt[:2],),
+            str(d / "lin.onnx"),
+            **torch_export_options(),
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n"}},
+        )
     Xtest, ytest = X[1200:1400], y[1200:1400]
     np.save(d / "x.npy", Xtest)
     np.save(d / "x15.npy", Xtest[:15])
@@ -356,6 +368,24 @@ def test_analyze_out_not_creatable(files, tmp_path, capsys):
         ("negative", ["net.onnx", "--data", "x.npy", "--layers", "/conv1/Conv"],
          r"layer '/conv1/Conv_output_0'.* has negative values \(min -.*Pass "
          r"--nonneg relu .*split .*shift.*, or --layers after a ReLU"),
+        # worded with the command's options (they spoke of layers=[...],
+        # available_layers(model) and nonneg='relu')
+        ("no auto layers", ["lin.onnx", "--data", "x.npy"],
+         r"MODEL '[^']*lin\.onnx' has no ReLU-like activation or pooling layer for "
+         r"the automatic choice of layers; give --layers \(run 'sklearn-peek layers "
+         r"[^']*lin\.onnx' to list them\) with --nonneg relu, split or shift\.$"),
+        ("repeated layer", ["net.onnx", "--data", "x.npy", "--layers", "/relu1/Relu",
+                            "/relu1/Relu_output_0"],
+         r"--layers names the same layer more than once: \['/relu1/Relu', "
+         r"'/relu1/Relu_output_0'\] \(a node and its output are one layer\); give "
+         r"each once\.$"),
+        ("repeated layer", ["net.onnx", "--data", "x.npy", "--layers", "/relu1/Relu",
+                            "/relu1/Relu"],
+         r"--layers names the same layer more than once: \['/relu1/Relu'\]; give "
+         r"each once\.$"),
+        # "expected 2 <= --cv <= 1"
+        ("one input", ["net.onnx", "--data", "x.npy", "--max-samples", "1"],
+         r"error: 1 input analysed \(--max-samples\); expected at least 2"),
         ("negative input", ["net.onnx", "--data", "xneg.npy"],
          r"the input X has negative values \(min -.*Pass --nonneg relu .*, or "
          r"save the data shifted to >= 0"),

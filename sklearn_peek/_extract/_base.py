@@ -158,12 +158,27 @@ def _block_name(name):
     return name
 
 
+class NoAutoLayersError(ValueError):
+    """``layers="auto"`` found no layer to probe (the command line rewords it)."""
+
+
+class RepeatedLayerError(ValueError):
+    """``layers`` names one layer twice; ``names`` are the repeated ones."""
+
+    def __init__(self, names):
+        super().__init__(f"layers names the same layer more than once: {names}.")
+        self.names = names
+
+    def __reduce__(self):  # pickled with its names (joblib workers)
+        return type(self), (self.names,)
+
+
 def _resolve_layers(adapter, layers, rows):
     """Turn ``layers`` into a list of (requested name, canonical name) pairs."""
     if isinstance(layers, str) and layers == "auto":
         pairs = adapter.auto_layers(rows)
         if not pairs:
-            raise ValueError(
+            raise NoAutoLayersError(
                 "layers='auto' found no non-negative activation (ReLU-like) or "
                 "pooling layer in the model; pass layers=[...] explicitly (see "
                 "available_layers(model)) together with nonneg='relu', 'split' or "
@@ -205,7 +220,7 @@ def _resolve_layers(adapter, layers, rows):
     canons = [c for _, c in out]
     dup = sorted({n for n, c in out if canons.count(c) > 1})
     if dup:
-        raise ValueError(f"layers names the same layer more than once: {dup}.")
+        raise RepeatedLayerError(dup)
     return out
 
 
