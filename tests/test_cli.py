@@ -59,47 +59,33 @@ def files(tmp_path_factory):
         torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
         opt.step()
     net.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (xt[:2],),
-            str(d / "net.onnx"),
-            **torch_export_options(),
-            input_names=["x"],
-            dynamic_axes={"x": {0: "n"}},
-        )
-        torch.jit.save(torch.jit.trace(net, xt[:2]), str(d / "net_ts.pt"))
-    torch.save(net, str(d / "net_pickle.pt"))
+
+    def save(model, x, name, *, script=True):
+        """``name``.onnx (dynamic batch), and with ``script`` ``name``_ts.pt
+        (TorchScript) and ``name``_pickle.pt (the whole module)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (x,),
+                str(d / f"{name}.onnx"),
+                **torch_export_options(),
+                input_names=["x"],
+                dynamic_axes={"x": {0: "n"}},
+            )
+            if script:
+                torch.jit.save(torch.jit.trace(model, x), str(d / f"{name}_ts.pt"))
+        if script:
+            torch.save(model, str(d / f"{name}_pickle.pt"))
+
+    save(net, xt[:2], "net")
     # The same architecture for RGB inputs (untrained: only shapes matter).
     net3 = _small_cnn()
     net3.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
-    net3.eval()
-    x3 = torch.zeros(2, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net3,
-            (x3,),
-            str(d / "net_rgb.onnx"),
-            **torch_export_options(),
-            input_names=["x"],
-            dynamic_axes={"x": {0: "n"}},
-        )
-        torch.jit.save(torch.jit.trace(net3, x3), str(d / "net_rgb_ts.pt"))
-    torch.save(net3, str(d / "net_rgb_pickle.pt"))
+    save(net3.eval(), torch.zeros(2, 3, 8, 8), "net_rgb")
     # no ReLU-like activation or pooling layer: nothing for layers='auto'
-    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5)).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            lin,
-            (xt[:2],),
-            str(d / "lin.onnx"),
-            **torch_export_options(),
-            input_names=["x"],
-            dynamic_axes={"x": {0: "n"}},
-        )
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5))
+    save(lin.eval(), xt[:2], "lin", script=False)
     Xtest, ytest = X[1200:1400], y[1200:1400]
     np.save(d / "x.npy", Xtest)
     np.save(d / "x15.npy", Xtest[:15])
