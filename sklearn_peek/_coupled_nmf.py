@@ -53,6 +53,7 @@ from ._validation import (
     is_integral,
     validate_data,
     validate_params,
+    warn,
 )
 
 # Final block errors below this many eps of the block's squared norm are
@@ -465,7 +466,7 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     def _finish_fit(self, X, Wf, Hf, n_iter, info, slices, weights, sq, k):
         """Store the results of a solver run (the part of fit after it)."""
         if not info["converged"]:
-            warnings.warn(
+            warn(
                 f"CoupledNMF: maximum number of iterations max_iter={self.max_iter} "
                 f"reached before convergence (tol={self.tol}); increase max_iter "
                 "or tol.",

@@ -15,9 +15,9 @@ Conventions
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
+
+from sklearn_peek._validation import warn
 
 #: The rank-selection criteria RankQualityScorer knows, in its order.
 CRITERIA = ("bcv", "elbow", "energy", "stability")
@@ -244,7 +244,7 @@ def select_energy(ranks, energy, threshold, *, layer=None):
         int(ranks[np.argmax(energy)]),
         int(ranks[-1]),
     )
-    warnings.warn(
+    warn(
         EnergyThresholdWarning(
             f"energy_threshold={threshold!r} is not reached by any rank{where}: the "
             f"best explained energy is {best:.4f} at rank {best_rank}; selecting "

@@ -14,9 +14,7 @@ or on the joblib backend, so neither do the results.
 
 from __future__ import annotations
 
-import contextlib
 import time
-import warnings
 from numbers import Integral, Real
 from typing import ClassVar
 
@@ -57,8 +55,10 @@ from sklearn_peek._validation import (
     check_weights,
     did_you_mean,
     is_integral,
+    muted,
     string_feature_names,
     validate_params,
+    warn,
 )
 
 _CRITERIA = _criteria.CRITERIA
@@ -268,29 +268,20 @@ def _make_model(n_components, blocks, params, seed, init=None):
     )
 
 
-@contextlib.contextmanager
-def _convergence_caught():
-    """Record the block's warnings; re-emit all but the ConvergenceWarnings.
-
-    Convergence is reported per fit in ``cv_results_`` and summed up by the
-    scorer in one warning; other warnings pass on.
-    """
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always", ConvergenceWarning)
-        yield rec
-    for w in rec:
-        if not issubclass(w.category, ConvergenceWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+def _convergence_muted():
+    """The fits' ConvergenceWarnings, muted in this thread: convergence is
+    reported per fit in ``cv_results_`` and summed up by the scorer in one
+    warning (other warnings pass on)."""
+    return muted(ConvergenceWarning)
 
 
 def _quiet_fit(model, X, W=None, H=None):
-    with _convergence_caught() as rec:
+    with _convergence_muted():
         if W is None:
             Wf = model.fit_transform(X)
         else:
             Wf = model.fit_transform(X, W=W.astype(X.dtype), H=H.astype(X.dtype))
-    converged = not any(issubclass(w.category, ConvergenceWarning) for w in rec)
-    return Wf, converged
+    return Wf, model._converged
 
 
 def _record(model, fit_time, converged, X_test, col_sq, col_w, score=None):
@@ -522,7 +513,7 @@ def _lockstep_task(X, cols, blocks, train, test, chains, model_seed, svd_seeds, 
             )
             models.append(_make_model(r, blocks, params, model_seed, init="custom"))
             starts.append((np.hstack([W, Wn]), np.vstack([H, Hn])))
-        with _convergence_caught():
+        with _convergence_muted():
             Ws = _fit_stacked(models, Xtr, starts)
         out += _stacked_records(models, time.perf_counter() - t0, Xte, col_sq)
         for c, m, W in zip(live, models, Ws):
@@ -567,7 +558,7 @@ def _batched_task(X, cols, blocks, train, test, ranks, model_seed, params):
 
     Xtr, Xte, col_sq = _task_data(X, cols, train, test)
     t0 = time.perf_counter()
-    with _convergence_caught():
+    with _convergence_muted():
         models, _ = fit_ranks(
             _make_model(ranks[0], blocks, params, model_seed), Xtr, ranks
         )
@@ -1599,7 +1590,7 @@ class RankQualityScorer(BaseEstimator):
         self.fit_time_total_ = fit_time_total
         if not out["converged"].all():
             bad = out["rank"][~out["converged"]]
-            warnings.warn(
+            warn(
                 f"some fits stopped at max_iter={self.max_iter} before reaching "
                 f"tol={self.tol} (ranks {sorted(set(bad.tolist()))[:10]}); the curves "
                 "may be noisier. Raise max_iter or tol.",

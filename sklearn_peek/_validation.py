@@ -11,8 +11,11 @@ received (and where, for arrays) and what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import numbers
+import threading
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -44,11 +47,48 @@ __all__ = [
     "check_is_fitted",
     "check_weights",
     "column_block_sq_norms",
+    "muted",
     "transform_output",
     "validate_data",
     "validate_parameter_constraints",
     "validate_params",
+    "warn",
 ]
+
+# The warning categories :func:`muted` drops, per thread.
+_MUTED = threading.local()
+
+
+@contextlib.contextmanager
+def muted(*categories):
+    """Within the block, in this thread only, :func:`warn` drops warnings of
+    ``categories`` (and of their subclasses).
+
+    For the warnings the library itself reports another way (a fit that
+    stopped at ``max_iter`` is one ``cv_results_["converged"]`` entry of a
+    rank sweep). ``warnings.catch_warnings`` swaps the process-wide filters
+    and ``showwarning``; it is not thread-safe (before Python 3.14), and rank
+    sweeps run in joblib's threading backend too, where overlapping uses of
+    it could leave another thread's filters installed, hiding warnings after
+    the sweep.
+    """
+    before = getattr(_MUTED, "categories", ())
+    _MUTED.categories = before + tuple(categories)
+    try:
+        yield
+    finally:
+        _MUTED.categories = before
+
+
+def warn(message, category=UserWarning, stacklevel=1):
+    """``warnings.warn`` unless :func:`muted` drops ``category`` in this
+    thread; ``stacklevel`` counts from the caller, as for ``warnings.warn``.
+    A ``message`` that is a Warning instance gives its own category."""
+    cls = type(message) if isinstance(message, Warning) else category
+    if any(issubclass(cls, c) for c in getattr(_MUTED, "categories", ())):
+        return
+    warnings.warn(message, category, stacklevel=stacklevel + 1)
+
 
 # Rows per chunk when scanning a dense array: bounds the temporary boolean /
 # float64 arrays to a few MiB whatever the size of the input.

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
@@ -33,6 +34,7 @@ from sklearn_peek._validation import (
     check_finite,
     did_you_mean,
     is_integral,
+    muted,
     validate_params,
 )
 
@@ -863,8 +865,6 @@ def _layer_columns(layers, criteria):
 
 def _sweep(A, blocks, layers, ranks, criteria, coupling, params, seed):
     """Selected rank per (layer, criterion) for one coupling; plus curves."""
-    import warnings
-
     from sklearn_peek import _criteria
     from sklearn_peek._rank import RankQualityScorer
 
@@ -879,10 +879,10 @@ def _sweep(A, blocks, layers, ranks, criteria, coupling, params, seed):
         progress=False,  # the study's own bar counts the networks
         **params,
     )
-    with warnings.catch_warnings():
-        # "energy threshold not reached" / "stopped at max_iter" are expected
-        # for some of the badly trained networks; the table shows the outcome.
-        warnings.simplefilter("ignore", UserWarning)
+    # "energy threshold not reached" / "stopped at max_iter" are expected for
+    # some of the badly trained networks; the table shows the outcome. Muted
+    # in this thread only (the networks may be swept in joblib threads).
+    with muted(ConvergenceWarning, _criteria.EnergyThresholdWarning):
         if "bcv" in criteria:
             sc = RankQualityScorer(criterion="bcv", **common).fit(A)
             for layer in layers:

@@ -319,6 +319,44 @@ def _same(a, b):
             assert_array_equal(val, b.cv_results_[key], err_msg=key)
 
 
+def test_threaded_sweeps_leave_the_warning_filters_alone(monkeypatch):
+    # Each fit caught its ConvergenceWarning with warnings.catch_warnings(
+    # record=True), which swaps process-wide state: sweeps in joblib threads
+    # could leave another thread's recorder installed as showwarning (later
+    # warnings never shown) and lose a fit's warning (its converged flag
+    # wrong). (scikit-learn's check_array enters catch_warnings too, without
+    # recording; that is not counted here.)
+    import sys
+    import threading
+
+    entered = []
+    real = warnings.catch_warnings
+
+    class Spy(real):
+        def __enter__(self):
+            ours = "sklearn_peek" in sys._getframe(1).f_code.co_filename
+            if ours and threading.current_thread() is not threading.main_thread():
+                entered.append(sys._getframe(1).f_code.co_name)
+            return super().__enter__()
+
+    X = planted(8, 4, n=90, widths=(20, 30, 25))
+    kw = dict(n_jobs=2, criterion="bcv", max_iter=15)  # some fits stop early
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the summary
+        ref = _det_fit(X, **{**kw, "n_jobs": 1})
+    assert not ref.cv_results_["converged"].all()
+    show = warnings.showwarning
+    monkeypatch.setattr(warnings, "catch_warnings", Spy)
+    for _ in range(3):
+        with joblib.parallel_config(backend="threading", n_jobs=2):
+            with pytest.warns(ConvergenceWarning, match="some fits stopped"):
+                sc = _det_fit(X, **kw)
+        _same(ref, sc)
+        assert_array_equal(sc.cv_results_["converged"], ref.cv_results_["converged"])
+    assert entered == []  # no worker thread swapped the filters
+    assert warnings.showwarning is show
+
+
 @pytest.mark.parametrize(
     "dtype, criterion, processes",
     # dask worker processes get X at an odd byte offset (unaligned), on
@@ -461,6 +499,17 @@ def test_bad_parameters(params, match):
         RankQualityScorer(**kw).fit(X)
 
 
+def _tiny_relu_net():
+    """Conv2d(1, 2, 2) + ReLU with non-negative weights and no bias: no dead
+    channel on non-negative inputs (unseeded random weights gave one now and
+    then: a flaky "all zeros" error)."""
+    conv = nn.Conv2d(1, 2, 2)
+    with torch.no_grad():
+        conv.weight.copy_(torch.linspace(0.1, 0.8, 8).reshape(2, 1, 2, 2))
+        conv.bias.zero_()
+    return nn.Sequential(conv, nn.ReLU()).eval()
+
+
 def test_input_features_are_recorded_as_scikit_learn_does():
     import pandas as pd
 
@@ -476,7 +525,7 @@ def test_input_features_are_recorded_as_scikit_learn_does():
     assert sc.n_features_in_ == 45 and not hasattr(sc, "feature_names_in_")
     # raw inputs with column names of mixed types (scikit-learn refuses them
     # as feature names): the sweep runs, and no names are recorded
-    net = nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU()).eval()
+    net = _tiny_relu_net()
     raw = pd.DataFrame(np.random.default_rng(0).random((40, 9), dtype=np.float32),
                        columns=[*range(8), "a"])  # fmt: skip
     ext = LayerActivationExtractor(net, ["1"], input_shape=(1, 3, 3))
@@ -487,7 +536,7 @@ def test_input_features_are_recorded_as_scikit_learn_does():
 
 def test_blocks_that_disagree_with_the_extractor_are_refused():
     # they were ignored: the extractor's layout was used without a word
-    net = nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU()).eval()
+    net = _tiny_relu_net()
     raw = np.random.default_rng(0).random((40, 1, 3, 3), dtype=np.float32)
     ext = LayerActivationExtractor(net, ["1"]).fit(raw)
     kw = dict(extractor=ext, ranks=[1, 2], cv=3, random_state=0)
