@@ -21,6 +21,16 @@ def _torch_threads():
     torch.set_num_threads(old)
 
 
+@pytest.fixture(autouse=True)
+def _torch_seed():
+    """Every test starts from torch's seed 0: a network built without a seed
+    of its own has the same weights whatever ran before (an unseeded layer
+    of a test was dead now and then, all zeros after its ReLU)."""
+    import torch
+
+    torch.manual_seed(0)
+
+
 def pytest_collection_modifyitems(config, items):
     """Leave out scikit-learn's array API input checks unless SCIPY_ARRAY_API=1.
 
