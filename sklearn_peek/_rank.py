@@ -648,6 +648,18 @@ def _resolve_model(estimator, X):
     if isinstance(estimator, Pipeline):
         first = estimator.steps[0][1]
         if _is_extractor(first):
+            rest = [n for n, s in estimator.steps[1:] if s not in (None, "passthrough")]
+            if rest:
+                warn(
+                    f"RankQualityScorer: the Pipeline's steps after its "
+                    f"LayerActivationExtractor ({rest}) are not used: the scorer "
+                    "sweeps its own factorizations of the extractor's activations, "
+                    "so pipelines that differ only in those steps get the same "
+                    "score. It scores the network; search over the network (or "
+                    "the extractor) to compare scores.",
+                    UserWarning,
+                    stacklevel=caller_stacklevel(),
+                )
             return None, first, X
         if len(estimator.steps) > 1:
             Xt = estimator[:-1].transform(X)

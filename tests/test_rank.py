@@ -759,7 +759,18 @@ def test_scorer_reaches_the_model_every_way(small_cnn_and_images, tmp_path):
     assert scorer(Wrapped(net), images) == direct
     ext = LayerActivationExtractor(net, layers=["pool1", "relu2"]).fit(images)
     pipe = Pipeline([("ext", ext), ("nmf", "passthrough")])
-    assert scorer(pipe, images) == direct
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a passthrough step is no unused step
+        assert scorer(pipe, images) == direct
+    # a step after the extractor is not used, and says so: a search over its
+    # parameters with this scorer gave every candidate the same score
+    from sklearn_peek import CoupledNMF
+
+    pipe = Pipeline([("ext", ext), ("nmf", CoupledNMF(2, blocks="auto"))])
+    with pytest.warns(UserWarning, match=r"steps after its LayerActivationExtrac"
+                      r"tor \(\['nmf'\]\) are not used") as rec:  # fmt: skip
+        assert scorer(pipe, images) == direct
+    assert rec[0].filename == __file__  # the user's line
     # the number is the documented one: mean selected rank / max rank
     inner = RankQualityScorer(blocks=ext.block_sizes_, **kw).fit(ext.transform(images))
     assert direct == pytest.approx(np.mean(list(inner.rank_.values())) / 4)
