@@ -32,6 +32,7 @@ from ._backend import (
     is_torch_tensor,
     like_input,
     numpy_dtype,
+    resolve_device,
     select_compute_device,
     sequence_items,
     to_numpy,
@@ -212,7 +213,12 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         value over one iteration (``"hals"``) or ten iterations (``"mu"``).
     alpha_W : float, default=0.0
         Strength of the penalty on ``W`` (``alpha_W`` in the objective
-        above); 0 means none.
+        above); 0 means none. Under ``block_weights="norm"`` (the default)
+        the data term is a sum of relative errors, about 1/2 per block, where
+        scikit-learn's NMF has ``||X||_F^2 / 2``: a value tuned for NMF on
+        the same matrix is ``||X||_F^2`` times too strong here (on the
+        digits, ``alpha_W=1e-3`` drives every factor to about 0). Divide it
+        by ``||X||_F^2`` for one block, or use ``block_weights="none"``.
     alpha_H : float or "same", default="same"
         Strength of the penalty on ``H``; ``"same"`` takes ``alpha_W``.
     l1_ratio : float, default=0.0
@@ -356,8 +362,13 @@ class CoupledNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.positive_only = True
-        # Kullback-Leibler is solved on dense X only (_check_solver_loss)
-        tags.input_tags.sparse = self.beta_loss != "kullback-leibler"
+        # Kullback-Leibler and the torch path are solved on dense X only
+        # (_check_solver_loss, _validate_fit_input)
+        try:
+            on_torch = resolve_device(self.device) is not None
+        except ValueError:  # fit says what is wrong with it
+            on_torch = True
+        tags.input_tags.sparse = self.beta_loss != "kullback-leibler" and not on_torch
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 

@@ -106,6 +106,44 @@ def test_kullback_leibler_does_not_claim_sparse_input():
     assert kl.set_params(beta_loss="frobenius").__sklearn_tags__().input_tags.sparse
 
 
+def test_the_torch_path_does_not_claim_sparse_input():
+    import torch
+
+    est = CoupledNMF(2, device=torch.device("cpu"), random_state=0)
+    assert not est.__sklearn_tags__().input_tags.sparse
+    try:
+        from sklearn.utils.estimator_checks import check_estimator_sparse_tag
+    except ImportError:  # scikit-learn 1.6.0 (the lowest allowed) lacks it
+        pass
+    else:  # failed: the tag said sparse, fit refused it
+        check_estimator_sparse_tag("CoupledNMF", est)
+    with pytest.raises(ValueError, match="scipy sparse matrix"):
+        est.fit(sp.csr_matrix(np.ones((4, 3))))
+    # "cpu" is the NumPy path, which takes sparse X
+    assert est.set_params(device="cpu").__sklearn_tags__().input_tags.sparse
+    est.fit(sp.csr_matrix(np.ones((4, 3))))
+    # a device fit cannot use does not make the tags raise
+    assert not est.set_params(device="tpu").__sklearn_tags__().input_tags.sparse
+
+
+def test_penalty_scale_under_norm_weights_is_nmf_over_the_squared_norm():
+    # coupled_nmf.rst and the alpha_W docstring: "norm" weights divide the
+    # data term by ||X||_F^2, so NMF's alpha_W is alpha_W / ||X||_F^2 here
+    from sklearn.datasets import load_digits
+
+    X = load_digits().data / 16.0
+    a, kw = 1e-3, dict(random_state=0, max_iter=500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        nmf = NMF(3, alpha_W=a, init="nndsvda", **kw).fit(X)
+        scaled = CoupledNMF(3, alpha_W=a / np.sum(X**2), **kw).fit(X)
+        same = CoupledNMF(3, alpha_W=a, **kw).fit(X)
+    rel = nmf.reconstruction_err_ / np.linalg.norm(X)
+    assert scaled.reconstruction_err_ == pytest.approx(rel, rel=2e-3)
+    assert same.reconstruction_err_ > 0.99  # everything penalized away
+    assert same.components_.max() < 0.01 * scaled.components_.max()
+
+
 def test_clone_pickle_pipeline_and_attributes():
     X, _ = _planted(0, r=4)
     model = CoupledNMF(4, blocks=BLOCKS, random_state=0)
