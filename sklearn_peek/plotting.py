@@ -48,7 +48,7 @@ __all__ = [
 
 # Y-axis labels of the rank-sweep curves, per RankQualityScorer criterion.
 _CRITERION_LABELS = {
-    "bcv": "BCV score (minus held-out relative error)",
+    "bcv": "BCV score\n(minus held-out relative error)",
     "elbow": "minus relative error",
     "energy": "explained energy",
     "stability": "cophenetic correlation",
@@ -1776,6 +1776,30 @@ def _curves_from(obj):
     )
 
 
+def _shared_legend(fig, axes):
+    """One legend for the panels of ``fig``, below them: the entries of every
+    panel, each label once (a legend in every panel covered its curve)."""
+    handles = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if not handles:
+        return
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    constrained = isinstance(
+        _root_figure(fig).get_layout_engine(), ConstrainedLayoutEngine
+    )
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center" if constrained else "lower center",
+        ncols=len(handles),
+        fontsize=8,
+        frameon=False,
+    )
+
+
 def plot_rank_sweep(
     scorer_or_curves,
     layers=None,
@@ -1790,7 +1814,8 @@ def plot_rank_sweep(
     Each panel shows the mean criterion over cross-validation folds as a line,
     a band of plus/minus one standard deviation, and the selected rank as a
     dashed vertical line with a marker on the curve; the panel title states
-    the selected rank.
+    the selected rank. One legend below the panels names these; the y axis
+    is labelled on the first panel of each row.
 
     The x axis has a minor tick at every probed rank (up to 60 probed ranks;
     beyond, only the labelled ticks) and integer labels that never overlap:
@@ -1818,7 +1843,7 @@ def plot_rank_sweep(
     criterion : str, optional
         Y-axis label; by default the scorer's ``criterion`` or the curve's
         ``"criterion"`` entry, spelled out for the scorer's criteria (``"bcv"``
-        becomes "BCV score (minus held-out relative error)").
+        becomes "BCV score (minus held-out relative error)", on two lines).
     ncols : int, optional
         Panels per row (at most 3 by default).
     fig : matplotlib Figure, optional
@@ -1904,13 +1929,19 @@ def plot_rank_sweep(
                     ms=14,
                     color="tab:red",
                     ls="none",
-                    label=f"selected rank {sel}",
+                    label="selected rank",
                     zorder=5,
                 )
         else:
             sel = None
         ax.set_xlabel("rank")
-        ax.set_ylabel(str(label))
+        # The y label once per row (on its first panel, and where it
+        # changes): on every panel it took the panel's height and width.
+        if len(drawn) % n_cols == 0:
+            row_label = None
+        if str(label) != row_label:
+            ax.set_ylabel(str(label))
+            row_label = str(label)
         cands, grid = _rank_tick_candidates(ranks, sel)
         if len(grid) <= _MAX_MINOR_TICKS:
             # Every probed rank gets a minor tick, labelled or not (more
@@ -1919,11 +1950,11 @@ def plot_rank_sweep(
 
             ax.xaxis.set_minor_locator(FixedLocator(grid))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
         drawn.append((ax, layer, sel, grid, cands))
     if title is None:
         title = "Rank sweep per layer"
     _suptitle(fig, title)
+    _shared_legend(fig, [ax for ax, *_ in drawn])
     # Titles and tick labels are fitted to the space the layout gives them,
     # whenever the figure is drawn.
     _fit_titles(

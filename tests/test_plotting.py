@@ -1,6 +1,7 @@
 """Tests of sklearn_peek.plotting: what is drawn, not only that it runs."""
 
 import itertools
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -358,6 +359,29 @@ def _curves():
     }
 
 
+def test_rank_sweep_in_a_small_figure_keeps_its_panels_usable():
+    # a legend in every panel and a y label on every panel squeezed them to
+    # 0.13 in wide at 8 x 3 in ("constrained_layout not applied")
+    ranks = np.arange(1, 31)
+    curves = {
+        f"/features/features.{i}/Relu_output_0": {
+            "ranks": ranks,
+            "mean": -np.exp(-ranks / (3.0 + i)) - 0.01 * ranks,
+            "std": np.full(30, 0.01),
+            "selected": 5 + 2 * i,
+            "criterion": "bcv",
+        }
+        for i in range(4)
+    }
+    fig = plt.figure(figsize=(8, 3), layout="constrained")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plotting.plot_rank_sweep(curves, fig=fig, ncols=4)
+        fig.canvas.draw()
+    widths = [ax.get_position().width * 8 for ax in fig.axes]
+    assert min(widths) > 1.0, widths
+
+
 def test_rank_sweep_marks_the_selected_rank(tmp_path):
     curves = _curves()
     fig = plotting.plot_rank_sweep(curves)
@@ -379,8 +403,26 @@ def test_rank_sweep_marks_the_selected_rank(tmp_path):
         assert band_y.min() == pytest.approx((c["mean"] - c["std"]).min())
         assert band_y.max() == pytest.approx((c["mean"] + c["std"]).max())
         assert ax.get_xlabel() == "rank"
-        assert f"selected rank {sel}" in [t.get_text() for t in ax.get_legend().texts]
-    assert fig.axes[1].get_ylabel() == "bcv score"
+        assert ax.get_legend() is None  # one legend for all panels, below them
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.texts] == [
+        "mean",
+        "± 1 std",
+        "selected rank",
+    ]
+    # a panel that measures something else has its own y label (pool1's
+    # curve names no criterion) ...
+    assert [ax.get_ylabel() for ax in fig.axes] == ["criterion", "bcv score"]
+    # ... and the same one is on the first panel of a row only (on every
+    # panel it took the panel's height)
+    same = _curves()
+    same["pool1"]["criterion"] = "bcv"
+    same["fc1"]["criterion"] = "bcv"
+    labels = [ax.get_ylabel() for ax in plotting.plot_rank_sweep(same).axes]
+    bcv = "BCV score\n(minus held-out relative error)"
+    assert labels == [bcv, ""]
+    two_rows = plotting.plot_rank_sweep(same, ncols=1)
+    assert [ax.get_ylabel() for ax in two_rows.axes] == [bcv, bcv]
     fig.savefig(tmp_path / "sweep.png")
     fig = plotting.plot_rank_sweep(_curves(), layers=["fc1"], criterion="my score")
     assert len(fig.axes) == 1 and fig.axes[0].get_ylabel() == "my score"
