@@ -2125,30 +2125,61 @@ def _hue_label(hue, sub):
     return _LEVEL_LABELS.get(deg, f"{deg} level")
 
 
-def _count_overlaps(ax, x, y):
+def _count_overlaps(ax, x, y, fontsize=8):
     """Label each point that several rows share with how many share it.
 
     Networks trained the same way (a degradation at its mildest level is the
     undegraded network) give the same (quality, rank) pair; drawn on top of
     each other they would look like one. A small "×k" beside the point says
-    how many there are.
+    how many there are: above right of it, or at another corner where that
+    would cover a label placed before (larger piles first), to the left
+    first near the right edge. Positions are judged on the axes as laid out
+    now; the labels keep their offsets in points when the figure is resized.
     """
     pairs, counts = np.unique(np.column_stack([x, y]), axis=0, return_counts=True)
+    piles = sorted(
+        ((int(k), float(px), float(py)) for (px, py), k in zip(pairs, counts) if k > 1),
+        key=lambda p: (-p[0], p[1], p[2]),
+    )
+    if not piles:
+        return
+    pt = ax.figure.dpi / 72.0  # display pixels per point
     lo, hi = sorted(ax.get_xlim())
-    for (px, py), k in zip(pairs, counts):
-        if k > 1:
-            # up and to the right, or to the left near the right edge
-            left = px > lo + 0.85 * (hi - lo)
-            ax.annotate(
-                f"\u00d7{k}",
-                (px, py),
-                xytext=(-5 if left else 5, 5),
-                textcoords="offset points",
-                ha="right" if left else "left",
-                fontsize=8,
-                color="0.2",
-                gid="overlap-count",
-            )
+    placed = []  # label boxes (x0, y0, x1, y1) in display pixels
+    for k, px, py in piles:
+        text = f"\u00d7{k}"
+        w, h = 0.62 * fontsize * len(text) * pt, fontsize * pt
+        cx, cy = ax.transData.transform((px, py))
+        corners = [(1, 1), (1, -1), (-1, 1), (-1, -1)]
+        if px > lo + 0.85 * (hi - lo):  # near the right edge: left first
+            corners = [(-1, 1), (-1, -1), (1, 1), (1, -1)]
+        box = None
+        for sx, sy in corners:
+            x0 = cx + sx * 4 * pt - (w if sx < 0 else 0)
+            y0 = cy + sy * 4 * pt - (h if sy < 0 else 0)
+            box = (x0, y0, x0 + w, y0 + h)
+            if not any(
+                b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3]
+                for b in placed
+            ):
+                break
+        else:
+            sx, sy = corners[0]  # no free corner: the first, as it would be
+            x0 = cx + sx * 4 * pt - (w if sx < 0 else 0)
+            y0 = cy + sy * 4 * pt - (h if sy < 0 else 0)
+            box = (x0, y0, x0 + w, y0 + h)
+        placed.append(box)
+        ax.annotate(
+            text,
+            (px, py),
+            xytext=(4 * sx, 4 * sy),
+            textcoords="offset points",
+            ha="left" if sx > 0 else "right",
+            va="bottom" if sy > 0 else "top",
+            fontsize=fontsize,
+            color="0.2",
+            gid="overlap-count",
+        )
 
 
 def plot_rank_vs_quality(
@@ -2332,7 +2363,6 @@ def plot_rank_vs_quality(
             ax.legend(
                 title=_hue_label(hue, sub), fontsize=8, title_fontsize=8, loc="best"
             )
-    _count_overlaps(ax, x, yv)
     ax.set_xlabel(f"test {quality}" if quality == "accuracy" else quality)
     ax.set_ylabel(f"selected rank ({layer})")
     ax.grid(alpha=0.3)
@@ -2344,6 +2374,8 @@ def plot_rank_vs_quality(
         lo_y, hi_y = ax.get_ylim()
         pad = 1.0 if np.ptp(yv) < 2 else 0.6
         ax.set_ylim(min(lo_y, yv.min() - pad), max(hi_y, yv.max() + pad))
+    _layout(fig)  # the axes as they will be drawn, for the labels' room
+    _count_overlaps(ax, x, yv)
     if np.isnan(rho):
         if len(x) < 3:
             why = "fewer than 3 networks"

@@ -554,6 +554,20 @@ def test_rank_vs_quality_counts_networks_drawn_on_one_point():
     assert counts == {(0.9, 6.0): "\u00d72", (0.5, 3.0): "\u00d72"}
 
 
+def test_rank_vs_quality_counts_of_neighbouring_piles_do_not_overlap():
+    # two piles of three a hair apart printed "×3×3" (case-study networks)
+    t = {
+        "accuracy": [0.93] * 3 + [0.935] * 3 + [0.2, 0.5, 0.7],
+        "rank_fc1": [20] * 6 + [6, 10, 15],
+    }
+    fig = plotting.plot_rank_vs_quality(t, layer="fc1")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    boxes = [a.get_window_extent() for a in ax.texts if a.get_gid() == "overlap-count"]
+    assert len(boxes) == 2
+    assert not boxes[0].overlaps(boxes[1])
+
+
 def test_rank_vs_quality_rank_col_keeps_the_rows_of_the_layer():
     # rank_col in a long table drew every row: both layers under one label,
     # and rho of the mixture
