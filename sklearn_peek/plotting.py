@@ -1498,7 +1498,9 @@ def plot_sample_loadings(
         Class of each sample, used for grouping only.
     normalize : {"row", None}, default="row"
         ``"row"`` divides each row by its maximum so every sample shows which
-        factors it uses regardless of its overall intensity.
+        factors it uses regardless of its overall intensity. With a single
+        factor the loadings are drawn as they are (each row over its maximum
+        would be 1).
     cmap : str, default="magma_r"
         Colormap (dark = strong loading).
     max_samples : int, default=2000
@@ -1567,6 +1569,9 @@ def plot_sample_loadings(
         groups = dom[order]
         group_label = "dominant factor"
     M = W[order]
+    if r == 1:
+        # one factor: every row over its maximum is 1, a uniform block
+        normalize = None
     if normalize == "row":
         top = M.max(axis=1, keepdims=True)
         M = np.divide(M, top, out=np.zeros_like(M), where=top > 0)

@@ -316,6 +316,16 @@ def test_sample_loadings_unlabelled_sorted_by_dominant_factor():
     assert fig.axes[0].get_ylabel() == "samples grouped by dominant factor"
 
 
+def test_sample_loadings_of_one_factor_are_drawn_as_they_are():
+    # over its row maximum, a single factor was 1 everywhere: a black block
+    W = np.random.default_rng(0).random((50, 1))
+    fig = plotting.plot_sample_loadings(W)
+    M = np.asarray(fig.axes[0].images[0].get_array())
+    np.testing.assert_allclose(np.sort(M[:, 0]), np.sort(W[:, 0]))
+    assert fig.axes[1].get_ylabel() == "loading"  # the colorbar
+    assert fig.axes[1].get_ylim()[1] == pytest.approx(W.max())
+
+
 def test_sample_loadings_thins_and_validates():
     W = np.random.default_rng(0).random((300, 3))
     fig = plotting.plot_sample_loadings(W, max_samples=100)
