@@ -1798,7 +1798,7 @@ def network_figures(
         plotting.plot_layer_factors(model, layer_shapes=extractor),
         "Layer factors: for each probed layer, how strongly each unit (conv "
         "layers: each channel, summed over positions) takes part in each latent "
-        "factor, scaled per factor. A column with a few bright rows means the "
+        "factor, scaled per factor. A column with a few dark rows means the "
         "input pattern of that factor is carried by a few dedicated units.",
         name="layer-factors",
     )

@@ -1206,7 +1206,7 @@ def plot_layer_factors(
     layer_shapes=None,
     reduce="channel",
     normalize="factor",
-    cmap="viridis",
+    cmap="magma_r",
     fig=None,
     title=None,
 ):
@@ -1214,9 +1214,11 @@ def plot_layer_factors(
 
     For each layer block ``l`` the matrix ``H_l`` (factors x units) is drawn
     transposed: one row per unit (or channel), one column per latent factor,
-    one panel per layer with its own colorbar. A bright cell means that unit
-    responds to the input pattern of that factor (see
-    :func:`plot_input_factors`).
+    one panel per layer. A dark cell means that unit responds to the input
+    pattern of that factor (see :func:`plot_input_factors`; dark means
+    strong there and in :func:`plot_sample_loadings` too). With
+    ``normalize`` the panels share one 0-1 colorbar; without, each has its
+    own.
 
     Parameters
     ----------
@@ -1245,8 +1247,9 @@ def plot_layer_factors(
         divides each row by its maximum: a row then shows which factors a unit
         (channel) prefers, whatever its overall activity. ``None`` draws raw
         values.
-    cmap : str, default="viridis"
-        Colormap of the heatmaps.
+    cmap : str, default="magma_r"
+        Colormap of the heatmaps (dark = strong, as the input tiles and the
+        sample loadings).
     fig : matplotlib Figure, optional
         Figure to draw on; a new one by default.
     title : str, optional
@@ -1337,7 +1340,17 @@ def plot_layer_factors(
         ax.set_xticks(np.arange(0, M.shape[1], step))
         if M.shape[0] <= 24:
             ax.set_yticks(np.arange(M.shape[0]))
-        cb = fig.colorbar(im, ax=ax, shrink=0.9)
+        if normalize is None:  # each panel on its own scale
+            fig.colorbar(im, ax=ax, shrink=0.9).set_label(label)
+    if normalize is not None:
+        # every panel on the same 0-1 scale: one colorbar, not one per panel
+        cb = fig.colorbar(
+            im,
+            ax=list(axes),
+            shrink=0.9 if n_rows == 1 else 0.6,
+            pad=0.05 / n_cols,  # the default pad is a share of all panels' width
+            aspect=20 * (1 if n_rows == 1 else 1.5),
+        )
         cb.set_label(label)
     if title is None:
         title = "Which units of each layer every latent factor uses"

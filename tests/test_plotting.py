@@ -231,8 +231,12 @@ def test_layer_factors_one_heatmap_per_layer_channels_summed(coupled, tmp_path):
     model, _, _, shapes = coupled
     fig = plotting.plot_layer_factors(model, layer_shapes=shapes)
     heat = [ax for ax in fig.axes if ax.images]
-    assert len(heat) == 2  # conv and fc; the other axes are colorbars
-    assert len(fig.axes) == 4
+    assert len(heat) == 2  # conv and fc
+    # the panels share their 0-1 scale: one colorbar, not one per panel
+    assert len(fig.axes) == 3 and fig.axes[2].get_ylabel() == "weight / factor max"
+    assert [ax.images[0].get_cmap().name for ax in heat] == ["magma_r"] * 2
+    own = plotting.plot_layer_factors(model, layer_shapes=shapes, normalize=None)
+    assert len(own.axes) == 4  # each on its own scale, with its own colorbar
     conv_ax, fc_ax = heat
     assert conv_ax.get_title() == "conv (3 channels)"
     assert fc_ax.get_title() == "fc (20 units)"
@@ -1321,7 +1325,7 @@ def test_sample_loadings_scale_and_sign():
     fig = plotting.plot_sample_loadings(W)
     assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)  # shares of the row max
     one = plotting.plot_sample_loadings(np.full((10, 1), 2.0))
-    assert one.axes[0].images[0].get_clim() == (0.0, 1.0)  # not 0.9 to 1.1
+    assert one.axes[0].images[0].get_clim() == (0.0, 2.0)  # not 1.9 to 2.1
     raw = plotting.plot_sample_loadings(W * 3, normalize=None)
     assert raw.axes[0].images[0].get_clim() == (0.0, pytest.approx((W * 3).max()))
     W[4, 2], W[9, 0] = -0.25, -0.5
