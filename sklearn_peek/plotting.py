@@ -1117,13 +1117,15 @@ def plot_input_factors(
             lo = 0.0
         kwargs = {} if img.ndim == 3 else {"cmap": cmap, "vmin": lo, "vmax": 1.0}
         ax.imshow(img, interpolation="nearest", **kwargs)
-        ax.set_title(f"factor {k}", fontsize=10)
+        # a blank tile would look like a drawing failure
+        note = "" if np.any(H[k]) else "\n(no input weight)"
+        ax.set_title(f"factor {k}{note}", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     if title is None:
         title = f"Input patterns of the latent factors (block {block!r})"
         if split:
-            title += ", positive minus negative part"
+            title += ", positive minus negative part: red positive, blue negative"
         elif signed:
             title += ", signed: red positive, blue negative"
     _suptitle(fig, title)

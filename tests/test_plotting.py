@@ -330,6 +330,15 @@ def test_sample_loadings_of_one_factor_are_drawn_as_they_are():
     assert fig.axes[1].get_ylim()[1] == pytest.approx(W.max())
 
 
+def test_input_factor_without_input_weight_says_so():
+    # its blank tile looked like a drawing failure
+    H = np.random.default_rng(0).random((3, 16))
+    H[1] = 0.0
+    fig = plotting.plot_input_factors(H, image_shape=(4, 4))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["factor 0", "factor 1\n(no input weight)", "factor 2"]
+
+
 def test_sample_loadings_thins_and_validates():
     W = np.random.default_rng(0).random((300, 3))
     fig = plotting.plot_sample_loadings(W, max_samples=100)
