@@ -907,11 +907,12 @@ def fit_hals_batched(X, Ws, Hs, d, *, xnorm, max_iter=200, tol=1e-4, verbose=0):
             prev = history[k][-1]
             history[k].append(obj)
             stop = _stalled(prev, obj, tol, floor)
-            tag = f"CoupledNMF[hals, rank {sizes[k]}]"
-            if verbose and n_iter % 10 == 0:
-                print(f"{tag} iteration {n_iter}: objective {obj:.6g}")
-            if verbose and (stop or n_iter == max_iter):
-                _say_done(tag, n_iter, obj, stop)
+            if verbose:
+                tag = f"CoupledNMF[hals, rank {sizes[k]}]"
+                if n_iter % 10 == 0:
+                    print(f"{tag} iteration {n_iter}: objective {obj:.6g}")
+                if stop or n_iter == max_iter:
+                    _say_done(tag, n_iter, obj, stop)
             if stop or n_iter == max_iter:
                 results[k] = (
                     _contig(Wt[lo:hi].T),
