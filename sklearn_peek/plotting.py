@@ -1797,8 +1797,11 @@ def _curves_from(obj):
 
 
 def _shared_legend(fig, axes):
-    """One legend for the panels of ``fig``, below them: the entries of every
-    panel, each label once (a legend in every panel covered its curve)."""
+    """One legend for the panels of ``fig``: the entries of every panel, each
+    label once (a legend in every panel covered its curve). Below the panels
+    when the figure's layout is constrained (it makes room there); otherwise
+    in the last panel, where nothing else would keep it off the tick labels.
+    """
     handles = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -1807,13 +1810,14 @@ def _shared_legend(fig, axes):
         return
     from matplotlib.layout_engine import ConstrainedLayoutEngine
 
-    constrained = isinstance(
-        _root_figure(fig).get_layout_engine(), ConstrainedLayoutEngine
-    )
+    engine = _root_figure(fig).get_layout_engine()
+    if not isinstance(engine, ConstrainedLayoutEngine):
+        axes[-1].legend(list(handles.values()), list(handles), fontsize=8)
+        return
     fig.legend(
         list(handles.values()),
         list(handles),
-        loc="outside lower center" if constrained else "lower center",
+        loc="outside lower center",
         ncols=len(handles),
         fontsize=8,
         frameon=False,
@@ -1834,8 +1838,9 @@ def plot_rank_sweep(
     Each panel shows the mean criterion over cross-validation folds as a line,
     a band of plus/minus one standard deviation, and the selected rank as a
     dashed vertical line with a marker on the curve; the panel title states
-    the selected rank. One legend below the panels names these; the y axis
-    is labelled on the first panel of each row.
+    the selected rank. One legend below the panels names these (in the last
+    panel, on a figure of yours without constrained layout); the y axis is
+    labelled on the first panel of each row.
 
     The x axis has a minor tick at every probed rank (up to 60 probed ranks;
     beyond, only the labelled ticks) and integer labels that never overlap:
@@ -2145,6 +2150,24 @@ def _hue_label(hue, sub):
     return _LEVEL_LABELS.get(deg, f"{deg} level")
 
 
+def _corner_box(cx, cy, w, h, gap, corner):
+    """The (x0, y0, x1, y1) box of a ``w`` x ``h`` label ``gap`` away from
+    the point ``(cx, cy)`` at ``corner``, ``(+-1, +-1)`` (right/left,
+    above/below)."""
+    sx, sy = corner
+    x0 = cx + sx * gap - (w if sx < 0 else 0)
+    y0 = cy + sy * gap - (h if sy < 0 else 0)
+    return (x0, y0, x0 + w, y0 + h)
+
+
+def _free(box, placed):
+    """``box`` overlaps none of the boxes in ``placed``."""
+    return not any(
+        b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3]
+        for b in placed
+    )
+
+
 def _count_overlaps(ax, x, y, fontsize=8):
     """Label each point that several rows share with how many share it.
 
@@ -2173,21 +2196,10 @@ def _count_overlaps(ax, x, y, fontsize=8):
         corners = [(1, 1), (1, -1), (-1, 1), (-1, -1)]
         if px > lo + 0.85 * (hi - lo):  # near the right edge: left first
             corners = [(-1, 1), (-1, -1), (1, 1), (1, -1)]
-        box = None
-        for sx, sy in corners:
-            x0 = cx + sx * 4 * pt - (w if sx < 0 else 0)
-            y0 = cy + sy * 4 * pt - (h if sy < 0 else 0)
-            box = (x0, y0, x0 + w, y0 + h)
-            if not any(
-                b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3]
-                for b in placed
-            ):
-                break
-        else:
-            sx, sy = corners[0]  # no free corner: the first, as it would be
-            x0 = cx + sx * 4 * pt - (w if sx < 0 else 0)
-            y0 = cy + sy * 4 * pt - (h if sy < 0 else 0)
-            box = (x0, y0, x0 + w, y0 + h)
+        boxes = [_corner_box(cx, cy, w, h, 4 * pt, c) for c in corners]
+        # the first free corner; with none free, the first, as it would be
+        i = next((i for i, b in enumerate(boxes) if _free(b, placed)), 0)
+        (sx, sy), box = corners[i], boxes[i]
         placed.append(box)
         ax.annotate(
             text,

@@ -403,6 +403,18 @@ def test_rank_sweep_in_a_small_figure_keeps_its_panels_usable():
         fig.canvas.draw()
     widths = [ax.get_position().width * 8 for ax in fig.axes]
     assert min(widths) > 1.0, widths
+    # the legend sits below every panel and its labels
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert all(box.y1 <= ax.get_tightbbox(renderer).y0 + 1 for ax in fig.axes)
+    # a figure without constrained layout makes no room below: the legend
+    # goes in the last panel
+    for layout in (None, "tight"):
+        fig = plt.figure(figsize=(8, 3), layout=layout)
+        plotting.plot_rank_sweep(curves, fig=fig, ncols=4)
+        assert not fig.legends and fig.axes[-1].get_legend() is not None
+        assert all(ax.get_legend() is None for ax in fig.axes[:-1])
 
 
 def test_rank_sweep_marks_the_selected_rank(tmp_path):
@@ -586,9 +598,14 @@ def test_rank_vs_quality_counts_of_neighbouring_piles_do_not_overlap():
     fig = plotting.plot_rank_vs_quality(t, layer="fc1")
     fig.canvas.draw()
     ax = fig.axes[0]
-    boxes = [a.get_window_extent() for a in ax.texts if a.get_gid() == "overlap-count"]
+    counts = [a for a in ax.texts if a.get_gid() == "overlap-count"]
+    boxes = [a.get_window_extent() for a in counts]
     assert len(boxes) == 2
     assert not boxes[0].overlaps(boxes[1])
+    # near the right edge the labels go left of their points, inside the axes
+    assert {a.get_horizontalalignment() for a in counts} == {"right"}
+    frame = ax.get_window_extent()
+    assert all(b.x1 <= frame.x1 for b in boxes)
 
 
 def test_rank_vs_quality_rank_col_keeps_the_rows_of_the_layer():
