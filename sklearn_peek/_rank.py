@@ -838,7 +838,8 @@ class RankQualityScorer(BaseEstimator):
         device; see ``n_tasks_``) as they finish. None draws it when
         standard error is a terminal or the code runs in a Jupyter notebook,
         unless the ``CI`` environment variable is set. When the scorer is
-        called on an estimator, the extractor gets it too (as ``device``).
+        called on an estimator, the extractor gets it too, under the same rule
+        as ``device``.
 
     Attributes
     ----------
@@ -1025,11 +1026,20 @@ class RankQualityScorer(BaseEstimator):
         weights, whose rules involve more than one value.
         """
         validate_params(self)
+        if self.layers is not None and not self._given_layers():
+            raise ValueError(
+                f"layers={self.layers!r} names no layer; expected layer names, or "
+                "None for every block but 'input'."
+            )
         ranks = self._check_ranks()
         names = {_INPUT: [_INPUT, "<layer>"], "none": ["<layer>"]}
         if self.coupling in names:
             self._check_block_weights(names[self.coupling])
         return ranks
+
+    def _given_layers(self):
+        """``layers`` (not None) as a list of names."""
+        return [self.layers] if isinstance(self.layers, str) else list(self.layers)
 
     def _check_ranks(self):
         """``ranks`` (None: ``range(1, 31)``) as a sorted list of distinct ints."""
@@ -1133,9 +1143,7 @@ class RankQualityScorer(BaseEstimator):
         if self.layers is None:
             layers = non_input
         else:
-            layers = (
-                [self.layers] if isinstance(self.layers, str) else list(self.layers)
-            )
+            layers = self._given_layers()
             for name in layers:
                 if name not in names or name == _INPUT:
                     raise ValueError(
@@ -1660,8 +1668,7 @@ class RankQualityScorer(BaseEstimator):
         if self.coupling == _ALL:
             self._check_score_layer([_ALL])
         elif self.layers is not None:
-            given = [self.layers] if isinstance(self.layers, str) else self.layers
-            self._check_score_layer(list(given))
+            self._check_score_layer(self._given_layers())
         model, ext, Xm = _resolve_model(estimator, X)
         if ext is None:
             ext = self._build_extractor(model, estimator)

@@ -422,6 +422,9 @@ def test_random_state_reproducible_and_matters():
         ({"cv": 61}, r"cv=61 is larger than the 60 samples"),
         ({"layers": ["conv"]}, r"layers contains 'conv'.*Did you mean 'conv1'"),
         ({"layers": "input"}, r"layers contains 'input'"),
+        # under coupling="all" it factored the input alone, as "all"
+        ({"layers": [], "coupling": "all"}, r"layers=\[\] names no layer"),
+        ({"layers": ()}, r"layers=\(\) names no layer"),
         ({"energy_threshold": 0}, r"'energy_threshold'.*range \(0\.0, 1\.0\]\. Got 0 "),
         ({"n_restarts": 1}, r"'n_restarts'.*range \[2, inf\)\. Got 1 "),
         ({"selection": "one-se"}, r"'selection'.*Got 'one-se'.*Did you mean 'one_se'"),
