@@ -110,35 +110,35 @@ def resolve_device(device, *, param="device"):
     raise ValueError(f"{param}={device!r} is not understood; expected {DEVICE_HELP}.")
 
 
-def cuda_shortfall(torch, dev):
+def cuda_shortfall(torch, dev, *, fallback):
     """What the CUDA device ``dev`` lacks, worded to follow "asks for", or None.
 
-    The wording is shared by :func:`resolve_device` and the command line's
-    ``--device``, which add their own advice (``device='auto'`` or
-    ``--device auto``) when torch sees no GPU at all.
+    Shared by :func:`resolve_device` and the command line's ``--device``;
+    ``fallback`` is the caller's advice for when torch sees no GPU at all
+    (``device='auto'`` or ``--device auto``), added after the reason.
     """
     if not torch.cuda.is_available():
         return (
             f"a CUDA GPU, but torch sees none (torch {torch.__version__}, CUDA "
-            f"build: {torch.version.cuda is not None})"
+            f"build: {torch.version.cuda is not None}). {fallback}"
         )
     index = dev.index if dev.index is not None else 0
     count = torch.cuda.device_count()
     if index >= count:
         return (
-            f"GPU {index}, but torch sees only {count} GPU(s) (indices 0..{count - 1})"
+            f"GPU {index}, but torch sees only {count} GPU(s) (indices 0..{count - 1})."
         )
     return None
 
 
 def _check_cuda(torch, dev, original, param):
-    shortfall = cuda_shortfall(torch, dev)
-    if shortfall is None:
-        return
-    advice = ""
-    if not torch.cuda.is_available():
-        advice = " Use device='auto' to fall back to the CPU quietly, or device=None."
-    raise ValueError(f"{param}={original!r} asks for {shortfall}.{advice}")
+    shortfall = cuda_shortfall(
+        torch,
+        dev,
+        fallback="Use device='auto' to fall back to the CPU quietly, or device=None.",
+    )
+    if shortfall is not None:
+        raise ValueError(f"{param}={original!r} asks for {shortfall}")
 
 
 def is_torch_tensor(x):

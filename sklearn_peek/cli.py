@@ -77,14 +77,10 @@ def parse_ranks(text):
                 step = bits[2] if len(bits) == 3 else 1
                 if step < 1 or bits[1] < bits[0]:
                     raise ValueError
-                grid = range(bits[0], bits[1] + 1, step)
-                if len(out) + len(grid) > _MAX_RANKS:
-                    raise argparse.ArgumentTypeError(
-                        f"{text!r} gives {len(out) + len(grid):,} ranks; expected "
-                        f"at most {_MAX_RANKS:,} (each is a factorization; a rank "
-                        "is also at most the inputs and features of a layer)."
-                    )
-                out.extend(grid)
+                # counted before any list is made (len(range) overflows
+                # beyond sys.maxsize)
+                _check_rank_count(text, (bits[1] - bits[0]) // step + 1)
+                out.extend(range(bits[0], bits[1] + 1, step))
             else:
                 out.append(int(part))
     except ValueError:
@@ -96,7 +92,18 @@ def parse_ranks(text):
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected at least one rank, all >= 1."
         )
-    return sorted(set(out))
+    ranks = sorted(set(out))
+    _check_rank_count(text, len(ranks))
+    return ranks
+
+
+def _check_rank_count(text, count):
+    if count > _MAX_RANKS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} gives {count:,} ranks; expected at most {_MAX_RANKS:,} "
+            "(each is a factorization; a rank is also at most the inputs and "
+            "features of a layer)."
+        )
 
 
 def parse_shape(text):
@@ -164,15 +171,14 @@ def _device(text):
 
         from sklearn_peek._backend import cuda_shortfall
 
-        shortfall = cuda_shortfall(torch, torch.device(text))
+        shortfall = cuda_shortfall(
+            torch,
+            torch.device(text),
+            fallback="Use --device auto to fall back to the CPU quietly, or "
+            "--device cpu.",
+        )
         if shortfall is not None:
-            advice = ""
-            if not torch.cuda.is_available():
-                advice = (
-                    " Use --device auto to fall back to the CPU quietly, or "
-                    "--device cpu."
-                )
-            raise argparse.ArgumentTypeError(f"{text!r} asks for {shortfall}.{advice}")
+            raise argparse.ArgumentTypeError(f"{text!r} asks for {shortfall}")
     return text
 
 
@@ -250,10 +256,19 @@ def _add_common(p):
     )
 
 
-#: analyze's --energy and --cv when not given (they default to None, so that a
-#: value given with another criterion, which would have no effect, is refused)
+#: analyze's --energy and --cv when not given
 _ENERGY_DEFAULT = 0.9
 _CV_DEFAULT = 3
+
+
+class _StoreGiven(argparse.Action):
+    """Store the value, and add the option's ``dest`` to ``args.given_``: the
+    options typed on the command line, told apart from their defaults (a
+    value given where it has no effect is refused, see _option_conflict)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given_ = {*getattr(namespace, "given_", ()), self.dest}
 
 
 def _add_analysis_options(p, *, ranks_default):
@@ -280,7 +295,8 @@ def _add_analysis_options(p, *, ranks_default):
     g.add_argument(
         "--energy",
         type=_fraction,
-        default=None,
+        default=_ENERGY_DEFAULT,
+        action=_StoreGiven,
         metavar="FRACTION",
         help="target explained energy of --criterion energy, in (0, 1] (default: "
         f"{_ENERGY_DEFAULT}; an error with another criterion)",
@@ -288,7 +304,8 @@ def _add_analysis_options(p, *, ranks_default):
     g.add_argument(
         "--cv",
         type=_folds,
-        default=None,
+        default=_CV_DEFAULT,
+        action=_StoreGiven,
         metavar="K",
         help=f"folds for --criterion bcv, at least 2 (default: {_CV_DEFAULT}; an "
         "error with another criterion)",
@@ -1266,7 +1283,7 @@ def _extractor_error(exc, args, fmt, sample_shape, *, source="--data"):
             f"{layers_cmd} to list them) with --nonneg relu, split or shift."
         )
     if isinstance(exc, RepeatedLayerError):
-        alias = " (a node and its output are one layer)" if len(exc.names) > 1 else ""
+        alias = " (a node and its output are one layer)" if exc.aliases else ""
         return CLIError(
             f"--layers names the same layer more than once: {exc.names}{alias}; "
             "give each once."
@@ -2543,7 +2560,7 @@ def main(argv=None):
 
 def _option_conflict(args):
     """A usage error for options the rest of the command line leaves without
-    effect, or None; fills in analyze's --energy and --cv defaults."""
+    effect, or None."""
     command = getattr(args, "command", None)
     if command == "layers" and args.channel_repeat and args.input_shape is None:
         return (
@@ -2555,11 +2572,12 @@ def _option_conflict(args):
         return None
     if args.labels_key is not None and args.labels is None:
         return "--labels-key chooses an array of the --labels file; give --labels too."
+    given = getattr(args, "given_", set())
     for option, value, criterion in (
         ("--energy", args.energy, "energy"),
         ("--cv", args.cv, "bcv"),
     ):
-        if value is not None and args.criterion != criterion:
+        if option[2:] in given and args.criterion != criterion:
             return (
                 f"{option} {value:g} applies to --criterion {criterion} only, and "
                 f"the criterion is {args.criterion}; add --criterion {criterion}, "
@@ -2571,8 +2589,6 @@ def _option_conflict(args):
             "layer names (see 'sklearn-peek layers MODEL'), or no --layers for "
             "the automatic choice."
         )
-    args.energy = _ENERGY_DEFAULT if args.energy is None else args.energy
-    args.cv = _CV_DEFAULT if args.cv is None else args.cv
     return None
 
 

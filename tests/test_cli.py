@@ -369,6 +369,9 @@ def test_analyze_out_not_creatable(files, tmp_path, capsys):
                             "/relu1/Relu"],
          r"--layers names the same layer more than once: \['/relu1/Relu'\]; give "
          r"each once\.$"),
+        ("repeated layers", ["net.onnx", "--data", "x.npy", "--layers", "/relu1/Relu",
+                             "/relu1/Relu", "/relu2/Relu", "/relu2/Relu"],
+         r"more than once: \['/relu1/Relu', '/relu2/Relu'\]; give each once\.$"),
         # "expected 2 <= --cv <= 1"
         ("one input", ["net.onnx", "--data", "x.npy", "--max-samples", "1"],
          r"error: 1 input analysed \(--max-samples\); expected at least 2"),
@@ -521,6 +524,10 @@ def test_help_explains_every_option(capsys):
          "ranks; expected at most 10,000"),
         (["demo", "--out", "o", "--ranks", "1:5000,6000:11000"],
          "gives 10,001 ranks; expected at most 10,000"),
+        # beyond sys.maxsize, len(range) itself raised (OverflowError)
+        (["analyze", "m.onnx", "--data", "x", "--out", "o", "--ranks",
+          "1:99999999999999999999"],
+         "gives 99,999,999,999,999,999,999 ranks; expected at most 10,000"),
         # an unknown option: the command's own usage line and error
         (["analyze", "m.onnx", "--data", "x", "--out", "o", "--bogus", "1"],
          "usage: sklearn-peek analyze [-h] --data FILE"),
@@ -561,6 +568,12 @@ def test_analyze_activations_validates_the_scorer_first():
         cli.analyze_activations(
             A, [("input", 10), ("l", 10)], ranks=[1, 2], cv=3, energy=1.5, **kw
         )
+
+
+def test_parse_ranks_counts_distinct_ranks_against_its_cap():
+    # overlapping parts count once: 5,001 distinct ranks, not 10,001
+    assert len(cli.parse_ranks("1:5000,1:5001")) == 5001
+    assert len(cli.parse_ranks("1:10000")) == 10000
 
 
 def test_parse_ranks_and_shapes():
@@ -1578,7 +1591,7 @@ def test_labels_from_an_npz_with_several_arrays(files, tmp_path, capsys):
         data=npz,
     )  # fmt: skip
     html = (tmp_path / "c" / "report.html").read_text()
-    assert "class" in html  # the loadings figure is grouped by the labels
+    assert "grouped by class (labels used only for this picture)" in html
     # the usual names are found without a key
     np.savez(tmp_path / "xy.npz", images=X[:60], labels=y[:60])
     _analyze_ok(

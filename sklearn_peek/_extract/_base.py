@@ -163,14 +163,17 @@ class NoAutoLayersError(ValueError):
 
 
 class RepeatedLayerError(ValueError):
-    """``layers`` names one layer twice; ``names`` are the repeated ones."""
+    """``layers`` names one layer twice; ``names`` are the repeated ones,
+    ``aliases`` whether two different names among them are one layer (a node
+    and its output tensor)."""
 
-    def __init__(self, names):
+    def __init__(self, names, aliases=False):
         super().__init__(f"layers names the same layer more than once: {names}.")
         self.names = names
+        self.aliases = aliases
 
     def __reduce__(self):  # pickled with its names (joblib workers)
-        return type(self), (self.names,)
+        return type(self), (self.names, self.aliases)
 
 
 def _resolve_layers(adapter, layers, rows):
@@ -220,7 +223,8 @@ def _resolve_layers(adapter, layers, rows):
     canons = [c for _, c in out]
     dup = sorted({n for n, c in out if canons.count(c) > 1})
     if dup:
-        raise RepeatedLayerError(dup)
+        aliases = any(len({n for n, c2 in out if c2 == c}) > 1 for _, c in out)
+        raise RepeatedLayerError(dup, aliases)
     return out
 
 
