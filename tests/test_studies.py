@@ -455,20 +455,27 @@ def test_run_case_study_draws_its_own_bar_only(small_data, progress, capsys,
 
 
 def test_run_case_study_table(small_data):
+    from sklearn.exceptions import ConvergenceWarning
+
+    from sklearn_peek._criteria import EnergyThresholdWarning
     from sklearn_peek.studies import run_case_study
 
     ranks = [1, 2, 3, 5]
-    res = run_case_study(
-        "epochs",
-        [0, 8],
-        seeds=[0, 1],
-        data=small_data,
-        layers=["pool2", "relu3"],
-        ranks=ranks,
-        criteria=["bcv", "elbow", "energy"],
-        n_boot=200,
-        random_state=0,
-    )
+    with warnings.catch_warnings():
+        # expected for the untrained networks, and muted: the table says it
+        warnings.simplefilter("error", EnergyThresholdWarning)
+        warnings.simplefilter("error", ConvergenceWarning)
+        res = run_case_study(
+            "epochs",
+            [0, 8],
+            seeds=[0, 1],
+            data=small_data,
+            layers=["pool2", "relu3"],
+            ranks=ranks,
+            criteria=["bcv", "elbow", "energy"],
+            n_boot=200,
+            random_state=0,
+        )
     table = res.table
     measures = ["bcv", "elbow", "energy", "bcv_alone", "elbow_alone", "energy_alone"]
     measures += ["rankme"]
