@@ -259,6 +259,12 @@ def _add_common(p):
 #: analyze's --energy and --cv when not given
 _ENERGY_DEFAULT = 0.9
 _CV_DEFAULT = 3
+#: analyze's --max-iter when not given. At 200 (the scorer's default) a plain
+#: 'analyze' of a small CNN on the 1,797 digits warned that fits of 16 ranks
+#: stopped at --max-iter; at 500 none did, the selected ranks were the same,
+#: and the sweep took 6% longer (11.2 s against 10.6 s, 2-core machine):
+#: most fits converge long before it.
+_MAX_ITER_DEFAULT = 500
 
 
 class _StoreGiven(argparse.Action):
@@ -573,10 +579,11 @@ def build_parser():
     g.add_argument(
         "--max-iter",
         type=_positive_int,
-        default=200,
+        default=_MAX_ITER_DEFAULT,
         metavar="N",
         help="iterations per factorization of the rank sweep, a positive integer "
-        "(default: 200); raise it when a warning says fits stopped at --max-iter",
+        f"(default: {_MAX_ITER_DEFAULT}); raise it when a warning says fits stopped "
+        "at --max-iter",
     )
     g.add_argument(
         "--tol",
@@ -1421,8 +1428,8 @@ def analyze_activations(
     seed,
     jobs,
     device,
-    energy=0.9,
-    max_iter=200,
+    energy=_ENERGY_DEFAULT,
+    max_iter=_MAX_ITER_DEFAULT,
     tol=1e-4,
     progress=None,
     n_available=None,
@@ -1449,7 +1456,7 @@ def analyze_activations(
         Where the factorizations run (``--device``).
     energy : float, default=0.9
         Target explained energy of ``"energy"`` (``--energy``).
-    max_iter : int, default=200
+    max_iter : int, default=500
         Iterations per factorization (``--max-iter``).
     tol : float, default=1e-4
         Stopping tolerance per factorization (``--tol``).

@@ -768,6 +768,18 @@ def _json(path):
     return json.loads((path / "results.json").read_text())
 
 
+def test_analyze_with_its_defaults_does_not_warn_about_its_defaults(
+    files, tmp_path, capsys
+):
+    # At --max-iter 200 a plain 'analyze' said some fits stopped at
+    # --max-iter: a warning about the command's own default
+    d, *_ = files
+    res, err = _analyze_ok(capsys, d, tmp_path)
+    assert res["max_iter"] == cli._MAX_ITER_DEFAULT
+    assert "convergence" not in {w["kind"] for w in res["warnings"]}, err
+    assert "stopped at --max-iter" not in err
+
+
 def test_max_iter_and_tol_reach_the_scorer_and_warn_in_cli_terms(
     files, tmp_path, capsys
 ):
