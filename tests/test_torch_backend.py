@@ -148,6 +148,22 @@ def test_tensor_dtypes(dtype, expected):
     assert model.components_.dtype == np.dtype(str(expected).split(".")[1])
 
 
+def test_transform_returns_the_fitted_models_dtype():
+    # gpu.rst: "transform gives the dtype of the fitted model, for tensors as
+    # for NumPy arrays: a model fitted in float64 returns float64 for float32"
+    X, blocks = _data(dtype=np.float64)
+    new = torch.from_numpy(X[:5])
+    for fit_dtype in (np.float64, np.float32):
+        model, _ = fit_quietly(
+            X.astype(fit_dtype), n_components=3, blocks=blocks, random_state=0
+        )
+        want = torch.float64 if fit_dtype == np.float64 else torch.float32
+        for given in (torch.float32, torch.float64):
+            W = model.transform(new.to(given))
+            assert isinstance(W, torch.Tensor) and W.dtype == want
+            assert model.transform(new.to(given).numpy()).dtype == fit_dtype
+
+
 def test_float32_stays_float32_on_torch_cpu(monkeypatch):
     calls = spy_solvers(monkeypatch)
     X, blocks = _data(dtype=np.float32)
