@@ -260,10 +260,9 @@ def _add_common(p):
 _ENERGY_DEFAULT = 0.9
 _CV_DEFAULT = 3
 #: analyze's --max-iter when not given. At 200 (the scorer's default) a plain
-#: 'analyze' of a small CNN on the 1,797 digits warned that fits of 16 ranks
-#: stopped at --max-iter; at 500 none did, the selected ranks were the same,
-#: and the sweep took 6% longer (11.2 s against 10.6 s, 2-core machine):
-#: most fits converge long before it.
+#: 'analyze' warned about its own default; at 500 it does not, for the same
+#: selected ranks and about the same sweep time: most fits converge long
+#: before it (benchmarks/bench_cli_max_iter.py).
 _MAX_ITER_DEFAULT = 500
 
 
