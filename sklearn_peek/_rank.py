@@ -1199,12 +1199,12 @@ class RankQualityScorer(BaseEstimator):
             f"{msg}; expected the extractor's include_input=True, or coupling='none'."
         )
 
-    def _check_layout(self, n, blocks, samples):
+    def _check_layout(self, n, analysed, samples):
         """What the data's shape must allow beyond ``ranks``: explicit
         ``block_weights`` under ``coupling="all"``, a ``score_layer`` among
-        the layers analysed, and no more bcv folds than the ``n`` samples (worded as
-        ``samples``, e.g. "the 40 samples of X")."""
-        analysed = self._layer_columns(blocks)
+        the layers ``analysed`` (:meth:`_layer_columns`), and no more bcv
+        folds than the ``n`` samples (worded as ``samples``, e.g. "the 40
+        samples of X")."""
         if self.coupling == _ALL:
             self._check_block_weights([b for b, _ in analysed[0][2]])
         self._check_score_layer([name for name, _, _ in analysed])
@@ -1235,10 +1235,12 @@ class RankQualityScorer(BaseEstimator):
         """What :meth:`fit` checks of the data's shape before any fit:
         :meth:`_check_layout`, and the largest of ``ranks`` (validated,
         sorted) against the rank limit (:class:`SweepLimitError`). Returns
-        the rows a fit sees and each layer's columns. Also run by
-        :func:`sklearn_peek.studies.run_case_study` before any training."""
-        self._check_layout(n, blocks, samples)
-        limit, why, n_rows, columns = self._rank_limit(n, blocks)
+        the rows a fit sees, each layer's columns and :meth:`_layer_columns`.
+        Also run by :func:`sklearn_peek.studies.run_case_study` before any
+        training."""
+        layer_cols = self._layer_columns(blocks)
+        self._check_layout(n, layer_cols, samples)
+        limit, why, n_rows, columns = self._rank_limit(n, layer_cols)
         if ranks[-1] > limit:
             raise SweepLimitError(
                 "ranks",
@@ -1248,7 +1250,7 @@ class RankQualityScorer(BaseEstimator):
                 n_rows,
                 columns,
             )
-        return n_rows, columns
+        return n_rows, columns, layer_cols
 
     def rank_limits(self, n_samples, block_sizes):
         """The largest rank each layer can be swept to, known before fitting.
@@ -1302,11 +1304,12 @@ class RankQualityScorer(BaseEstimator):
             )
         blocks = _check_block_sizes(block_sizes)
         n = int(n_samples)
-        self._check_layout(n, blocks, f"n_samples={n}")
-        _, _, rows, columns = self._rank_limit(n, blocks)
+        layer_cols = self._layer_columns(blocks)
+        self._check_layout(n, layer_cols, f"n_samples={n}")
+        _, _, rows, columns = self._rank_limit(n, layer_cols)
         return {name: min(rows, m) for name, m in columns.items()}
 
-    def _rank_limit(self, n_samples, blocks):
+    def _rank_limit(self, n_samples, layer_cols):
         """The largest rank every layer's coupled matrix supports, and why.
 
         Returns ``(limit, reason, rows, columns)``; ``reason`` completes a
@@ -1314,7 +1317,7 @@ class RankQualityScorer(BaseEstimator):
         ... expected ranks <= limit."). A rank is bounded by the rows a fit
         sees (``rows``: the training rows of a fold under ``criterion="bcv"``)
         and the columns of the layer's coupled matrix (``columns``, per
-        layer).
+        layer; ``layer_cols`` as :meth:`_layer_columns` gives them).
         """
         n = n_samples
         bcv = self.criterion == "bcv"
@@ -1322,7 +1325,7 @@ class RankQualityScorer(BaseEstimator):
         rows_txt = f"{n_rows} training rows per fold" if bcv else f"{n} rows"
         limit = None
         columns = {}
-        for name, _cols, cb in self._layer_columns(blocks):
+        for name, _cols, cb in layer_cols:
             m = columns[name] = sum(s for _, s in cb)
             bound = min(n_rows, m)
             if limit is None or bound < limit[0]:
@@ -1356,8 +1359,9 @@ class RankQualityScorer(BaseEstimator):
         Xa, blocks = self._check_data(X)
         n = Xa.shape[0]
         criterion = self.criterion
-        n_rows, columns = self._check_sweep(n, blocks, f"the {n} samples of X", ranks)
-        layer_cols = self._layer_columns(blocks)
+        n_rows, columns, layer_cols = self._check_sweep(
+            n, blocks, f"the {n} samples of X", ranks
+        )
         norm = isinstance(self.block_weights, str) and self.block_weights == "norm"
         sq = _row_block_sq(Xa, [size for _, size in blocks]) if norm else None
         if norm:
