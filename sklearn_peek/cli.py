@@ -1339,12 +1339,10 @@ def _load_args_model(args, sample, workdir, *, source="--data"):
 def _warn_idle_options(args, ext, say):
     """Warn about --pooling and --channel-repeat where the model (known only
     once the extractor is fitted) leaves them without effect."""
+    from sklearn_peek._extract._base import poolable
+
     if args.pooling != "none":
-        # the extractor pools the layers with a spatial axis (C, H, W), (C, L)
-        spatial = [
-            n for n, shape in ext._raw_shapes.items() if n != "input" and len(shape) > 1
-        ]
-        if not spatial:
+        if not any(poolable(n, shape) for n, shape in ext._raw_shapes.items()):
             say.warn(
                 "pooling",
                 f"--pooling {args.pooling} has no effect: none of the probed layers "

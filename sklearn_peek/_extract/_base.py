@@ -158,6 +158,13 @@ def _block_name(name):
     return name
 
 
+def poolable(name, shape):
+    """Whether ``pooling`` pools the block ``name`` of per-sample ``shape``
+    (as recorded before pooling): a layer with a channel axis and spatial
+    ones, ``(C, H, W)`` or ``(C, L)``; never the input."""
+    return name != "input" and len(shape) >= 2
+
+
 class NoAutoLayersError(ValueError):
     """``layers="auto"`` found no layer to probe (the command line rewords it)."""
 
@@ -1061,7 +1068,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         self.layer_shapes_ = {}
         for name in self.layer_names_:
             shape = shapes[name]
-            pooled = self.pooling is not None and name != "input" and len(shape) >= 2
+            pooled = self.pooling is not None and poolable(name, shape)
             if pooled:
                 shape = (shape[0],)
             if self.nonneg == "split":
@@ -1467,7 +1474,7 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             if name == "input":
                 sub = [f"p{i}" for i in range(math.prod(raw))]
             else:
-                pooled = self.pooling is not None and len(raw) >= 2
+                pooled = self.pooling is not None and poolable(name, raw)
                 sub = _feature_suffixes((raw[0],) if pooled else raw, pooled)
             if self.nonneg == "split":
                 sub = [f"{s}_pos" for s in sub] + [f"{s}_neg" for s in sub]
