@@ -374,10 +374,17 @@ def test_unknown_layer_lists_close_matches(lenet, X):
     ext = LayerActivationExtractor(lenet, ["pool1", "poool2"], input_shape=(1, 28, 28))
     with pytest.raises(ValueError, match=r"'poool2' is not a layer.*'pool2'"):
         ext.fit(X)
-    with pytest.raises(ValueError, match="more than once"):
+    with pytest.raises(ValueError, match="more than once") as err:
         LayerActivationExtractor(
             lenet, ["pool1", "pool1"], input_shape=(1, 28, 28)
         ).fit(X)
+    # it crosses process boundaries (a case study's joblib workers) intact
+    back = pickle.loads(pickle.dumps(err.value))
+    assert (back.names, back.aliases, str(back)) == (
+        ["pool1"],
+        False,
+        str(err.value),
+    )
 
 
 @pytest.mark.parametrize(
