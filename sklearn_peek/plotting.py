@@ -1201,6 +1201,27 @@ def _reduce_to_channels(H, layer, shape, feature_names, split=None):
     return H, "unit"
 
 
+def _max_bins(M, max_rows):
+    """``M`` with runs of neighbouring rows merged by their maximum.
+
+    Returns ``(M, note)``: ``M`` itself and ``""`` when it has at most
+    ``max_rows`` rows (or ``max_rows`` is None); else at most ``max_rows``
+    rows, each the maximum over ``k`` or ``k - 1`` consecutive rows (bins as
+    even as possible, so each drawn row spans its share of the axis), and a
+    note for the axis label saying so.
+    """
+    n = M.shape[0]
+    if max_rows is None or n <= max_rows:
+        return M, ""
+    k = math.ceil(n / max_rows)
+    n_bins = math.ceil(n / k)
+    starts = np.linspace(0, n, n_bins + 1).round().astype(int)[:-1]
+    sizes = np.diff(np.r_[starts, n])
+    lo, hi = int(sizes.min()), int(sizes.max())
+    each = str(hi) if lo == hi else f"{lo}\u2013{hi}"
+    return np.maximum.reduceat(M, starts, axis=0), f" (max of {each} per row)"
+
+
 def plot_layer_factors(
     model,
     layers=None,
@@ -1208,6 +1229,7 @@ def plot_layer_factors(
     layer_shapes=None,
     reduce="channel",
     normalize="factor",
+    max_rows=300,
     cmap="magma_r",
     fig=None,
     title=None,
@@ -1249,6 +1271,14 @@ def plot_layer_factors(
         divides each row by its maximum: a row then shows which factors a unit
         (channel) prefers, whatever its overall activity. ``None`` draws raw
         values.
+    max_rows : int or None, default=300
+        A layer with more rows than this (units, or channels) is drawn in
+        at most ``max_rows`` rows, each the maximum over a run of
+        neighbouring units (13-14 of 4,096 at the default), after
+        ``normalize``: a strong unit always shows, where drawing every unit
+        in fewer pixels than rows would skip some and can draw moiré bands.
+        The y axis still counts units and its label says how many each row
+        holds. ``None`` draws every row.
     cmap : str, default="magma_r"
         Colormap of the heatmaps (dark = strong, as the input tiles and the
         sample loadings).
@@ -1303,6 +1333,8 @@ def plot_layer_factors(
         raise ValueError(f"reduce={reduce!r}: expected 'channel' or None.")
     if normalize not in ("factor", "unit", None):
         raise ValueError(f"normalize={normalize!r}: expected 'factor', 'unit' or None.")
+    if max_rows is not None and (not is_integral(max_rows) or max_rows < 1):
+        raise ValueError(f"max_rows={max_rows!r}: expected None or an integer >= 1.")
 
     panels = []
     for layer in layers:
@@ -1316,11 +1348,11 @@ def plot_layer_factors(
         if normalize is not None:
             top = M.max(axis=0 if normalize == "factor" else 1, keepdims=True)
             M = np.divide(M, top, out=np.zeros_like(M), where=top > 0)
-        panels.append((layer, kind, M))
+        panels.append((layer, kind, M.shape[0], *_max_bins(M, max_rows)))
 
     n = len(panels)
     n_rows, n_cols = _grid_shape(n, max_cols=3)
-    n_factors = panels[0][2].shape[1]
+    n_factors = panels[0][3].shape[1]
     width = min(4.8, 1.9 + 0.25 * n_factors)
     fig = _new_figure(fig, (max(5.0, width * n_cols), 4.3 * n_rows + 0.4))
     axes = _panels(fig, n, n_rows, n_cols)
@@ -1330,18 +1362,25 @@ def plot_layer_factors(
     # The panel titles name the layers; the axes repeat the names only when
     # every one fits along an axis (ONNX tensor names do not), so that the
     # panels are labelled alike.
-    named = all(len(f"{layer} {kind}") <= 30 for layer, kind, _ in panels)
-    for ax, (layer, kind, M) in zip(axes, panels):
+    named = all(len(f"{layer} {kind}") <= 30 for layer, kind, *_ in panels)
+    for ax, (layer, kind, n_units, M, per_row) in zip(axes, panels):
         vmax = 1.0 if normalize is not None else None
         im = ax.imshow(
-            M, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0.0, vmax=vmax
+            M,
+            aspect="auto",
+            cmap=cmap,
+            interpolation="nearest",
+            vmin=0.0,
+            vmax=vmax,
+            # rows merged by _max_bins still span their units on the y axis
+            extent=(-0.5, M.shape[1] - 0.5, n_units - 0.5, -0.5),
         )
         ax.set_xlabel("latent factor")
-        ax.set_ylabel(f"{layer} {kind}" if named else kind)
+        ax.set_ylabel((f"{layer} {kind}" if named else kind) + per_row)
         step = max(1, math.ceil(M.shape[1] / 12))
         ax.set_xticks(np.arange(0, M.shape[1], step))
-        if M.shape[0] <= 24:
-            ax.set_yticks(np.arange(M.shape[0]))
+        if n_units <= 24:
+            ax.set_yticks(np.arange(n_units))
         if normalize is None:  # each panel on its own scale
             fig.colorbar(im, ax=ax, shrink=0.9).set_label(label)
     if normalize is not None:
@@ -1362,8 +1401,8 @@ def plot_layer_factors(
     _fit_titles(
         fig,
         [
-            (ax, str(layer), f"({M.shape[0]} {kind}s)", {"sep": " "})
-            for ax, (layer, kind, M) in zip(axes, panels)
+            (ax, str(layer), f"({n_units} {kind}s)", {"sep": " "})
+            for ax, (layer, kind, n_units, *_) in zip(axes, panels)
         ],
     )
     return fig

@@ -2,6 +2,7 @@
 
 import itertools
 import warnings
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -252,7 +253,6 @@ def test_layer_factors_one_heatmap_per_layer_channels_summed(coupled, tmp_path):
     )
     fig.savefig(tmp_path / "layer_factors.png")
     # a fitted extractor (anything with layer_shapes_) works as layer_shapes
-    from types import SimpleNamespace
 
     fig = plotting.plot_layer_factors(
         model, layers=["conv"], layer_shapes=SimpleNamespace(layer_shapes_=shapes)
@@ -262,7 +262,6 @@ def test_layer_factors_one_heatmap_per_layer_channels_summed(coupled, tmp_path):
 
 def test_layer_factors_raw_units_and_channel_names_from_feature_names():
     rng = np.random.default_rng(0)
-    from types import SimpleNamespace
 
     names = ["input__p0", "input__p1", "input__p2", "input__p3"] + [
         f"conv1__c{c}_y{y}_x{x}" for c in range(2) for y in range(2) for x in range(2)
@@ -287,6 +286,48 @@ def test_layer_factors_raw_units_and_channel_names_from_feature_names():
         plotting.plot_layer_factors(model, layers=["conv9"])
     with pytest.raises(ValueError, match="reduce='space'"):
         plotting.plot_layer_factors(model, reduce="space")
+
+
+def test_layer_factors_merge_rows_of_a_wide_layer_by_their_maximum():
+    # 1,000 units in at most 300 rows: drawing every unit in fewer pixels
+    # would skip rows, so a single strong unit would vanish.
+    rng = np.random.default_rng(0)
+    H = rng.random((3, 4 + 1000)) * 0.01
+    H[0, 4 + 777] = 1.0  # one unit carries factor 0
+    model = SimpleNamespace(
+        components_=H,
+        block_names_=["input", "fc1"],
+        block_slices_={"input": slice(0, 4), "fc1": slice(4, 1004)},
+    )
+    fig = plotting.plot_layer_factors(model)
+    ax = fig.axes[0]
+    M = ax.images[0].get_array()
+    assert M.shape == (250, 3)  # bins of 4 units
+    i = 777 // 4
+    assert M[i, 0] == 1.0 and np.count_nonzero(M[:, 0] > 0.5) == 1
+    top = (H[1, 4:] / H[1, 4:].max()).reshape(-1, 4).max(axis=1)
+    np.testing.assert_allclose(M[:, 1], top)
+    # the y axis still counts units, and says what a row is
+    assert ax.images[0].get_extent()[2:] == [999.5, -0.5]
+    assert ax.get_ylabel() == "fc1 unit (max of 4 per row)"
+    assert ax.get_title() == "fc1 (1000 units)"
+    # uneven bins (1,000 = 334 x 3 - 2) span their share of the axis
+    M = plotting.plot_layer_factors(model, max_rows=334).axes[0].images[0].get_array()
+    assert M.shape == (334, 3) and M[:, 0].max() == 1.0
+    assert (
+        "max of 2\u20133 per row"
+        in plotting.plot_layer_factors(model, max_rows=334).axes[0].get_ylabel()
+    )
+    # "unit" normalization is per unit, before merging: every row peaks at 1
+    fig = plotting.plot_layer_factors(model, normalize="unit")
+    M = fig.axes[0].images[0].get_array()
+    np.testing.assert_allclose(M.max(axis=1), 1.0)
+    full = plotting.plot_layer_factors(model, max_rows=None).axes[0]
+    assert full.images[0].get_array().shape == (1000, 3)
+    assert full.get_ylabel() == "fc1 unit"
+    for bad in (0, 2.5, "300", True):
+        with pytest.raises(ValueError, match=f"max_rows={bad!r}: expected None or"):
+            plotting.plot_layer_factors(model, max_rows=bad)
 
 
 # --------------------------------------------------------------- sample loadings
@@ -915,7 +956,6 @@ def test_rank_sweep_title_of_a_hopelessly_long_name_is_shortened():
 
 
 def test_layer_factors_long_onnx_layer_names_fit_their_panels():
-    from types import SimpleNamespace
 
     rng = np.random.default_rng(0)
     names = ["input", *ONNX_LAYERS]
@@ -1362,7 +1402,6 @@ def test_sample_loadings_scale_and_sign():
 def test_layer_factors_long_names_leave_the_y_axis_to_the_unit_kind():
     name = "/layer1/layer1.0/relu/Relu_output_0"
     H = np.random.default_rng(0).random((3, 14))
-    from types import SimpleNamespace
 
     model = SimpleNamespace(
         components_=H,
