@@ -15,6 +15,7 @@ or on the joblib backend, so neither do the results.
 from __future__ import annotations
 
 import time
+import zlib
 from numbers import Integral, Real
 from typing import ClassVar
 
@@ -105,6 +106,17 @@ def _seed(base, *keys):
     """A 31-bit seed from a base seed and non-negative integer keys."""
     ss = np.random.SeedSequence([int(base), *(int(k) for k in keys)])
     return int(ss.generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _layer_key(name):
+    """A seed key for the layer ``name``: its name, not its place in the list.
+
+    A layer's fits then start alike whichever other layers are probed and in
+    whatever order (keyed by position, adding a layer in front changed every
+    later layer's starts and so, at times, its selected rank). CRC-32 is
+    stable across processes and Python versions, unlike ``hash``.
+    """
+    return zlib.crc32(str(name).encode("utf-8"))
 
 
 def _check_block_sizes(block_sizes):
@@ -1406,11 +1418,12 @@ class RankQualityScorer(BaseEstimator):
             Xa = to_numpy(Xa)
         tasks = []  # (key, cost, delayed call)
         if criterion == "stability":
-            for li, (_name, cols, cb) in enumerate(layer_cols):
+            for li, (name, cols, cb) in enumerate(layer_cols):
                 m = sum(s for _, s in cb)
+                lk = _layer_key(name)
                 for r in ranks:
                     seeds = [
-                        _seed(base, crit_id, li, r, j) for j in range(self.n_restarts)
+                        _seed(base, crit_id, lk, r, j) for j in range(self.n_restarts)
                     ]
                     call = delayed(_stability_task)(Xa, cols, cb, r, seeds, params)
                     tasks.append(((li, 0, r), r * n * m * self.n_restarts, call))
@@ -1426,8 +1439,9 @@ class RankQualityScorer(BaseEstimator):
                 seed_id = 1
             chains = _rank_chains(ranks, self.warm_start)
             groups = [ranks] if on_device else _rank_groups(ranks)  # if batched
-            for li, (_name, cols, cb) in enumerate(layer_cols):
+            for li, (name, cols, cb) in enumerate(layer_cols):
                 m = sum(s for _, s in cb)
+                lk = _layer_key(name)
                 for k, (tr, te) in enumerate(folds):
                     rows = n if tr is None else len(tr)
                     weights = None
@@ -1437,9 +1451,9 @@ class RankQualityScorer(BaseEstimator):
                     if weights is not None:
                         task_params = {**params, "block_weights": weights}
                     model_seed = (
-                        _seed(base, seed_id, li)
+                        _seed(base, seed_id, lk)
                         if tr is None
-                        else _seed(base, seed_id, li, k)
+                        else _seed(base, seed_id, lk, k)
                     )
                     if batched:
                         for gi, group in enumerate(groups):
@@ -1450,7 +1464,7 @@ class RankQualityScorer(BaseEstimator):
                             tasks.append(((li, k, gi), cost, call))
                         continue
                     seeds = [
-                        [_seed(base, seed_id, li, k, r) for r in chain]
+                        [_seed(base, seed_id, lk, k, r) for r in chain]
                         for chain in chains
                     ]
                     if lockstep:

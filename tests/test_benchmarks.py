@@ -69,7 +69,9 @@ def test_bench_launches_counts_every_configuration(tmp_path):
     args = ["--ranks=4", "--max-iter=2", "--n=60", "--width=10"]  # 2 chains
     _, res = _run_bench("bench_launches", tmp_path, *args)
     assert [r["n_tasks"] for r in res] == [3, 6, 3]  # lockstep: a task per fold
-    assert res[0]["rank"] == res[1]["rank"] == res[2]["rank"]
+    # lockstep computes what one chain after the other does (the cold sweep,
+    # res[2], starts each rank afresh: after 2 iterations it may pick another)
+    assert res[0]["rank"] == res[1]["rank"]
     assert res[0]["mean_score"] == pytest.approx(res[1]["mean_score"], rel=1e-4)
     for r in res:  # the kernel path ran (through the interpreter)
         assert r["triton_launches"] > 0 and r["torch_ops"] > r["host_syncs"] > 0

@@ -358,6 +358,43 @@ def test_threaded_sweeps_leave_the_warning_filters_alone(monkeypatch):
 
 
 @pytest.mark.parametrize(
+    "params",
+    [
+        {"criterion": "bcv"},  # warm-start chains
+        {"criterion": "bcv", "warm_start": False},  # stacked groups
+        {"criterion": "elbow"},
+        {"criterion": "stability", "n_restarts": 2},
+    ],
+    ids=["bcv-warm", "bcv-cold", "elbow", "stability"],
+)
+def test_a_layers_results_do_not_depend_on_the_other_layers_probed(params):
+    # Each fit's seed comes from the layer's name: keyed by its place in
+    # `layers`, fc1's starts (and at times its selected rank) changed when
+    # conv1 was probed too, or the order was reversed.
+    X = planted(8, 4, n=90, widths=(20, 30, 25))
+
+    def fc1_rows(layers):
+        sc = _det_fit(X, layers=layers, max_iter=30, **params)
+        res = sc.cv_results_
+        rows = np.asarray(res["layer"]) == "fc1"
+        return sc.rank_["fc1"], {
+            key: np.asarray(val)[rows]
+            for key, val in res.items()
+            if key.endswith("_score") or key in ("n_iter", "rank")
+        }
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        alone = fc1_rows(["fc1"])
+        for layers in (["conv1", "fc1"], ["fc1", "conv1"]):
+            rank, res = fc1_rows(layers)
+            assert rank == alone[0]
+            assert res.keys() == alone[1].keys() and len(res) >= 3
+            for key, val in res.items():
+                assert_array_equal(val, alone[1][key], err_msg=f"{layers}: {key}")
+
+
+@pytest.mark.parametrize(
     "dtype, criterion, processes",
     # dask worker processes get X at an odd byte offset (unaligned), on
     # which NumPy's products round differently unless X is copied first
@@ -629,9 +666,11 @@ def test_blocks_as_plain_sizes_are_named_as_coupled_nmf_names_them():
     assert sizes.layers_ == ["block0", "block1"]  # no block is "input"
     # block1 is analysed as the same block named by a pair would be
     one = RankQualityScorer(blocks=[10, 20], layers="block1", coupling="none", **kw)
-    named = RankQualityScorer(blocks=blocks_of((10, 20)), coupling="none", **kw)
+    # (each fit's seed comes from the layer's name, so the pairs name it alike)
+    pairs = [("block0", 10), ("block1", 20)]
+    named = RankQualityScorer(blocks=pairs, layers="block1", coupling="none", **kw)
     one.fit(X), named.fit(X)
-    assert one.rank_["block1"] == named.rank_["conv1"]
+    assert one.rank_["block1"] == named.rank_["block1"]
     assert_array_equal(one.cv_results_["mean_score"], named.cv_results_["mean_score"])
     # the input block given as a pair, the layer as a size
     mixed = RankQualityScorer(blocks=[("input", 10), 20], **kw).fit(X)
@@ -1233,10 +1272,12 @@ def test_a_dead_layer_under_block_weights_none_scores_the_input_alone(criterion)
     )
     dead = RankQualityScorer(blocks=[("input", 10), ("dead", 20)], **kw)
     dead.fit(np.hstack([X_in, np.zeros((60, 20))]))
+    # the pixels again, as a layer of the same name (a layer's fits are
+    # seeded by its name)
     alone = RankQualityScorer(
-        blocks=[("input", 10), ("pixels", 10)], coupling="none", layers=["pixels"], **kw
+        blocks=[("input", 10), ("dead", 10)], coupling="none", layers=["dead"], **kw
     ).fit(np.hstack([X_in, X_in]))
-    assert dead.rank_ == {"dead": alone.rank_["pixels"]}
+    assert dead.rank_ == {"dead": alone.rank_["dead"]}
     np.testing.assert_allclose(
         dead.cv_results_["mean_score"], alone.cv_results_["mean_score"], rtol=1e-4
     )
