@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 
 import numpy as np
 
@@ -361,6 +362,54 @@ def available_memory():
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover
         return None
+
+
+# single_threaded(): how many blocks hold the limit now, and how to undo it.
+_ONE_THREAD_LOCK = threading.Lock()
+_ONE_THREAD = {"holders": 0, "undo": None}
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """Run the block with one torch thread and one BLAS/OpenMP thread.
+
+    BLAS thread counts (OpenBLAS, MKL) and torch's belong to the process,
+    not to a thread: under joblib's threading backend, blocks that each saved
+    them on entry and put them back on exit would overlap, and one ending
+    could restore the "1" that another had set (leaving the process
+    single-threaded) or lift the limit while others still run. Here
+    overlapping and nested blocks share one limit of those: the first to
+    enter saves the counts and sets them to one, the last to leave restores
+    them. OpenMP's count is the calling thread's own, so each block sets and
+    restores its thread's.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with _ONE_THREAD_LOCK:
+        if _ONE_THREAD["holders"] == 0:
+            torch = _torch()
+            old = torch.get_num_threads()
+            blas = threadpool_limits(limits=1, user_api="blas")
+            torch.set_num_threads(1)
+
+            def undo():
+                blas.restore_original_limits()
+                torch.set_num_threads(old)
+
+            _ONE_THREAD["undo"] = undo
+        _ONE_THREAD["holders"] += 1
+    try:
+        openmp = threadpool_limits(limits=1, user_api="openmp")
+        try:
+            yield
+        finally:
+            openmp.restore_original_limits()
+    finally:
+        with _ONE_THREAD_LOCK:
+            _ONE_THREAD["holders"] -= 1
+            if _ONE_THREAD["holders"] == 0:
+                undo, _ONE_THREAD["undo"] = _ONE_THREAD["undo"], None
+                undo()
 
 
 @contextlib.contextmanager

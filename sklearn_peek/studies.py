@@ -918,13 +918,12 @@ def _network_job(
     degradation, level, seed, data, layers, ranks, criteria, epochs, params, sweep_seed
 ):
     """Train one network, measure it, extract its layers, sweep the ranks."""
-    from threadpoolctl import threadpool_limits
-
-    from sklearn_peek._backend import torch_threads
+    from sklearn_peek._backend import single_threaded
     from sklearn_peek._extract import LayerActivationExtractor
     from sklearn_peek._stats import effective_rank
 
-    with torch_threads(1), threadpool_limits(limits=1):
+    # one thread each (shared by the jobs of joblib's threading backend)
+    with single_threaded():
         t0, c0 = time.perf_counter(), time.process_time()
         clf = LeNetClassifier(
             epochs=epochs, degradation=degradation, level=level, random_state=seed

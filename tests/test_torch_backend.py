@@ -439,6 +439,59 @@ def test_torch_threads_sets_and_restores_the_count_also_after_an_error():
     assert torch.get_num_threads() == before
 
 
+_OVERLAPPING_BLOCKS = """
+import threading, time, torch
+from threadpoolctl import threadpool_info
+from sklearn_peek._backend import single_threaded
+
+def counts():
+    return torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()]
+
+def job(seconds):
+    with single_threaded():
+        time.sleep(seconds)
+
+before = counts()
+for _ in range(3):  # the first block ends while the second still runs
+    threads = [threading.Thread(target=job, args=(s,)) for s in (0.05, 0.15)]
+    threads[0].start()
+    time.sleep(0.02)
+    threads[1].start()
+    for t in threads:
+        t.join()
+with single_threaded(), single_threaded():  # nested
+    inside = counts()
+print(repr((before, counts(), inside)))
+"""
+
+
+def test_single_threaded_blocks_that_overlap_in_threads_share_one_limit():
+    # run_case_study's networks under joblib's threading backend: BLAS and
+    # torch thread counts belong to the process, so a job that saved them on
+    # entry and restored them on exit could restore the "1" another job had
+    # set, leaving the process single-threaded for good (OpenBLAS at 1 after
+    # the run). A fresh process, at two threads (pytest's runs at one).
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.endswith("NUM_THREADS")}
+    env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "2"
+    out = subprocess.run(
+        [sys.executable, "-c", _OVERLAPPING_BLOCKS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    before, after, inside = ast.literal_eval(out.strip())
+    assert before[0] == 2 and max(before[1]) == 2
+    assert after == before
+    assert inside[0] == 1 and set(inside[1]) == {1}
+
+
 @pytest.mark.parametrize(
     "version, ok",
     [("2.2.0", False), ("2.3.1", False), ("3.0.0", True), ("3.6.0+git9a1b2c", True),
