@@ -11,16 +11,29 @@ def show_progress(progress):
 
     ``progress``: True or False as given; None (the estimators' default)
     draws one when a person is watching: standard error is a terminal, or
-    the code runs in a Jupyter kernel (whose stderr is no terminal); and the
-    ``CI`` environment variable is unset, so logs and test runs stay clean.
+    the code runs in a Jupyter kernel (whose stderr is no terminal); the
+    ``CI`` environment variable is unset, so logs and test runs stay clean;
+    and this is the main process, not a worker of joblib (a GridSearchCV
+    with ``n_jobs``): workers share the parent's terminal, where their bars
+    would write over each other.
     """
     if progress is not None:
         return bool(progress)
+    if _in_worker_process():
+        return False
     try:
         tty = sys.stderr.isatty()
     except (AttributeError, ValueError):
         tty = False
     return (tty or _in_jupyter_kernel()) and not os.environ.get("CI")
+
+
+def _in_worker_process():
+    """Whether this is a child process started by multiprocessing or loky
+    (joblib's process backends); their process names are not the main one's."""
+    import multiprocessing
+
+    return multiprocessing.current_process().name != "MainProcess"
 
 
 def _in_jupyter_kernel():

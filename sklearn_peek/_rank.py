@@ -849,7 +849,8 @@ class RankQualityScorer(BaseEstimator):
         or group of ranks on the host, one per layer and fold on a torch
         device; see ``n_tasks_``) as they finish. None draws it when
         standard error is a terminal or the code runs in a Jupyter notebook,
-        unless the ``CI`` environment variable is set. When the scorer is
+        unless the ``CI`` environment variable is set or this is a joblib
+        worker process (a search's ``n_jobs``). When the scorer is
         called on an estimator, the extractor gets it too, under the same rule
         as ``device``.
 

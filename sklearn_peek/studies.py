@@ -1181,7 +1181,7 @@ def run_case_study(
         Show a tqdm progress bar over the networks: True always, False never,
         None (as the estimators) when standard error is a terminal or the
         code runs in a Jupyter notebook, unless the ``CI`` environment
-        variable is set.
+        variable is set or this is a joblib worker process.
 
     Returns
     -------

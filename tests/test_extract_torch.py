@@ -850,6 +850,68 @@ def test_progress_bar(lenet, X, capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
+def test_progress_bar_over_the_pass_that_fits_the_shifts(lenet, X, capsys):
+    # nonneg="shift" runs the network over all of X in fit to find each
+    # feature's minimum, as long a pass as transform's: it had no bar.
+    ext = LayerActivationExtractor(
+        lenet, ["fc2"], input_shape=(1, 28, 28), nonneg="shift", batch_size=5,
+        progress=True,
+    )  # fmt: skip
+    ext.fit(X)
+    err = capsys.readouterr().err
+    assert "fit shifts" in err and "5/5" in err
+    ext.transform(X)
+    err = capsys.readouterr().err
+    assert "fit shifts" not in err and "extract" in err and "5/5" in err
+
+
+class _Terminal:
+    """A stderr that says it is a terminal."""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def _default_progress_on_a_terminal():
+    import sys
+
+    from sklearn_peek._progress import show_progress
+
+    real, sys.stderr = sys.stderr, _Terminal()
+    try:
+        return show_progress(None)
+    finally:
+        sys.stderr = real
+
+
+def test_no_progress_bars_by_default_in_joblib_worker_processes(monkeypatch):
+    # A GridSearchCV(n_jobs=2) scored by RankQualityScorer: its loky workers
+    # share the parent's terminal, and their extract and sweep bars wrote
+    # over each other on one line.
+    import joblib
+
+    monkeypatch.delenv("CI", raising=False)
+    assert _default_progress_on_a_terminal() is True
+    for backend in ("loky", "multiprocessing"):
+        with joblib.parallel_config(backend=backend, n_jobs=2):
+            got = joblib.Parallel()(
+                joblib.delayed(_default_progress_on_a_terminal)() for _ in range(2)
+            )
+        assert got == [False, False], backend
+    # threads of the main process draw (tqdm stacks their bars)
+    with joblib.parallel_config(backend="threading", n_jobs=2):
+        got = joblib.Parallel()(
+            joblib.delayed(_default_progress_on_a_terminal)() for _ in range(2)
+        )
+    assert got == [True, True]
+
+
 def test_progress_bar_by_default_in_a_jupyter_kernel(lenet, X, capsys, monkeypatch):
     # A notebook's stderr is no terminal; its IPython shell has a kernel.
     # IPython itself is not installed here: a module standing in for it

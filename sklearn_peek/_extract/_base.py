@@ -628,9 +628,10 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         back afterwards. ONNX models use onnxruntime's CUDAExecutionProvider
         when it is installed (onnxruntime-gpu), else the CPU with a warning.
     progress : bool or None, default=None
-        Show a tqdm bar over the batches. None: when stderr is a terminal or
+        Show a tqdm bar over the batches (and, with ``nonneg="shift"``, over
+        fit's pass that finds the shifts). None: when stderr is a terminal or
         the code runs in a Jupyter notebook, unless the environment variable
-        ``CI`` is set.
+        ``CI`` is set or this is a joblib worker process.
     input_name : str, default=None
         ONNX models with several inputs: the one that takes the images.
     extra_inputs : dict, default=None
@@ -1257,15 +1258,28 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         """Per-feature minima (clipped at 0) over all of ``X4``; ``first``:
         fit's ``(input minimum, raw activations)`` of the first batch."""
         mins = None
-        with self._runner() as run:
-            for i in range(0, len(X4), self.batch_size):
-                blocks = self._process(run, X4, i, done=first if i == 0 else None)
-                bmin = {k: v.min(axis=0) for k, v in blocks.items()}
-                mins = (
-                    bmin
-                    if mins is None
-                    else {k: np.minimum(mins[k], v) for k, v in bmin.items()}
-                )
+        # a whole pass over X, as long as transform's: it gets a bar too
+        bar = progress_bar(
+            self.progress,
+            total=-(-len(X4) // self.batch_size),
+            desc="fit shifts",
+            unit="batch",
+        )
+        try:
+            with self._runner() as run:
+                for i in range(0, len(X4), self.batch_size):
+                    blocks = self._process(run, X4, i, done=first if i == 0 else None)
+                    bmin = {k: v.min(axis=0) for k, v in blocks.items()}
+                    mins = (
+                        bmin
+                        if mins is None
+                        else {k: np.minimum(mins[k], v) for k, v in bmin.items()}
+                    )
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
         return {k: np.minimum(v, 0).astype(np.float32) for k, v in mins.items()}
 
     def _check_X(self, X):
