@@ -26,8 +26,10 @@ import contextlib
 import math
 import re
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import zipfile
@@ -2493,6 +2495,31 @@ def _cmd_demo(args, say):
 # --------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that it stops as on Ctrl-C:
+    joblib stops its workers and the empty --out folders are removed."""
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """Turn SIGTERM (``kill``, ``timeout``, a cancelled CI job) into
+    :class:`_Terminated` for the block; Python's default is to die at once,
+    leaving loky's workers running and the --out folder behind. Only the
+    main thread can handle signals; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _Terminated
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv=None):
     """Run the ``sklearn-peek`` command; return the exit code.
 
@@ -2505,8 +2532,9 @@ def main(argv=None):
     -------
     int
         0 on success, 1 on bad input or failure (a one-line message on
-        stderr), 2 on a bad command line, 141 when stdout was closed early
-        (as after SIGPIPE).
+        stderr), 2 on a bad command line, 130 when interrupted (Ctrl-C),
+        143 when terminated (SIGTERM), 141 when stdout was closed early (as
+        after SIGPIPE).
 
     Examples
     --------
@@ -2540,7 +2568,7 @@ def main(argv=None):
     say = _Progress(quiet=quiet)
     try:
         try:
-            with _one_line_warnings(say):
+            with _stop_on_sigterm(), _one_line_warnings(say):
                 code = int(args.func(args, say) or 0)
             sys.stdout.flush()  # a closed pipe shows here, not at exit
             return code
@@ -2552,7 +2580,11 @@ def main(argv=None):
         # killed by SIGPIPE do (exit 128 + 13).
         _stdout_to_devnull()
         return 141
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # as shells report a command stopped by the signal: 128 + its number
+        if isinstance(exc, _Terminated):
+            print(f"{PROG}: terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:

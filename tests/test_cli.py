@@ -4,9 +4,11 @@ import base64
 import collections
 import json
 import re
+import signal
 import struct
 import subprocess
 import sys
+import time
 import warnings
 from html import escape as html_escape
 
@@ -434,6 +436,52 @@ def test_subprocess_error_has_no_traceback(files, tmp_path):
     errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
     assert len(errors) == 1 and errors[0].startswith("sklearn-peek: error: ")
     assert "relu9" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "sig, code, word",
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_signal_stops_the_sweep_and_its_workers_in_one_line(
+    files, tmp_path, sig, code, word
+):
+    # SIGTERM (kill, timeout, a cancelled CI job) used to kill the command at
+    # once: no message, loky's workers left running for good, and the empty
+    # --out folder left behind. Both signals now stop it as Ctrl-C did.
+    psutil = pytest.importorskip("psutil")
+    d, *_ = files
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sklearn_peek", "analyze", str(d / "net.onnx"),
+         "--data", str(d / "x.npy"), "--out", str(out), "--ranks", "1:24",
+         "--max-iter", "20000", "--tol", "1e-9", "--jobs", "2"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        for line in proc.stderr:  # minutes of work once the sweep starts
+            lines.append(line)
+            if "sweeping ranks" in line:
+                break
+        assert lines and "sweeping ranks" in lines[-1], "".join(lines)
+        workers = []
+        for _ in range(100):  # the loky workers start with the sweep
+            workers = psutil.Process(proc.pid).children(recursive=True)
+            if len(workers) >= 2:
+                break
+            time.sleep(0.1)
+        assert workers
+        proc.send_signal(sig)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == code
+    finally:
+        proc.kill()
+    assert "Traceback" not in rest
+    assert rest.strip().splitlines()[-1] == f"sklearn-peek: {word}"
+    assert not out.exists()  # made by this run, empty: removed
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == []
 
 
 # ------------------------------------------------------------ the command line
