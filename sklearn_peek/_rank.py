@@ -230,13 +230,15 @@ def _new_components(X, W, H, col_w, k, seed):
             for a, chunk in zip(parts, np.split(flat, ends))
         )
     else:
-        R = np.array(X, dtype=dtype)
-        R -= W.astype(dtype) @ H.astype(dtype)
+        # One n x m array, as on the device: W @ H, then X - W @ H in its
+        # place (a copy of X less a product made two); the same values.
+        R = W.astype(dtype) @ H.astype(dtype)
+        np.subtract(X, R, out=R)
         U, S, Vt = _solvers.randomized_svd_weighted(
             R, sw, k, np.random.default_rng(seed), n_oversamples=5, n_iter=2
         )
         U, S, Vt = (a.astype(np.float64) for a in (U, S, Vt))
-        col_pos = np.clip(R, 0, None).sum(axis=0)
+        col_pos = np.maximum(R, 0, out=R).sum(axis=0)  # R is not needed again
     n, m = R.shape
     # mean of the positive part of the weighted residual: clip(R) * sw
     pos_mean = float(col_pos @ sw) / max(n * m, 1)

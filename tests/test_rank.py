@@ -953,6 +953,30 @@ def test_new_components_on_a_torch_device_match_numpy():
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_new_components_hold_one_residual_and_leave_x_alone():
+    # A warm start's new components, on the host: the residual X - W @ H is
+    # the one n x m array made (there were a copy of X, the product, and the
+    # clipped residual: 2x X at the peak), and X is not written to.
+    import tracemalloc
+
+    from sklearn_peek._rank import _new_components
+
+    rng = np.random.default_rng(0)
+    X = rng.random((600, 800), dtype=np.float32)
+    X.setflags(write=False)
+    W, H = rng.random((600, 5)), 0.1 * rng.random((5, 800))
+    col_w = rng.uniform(0.5, 2.0, size=800)
+    tracemalloc.start()
+    try:
+        Wn, Hn = _new_components(X, W, H, col_w, 3, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.3 * X.nbytes
+    assert Wn.shape == (600, 3) and Hn.shape == (3, 800)
+    assert (Wn > 0).all() and (Hn > 0).all()
+
+
 def test_cpu_tensor_input_takes_the_numpy_path_and_is_validated():
     import scipy.sparse as sp
 
