@@ -1042,6 +1042,50 @@ def test_an_integer_image_input_refuses_values_the_cast_would_change(elem):
             clone(ext).fit(bad)
 
 
+def test_integer_images_are_converted_a_batch_at_a_time(tmp_path):
+    # Raw uint8 images, memory-mapped: they were cast to float32 whole up
+    # front (4x the data in RAM, for fit as for transform), and a model with
+    # a uint8 input had its values checked 4,096 images at a time (masks of
+    # 600 million values for 224 x 224 x 3 images). Now each batch is
+    # converted as it runs, and the check goes a million values at a time.
+    import tracemalloc
+
+    nodes = [
+        helper.make_node("Cast", ["x"], ["f"], to=F32),
+        helper.make_node("ReduceMean", ["f"], ["m"], axes=[2, 3], keepdims=0),
+        helper.make_node("Relu", ["m"], ["r"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "u8",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("r", F32, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.integers(0, 256, (3000, 3, 32, 32), np.uint8))
+    X = np.load(tmp_path / "x.npy", mmap_mode="r")
+    as_float = X.size * 4  # bytes of the float32 copy there was
+    ext = LayerActivationExtractor(model, ["r"], include_input=False, batch_size=64)
+    tracemalloc.start()
+    try:
+        ext.fit(X)
+        A = ext.transform(X)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.1 * as_float
+    want = np.asarray(X, np.float32).mean(axis=(2, 3))
+    np.testing.assert_allclose(A, want, rtol=1e-6)
+    # integers the uint8 input cannot hold are refused, named as integers
+    bad = np.array(X[:10], dtype=np.int16)
+    bad[7, 2, 5, 9] = 300
+    with pytest.raises(
+        ValueError, match=r"X holds 300 \(sample 7, position \(2, 5, 9\)\)"
+    ):
+        ext.transform(bad)
+
+
 @pytest.mark.parametrize("value, threads", [("1", 1), ("3", 3), ("", 0), ("x", 0)])
 def test_sessions_follow_omp_num_threads(monkeypatch, value, threads):
     # onnxruntime ignores OMP_NUM_THREADS (joblib sets it in its workers);

@@ -259,7 +259,11 @@ def _warn_unscaled(arr, param="X"):
 
 
 def _as_array(X, param="X", *, warn_integers=True):
-    """X as a float32 ndarray with at least 2 axes; clear errors otherwise.
+    """X as an ndarray with at least 2 axes; clear errors otherwise.
+
+    Floats come back as float32; integers and booleans as they are (a
+    memory-mapped uint8 image set stays on disk): every batch is converted
+    to float32 when it runs (``_process``), so the model sees the same values.
 
     The messages follow scikit-learn's wording where it has one, so its
     estimator checks recognise them. ``warn_integers``: warn about integer
@@ -304,6 +308,8 @@ def _as_array(X, param="X", *, warn_integers=True):
         )
     if warn_integers:
         _warn_unscaled(arr, param)
+    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+        return arr
     return arr.astype(np.float32, copy=False)
 
 

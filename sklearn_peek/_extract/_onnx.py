@@ -1043,22 +1043,33 @@ def _env_threads():
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def _check_whole(X, dtype, input_name, chunk=4096):
+def _check_whole(X, dtype, input_name, chunk_elements=1 << 20):
     """Refuse values an integer model input would change: casting 0.5 to
     uint8 gives 0, -1 gives 255 and 2**31 gives -2**31 for int32, silently.
-    ``X``: float samples, one per row (checked ``chunk`` rows at a time)."""
+    ``X``: samples, one per row, floats or integers (as given: integer images
+    are not converted up front), checked a million values at a time (rows of
+    a 224 x 224 x 3 image: 5 at a time), so that the masks stay small."""
     info = np.iinfo(dtype)
+    integers = np.issubdtype(X.dtype, np.integer) or X.dtype == np.bool_
     # the bounds as floats: info.max + 1 (2**8, 2**31, 2**63) is exact where
     # info.max itself may not be
     lo, hi = float(info.min), float(info.max) + 1.0  # powers of two: exact in
-    # float32 too, so X (float32 from the extractor) is compared as it is
-    for start in range(0, len(X), chunk):
-        part = X[start : start + chunk]
-        bad = (part != np.floor(part)) | (part < lo) | (part >= hi)
+    # float32 too, so float32 X (the extractor's) is compared as it is
+    row = max(1, X[0].size) if len(X) else 1
+    step = max(1, chunk_elements // row)
+    for start in range(0, len(X), step):
+        part = X[start : start + step]
+        if integers:  # whole already; compared as Python ints, exactly
+            if int(part.min()) >= info.min and int(part.max()) <= info.max:
+                continue
+            bad = (part < info.min) | (part > info.max)
+        else:
+            bad = (part != np.floor(part)) | (part < lo) | (part >= hi)
         if bad.any():
             i = np.unravel_index(int(np.flatnonzero(bad)[0]), part.shape)
+            value = part[i].item() if integers else float(part[i])
             raise ValueError(
-                f"X holds {float(part[i])!r} (sample {start + int(i[0])}, position "
+                f"X holds {value!r} (sample {start + int(i[0])}, position "
                 f"{tuple(int(k) for k in i[1:])}), but the ONNX model's input "
                 f"{input_name!r} is {np.dtype(dtype).name}, which would change "
                 f"it when cast; expected whole numbers in [{info.min}, "
