@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import re
 import shlex
 import signal
@@ -2500,24 +2501,75 @@ class _Terminated(KeyboardInterrupt):
     joblib stops its workers and the empty --out folders are removed."""
 
 
+# Seconds a command has, after Ctrl-C or SIGTERM, to stop by itself before it
+# is ended at once (see _stop_on_signals).
+_STOP_GRACE_S = 15.0
+
+
+def _kill_children():
+    """Kill this process's child processes (the --jobs workers), when psutil
+    is installed to find them; without it they end when they next find the
+    command gone."""
+    try:
+        import psutil
+    except ImportError:
+        return
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
 @contextlib.contextmanager
-def _stop_on_sigterm():
-    """Turn SIGTERM (``kill``, ``timeout``, a cancelled CI job) into
-    :class:`_Terminated` for the block; Python's default is to die at once,
-    leaving loky's workers running and the --out folder behind. Only the
+def _stop_on_signals(cleanup):
+    """Ctrl-C (SIGINT) and SIGTERM (``kill``, ``timeout``, a cancelled CI
+    job) stop the block as an exception where it runs: KeyboardInterrupt, or
+    :class:`_Terminated`, so that joblib stops its workers and ``main``
+    cleans up (Python's default for SIGTERM is to die at once, leaving loky's
+    workers running and the --out folder behind). An exception raised at
+    some points of joblib's dispatch can be lost (seen once with joblib
+    1.3), so the command then gets :data:`_STOP_GRACE_S` seconds; after
+    that, or at a second signal, it ends at once: the same message and exit
+    code, the child processes killed and ``cleanup()`` run. A signal that
+    was ignored when the command started (``nohup``) stays ignored. Only the
     main thread can handle signals; elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    state = {"signal": None, "timer": None}
+
+    def end_now(signum):
+        word = "terminated" if signum == signal.SIGTERM else "interrupted"
+        print(f"\n{PROG}: {word}", file=sys.stderr, flush=True)
+        _kill_children()
+        with contextlib.suppress(Exception):
+            cleanup()
+        os._exit(128 + int(signum))
 
     def stop(signum, frame):
-        raise _Terminated
+        if state["signal"] is not None:  # a second signal: at once
+            end_now(signum)
+        state["signal"] = signum
+        timer = threading.Timer(_STOP_GRACE_S, end_now, args=(signum,))
+        timer.daemon = True
+        timer.start()
+        state["timer"] = timer
+        raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, stop)
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            old[sig] = signal.signal(sig, stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if state["timer"] is not None:
+            state["timer"].cancel()
 
 
 def main(argv=None):
@@ -2568,7 +2620,8 @@ def main(argv=None):
     say = _Progress(quiet=quiet)
     try:
         try:
-            with _stop_on_sigterm(), _one_line_warnings(say):
+            stop = _stop_on_signals(lambda: _remove_empty(args.created_dirs_))
+            with stop, _one_line_warnings(say):
                 code = int(args.func(args, say) or 0)
             sys.stdout.flush()  # a closed pipe shows here, not at exit
             return code

@@ -2,6 +2,7 @@
 
 import base64
 import collections
+import contextlib
 import json
 import re
 import signal
@@ -439,16 +440,22 @@ def test_subprocess_error_has_no_traceback(files, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "sig, code, word",
-    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
-    ids=["SIGINT", "SIGTERM"],
+    "sig, code, word, times",
+    [
+        (signal.SIGINT, 130, "interrupted", 1),
+        (signal.SIGTERM, 143, "terminated", 1),
+        (signal.SIGINT, 130, "interrupted", 2),  # a second signal: at once
+    ],
+    ids=["SIGINT", "SIGTERM", "SIGINT-twice"],
 )
 def test_a_signal_stops_the_sweep_and_its_workers_in_one_line(
-    files, tmp_path, sig, code, word
+    files, tmp_path, sig, code, word, times
 ):
     # SIGTERM (kill, timeout, a cancelled CI job) used to kill the command at
     # once: no message, loky's workers left running for good, and the empty
-    # --out folder left behind. Both signals now stop it as Ctrl-C did.
+    # --out folder left behind. Both signals now stop it as Ctrl-C did; a
+    # second signal (or 15 s without stopping: a first one lost in joblib's
+    # dispatch, seen once with joblib 1.3) ends it at once, cleaned up too.
     psutil = pytest.importorskip("psutil")
     d, *_ = files
     out = tmp_path / "out"
@@ -458,6 +465,7 @@ def test_a_signal_stops_the_sweep_and_its_workers_in_one_line(
          "--max-iter", "20000", "--tol", "1e-9", "--jobs", "2"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )  # fmt: skip
+    workers = []
     try:
         lines = []
         for line in proc.stderr:  # minutes of work once the sweep starts
@@ -465,23 +473,65 @@ def test_a_signal_stops_the_sweep_and_its_workers_in_one_line(
             if "sweeping ranks" in line:
                 break
         assert lines and "sweeping ranks" in lines[-1], "".join(lines)
-        workers = []
         for _ in range(100):  # the loky workers start with the sweep
             workers = psutil.Process(proc.pid).children(recursive=True)
             if len(workers) >= 2:
                 break
             time.sleep(0.1)
         assert workers
-        proc.send_signal(sig)
-        rest = proc.stderr.read()
-        assert proc.wait(timeout=60) == code
-    finally:
+        time.sleep(0.5)  # mid-sweep
+        for _ in range(times):
+            proc.send_signal(sig)
+        # the workers hold stderr too: it ends when they are gone
+        _, rest = proc.communicate(timeout=60)
+        assert proc.returncode == code
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert alive == []  # the command stopped its workers
+    finally:  # nothing left running if the test fails
+        for p in workers:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
         proc.kill()
     assert "Traceback" not in rest
     assert rest.strip().splitlines()[-1] == f"sklearn-peek: {word}"
     assert not out.exists()  # made by this run, empty: removed
-    _, alive = psutil.wait_procs(workers, timeout=30)
-    assert alive == []
+
+
+_LOST_SIGNAL = """
+import os, signal, sys, time
+from pathlib import Path
+from sklearn_peek import cli
+
+cli._STOP_GRACE_S = 1.0
+out = Path(sys.argv[1])
+out.mkdir()
+with cli._stop_on_signals(lambda: out.rmdir()):
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        while True:
+            time.sleep(0.01)
+    except KeyboardInterrupt:  # lost, as joblib's dispatch once lost one
+        pass
+    time.sleep(30)  # the command would hang here
+print("not stopped")
+"""
+
+
+def test_a_lost_signal_ends_the_command_after_the_grace_period(tmp_path):
+    # A KeyboardInterrupt that joblib swallows must not leave the command
+    # running: after _STOP_GRACE_S it ends with the signal's message and
+    # exit code, and its cleanup (the empty --out) runs.
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOST_SIGNAL, str(out)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "sklearn-peek: terminated"
+    assert "not stopped" not in proc.stdout
+    assert not out.exists()
+    assert time.perf_counter() - t0 < 25
 
 
 # ------------------------------------------------------------ the command line
