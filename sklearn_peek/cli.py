@@ -2534,8 +2534,11 @@ def _stop_on_signals(cleanup):
     1.3), so the command then gets :data:`_STOP_GRACE_S` seconds; after
     that, or at a second signal, it ends at once: the same message and exit
     code, the child processes killed and ``cleanup()`` run. A signal that
-    was ignored when the command started (``nohup``) stays ignored. Only the
-    main thread can handle signals; elsewhere the block runs as it is."""
+    was ignored when the command started (a script's background job ignores
+    Ctrl-C) stays ignored. Only for the command itself (``main`` called
+    without ``argv``): a Python caller of ``main(argv)`` keeps its own
+    handlers, and its process is never ended from here. Only the main
+    thread can handle signals; elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -2561,7 +2564,9 @@ def _stop_on_signals(cleanup):
 
     old = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
+        # SIG_IGN: started to ignore it (a background job of a script
+        # ignores Ctrl-C); None: a handler Python did not install
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None):
             old[sig] = signal.signal(sig, stop)
     try:
         yield
@@ -2586,7 +2591,9 @@ def main(argv=None):
         0 on success, 1 on bad input or failure (a one-line message on
         stderr), 2 on a bad command line, 130 when interrupted (Ctrl-C),
         143 when terminated (SIGTERM), 141 when stdout was closed early (as
-        after SIGPIPE).
+        after SIGPIPE). Called without ``argv`` (as the ``sklearn-peek``
+        program) it handles SIGTERM and a second Ctrl-C itself; called with
+        an argument list it leaves the caller's signal handlers alone.
 
     Examples
     --------
@@ -2596,6 +2603,7 @@ def main(argv=None):
     0
     """
     parser = build_parser()
+    as_program = argv is None
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         args, extra = parser.parse_known_args(argv)
@@ -2620,7 +2628,14 @@ def main(argv=None):
     say = _Progress(quiet=quiet)
     try:
         try:
-            stop = _stop_on_signals(lambda: _remove_empty(args.created_dirs_))
+            # Signals are the command's to handle only when it is the
+            # program (the console script, python -m): a notebook or test
+            # calling main(argv) keeps its handlers and is never ended here.
+            stop = (
+                _stop_on_signals(lambda: _remove_empty(args.created_dirs_))
+                if as_program
+                else contextlib.nullcontext()
+            )
             with stop, _one_line_warnings(say):
                 code = int(args.func(args, say) or 0)
             sys.stdout.flush()  # a closed pipe shows here, not at exit
