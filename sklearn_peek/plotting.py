@@ -1206,16 +1206,14 @@ def _max_bins(M, max_rows):
 
     Returns ``(M, note)``: ``M`` itself and ``""`` when it has at most
     ``max_rows`` rows (or ``max_rows`` is None); else at most ``max_rows``
-    rows, each the maximum over ``k`` or ``k - 1`` consecutive rows (bins as
-    even as possible, so each drawn row spans its share of the axis), and a
-    note for the axis label saying so.
+    rows, each the maximum over ``n // max_rows`` or one more consecutive
+    rows (bins as even as possible, so each drawn row spans its share of the
+    axis), and a note for the axis label saying so.
     """
     n = M.shape[0]
     if max_rows is None or n <= max_rows:
         return M, ""
-    k = math.ceil(n / max_rows)
-    n_bins = math.ceil(n / k)
-    starts = np.linspace(0, n, n_bins + 1).round().astype(int)[:-1]
+    starts = np.linspace(0, n, max_rows + 1).round().astype(int)[:-1]
     sizes = np.diff(np.r_[starts, n])
     lo, hi = int(sizes.min()), int(sizes.max())
     each = str(hi) if lo == hi else f"{lo}\u2013{hi}"
