@@ -56,16 +56,21 @@ def progress_bar(progress, *, total, desc, unit):
     return tqdm(total=total, desc=desc, unit=unit)
 
 
-def collect(results, bar):
-    """``list(results)``, ticking ``bar`` (from :func:`progress_bar`; None for
-    no bar) once per item; the bar is closed at the end, also on an error."""
+def ticking(items, bar):
+    """Yield ``items``, ticking ``bar`` (from :func:`progress_bar`; None for
+    no bar) once each one's work is done (when the next is asked for); the
+    bar is closed at the end, also when the loop stops early or raises."""
     if bar is None:
-        return list(results)
-    out = []
+        yield from items
+        return
     try:
-        for item in results:
-            out.append(item)
+        for item in items:
+            yield item
             bar.update(1)
     finally:
         bar.close()
-    return out
+
+
+def collect(results, bar):
+    """``list(results)``, ticking ``bar`` once per item (see :func:`ticking`)."""
+    return list(ticking(results, bar))

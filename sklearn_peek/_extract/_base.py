@@ -31,7 +31,7 @@ from .._backend import (
     resolve_device,
     to_numpy,
 )
-from .._progress import progress_bar
+from .._progress import progress_bar, ticking
 from .._validation import (
     Interval,
     StrOptions,
@@ -1271,21 +1271,15 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
             desc="fit shifts",
             unit="batch",
         )
-        try:
-            with self._runner() as run:
-                for i in range(0, len(X4), self.batch_size):
-                    blocks = self._process(run, X4, i, done=first if i == 0 else None)
-                    bmin = {k: v.min(axis=0) for k, v in blocks.items()}
-                    mins = (
-                        bmin
-                        if mins is None
-                        else {k: np.minimum(mins[k], v) for k, v in bmin.items()}
-                    )
-                    if bar is not None:
-                        bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+        with self._runner() as run:
+            for i in ticking(range(0, len(X4), self.batch_size), bar):
+                blocks = self._process(run, X4, i, done=first if i == 0 else None)
+                bmin = {k: v.min(axis=0) for k, v in blocks.items()}
+                mins = (
+                    bmin
+                    if mins is None
+                    else {k: np.minimum(mins[k], v) for k, v in bmin.items()}
+                )
         return {k: np.minimum(v, 0).astype(np.float32) for k, v in mins.items()}
 
     def _check_X(self, X):
@@ -1447,21 +1441,15 @@ class LayerActivationExtractor(TransformerMixin, BaseEstimator):
         bar = progress_bar(
             self.progress, total=-(-n // bs), desc="extract", unit="batch"
         )
-        try:
-            with self._runner() as run:
-                for i in range(0, n, bs):
-                    rows = slice(i, min(n, i + bs))
-                    done = first if i == 0 else None
-                    blocks = self._process(
-                        run, X4, i, device, done, checked=min(n, i + bs) <= checked
-                    )
-                    for name, a in blocks.items():
-                        out[rows, cols[name]] = a
-                    if bar is not None:
-                        bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+        with self._runner() as run:
+            for i in ticking(range(0, n, bs), bar):
+                rows = slice(i, min(n, i + bs))
+                done = first if i == 0 else None
+                blocks = self._process(
+                    run, X4, i, device, done, checked=min(n, i + bs) <= checked
+                )
+                for name, a in blocks.items():
+                    out[rows, cols[name]] = a
         return out
 
     def get_feature_names_out(self, input_features=None):
