@@ -2506,6 +2506,11 @@ class _Terminated(KeyboardInterrupt):
 _STOP_GRACE_S = 15.0
 
 
+def _stopped_word(signum):
+    """How the command reports being stopped by ``signum``."""
+    return "terminated" if signum == signal.SIGTERM else "interrupted"
+
+
 def _kill_children():
     """Kill this process's child processes (the --jobs workers), when psutil
     is installed to find them; without it they end when they next find the
@@ -2545,8 +2550,7 @@ def _stop_on_signals(cleanup):
     state = {"signal": None, "timer": None}
 
     def end_now(signum):
-        word = "terminated" if signum == signal.SIGTERM else "interrupted"
-        print(f"\n{PROG}: {word}", file=sys.stderr, flush=True)
+        print(f"\n{PROG}: {_stopped_word(signum)}", file=sys.stderr, flush=True)
         _kill_children()
         with contextlib.suppress(Exception):
             cleanup()
@@ -2650,11 +2654,9 @@ def main(argv=None):
         return 141
     except KeyboardInterrupt as exc:
         # as shells report a command stopped by the signal: 128 + its number
-        if isinstance(exc, _Terminated):
-            print(f"{PROG}: terminated", file=sys.stderr)
-            return 128 + signal.SIGTERM
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        signum = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+        print(f"{PROG}: {_stopped_word(signum)}", file=sys.stderr)
+        return 128 + int(signum)
     except Exception as exc:
         if debug:
             raise
