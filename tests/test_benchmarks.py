@@ -75,3 +75,24 @@ def test_bench_launches_counts_every_configuration(tmp_path):
     assert res[0]["mean_score"] == pytest.approx(res[1]["mean_score"], rel=1e-4)
     for r in res:  # the kernel path ran (through the interpreter)
         assert r["triton_launches"] > 0 and r["torch_ops"] > r["host_syncs"] > 0
+
+
+def test_profile_gpu_sweep_cpu_smoke_times_every_phase(tmp_path):
+    # The profiling script of the stacked sweep wraps functions of the
+    # package by name: a renamed function would leave its phase untimed.
+    args = ["--cpu-smoke", "--skip-sklearn", "--skip-cpu"]
+    stdout, res = _run_bench("profile_gpu_sweep", tmp_path, *args)
+    phases = res["phases"]
+    assert set(phases["outer"]) == {
+        "validate X, blocks, weights",
+        "initialisations (stacked)",
+        "solver run (fit_hals_batched)",
+        "finish each model (errors, copies)",
+    }
+    assert all(v > 0 for v in phases["outer"].values())
+    calls, most = phases["inner_calls"], max(phases["n_iter"])
+    assert calls["product H X^T"] >= most and calls["product W^T X"] >= most
+    assert calls["HALS sweeps"] >= 2 * most  # W and H, every iteration
+    assert len(phases["n_iter"]) == 6 and max(phases["n_iter"]) <= 20
+    assert res["profile"]["top_host"] and "| top by host time |" in stdout
+    assert res["scorer"]["cold_starts_rank"] and res["scorer"]["warm_starts_rank"]
