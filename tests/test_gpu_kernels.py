@@ -145,7 +145,7 @@ import torch
 from sklearn_peek import _gpu_kernels
 
 torch.manual_seed(4)
-n, p, sizes = 150, 260, [1, 7, 20, 3]
+n, p, sizes = 150, 260, [1, 7, 20, 3, 16, 17]
 X = torch.rand(n, p)
 Wt = torch.rand(sum(sizes), n)
 H = torch.rand(sum(sizes), p)
@@ -166,10 +166,11 @@ print(json.dumps({"got": got, "ref": ref}))
 
 def test_stacked_residual_kernel_matches_float64_per_problem():
     # Both ways of forming the tiles of W H: tl.dot over 16 rows at a time
-    # (rank 20 takes two, rank 1 is mostly padding) and rank-one updates.
+    # (rank 16 takes one, 17 and 20 two, rank 1 is mostly padding) and
+    # rank-one updates.
     res = _run(STACKED_RESIDUAL)
     for got in res["got"]:
-        assert len(got) == 4
+        assert len(got) == 6
         for value, ref in zip(got, res["ref"]):
             assert value == pytest.approx(ref, rel=1e-6)
 
