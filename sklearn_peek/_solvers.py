@@ -1479,6 +1479,21 @@ def _sketch_group(X, s, omegas, ks, iters, batched):
         j += 1
 
 
+def _batched_default(X, n_ranks):
+    """Whether :func:`randomized_svds_weighted` batches by default: on a CUDA
+    device, for more than one rank.
+
+    On a CPU the per-rank LAPACK calls are faster (``bench_inits.py``, 2,000
+    x 2,564 float32, ranks 1-30 one at a time: about 2.6 s against 4 s
+    batched). On a GPU the batch pays off for a stack of ranks only: on an
+    H200 (``bench_gpu.py``, 10,000 x 2,564 float32, 2026-11-27), 30 sketches
+    of one rank each took 0.40-0.43 s with a Householder QR and an SVD per
+    step, against 0.76-0.88 s through the batched path, and the 30 ranks
+    stacked 0.22-0.25 s batched.
+    """
+    return bool(getattr(X, "is_cuda", False)) and n_ranks > 1
+
+
 def randomized_svds_weighted(
     X, s, ks, rngs, *, n_oversamples=10, n_iter="auto", batched=None
 ):
@@ -1493,10 +1508,7 @@ def randomized_svds_weighted(
 
     ``batched`` (torch only): orthonormalize and take the small SVDs of all
     ranks in a few batched operations (:class:`_Blocks`) instead of one QR
-    and one SVD per rank. None: on a CUDA device only; on a CPU the
-    per-rank LAPACK calls are faster (``bench_inits.py``, 2000 x 2564
-    float32, ranks 1-30 one at a time: about 2.6 s against 4 s batched, as
-    recorded in ``docs/user_guide/gpu.rst``).
+    and one SVD per rank. None: :func:`_batched_default`.
 
     The sketches are drawn in the order of ``ks`` before any product: ranks
     that share one generator object draw them one after the other (a
@@ -1512,7 +1524,7 @@ def randomized_svds_weighted(
     else:
         iters = [n_iter] * len(ks)
     if batched is None:
-        batched = getattr(X, "is_cuda", False)
+        batched = _batched_default(X, len(ks))
     # Drawn by NumPy whatever the array type, so that one random_state gives
     # the same sketch on every backend.
     omegas = [rng.standard_normal(size=(p, ell)) for rng, ell in zip(rngs, ells)]

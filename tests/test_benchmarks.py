@@ -42,7 +42,7 @@ def test_bench_gpu_cpu_smoke_runs_and_its_checks_agree(tmp_path):
     assert sweep["max_err_rel_diff"] < 1e-3
     assert sweep["batched_max_err_rel_diff"] < 1e-3
     assert sweep["inits_max_rel_diff"] < 1e-4
-    for key in ("batched", "one_by_one", "householder_one_by_one"):
+    for key in ("batched", "one_by_one", "batched_one_by_one"):
         assert sweep[f"{key}_inits_s"] > 0, key
     scorer = res["cases"]["small"]["scorer"]
     assert scorer["rank_gpu"] == scorer["rank_cpu"]

@@ -12,6 +12,7 @@ gives, on NumPy and on torch, batched or not.
 from __future__ import annotations
 
 import itertools
+import types
 import warnings
 
 import numpy as np
@@ -234,3 +235,14 @@ def test_ranks_with_fewer_power_iterations_share_the_passes_over_x(
     rngs = [np.random.RandomState(10 + k) for k in ks]
     _solvers.randomized_svds_weighted(Xt, st, ks, rngs, batched=batched)
     assert len(calls) == 16 and all(c == X.shape for c in calls)
+
+
+def test_only_a_stack_of_ranks_on_cuda_is_batched_by_default():
+    # One rank takes a Householder QR and an SVD per step (faster for one
+    # rank on a GPU too); a stack of ranks on a CUDA device is batched; a
+    # CPU never is. The decision reads only the array's is_cuda flag.
+    cuda_like = types.SimpleNamespace(is_cuda=True)
+    assert not _solvers._batched_default(cuda_like, 1)
+    assert _solvers._batched_default(cuda_like, 2)
+    assert not _solvers._batched_default(torch.zeros(2, 2), 30)
+    assert not _solvers._batched_default(np.zeros((2, 2)), 30)
