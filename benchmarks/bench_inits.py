@@ -82,7 +82,7 @@ def time_inits(X, blocks, ranks, *, repeat=3):
         single.append(t1 - t0)
         both.append(t2 - t1)
     out = {"one_by_one_s": single, "stacked_s": both, "max_rel_diff": gap}
-    if not isinstance(Xp, np.ndarray):  # on a CPU the same as one_by_one_s
+    if not isinstance(Xp, np.ndarray):  # torch: one rank forced through the batch
         sketch = _solvers.randomized_svd_weighted
         _solvers.randomized_svd_weighted = functools.partial(sketch, batched=True)
         try:

@@ -441,8 +441,10 @@ def residual_usable(X, Wt, H, d, *, stacked=False):
     return _build() is not None
 
 
-# Tile shape, warps and variant of the residual kernel (see bench_gpu.py).
-RESIDUAL_CONFIG = {"block": (64, 128), "num_warps": 4, "dot": True}
+# Tile shape, warps and variant of the residual kernel (see bench_gpu.py),
+# and the variant of the stacked one (see profile_gpu_sweep.py): separate,
+# since rank-one updates can win for one rank but lose badly for a stack.
+RESIDUAL_CONFIG = {"block": (64, 128), "num_warps": 4, "dot": True, "stacked_dot": True}
 
 
 def weighted_residual(X, Wt, H, d, *, block=None, num_warps=None, dot=None):
@@ -571,10 +573,10 @@ def weighted_residuals_stacked(X, Wt, H, d, layout, *, dot=None):
     ``Wt`` (R x n) and ``H`` (R x p) hold the problems' rows as ``layout``
     (:func:`stack_layout`) says. Returns a float64 tensor of one sum per
     problem, on the device (nothing is read back). ``dot`` (default:
-    ``RESIDUAL_CONFIG["dot"]``) forms each problem's tile of ``W H`` with
-    ``tl.dot`` over 16 rows at a time, else with rank-one updates (on an
-    H200, ranks 1-30 of a 10,000 x 2,564 matrix: 6.7 ms per call with
-    rank-one updates, see the GPU guide for the ``tl.dot`` figure).
+    ``RESIDUAL_CONFIG["stacked_dot"]``) forms each problem's tile of ``W H``
+    with ``tl.dot`` over 16 rows at a time, else with rank-one updates (on
+    an H200, ranks 1-30 of a 10,000 x 2,564 matrix: 1.8 ms per call against
+    6.6 ms).
     """
     import torch
 
@@ -603,6 +605,6 @@ def weighted_residuals_stacked(X, Wt, H, d, layout, *, dot=None):
         H.stride(0),
         BM=bm,
         BN=bn,
-        DOT=RESIDUAL_CONFIG["dot"] if dot is None else bool(dot),
+        DOT=RESIDUAL_CONFIG["stacked_dot"] if dot is None else bool(dot),
     )
     return out.sum(dim=1)

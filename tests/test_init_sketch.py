@@ -237,6 +237,30 @@ def test_ranks_with_fewer_power_iterations_share_the_passes_over_x(
     assert len(calls) == 16 and all(c == X.shape for c in calls)
 
 
+def test_the_sketches_ask_the_default_with_their_number_of_ranks(monkeypatch):
+    # The decision below is taken where the sketches are made: one rank
+    # (a single fit) asks with 1, a stacked sweep with all its ranks.
+    asked = []
+    original = _solvers._batched_default
+
+    def spy(X, n_ranks):
+        asked.append(n_ranks)
+        return original(X, n_ranks)
+
+    monkeypatch.setattr(_solvers, "_batched_default", spy)
+    X = torch.rand(40, 30, dtype=torch.float64)
+    s = torch.ones(30, dtype=torch.float64)
+    _solvers.randomized_svd_weighted(X, s, 3, np.random.RandomState(0))
+    ks = [1, 2, 4]
+    rngs = [np.random.RandomState(k) for k in ks]
+    _solvers.randomized_svds_weighted(X, s, ks, rngs)
+    models = [CoupledNMF(k, random_state=0) for k in ks]
+    for m in models:
+        m._validate_params()
+    _coupled_nmf._initialize_ranks(models, X, np.ones(30))
+    assert asked == [1, 3, 3]
+
+
 def test_only_a_stack_of_ranks_on_cuda_is_batched_by_default():
     # One rank takes a Householder QR and an SVD per step (faster for one
     # rank on a GPU too); a stack of ranks on a CUDA device is batched; a
