@@ -72,6 +72,11 @@ def _supported_triton(version):
 
 def _build():
     """The jitted kernel, or None when Triton is missing or turned off."""
+    # The kernels' shared pieces are module globals: Triton's interpreter
+    # runs a kernel from its source in the module's globals, without the
+    # closure of this function (the kernels themselves are built here so
+    # that Triton stays optional).
+    global tile_dot, tile_rank_one, weighted_sq_sum
     if _STATE["tried"]:
         return _STATE["kernel"]
     _STATE["tried"] = True
@@ -194,6 +199,47 @@ def _build():
         tl.store(a_ptr, a, mask=tile_mask)
 
     @triton.jit
+    def tile_dot(
+        WT, H, rows, kmask, rm, mmask, rn, nmask, stride_wk, stride_wm, stride_h
+    ):
+        # The tile (rm, rn) of W H over the rows ``rows`` of WT and H by the
+        # matrix units, in IEEE float32; the rows off ``kmask`` count as zero.
+        w = tl.load(
+            WT + rows[None, :] * stride_wk + rm[:, None] * stride_wm,
+            mask=kmask[None, :] & mmask[:, None],
+            other=0.0,
+        )
+        h = tl.load(
+            H + rows[:, None] * stride_h + rn[None, :],
+            mask=kmask[:, None] & nmask[None, :],
+            other=0.0,
+        )
+        return tl.dot(w, h, input_precision="ieee")
+
+    @triton.jit
+    def tile_rank_one(
+        WT, H, first, r, rm, mmask, rn, nmask, stride_wk, stride_wm, stride_h,
+        BM: tl.constexpr, BN: tl.constexpr,
+    ):  # fmt: skip
+        # The same tile over rows first .. first + r - 1, as r rank-one
+        # updates (no padding).
+        wh = tl.zeros((BM, BN), dtype=tl.float32)
+        for j in range(0, r):
+            row = tl.cast(first + j, tl.int64)
+            wk = tl.load(WT + row * stride_wk + rm * stride_wm, mask=mmask, other=0.0)
+            hk = tl.load(H + row * stride_h + rn, mask=nmask, other=0.0)
+            wh += wk[:, None] * hk[None, :]
+        return wh
+
+    @triton.jit
+    def weighted_sq_sum(x, wh, dw):
+        # sum_j dw_j sum_i (x - wh)_ij^2 over the tile, the columns' sums in
+        # float32, their weighted total in float64
+        diff = x - wh
+        col = tl.sum(diff * diff, axis=0)
+        return tl.sum(col.to(tl.float64) * dw.to(tl.float64), axis=0)
+
+    @triton.jit
     def residual_tiles(
         X,
         WT,
@@ -220,34 +266,22 @@ def _build():
         rk = tl.arange(0, R)
         mmask = rm < n
         nmask = rn < p
-        kmask = rk < r
-        if DOT:  # the tile of W H by the matrix units, padded to R >= 16
-            w = tl.load(
-                WT + rk[None, :] * stride_wk + rm[:, None] * stride_wm,
-                mask=kmask[None, :] & mmask[:, None],
-                other=0.0,
+        if DOT:  # the tile of W H in one product, padded to R >= 16
+            wh = tile_dot(
+                WT, H, rk, rk < r, rm, mmask, rn, nmask, stride_wk, stride_wm, stride_h
             )
-            h = tl.load(
-                H + rk[:, None] * stride_h + rn[None, :],
-                mask=kmask[:, None] & nmask[None, :],
-                other=0.0,
-            )
-            wh = tl.dot(w, h, input_precision="ieee")
-        else:  # r rank-one updates of the tile (no padding)
-            wh = tl.zeros((BM, BN), dtype=tl.float32)
-            for k in range(0, r):
-                wk = tl.load(WT + k * stride_wk + rm * stride_wm, mask=mmask, other=0.0)
-                hk = tl.load(H + k * stride_h + rn, mask=nmask, other=0.0)
-                wh += wk[:, None] * hk[None, :]
+        else:
+            wh = tile_rank_one(
+                WT, H, 0, r, rm, mmask, rn, nmask,
+                stride_wk, stride_wm, stride_h, BM, BN,
+            )  # fmt: skip
         x = tl.load(
             X + rm[:, None] * stride_x + rn[None, :],
             mask=mmask[:, None] & nmask[None, :],
             other=0.0,
         )
-        diff = x - wh
-        col = tl.sum(diff * diff, axis=0)
         dw = tl.load(D + rn, mask=nmask, other=0.0)
-        part = tl.sum(col.to(tl.float64) * dw.to(tl.float64), axis=0)
+        part = weighted_sq_sum(x, wh, dw)
         tl.store(OUT + pid_m * tl.num_programs(1) + pid_n, part)
 
     @triton.jit
@@ -292,33 +326,21 @@ def _build():
         for k in range(0, n_prob):
             off = tl.load(OFF + k)
             r = tl.load(SIZE + k)
-            wh = tl.zeros((BM, BN), dtype=tl.float32)
             if DOT:
+                wh = tl.zeros((BM, BN), dtype=tl.float32)
                 for c in range(0, r, 16):
                     rows = (off + c + rk).to(tl.int64)
                     kmask = (c + rk) < r
-                    w = tl.load(
-                        WT + rows[None, :] * stride_wk + rm[:, None] * stride_wm,
-                        mask=kmask[None, :] & mmask[:, None],
-                        other=0.0,
-                    )
-                    h = tl.load(
-                        H + rows[:, None] * stride_h + rn[None, :],
-                        mask=kmask[:, None] & nmask[None, :],
-                        other=0.0,
-                    )
-                    wh += tl.dot(w, h, input_precision="ieee")
+                    wh += tile_dot(
+                        WT, H, rows, kmask, rm, mmask, rn, nmask,
+                        stride_wk, stride_wm, stride_h,
+                    )  # fmt: skip
             else:
-                for j in range(0, r):
-                    row = (off + j).to(tl.int64)
-                    wk = tl.load(
-                        WT + row * stride_wk + rm * stride_wm, mask=mmask, other=0.0
-                    )
-                    hk = tl.load(H + row * stride_h + rn, mask=nmask, other=0.0)
-                    wh += wk[:, None] * hk[None, :]
-            diff = x - wh
-            col = tl.sum(diff * diff, axis=0)
-            part = tl.sum(col.to(tl.float64) * dw, axis=0)
+                wh = tile_rank_one(
+                    WT, H, off, r, rm, mmask, rn, nmask,
+                    stride_wk, stride_wm, stride_h, BM, BN,
+                )  # fmt: skip
+            part = weighted_sq_sum(x, wh, dw)
             tl.store(OUT + k * n_tiles + tile, part)
 
     _STATE["kernel"] = (
