@@ -81,6 +81,24 @@ _SOLVERS = (
 )
 
 
+def record_calls(monkeypatch, owner, name, into=None):
+    """Replace ``owner.name`` by a wrapper that records each call's positional
+    arguments (a tuple; ``self`` first for a method) and calls through.
+
+    Returns the list the calls go to (``into``, or a new one): several
+    functions can share one list, in call order.
+    """
+    calls = [] if into is None else into
+    real = getattr(owner, name)
+
+    def recorded(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recorded)
+    return calls
+
+
 def spy_solvers(monkeypatch):
     """Record which kind of array each solver function of ``_solvers`` gets.
 

@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _helpers import record_calls
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 
@@ -223,31 +224,18 @@ def test_ranks_with_fewer_power_iterations_share_the_passes_over_x(
     X, s = _data()
     calls = []
     for name in ("_h_xt", "_w_x"):
-        real = getattr(_solvers, name)
-
-        def counted(A, B, real=real):
-            calls.append(B.shape)
-            return real(A, B)
-
-        monkeypatch.setattr(_solvers, name, counted)
+        record_calls(monkeypatch, _solvers, name, into=calls)
     Xt, st = torch.from_numpy(X), torch.from_numpy(s)
     ks = [5, 1, 9, 3, 12]
     rngs = [np.random.RandomState(10 + k) for k in ks]
     _solvers.randomized_svds_weighted(Xt, st, ks, rngs, batched=batched)
-    assert len(calls) == 16 and all(c == X.shape for c in calls)
+    assert len(calls) == 16 and all(B.shape == X.shape for _, B in calls)
 
 
 def test_the_sketches_ask_the_default_with_their_number_of_ranks(monkeypatch):
     # The decision below is taken where the sketches are made: one rank
     # (a single fit) asks with 1, a stacked sweep with all its ranks.
-    asked = []
-    original = _solvers._batched_default
-
-    def spy(X, n_ranks):
-        asked.append(n_ranks)
-        return original(X, n_ranks)
-
-    monkeypatch.setattr(_solvers, "_batched_default", spy)
+    asked = record_calls(monkeypatch, _solvers, "_batched_default")
     X = torch.rand(40, 30, dtype=torch.float64)
     s = torch.ones(30, dtype=torch.float64)
     _solvers.randomized_svd_weighted(X, s, 3, np.random.RandomState(0))
@@ -258,7 +246,7 @@ def test_the_sketches_ask_the_default_with_their_number_of_ranks(monkeypatch):
     for m in models:
         m._validate_params()
     _coupled_nmf._initialize_ranks(models, X, np.ones(30))
-    assert asked == [1, 3, 3]
+    assert [n_ranks for _, n_ranks in asked] == [1, 3, 3]
 
 
 def test_only_a_stack_of_ranks_on_cuda_is_batched_by_default():

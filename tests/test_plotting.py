@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from _helpers import record_calls
 from scipy.stats import spearmanr
 from sklearn.datasets import load_digits
 from sklearn.decomposition import NMF
@@ -1170,15 +1171,7 @@ def _count_layouts(monkeypatch):
     """Count the runs of constrained layout (each lays out every axes)."""
     from matplotlib.layout_engine import ConstrainedLayoutEngine
 
-    calls = []
-    execute = ConstrainedLayoutEngine.execute
-
-    def counted(self, fig):
-        calls.append(fig)
-        return execute(self, fig)
-
-    monkeypatch.setattr(ConstrainedLayoutEngine, "execute", counted)
-    return calls
+    return record_calls(monkeypatch, ConstrainedLayoutEngine, "execute")
 
 
 def _many_sweeps(names):
