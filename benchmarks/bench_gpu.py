@@ -448,6 +448,23 @@ def _init_costs(X, blocks, ranks):
     )
 
 
+def cpu_sweep(X, blocks, ranks, max_iter, n_jobs):
+    """The CPU baseline of a sweep: one NumPy fit per rank, joblib ``n_jobs``.
+
+    The workers are started first, untimed. Returns ``(seconds to start the
+    workers, seconds of the sweep, the fits' errors)``.
+    """
+    from joblib import Parallel, delayed
+
+    Xh = X.cpu().numpy()
+    t_start = _warm_workers(blocks, n_jobs)
+    t0 = time.perf_counter()
+    errs = Parallel(n_jobs=n_jobs)(
+        delayed(_cpu_fit)(Xh, blocks, r, max_iter) for r in ranks
+    )
+    return t_start, time.perf_counter() - t0, errs
+
+
 def rank_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
     """Sequential sweep on the device vs joblib n_jobs NumPy sweep on the host.
 
@@ -455,7 +472,6 @@ def rank_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
     kernels for every rank's tile size (once per process and size: Triton
     also caches them on disk), the second is what later sweeps cost.
     """
-    from joblib import Parallel, delayed
 
     t_cold, _ = _device_sweep(X, blocks, device, ranks, max_iter)
     t_gpu, errs_gpu = _device_sweep(X, blocks, device, ranks, max_iter)
@@ -468,13 +484,7 @@ def rank_sweep(X, blocks, device, *, ranks, max_iter, n_jobs):
     t_single_inits, t_inits, inits_diff, t_batched_single = _init_costs(
         X, blocks, ranks
     )
-    Xh = X.cpu().numpy()
-    t_start = _warm_workers(blocks, n_jobs)
-    t0 = time.perf_counter()
-    errs_cpu = Parallel(n_jobs=n_jobs)(
-        delayed(_cpu_fit)(Xh, blocks, r, max_iter) for r in ranks
-    )
-    t_cpu = time.perf_counter() - t0
+    t_start, t_cpu, errs_cpu = cpu_sweep(X, blocks, ranks, max_iter, n_jobs)
     diff = max(abs(a - b) / b for a, b in zip(errs_gpu, errs_cpu))
     diff_b = max(abs(a - b) / b for a, b in zip(errs_batched, errs_cpu))
     return {

@@ -35,12 +35,7 @@ from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_gpu import (
-    _cpu_fit,
-    _warm_workers,
-    make_matrix,
-    sklearn_per_iteration,
-)
+from bench_gpu import Timer, cpu_sweep, make_matrix, sklearn_per_iteration
 
 from sklearn_peek import CoupledNMF, _coupled_nmf, _solvers
 from sklearn_peek._coupled_nmf import fit_ranks
@@ -51,14 +46,6 @@ def _sweep(X, blocks, device, ranks, max_iter):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return fit_ranks(est, X, ranks)[0]
-
-
-def _wall(fn, sync):
-    sync()
-    t0 = time.perf_counter()
-    out = fn()
-    sync()
-    return time.perf_counter() - t0, out
 
 
 class _Steps:
@@ -93,15 +80,15 @@ class _Steps:
         self._undo.clear()
 
 
-def phase_times(X, blocks, device, ranks, max_iter, sync):
+def phase_times(X, blocks, device, ranks, max_iter, timer):
     """Seconds per phase of ``_fit_stacked`` and per step of the solver run."""
-    outer, inner = _Steps(sync), _Steps(sync)
+    outer, inner = _Steps(timer.sync), _Steps(timer.sync)
     outer.wrap(CoupledNMF, "_prepare_fit", "validate X, blocks, weights")
     outer.wrap(_coupled_nmf, "_initialize_ranks", "initialisations (stacked)")
     outer.wrap(_solvers, "fit_hals_batched", "solver run (fit_hals_batched)")
     outer.wrap(CoupledNMF, "_finish_fit", "finish each model (errors, copies)")
     try:
-        t_outer, _ = _wall(lambda: _sweep(X, blocks, device, ranks, max_iter), sync)
+        t_outer, _ = timer.wall(lambda: _sweep(X, blocks, device, ranks, max_iter))
     finally:
         outer.undo()
     for name, label in [
@@ -118,9 +105,7 @@ def phase_times(X, blocks, device, ranks, max_iter, sync):
     kernels = _solvers._gpu_kernels
     inner.wrap(kernels, "weighted_residuals_stacked", "residuals, stacked kernel")
     try:
-        t_inner, models = _wall(
-            lambda: _sweep(X, blocks, device, ranks, max_iter), sync
-        )
+        t_inner, models = timer.wall(lambda: _sweep(X, blocks, device, ranks, max_iter))
     finally:
         inner.undo()
     return {
@@ -133,7 +118,7 @@ def phase_times(X, blocks, device, ranks, max_iter, sync):
     }
 
 
-def profile(X, blocks, device, ranks, max_iter, sync, top=20):
+def profile(X, blocks, device, ranks, max_iter, timer, top=20):
     """One sweep under torch.profiler: top device kernels and host operations."""
     import torch
     from torch.profiler import ProfilerActivity
@@ -142,12 +127,8 @@ def profile(X, blocks, device, ranks, max_iter, sync, top=20):
     acts = [ProfilerActivity.CPU]
     if device.type == "cuda":
         acts.append(ProfilerActivity.CUDA)
-    sync()
-    t0 = time.perf_counter()
     with tprofile(activities=acts) as prof:
-        _sweep(X, blocks, device, ranks, max_iter)
-        sync()
-    wall = time.perf_counter() - t0
+        wall, _ = timer.wall(lambda: _sweep(X, blocks, device, ranks, max_iter))
     events = prof.key_averages()
     dev_attr = "self_device_time_total"
     if not hasattr(events[0], dev_attr):
@@ -171,7 +152,7 @@ def profile(X, blocks, device, ranks, max_iter, sync, top=20):
     }
 
 
-def stacked_residual_ab(X, ranks, device, sync, repeat=5):
+def stacked_residual_ab(X, ranks, device, timer, repeat=5):
     """Milliseconds of one stacked residual call (all ``ranks``), per variant."""
     import torch
 
@@ -192,14 +173,14 @@ def stacked_residual_ab(X, ranks, device, sync, repeat=5):
             return _gpu_kernels.weighted_residuals_stacked(X, Wt, H, d, layout, dot=dot)
 
         values[dot] = call().double()
-        best = min(_wall(call, sync)[0] for _ in range(repeat))
+        best = min(timer.wall(call)[0] for _ in range(repeat))
         out["dot_ms" if dot else "rank_one_ms"] = 1e3 * best
     rel = ((values[True] - values[False]).abs() / values[False].abs()).max()
     out["max_rel_diff"] = float(rel)
     return out
 
 
-def scorer_times(X, blocks, device, ranks, max_iter, sync):
+def scorer_times(X, blocks, device, ranks, max_iter, timer):
     """Seconds of RankQualityScorer on the device (bcv, cv=3): cold sweeps
     (``warm_start=False``) and the defaults (warm starts), the better of two
     runs each (the first compiles kernels)."""
@@ -213,22 +194,11 @@ def scorer_times(X, blocks, device, ranks, max_iter, sync):
             times = []
             for _ in range(2):
                 est = RankQualityScorer(device=device, warm_start=warm, **kw)
-                times.append(_wall(lambda est=est: est.fit(X), sync)[0])
+                times.append(timer.wall(lambda est=est: est.fit(X))[0])
             out[f"{label}_s"] = min(times)
             out[f"{label}_rank"] = est.rank_
             out[f"{label}_fit_time_total_s"] = float(est.fit_time_total_)
     return out
-
-
-def cpu_baseline(X, blocks, ranks, max_iter, n_jobs):
-    """The CPU sweep of bench_gpu.rank_sweep: joblib, one fit per rank."""
-    from joblib import Parallel, delayed
-
-    Xh = X.cpu().numpy()
-    start = _warm_workers(blocks, n_jobs)
-    t0 = time.perf_counter()
-    Parallel(n_jobs=n_jobs)(delayed(_cpu_fit)(Xh, blocks, r, max_iter) for r in ranks)
-    return {"workers_start_s": start, "cpu_s": time.perf_counter() - t0}
 
 
 def main(argv=None):
@@ -253,23 +223,20 @@ def main(argv=None):
         large = (10_000, [("input", 3_072), ("layer", 65_536)])
     ranks = list(range(1, ranks + 1))
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
+    timer = Timer(device)
     res = {"device": str(device), "torch": torch.__version__}
     if device.type == "cuda":
         res["device"] = torch.cuda.get_device_name(0)
     X = make_matrix(n, blocks, 20, device)
-    res["cold_s"] = _wall(lambda: _sweep(X, blocks, device, ranks, max_iter), sync)[0]
+    res["cold_s"] = timer.wall(lambda: _sweep(X, blocks, device, ranks, max_iter))[0]
     res["warm_s"] = [
-        _wall(lambda: _sweep(X, blocks, device, ranks, max_iter), sync)[0]
+        timer.wall(lambda: _sweep(X, blocks, device, ranks, max_iter))[0]
         for _ in range(3)
     ]
     print(f"cold {res['cold_s']:.3f} s, warm {res['warm_s']}", flush=True)
-    res["phases"] = phase_times(X, blocks, device, ranks, max_iter, sync)
+    res["phases"] = phase_times(X, blocks, device, ranks, max_iter, timer)
     print(json.dumps(res["phases"], indent=1), flush=True)
-    res["profile"] = profile(X, blocks, device, ranks, max_iter, sync)
+    res["profile"] = profile(X, blocks, device, ranks, max_iter, timer)
     prof = res["profile"]
     # Device times of the operators (aten::mm, ...) include their kernels,
     # which are listed too: the rows do not add up to a total.
@@ -282,13 +249,14 @@ def main(argv=None):
                 f"| {r['name']} | {r['calls']} | {r['device_ms']:.2f} "
                 f"| {r['self_cpu_ms']:.2f} |"
             )
-    res["stacked_residual"] = stacked_residual_ab(X, ranks, device, sync)
+    res["stacked_residual"] = stacked_residual_ab(X, ranks, device, timer)
     print(f"stacked residual, ranks 1-{ranks[-1]}: {res['stacked_residual']}")
     if not args.skip_scorer:
-        res["scorer"] = scorer_times(X, blocks, device, ranks, max_iter, sync)
+        res["scorer"] = scorer_times(X, blocks, device, ranks, max_iter, timer)
         print(f"scorer on the device: {res['scorer']}", flush=True)
     if not args.skip_cpu:
-        res["cpu"] = cpu_baseline(X, blocks, ranks, max_iter, os.cpu_count())
+        start, seconds, _ = cpu_sweep(X, blocks, ranks, max_iter, os.cpu_count())
+        res["cpu"] = {"workers_start_s": start, "cpu_s": seconds}
         best = min(res["warm_s"])
         res["speedup_best_warm"] = res["cpu"]["cpu_s"] / best
         print(
