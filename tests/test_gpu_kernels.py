@@ -3,7 +3,8 @@
 ``TRITON_INTERPRET=1`` has to be set before Triton compiles anything, so each
 check runs in a fresh Python process that prints its measurements as JSON;
 the assertions are made here. On a CUDA machine tests/test_gpu.py runs the
-same kernels compiled.
+same kernels compiled; here they are also compiled for a Hopper GPU (sm_90)
+without one, which catches what the interpreter lets through.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ pytest.importorskip("torch")
 
 
 def _run(code, **env):
-    full = dict(os.environ, TRITON_INTERPRET="1", **env)
+    full = {**os.environ, "TRITON_INTERPRET": "1", **env}
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
@@ -440,3 +441,65 @@ def test_kernel_path_syncs_per_iteration_within_budget():
 
     got = _run(SYNCS.format(tests=os.path.dirname(os.path.abspath(__file__))))
     assert {name: rate for name, (rate, _) in got.items()} == KERNEL_BUDGET, got
+
+
+COMPILE = """
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from sklearn_peek import _gpu_kernels
+
+_, hals_rows, residual, hals_stacked, residual_stacked = _gpu_kernels._build()
+f32, f64, i32, idx = "*fp32", "*fp64", "i32", "*i32"
+res_args = {"X": f32, "WT": f32, "H": f32, "D": f32}
+strides = {"stride_x": i32, "stride_wk": i32, "stride_wm": i32, "stride_h": i32}
+cases = []
+for R, dot in ((16, True), (32, True), (32, False), (64, True), (128, True)):
+    sig = {**res_args, "OUT": f64, "n": i32, "p": i32, "r": i32, **strides}
+    bn = 128 if R <= 32 else 64  # as weighted_residual picks the tile
+    cases.append((residual, sig, {"R": R, "BM": 64, "BN": bn, "DOT": dot}))
+for dot in (True, False):
+    sig = {**res_args, "OFF": idx, "SIZE": idx, "OUT": f64, "n": i32, "p": i32,
+           "n_prob": i32, **strides}
+    cases.append((residual_stacked, sig, {"BM": 64, "BN": 128, "DOT": dot}))
+sweep = {"stride_a": i32, "stride_num": i32, "stride_num_c": i32, "stride_g": i32}
+for ptr, R, modes in ((f32, 16, (0, 0, False)), (f32, 256, (0, 0, False)),
+                      (f32, 32, (1, 1, True)), (f32, 32, (2, 2, True)),
+                      (f64, 32, (2, 0, True))):
+    sig = {"A": ptr, "NUM": ptr, "G": ptr, "L1": ptr, "L2": ptr, "r": i32, "m": i32,
+           **sweep}
+    consts = dict(zip(("L1_MODE", "L2_MODE", "HAS_PEN"), modes))
+    cases.append((hals_rows, sig, {**consts, "R": R, "BLOCK": _gpu_kernels._block(R)}))
+sig = {"A": f32, "NUM": f32, "G": f32, "OFF": idx, "SIZE": idx, "m": i32, **sweep}
+cases.append((hals_stacked, sig, {"R": 32, "BLOCK": _gpu_kernels._block(32)}))
+out = []
+for fn, sig, consts in cases:
+    types = {**sig, **dict.fromkeys(consts, "constexpr")}
+    src = ASTSource(fn, types, constexprs=consts)
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    out.append({"kernel": fn.__name__, "consts": str(consts), "entry": ".entry" in ptx})
+print(json.dumps(out))
+"""
+
+
+def test_every_kernel_compiles_for_a_hopper_gpu(tmp_path):
+    # The interpreter runs the kernels as Python: what only the compiler
+    # refuses (a loop variable whose type changes in the loop, say: float32
+    # accumulated as float64 runs in the interpreter) would pass it and then
+    # turn the kernels off on the first GPU with a warning. Compiled here for
+    # sm_90 without a GPU (Triton ships its own ptxas), at the tile shapes
+    # the library launches, into an empty cache.
+    from triton.compiler import ASTSource
+
+    if "constexprs" not in ASTSource.__init__.__code__.co_varnames:
+        pytest.skip("this Triton's ASTSource takes no constexprs= (older API)")
+    res = _run(COMPILE, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path))
+    assert len(res) == 13
+    assert all(r["entry"] for r in res), res
+    assert {r["kernel"] for r in res} == {
+        "residual_tiles",
+        "residual_tiles_stacked",
+        "hals_rows",
+        "hals_rows_stacked",
+    }
